@@ -1,0 +1,74 @@
+// dsckpt bench ...: storage benchmarks. Each prints a table, or with --json one JSON line.
+#include <cstdio>
+
+#include "bench/io_bench.h"
+#include "cli/dsckpt_commands.h"
+#include "io/units.h"
+
+namespace ds::cli {
+
+int ReportError(const Status& status) {
+  std::fprintf(stderr, "dsckpt: %s\n", status.message().c_str());
+  return kExitUsage;
+}
+
+namespace {
+
+struct IoFlags {
+  std::string dir = ".";
+  std::string size = "4G";
+  std::string block = "4M";
+  unsigned depth = 16;
+  unsigned repeat = 3;
+  bool json = false;
+  bool no_fio = false;
+};
+
+int RunBenchIo(const IoFlags& f) {
+  bench::IoBenchOptions o;
+  o.dir = f.dir;
+  Result<uint64_t> size = io::ParseByteSize(f.size);
+  if (!size.ok()) return ReportError(size.status().WithContext("--size"));
+  Result<uint64_t> block = io::ParseByteSize(f.block);
+  if (!block.ok()) return ReportError(block.status().WithContext("--block"));
+  o.size_bytes = *size;
+  o.block_bytes = *block;
+  o.queue_depth = f.depth;
+  o.run_fio = !f.no_fio;
+  o.repeat = f.repeat;
+  Result<bench::IoBenchReport> rep = bench::RunIoBench(io::Env::Default(), o);
+  if (!rep.ok()) return ReportError(rep.status());
+  std::string table = bench::IoBenchTable(o, *rep);
+  if (f.json) {
+    std::fputs(table.c_str(), stderr);
+    std::printf("%s\n", bench::IoBenchJson(o, *rep).c_str());
+  } else {
+    std::fputs(table.c_str(), stdout);
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+void AddBenchCommands(CLI::App& app, DsckptContext& ctx) {
+  CLI::App* bench = app.add_subcommand("bench", "Measure storage speed against the disk's bound");
+  bench->require_subcommand(1);
+
+  auto io_flags = std::make_shared<IoFlags>();
+  CLI::App* io = bench->add_subcommand(
+      "io", "Sequential write (until fsynced) and read with each I/O backend, beside fio");
+  io->add_option("--dir", io_flags->dir, "Directory on the disk to measure")->check(
+      CLI::ExistingDirectory);
+  io->add_option("--size", io_flags->size, "Bytes to write and read (e.g. 4G, 512M)");
+  io->add_option("--block", io_flags->block, "Request size (multiple of 4 KiB)");
+  io->add_option("--queue-depth", io_flags->depth, "Requests in flight")->check(
+      CLI::Range(1, 1024));
+  io->add_option("--repeat", io_flags->repeat, "Interleaved runs of each; medians are reported")
+      ->check(CLI::Range(1, 100));
+  io->add_flag("--json", io_flags->json, "Print one JSON line (the table goes to stderr)");
+  io->add_flag("--no-fio", io_flags->no_fio, "Skip the fio comparison");
+  io->footer("Example: dsckpt bench io --dir /scratch --size 4G --json");
+  io->callback([io_flags, &ctx] { ctx.exit_code = RunBenchIo(*io_flags); });
+}
+
+}  // namespace ds::cli

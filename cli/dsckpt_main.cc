@@ -1,0 +1,27 @@
+// dsckpt: checkpoint tools that run with no GPU and no LibTorch (login nodes, cron boxes).
+// Exit codes: 0 ok, 1 found a problem or a difference, 2 usage or I/O error.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+
+#include "cli/dsckpt_commands.h"
+#include "io/log.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "dsckpt: inspect, verify and manage dstrain checkpoints (no GPU, no LibTorch needed)"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("dsckpt ") + DSTRAIN_VERSION);
+  app.footer(
+      "Exit codes: 0 ok, 1 a problem or difference was found, 2 usage or I/O error.\n"
+      "Examples:\n"
+      "  dsckpt bench io --dir /scratch --size 4G --json");
+  ds::cli::DsckptContext ctx;
+  ds::cli::AddBenchCommands(app, ctx);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : ds::cli::kExitUsage;
+  }
+  return ctx.exit_code;
+}

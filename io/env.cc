@@ -1,0 +1,121 @@
+#include "io/env.h"
+
+#include <cstdio>
+#include <random>
+
+namespace ds::io {
+
+Status File::Preallocate(uint64_t size) {
+  DS_ASSIGN_OR_RETURN(uint64_t current, Size());
+  return current < size ? Truncate(size) : Status::OK();
+}
+
+Result<bool> Env::Exists(const std::string& path) {
+  Result<FileInfo> info = Stat(path);
+  if (info.ok()) return true;
+  if (info.status().IsNotFound()) return false;
+  return info.status();
+}
+
+Status Env::CreateDirs(const std::string& dir) {
+  if (dir.empty() || dir == "." || dir == "/") return Status::OK();
+  DS_ASSIGN_OR_RETURN(bool exists, Exists(dir));
+  if (exists) {
+    DS_ASSIGN_OR_RETURN(FileInfo info, Stat(dir));
+    if (!info.is_dir) {
+      return Status::FailedPrecondition(dir + " exists and is not a directory");
+    }
+    return Status::OK();
+  }
+  DS_RETURN_IF_ERROR(CreateDirs(DirName(dir)));
+  Status s = CreateDir(dir);
+  if (s.code() == StatusCode::kFailedPrecondition) return Status::OK();  // lost a race: fine
+  return s;
+}
+
+Status Env::RemoveAll(const std::string& path) {
+  Result<FileInfo> info = Stat(path);
+  if (!info.ok()) return info.status().IsNotFound() ? Status::OK() : info.status();
+  if (!info->is_dir) {
+    Status s = RemoveFile(path);
+    return s.IsNotFound() ? Status::OK() : s;
+  }
+  DS_ASSIGN_OR_RETURN(std::vector<std::string> names, ListDir(path));
+  for (const std::string& name : names) DS_RETURN_IF_ERROR(RemoveAll(JoinPath(path, name)));
+  Status s = RemoveDir(path);
+  return s.IsNotFound() ? Status::OK() : s;
+}
+
+Result<std::string> Env::ReadFileToString(const std::string& path) {
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<File> file, OpenFile(path, {OpenMode::kRead}));
+  DS_ASSIGN_OR_RETURN(uint64_t size, file->Size());
+  std::string out(size, '\0');
+  DS_ASSIGN_OR_RETURN(size_t n, file->ReadAt(0, std::as_writable_bytes(std::span(out))));
+  out.resize(n);
+  DS_RETURN_IF_ERROR(file->Close());
+  return out;
+}
+
+Status Env::WriteFileSynced(const std::string& path, std::string_view data) {
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<File> file, OpenFile(path, {OpenMode::kTruncate}));
+  DS_RETURN_IF_ERROR(file->WriteAt(0, std::as_bytes(std::span(data.data(), data.size()))));
+  DS_RETURN_IF_ERROR(file->Sync());
+  return file->Close();
+}
+
+Status Env::ReplaceFileAtomically(const std::string& path, std::string_view data) {
+  // The temporary name is unique per call so two writers never share one temp file; the loser
+  // of a race simply renames second.
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  char suffix[32];
+  std::snprintf(suffix, sizeof suffix, ".tmp-%016llx", static_cast<unsigned long long>(rng()));
+  std::string tmp = path + suffix;
+  Status s = WriteFileSynced(tmp, data);
+  if (s.ok()) s = Rename(tmp, path);
+  if (!s.ok()) {
+    (void)RemoveFile(tmp);  // best effort; the original error is what the caller needs
+    return s;
+  }
+  return SyncDir(DirName(path));
+}
+
+Result<std::unique_ptr<FileLock>> Env::LockFile(const std::string& path,
+                                                uint64_t timeout_micros) {
+  const uint64_t deadline = NowMicros() + timeout_micros;
+  while (true) {
+    Result<std::unique_ptr<FileLock>> lock = TryLockFile(path);
+    if (lock.ok() || lock.status().code() != StatusCode::kUnavailable) return lock;
+    if (NowMicros() >= deadline) {
+      return Status::Unavailable("lock " + path + " is held by another process for more than " +
+                                 std::to_string(timeout_micros / 1000000) +
+                                 " s (a running save, prune or gc); try again later");
+    }
+    SleepForMicros(10000);
+  }
+}
+
+std::string JoinPath(std::string_view a, std::string_view b) {
+  if (a.empty()) return std::string(b);
+  if (b.empty()) return std::string(a);
+  if (b.front() == '/') return std::string(b);
+  std::string out(a);
+  if (out.back() != '/') out += '/';
+  out += b;
+  return out;
+}
+
+std::string DirName(std::string_view path) {
+  while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  size_t slash = path.rfind('/');
+  if (slash == std::string_view::npos) return ".";
+  if (slash == 0) return "/";
+  return std::string(path.substr(0, slash));
+}
+
+std::string BaseName(std::string_view path) {
+  while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  size_t slash = path.rfind('/');
+  return std::string(slash == std::string_view::npos ? path : path.substr(slash + 1));
+}
+
+}  // namespace ds::io

@@ -1,0 +1,195 @@
+// Env: every operating-system service dstrain uses (files, directories, locks, free space, the
+// clock) behind one interface, so tests can swap in MemEnv (a crash-modelling filesystem in
+// memory) or FaultEnv (injected errors) without touching the code under test.
+// Thread safety: every Env is safe for concurrent use; a File allows concurrent ReadAt/WriteAt
+// on disjoint ranges, and needs external synchronisation for Sync, Truncate and Close.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "io/status.h"
+#include "io/units.h"
+
+namespace ds::io {
+
+inline constexpr size_t kDirectAlignment = 4096;  // bytes: O_DIRECT offset/length/address unit
+
+enum class OpenMode : uint8_t {
+  kRead,       // existing file, read only
+  kTruncate,   // create or truncate, read/write
+  kCreateNew,  // create; fails with FailedPrecondition if it exists
+  kUpdate,     // create if missing, keep contents, read/write
+};
+
+struct OpenOptions {
+  OpenMode mode = OpenMode::kRead;
+  // Ask for O_DIRECT. Filesystems that refuse it (tmpfs, some FUSE) get a buffered file; File::
+  // direct() tells which one you got. Unaligned requests on a direct file go through the page
+  // cache transparently.
+  bool direct = false;
+};
+
+struct FileInfo {
+  uint64_t size = 0;         // bytes
+  bool is_dir = false;
+  int64_t mtime_micros = 0;  // wall clock, microseconds since the Unix epoch
+};
+
+struct SpaceInfo {
+  uint64_t total_bytes = 0;
+  uint64_t available_bytes = 0;  // what an unprivileged writer may still use
+};
+
+class File {
+ public:
+  explicit File(std::string path) : path_(std::move(path)) {}
+  virtual ~File() = default;
+  File(const File&) = delete;
+  File& operator=(const File&) = delete;
+
+  const std::string& path() const { return path_; }
+
+  // Reads up to out.size() bytes at `offset`; fewer only at end of file.
+  virtual Result<size_t> ReadAt(uint64_t offset, std::span<std::byte> out) const = 0;
+  // Writes all of `data` at `offset` (retrying short writes), or fails.
+  virtual Status WriteAt(uint64_t offset, std::span<const std::byte> data) = 0;
+  virtual Status Sync() = 0;  // data and metadata durable (fsync)
+  virtual Status DataSync() { return Sync(); }
+  virtual Status Truncate(uint64_t size) = 0;
+  // Reserves blocks for [0, size) and sets the file size to at least `size` (fallocate), so
+  // that O_DIRECT writes inside it neither allocate nor extend the file (ext4 serialises
+  // extending direct writes). Writers truncate to the real size before their final Sync.
+  // Filesystems without fallocate get a plain size change.
+  virtual Status Preallocate(uint64_t size);
+  virtual Result<uint64_t> Size() const = 0;
+  virtual Status Close() = 0;
+
+  // The kernel descriptor for submitting I/O to io_uring, or -1 when this file is not a plain
+  // kernel file or when its Env must observe every write (MemEnv, FaultEnv); async I/O then
+  // goes through ReadAt/WriteAt.
+  virtual int NativeFd() const { return -1; }
+  virtual bool direct() const { return false; }
+
+ private:
+  std::string path_;
+};
+
+// An exclusive advisory lock (flock on POSIX); released when destroyed or when the process dies.
+class FileLock {
+ public:
+  explicit FileLock(std::string path) : path_(std::move(path)) {}
+  virtual ~FileLock() = default;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// A read-only view of a whole file (mmap on POSIX).
+class MappedFile {
+ public:
+  virtual ~MappedFile() = default;
+  virtual std::span<const std::byte> data() const = 0;
+};
+
+class Env {
+ public:
+  virtual ~Env() = default;
+
+  // The real filesystem and clock. Lives for the whole process.
+  static Env* Default();
+
+  // ---- files
+  virtual Result<std::unique_ptr<File>> OpenFile(const std::string& path,
+                                                 const OpenOptions& options) = 0;
+  virtual Result<std::unique_ptr<MappedFile>> MapFile(const std::string& path) = 0;
+  virtual Status RemoveFile(const std::string& path) = 0;
+  // Atomically replaces `to` (file or empty directory) by `from`.
+  virtual Status Rename(const std::string& from, const std::string& to) = 0;
+  // Hard link; fails with FailedPrecondition when `to` exists.
+  virtual Status Link(const std::string& from, const std::string& to) = 0;
+  virtual Result<FileInfo> Stat(const std::string& path) = 0;
+
+  // ---- directories. Entries created, renamed or removed in `dir` are durable only after
+  // SyncDir(dir): callers say so explicitly, nothing syncs a directory behind their back.
+  virtual Status CreateDir(const std::string& dir) = 0;  // FailedPrecondition if it exists
+  virtual Status RemoveDir(const std::string& dir) = 0;  // must be empty
+  virtual Result<std::vector<std::string>> ListDir(const std::string& dir) = 0;  // sorted names
+  virtual Status SyncDir(const std::string& dir) = 0;
+  virtual Result<SpaceInfo> StatFs(const std::string& path) = 0;
+  // A fresh directory under the system's temporary area, for tests and benchmarks.
+  virtual Result<std::string> MakeTempDir(std::string_view prefix) = 0;
+
+  // ---- locks: returns Unavailable when another holder has it (also within this process).
+  virtual Result<std::unique_ptr<FileLock>> TryLockFile(const std::string& path) = 0;
+
+  // ---- clock
+  virtual uint64_t NowMicros() = 0;       // monotonic
+  virtual int64_t WallTimeMicros() = 0;   // since the Unix epoch
+  virtual void SleepForMicros(uint64_t micros) = 0;
+
+  // ---- conveniences built on the calls above (so wrappers see every step)
+  Result<bool> Exists(const std::string& path);
+  Status CreateDirs(const std::string& dir);  // mkdir -p; existing directories are fine
+  Status RemoveAll(const std::string& path);  // rm -rf; a missing path is fine
+  Result<std::string> ReadFileToString(const std::string& path);
+  // Writes `data` to a fresh file at `path` and fsyncs it (not its directory).
+  Status WriteFileSynced(const std::string& path, std::string_view data);
+  // Replaces `path` atomically and durably: write `path.tmp-<pid-ish nonce>`, fsync, rename,
+  // SyncDir(parent). A crash leaves either the old or the new contents, never a mix.
+  Status ReplaceFileAtomically(const std::string& path, std::string_view data);
+  // Waits up to `timeout_micros` for the lock, polling.
+  Result<std::unique_ptr<FileLock>> LockFile(const std::string& path, uint64_t timeout_micros);
+};
+
+// Forwards every call to a target Env; test Envs override what they need.
+class EnvWrapper : public Env {
+ public:
+  explicit EnvWrapper(Env* target) : target_(target) {}
+  Env* target() const { return target_; }
+
+  Result<std::unique_ptr<File>> OpenFile(const std::string& p, const OpenOptions& o) override {
+    return target_->OpenFile(p, o);
+  }
+  Result<std::unique_ptr<MappedFile>> MapFile(const std::string& p) override {
+    return target_->MapFile(p);
+  }
+  Status RemoveFile(const std::string& p) override { return target_->RemoveFile(p); }
+  Status Rename(const std::string& f, const std::string& t) override {
+    return target_->Rename(f, t);
+  }
+  Status Link(const std::string& f, const std::string& t) override { return target_->Link(f, t); }
+  Result<FileInfo> Stat(const std::string& p) override { return target_->Stat(p); }
+  Status CreateDir(const std::string& d) override { return target_->CreateDir(d); }
+  Status RemoveDir(const std::string& d) override { return target_->RemoveDir(d); }
+  Result<std::vector<std::string>> ListDir(const std::string& d) override {
+    return target_->ListDir(d);
+  }
+  Status SyncDir(const std::string& d) override { return target_->SyncDir(d); }
+  Result<SpaceInfo> StatFs(const std::string& p) override { return target_->StatFs(p); }
+  Result<std::string> MakeTempDir(std::string_view prefix) override {
+    return target_->MakeTempDir(prefix);
+  }
+  Result<std::unique_ptr<FileLock>> TryLockFile(const std::string& p) override {
+    return target_->TryLockFile(p);
+  }
+  uint64_t NowMicros() override { return target_->NowMicros(); }
+  int64_t WallTimeMicros() override { return target_->WallTimeMicros(); }
+  void SleepForMicros(uint64_t m) override { target_->SleepForMicros(m); }
+
+ private:
+  Env* target_;
+};
+
+// ---- path helpers (pure string functions; no filesystem access)
+std::string JoinPath(std::string_view a, std::string_view b);
+std::string DirName(std::string_view path);   // "a/b/c" -> "a/b", "c" -> "."
+std::string BaseName(std::string_view path);  // "a/b/c" -> "c"
+
+}  // namespace ds::io
