@@ -4,11 +4,12 @@
 
 #include "bench/fio.h"
 #include "testing/matchers.h"
+#include "testing/paths.h"
 
 namespace ds {
 namespace {
 
-std::string Dsckpt() { return std::string(std::getenv("DSTRAIN_BUILD_DIR")) + "/dsckpt"; }
+std::string Dsckpt() { return testing::BuildDir() + "/dsckpt"; }
 
 TEST(DsckptBenchIo, JsonLineHasTheDocumentedFields) {
   testing::TempDir dir;
