@@ -24,7 +24,7 @@ DEBIAN_PACKAGES=(
   build-essential cmake pkg-config python3 python3-venv ca-certificates
   libgloo-dev libhdf5-dev libzstd-dev liburing-dev libcli11-dev nlohmann-json3-dev
   libxxhash-dev libgtest-dev libgmock-dev libbenchmark-dev
-  fio hdf5-tools
+  fio hdf5-tools clang libclang-rt-14-dev
 )
 
 say() { printf 'build.sh: %s\n' "$*"; }

@@ -1,6 +1,7 @@
 // dsckpt bench ...: storage benchmarks. Each prints a table, or with --json one JSON line.
 #include <cstdio>
 
+#include "bench/codec_bench.h"
 #include "bench/io_bench.h"
 #include "cli/dsckpt_commands.h"
 #include "io/units.h"
@@ -48,6 +49,36 @@ int RunBenchIo(const IoFlags& f) {
   return kExitOk;
 }
 
+struct CodecFlags {
+  std::string size = "64M";
+  std::string chunk = "4M";
+  unsigned repeat = 3;
+  uint64_t seed = 42;
+  bool json = false;
+};
+
+int RunBenchCodec(const CodecFlags& f) {
+  bench::CodecBenchOptions o;
+  Result<uint64_t> size = io::ParseByteSize(f.size);
+  if (!size.ok()) return ReportError(size.status().WithContext("--size"));
+  Result<uint64_t> chunk = io::ParseByteSize(f.chunk);
+  if (!chunk.ok()) return ReportError(chunk.status().WithContext("--chunk"));
+  o.size_bytes = *size;
+  o.chunk_bytes = *chunk;
+  o.repeat = f.repeat;
+  o.seed = f.seed;
+  Result<bench::CodecBenchReport> rep = bench::RunCodecBench(io::Env::Default(), o);
+  if (!rep.ok()) return ReportError(rep.status());
+  std::string table = bench::CodecBenchTable(o, *rep);
+  if (f.json) {
+    std::fputs(table.c_str(), stderr);
+    std::fputs(bench::CodecBenchJson(o, *rep).c_str(), stdout);
+  } else {
+    std::fputs(table.c_str(), stdout);
+  }
+  return kExitOk;
+}
+
 }  // namespace
 
 void AddBenchCommands(CLI::App& app, DsckptContext& ctx) {
@@ -69,6 +100,19 @@ void AddBenchCommands(CLI::App& app, DsckptContext& ctx) {
   io->add_flag("--no-fio", io_flags->no_fio, "Skip the fio comparison");
   io->footer("Example: dsckpt bench io --dir /scratch --size 4G --json");
   io->callback([io_flags, &ctx] { ctx.exit_code = RunBenchIo(*io_flags); });
+
+  auto codec_flags = std::make_shared<CodecFlags>();
+  CLI::App* codec = bench->add_subcommand(
+      "codec", "Ratio and one-core encode/decode speed of each chunk codec on synthetic state");
+  codec->add_option("--size", codec_flags->size, "Bytes of each data set (e.g. 64M, 1G)");
+  codec->add_option("--chunk", codec_flags->chunk, "Chunk size (multiple of 8 bytes)");
+  codec->add_option("--repeat", codec_flags->repeat, "Timed runs of each; medians are reported")
+      ->check(CLI::Range(1, 100));
+  codec->add_option("--seed", codec_flags->seed, "Seed of the synthetic data");
+  codec->add_flag("--json", codec_flags->json,
+                  "Print one JSON line per (data, codec) (the table goes to stderr)");
+  codec->footer("Example: dsckpt bench codec --size 64M --json");
+  codec->callback([codec_flags, &ctx] { ctx.exit_code = RunBenchCodec(*codec_flags); });
 }
 
 }  // namespace ds::cli

@@ -21,5 +21,6 @@ struct DsckptContext {
 int ReportError(const Status& status);
 
 void AddBenchCommands(CLI::App& app, DsckptContext& ctx);
+void AddInspectCommands(CLI::App& app, DsckptContext& ctx);
 
 }  // namespace ds::cli

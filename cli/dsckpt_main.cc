@@ -14,8 +14,11 @@ int main(int argc, char** argv) {
   app.footer(
       "Exit codes: 0 ok, 1 a problem or difference was found, 2 usage or I/O error.\n"
       "Examples:\n"
+      "  dsckpt inspect ckpts/\n"
+      "  dsckpt verify ckpts/step-00001000\n"
       "  dsckpt bench io --dir /scratch --size 4G --json");
   ds::cli::DsckptContext ctx;
+  ds::cli::AddInspectCommands(app, ctx);
   ds::cli::AddBenchCommands(app, ctx);
   try {
     app.parse(argc, argv);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <string>
 
 namespace ds::io {
@@ -54,6 +55,15 @@ std::string FormatRate(double bps) {
   } else {
     std::snprintf(buf, sizeof buf, "%.1f MB/s", bps / 1e6);
   }
+  return buf;
+}
+
+std::string FormatTimeUtc(int64_t micros) {
+  std::time_t secs = static_cast<std::time_t>(micros / 1000000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[40];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &tm);
   return buf;
 }
 

@@ -14,6 +14,8 @@ namespace ds::io {
 std::string FormatBytes(uint64_t bytes);
 // "1.23 GB/s" (decimal, as disks are sold and fio prints).
 std::string FormatRate(double bytes_per_second);
+// "2026-11-25 09:21:51 UTC" for microseconds since the Unix epoch.
+std::string FormatTimeUtc(int64_t micros);
 // Accepts a number with an optional unit K, M, G, T (powers of 1024, as "4G" means to dd and
 // fio), KiB/MiB/GiB/TiB, or KB/MB/GB/TB (powers of 1000); case-insensitive.
 Result<uint64_t> ParseByteSize(std::string_view text);

@@ -1,0 +1,132 @@
+// `dsckpt inspect` and `dsckpt verify` end to end, and the Python reader of docs/format.md run
+// against a real checkpoint (so the spec's example cannot rot).
+#include <nlohmann/json.hpp>
+
+#include "bench/fio.h"
+#include "io/env.h"
+#include "testing/checkpoint_builder.h"
+#include "testing/matchers.h"
+#include "testing/paths.h"
+
+namespace ds {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string Dsckpt() { return testing::BuildDir() + "/dsckpt"; }
+
+struct ShellResult {
+  int status = 0;
+  std::string out;
+};
+ShellResult Sh(const std::string& cmd) {
+  ShellResult r;
+  std::optional<std::string> out = bench::RunCapture(cmd + " 2>&1; echo \"rc=$?\"", &r.status);
+  r.out = out.value_or("");
+  size_t at = r.out.rfind("rc=");
+  r.status = at == std::string::npos ? -1 : std::stoi(r.out.substr(at + 3));
+  r.out.resize(at == std::string::npos ? r.out.size() : at);
+  return r;
+}
+
+class DsckptInspectTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    tensors_ = {testing::MakeTensor("master/w", fmt::DType::kF32, {64, 33}, 1),
+                testing::MakeTensor("model/w", fmt::DType::kBF16, {64, 33}, 2),
+                testing::MakeTensor("count", fmt::DType::kI64, {3}, 3)};
+    ckpt_ = dir_.Join("step-00000007");
+    auto m = testing::WriteTestCheckpoint(io::Env::Default(), ckpt_, tensors_, 3,
+                                          fmt::Codec::kRaw, 4096);
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    manifest_ = *m;
+  }
+  testing::TempDir dir_;
+  std::string ckpt_;
+  std::vector<testing::TestTensor> tensors_;
+  fmt::Manifest manifest_;
+};
+
+TEST_F(DsckptInspectTest, VerifyExitCodes) {
+  ShellResult ok = Sh(Dsckpt() + " verify " + bench::ShellQuote(ckpt_));
+  EXPECT_EQ(ok.status, 0) << ok.out;
+  EXPECT_THAT(ok.out, HasSubstr("healthy"));
+  ShellResult missing = Sh(Dsckpt() + " verify " + bench::ShellQuote(dir_.Join("nope")));
+  EXPECT_EQ(missing.status, 2) << missing.out;
+  EXPECT_THAT(missing.out, HasSubstr("does not exist"));
+  // Damage one chunk of rank 2.
+  const fmt::ChunkMeta& c = manifest_.chunks.back();
+  auto f = io::Env::Default()->OpenFile(io::JoinPath(ckpt_, "rank-00002.dss"),
+                                        {io::OpenMode::kUpdate});
+  ASSERT_TRUE(f.ok());
+  std::byte b[1] = {std::byte{0xff}};
+  ASSERT_TRUE((*f)->WriteAt(c.offset, b).ok());
+  ShellResult bad = Sh(Dsckpt() + " verify " + bench::ShellQuote(ckpt_));
+  EXPECT_EQ(bad.status, 1) << bad.out;
+  EXPECT_THAT(bad.out, HasSubstr("of rank-00002.dss"));
+  EXPECT_THAT(bad.out, HasSubstr("DAMAGED"));
+  ShellResult js = Sh(Dsckpt() + " verify --json " + bench::ShellQuote(ckpt_));
+  EXPECT_EQ(js.status, 1);
+  nlohmann::json j = nlohmann::json::parse(js.out);
+  EXPECT_EQ(j["chunks_damaged"], 1);
+  EXPECT_FALSE(j["healthy"].get<bool>());
+}
+
+TEST_F(DsckptInspectTest, InspectCheckpointAndSaveDir) {
+  ShellResult one = Sh(Dsckpt() + " inspect --json " + bench::ShellQuote(ckpt_));
+  ASSERT_EQ(one.status, 0) << one.out;
+  nlohmann::json j = nlohmann::json::parse(one.out);
+  EXPECT_EQ(j["tag"], "step-00000007");
+  EXPECT_EQ(j["world_size"], 3);
+  EXPECT_EQ(j["tensors"], 3);
+  EXPECT_EQ(j["raw_bytes"], 64 * 33 * 4 + 64 * 33 * 2 + 3 * 8);
+  EXPECT_EQ(j["largest_tensor"], "master/w");
+  ShellResult text = Sh(Dsckpt() + " inspect " + bench::ShellQuote(dir_.path()));
+  ASSERT_EQ(text.status, 0) << text.out;
+  EXPECT_THAT(text.out, HasSubstr("1 checkpoint(s)"));
+  EXPECT_THAT(text.out, HasSubstr("step-00000007"));
+  ShellResult empty = Sh(Dsckpt() + " inspect " + bench::ShellQuote(dir_.Join("step-00000007/..")) +
+                 "/nothing");
+  EXPECT_EQ(empty.status, 2) << empty.out;
+}
+
+// The Python reader printed in docs/format.md, section 7, reads our raw checkpoint.
+TEST_F(DsckptInspectTest, FormatDocPythonExampleReadsTheCheckpoint) {
+  const std::string python = testing::Python();
+  int status = 0;
+  if (python.empty() ||
+      !bench::RunCapture(python + " -c 'import h5py, numpy' 2>/dev/null", &status)) {
+    GTEST_SKIP() << "no Python with h5py and numpy (DSTRAIN_PYTHON)";
+  }
+  auto doc = io::Env::Default()->ReadFileToString(testing::SourceDir() + "/docs/format.md");
+  ASSERT_TRUE(doc.ok());
+  size_t begin = doc->find("```python\n");
+  ASSERT_NE(begin, std::string::npos) << "docs/format.md lost its Python example";
+  begin += 10;
+  size_t end = doc->find("```", begin);
+  std::string script = doc->substr(begin, end - begin);
+  EXPECT_LE(std::count(script.begin(), script.end(), '\n'), 24) << "keep the example short";
+  script +=
+      "import json\n"
+      "print(json.dumps({k: [int(x) for x in v.reshape(-1).view(np.uint8)[:64]] + "
+      "[int(v.reshape(-1).view(np.uint8).astype(np.uint64).sum())] for k, v in out.items()}))\n";
+  std::optional<std::string> out = bench::RunCapture(
+      python + " -c " + bench::ShellQuote(script) + " " + bench::ShellQuote(ckpt_), &status);
+  ASSERT_TRUE(out.has_value()) << "the doc's example failed with status " << status;
+  std::string last = out->substr(out->rfind('{'));
+  nlohmann::json j = nlohmann::json::parse(last);
+  for (const testing::TestTensor& t : tensors_) {
+    ASSERT_TRUE(j.contains(t.name)) << t.name;
+    std::vector<uint64_t> want;
+    uint64_t sum = 0;
+    for (size_t i = 0; i < t.data.size(); ++i) {
+      if (i < 64) want.push_back(static_cast<uint64_t>(t.data[i]));
+      sum += static_cast<uint64_t>(t.data[i]);
+    }
+    want.push_back(sum);
+    EXPECT_EQ(j[t.name].get<std::vector<uint64_t>>(), want) << t.name;
+  }
+}
+
+}  // namespace
+}  // namespace ds
