@@ -41,6 +41,12 @@ uint64_t StoredChecksum(Codec codec, std::span<const std::byte> stored);
 
 struct EncodeOptions {
   Codec codec = Codec::kByteGroupZstd;
+  // zstd level of whole-chunk frames only: codec zstd, and bytegroup+zstd chunks that fall back
+  // to it (1-byte elements, or a length that is not a whole number of elements). zstd's rules
+  // apply: 0 means its default (3), negative levels are faster, out-of-range ones are clamped.
+  // Byte-group planes ignore it: they are always compressed at level -200 (zstd's fast search:
+  // byte planes have few, short matches, which cost more than they save) with Huffman-coded
+  // literals forced on, which negative levels otherwise leave off.
   int zstd_level = 1;
   // Falls back to raw when the encoded form would keep more than this fraction of the raw
   // size (compression that saves little is not worth its decode time).
@@ -48,8 +54,8 @@ struct EncodeOptions {
 };
 
 struct EncodedChunk {
-  Codec codec;        // what was actually used (raw when compression saved too little)
-  uint64_t raw_len;   // bytes
+  Codec codec;       // what was actually used (raw when compression saved too little)
+  uint64_t raw_len;  // bytes
   uint64_t raw_xxh64;
   uint64_t stored_xxh64;
   // stored bytes: the first `stored_len` bytes of the output buffer given to Encode

@@ -1,15 +1,13 @@
-// The HDF5 side of manifest.h5: building and parsing the file image. All HDF5 calls run under
-// one mutex (the library may be built without thread safety) and with HDF5's own error
-// printing off; failures become Status values.
+// The HDF5 side of manifest.h5: building and parsing the file image (the image's in-memory
+// plumbing and its user block are in manifest_image.cc). All HDF5 calls run under one mutex (the
+// library may be built without thread safety) and with HDF5's own error printing off; failures
+// become Status values.
 #include <hdf5.h>
 
-#include <cstdlib>
-#include <cstring>
-#include <map>
 #include <memory>
 #include <mutex>
 
-#include "formats/endian.h"
+#include "formats/internal/manifest_image.h"
 #include "formats/manifest.h"
 
 namespace ds::fmt {
@@ -54,9 +52,9 @@ class Hid {
   hid_t id_ = H5I_INVALID_HID;
 };
 
-#define H5_CHECK(expr, what)                                                              \
-  do {                                                                                    \
-    if ((expr) < 0) return Status::IOError(std::string(what) + ": " + Hdf5Error());       \
+#define H5_CHECK(expr, what)                                                        \
+  do {                                                                              \
+    if ((expr) < 0) return Status::IOError(std::string(what) + ": " + Hdf5Error()); \
   } while (0)
 
 // ---- types
@@ -275,16 +273,15 @@ Status EncodeInto(hid_t f, const Manifest& m) {
   DS_RETURN_IF_ERROR(WriteStrAttr(root, "writer_version", i.writer_version));
   DS_RETURN_IF_ERROR(WriteStrAttr(root, "config_json", i.config_json));
   DS_RETURN_IF_ERROR(WriteStrAttr(root, "metrics_json", i.metrics_json));
-  DS_RETURN_IF_ERROR(WriteAttr(root, "content_xxh64", H5T_NATIVE_UINT64,
-                               &(u64 = ManifestContentChecksum(m))));
+  DS_RETURN_IF_ERROR(
+      WriteAttr(root, "content_xxh64", H5T_NATIVE_UINT64, &(u64 = ManifestContentChecksum(m))));
 
   std::vector<std::string> dtype_names;
   for (const TensorMeta& x : m.tensors) dtype_names.emplace_back(DTypeName(x.dtype));
   std::vector<TensorRow> tensors;
   for (size_t k = 0; k < m.tensors.size(); ++k) {
     const TensorMeta& x = m.tensors[k];
-    tensors.push_back({const_cast<char*>(x.name.c_str()),
-                       const_cast<char*>(dtype_names[k].c_str()),
+    tensors.push_back({const_cast<char*>(x.name.c_str()), const_cast<char*>(dtype_names[k].c_str()),
                        Vlen(x.shape.data(), x.shape.size())});
   }
   DS_RETURN_IF_ERROR(WriteTable(f, "tensors", t.tensor.get(), tensors));
@@ -319,8 +316,7 @@ Status DecodeFrom(hid_t f, uint64_t image_size, Manifest* m, const std::string& 
   ManifestInfo& i = m->info;
   DS_RETURN_IF_ERROR(ReadAttr(f, "format_version", H5T_NATIVE_UINT32, &i.format_version, w));
   if (i.format_version == 0 || i.format_version > kManifestFormatVersion) {
-    return Status::Corruption(w + ": manifest format version " +
-                              std::to_string(i.format_version) +
+    return Status::Corruption(w + ": manifest format version " + std::to_string(i.format_version) +
                               " is not one this dstrain reads (it reads 1 to " +
                               std::to_string(kManifestFormatVersion) +
                               "); written by a newer dstrain? upgrade to read it");
@@ -359,9 +355,8 @@ Status DecodeFrom(hid_t f, uint64_t image_size, Manifest* m, const std::string& 
     Hid space;
     Status s = ReadTable(f, "slices", t.slice.get(), image_size, &rows, &space, w);
     for (const SliceRow& r : rows) {
-      m->slices.push_back({r.tensor, r.rank, I64s(r.box_offset, &bad),
-                           I64s(r.box_length, &bad), r.flat_begin, r.flat_end, r.first_chunk,
-                           r.offset_in_chunk});
+      m->slices.push_back({r.tensor, r.rank, I64s(r.box_offset, &bad), I64s(r.box_length, &bad),
+                           r.flat_begin, r.flat_end, r.first_chunk, r.offset_in_chunk});
     }
     Reclaim(t.slice.get(), space, &rows);
     DS_RETURN_IF_ERROR(s);
@@ -389,10 +384,10 @@ Status DecodeFrom(hid_t f, uint64_t image_size, Manifest* m, const std::string& 
     Status s = ReadTable(f, "blobs", t.blob.get(), image_size, &rows, &space, w);
     for (const BlobRow& r : rows) {
       if (r.data.len > 0 && r.data.p == nullptr) bad = true;
-      m->blobs.push_back({Str(r.name), r.data.len == 0 || r.data.p == nullptr
-                                           ? std::string()
-                                           : std::string(static_cast<const char*>(r.data.p),
-                                                         r.data.len)});
+      m->blobs.push_back(
+          {Str(r.name), r.data.len == 0 || r.data.p == nullptr
+                            ? std::string()
+                            : std::string(static_cast<const char*>(r.data.p), r.data.len)});
     }
     Reclaim(t.blob.get(), space, &rows);
     DS_RETURN_IF_ERROR(s);
@@ -402,7 +397,8 @@ Status DecodeFrom(hid_t f, uint64_t image_size, Manifest* m, const std::string& 
                               std::to_string(kMaxDims) + " dimensions, or missing data)");
   }
   if (ManifestContentChecksum(*m) != stored_checksum) {
-    return Status::Corruption(w + ": the tables fail their checksum (content_xxh64): the "
+    return Status::Corruption(w +
+                              ": the tables fail their checksum (content_xxh64): the "
                               "manifest is damaged; an older checkpoint may still be good");
   }
   return Status::OK();
@@ -411,96 +407,6 @@ Status DecodeFrom(hid_t f, uint64_t image_size, Manifest* m, const std::string& 
 void QuietHdf5() {
   static std::once_flag once;
   std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });
-}
-
-// HDF5 1.10.8's H5Fget_file_image copies an open file's image whose superblock checksum does
-// not match (h5py: "incorrect metadata checksum"). So the file is closed first and its final
-// image caught as the core driver frees it: these callbacks own the driver's buffer.
-struct ImageSink {
-  std::string image;
-  std::map<void*, size_t> sizes;  // buffers the core driver holds, and their sizes
-};
-
-void* ImageMalloc(size_t n, H5FD_file_image_op_t, void* udata) {
-  void* p = std::malloc(n);
-  if (p != nullptr) static_cast<ImageSink*>(udata)->sizes[p] = n;
-  return p;
-}
-void* ImageMemcpy(void* dst, const void* src, size_t n, H5FD_file_image_op_t, void*) {
-  return std::memcpy(dst, src, n);
-}
-void* ImageRealloc(void* p, size_t n, H5FD_file_image_op_t, void* udata) {
-  auto* sink = static_cast<ImageSink*>(udata);
-  void* q = std::realloc(p, n);
-  if (q != nullptr) {
-    sink->sizes.erase(p);
-    sink->sizes[q] = n;
-  }
-  return q;
-}
-herr_t ImageFree(void* p, H5FD_file_image_op_t op, void* udata) {
-  auto* sink = static_cast<ImageSink*>(udata);
-  if (p != nullptr && op == H5FD_FILE_IMAGE_OP_FILE_CLOSE) {
-    sink->image.assign(static_cast<const char*>(p), sink->sizes[p]);
-  }
-  sink->sizes.erase(p);
-  std::free(p);
-  return 0;
-}
-void* UdataCopy(void* udata) { return udata; }
-herr_t UdataFree(void*) { return 0; }
-
-// The driver's buffer is longer than the file: keep the bytes up to the superblock's
-// end-of-file address (superblock versions 2 and 3, after the user block: a u64 at byte 28).
-Status TrimToEndOfFile(std::string* image) {
-  const auto* sb = reinterpret_cast<const std::byte*>(image->data()) + kManifestUserBlockBytes;
-  if (image->size() < kManifestUserBlockBytes + 48 ||
-      (sb[8] != std::byte{2} && sb[8] != std::byte{3}) || sb[9] != std::byte{8}) {
-    return Status::IOError("the manifest image has an unexpected superblock");
-  }
-  const uint64_t eof = GetU64(sb + 28);
-  if (eof > image->size() || eof <= kManifestUserBlockBytes) {
-    return Status::IOError("the manifest image's end-of-file address is out of range");
-  }
-  image->resize(eof);
-  return Status::OK();
-}
-
-// The user block (which HDF5 leaves to applications) carries a checksum of everything after
-// it, checked before HDF5 parses a byte: HDF5 itself is not hardened against damaged files.
-void SealUserBlock(std::string* image) {
-  auto* ub = reinterpret_cast<std::byte*>(image->data());
-  std::memset(ub, 0, kManifestUserBlockBytes);
-  std::memcpy(ub, kManifestMagic, 8);
-  PutU32(ub + 8, kManifestFormatVersion);
-  PutU64(ub + 16, image->size());
-  PutU64(ub + 24, Xxh64(std::as_bytes(std::span(image->data(), image->size()))
-                            .subspan(kManifestUserBlockBytes)));
-}
-
-Status CheckUserBlock(std::span<const std::byte> image, const std::string& w) {
-  if (image.size() < kManifestUserBlockBytes || std::memcmp(image.data(), kManifestMagic, 8) != 0) {
-    return Status::Corruption(w + ": not a dstrain manifest (" + std::to_string(image.size()) +
-                              " bytes, no DSTRMANF user block; truncated or overwritten?)");
-  }
-  const uint32_t version = GetU32(image.data() + 8);
-  if (version == 0 || version > kManifestFormatVersion) {
-    return Status::Corruption(w + ": manifest format version " + std::to_string(version) +
-                              " is not one this dstrain reads (it reads 1 to " +
-                              std::to_string(kManifestFormatVersion) +
-                              "); written by a newer dstrain? upgrade to read it");
-  }
-  const uint64_t length = GetU64(image.data() + 16);
-  if (length != image.size()) {
-    return Status::Corruption(w + ": the manifest has " + std::to_string(image.size()) +
-                              " bytes but its header says " + std::to_string(length) +
-                              (image.size() < length ? " (truncated)" : " (appended to)"));
-  }
-  if (GetU64(image.data() + 24) != Xxh64(image.subspan(kManifestUserBlockBytes))) {
-    return Status::Corruption(w + ": the manifest fails its checksum (damaged); an older "
-                              "checkpoint may still be good: 'dsckpt list'");
-  }
-  return Status::OK();
 }
 
 }  // namespace
@@ -515,15 +421,15 @@ Result<std::string> EncodeManifest(const Manifest& m) {
     // Format of HDF5 1.10 on both bounds: checksummed metadata, readable by 1.10 and later.
     H5_CHECK(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V110, H5F_LIBVER_V110), "HDF5 setup");
     H5_CHECK(H5Pset_fapl_core(fapl.get(), 1 << 20, 0), "HDF5 setup");  // in memory, no file
-    H5FD_file_image_callbacks_t callbacks = {ImageMalloc, ImageMemcpy, ImageRealloc, ImageFree,
-                                             UdataCopy,   UdataFree,   &sink};
+    H5FD_file_image_callbacks_t callbacks = ImageSinkCallbacks(&sink);
     H5_CHECK(H5Pset_file_image_callbacks(fapl.get(), &callbacks), "HDF5 setup");
     Hid fcpl(H5Pcreate(H5P_FILE_CREATE));
     H5_CHECK(H5Pset_userblock(fcpl.get(), kManifestUserBlockBytes), "HDF5 setup");
     hid_t id = H5Fcreate("manifest.h5", H5F_ACC_TRUNC, fcpl.get(), fapl.get());
     if (id < 0) return Status::IOError("creating the manifest image: " + Hdf5Error());
     Status s = EncodeInto(id, m);
-    if (H5Fclose(id) < 0 && s.ok()) s = Status::IOError("closing the manifest image: " + Hdf5Error());
+    if (H5Fclose(id) < 0 && s.ok())
+      s = Status::IOError("closing the manifest image: " + Hdf5Error());
     DS_RETURN_IF_ERROR(s);
   }
   DS_RETURN_IF_ERROR(TrimToEndOfFile(&sink.image));

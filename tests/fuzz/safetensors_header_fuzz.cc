@@ -4,8 +4,8 @@
 //
 // Build and run (from the repository root; needs clang with libFuzzer):
 //   clang++ -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -I. \
-//     tests/fuzz/safetensors_header_fuzz.cc formats/safetensors.cc formats/dtype.cc \
-//     io/status.cc io/env.cc -o safetensors_header_fuzz
+//     tests/fuzz/safetensors_header_fuzz.cc formats/safetensors_header.cc formats/dtype.cc \
+//     io/status.cc -o safetensors_header_fuzz
 //   ./safetensors_header_fuzz -max_total_time=30 tests/fuzz/corpus/safetensors_header
 #include <algorithm>
 #include <cstdint>
