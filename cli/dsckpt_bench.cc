@@ -3,6 +3,7 @@
 
 #include "bench/codec_bench.h"
 #include "bench/io_bench.h"
+#include "bench/save_bench.h"
 #include "cli/dsckpt_commands.h"
 #include "io/units.h"
 
@@ -14,6 +15,19 @@ int ReportError(const Status& status) {
 }
 
 namespace {
+
+// Benchmarks print a table for people, or with --json one JSON line for programs (the table
+// then goes to stderr).
+int Print(bool json, const std::string& table, std::string json_text) {
+  if (json) {
+    std::fputs(table.c_str(), stderr);
+    if (!json_text.empty() && json_text.back() != '\n') json_text += '\n';
+    std::fputs(json_text.c_str(), stdout);
+  } else {
+    std::fputs(table.c_str(), stdout);
+  }
+  return kExitOk;
+}
 
 struct IoFlags {
   std::string dir = ".";
@@ -39,14 +53,7 @@ int RunBenchIo(const IoFlags& f) {
   o.repeat = f.repeat;
   Result<bench::IoBenchReport> rep = bench::RunIoBench(io::Env::Default(), o);
   if (!rep.ok()) return ReportError(rep.status());
-  std::string table = bench::IoBenchTable(o, *rep);
-  if (f.json) {
-    std::fputs(table.c_str(), stderr);
-    std::printf("%s\n", bench::IoBenchJson(o, *rep).c_str());
-  } else {
-    std::fputs(table.c_str(), stdout);
-  }
-  return kExitOk;
+  return Print(f.json, bench::IoBenchTable(o, *rep), bench::IoBenchJson(o, *rep));
 }
 
 struct CodecFlags {
@@ -69,14 +76,40 @@ int RunBenchCodec(const CodecFlags& f) {
   o.seed = f.seed;
   Result<bench::CodecBenchReport> rep = bench::RunCodecBench(io::Env::Default(), o);
   if (!rep.ok()) return ReportError(rep.status());
-  std::string table = bench::CodecBenchTable(o, *rep);
-  if (f.json) {
-    std::fputs(table.c_str(), stderr);
-    std::fputs(bench::CodecBenchJson(o, *rep).c_str(), stdout);
-  } else {
-    std::fputs(table.c_str(), stdout);
-  }
-  return kExitOk;
+  return Print(f.json, bench::CodecBenchTable(o, *rep), bench::CodecBenchJson(o, *rep));
+}
+
+struct SaveFlags {
+  std::string dir = ".";
+  std::string size = "4G";
+  std::string chunk = "4M";
+  std::string codec = "bytegroup+zstd";
+  uint32_t ranks = 1;
+  unsigned repeat = 3;
+  bool keep = false;
+  bool json = false;
+  bool no_fio = false;
+};
+
+int RunBenchSave(const SaveFlags& f) {
+  bench::SaveBenchOptions o;
+  o.dir = f.dir;
+  Result<uint64_t> size = io::ParseByteSize(f.size);
+  if (!size.ok()) return ReportError(size.status().WithContext("--size"));
+  Result<uint64_t> chunk = io::ParseByteSize(f.chunk);
+  if (!chunk.ok()) return ReportError(chunk.status().WithContext("--chunk"));
+  Result<fmt::Codec> codec = fmt::CodecFromName(f.codec);
+  if (!codec.ok()) return ReportError(codec.status().WithContext("--codec"));
+  o.size_bytes = *size;
+  o.chunk_bytes = *chunk;
+  o.codec = *codec;
+  o.ranks = f.ranks;
+  o.repeat = f.repeat;
+  o.keep = f.keep;
+  o.run_fio = !f.no_fio;
+  Result<bench::SaveBenchReport> rep = bench::RunSaveBench(io::Env::Default(), o);
+  if (!rep.ok()) return ReportError(rep.status());
+  return Print(f.json, bench::SaveBenchTable(o, *rep), bench::SaveBenchJson(o, *rep));
 }
 
 }  // namespace
@@ -113,6 +146,25 @@ void AddBenchCommands(CLI::App& app, DsckptContext& ctx) {
                   "Print one JSON line per (data, codec) (the table goes to stderr)");
   codec->footer("Example: dsckpt bench codec --size 64M --json");
   codec->callback([codec_flags, &ctx] { ctx.exit_code = RunBenchCodec(*codec_flags); });
+
+  auto save_flags = std::make_shared<SaveFlags>();
+  CLI::App* save = bench->add_subcommand(
+      "save", "A whole save and load of synthetic training state, against memcpy and fio");
+  save->add_option("--dir", save_flags->dir, "Directory on the disk to save to")
+      ->check(CLI::ExistingDirectory);
+  save->add_option("--size", save_flags->size, "Logical bytes of state, all ranks together");
+  save->add_option("--ranks", save_flags->ranks, "Ranks saving at once (threads)")
+      ->check(CLI::Range(1, 64));
+  save->add_option("--codec", save_flags->codec, "raw, zstd or bytegroup+zstd");
+  save->add_option("--chunk", save_flags->chunk, "Raw bytes per chunk");
+  save->add_option("--repeat", save_flags->repeat,
+                   "Measured rounds of save, load and fio (after one warm-up save); medians")
+      ->check(CLI::Range(1, 100));
+  save->add_flag("--keep", save_flags->keep, "Leave the save directory behind for inspection");
+  save->add_flag("--json", save_flags->json, "Print one JSON line (the table goes to stderr)");
+  save->add_flag("--no-fio", save_flags->no_fio, "Skip the fio comparison");
+  save->footer("Example: dsckpt bench save --dir /scratch --size 4G --ranks 2 --codec raw --json");
+  save->callback([save_flags, &ctx] { ctx.exit_code = RunBenchSave(*save_flags); });
 }
 
 }  // namespace ds::cli

@@ -193,13 +193,48 @@ Status ShardWriter::EnsureAllocated(uint64_t end) {
   return Status::OK();
 }
 
+uint64_t ShardWriter::AddChunkInPlace(std::span<std::byte> block, size_t raw_len,
+                                      uint8_t elem_size, std::function<void()> on_done) {
+  const bool in_place = options_.encode.codec == Codec::kRaw &&
+                        block.size() >= AlignUp(raw_len, kChunkAlignment) &&
+                        reinterpret_cast<uintptr_t>(block.data()) % kChunkAlignment == 0;
+  if (!in_place) return AddChunk(block.first(raw_len), elem_size, std::move(on_done));
+  uint64_t index;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    index = records_.size();
+    records_.push_back({});
+    ++pending_;
+  }
+  options_.encoders->Submit([this, index, block, raw_len, elem_size, done = std::move(on_done)] {
+    ChecksumAndWrite(index, block, raw_len, elem_size, done);
+  });
+  return index;
+}
+
+void ShardWriter::WriteChunk(uint64_t index, std::span<const std::byte> padded,
+                             const ChunkRecord& partial, std::function<void(const Status&)> done) {
+  uint64_t offset;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    offset = next_offset_;
+    next_offset_ += padded.size();
+    Status s = EnsureAllocated(next_offset_);
+    if (!s.ok() && error_.ok()) error_ = s;
+    records_[index] = partial;
+    records_[index].offset = offset;
+  }
+  options_.io->Write(file_.get(), offset, padded, std::move(done));
+}
+
+void ShardWriter::FinishOne() {
+  std::lock_guard<std::mutex> lock(mu_);
+  --pending_;
+  cv_.notify_all();
+}
+
 void ShardWriter::EncodeAndWrite(uint64_t index, std::span<const std::byte> raw,
                                  uint8_t elem_size, std::function<void()> on_raw_done) {
-  auto finish_one = [this] {
-    std::lock_guard<std::mutex> lock(mu_);
-    --pending_;
-    cv_.notify_all();
-  };
   const std::string what = DescribeChunk(index, io::BaseName(path_));
   // Stored bytes wait in staging until their write completes (bounded: backpressure).
   Result<io::Buffer> buf = options_.staging->Acquire(
@@ -207,7 +242,7 @@ void ShardWriter::EncodeAndWrite(uint64_t index, std::span<const std::byte> raw,
   if (!buf.ok()) {
     if (on_raw_done) on_raw_done();
     Fail(buf.status().WithContext("encoding " + what));
-    finish_one();
+    FinishOne();
     return;
   }
   thread_local ChunkEncoder encoder;
@@ -215,28 +250,36 @@ void ShardWriter::EncodeAndWrite(uint64_t index, std::span<const std::byte> raw,
   if (on_raw_done) on_raw_done();  // the stored bytes no longer need the raw ones
   if (!enc.ok()) {
     Fail(enc.status().WithContext("encoding " + what));
-    finish_one();
+    FinishOne();
     return;
   }
   const uint64_t padded = AlignUp(enc->stored_len, kChunkAlignment);
   std::memset(buf->data() + enc->stored_len, 0, padded - enc->stored_len);
-  uint64_t offset;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    offset = next_offset_;
-    next_offset_ += padded;
-    Status s = EnsureAllocated(next_offset_);
-    if (!s.ok() && error_.ok()) error_ = s;
-    records_[index] = {offset,       enc->stored_len,  enc->raw_len,    enc->codec,
-                       elem_size,    enc->raw_xxh64,   enc->stored_xxh64};
-  }
   auto owned = std::make_shared<io::Buffer>(std::move(*buf));
-  options_.io->Write(file_.get(), offset, {owned->data(), padded},
-                     [this, owned, finish_one, what](const Status& s) mutable {
-                       if (!s.ok()) Fail(s.WithContext("writing " + what));
-                       owned->Release();
-                       finish_one();
-                     });
+  WriteChunk(index, {owned->data(), padded},
+             {0, enc->stored_len, enc->raw_len, enc->codec, elem_size, enc->raw_xxh64,
+              enc->stored_xxh64},
+             [this, owned, what](const Status& s) {
+               if (!s.ok()) Fail(s.WithContext("writing " + what));
+               owned->Release();
+               FinishOne();
+             });
+}
+
+void ShardWriter::ChecksumAndWrite(uint64_t index, std::span<std::byte> block, size_t raw_len,
+                                   uint8_t elem_size, std::function<void()> on_done) {
+  const std::string what = DescribeChunk(index, io::BaseName(path_));
+  const uint64_t padded = AlignUp(raw_len, kChunkAlignment);
+  std::span<const std::byte> raw = block.first(raw_len);
+  ChunkRecord rec{0, raw_len, raw_len, Codec::kRaw, elem_size, Xxh64(raw),
+                  StoredChecksum(Codec::kRaw, raw)};
+  std::memset(block.data() + raw_len, 0, padded - raw_len);
+  WriteChunk(index, block.first(padded), rec,
+             [this, on_done = std::move(on_done), what](const Status& s) {
+               if (!s.ok()) Fail(s.WithContext("writing " + what));
+               if (on_done) on_done();
+               FinishOne();
+             });
 }
 
 Result<ShardSummary> ShardWriter::Finish() {

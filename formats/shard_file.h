@@ -98,7 +98,7 @@ struct ShardWriterOptions {
   io::BufferPool* staging = nullptr;     // required: stored bytes wait here for their write
   bool direct = true;                    // O_DIRECT where the filesystem allows it
   std::string writer_version = "dstrain";
-  uint64_t preallocate_step = 256 << 20;  // bytes reserved ahead of the write position
+  uint64_t preallocate_step = 64 << 20;  // bytes reserved ahead of the write position
 };
 
 struct ShardSummary {
@@ -122,6 +122,12 @@ class ShardWriter {
   uint64_t AddChunk(std::span<const std::byte> raw, uint8_t elem_size,
                     std::function<void()> on_raw_done = nullptr);
 
+  // Like AddChunk, for callers that own an aligned staging block: with the raw codec the block
+  // itself is written (its tail up to the next 4 KiB is zeroed first), saving a copy. `block`
+  // holds the raw bytes in its first `raw_len` bytes; `on_done` runs once the block is free.
+  uint64_t AddChunkInPlace(std::span<std::byte> block, size_t raw_len, uint8_t elem_size,
+                           std::function<void()> on_done);
+
   // Waits for every chunk, trims the preallocated tail, fsyncs and closes. The first error of
   // any chunk (encode, write) is returned, naming the file.
   Result<ShardSummary> Finish();
@@ -132,7 +138,14 @@ class ShardWriter {
   ShardWriter(std::string path, ShardWriterOptions options, std::unique_ptr<io::File> file);
   void EncodeAndWrite(uint64_t index, std::span<const std::byte> raw, uint8_t elem_size,
                       std::function<void()> on_raw_done);
+  void ChecksumAndWrite(uint64_t index, std::span<std::byte> block, size_t raw_len,
+                        uint8_t elem_size, std::function<void()> on_done);
+  // Reserves the next aligned extent, records the chunk, and queues its write; `done` runs
+  // with the write's status.
+  void WriteChunk(uint64_t index, std::span<const std::byte> padded, const ChunkRecord& partial,
+                  std::function<void(const Status&)> done);
   void Fail(const Status& s);
+  void FinishOne();  // one chunk fewer pending
   Status EnsureAllocated(uint64_t end);
 
   std::string path_;

@@ -6,8 +6,8 @@
 namespace ds::io {
 
 Status File::Preallocate(uint64_t size) {
-  DS_ASSIGN_OR_RETURN(uint64_t current, Size());
-  return current < size ? Truncate(size) : Status::OK();
+  (void)size;
+  return Status::OK();
 }
 
 Result<bool> Env::Exists(const std::string& path) {
@@ -31,6 +31,20 @@ Status Env::CreateDirs(const std::string& dir) {
   Status s = CreateDir(dir);
   if (s.code() == StatusCode::kFailedPrecondition) return Status::OK();  // lost a race: fine
   return s;
+}
+
+Status Env::CreateDirsDurably(const std::string& dir) {
+  std::vector<std::string> missing;  // deepest first
+  for (std::string d = dir; !d.empty() && d != "." && d != "/"; d = DirName(d)) {
+    DS_ASSIGN_OR_RETURN(bool exists, Exists(d));
+    if (exists) break;
+    missing.push_back(d);
+  }
+  DS_RETURN_IF_ERROR(CreateDirs(dir));
+  for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+    DS_RETURN_IF_ERROR(SyncDir(DirName(*it)));
+  }
+  return Status::OK();
 }
 
 Status Env::RemoveAll(const std::string& path) {

@@ -62,10 +62,10 @@ class File {
   virtual Status Sync() = 0;  // data and metadata durable (fsync)
   virtual Status DataSync() { return Sync(); }
   virtual Status Truncate(uint64_t size) = 0;
-  // Reserves blocks for [0, size) and sets the file size to at least `size` (fallocate), so
+  // Reserves blocks for [0, size) and may set the file size to `size` (POSIX: fallocate), so
   // that O_DIRECT writes inside it neither allocate nor extend the file (ext4 serialises
-  // extending direct writes). Writers truncate to the real size before their final Sync.
-  // Filesystems without fallocate get a plain size change.
+  // extending direct writes). A writer that preallocates truncates to its real size before its
+  // final Sync. The default (and MemEnv) only checks the space is there and changes nothing.
   virtual Status Preallocate(uint64_t size);
   virtual Result<uint64_t> Size() const = 0;
   virtual Status Close() = 0;
@@ -137,6 +137,9 @@ class Env {
   // ---- conveniences built on the calls above (so wrappers see every step)
   Result<bool> Exists(const std::string& path);
   Status CreateDirs(const std::string& dir);  // mkdir -p; existing directories are fine
+  // mkdir -p, then SyncDir of the parent of every directory it created, so the new directories
+  // survive a crash (a checkpoint inside a directory whose own entry was lost is lost too).
+  Status CreateDirsDurably(const std::string& dir);
   Status RemoveAll(const std::string& path);  // rm -rf; a missing path is fine
   Result<std::string> ReadFileToString(const std::string& path);
   // Writes `data` to a fresh file at `path` and fsyncs it (not its directory).

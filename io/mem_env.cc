@@ -159,6 +159,15 @@ class MemFile final : public File {
     if (epoch_ != state_->epoch) return DeadHandle(path());
     return static_cast<uint64_t>(node_->data.size());
   }
+  Status Preallocate(uint64_t size) override {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (epoch_ != state_->epoch) return DeadHandle(path());
+    const auto& d = node_->data;
+    if (size > d.size() && UsedLocked(*state_) + (size - d.size()) > state_->capacity) {
+      return ErrnoStatus("MemEnv: preallocate " + path(), ENOSPC);
+    }
+    return Status::OK();  // reserves nothing: the file grows as it is written
+  }
   Status Close() override { return Status::OK(); }
 
  private:

@@ -1,0 +1,272 @@
+#include "bench/save_bench.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "bench/io_bench.h"  // Median
+#include "bench/synthetic.h"
+#include "ckpt/reader.h"
+#include "ckpt/writer.h"
+#include "io/async_io.h"
+#include "io/thread_pool.h"
+
+namespace ds::bench {
+namespace {
+
+constexpr uint64_t kBlockBytes = 64 << 20;  // each kind of state is generated once, this big
+constexpr int64_t kRowElements = 4096;
+
+// A rank's state: tensors of one block each, cycling through master weights and both Adam
+// moments (12 bytes per parameter, as a ZeRO optimizer partition holds).
+struct RankState {
+  std::vector<ckpt::SaveSlice> slices;
+  uint64_t bytes = 0;
+};
+
+RankState StateOf(uint32_t rank, uint64_t bytes, const std::vector<std::vector<std::byte>>& blocks) {
+  static const char* const kPrefixes[] = {"master/", "optim/exp_avg/", "optim/exp_avg_sq/"};
+  RankState s;
+  for (uint64_t done = 0, i = 0; done < bytes; ++i) {
+    const uint64_t n = std::min<uint64_t>(kBlockBytes, (bytes - done) / 4 * 4);
+    if (n == 0) break;
+    const auto& block = blocks[i % 3];
+    const int64_t elems = static_cast<int64_t>(n / 4);
+    ckpt::SaveSlice sl;
+    sl.name = std::string(kPrefixes[i % 3]) + "r" + std::to_string(rank) + ".t" + std::to_string(i / 3);
+    sl.dtype = fmt::DType::kF32;
+    sl.shape = elems % kRowElements == 0 ? std::vector<int64_t>{elems / kRowElements, kRowElements}
+                                         : std::vector<int64_t>{elems};
+    sl.flat_begin = 0;
+    sl.flat_end = static_cast<uint64_t>(elems);
+    sl.source.host = std::span<const std::byte>(block.data(), n);
+    s.slices.push_back(std::move(sl));
+    done += n;
+  }
+  s.bytes = bytes;
+  return s;
+}
+
+// The loaded bytes must be the saved ones.
+Status CheckLoaded(const std::vector<RankState>& states,
+                   const std::vector<std::vector<std::byte>>& loaded) {
+  for (size_t r = 0; r < states.size(); ++r) {
+    uint64_t at = 0;
+    for (const ckpt::SaveSlice& sl : states[r].slices) {
+      if (std::memcmp(loaded[r].data() + at, sl.source.host.data(), sl.source.host.size()) != 0) {
+        return Status::Corruption("the benchmark loaded different bytes than it saved (" +
+                                  sl.name + ")");
+      }
+      at += sl.source.host.size();
+    }
+  }
+  return Status::OK();
+}
+
+double Seconds(io::Env* env, uint64_t since) {
+  return static_cast<double>(env->NowMicros() - since) / 1e6;
+}
+
+// Runs fn(rank) on one thread per rank; returns the first error.
+Status OnRanks(uint32_t ranks, const std::function<Status(uint32_t)>& fn) {
+  std::vector<Status> st(ranks);
+  std::vector<std::thread> threads;
+  for (uint32_t r = 0; r < ranks; ++r) threads.emplace_back([&, r] { st[r] = fn(r); });
+  for (auto& t : threads) t.join();
+  for (uint32_t r = 0; r < ranks; ++r) DS_RETURN_IF_ERROR(st[r]) << "rank " << r;
+  return Status::OK();
+}
+
+}  // namespace
+
+Result<SaveBenchReport> RunSaveBench(io::Env* env, const SaveBenchOptions& o) {
+  if (o.ranks == 0) return Status::InvalidArgument("--ranks must be at least 1");
+  DS_ASSIGN_OR_RETURN(io::FileInfo info, env->Stat(o.dir));
+  if (!info.is_dir) return Status::InvalidArgument(o.dir + " is not a directory");
+  DS_ASSIGN_OR_RETURN(io::SpaceInfo space, env->StatFs(o.dir));
+  if (space.available_bytes < 2 * o.size_bytes + (256 << 20)) {
+    return Status::NoSpace("the benchmark needs about " + io::FormatBytes(2 * o.size_bytes) +
+                           " in " + o.dir + " but only " + io::FormatBytes(space.available_bytes) +
+                           " is free; pass a smaller --size");
+  }
+  std::vector<std::vector<std::byte>> blocks;
+  for (const char* kind : {"fp32-trained", "adam-exp_avg", "adam-exp_avg_sq"}) {
+    blocks.push_back(Generate(FindDataSet(kind), kBlockBytes, 42));
+  }
+  const uint64_t per_rank = o.size_bytes / o.ranks / 4 * 4;
+  std::vector<RankState> states;
+  for (uint32_t r = 0; r < o.ranks; ++r) states.push_back(StateOf(r, per_rank, blocks));
+
+  SaveBenchReport rep;
+  rep.logical_bytes = per_rank * o.ranks;
+  const std::string save_dir = io::JoinPath(o.dir, "dstrain-save-bench");
+  DS_RETURN_IF_ERROR(env->RemoveAll(save_dir));
+  ckpt::InProcessStore store;
+  std::vector<std::unique_ptr<ckpt::CheckpointWriter>> writers(o.ranks);
+  for (uint32_t r = 0; r < o.ranks; ++r) {
+    ckpt::WriterOptions w;
+    w.save_dir = save_dir;
+    w.rank = r;
+    w.world_size = o.ranks;
+    w.store = &store;
+    w.codec = o.codec;
+    w.chunk_bytes = o.chunk_bytes;
+    w.staging_bytes = std::max<uint64_t>(per_rank + o.chunk_bytes, 2 * o.chunk_bytes);
+    w.encode_threads = std::max<unsigned>(1, io::HardwareThreads() / o.ranks);
+    w.io_backend = o.io_backend;
+    w.retention.keep_last = 1;
+    DS_ASSIGN_OR_RETURN(writers[r], ckpt::CheckpointWriter::Create(env, w));
+  }
+
+  // One unmeasured save first (staging's page faults), then `repeat` rounds of a measured save,
+  // a load, and fio, interleaved so that a noisy disk affects both alike; medians are reported.
+  ckpt::ReaderOptions ro;
+  ro.io_backend = o.io_backend;
+  std::vector<std::vector<std::byte>> loaded(o.ranks, std::vector<std::byte>(per_rank));
+  std::vector<double> stalls, saves, loads, fio_w, fio_r;
+  for (unsigned i = 0; i <= std::max(1u, o.repeat); ++i) {
+    std::vector<double> stall(o.ranks);
+    const uint64_t t0 = env->NowMicros();
+    DS_RETURN_IF_ERROR(OnRanks(o.ranks, [&](uint32_t r) -> Status {
+      ckpt::SaveRequest req;
+      req.step = i + 1;
+      req.zero_stage = 1;
+      DS_RETURN_IF_ERROR(writers[r]->Begin(req));
+      for (const ckpt::SaveSlice& sl : states[r].slices) DS_RETURN_IF_ERROR(writers[r]->AddSlice(sl));
+      DS_ASSIGN_OR_RETURN(ckpt::SaveStats snap, writers[r]->Snapshot());
+      stall[r] = snap.snapshot_seconds;
+      auto handle = writers[r]->Commit();
+      DS_RETURN_IF_ERROR(handle->Wait());
+      if (r == 0) rep.path = handle->stats().path;
+      return Status::OK();
+    }));
+    if (i == 0) continue;  // the warm-up
+    saves.push_back(Seconds(env, t0));
+    stalls.push_back(*std::max_element(stall.begin(), stall.end()));
+    const uint64_t t1 = env->NowMicros();
+    DS_RETURN_IF_ERROR(OnRanks(o.ranks, [&](uint32_t r) -> Status {
+      DS_ASSIGN_OR_RETURN(auto reader, ckpt::CheckpointReader::Open(env, rep.path, ro));
+      std::vector<ckpt::ReadRequest> reqs;
+      uint64_t at = 0;
+      for (const ckpt::SaveSlice& sl : states[r].slices) {
+        const uint64_t n = sl.source.host.size();
+        reqs.push_back({{sl.name, {}, {}, 0, UINT64_MAX}, {loaded[r].data() + at, n}, nullptr});
+        at += n;
+      }
+      DS_RETURN_IF_ERROR(reader->Read(reqs).status());
+      if (r == 0) {
+        rep.stored_bytes = 0;
+        for (const auto& c : reader->manifest().chunks) rep.stored_bytes += c.stored_len;
+      }
+      return Status::OK();
+    }));
+    loads.push_back(Seconds(env, t1));
+    DS_RETURN_IF_ERROR(CheckLoaded(states, loaded));
+    if (o.run_fio) {
+      FioResult f = RunFio(o.dir, rep.logical_bytes);
+      rep.fio = f;
+      if (f.ran) {
+        fio_w.push_back(f.write_bps);
+        fio_r.push_back(f.read_bps);
+      }
+    } else {
+      rep.fio.why_not = "skipped (--no-fio)";
+    }
+  }
+  writers.clear();
+  rep.stall_s = Median(stalls);
+  rep.save_s = Median(saves);
+  rep.load_s = Median(loads);
+  if (rep.fio.ran) {
+    rep.fio.write_bps = Median(fio_w);
+    rep.fio.read_bps = Median(fio_r);
+  }
+
+  // The same bytes through memcpy, by the same number of threads, into warm memory.
+  {
+    std::vector<double> copies;
+    for (unsigned i = 0; i < std::max(1u, o.repeat); ++i) {
+      const uint64_t t0 = env->NowMicros();
+      DS_RETURN_IF_ERROR(OnRanks(o.ranks, [&](uint32_t r) {
+        uint64_t at = 0;
+        for (const ckpt::SaveSlice& sl : states[r].slices) {
+          std::memcpy(loaded[r].data() + at, sl.source.host.data(), sl.source.host.size());
+          at += sl.source.host.size();
+        }
+        return Status::OK();
+      }));
+      copies.push_back(Seconds(env, t0));
+    }
+    rep.memcpy_s = Median(copies);
+  }
+  {
+    std::string why;
+    rep.backend = o.io_backend.empty() ? (io::ProbeIoUring(&why) ? "uring" : "pwrite") : o.io_backend;
+  }
+  if (!o.keep) DS_RETURN_IF_ERROR(env->RemoveAll(save_dir));
+  return rep;
+}
+
+std::string SaveBenchTable(const SaveBenchOptions& o, const SaveBenchReport& r) {
+  std::string out;
+  char line[256];
+  auto rate = [](uint64_t bytes, double s) { return io::FormatRate(s > 0 ? bytes / s : 0); };
+  std::snprintf(line, sizeof line,
+                "save bench: %s of fp32 state from %u rank(s), codec %s, %s chunks, %s backend, "
+                "median of %u rounds\n",
+                io::FormatBytes(r.logical_bytes).c_str(), o.ranks,
+                std::string(fmt::CodecName(o.codec)).c_str(),
+                io::FormatBytes(o.chunk_bytes).c_str(), r.backend.c_str(), std::max(1u, o.repeat));
+  out += line;
+  std::snprintf(line, sizeof line, "  stall (snapshot)   %8.3f s   %.2fx a memcpy of the same bytes (%.3f s)\n",
+                r.stall_s, r.memcpy_s > 0 ? r.stall_s / r.memcpy_s : 0, r.memcpy_s);
+  out += line;
+  std::snprintf(line, sizeof line, "  save, durable      %8.3f s   %s logical, stored %s (ratio %.2fx)\n",
+                r.save_s, rate(r.logical_bytes, r.save_s).c_str(),
+                io::FormatBytes(r.stored_bytes).c_str(),
+                r.stored_bytes ? static_cast<double>(r.logical_bytes) / r.stored_bytes : 0.0);
+  out += line;
+  std::snprintf(line, sizeof line, "  load, verified     %8.3f s   %s logical\n", r.load_s,
+                rate(r.logical_bytes, r.load_s).c_str());
+  out += line;
+  if (r.fio.ran) {
+    std::snprintf(line, sizeof line,
+                  "  fio (--direct=1 --ioengine=%s, 4 MiB, QD 16): write %s, read %s\n"
+                  "  save/fio write %.2fx, load/fio read %.2fx (logical bytes)\n",
+                  r.fio.engine.c_str(), io::FormatRate(r.fio.write_bps).c_str(),
+                  io::FormatRate(r.fio.read_bps).c_str(),
+                  r.save_s > 0 ? r.logical_bytes / r.save_s / r.fio.write_bps : 0,
+                  r.load_s > 0 ? r.logical_bytes / r.load_s / r.fio.read_bps : 0);
+  } else {
+    std::snprintf(line, sizeof line, "  fio: not run (%s)\n", r.fio.why_not.c_str());
+  }
+  out += line;
+  return out;
+}
+
+std::string SaveBenchJson(const SaveBenchOptions& o, const SaveBenchReport& r) {
+  nlohmann::json j;
+  j["bench"] = "save";
+  j["dir"] = o.dir;
+  j["ranks"] = o.ranks;
+  j["codec"] = std::string(fmt::CodecName(o.codec));
+  j["chunk_bytes"] = o.chunk_bytes;
+  j["repeat"] = std::max(1u, o.repeat);
+  j["backend"] = r.backend;
+  j["stall_s"] = r.stall_s;
+  j["memcpy_s"] = r.memcpy_s;
+  j["save_s"] = r.save_s;
+  j["load_s"] = r.load_s;
+  j["logical_bytes"] = r.logical_bytes;
+  j["stored_bytes"] = r.stored_bytes;
+  j["save_bps"] = r.save_s > 0 ? r.logical_bytes / r.save_s : 0;
+  j["load_bps"] = r.load_s > 0 ? r.logical_bytes / r.load_s : 0;
+  j["fio_write_bps"] = r.fio.ran ? nlohmann::json(r.fio.write_bps) : nlohmann::json();
+  j["fio_read_bps"] = r.fio.ran ? nlohmann::json(r.fio.read_bps) : nlohmann::json();
+  if (o.keep) j["path"] = r.path;
+  return j.dump();
+}
+
+}  // namespace ds::bench

@@ -1,0 +1,46 @@
+// dsckpt bench save: a whole save and load of synthetic training state (fp32 master weights and
+// Adam moments) from N in-process ranks, against a plain memcpy of the same bytes (for the
+// stall) and fio's direct write and read on the same directory (for the disk), in one run.
+// Thread safety: one run at a time per directory.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "bench/fio.h"
+#include "formats/chunk_codec.h"
+#include "io/env.h"
+
+namespace ds::bench {
+
+struct SaveBenchOptions {
+  std::string dir;
+  uint64_t size_bytes = uint64_t{4} << 30;  // logical bytes, all ranks together
+  uint32_t ranks = 1;
+  fmt::Codec codec = fmt::Codec::kByteGroupZstd;
+  uint64_t chunk_bytes = 4 << 20;
+  // Measured rounds (save, load, fio), after one unmeasured save that pays for staging's page
+  // faults; medians are reported.
+  unsigned repeat = 3;
+  bool keep = false;   // leave the save directory behind
+  bool run_fio = true;
+  std::string io_backend;  // "", "uring", "pwrite"
+};
+
+struct SaveBenchReport {
+  std::string backend;
+  double stall_s = 0;    // the slowest rank's snapshot
+  double memcpy_s = 0;   // the same bytes copied by the same threads into warm memory
+  double save_s = 0;     // Begin to committed and durable, all ranks
+  double load_s = 0;     // every rank reading its slices back, checksums verified
+  uint64_t logical_bytes = 0;
+  uint64_t stored_bytes = 0;
+  std::string path;      // the checkpoint (gone unless keep)
+  FioResult fio;
+};
+
+Result<SaveBenchReport> RunSaveBench(io::Env* env, const SaveBenchOptions& options);
+std::string SaveBenchTable(const SaveBenchOptions& options, const SaveBenchReport& report);
+std::string SaveBenchJson(const SaveBenchOptions& options, const SaveBenchReport& report);
+
+}  // namespace ds::bench

@@ -1,0 +1,205 @@
+#include "ckpt/reader.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+#include "formats/shard_file.h"
+#include "io/async_io.h"
+#include "io/buffer_pool.h"
+#include "io/thread_pool.h"
+
+namespace ds::ckpt {
+
+struct CheckpointReader::Impl {
+  io::Env* env;
+  std::string dir;
+  ReaderOptions options;
+  fmt::Manifest manifest;
+  std::unique_ptr<io::AsyncIo> aio;
+  std::unique_ptr<io::ThreadPool> decoders;
+  std::vector<std::unique_ptr<fmt::ShardReader>> shards;  // by file index, opened on demand
+  std::vector<std::unique_ptr<io::File>> direct_files;     // O_DIRECT handles for the same
+
+  Status OpenShard(uint32_t file) {
+    if (shards[file] != nullptr) return Status::OK();
+    const fmt::FileMeta& f = manifest.files[file];
+    const std::string path = io::JoinPath(dir, f.name);
+    DS_ASSIGN_OR_RETURN(shards[file], fmt::ShardReader::Open(env, path, f.rank));
+    if (shards[file]->file_size() < f.size) {
+      return Status::Corruption(f.name + " has " + std::to_string(shards[file]->file_size()) +
+                                " bytes but the manifest says " + std::to_string(f.size) +
+                                " (truncated; run 'dsckpt verify " + dir + "')");
+    }
+    DS_ASSIGN_OR_RETURN(direct_files[file],
+                        env->OpenFile(path, {io::OpenMode::kRead, options.direct_io}));
+    return Status::OK();
+  }
+};
+
+CheckpointReader::CheckpointReader(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CheckpointReader::~CheckpointReader() = default;
+
+const fmt::Manifest& CheckpointReader::manifest() const { return impl_->manifest; }
+const std::string& CheckpointReader::dir() const { return impl_->dir; }
+
+Result<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(io::Env* env,
+                                                                 const std::string& dir,
+                                                                 ReaderOptions options) {
+  auto impl = std::make_unique<Impl>();
+  impl->env = env;
+  impl->dir = dir;
+  impl->options = options;
+  DS_ASSIGN_OR_RETURN(impl->manifest,
+                      fmt::ReadManifest(env, io::JoinPath(dir, fmt::kManifestFileName)));
+  io::AsyncIoOptions aio;
+  aio.backend = options.io_backend;
+  aio.queue_depth = options.io_queue_depth;
+  DS_ASSIGN_OR_RETURN(impl->aio, io::OpenAsyncIo(aio));
+  impl->decoders = std::make_unique<io::ThreadPool>(
+      options.threads == 0 ? io::HardwareThreads() : options.threads);
+  impl->shards.resize(impl->manifest.files.size());
+  impl->direct_files.resize(impl->manifest.files.size());
+  return std::unique_ptr<CheckpointReader>(new CheckpointReader(std::move(impl)));
+}
+
+Result<std::string> CheckpointReader::ReadBlob(const std::string& name) const {
+  int64_t i = impl_->manifest.FindBlob(name);
+  if (i < 0) {
+    return Status::NotFound("checkpoint " + impl_->dir + " has no blob '" + name + "'");
+  }
+  return impl_->manifest.blobs[static_cast<size_t>(i)].data;
+}
+
+Result<ReadStats> CheckpointReader::Read(std::span<const ReadRequest> requests) {
+  Impl& r = *impl_;
+  const uint64_t t0 = r.env->NowMicros();
+  std::vector<WantedSlice> wanted;
+  for (const ReadRequest& q : requests) wanted.push_back(q.slice);
+  DS_ASSIGN_OR_RETURN(LoadPlan plan, MakeLoadPlan(r.manifest, wanted));
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (!requests[i].sink && requests[i].dst.size() != plan.request_bytes[i]) {
+      return Status::InvalidArgument("reading '" + requests[i].slice.tensor + "': the buffer has " +
+                                     std::to_string(requests[i].dst.size()) +
+                                     " bytes but the slice has " +
+                                     std::to_string(plan.request_bytes[i]));
+    }
+  }
+  for (uint64_t c : plan.chunks) DS_RETURN_IF_ERROR(r.OpenShard(r.manifest.chunks[c].file));
+
+  // Copies grouped by chunk (the plan sorts them so).
+  std::map<uint64_t, std::pair<size_t, size_t>> copies_of;  // chunk -> [first, last)
+  for (size_t i = 0; i < plan.copies.size();) {
+    size_t j = i;
+    while (j < plan.copies.size() && plan.copies[j].chunk == plan.copies[i].chunk) ++j;
+    copies_of[plan.copies[i].chunk] = {i, j};
+    i = j;
+  }
+
+  // Stored bytes and decoded bytes come from separate pools: a decoder holding a stored chunk
+  // waits only for other decoders, never for the read loop, so the two cannot deadlock.
+  uint64_t largest = 0;
+  for (uint64_t c : plan.chunks) {
+    largest = std::max({largest, r.manifest.chunks[c].raw_len,
+                        fmt::AlignUp(r.manifest.chunks[c].stored_len, fmt::kChunkAlignment)});
+  }
+  const uint64_t each = std::max<uint64_t>(r.options.memory_bytes / 2, 2 * largest + 8192);
+  io::BufferPool stored_pool({each, io::kDirectAlignment});
+  io::BufferPool raw_pool({each, io::kDirectAlignment});
+  std::mutex mu;
+  Status first_error;
+  ReadStats stats;
+  auto fail = [&](const Status& s) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (first_error.ok()) first_error = s;
+  };
+  auto tensors_of = [&](uint64_t c) {
+    std::string names;
+    auto [b, e] = copies_of[c];
+    for (size_t i = b; i < e; ++i) {
+      const std::string& t = requests[plan.copies[i].request].slice.tensor;
+      if (names.find("'" + t + "'") == std::string::npos) names += (names.empty() ? "'" : ", '") + t + "'";
+    }
+    return names;
+  };
+
+  for (uint64_t c : plan.chunks) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!first_error.ok()) break;
+    }
+    const fmt::ChunkMeta& ch = r.manifest.chunks[c];
+    const fmt::FileMeta& f = r.manifest.files[ch.file];
+    const std::string what = fmt::DescribeChunk(c, f.name);
+    fmt::ChunkRecord rec{ch.offset, ch.stored_len, ch.raw_len, ch.codec,
+                         ch.elem_size, ch.raw_xxh64, ch.stored_xxh64};
+    Status bounds = r.shards[ch.file]->CheckBounds(rec, what);
+    if (!bounds.ok()) {
+      fail(bounds);
+      break;
+    }
+    // Read the padded extent when it is inside the file: aligned, so O_DIRECT applies.
+    const uint64_t padded = fmt::AlignUp(ch.stored_len, fmt::kChunkAlignment);
+    const uint64_t len = ch.offset + padded <= r.shards[ch.file]->file_size() ? padded : ch.stored_len;
+    Result<io::Buffer> stored = stored_pool.Acquire(len);
+    if (!stored.ok()) {
+      fail(stored.status());
+      break;
+    }
+    auto buf = std::make_shared<io::Buffer>(std::move(*stored));
+    r.aio->Read(r.direct_files[ch.file].get(), ch.offset, {buf->data(), len},
+                [&, c, buf, rec, what](const Status& s) {
+                  if (!s.ok()) {
+                    fail(s.WithContext(what));
+                    return;
+                  }
+                  r.decoders->Submit([&, c, buf, rec, what] {
+                    thread_local fmt::ChunkDecoder decoder;
+                    Result<io::Buffer> raw = raw_pool.Acquire(rec.raw_len);
+                    if (!raw.ok()) {
+                      fail(raw.status());
+                      return;
+                    }
+                    Status d = decoder.Decode(rec.descriptor(), {buf->data(), rec.stored_len},
+                                              raw->span(), what);
+                    buf->Release();
+                    if (!d.ok()) {
+                      fail(Status(d.code(), d.message() + " (tensors " + tensors_of(c) +
+                                                "; an earlier checkpoint may be intact)"));
+                      return;
+                    }
+                    auto [b, e] = copies_of[c];
+                    uint64_t copied = 0;
+                    for (size_t i = b; i < e; ++i) {
+                      const PlannedCopy& p = plan.copies[i];
+                      const ReadRequest& q = requests[p.request];
+                      std::span<const std::byte> src(raw->data() + p.chunk_offset, p.bytes);
+                      if (q.sink) {
+                        Status st = q.sink(p.dst_offset, src);
+                        if (!st.ok()) {
+                          fail(st);
+                          return;
+                        }
+                      } else {
+                        std::memcpy(q.dst.data() + p.dst_offset, src.data(), p.bytes);
+                      }
+                      copied += p.bytes;
+                    }
+                    std::lock_guard<std::mutex> lock(mu);
+                    stats.chunks_read++;
+                    stats.stored_bytes += rec.stored_len;
+                    stats.raw_bytes += rec.raw_len;
+                    stats.copied_bytes += copied;
+                  });
+                });
+  }
+  Status io_status = r.aio->Drain();
+  r.decoders->Wait();
+  if (!first_error.ok()) return first_error;
+  if (!io_status.ok()) return io_status;
+  stats.seconds = static_cast<double>(r.env->NowMicros() - t0) / 1e6;
+  return stats;
+}
+
+}  // namespace ds::ckpt
