@@ -22,5 +22,8 @@ int ReportError(const Status& status);
 
 void AddBenchCommands(CLI::App& app, DsckptContext& ctx);
 void AddInspectCommands(CLI::App& app, DsckptContext& ctx);
+void AddCatalogCommands(CLI::App& app, DsckptContext& ctx);  // list, best, prune, gc
+void AddExportCommands(CLI::App& app, DsckptContext& ctx);   // diff, export, import
+void AddReshardCommands(CLI::App& app, DsckptContext& ctx);  // reshard
 
 }  // namespace ds::cli

@@ -19,6 +19,9 @@ int main(int argc, char** argv) {
       "  dsckpt bench io --dir /scratch --size 4G --json");
   ds::cli::DsckptContext ctx;
   ds::cli::AddInspectCommands(app, ctx);
+  ds::cli::AddCatalogCommands(app, ctx);
+  ds::cli::AddReshardCommands(app, ctx);
+  ds::cli::AddExportCommands(app, ctx);
   ds::cli::AddBenchCommands(app, ctx);
   try {
     app.parse(argc, argv);
