@@ -63,9 +63,12 @@ Result<std::vector<CheckpointEntry>> Catalog::List() {
   std::vector<CheckpointEntry> out;
   for (const std::string& name : names) {
     if (name.empty() || name.front() == '.') continue;  // temp, trash, lock
+    // A checkpoint may vanish while we look (retention, without our lock): NotFound skips it.
     const std::string path = io::JoinPath(dir_, name);
-    DS_ASSIGN_OR_RETURN(io::FileInfo info, env_->Stat(path));
-    if (!info.is_dir) continue;
+    Result<io::FileInfo> info = env_->Stat(path);
+    if (!info.ok() && info.status().IsNotFound()) continue;
+    if (!info.ok()) return info.status();
+    if (!info->is_dir) continue;
     const std::string manifest = io::JoinPath(path, fmt::kManifestFileName);
     DS_ASSIGN_OR_RETURN(bool has_manifest, env_->Exists(manifest));
     if (!has_manifest) continue;  // not a checkpoint
@@ -78,11 +81,17 @@ Result<std::vector<CheckpointEntry>> Catalog::List() {
       e.step = m->info.step;
       e.created_micros = m->info.created_micros;
       e.metrics_json = m->info.metrics_json;
-    } else if (m.status().code() != StatusCode::kCorruption) {
+    } else if (m.status().IsNotFound()) {
+      continue;
+    } else if (m.status().code() == StatusCode::kCorruption) {
+      e.problem = m.status().message();
+    } else {
       return m.status();
     }
-    DS_ASSIGN_OR_RETURN(std::vector<std::string> files, env_->ListDir(path));
-    for (const std::string& f : files) {
+    Result<std::vector<std::string>> files = env_->ListDir(path);
+    if (!files.ok() && files.status().IsNotFound()) continue;
+    if (!files.ok()) return files.status();
+    for (const std::string& f : *files) {
       Result<io::FileInfo> fi = env_->Stat(io::JoinPath(path, f));
       if (fi.ok()) e.bytes += fi->size;
     }
@@ -193,17 +202,35 @@ Result<bool> Catalog::OfferBest(const std::string& tag, const std::string& metri
   return true;
 }
 
-Status Catalog::RemoveCheckpoint(const CheckpointEntry& e) {
+Status RemoveTree(io::Env* env, const std::string& path, const RemovalProgress* progress) {
+  Result<io::FileInfo> info = env->Stat(path);
+  if (!info.ok()) return info.status().IsNotFound() ? Status::OK() : info.status();
+  if (!info->is_dir) {
+    Status s = env->RemoveFile(path);
+    if (s.IsNotFound()) return Status::OK();
+    if (s.ok() && progress != nullptr && progress->removed) progress->removed(info->size);
+    return s;
+  }
+  DS_ASSIGN_OR_RETURN(std::vector<std::string> names, env->ListDir(path));
+  for (const std::string& name : names) {
+    DS_RETURN_IF_ERROR(RemoveTree(env, io::JoinPath(path, name), progress));
+  }
+  Status s = env->RemoveDir(path);
+  return s.IsNotFound() ? Status::OK() : s;
+}
+
+Status Catalog::RemoveCheckpoint(const CheckpointEntry& e, const RemovalProgress* progress) {
   // Step 1: rename out of the namespace of checkpoints (atomic), and make that durable.
   const std::string trash = io::JoinPath(dir_, kTrashPrefix + e.tag + "-" + Nonce());
   DS_RETURN_IF_ERROR(env_->Rename(e.path, trash)) << "removing checkpoint " << e.tag;
   DS_RETURN_IF_ERROR(env_->SyncDir(dir_));
   // Step 2: delete. A crash here leaves a .trash-* directory for gc.
-  DS_RETURN_IF_ERROR(env_->RemoveAll(trash)) << "removing checkpoint " << e.tag;
+  DS_RETURN_IF_ERROR(RemoveTree(env_, trash, progress)) << "removing checkpoint " << e.tag;
   return env_->SyncDir(dir_);
 }
 
-Result<RetentionResult> Catalog::ApplyRetention(const RetentionPolicy& p, bool dry_run) {
+Result<RetentionResult> Catalog::ApplyRetention(const RetentionPolicy& p, bool dry_run,
+                                                const RemovalProgress* progress) {
   RetentionResult r;
   DS_ASSIGN_OR_RETURN(std::vector<CheckpointEntry> all, List());
   if (!p.any()) {
@@ -251,11 +278,14 @@ Result<RetentionResult> Catalog::ApplyRetention(const RetentionPolicy& p, bool d
   for (const auto& e : all) {
     if (keep.count(e.tag)) {
       r.kept.push_back(e);
-      continue;
+    } else {
+      r.freed_bytes += e.bytes;
+      r.removed.push_back(e);
     }
-    if (!dry_run) DS_RETURN_IF_ERROR(RemoveCheckpoint(e));
-    r.freed_bytes += e.bytes;
-    r.removed.push_back(e);
+  }
+  if (!dry_run) {
+    if (progress != nullptr && progress->start) progress->start(r.freed_bytes);
+    for (const auto& e : r.removed) DS_RETURN_IF_ERROR(RemoveCheckpoint(e, progress));
   }
   if (!dry_run && !r.removed.empty()) {
     io::LogInfo("retention in " + dir_ + ": removed " + std::to_string(r.removed.size()) +

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -35,6 +36,7 @@ struct CheckpointEntry {
   int64_t created_micros = 0;
   uint64_t bytes = 0;  // on disk: shard files + manifest
   std::string metrics_json = "{}";
+  std::string problem;  // why its manifest cannot be read; empty when it can
 };
 
 struct BestPointer {
@@ -52,6 +54,13 @@ struct RetentionPolicy {
   std::string best_metric;    // e.g. "eval_loss"
   std::string best_mode = "min";
   bool any() const { return keep_last || keep_best || keep_every || max_bytes; }
+};
+
+// Progress of a removal, for progress bars: `start` once with the bytes about to be removed,
+// then `removed` after each file is deleted. Either may be empty.
+struct RemovalProgress {
+  std::function<void(uint64_t total_bytes)> start;
+  std::function<void(uint64_t bytes)> removed;
 };
 
 struct RetentionResult {
@@ -90,15 +99,20 @@ class Catalog {
   // Decides which checkpoints the policy keeps; `latest` and `best` are always kept. Removes the
   // others unless `dry_run` (the caller holds the lock). Removal renames a checkpoint to
   // .trash-<tag>-<nonce> first (atomic: it stops being a checkpoint at once), then deletes it.
-  Result<RetentionResult> ApplyRetention(const RetentionPolicy& policy, bool dry_run);
+  Result<RetentionResult> ApplyRetention(const RetentionPolicy& policy, bool dry_run,
+                                         const RemovalProgress* progress = nullptr);
 
   // Removes one checkpoint as retention does (the caller holds the lock).
-  Status RemoveCheckpoint(const CheckpointEntry& entry);
+  Status RemoveCheckpoint(const CheckpointEntry& entry, const RemovalProgress* progress = nullptr);
 
  private:
   io::Env* env_;
   std::string dir_;
 };
+
+// rm -rf `path`, telling `progress->removed` the bytes of each file deleted; a missing path is
+// fine.
+Status RemoveTree(io::Env* env, const std::string& path, const RemovalProgress* progress);
 
 // The value of `metric` in a metrics JSON object, if present and numeric.
 std::optional<double> MetricValue(const std::string& metrics_json, const std::string& metric);

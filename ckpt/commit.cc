@@ -19,6 +19,8 @@
 //   step 10 rank 0 releases the lock and publishes the outcome; the other ranks' handles end.
 // Nothing is deleted before the rename of what replaces it, and nothing outside the temp
 // directory changes before step 6. A save that fails removes its temp directory.
+#include "ckpt/commit.h"
+
 #include <nlohmann/json.hpp>
 
 #include "ckpt/writer_impl.h"
@@ -48,8 +50,9 @@ Status CheckpointWriter::Impl::RunBackground(SaveState& s) {
   Status st = PublishRecord(s);  // steps 1-2
   if (options.rank == 0) {
     Status failure = st.ok() ? Coordinate(s) : st;  // steps 3-10
+    if (!failure.ok() && !s.committed) (void)env->RemoveAll(s.temp_dir);  // best effort
+    s.writer_lock.reset();
     if (failure.ok()) return failure;
-    if (!s.committed) (void)env->RemoveAll(s.temp_dir);  // best effort: gc removes the rest
     if (!s.outcome_published) {
       nlohmann::json out = {{"ok", false}, {"error", failure.message()}};
       (void)store->Set(OutcomeKey(s), out.dump());
@@ -83,7 +86,9 @@ Status CheckpointWriter::Impl::PublishRecord(SaveState& s) {
   }
   s.shard.reset();
   Status pub = store->Set(RecordKey(s, options.rank), EncodeRankRecord(s.record));  // step 2
-  s.writer_lock.reset();
+  // Rank 0 keeps its lock until the temp dir is renamed or removed: between step 2 and the
+  // catalog lock of step 4 it is the only sign for gc that the save is live.
+  if (options.rank != 0) s.writer_lock.reset();
   if (st.ok() && !pub.ok()) st = pub.WithContext("publishing the save record");
   return st;
 }
@@ -126,69 +131,96 @@ Status CheckpointWriter::Impl::Coordinate(SaveState& s) {
     sleep = std::min<uint64_t>(sleep * 2, 20000);
   }
 
-  // step 4
-  Catalog catalog(env, dir);
-  DS_ASSIGN_OR_RETURN(std::unique_ptr<io::FileLock> lock, catalog.Lock(options.timeout_micros));
-  DS_ASSIGN_OR_RETURN(std::string tag, FreeTag(env, dir, s.tag));
-  if (tag != s.tag) {
-    io::LogWarning("checkpoint " + s.tag + " already exists in " + dir + "; this save becomes " +
-                   tag + " (nothing committed is ever replaced)");
-  }
   fmt::Manifest m;
-  m.info.tag = tag;
   m.info.step = s.request.step;
   m.info.world_size = options.world_size;
   m.info.zero_stage = s.request.zero_stage;
   m.info.tp_degree = s.request.tp_degree;
   m.info.pp_degree = s.request.pp_degree;
+  m.info.partition_alignment = s.request.partition_alignment;
   m.info.created_micros = env->WallTimeMicros();
   m.info.writer_version = options.writer_version;
   m.info.config_json = s.request.config_json;
   m.info.metrics_json = s.request.metrics_json;
   DS_RETURN_IF_ERROR(MergeRankRecords(records, &m)) << "save " << s.tag;
-  DS_RETURN_IF_ERROR(fmt::ValidateManifest(m, "save " + s.tag));
-  DS_RETURN_IF_ERROR(
-      fmt::WriteManifest(env, io::JoinPath(s.temp_dir, fmt::kManifestFileName), m));
-  // step 5
-  for (uint32_t r = 0; r < options.world_size; ++r) {
-    Status rm = env->RemoveFile(io::JoinPath(s.temp_dir, ".writer-" + std::to_string(r) + ".lock"));
-    if (!rm.ok() && !rm.IsNotFound()) return rm;
+  CommitOptions co;
+  co.update_latest = options.update_latest;
+  co.best_metric = options.best_metric;
+  co.best_mode = options.best_mode;
+  co.retention = options.retention;
+  co.lock_timeout_micros = options.timeout_micros;
+  co.writer_locks = options.world_size;
+  Status error;
+  CommitResult c = CommitCheckpointDir(env, dir, s.temp_dir, s.tag, std::move(m), co, &error);
+  s.committed = c.committed;
+  DS_RETURN_IF_ERROR(error);
+  s.stats.tag = c.tag;
+  s.stats.path = c.path;
+  // step 10
+  nlohmann::json out = {{"ok", true}, {"tag", c.tag}, {"path", c.path}};
+  DS_RETURN_IF_ERROR(store->Set(OutcomeKey(s), out.dump()));
+  s.outcome_published = true;
+  if (!c.after.ok()) {
+    // The checkpoint is committed; only the pointers or retention failed.
+    return c.after.WithContext("checkpoint " + c.tag + " is committed, but afterwards");
   }
-  DS_RETURN_IF_ERROR(env->SyncDir(s.temp_dir));
+  return Status::OK();
+}
+
+CommitResult CommitCheckpointDir(io::Env* env, const std::string& dir, const std::string& temp_dir,
+                                 const std::string& wanted_tag, fmt::Manifest m,
+                                 const CommitOptions& options, Status* error) {
+  CommitResult c;
+  auto fail = [&](Status s) {
+    *error = std::move(s);
+    return c;
+  };
+  // step 4
+  Catalog catalog(env, dir);
+  Result<std::unique_ptr<io::FileLock>> lock = catalog.Lock(options.lock_timeout_micros);
+  if (!lock.ok()) return fail(lock.status());
+  Result<std::string> tag = FreeTag(env, dir, wanted_tag);
+  if (!tag.ok()) return fail(tag.status());
+  if (*tag != wanted_tag) {
+    io::LogWarning("checkpoint " + wanted_tag + " already exists in " + dir +
+                   "; this one becomes " + *tag + " (nothing committed is ever replaced)");
+  }
+  c.tag = *tag;
+  m.info.tag = c.tag;
+  Status st = fmt::ValidateManifest(m, "checkpoint " + c.tag);
+  if (st.ok()) st = fmt::WriteManifest(env, io::JoinPath(temp_dir, fmt::kManifestFileName), m);
+  if (!st.ok()) return fail(st);
+  // step 5
+  for (uint32_t r = 0; r < options.writer_locks; ++r) {
+    Status rm = env->RemoveFile(io::JoinPath(temp_dir, ".writer-" + std::to_string(r) + ".lock"));
+    if (!rm.ok() && !rm.IsNotFound()) return fail(rm);
+  }
+  st = env->SyncDir(temp_dir);
+  if (!st.ok()) return fail(st);
   // step 6
-  const std::string final_path = io::JoinPath(dir, tag);
-  DS_RETURN_IF_ERROR(env->Rename(s.temp_dir, final_path)) << "committing " << tag;
-  s.committed = true;  // a failure from here on must not remove it
+  c.path = io::JoinPath(dir, c.tag);
+  st = env->Rename(temp_dir, c.path);
+  if (!st.ok()) return fail(st.WithContext("committing " + c.tag));
+  c.committed = true;  // a failure from here on must not remove it
   // step 7
-  DS_RETURN_IF_ERROR(env->SyncDir(dir)) << "committing " << tag;
-  s.stats.tag = tag;
-  s.stats.path = final_path;
+  st = env->SyncDir(dir);
+  if (!st.ok()) return fail(st.WithContext("committing " + c.tag));
   // step 8
-  Status after;
-  if (options.update_latest) after = catalog.SetLatest(tag);
-  if (after.ok() && !options.best_metric.empty()) {
-    if (auto v = MetricValue(s.request.metrics_json, options.best_metric)) {
-      Result<bool> moved = catalog.OfferBest(tag, options.best_metric, *v, options.best_mode);
-      if (!moved.ok()) after = moved.status();
+  if (options.update_latest) c.after = catalog.SetLatest(c.tag);
+  if (c.after.ok() && !options.best_metric.empty()) {
+    if (auto v = MetricValue(m.info.metrics_json, options.best_metric)) {
+      Result<bool> moved = catalog.OfferBest(c.tag, options.best_metric, *v, options.best_mode);
+      if (!moved.ok()) c.after = moved.status();
     }
   }
   // step 9
-  if (after.ok() && options.retention.any()) {
+  if (c.after.ok() && options.retention.any()) {
     RetentionPolicy p = options.retention;
     if (p.best_metric.empty()) p.best_metric = options.best_metric;
     Result<RetentionResult> r = catalog.ApplyRetention(p, false);
-    if (!r.ok()) after = r.status();
+    if (!r.ok()) c.after = r.status();
   }
-  lock.reset();
-  // step 10
-  nlohmann::json out = {{"ok", true}, {"tag", tag}, {"path", final_path}};
-  DS_RETURN_IF_ERROR(store->Set(OutcomeKey(s), out.dump()));
-  s.outcome_published = true;
-  if (!after.ok()) {
-    // The checkpoint is committed; only the pointers or retention failed.
-    return after.WithContext("checkpoint " + tag + " is committed, but afterwards");
-  }
-  return Status::OK();
+  return c;
 }
 
 Status CheckpointWriter::Impl::AwaitCommit(SaveState& s) {

@@ -15,6 +15,11 @@ Status ValidatePartitionSpec(const PartitionSpec& s) {
   return Status::OK();
 }
 
+std::string_view PartitionGroup(std::string_view name) {
+  const size_t slash = name.rfind('/');
+  return slash == std::string_view::npos ? std::string_view() : name.substr(0, slash);
+}
+
 uint64_t PartitionLength(uint64_t numel, uint32_t world_size, uint64_t alignment) {
   const uint64_t unit = static_cast<uint64_t>(world_size) * alignment;
   const uint64_t padded = (numel + unit - 1) / unit * unit;

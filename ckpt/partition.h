@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "io/status.h"
@@ -41,5 +42,11 @@ Result<std::vector<FlatRange>> PartitionForRank(std::span<const uint64_t> numels
 uint64_t PartitionLength(uint64_t numel, uint32_t world_size, uint64_t alignment);
 
 Status ValidatePartitionSpec(const PartitionSpec& spec);
+
+// Tensors are partitioned in groups, each group its own flat buffer: a tensor's group is its
+// name up to the last '/' ("master/h.0.attn.weight" -> "master", "optim/exp_avg/h.0.mlp.w" ->
+// "optim/exp_avg", "step" -> ""). Master weights and both Adam moments then get identical
+// ranges on every rank, as in DeepSpeed's optimizer partitions.
+std::string_view PartitionGroup(std::string_view tensor_name);
 
 }  // namespace ds::ckpt

@@ -1,6 +1,7 @@
 #include "ckpt/reader.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -86,8 +87,6 @@ Result<ReadStats> CheckpointReader::Read(std::span<const ReadRequest> requests) 
                                      std::to_string(plan.request_bytes[i]));
     }
   }
-  for (uint64_t c : plan.chunks) DS_RETURN_IF_ERROR(r.OpenShard(r.manifest.chunks[c].file));
-
   // Copies grouped by chunk (the plan sorts them so).
   std::map<uint64_t, std::pair<size_t, size_t>> copies_of;  // chunk -> [first, last)
   for (size_t i = 0; i < plan.copies.size();) {
@@ -96,11 +95,46 @@ Result<ReadStats> CheckpointReader::Read(std::span<const ReadRequest> requests) 
     copies_of[plan.copies[i].chunk] = {i, j};
     i = j;
   }
+  std::atomic<uint64_t> copied{0};
+  ReadStats stats;
+  DS_RETURN_IF_ERROR(ForEachChunk(
+      plan.chunks,
+      [&](uint64_t c, std::span<const std::byte> raw) -> Status {
+        auto [b, e] = copies_of.at(c);
+        for (size_t i = b; i < e; ++i) {
+          const PlannedCopy& p = plan.copies[i];
+          const ReadRequest& q = requests[p.request];
+          std::span<const std::byte> src = raw.subspan(p.chunk_offset, p.bytes);
+          if (q.sink) {
+            DS_RETURN_IF_ERROR(q.sink(p.dst_offset, src));
+          } else {
+            std::memcpy(q.dst.data() + p.dst_offset, src.data(), p.bytes);
+          }
+          copied += p.bytes;
+        }
+        return Status::OK();
+      },
+      &stats));
+  stats.copied_bytes = copied;
+  stats.seconds = static_cast<double>(r.env->NowMicros() - t0) / 1e6;
+  return stats;
+}
 
+Status CheckpointReader::ForEachChunk(
+    std::span<const uint64_t> chunks,
+    const std::function<Status(uint64_t chunk, std::span<const std::byte> raw)>& fn,
+    ReadStats* stats) {
+  Impl& r = *impl_;
+  for (uint64_t c : chunks) {
+    if (c >= r.manifest.chunks.size()) {
+      return Status::InvalidArgument("chunk " + std::to_string(c) + " is not in the checkpoint");
+    }
+    DS_RETURN_IF_ERROR(r.OpenShard(r.manifest.chunks[c].file));
+  }
   // Stored bytes and decoded bytes come from separate pools: a decoder holding a stored chunk
   // waits only for other decoders, never for the read loop, so the two cannot deadlock.
   uint64_t largest = 0;
-  for (uint64_t c : plan.chunks) {
+  for (uint64_t c : chunks) {
     largest = std::max({largest, r.manifest.chunks[c].raw_len,
                         fmt::AlignUp(r.manifest.chunks[c].stored_len, fmt::kChunkAlignment)});
   }
@@ -109,22 +143,29 @@ Result<ReadStats> CheckpointReader::Read(std::span<const ReadRequest> requests) 
   io::BufferPool raw_pool({each, io::kDirectAlignment});
   std::mutex mu;
   Status first_error;
-  ReadStats stats;
   auto fail = [&](const Status& s) {
     std::lock_guard<std::mutex> lock(mu);
     if (first_error.ok()) first_error = s;
   };
+  // The tensors a chunk holds, for messages about damage.
   auto tensors_of = [&](uint64_t c) {
     std::string names;
-    auto [b, e] = copies_of[c];
-    for (size_t i = b; i < e; ++i) {
-      const std::string& t = requests[plan.copies[i].request].slice.tensor;
-      if (names.find("'" + t + "'") == std::string::npos) names += (names.empty() ? "'" : ", '") + t + "'";
+    for (const fmt::SliceMeta& s : r.manifest.slices) {
+      const fmt::TensorMeta& t = r.manifest.tensors[s.tensor];
+      uint64_t left = (s.flat_end - s.flat_begin) * fmt::DTypeSize(t.dtype);
+      uint64_t off = s.offset_in_chunk;
+      for (uint64_t k = s.first_chunk; left > 0 && k < r.manifest.chunks.size(); ++k) {
+        if (k == c && names.find("'" + t.name + "'") == std::string::npos) {
+          names += (names.empty() ? "'" : ", '") + t.name + "'";
+        }
+        left -= std::min(left, r.manifest.chunks[k].raw_len - off);
+        off = 0;
+      }
     }
     return names;
   };
 
-  for (uint64_t c : plan.chunks) {
+  for (uint64_t c : chunks) {
     {
       std::lock_guard<std::mutex> lock(mu);
       if (!first_error.ok()) break;
@@ -141,7 +182,8 @@ Result<ReadStats> CheckpointReader::Read(std::span<const ReadRequest> requests) 
     }
     // Read the padded extent when it is inside the file: aligned, so O_DIRECT applies.
     const uint64_t padded = fmt::AlignUp(ch.stored_len, fmt::kChunkAlignment);
-    const uint64_t len = ch.offset + padded <= r.shards[ch.file]->file_size() ? padded : ch.stored_len;
+    const uint64_t len =
+        ch.offset + padded <= r.shards[ch.file]->file_size() ? padded : ch.stored_len;
     Result<io::Buffer> stored = stored_pool.Acquire(len);
     if (!stored.ok()) {
       fail(stored.status());
@@ -169,37 +211,24 @@ Result<ReadStats> CheckpointReader::Read(std::span<const ReadRequest> requests) 
                                                 "; an earlier checkpoint may be intact)"));
                       return;
                     }
-                    auto [b, e] = copies_of[c];
-                    uint64_t copied = 0;
-                    for (size_t i = b; i < e; ++i) {
-                      const PlannedCopy& p = plan.copies[i];
-                      const ReadRequest& q = requests[p.request];
-                      std::span<const std::byte> src(raw->data() + p.chunk_offset, p.bytes);
-                      if (q.sink) {
-                        Status st = q.sink(p.dst_offset, src);
-                        if (!st.ok()) {
-                          fail(st);
-                          return;
-                        }
-                      } else {
-                        std::memcpy(q.dst.data() + p.dst_offset, src.data(), p.bytes);
-                      }
-                      copied += p.bytes;
+                    Status st = fn(c, raw->span());
+                    if (!st.ok()) {
+                      fail(st);
+                      return;
                     }
                     std::lock_guard<std::mutex> lock(mu);
-                    stats.chunks_read++;
-                    stats.stored_bytes += rec.stored_len;
-                    stats.raw_bytes += rec.raw_len;
-                    stats.copied_bytes += copied;
+                    if (stats != nullptr) {
+                      stats->chunks_read++;
+                      stats->stored_bytes += rec.stored_len;
+                      stats->raw_bytes += rec.raw_len;
+                    }
                   });
                 });
   }
   Status io_status = r.aio->Drain();
   r.decoders->Wait();
   if (!first_error.ok()) return first_error;
-  if (!io_status.ok()) return io_status;
-  stats.seconds = static_cast<double>(r.env->NowMicros() - t0) / 1e6;
-  return stats;
+  return io_status;
 }
 
 }  // namespace ds::ckpt

@@ -55,6 +55,12 @@ class CheckpointReader {
 
   // Plans and executes. Damage is Corruption naming the chunk, the file and the tensors.
   Result<ReadStats> Read(std::span<const ReadRequest> requests);
+  // Reads, verifies and decodes each of `chunks` (manifest indexes) once, and calls fn with its
+  // raw bytes from a worker thread, in any order; a failing fn stops the rest. The building
+  // block of Read, and of tools that consume whole chunks (reshard).
+  Status ForEachChunk(std::span<const uint64_t> chunks,
+                      const std::function<Status(uint64_t chunk, std::span<const std::byte> raw)>& fn,
+                      ReadStats* stats = nullptr);
   // The bytes of a blob; NotFound names it.
   Result<std::string> ReadBlob(const std::string& name) const;
 

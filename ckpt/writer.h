@@ -69,6 +69,7 @@ struct SaveRequest {
   uint32_t zero_stage = 0;
   uint32_t tp_degree = 1;
   uint32_t pp_degree = 1;
+  uint64_t partition_alignment = 1;  // the ZeRO partition's alignment (ckpt/partition.h)
   std::string config_json = "{}";
   std::string metrics_json = "{}";
 };

@@ -3,7 +3,10 @@
 
 #include "bench/codec_bench.h"
 #include "bench/io_bench.h"
+#include "bench/reshard_bench.h"
 #include "bench/save_bench.h"
+
+#include <unistd.h>
 #include "cli/dsckpt_commands.h"
 #include "io/units.h"
 
@@ -112,6 +115,45 @@ int RunBenchSave(const SaveFlags& f) {
   return Print(f.json, bench::SaveBenchTable(o, *rep), bench::SaveBenchJson(o, *rep));
 }
 
+struct ReshardBenchFlags {
+  std::string dir = ".";
+  std::string size = "4G";
+  std::string memory = "1G";
+  std::string codec = "raw";
+  uint32_t from = 2, to = 3;
+  uint32_t from_stage = 1, to_stage = 1;
+  bool json = false;
+  bool no_fio = false;
+  bool keep = false;
+};
+
+int RunBenchReshard(const ReshardBenchFlags& f) {
+  bench::ReshardBenchOptions o;
+  o.dir = f.dir;
+  Result<uint64_t> size = io::ParseByteSize(f.size);
+  if (!size.ok()) return ReportError(size.status().WithContext("--size"));
+  Result<uint64_t> mem = io::ParseByteSize(f.memory);
+  if (!mem.ok()) return ReportError(mem.status().WithContext("--memory"));
+  Result<fmt::Codec> codec = fmt::CodecFromName(f.codec);
+  if (!codec.ok()) return ReportError(codec.status().WithContext("--codec"));
+  o.size_bytes = *size;
+  o.memory_bytes = *mem;
+  o.codec = *codec;
+  o.from_world = f.from;
+  o.to_world = f.to;
+  o.from_stage = f.from_stage;
+  o.to_stage = f.to_stage;
+  o.run_fio = !f.no_fio;
+  o.keep = f.keep;
+  char self[4096];
+  ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return ReportError(Status::IOError("cannot find this program (/proc/self/exe)"));
+  o.dsckpt.assign(self, static_cast<size_t>(n));
+  Result<bench::ReshardBenchReport> rep = bench::RunReshardBench(io::Env::Default(), o);
+  if (!rep.ok()) return ReportError(rep.status());
+  return Print(f.json, bench::ReshardBenchTable(o, *rep), bench::ReshardBenchJson(o, *rep));
+}
+
 }  // namespace
 
 void AddBenchCommands(CLI::App& app, DsckptContext& ctx) {
@@ -165,6 +207,23 @@ void AddBenchCommands(CLI::App& app, DsckptContext& ctx) {
   save->add_flag("--no-fio", save_flags->no_fio, "Skip the fio comparison");
   save->footer("Example: dsckpt bench save --dir /scratch --size 4G --ranks 2 --codec raw --json");
   save->callback([save_flags, &ctx] { ctx.exit_code = RunBenchSave(*save_flags); });
+
+  auto rf = std::make_shared<ReshardBenchFlags>();
+  CLI::App* rs = bench->add_subcommand(
+      "reshard", "Reshard a synthetic checkpoint N->M ranks, against fio's read + write bound");
+  rs->add_option("--dir", rf->dir, "Directory on the disk to use")->check(CLI::ExistingDirectory);
+  rs->add_option("--size", rf->size, "Logical bytes of training state");
+  rs->add_option("--from", rf->from, "Ranks of the source")->check(CLI::Range(1, 1024));
+  rs->add_option("--to", rf->to, "Ranks of the target")->check(CLI::Range(1, 1024));
+  rs->add_option("--from-stage", rf->from_stage, "ZeRO stage of the source")->check(CLI::Range(0, 3));
+  rs->add_option("--to-stage", rf->to_stage, "ZeRO stage of the target")->check(CLI::Range(0, 3));
+  rs->add_option("--memory", rf->memory, "The reshard's --memory");
+  rs->add_option("--codec", rf->codec, "Codec of the source (raw, zstd, bytegroup+zstd)");
+  rs->add_flag("--keep", rf->keep, "Leave the checkpoints behind");
+  rs->add_flag("--json", rf->json, "Print one JSON line (the table goes to stderr)");
+  rs->add_flag("--no-fio", rf->no_fio, "Skip the fio comparison");
+  rs->footer("Example: dsckpt bench reshard --dir /scratch --size 4G --from 2 --to 3 --json");
+  rs->callback([rf, &ctx] { ctx.exit_code = RunBenchReshard(*rf); });
 }
 
 }  // namespace ds::cli

@@ -82,6 +82,7 @@ uint64_t ManifestContentChecksum(const Manifest& m) {
   c.U(i.zero_stage);
   c.U(i.tp_degree);
   c.U(i.pp_degree);
+  c.U(i.partition_alignment);
   c.U(static_cast<uint64_t>(i.created_micros));
   c.S(i.writer_version);
   c.S(i.config_json);
@@ -151,6 +152,9 @@ Status ValidateInfo(const ManifestInfo& i, const std::string& w) {
   }
   if (i.zero_stage > 3) {
     return Status::Corruption(w + ": ZeRO stage " + std::to_string(i.zero_stage) + " is invalid");
+  }
+  if (i.partition_alignment == 0) {
+    return Status::Corruption(w + ": partition alignment 0 is invalid");
   }
   if (i.tp_degree == 0 || i.pp_degree == 0) {
     return Status::Corruption(w + ": tensor/pipeline-parallel degree 0 is invalid");

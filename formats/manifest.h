@@ -35,6 +35,7 @@ struct ManifestInfo {
   uint32_t zero_stage = 0;   // 0-3
   uint32_t tp_degree = 1;    // tensor-parallel degree
   uint32_t pp_degree = 1;    // pipeline-parallel degree
+  uint64_t partition_alignment = 1;  // elements: the ZeRO partition's alignment
   int64_t created_micros = 0;  // wall clock
   std::string writer_version;
   std::string config_json = "{}";   // the training config used

@@ -268,6 +268,8 @@ Status EncodeInto(hid_t f, const Manifest& m) {
   DS_RETURN_IF_ERROR(WriteAttr(root, "zero_stage", H5T_NATIVE_UINT32, &(u32 = i.zero_stage)));
   DS_RETURN_IF_ERROR(WriteAttr(root, "tp_degree", H5T_NATIVE_UINT32, &(u32 = i.tp_degree)));
   DS_RETURN_IF_ERROR(WriteAttr(root, "pp_degree", H5T_NATIVE_UINT32, &(u32 = i.pp_degree)));
+  DS_RETURN_IF_ERROR(WriteAttr(root, "partition_alignment", H5T_NATIVE_UINT64,
+                               &(u64 = i.partition_alignment)));
   DS_RETURN_IF_ERROR(
       WriteAttr(root, "created_micros", H5T_NATIVE_INT64, &(i64 = i.created_micros)));
   DS_RETURN_IF_ERROR(WriteStrAttr(root, "writer_version", i.writer_version));
@@ -327,6 +329,8 @@ Status DecodeFrom(hid_t f, uint64_t image_size, Manifest* m, const std::string& 
   DS_RETURN_IF_ERROR(ReadAttr(f, "zero_stage", H5T_NATIVE_UINT32, &i.zero_stage, w));
   DS_RETURN_IF_ERROR(ReadAttr(f, "tp_degree", H5T_NATIVE_UINT32, &i.tp_degree, w));
   DS_RETURN_IF_ERROR(ReadAttr(f, "pp_degree", H5T_NATIVE_UINT32, &i.pp_degree, w));
+  DS_RETURN_IF_ERROR(
+      ReadAttr(f, "partition_alignment", H5T_NATIVE_UINT64, &i.partition_alignment, w));
   DS_RETURN_IF_ERROR(ReadAttr(f, "created_micros", H5T_NATIVE_INT64, &i.created_micros, w));
   DS_RETURN_IF_ERROR(ReadStrAttr(f, "writer_version", &i.writer_version, w));
   DS_RETURN_IF_ERROR(ReadStrAttr(f, "config_json", &i.config_json, w));

@@ -3,6 +3,7 @@
 // back at any layout.
 #pragma once
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <thread>
@@ -21,32 +22,44 @@ struct Layout {
   uint32_t tp = 1;  // row blocks of 2-D tensors; ranks r % tp own block r % tp
 };
 
-// The slices rank `rank` owns under `layout`: for TP, 2-D tensors are split into `tp` row
-// blocks and each block is partitioned over the world / tp data-parallel ranks; other tensors
-// are partitioned over all ranks.
+// The slices rank `rank` owns under `layout`, written here independently of ckpt/reshard.cc's
+// LayoutSlices so that tests can compare the two: each partition group is partitioned over the
+// data-parallel ranks; with TP, 2-D tensors are split into `tp` row blocks (tp must divide
+// their rows) and other tensors are written by tensor-parallel rank 0.
 inline std::vector<WantedSlice> SlicesOf(const std::vector<testing::TestTensor>& tensors,
                                          const Layout& l, uint32_t rank) {
   std::vector<WantedSlice> out;
   const uint32_t dp = l.world / l.tp, dp_rank = rank / l.tp, tp_rank = rank % l.tp;
-  std::vector<uint64_t> numels;
-  std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> boxes;
+  // Each partition group (the name before its last '/') is its own flat buffer.
+  std::vector<std::string> groups;
   for (const auto& t : tensors) {
-    std::vector<int64_t> off(t.shape.size(), 0), len = t.shape;
-    if (l.tp > 1 && t.shape.size() == 2) {
-      off[0] = t.shape[0] * tp_rank / l.tp;
-      len[0] = t.shape[0] * (tp_rank + 1) / l.tp - off[0];
-    }
-    boxes.push_back({off, len});
-    numels.push_back(*fmt::NumElements(len));
+    const size_t slash = t.name.rfind('/');
+    std::string g = slash == std::string::npos ? "" : t.name.substr(0, slash);
+    if (std::find(groups.begin(), groups.end(), g) == groups.end()) groups.push_back(g);
   }
-  const bool sharded = l.tp > 1;
-  auto ranges = PartitionForRank(numels, {sharded ? dp : l.world, l.stage, 1},
-                                 sharded ? dp_rank : rank);
-  for (const FlatRange& r : *ranges) {
-    const auto& t = tensors[r.tensor];
-    // Tensors that are not split by TP are written by tensor-parallel rank 0 only.
-    if (sharded && t.shape.size() != 2 && tp_rank != 0) continue;
-    out.push_back({t.name, boxes[r.tensor].first, boxes[r.tensor].second, r.begin, r.end});
+  for (const std::string& g : groups) {
+    std::vector<size_t> members;
+    std::vector<uint64_t> numels;
+    std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> boxes;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const auto& t = tensors[i];
+      const size_t slash = t.name.rfind('/');
+      if ((slash == std::string::npos ? "" : t.name.substr(0, slash)) != g) continue;
+      std::vector<int64_t> off(t.shape.size(), 0), len = t.shape;
+      if (l.tp > 1 && t.shape.size() == 2) {  // row blocks
+        len[0] = t.shape[0] / l.tp;
+        off[0] = len[0] * tp_rank;
+      }
+      members.push_back(i);
+      boxes.push_back({off, len});
+      numels.push_back(*fmt::NumElements(len));
+    }
+    auto ranges = PartitionForRank(numels, {dp, l.stage, 1}, dp_rank);
+    for (const FlatRange& r : *ranges) {
+      const auto& t = tensors[members[r.tensor]];
+      if (l.tp > 1 && t.shape.size() != 2 && tp_rank != 0) continue;  // TP rank 0 writes these
+      out.push_back({t.name, boxes[r.tensor].first, boxes[r.tensor].second, r.begin, r.end});
+    }
   }
   return out;
 }

@@ -7,6 +7,7 @@
 #include "testing/checkpoint_builder.h"
 #include "testing/matchers.h"
 #include "testing/paths.h"
+#include "testing/shell.h"
 
 namespace ds {
 namespace {
@@ -15,19 +16,8 @@ using ::testing::HasSubstr;
 
 std::string Dsckpt() { return testing::BuildDir() + "/dsckpt"; }
 
-struct ShellResult {
-  int status = 0;
-  std::string out;
-};
-ShellResult Sh(const std::string& cmd) {
-  ShellResult r;
-  std::optional<std::string> out = bench::RunCapture(cmd + " 2>&1; echo \"rc=$?\"", &r.status);
-  r.out = out.value_or("");
-  size_t at = r.out.rfind("rc=");
-  r.status = at == std::string::npos ? -1 : std::stoi(r.out.substr(at + 3));
-  r.out.resize(at == std::string::npos ? r.out.size() : at);
-  return r;
-}
+using testing::Sh;
+using testing::ShellResult;
 
 class DsckptInspectTest : public ::testing::Test {
  protected:
@@ -36,8 +26,8 @@ class DsckptInspectTest : public ::testing::Test {
                 testing::MakeTensor("model/w", fmt::DType::kBF16, {64, 33}, 2),
                 testing::MakeTensor("count", fmt::DType::kI64, {3}, 3)};
     ckpt_ = dir_.Join("step-00000007");
-    auto m = testing::WriteTestCheckpoint(io::Env::Default(), ckpt_, tensors_, 3,
-                                          fmt::Codec::kRaw, 4096);
+    auto m = testing::WriteTestCheckpoint(io::Env::Default(), ckpt_, tensors_, 3, fmt::Codec::kRaw,
+                                          4096);
     ASSERT_TRUE(m.ok()) << m.status().ToString();
     manifest_ = *m;
   }
@@ -56,8 +46,8 @@ TEST_F(DsckptInspectTest, VerifyExitCodes) {
   EXPECT_THAT(missing.out, HasSubstr("does not exist"));
   // Damage one chunk of rank 2.
   const fmt::ChunkMeta& c = manifest_.chunks.back();
-  auto f = io::Env::Default()->OpenFile(io::JoinPath(ckpt_, "rank-00002.dss"),
-                                        {io::OpenMode::kUpdate});
+  auto f =
+      io::Env::Default()->OpenFile(io::JoinPath(ckpt_, "rank-00002.dss"), {io::OpenMode::kUpdate});
   ASSERT_TRUE(f.ok());
   std::byte b[1] = {std::byte{0xff}};
   ASSERT_TRUE((*f)->WriteAt(c.offset, b).ok());
@@ -85,8 +75,8 @@ TEST_F(DsckptInspectTest, InspectCheckpointAndSaveDir) {
   ASSERT_EQ(text.status, 0) << text.out;
   EXPECT_THAT(text.out, HasSubstr("1 checkpoint(s)"));
   EXPECT_THAT(text.out, HasSubstr("step-00000007"));
-  ShellResult empty = Sh(Dsckpt() + " inspect " + bench::ShellQuote(dir_.Join("step-00000007/..")) +
-                 "/nothing");
+  ShellResult empty =
+      Sh(Dsckpt() + " inspect " + bench::ShellQuote(dir_.Join("step-00000007/..")) + "/nothing");
   EXPECT_EQ(empty.status, 2) << empty.out;
 }
 

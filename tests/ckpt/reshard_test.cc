@@ -1,0 +1,185 @@
+// Resharding: the target layout is what a direct save at that layout writes, round trips are
+// bit-exact, every source chunk is read once, and bad requests change nothing.
+#include "ckpt/reshard.h"
+
+#include "ckpt/catalog.h"
+#include "ckpt/save_util.h"
+#include "ckpt/verify.h"
+#include "io/mem_env.h"
+#include "testing/matchers.h"
+
+namespace ds::ckpt {
+namespace {
+
+using ::ds::testing::StatusIs;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+
+std::string Describe(const std::vector<WantedSlice>& v) {
+  std::string s;
+  for (const auto& w : v) {
+    s += w.tensor + "[" + std::to_string(w.flat_begin) + "," + std::to_string(w.flat_end) + ")";
+    for (auto o : w.box_offset) s += ":" + std::to_string(o);
+    s += " ";
+  }
+  return s;
+}
+
+// The slices each rank holds in a committed checkpoint, in the order it wrote them.
+std::vector<std::vector<WantedSlice>> SlicesByRank(const fmt::Manifest& m) {
+  std::vector<std::vector<WantedSlice>> out(m.info.world_size);
+  for (const fmt::SliceMeta& s : m.slices) {
+    out[s.rank].push_back({m.tensors[s.tensor].name, s.box_offset, s.box_length, s.flat_begin,
+                           s.flat_end});
+  }
+  return out;
+}
+
+ReshardOptions To(uint32_t world, uint32_t stage, uint32_t tp = 1) {
+  ReshardOptions o;
+  o.layout = {world, stage, tp, 1};
+  o.memory_bytes = 1 << 20;
+  o.chunk_bytes = 4096;
+  o.io_backend = "pwrite";
+  o.threads = 2;
+  return o;
+}
+
+TEST(ReshardTest, LayoutSlicesIsWhatADirectSaveWrites) {
+  const auto state = SampleState();
+  for (Layout l : {Layout{1, 0, 1}, Layout{3, 1, 1}, Layout{8, 2, 1}, Layout{5, 3, 1},
+                   Layout{4, 1, 2}, Layout{2, 3, 2}, Layout{6, 2, 2}}) {
+    io::MemEnv env;
+    InProcessStore store;
+    SaveOutcome out = SaveAll(&env, state, l, 1, TestWriterOptions("/c"), &store);
+    ASSERT_TRUE(out.status[0].ok()) << out.status[0].ToString();
+    DS_ASSERT_OK_AND_ASSIGN(auto reader, CheckpointReader::Open(&env, "/c/step-00000001"));
+    DS_ASSERT_OK_AND_ASSIGN(auto slices, LayoutSlices(reader->manifest(), {l.world, l.stage, l.tp, 1}));
+    const auto saved = SlicesByRank(reader->manifest());
+    for (uint32_t r = 0; r < l.world; ++r) {
+      EXPECT_EQ(Describe(slices[r]), Describe(saved[r]))
+          << "world " << l.world << " stage " << l.stage << " tp " << l.tp << " rank " << r;
+    }
+  }
+}
+
+TEST(ReshardTest, RoundTripsAreBitExactAndMatchADirectSave) {
+  const auto state = SampleState();
+  int pairs = 0;
+  for (uint32_t world = 1; world <= 8; ++world) {
+    for (uint32_t stage = 0; stage <= 3; ++stage) {
+      const uint32_t to_world = world % 8 + 1, to_stage = (stage + 1) % 4;
+      io::MemEnv env;
+      InProcessStore store;
+      SaveOutcome out = SaveAll(&env, state, {world, stage, 1}, 1, TestWriterOptions("/c"), &store);
+      ASSERT_TRUE(out.status[0].ok()) << out.status[0].ToString();
+      const std::string src = "/c/step-00000001";
+      DS_ASSERT_OK_AND_ASSIGN(ReshardResult there, Reshard(&env, src, To(to_world, to_stage)));
+      EXPECT_EQ(there.tag, "step-00000001-w" + std::to_string(to_world) + "s" +
+                               std::to_string(to_stage));
+      EXPECT_EQ(there.source_chunks_read, there.source_chunks) << "each source chunk once";
+      DS_ASSERT_OK(LoadAndCompare(&env, there.path, state, {to_world, to_stage, 1}));
+      DS_ASSERT_OK_AND_ASSIGN(VerifyReport v, VerifyCheckpoint(&env, there.path));
+      EXPECT_TRUE(v.healthy);
+      // Equal to what a direct save at the target layout writes.
+      SaveOutcome direct = SaveAll(&env, state, {to_world, to_stage, 1}, 2,
+                                   TestWriterOptions("/d"), &store);
+      ASSERT_TRUE(direct.status[0].ok());
+      DS_ASSERT_OK_AND_ASSIGN(auto a, CheckpointReader::Open(&env, there.path));
+      DS_ASSERT_OK_AND_ASSIGN(auto b, CheckpointReader::Open(&env, "/d/step-00000002"));
+      const auto sa = SlicesByRank(a->manifest()), sb = SlicesByRank(b->manifest());
+      for (uint32_t r = 0; r < to_world; ++r) EXPECT_EQ(Describe(sa[r]), Describe(sb[r]));
+      EXPECT_EQ(a->manifest().info.world_size, to_world);
+      EXPECT_EQ(a->manifest().info.zero_stage, to_stage);
+      EXPECT_EQ(a->manifest().blobs.size(), b->manifest().blobs.size() - to_world + world);
+      // And back.
+      ReshardOptions back = To(world, stage);
+      back.out = "/c/back";
+      DS_ASSERT_OK_AND_ASSIGN(ReshardResult home, Reshard(&env, there.path, back));
+      DS_ASSERT_OK(LoadAndCompare(&env, home.path, state, {world, stage, 1}));
+      DS_ASSERT_OK_AND_ASSIGN(auto c, CheckpointReader::Open(&env, home.path));
+      DS_ASSERT_OK_AND_ASSIGN(auto orig, CheckpointReader::Open(&env, src));
+      const auto sc = SlicesByRank(c->manifest()), so = SlicesByRank(orig->manifest());
+      for (uint32_t r = 0; r < world; ++r) EXPECT_EQ(Describe(sc[r]), Describe(so[r]));
+      ++pairs;
+    }
+  }
+  std::printf("reshard round trips: %d\n", pairs);
+}
+
+TEST(ReshardTest, TensorParallelDegreesChange) {
+  const auto state = SampleState();
+  io::MemEnv env;
+  InProcessStore store;
+  ASSERT_TRUE(SaveAll(&env, state, {4, 1, 2}, 1, TestWriterOptions("/c"), &store).status[0].ok());
+  for (auto [w, s, t] : {std::tuple{1u, 0u, 1u}, {2u, 2u, 2u}, {6u, 1u, 2u}, {3u, 3u, 1u}}) {
+    ReshardOptions o = To(w, s, t);
+    o.out = "/c/w" + std::to_string(w) + "t" + std::to_string(t);
+    DS_ASSERT_OK_AND_ASSIGN(ReshardResult r, Reshard(&env, "/c/step-00000001", o));
+    DS_ASSERT_OK(LoadAndCompare(&env, r.path, state, {w, s, t})) << o.out;
+  }
+  ReshardOptions odd = To(6, 1, 3);  // 64 rows split 3 ways
+  EXPECT_THAT(Reshard(&env, "/c/step-00000001", odd),
+              StatusIs(StatusCode::kInvalidArgument,
+                       HasSubstr("dimension 0 of size 64 does not split into 3 equal")));
+}
+
+TEST(ReshardTest, BadRequestsChangeNothing) {
+  const auto state = SampleState();
+  io::MemEnv env;
+  InProcessStore store;
+  ASSERT_TRUE(SaveAll(&env, state, {2, 1, 1}, 1, TestWriterOptions("/c"), &store).status[0].ok());
+  const std::string src = "/c/step-00000001";
+  DS_ASSERT_OK_AND_ASSIGN(auto before, env.ListDir("/c"));
+  EXPECT_THAT(Reshard(&env, src, To(4, 1, 2)),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("saved without tensor parallelism")));
+  EXPECT_THAT(Reshard(&env, src, To(3, 1, 2)),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("does not divide the world size 3")));
+  EXPECT_THAT(Reshard(&env, src, To(3, 5)),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("ZeRO stage 5 does not exist")));
+  ReshardOptions exists = To(3, 1);
+  exists.out = src;
+  EXPECT_THAT(Reshard(&env, src, exists),
+              StatusIs(StatusCode::kFailedPrecondition, HasSubstr("already exists")));
+  env.SetCapacity(env.UsedBytes() + 1000);
+  EXPECT_THAT(Reshard(&env, src, To(3, 1)),
+              StatusIs(StatusCode::kNoSpace, AllOf(HasSubstr("needs about"), HasSubstr("free"))));
+  env.SetCapacity(uint64_t{1} << 40);
+  // A damaged source: the chunk is named, and no temp dir or checkpoint is left behind.
+  DS_ASSERT_OK_AND_ASSIGN(auto reader, CheckpointReader::Open(&env, src));
+  const fmt::ChunkMeta& c = reader->manifest().chunks[2];
+  {
+    auto f = env.OpenFile(io::JoinPath(src, reader->manifest().files[c.file].name),
+                          {io::OpenMode::kUpdate});
+    ASSERT_TRUE(f.ok());
+    std::byte b[1] = {std::byte{0x77}};
+    ASSERT_TRUE((*f)->WriteAt(c.offset + 1, b).ok());
+  }
+  EXPECT_THAT(Reshard(&env, src, To(3, 1)),
+              StatusIs(StatusCode::kCorruption, HasSubstr("chunk 2 of rank-0000")));
+  DS_ASSERT_OK_AND_ASSIGN(auto after, env.ListDir("/c"));
+  EXPECT_EQ(after, before);
+  Catalog cat(&env, "/c");
+  DS_ASSERT_OK_AND_ASSIGN(auto latest, cat.ReadLatest());
+  EXPECT_EQ(latest, "step-00000001");
+}
+
+TEST(ReshardTest, MemoryStaysBoundedWhenTheModelIsLarger) {
+  std::vector<testing::TestTensor> big = {
+      testing::MakeTensor("master/a", fmt::DType::kF32, {256, 1024}, 1),  // 1 MiB
+      testing::MakeTensor("master/b", fmt::DType::kF32, {256, 1024}, 2),
+      testing::MakeTensor("optim/exp_avg/a", fmt::DType::kF32, {256, 1024}, 3),
+      testing::MakeTensor("optim/exp_avg/b", fmt::DType::kF32, {256, 1024}, 4)};
+  io::MemEnv env;
+  InProcessStore store;
+  ASSERT_TRUE(SaveAll(&env, big, {3, 2, 1}, 1, TestWriterOptions("/c"), &store).status[0].ok());
+  ReshardOptions o = To(5, 1);
+  o.memory_bytes = 256 << 10;  // a quarter of one tensor (16 chunks)
+  o.chunk_bytes = 16 << 10;
+  DS_ASSERT_OK_AND_ASSIGN(ReshardResult r, Reshard(&env, "/c/step-00000001", o));
+  DS_ASSERT_OK(LoadAndCompare(&env, r.path, big, {5, 1, 1}));
+  EXPECT_EQ(r.source_chunks_read, r.source_chunks);
+}
+
+}  // namespace
+}  // namespace ds::ckpt
