@@ -1,0 +1,232 @@
+// ParseConfig: JSON text -> --set overrides -> every section read in dependency order (see
+// sections.h) -> cross-section checks -> unknown keys reported -> a typed, resolved Config.
+#include "engine/config/config.h"
+
+#include <set>
+#include <utility>
+
+#include "engine/config/sections.h"
+
+namespace ds::engine {
+
+namespace {
+
+using internal::Diagnostics;
+using internal::SectionReader;
+using nlohmann::json;
+
+// Parses JSON, refusing duplicate keys (DeepSpeed does: dict_raise_error_on_duplicate_keys;
+// nlohmann would keep the last silently). Comments are allowed.
+Result<json> ParseJsonText(std::string_view text, std::string_view source) {
+  struct Frame {
+    std::set<std::string> keys;
+    std::string current;  // the key being parsed; "[]" inside arrays
+  };
+  std::vector<Frame> frames;
+  std::string duplicate;  // the first duplicate key's path
+  auto callback = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start: frames.push_back({}); break;
+      case json::parse_event_t::array_start: frames.push_back({{}, "[]"}); break;
+      case json::parse_event_t::object_end:
+      case json::parse_event_t::array_end:
+        if (!frames.empty()) frames.pop_back();
+        break;
+      case json::parse_event_t::key: {
+        Frame& f = frames.back();
+        f.current = parsed.get<std::string>();
+        if (!f.keys.insert(f.current).second && duplicate.empty()) {
+          for (const Frame& outer : frames) {
+            duplicate += (duplicate.empty() ? "" : ".") + outer.current;
+          }
+        }
+        break;
+      }
+      case json::parse_event_t::value: break;
+    }
+    return true;
+  };
+  json root;
+  try {
+    root = json::parse(text.begin(), text.end(), callback, /*allow_exceptions=*/true,
+                       /*ignore_comments=*/true);
+  } catch (const json::parse_error& e) {
+    std::string what = e.what();  // "[json.exception.parse_error.101] parse error at line ..."
+    size_t at = what.find("] ");
+    return Status::InvalidArgument(std::string(source) + ": not valid JSON: " +
+                                   (at == std::string::npos ? what : what.substr(at + 2)));
+  }
+  if (!duplicate.empty()) {
+    return Status::InvalidArgument(std::string(source) + ": duplicate key " + duplicate +
+                                   " (DeepSpeed refuses duplicate keys too)");
+  }
+  if (!root.is_object()) {
+    return Status::InvalidArgument(std::string(source) +
+                                   ": the config must be a JSON object ({...})");
+  }
+  return root;
+}
+
+// Sets root[path[0]][path[1]]... = value, creating missing sections.
+Status SetPath(json* root, const std::vector<std::string>& path, json value,
+               std::string_view what) {
+  json* node = root;
+  std::string walked;
+  for (size_t i = 0; i + 1 < path.size(); ++i) {
+    walked += (walked.empty() ? "" : ".") + path[i];
+    json& next = (*node)[path[i]];
+    if (next.is_null()) next = json::object();
+    if (!next.is_object()) {
+      return Status::InvalidArgument(std::string(what) + ": " + walked + " is " + next.dump() +
+                                     ", not a section");
+    }
+    node = &next;
+  }
+  (*node)[path.back()] = std::move(value);
+  return Status::OK();
+}
+
+// The message for a key no reader knew, with the closest known key when there is one: first
+// among its siblings, else the same name elsewhere ("stage" -> zero_optimization.stage).
+std::string UnknownKeyMessage(const Diagnostics::Unknown& u, const Diagnostics& d, bool strict) {
+  size_t dot = u.path.rfind('.');
+  std::string key = dot == std::string::npos ? u.path : u.path.substr(dot + 1);
+  std::optional<std::string> suggestion = internal::ClosestKey(key, u.siblings);
+  if (!suggestion) {
+    for (const std::string& known : d.known_paths) {
+      std::string_view last = known;
+      if (size_t kdot = last.rfind('.'); kdot != std::string_view::npos) {
+        last = last.substr(kdot + 1);
+      }
+      if (known != u.path && internal::EditDistance(last, key) == 0) {
+        suggestion = known;
+        break;
+      }
+    }
+  }
+  std::string m = "unknown key " + u.path + (strict ? " (--strict)" : " is ignored");
+  if (suggestion) m += "; did you mean " + *suggestion + "?";
+  return m;
+}
+
+// Checks that need two sections (DeepSpeed's _do_error_check).
+void CheckAcrossSections(const json& resolved, const ZeroConfig& zero, Diagnostics* d) {
+  if (!d->ok()) return;
+  bool zero_on = zero.stage >= 1;
+  if (resolved["fp16"].value("fp16_master_weights_and_grads", false) && !zero_on) {
+    d->Error("fp16.fp16_master_weights_and_grads needs zero_optimization.stage 1, 2 or 3");
+  } else if (resolved["bf16"].value("bf16_master_weights_and_grads", false) && !zero_on) {
+    d->Error("bf16.bf16_master_weights_and_grads needs zero_optimization.stage 1, 2 or 3");
+  } else if (resolved["bf16"].value("bf16_optimizer_states", false) && !zero_on) {
+    d->Error("bf16.bf16_optimizer_states needs zero_optimization.stage 1, 2 or 3");
+  }
+}
+
+std::optional<int64_t> PeekSchedulerTotalSteps(const json& root) {
+  auto s = root.find("scheduler");
+  if (s == root.end() || !s->is_object()) return std::nullopt;
+  auto p = s->find("params");
+  if (p == s->end() || !p->is_object()) return std::nullopt;
+  auto t = p->find("total_num_steps");
+  if (t == p->end()) return std::nullopt;
+  std::optional<int64_t> steps = internal::AsInteger(*t);
+  return steps && *steps >= 1 ? steps : std::nullopt;
+}
+
+}  // namespace
+
+Status ApplySetOverride(std::string_view assignment, json* root) {
+  std::string what = "--set '" + std::string(assignment) + "'";
+  size_t eq = assignment.find('=');
+  if (eq == std::string_view::npos) {
+    return Status::InvalidArgument(what +
+                                   ": expected key.path=value (e.g. --set "
+                                   "zero_optimization.stage=2)");
+  }
+  std::string_view key = assignment.substr(0, eq);
+  std::string_view text = assignment.substr(eq + 1);
+  std::vector<std::string> path;
+  size_t start = 0;
+  while (true) {
+    size_t dot = key.find('.', start);
+    std::string_view part = key.substr(start, dot == std::string_view::npos ? dot : dot - start);
+    if (part.empty()) {
+      return Status::InvalidArgument(what + ": empty key name in '" + std::string(key) + "'");
+    }
+    path.emplace_back(part);
+    if (dot == std::string_view::npos) break;
+    start = dot + 1;
+  }
+  // JSON when it parses (numbers, true, null, [0.9,0.95], {"device":"cpu"}), else a string.
+  json value = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (value.is_discarded()) value = std::string(text);
+  return SetPath(root, path, std::move(value), what);
+}
+
+Result<Config> ParseConfig(std::string_view json_text, const Overrides& overrides,
+                           std::string_view source_name) {
+  const std::string source(source_name);
+  DS_ASSIGN_OR_RETURN(json root, ParseJsonText(json_text, source));
+  for (const std::string& assignment : overrides.set) {
+    DS_RETURN_IF_ERROR(ApplySetOverride(assignment, &root));
+  }
+  if (overrides.max_steps) {
+    DS_RETURN_IF_ERROR(
+        SetPath(&root, {"trainer", "max_steps"}, *overrides.max_steps, "--max-steps"));
+  }
+  if (overrides.seed) {
+    DS_RETURN_IF_ERROR(SetPath(&root, {"trainer", "seed"}, *overrides.seed, "--seed"));
+  }
+  if (overrides.world_size < 1) {
+    return Status::InvalidArgument("data-parallel size must be >= 1, got " +
+                                   std::to_string(overrides.world_size));
+  }
+
+  Config c;
+  c.source = source;
+  Diagnostics d;
+  d.source = source;
+  SectionReader top(&d, "", &root);
+  internal::ReadOtherDeepSpeedKeys(top);  // first: refuses keys DeepSpeed removed
+  internal::ReadModel(top, &c.model);
+  internal::ReadTrainer(top, PeekSchedulerTotalSteps(root), &c.trainer);
+  internal::ReadData(top, &c.data);
+  internal::ReadCheckpoint(top, &c.checkpoint);
+  internal::ReadComms(top, &c.comms);
+  internal::ReadBatch(top, overrides.world_size, &c.batch);
+  c.gradient_clipping = top.Number("gradient_clipping", 1.0);
+  if (d.ok() && !(c.gradient_clipping >= 0)) {
+    d.Error("gradient_clipping must be >= 0 (0 turns clipping off), got " +
+            internal::ShowNumber(c.gradient_clipping));
+  }
+  internal::ReadPrecision(top, &c.fp16, &c.bf16);
+  internal::ReadOptimizer(top, &c.optimizer);
+  internal::ReadScheduler(top, c.optimizer, c.trainer, &c.scheduler);
+  internal::ReadZero(top, c.model, &c.zero);
+  internal::ReadMonitor(top, &c.monitor);
+  top.Finish(&c.resolved);
+  CheckAcrossSections(c.resolved, c.zero, &d);
+  if (!d.ok()) return d.error;
+
+  for (const Diagnostics::Unknown& u : d.unknown) {
+    std::string message = UnknownKeyMessage(u, d, overrides.strict);
+    if (overrides.strict) return Status::InvalidArgument(source + ": " + message);
+    d.Warn(message);
+  }
+  if (!d.not_implemented.empty()) {
+    std::string list;
+    for (const std::string& k : d.not_implemented) list += (list.empty() ? "" : ", ") + k;
+    d.Warn("accepted but not implemented (no effect in dstrain): " + list);
+  }
+  c.warnings = std::move(d.warnings);
+  c.not_implemented = std::move(d.not_implemented);
+  c.auto_filled = std::move(d.auto_filled);
+  return c;
+}
+
+Result<Config> LoadConfig(io::Env* env, const std::string& path, const Overrides& overrides) {
+  DS_ASSIGN_OR_RETURN(std::string text, env->ReadFileToString(path));
+  return ParseConfig(text, overrides, path);
+}
+
+}  // namespace ds::engine

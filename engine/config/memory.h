@@ -1,0 +1,39 @@
+// The built-in GPT's parameter count, and the model-state memory one rank needs for parameters,
+// gradients and optimizer state at each ZeRO stage (what DeepSpeed's memory estimators report;
+// activations and temporary buffers come on top). docs/config.md gives the formulas.
+// Thread safety: pure functions.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "engine/config/config.h"
+
+namespace ds::engine {
+
+// Pre-LN GPT-2 with tied embeddings: V*C + T*C + L*(12*C*C + 13*C) + 2*C.
+int64_t ModelParameterCount(const ModelConfig& model);
+// Parameters of the largest unit ZeRO stage 3 gathers whole: the token embedding (V*C) or one
+// transformer block (12*C*C + 13*C), whichever is larger.
+int64_t LargestGatheredParameters(const ModelConfig& model);
+
+struct MemoryEstimate {  // bytes, per rank
+  int stage = 0;
+  uint64_t params = 0;     // model weights kept on the device (16-bit, or fp32 without fp16/bf16)
+  uint64_t grads = 0;      // gradients, same precision as the weights
+  uint64_t optimizer = 0;  // fp32 master weights (fp16/bf16 only) + Adam's two fp32 moments
+  uint64_t gathered = 0;   // stage 3: the largest unit's weights, gathered whole
+  uint64_t host = 0;       // what CPU offload moves to host memory
+  uint64_t device_total() const { return params + grads + optimizer + gathered; }
+};
+
+// `zero.stage` picks the stage; offload_optimizer (stages 1-3) and offload_param (stage 3) with
+// device cpu move their part to `host`.
+MemoryEstimate EstimateMemory(const ModelConfig& model, int64_t world_size, const ZeroConfig& zero,
+                              Precision precision);
+
+// A table of EstimateMemory at stages 0-3 for this config (its data-parallel size, precision
+// and offload settings), the configured stage marked with '*', for dsrun --dry-run.
+std::string FormatMemoryTable(const Config& config);
+
+}  // namespace ds::engine

@@ -1,0 +1,108 @@
+// The built-in GPT's parameter count and the per-rank model-state memory at each ZeRO stage,
+// against numbers worked out by hand here.
+#include "engine/config/memory.h"
+
+#include "config_test_util.h"
+
+namespace ds::engine {
+namespace {
+
+using ::testing::HasSubstr;
+
+ModelConfig Preset(std::string_view name) {
+  Result<ModelConfig> m = ModelPreset(name);
+  EXPECT_TRUE(m.ok()) << m.status().ToString();
+  return m.ok() ? *m : ModelConfig{};
+}
+
+TEST(ConfigParameterCountTest, Gpt2SizesAsPublished) {
+  // 124M: wte 50257*768 = 38,597,376; wpe 1024*768 = 786,432; per block 12*768^2 + 13*768 =
+  // 7,087,872, times 12 = 85,054,464; ln_f 1,536.
+  EXPECT_EQ(ModelParameterCount(Preset("gpt2-124m")), 124'439'808);
+  EXPECT_EQ(ModelParameterCount(Preset("gpt2-350m")), 354'823'168);
+  EXPECT_EQ(ModelParameterCount(Preset("gpt2-774m")), 774'030'080);
+  EXPECT_EQ(ModelParameterCount(Preset("gpt2-1558m")), 1'557'611'200);
+  // 50257*2048 + 2048*2048 + 24*(12*2048^2 + 13*2048) + 2*2048
+  EXPECT_EQ(ModelParameterCount(Preset("gpt-1.3b")), 1'315'723'264);
+  // 256*128 + 128*128 + 4*(12*128^2 + 13*128) + 2*128
+  EXPECT_EQ(ModelParameterCount(Preset("demo")), 842'496);
+  EXPECT_EQ(LargestGatheredParameters(Preset("gpt2-124m")), 38'597'376);  // the embedding
+}
+
+TEST(ConfigMemoryTest, Gpt2On4RanksInBf16AtEachStage) {
+  const ModelConfig m = Preset("gpt2-124m");
+  const uint64_t p = 124'439'808, shard = p / 4;  // 31,109,952
+  ZeroConfig zero;
+  struct Want {
+    uint64_t params, grads, optimizer, gathered;
+  };
+  const Want kWant[] = {
+      {2 * p, 2 * p, 12 * p, 0},          // 248,879,616 / 1,493,277,696
+      {2 * p, 2 * p, 12 * shard, 0},      // optimizer 373,319,424
+      {2 * p, 2 * shard, 12 * shard, 0},  // grads 62,219,904
+      {2 * shard, 2 * shard, 12 * shard, 2 * 38'597'376},
+  };
+  for (int stage = 0; stage <= 3; ++stage) {
+    zero.stage = stage;
+    MemoryEstimate e = EstimateMemory(m, 4, zero, Precision::kBf16);
+    EXPECT_EQ(e.params, kWant[stage].params) << "stage " << stage;
+    EXPECT_EQ(e.grads, kWant[stage].grads) << "stage " << stage;
+    EXPECT_EQ(e.optimizer, kWant[stage].optimizer) << "stage " << stage;
+    EXPECT_EQ(e.gathered, kWant[stage].gathered) << "stage " << stage;
+    EXPECT_EQ(e.host, 0u);
+  }
+  zero.stage = 0;
+  EXPECT_EQ(EstimateMemory(m, 4, zero, Precision::kBf16).device_total(), 16 * p);
+}
+
+TEST(ConfigMemoryTest, Fp32HasNoMasterCopy) {
+  const uint64_t p = 124'439'808;
+  ZeroConfig zero;
+  MemoryEstimate e = EstimateMemory(Preset("gpt2-124m"), 1, zero, Precision::kFp32);
+  EXPECT_EQ(e.params, 4 * p);
+  EXPECT_EQ(e.grads, 4 * p);
+  EXPECT_EQ(e.optimizer, 8 * p);
+}
+
+TEST(ConfigMemoryTest, CpuOffloadMovesStateToTheHost) {
+  const uint64_t shard = 124'439'808 / 4;
+  ZeroConfig zero;
+  zero.stage = 2;
+  zero.offload_optimizer.device = OffloadConfig::Device::kCpu;
+  MemoryEstimate e = EstimateMemory(Preset("gpt2-124m"), 4, zero, Precision::kFp16);
+  EXPECT_EQ(e.optimizer, 0u);
+  EXPECT_EQ(e.host, 12 * shard);
+  zero.stage = 3;
+  zero.offload_param.device = OffloadConfig::Device::kCpu;
+  e = EstimateMemory(Preset("gpt2-124m"), 4, zero, Precision::kFp16);
+  EXPECT_EQ(e.params, 0u);
+  EXPECT_EQ(e.host, 12 * shard + 2 * shard);
+  zero.stage = 0;  // offload needs ZeRO: nothing moves
+  e = EstimateMemory(Preset("gpt2-124m"), 4, zero, Precision::kFp16);
+  EXPECT_EQ(e.host, 0u);
+}
+
+TEST(ConfigMemoryTest, PartitionsRoundUp) {
+  ZeroConfig zero;
+  zero.stage = 3;
+  // 842,496 / 5 = 168,499.2: each rank holds 168,500 elements.
+  MemoryEstimate e = EstimateMemory(Preset("demo"), 5, zero, Precision::kFp32);
+  EXPECT_EQ(e.params, 4u * 168'500);
+  EXPECT_EQ(e.optimizer, 8u * 168'500);
+}
+
+TEST(ConfigMemoryTest, TableForDryRun) {
+  json cfg = Base();
+  cfg["model"] = {{"preset", "gpt2-124m"}};
+  cfg["bf16"] = {{"enabled", true}};
+  cfg["zero_optimization"] = {{"stage", 1}};
+  DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(cfg, {.world_size = 4}));
+  std::string table = FormatMemoryTable(c);
+  EXPECT_THAT(table, HasSubstr("Model states per rank: gpt2-124m, 124439808 parameters, bf16, "
+                               "data-parallel size 4"));
+  EXPECT_THAT(table, HasSubstr("  1*  "));
+  EXPECT_THAT(table, HasSubstr("  3   "));
+}
+
+}  // namespace
+}  // namespace ds::engine
