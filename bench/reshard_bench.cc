@@ -140,25 +140,39 @@ Result<ReshardBenchReport> RunReshardBench(io::Env* env, const ReshardBenchOptio
   DS_ASSIGN_OR_RETURN(std::string src, WriteSyntheticModel(env, save_dir, o.size_bytes,
                                                            o.from_world, o.from_stage, o.codec));
   ReshardBenchReport rep;
-  DS_ASSIGN_OR_RETURN(auto child,
-                      RunChild(env, {o.dsckpt, "reshard", src, "--to-world",
-                                     std::to_string(o.to_world), "--to-stage",
-                                     std::to_string(o.to_stage), "--memory",
-                                     std::to_string(o.memory_bytes), "--out",
-                                     io::JoinPath(save_dir, "resharded")}));
-  rep.reshard_s = child.first;
-  rep.peak_rss_bytes = child.second;
-  DS_ASSIGN_OR_RETURN(fmt::Manifest m,
-                      fmt::ReadManifest(env, io::JoinPath(save_dir, "resharded/manifest.h5")));
-  for (const fmt::ChunkMeta& c : m.chunks) {
-    rep.bytes += c.raw_len;
-    rep.stored_bytes += c.stored_len;
+  uint64_t bytes_read = 0;
+  if (o.operation == "export") {
+    const std::string out = io::JoinPath(save_dir, "model.safetensors");
+    DS_ASSIGN_OR_RETURN(auto child, RunChild(env, {o.dsckpt, "export", src, "--format",
+                                                   "safetensors", "--out", out, "--memory",
+                                                   std::to_string(o.memory_bytes)}));
+    rep.reshard_s = child.first;
+    rep.peak_rss_bytes = child.second;
+    DS_ASSIGN_OR_RETURN(io::FileInfo info, env->Stat(out));
+    rep.bytes = rep.stored_bytes = info.size;
+    bytes_read = info.size;  // fp32 master weights, read once
+  } else {
+    DS_ASSIGN_OR_RETURN(auto child,
+                        RunChild(env, {o.dsckpt, "reshard", src, "--to-world",
+                                       std::to_string(o.to_world), "--to-stage",
+                                       std::to_string(o.to_stage), "--memory",
+                                       std::to_string(o.memory_bytes), "--out",
+                                       io::JoinPath(save_dir, "resharded")}));
+    rep.reshard_s = child.first;
+    rep.peak_rss_bytes = child.second;
+    DS_ASSIGN_OR_RETURN(fmt::Manifest m,
+                        fmt::ReadManifest(env, io::JoinPath(save_dir, "resharded/manifest.h5")));
+    for (const fmt::ChunkMeta& c : m.chunks) {
+      rep.bytes += c.raw_len;
+      rep.stored_bytes += c.stored_len;
+    }
+    bytes_read = rep.stored_bytes;
   }
   if (!o.keep) DS_RETURN_IF_ERROR(env->RemoveAll(save_dir));
   if (o.run_fio) {
-    rep.fio = RunFio(o.dir, rep.stored_bytes);
+    rep.fio = RunFio(o.dir, std::max(bytes_read, rep.stored_bytes));
     if (rep.fio.ran) {
-      rep.bound_s = static_cast<double>(rep.stored_bytes) / rep.fio.read_bps +
+      rep.bound_s = static_cast<double>(bytes_read) / rep.fio.read_bps +
                     static_cast<double>(rep.stored_bytes) / rep.fio.write_bps;
     }
   } else {
@@ -169,22 +183,34 @@ Result<ReshardBenchReport> RunReshardBench(io::Env* env, const ReshardBenchOptio
 
 std::string ReshardBenchTable(const ReshardBenchOptions& o, const ReshardBenchReport& r) {
   char b[512];
-  std::snprintf(b, sizeof b,
-                "reshard bench: %s (stored %s, codec %s) from %u ranks stage %u to %u ranks "
-                "stage %u, --memory %s\n"
-                "  reshard           %8.2f s  %s\n"
-                "  peak RSS          %s (%.2fx the memory limit)\n",
-                io::FormatBytes(r.bytes).c_str(), io::FormatBytes(r.stored_bytes).c_str(),
-                std::string(fmt::CodecName(o.codec)).c_str(), o.from_world, o.from_stage,
-                o.to_world, o.to_stage, io::FormatBytes(o.memory_bytes).c_str(), r.reshard_s,
-                io::FormatRate(r.reshard_s > 0 ? r.bytes / r.reshard_s : 0).c_str(),
+  const std::string rate = io::FormatRate(r.reshard_s > 0 ? r.bytes / r.reshard_s : 0);
+  if (o.operation == "export") {
+    std::snprintf(b, sizeof b,
+                  "export bench: %s of fp32 master weights to safetensors, from %u ranks at stage "
+                  "%u (codec %s), --memory %s\n"
+                  "  export            %8.2f s  %s\n",
+                  io::FormatBytes(r.bytes).c_str(), o.from_world, o.from_stage,
+                  std::string(fmt::CodecName(o.codec)).c_str(),
+                  io::FormatBytes(o.memory_bytes).c_str(), r.reshard_s, rate.c_str());
+  } else {
+    std::snprintf(b, sizeof b,
+                  "reshard bench: %s (stored %s, codec %s) from %u ranks stage %u to %u ranks "
+                  "stage %u, --memory %s\n"
+                  "  reshard           %8.2f s  %s\n",
+                  io::FormatBytes(r.bytes).c_str(), io::FormatBytes(r.stored_bytes).c_str(),
+                  std::string(fmt::CodecName(o.codec)).c_str(), o.from_world, o.from_stage,
+                  o.to_world, o.to_stage, io::FormatBytes(o.memory_bytes).c_str(), r.reshard_s,
+                  rate.c_str());
+  }
+  std::string out = b;
+  std::snprintf(b, sizeof b, "  peak RSS          %s (%.2fx the memory limit)\n",
                 io::FormatBytes(r.peak_rss_bytes).c_str(),
                 static_cast<double>(r.peak_rss_bytes) / o.memory_bytes);
-  std::string out = b;
+  out += b;
   if (r.fio.ran) {
     std::snprintf(b, sizeof b,
                   "  disk bound        %8.2f s  (fio read %s + write %s of the same bytes)\n"
-                  "  reshard / bound   %8.2fx\n",
+                  "  time / bound      %8.2fx\n",
                   r.bound_s, io::FormatRate(r.fio.read_bps).c_str(),
                   io::FormatRate(r.fio.write_bps).c_str(), r.reshard_s / r.bound_s);
   } else {
@@ -194,7 +220,8 @@ std::string ReshardBenchTable(const ReshardBenchOptions& o, const ReshardBenchRe
 }
 
 std::string ReshardBenchJson(const ReshardBenchOptions& o, const ReshardBenchReport& r) {
-  nlohmann::json j = {{"bench", "reshard"},
+  nlohmann::json j = {{"bench", o.operation},
+                      {"seconds", r.reshard_s},
                       {"from_world", o.from_world},
                       {"to_world", o.to_world},
                       {"from_stage", o.from_stage},

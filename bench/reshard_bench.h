@@ -1,7 +1,8 @@
-// dsckpt bench reshard: reshard a synthetic checkpoint (fp32 master weights and Adam moments of
+// dsckpt bench reshard / export: reshard a synthetic checkpoint (fp32 master weights and Adam moments of
 // a model, ZeRO-partitioned over N ranks) to M ranks, against the disk's bound for the same
 // bytes (fio's direct read time plus write time, same directory, same run); the reshard runs as
-// a child process so its peak RSS can be compared with its --memory limit.
+// a child process so its peak RSS can be compared with its --memory limit. `export` does the
+// same for `dsckpt export` of the master weights to safetensors.
 // Thread safety: one run at a time per directory.
 #pragma once
 
@@ -15,6 +16,8 @@
 namespace ds::bench {
 
 struct ReshardBenchOptions {
+  // "reshard" (N -> M ranks), or "export" (the master weights to safetensors, fp32).
+  std::string operation = "reshard";
   std::string dir;
   uint64_t size_bytes = uint64_t{4} << 30;
   uint32_t from_world = 2, to_world = 3;
@@ -27,9 +30,9 @@ struct ReshardBenchOptions {
 };
 
 struct ReshardBenchReport {
-  double reshard_s = 0;
-  double bound_s = 0;  // bytes / fio read + stored bytes / fio write
-  uint64_t bytes = 0;  // logical
+  double reshard_s = 0;  // the operation's wall time
+  double bound_s = 0;    // bytes read / fio read + bytes written / fio write
+  uint64_t bytes = 0;    // logical bytes written
   uint64_t stored_bytes = 0;
   uint64_t peak_rss_bytes = 0;
   FioResult fio;

@@ -22,6 +22,11 @@ struct CheckpointReader::Impl {
   std::unique_ptr<io::ThreadPool> decoders;
   std::vector<std::unique_ptr<fmt::ShardReader>> shards;  // by file index, opened on demand
   std::vector<std::unique_ptr<io::File>> direct_files;     // O_DIRECT handles for the same
+  // Stored bytes and decoded bytes come from separate pools: a decoder holding a stored chunk
+  // waits only for other decoders, never for the read loop, so the two cannot deadlock. They
+  // live as long as the reader, so blocks are reused (and stay faulted in) across reads.
+  std::unique_ptr<io::BufferPool> stored_pool;
+  std::unique_ptr<io::BufferPool> raw_pool;
 
   Status OpenShard(uint32_t file) {
     if (shards[file] != nullptr) return Status::OK();
@@ -62,6 +67,13 @@ Result<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(io::Env* env,
       options.threads == 0 ? io::HardwareThreads() : options.threads);
   impl->shards.resize(impl->manifest.files.size());
   impl->direct_files.resize(impl->manifest.files.size());
+  uint64_t largest = 0;
+  for (const fmt::ChunkMeta& c : impl->manifest.chunks) {
+    largest = std::max({largest, c.raw_len, fmt::AlignUp(c.stored_len, fmt::kChunkAlignment)});
+  }
+  const uint64_t each = std::max<uint64_t>(options.memory_bytes / 2, 2 * largest + 8192);
+  impl->stored_pool = std::make_unique<io::BufferPool>(io::BufferPoolOptions{each, io::kDirectAlignment});
+  impl->raw_pool = std::make_unique<io::BufferPool>(io::BufferPoolOptions{each, io::kDirectAlignment});
   return std::unique_ptr<CheckpointReader>(new CheckpointReader(std::move(impl)));
 }
 
@@ -131,16 +143,8 @@ Status CheckpointReader::ForEachChunk(
     }
     DS_RETURN_IF_ERROR(r.OpenShard(r.manifest.chunks[c].file));
   }
-  // Stored bytes and decoded bytes come from separate pools: a decoder holding a stored chunk
-  // waits only for other decoders, never for the read loop, so the two cannot deadlock.
-  uint64_t largest = 0;
-  for (uint64_t c : chunks) {
-    largest = std::max({largest, r.manifest.chunks[c].raw_len,
-                        fmt::AlignUp(r.manifest.chunks[c].stored_len, fmt::kChunkAlignment)});
-  }
-  const uint64_t each = std::max<uint64_t>(r.options.memory_bytes / 2, 2 * largest + 8192);
-  io::BufferPool stored_pool({each, io::kDirectAlignment});
-  io::BufferPool raw_pool({each, io::kDirectAlignment});
+  io::BufferPool& stored_pool = *r.stored_pool;
+  io::BufferPool& raw_pool = *r.raw_pool;
   std::mutex mu;
   Status first_error;
   auto fail = [&](const Status& s) {

@@ -116,6 +116,7 @@ int RunBenchSave(const SaveFlags& f) {
 }
 
 struct ReshardBenchFlags {
+  std::string operation = "reshard";
   std::string dir = ".";
   std::string size = "4G";
   std::string memory = "1G";
@@ -129,6 +130,7 @@ struct ReshardBenchFlags {
 
 int RunBenchReshard(const ReshardBenchFlags& f) {
   bench::ReshardBenchOptions o;
+  o.operation = f.operation;
   o.dir = f.dir;
   Result<uint64_t> size = io::ParseByteSize(f.size);
   if (!size.ok()) return ReportError(size.status().WithContext("--size"));
@@ -224,6 +226,21 @@ void AddBenchCommands(CLI::App& app, DsckptContext& ctx) {
   rs->add_flag("--no-fio", rf->no_fio, "Skip the fio comparison");
   rs->footer("Example: dsckpt bench reshard --dir /scratch --size 4G --from 2 --to 3 --json");
   rs->callback([rf, &ctx] { ctx.exit_code = RunBenchReshard(*rf); });
+
+  auto ef = std::make_shared<ReshardBenchFlags>();
+  ef->operation = "export";
+  CLI::App* ex = bench->add_subcommand(
+      "export", "Export a synthetic checkpoint's weights to safetensors, against fio's bound");
+  ex->add_option("--dir", ef->dir, "Directory on the disk to use")->check(CLI::ExistingDirectory);
+  ex->add_option("--size", ef->size, "Logical bytes of training state (a third are weights)");
+  ex->add_option("--from", ef->from, "Ranks of the checkpoint")->check(CLI::Range(1, 1024));
+  ex->add_option("--memory", ef->memory, "The export's --memory");
+  ex->add_option("--codec", ef->codec, "Codec of the checkpoint (raw, zstd, bytegroup+zstd)");
+  ex->add_flag("--keep", ef->keep, "Leave the files behind");
+  ex->add_flag("--json", ef->json, "Print one JSON line (the table goes to stderr)");
+  ex->add_flag("--no-fio", ef->no_fio, "Skip the fio comparison");
+  ex->footer("Example: dsckpt bench export --dir /scratch --size 4G --json");
+  ex->callback([ef, &ctx] { ctx.exit_code = RunBenchReshard(*ef); });
 }
 
 }  // namespace ds::cli
