@@ -1,5 +1,6 @@
 #include "io/env.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <random>
 
@@ -63,9 +64,17 @@ Status Env::RemoveAll(const std::string& path) {
 Result<std::string> Env::ReadFileToString(const std::string& path) {
   DS_ASSIGN_OR_RETURN(std::unique_ptr<File> file, OpenFile(path, {OpenMode::kRead}));
   DS_ASSIGN_OR_RETURN(uint64_t size, file->Size());
-  std::string out(size, '\0');
-  DS_ASSIGN_OR_RETURN(size_t n, file->ReadAt(0, std::as_writable_bytes(std::span(out))));
-  out.resize(n);
+  // Read until a short read: files such as /proc's report size 0 but have contents.
+  std::string out;
+  size_t capacity = std::max<uint64_t>(size + 1, 4096);
+  while (true) {
+    const size_t at = out.size();
+    out.resize(at + capacity);
+    DS_ASSIGN_OR_RETURN(size_t n, file->ReadAt(at, std::as_writable_bytes(std::span(out).subspan(at))));
+    out.resize(at + n);
+    if (n < capacity) break;
+    capacity *= 2;
+  }
   DS_RETURN_IF_ERROR(file->Close());
   return out;
 }

@@ -176,7 +176,7 @@ struct DataConfig {
   enum class Format : uint8_t {
     kAuto,     // decided when the file is opened: llm.c header magic, else by extension
     kNanoGpt,  // raw little-endian uint16 tokens (nanoGPT's prepare.py)
-    kLlmc,     // llm.c: 256 int32 header (magic 20240520), then uint16 tokens
+    kLlmc,     // llm.c: 256 int32 header, then uint16 (magic 20240520) or uint32 (20240801) tokens
     kText,     // bytes are tokens (vocab 256)
   };
   std::string path;  // "": the embedded default corpus

@@ -44,10 +44,12 @@ void Fixed32(std::string* out, int field, uint32_t v) {
   for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
 }
 
-// Event { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5; }
+// Event { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5;
+//         SessionLog session_log = 7; }
 // Summary { repeated Value value = 1; }  Value { string tag = 1; float simple_value = 2; }
+// SessionLog { SessionStatus status = 1; }  (START = 1)
 std::string EventProto(double wall_time, int64_t step, const std::string* file_version,
-                       const std::string* tag, float value) {
+                       const std::string* tag, float value, bool session_start = false) {
   std::string e;
   uint64_t wt;
   std::memcpy(&wt, &wall_time, 8);
@@ -65,6 +67,7 @@ std::string EventProto(double wall_time, int64_t step, const std::string* file_v
     Bytes(&summary, 1, v);
     Bytes(&e, 5, summary);
   }
+  if (session_start) Bytes(&e, 7, std::string("\x08\x01", 2));
   return e;
 }
 
@@ -165,6 +168,11 @@ Status TensorBoardWriter::WriteRecord(const std::string& event) {
 Status TensorBoardWriter::AddScalar(const std::string& tag, double value, int64_t step) {
   return WriteRecord(EventProto(static_cast<double>(env_->WallTimeMicros()) / 1e6, step, nullptr,
                                 &tag, static_cast<float>(value)));
+}
+
+Status TensorBoardWriter::AddSessionStart(int64_t step) {
+  return WriteRecord(EventProto(static_cast<double>(env_->WallTimeMicros()) / 1e6, step, nullptr,
+                                nullptr, 0, /*session_start=*/true));
 }
 
 Status TensorBoardWriter::Flush() {

@@ -26,6 +26,10 @@ class TensorBoardWriter {
   ~TensorBoardWriter();
 
   Status AddScalar(const std::string& tag, double value, int64_t step);
+  // A SessionLog START event at `step`: TensorBoard's reader then drops every event it read
+  // before with a step >= `step` (a restarted run's points replace the crashed run's), as
+  // torch's SummaryWriter(purge_step=step) does.
+  Status AddSessionStart(int64_t step);
   Status Flush();  // writes buffered records (not fsync: logs are not checkpoints)
   const std::string& path() const { return path_; }
 

@@ -47,6 +47,29 @@ TEST(TensorBoardTest, RoundTripAndDamage) {
               StatusIs(StatusCode::kCorruption, HasSubstr("CRC mismatch")));
 }
 
+// The bytes of a SessionLog START event, as TensorBoard's own event_pb2 serialises
+// Event(wall_time=1.0, step=256, session_log=SessionLog(status=START)).
+TEST(TensorBoardTest, SessionStartEventBytes) {
+  struct OneSecondClock : io::EnvWrapper {
+    using EnvWrapper::EnvWrapper;
+    int64_t WallTimeMicros() override { return 1'000'000; }
+  };
+  io::MemEnv mem;
+  OneSecondClock env(&mem);
+  std::string path;
+  {
+    DS_ASSERT_OK_AND_ASSIGN(auto w, TensorBoardWriter::Open(&env, "/tb"));
+    DS_ASSERT_OK(w->AddSessionStart(256));
+    path = w->path();
+  }
+  DS_ASSERT_OK_AND_ASSIGN(std::string data, env.ReadFileToString(path));
+  const std::string want("\x09\0\0\0\0\0\0\xf0\x3f\x10\x80\x02\x3a\x02\x08\x01", 16);
+  ASSERT_GE(data.size(), want.size() + 4);
+  EXPECT_EQ(data.substr(data.size() - 4 - want.size(), want.size()), want);
+  DS_ASSERT_OK_AND_ASSIGN(std::vector<ScalarEvent> ev, ReadTensorBoardScalars(&env, path));
+  EXPECT_TRUE(ev.empty());  // not a scalar
+}
+
 TEST(TensorBoardTest, TensorBoardsOwnReaderReadsIt) {
   const std::string python = testing::Python();
   int status = 0;
