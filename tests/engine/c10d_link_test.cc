@@ -7,11 +7,7 @@
 
 #include <thread>
 
-#ifdef USE_C10D_NCCL
-#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
-#endif
 
-#include "engine/runtime_info.h"
 
 namespace ds::engine {
 namespace {
@@ -56,21 +52,6 @@ TEST(C10dLinkTest, GlooAllReduceAndReduceScatterAcrossTwoRanks) {
   EXPECT_EQ(sums[1], 12.0f);
   EXPECT_EQ(scattered[0], 3.0f * (0 + 1));  // rank 0 holds elements 0,1 of 3*arange
   EXPECT_EQ(scattered[1], 3.0f * (2 + 3));
-}
-
-TEST(C10dLinkTest, NcclAllReduceOnOneGpu) {
-  RuntimeInfo info = QueryRuntime();
-#ifndef USE_C10D_NCCL
-  GTEST_SKIP() << "LibTorch was built without NCCL";
-#else
-  if (!info.cuda_available) GTEST_SKIP() << "no GPU visible: the NCCL path was compiled and linked only";
-  auto store = Server(1);
-  auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, 0, 1);
-  std::vector<at::Tensor> t{torch::ones({1024}, torch::TensorOptions().device(torch::kCUDA))};
-  pg->allreduce(t)->wait();
-  EXPECT_EQ(t[0].sum().item<float>(), 1024.0f);
-  pg->shutdown();
-#endif
 }
 
 }  // namespace

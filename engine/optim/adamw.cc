@@ -1,0 +1,51 @@
+#include "engine/optim/adamw.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+namespace ds::engine {
+namespace {
+
+// torch.optim.Adam(W)'s update, written out: the reference.
+void PlainStep(const at::Tensor& p, const at::Tensor& g, const at::Tensor& m, const at::Tensor& v,
+               int64_t step, double lr, double b1, const AdamWOptions& o) {
+  at::Tensor grad = g;
+  if (o.weight_decay != 0) {
+    if (o.adam_w_mode) {
+      p.mul_(1.0 - lr * o.weight_decay);  // decoupled decay
+    } else {
+      grad = g.add(p, o.weight_decay);  // L2: decay enters the moments
+    }
+  }
+  m.mul_(b1).add_(grad, 1.0 - b1);
+  v.mul_(o.beta2).addcmul_(grad, grad, 1.0 - o.beta2);
+  const double bc1 = o.bias_correction ? 1.0 - std::pow(b1, static_cast<double>(step)) : 1.0;
+  const double bc2 = o.bias_correction ? 1.0 - std::pow(o.beta2, static_cast<double>(step)) : 1.0;
+  at::Tensor denom = v.sqrt().div_(std::sqrt(bc2)).add_(o.eps);
+  p.addcdiv_(m, denom, -lr / bc1);
+}
+
+}  // namespace
+
+void AdamWStep(const at::Tensor& master, const at::Tensor& grad, const at::Tensor& exp_avg,
+               const at::Tensor& exp_avg_sq, int64_t step, double lr, const AdamWOptions& o,
+               double beta1_override, bool allow_fused) {
+  const double b1 = std::isnan(beta1_override) ? o.beta1 : beta1_override;
+  if (allow_fused && master.is_cuda() && o.bias_correction) {
+    // The fused multi-tensor kernels of torch.optim's fused=True path.
+    at::Tensor state_step = at::full({}, static_cast<double>(step),
+                                     at::TensorOptions().dtype(at::kFloat).device(master.device()));
+    if (o.adam_w_mode) {
+      at::_fused_adamw_({master}, {grad}, {exp_avg}, {exp_avg_sq}, {}, {state_step}, lr, b1,
+                        o.beta2, o.weight_decay, o.eps, /*amsgrad=*/false, /*maximize=*/false);
+    } else {
+      at::_fused_adam_({master}, {grad}, {exp_avg}, {exp_avg_sq}, {}, {state_step}, lr, b1,
+                       o.beta2, o.weight_decay, o.eps, /*amsgrad=*/false, /*maximize=*/false);
+    }
+    return;
+  }
+  PlainStep(master, grad, exp_avg, exp_avg_sq, step, lr, b1, o);
+}
+
+}  // namespace ds::engine

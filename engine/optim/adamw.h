@@ -1,0 +1,31 @@
+// Adam and AdamW over flat fp32 buffers (master weights, gradients, both moments), as DeepSpeed's
+// FusedAdam / CPUAdam compute them (the formulas of torch.optim.Adam/AdamW): one step updates
+// the whole buffer. On CUDA the fused multi-tensor kernel (at::_fused_adam(w)_) runs; elsewhere
+// plain tensor ops, which LibTorch vectorises. The plain path is the reference the fused one is
+// tested against.
+// Thread safety: one training thread.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace ds::engine {
+
+struct AdamWOptions {
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  bool adam_w_mode = true;     // decoupled weight decay (AdamW); false: L2 added to the gradient
+  bool bias_correction = true;
+};
+
+// One step (`step` counts from 1) at learning rate `lr` (and `beta1` when a schedule cycles
+// momentum; NaN: use options.beta1). All four buffers have the same shape, dtype float32, device.
+// `grad` is read only.
+void AdamWStep(const at::Tensor& master, const at::Tensor& grad, const at::Tensor& exp_avg,
+               const at::Tensor& exp_avg_sq, int64_t step, double lr, const AdamWOptions& options,
+               double beta1_override, bool allow_fused = true);
+
+}  // namespace ds::engine
