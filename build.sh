@@ -10,6 +10,7 @@
 #   DSTRAIN_DEPS_PREFIX=DIR   extra prefix with unpacked -dev packages (liburing, xxhash, gloo)
 #   DSTRAIN_BUILD_DIR=DIR     build directory (default build/)
 #   DSTRAIN_JOBS=N            parallel compile jobs (default: nproc)
+#   DSTRAIN_PYTHON=PATH       the Python with torch, h5py, safetensors, tensorboard for tests
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -31,7 +32,7 @@ say() { printf 'build.sh: %s\n' "$*"; }
 die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -95,7 +96,11 @@ configure() {
   local args=(-S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release)
   command -v ninja >/dev/null && [[ ! -f "$BUILD/CMakeCache.txt" ]] && args+=(-G Ninja)
   [[ -n "${DSTRAIN_DEPS_PREFIX:-}" ]] && args+=("-DDSTRAIN_DEPS_PREFIX=$DSTRAIN_DEPS_PREFIX")
-  [[ -x "$VENV/bin/python" ]] && args+=("-DDSTRAIN_PYTHON=$VENV/bin/python")
+  if [[ -n "${DSTRAIN_PYTHON:-}" ]]; then
+    args+=("-DDSTRAIN_PYTHON=$DSTRAIN_PYTHON")
+  elif [[ -x "$VENV/bin/python" ]]; then
+    args+=("-DDSTRAIN_PYTHON=$VENV/bin/python")
+  fi
   if [[ -f "$BUILD/CMakeCache.txt" ]]; then
     return 0  # the generated build re-runs cmake itself when a CMakeLists.txt changes
   fi
@@ -127,12 +132,16 @@ run_tests() {
 }
 
 run_demo() {
-  local dir="$BUILD/demo"
-  mkdir -p "$dir"
-  say "demo: the training engine is not built yet; running the storage benchmark instead:"
-  say "  dsckpt bench io --dir $dir --size 512M (our async writer and reader against fio)"
-  "$BUILD/dsckpt" bench io --dir "$dir" --size 512M
-  say "next: '$BUILD/dsckpt bench io --dir /your/checkpoint/disk --size 4G' measures the disk you will save to"
+  say "demo: training the built-in GPT (demo preset, 0.8M parameters) on the embedded corpus"
+  say "  $BUILD/dsrun --config examples/demo.json"
+  (cd "$ROOT" && "$BUILD/dsrun" --config examples/demo.json)
+  say ""
+  say "next:"
+  say "  TensorBoard:  tensorboard --logdir build/demo   (or read build/demo/metrics.jsonl)"
+  say "  bf16:         $BUILD/dsrun --config examples/demo.json --set bf16.enabled=true"
+  say "  bigger model: $BUILD/dsrun --config examples/demo.json --set model.preset=gpt2-124m --dry-run"
+  say "  your model:   examples/custom_model/main.cc (build/examples/bigram_lm)"
+  say "  your disk:    $BUILD/dsckpt bench io --dir /your/checkpoint/disk --size 4G"
 }
 
 case "${1:-build}" in

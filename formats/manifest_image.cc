@@ -16,7 +16,7 @@ namespace {
 // image caught as the core driver frees it: these callbacks own the driver's buffer.
 void* ImageMalloc(size_t n, H5FD_file_image_op_t, void* udata) {
   void* p = std::malloc(n);
-  if (p != nullptr) static_cast<ImageSink*>(udata)->sizes[p] = n;
+  if (p != nullptr) static_cast<ImageSink*>(udata)->sizes[reinterpret_cast<uintptr_t>(p)] = n;
   return p;
 }
 void* ImageMemcpy(void* dst, const void* src, size_t n, H5FD_file_image_op_t, void*) {
@@ -24,19 +24,20 @@ void* ImageMemcpy(void* dst, const void* src, size_t n, H5FD_file_image_op_t, vo
 }
 void* ImageRealloc(void* p, size_t n, H5FD_file_image_op_t, void* udata) {
   auto* sink = static_cast<ImageSink*>(udata);
+  const auto old_key = reinterpret_cast<uintptr_t>(p);
   void* q = std::realloc(p, n);
   if (q != nullptr) {
-    sink->sizes.erase(p);
-    sink->sizes[q] = n;
+    sink->sizes.erase(old_key);
+    sink->sizes[reinterpret_cast<uintptr_t>(q)] = n;
   }
   return q;
 }
 herr_t ImageFree(void* p, H5FD_file_image_op_t op, void* udata) {
   auto* sink = static_cast<ImageSink*>(udata);
   if (p != nullptr && op == H5FD_FILE_IMAGE_OP_FILE_CLOSE) {
-    sink->image.assign(static_cast<const char*>(p), sink->sizes[p]);
+    sink->image.assign(static_cast<const char*>(p), sink->sizes[reinterpret_cast<uintptr_t>(p)]);
   }
-  sink->sizes.erase(p);
+  sink->sizes.erase(reinterpret_cast<uintptr_t>(p));
   std::free(p);
   return 0;
 }

@@ -206,7 +206,12 @@ Result<Config> ParseConfig(std::string_view json_text, const Overrides& override
   internal::ReadMonitor(top, &c.monitor);
   top.Finish(&c.resolved);
   CheckAcrossSections(c.resolved, c.zero, &d);
-  if (!d.ok()) return d.error;
+  if (!d.ok()) {
+    // A misspelt key is often why a needed one is missing: say so in the same message.
+    std::string also;
+    for (const Diagnostics::Unknown& u : d.unknown) also += "; also: " + UnknownKeyMessage(u, d, false);
+    return also.empty() ? d.error : Status::InvalidArgument(d.error.message() + also);
+  }
 
   for (const Diagnostics::Unknown& u : d.unknown) {
     std::string message = UnknownKeyMessage(u, d, overrides.strict);

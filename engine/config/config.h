@@ -167,6 +167,12 @@ struct ModelConfig {
   int64_t d_model = 0;
   int64_t seq_len = 0;  // context length (wpe rows)
   int64_t vocab = 0;    // not padded: GPT-2 presets use 50257
+  // Recompute each block's activations in the backward pass instead of keeping them (ours:
+  // DeepSpeed's activation_checkpointing section configures an API the model calls).
+  bool activation_checkpointing = false;
+  // Which registered model to build (engine/model/model.h): "gpt", the built-in, or a name a
+  // program registered with RegisterModel before it called DsrunMain.
+  std::string arch = "gpt";
 };
 // "demo", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1558m", "gpt-1.3b" (docs/config.md).
 std::vector<std::string> ModelPresetNames();

@@ -122,11 +122,13 @@ void ReadModel(SectionReader& top, ModelConfig* out) {
     }
   }
   *out = base;
+  out->arch = m.String("arch", "gpt");
   out->n_layer = m.Int("n_layer", base.n_layer, 1);
   out->n_head = m.Int("n_head", base.n_head, 1);
   out->d_model = m.Int("d_model", base.d_model, 1);
   out->seq_len = m.Int("seq_len", base.seq_len, 1);
   out->vocab = m.Int("vocab", base.vocab, 1);
+  out->activation_checkpointing = m.Bool("activation_checkpointing", false);
   if (m.diag()->ok() && out->d_model % out->n_head != 0) {
     m.diag()->Error("model.d_model (" + std::to_string(out->d_model) +
                     ") must be a multiple of model.n_head (" + std::to_string(out->n_head) + ")");

@@ -5,13 +5,14 @@
 // Thread safety: a module is used by one training thread.
 #pragma once
 
-#include <torch/nn/module.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 
 #include <cstdint>
 #include <string>
+
+#include "engine/model/model.h"
 
 namespace ds::engine {
 
@@ -37,20 +38,20 @@ class BlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Block);
 
-class GptImpl : public torch::nn::Module {
+class GptImpl : public LanguageModel {
  public:
   explicit GptImpl(const GptOptions& o);
 
   // idx (B, T) int64 token ids -> logits (B, T, V) in the parameters' dtype.
   torch::Tensor forward(const torch::Tensor& idx);
   // The mean cross-entropy of the next-token prediction, computed in fp32.
-  torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets);
+  torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets) override;
 
   const GptOptions& options() const { return o_; }
   // Parameters in the model: for the built-in GPT this matches ModelParameterCount().
   int64_t parameter_count() const;
   // Training FLOPs per token (6N plus attention's 12 * L * C * T), for MFU.
-  double flops_per_token() const;
+  double flops_per_token() const override;
 
  private:
   GptOptions o_;

@@ -9,6 +9,7 @@
 #include <hdf5.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <span>
 #include <string>
@@ -21,7 +22,8 @@ namespace ds::fmt {
 // image lands when it closes.
 struct ImageSink {
   std::string image;
-  std::map<void*, size_t> sizes;  // buffers the core driver holds, and their sizes
+  // Buffers the core driver holds (by address: a freed pointer is never used) and their sizes.
+  std::map<uintptr_t, size_t> sizes;
 };
 
 // File image callbacks for H5Pset_file_image_callbacks that hand the image to `sink` (which must

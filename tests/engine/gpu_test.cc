@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/torch.h>
+#include <ATen/cuda/CUDAContext.h>
 
 #include <cmath>
 
@@ -10,8 +11,12 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include "engine/config/config.h"
 #include "engine/optim/adamw.h"
 #include "engine/runtime_info.h"
+#include "engine/train/trainer.h"
+#include "tests/testing/matchers.h"
+#include "tests/testing/paths.h"
 
 namespace ds::engine {
 namespace {
@@ -54,6 +59,30 @@ TEST(GpuTest, FusedCudaKernelMatchesThePlainPath) {
     AdamWStep(p2, g, m2, v2, step, 1e-3, o, std::nan(""), false);
   }
   EXPECT_LT((p1 - p2).abs().max().item<float>(), 1e-5);
+}
+
+// The demo of `./build.sh demo` in bf16 on the GPU: the loss falls as on the CPU. Prints the
+// tokens/s that docs/benchmarks.md quotes.
+TEST(GpuTest, DemoTrainsInBf16OnCuda) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible";
+  ds::testing::TempDir out;
+  Overrides o;
+  o.set = {"bf16.enabled=true", "trainer.output_dir=" + out.path(), "tensorboard.enabled=false"};
+  DS_ASSERT_OK_AND_ASSIGN(
+      Config c, LoadConfig(io::Env::Default(), io::JoinPath(ds::testing::SourceDir(), "examples/demo.json"), o));
+  TrainerOptions t;
+  t.device = "cuda";
+  DS_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Trainer> trainer, Trainer::Create(io::Env::Default(), c, t));
+  DS_ASSERT_OK_AND_ASSIGN(TrainSummary s, trainer->Run());
+  EXPECT_EQ(trainer->slots()[0].param.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(trainer->slots()[0].param.is_cuda());
+  EXPECT_EQ(s.steps, 300);
+  EXPECT_LT(s.last_loss, s.first_loss - 2.5);
+  ASSERT_TRUE(s.last_eval_loss.has_value());
+  EXPECT_LT(*s.last_eval_loss, 2.8);
+  std::printf("demo bf16 on %s: %.0f tokens/s over %lld steps (%.1f s), loss %.3f -> %.3f, eval %.3f\n",
+              at::cuda::getDeviceProperties(0)->name, s.tokens_per_s, static_cast<long long>(s.steps),
+              s.seconds, s.first_loss, s.last_loss, *s.last_eval_loss);
 }
 
 }  // namespace

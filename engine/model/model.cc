@@ -1,0 +1,81 @@
+#include "engine/model/model.h"
+
+#include <map>
+#include <mutex>
+
+#include "engine/model/gpt.h"
+
+namespace ds::engine {
+namespace {
+
+struct Registry {
+  std::mutex mu;
+  std::map<std::string, ModelFactory> factories;
+};
+
+Result<std::shared_ptr<LanguageModel>> MakeGpt(const ModelConfig& c, uint64_t seed) {
+  GptOptions g;
+  g.n_layer = c.n_layer;
+  g.n_head = c.n_head;
+  g.d_model = c.d_model;
+  g.seq_len = c.seq_len;
+  g.vocab = c.vocab;
+  g.activation_checkpointing = c.activation_checkpointing;
+  g.seed = seed;
+  return std::shared_ptr<LanguageModel>(std::make_shared<GptImpl>(g));
+}
+
+Registry& TheRegistry() {
+  static Registry* r = [] {
+    auto* reg = new Registry;
+    reg->factories["gpt"] = MakeGpt;
+    return reg;
+  }();
+  return *r;
+}
+
+}  // namespace
+
+void RegisterModel(const std::string& name, ModelFactory factory) {
+  Registry& r = TheRegistry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.factories[name] = std::move(factory);
+}
+
+std::vector<std::string> RegisteredModels() {
+  Registry& r = TheRegistry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  std::vector<std::string> names;
+  for (const auto& [name, f] : r.factories) names.push_back(name);
+  return names;
+}
+
+Result<std::shared_ptr<LanguageModel>> MakeModel(const ModelConfig& config, uint64_t seed) {
+  ModelFactory f;
+  {
+    Registry& r = TheRegistry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    auto it = r.factories.find(config.arch);
+    if (it == r.factories.end()) {
+      std::string known;
+      for (const auto& [name, fn] : r.factories) known += (known.empty() ? "" : ", ") + name;
+      return Status::InvalidArgument("model.arch '" + config.arch + "' is not a registered model (" +
+                                     known + "); register it with ds::engine::RegisterModel before " +
+                                     "calling DsrunMain");
+    }
+    f = it->second;
+  }
+  try {
+    Result<std::shared_ptr<LanguageModel>> m = f(config, seed);
+    if (m.ok() && *m == nullptr) {
+      return Status::InvalidArgument("the factory of model '" + config.arch + "' returned no model");
+    }
+    return m;
+  } catch (const c10::Error& e) {
+    return Status::InvalidArgument("building model '" + config.arch + "': " + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return Status::InvalidArgument("building model '" + config.arch + "': " + e.what());
+  }
+}
+
+}  // namespace ds::engine

@@ -1,0 +1,459 @@
+#include "engine/train/trainer.h"
+
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <limits>
+
+#include "engine/core/loss_scaler.h"
+#include "engine/core/lr_schedule.h"
+#include "engine/data/dataset.h"
+#include "engine/data/sampler.h"
+#include "engine/model/model.h"
+#include "engine/monitor/monitor.h"
+#include "engine/optim/adamw.h"
+#include "engine/torch_compat.h"
+#include "io/log.h"
+
+#if DS_TORCH_HAS_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace ds::engine {
+
+// ---- configuration mapped onto the engine's parts
+
+namespace {
+
+LrScheduleParams ScheduleParams(const SchedulerConfig& s) {
+  LrScheduleParams p;
+  p.type = s.type == SchedulerConfig::Type::kNone ? "" : std::string(SchedulerTypeName(s.type));
+  p.warmup_min_lr = s.warmup_min_lr;
+  p.warmup_max_lr = s.warmup_max_lr;
+  p.warmup_num_steps = s.warmup_num_steps;
+  p.warmup_type = s.warmup_type == SchedulerConfig::WarmupType::kLinear ? "linear" : "log";
+  p.total_num_steps = s.total_num_steps;
+  p.warmup_min_ratio = s.warmup_min_ratio;
+  p.cos_min_ratio = s.cos_min_ratio;
+  p.cycle_min_lr = s.cycle_min_lr;
+  p.cycle_max_lr = s.cycle_max_lr;
+  p.decay_lr_rate = s.decay_lr_rate;
+  p.cycle_first_step_size = s.cycle_first_step_size;
+  p.cycle_second_step_size = s.cycle_second_step_size;
+  p.cycle_first_stair_count = s.cycle_first_stair_count;
+  p.cycle_second_stair_count = s.cycle_second_stair_count;
+  p.decay_step_size = s.decay_step_size;
+  p.cycle_momentum = s.cycle_momentum;
+  p.cycle_min_mom = s.cycle_min_mom;
+  p.cycle_max_mom = s.cycle_max_mom;
+  p.decay_mom_rate = s.decay_mom_rate;
+  p.lr_range_test_min_lr = s.lr_range_test_min_lr;
+  p.lr_range_test_step_size = s.lr_range_test_step_size;
+  p.lr_range_test_step_rate = s.lr_range_test_step_rate;
+  p.lr_range_test_staircase = s.lr_range_test_staircase;
+  return p;
+}
+
+LossScalerOptions ScalerOptions(const Config& c) {
+  LossScalerOptions o;
+  if (c.precision() != Precision::kFp16) {
+    o.dynamic = false;  // bf16 and fp32 train unscaled
+    o.static_scale = 1.0;
+    return o;
+  }
+  o.dynamic = c.fp16.dynamic();
+  o.static_scale = c.fp16.loss_scale;
+  o.initial_scale_power = static_cast<int>(c.fp16.initial_scale_power);
+  o.scale_window = c.fp16.loss_scale_window;
+  o.hysteresis = c.fp16.hysteresis;
+  o.consecutive_hysteresis = c.fp16.consecutive_hysteresis;
+  o.min_scale = static_cast<double>(c.fp16.min_loss_scale);
+  return o;
+}
+
+torch::Dtype TrainingDtype(Precision p) {
+  switch (p) {
+    case Precision::kBf16: return torch::kBFloat16;
+    case Precision::kFp16: return torch::kFloat16;
+    case Precision::kFp32: return torch::kFloat32;
+  }
+  return torch::kFloat32;
+}
+
+Result<torch::Device> PickDevice(const std::string& wanted) {
+  if (wanted.empty()) return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  try {
+    torch::Device d(wanted);
+    if (d.is_cuda() && !torch::cuda::is_available()) {
+      return Status::FailedPrecondition("device '" + wanted +
+                                        "' was asked for but no GPU is visible (check "
+                                        "CUDA_VISIBLE_DEVICES and nvidia-smi), or use --device cpu");
+    }
+    return d;
+  } catch (const c10::Error&) {
+    return Status::InvalidArgument("device '" + wanted + "' is not a device (use cpu, cuda or cuda:N)");
+  }
+}
+
+}  // namespace
+
+// ---- state
+
+struct Trainer::Impl {
+  io::Env* env = nullptr;
+  Config config;
+  TrainerOptions options;
+  torch::Device device{torch::kCPU};
+  torch::Dtype dtype = torch::kFloat32;
+
+  std::shared_ptr<LanguageModel> model;
+  std::vector<ParamSlot> slots;
+  torch::Tensor master, grad, exp_avg, exp_avg_sq;  // flat fp32, numel elements
+  AdamWOptions adam;
+  int64_t adam_steps = 0;  // steps that updated the weights (overflow skips excluded)
+
+  Dataset data;
+  std::optional<Sampler> sampler;
+  std::optional<EvalBatches> eval;
+  Batch batch;
+
+  std::unique_ptr<LrSchedule> schedule;
+  std::unique_ptr<LossScaler> scaler;
+  std::unique_ptr<Monitor> monitor;
+  std::unique_ptr<StepTimer> timer;
+
+  int64_t step = 0;  // optimizer steps done
+  int64_t skipped = 0;
+  // Steps whose loss is still on the device: read together every steps_per_print steps.
+  std::vector<StepMetrics> pending;
+  std::vector<torch::Tensor> pending_loss;
+  std::optional<double> first_loss;
+  double recent_loss = 0;
+  double flops_per_token = 0;
+  // On a GPU a step returns before its kernels finish, so step times are measured over the
+  // steps between two flushes (each flush waits for the losses) and shared out evenly.
+  uint64_t window_start_us = 0;
+  std::string device_name;  // "cpu", or what CUDA calls the GPU ("NVIDIA H100 80GB HBM3")
+
+  Status Setup();
+  Status Flush();  // reads pending losses, records their steps
+  MemoryStats Memory() const;
+};
+
+Trainer::Trainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Trainer::~Trainer() {
+  if (impl_->monitor != nullptr) {
+    Status s = impl_->Flush();
+    if (s.ok()) s = impl_->monitor->Close();
+    if (!s.ok()) io::LogWarning("closing the monitor: " + s.ToString());
+  }
+}
+
+int64_t Trainer::step() const { return impl_->step; }
+const std::vector<ParamSlot>& Trainer::slots() const { return impl_->slots; }
+at::Tensor Trainer::master() const { return impl_->master; }
+std::string Trainer::device_name() const { return impl_->device.str(); }
+
+Result<std::unique_ptr<Trainer>> Trainer::Create(io::Env* env, const Config& config,
+                                                 const TrainerOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->env = env;
+  impl->config = config;
+  impl->options = options;
+  DS_RETURN_IF_ERROR(impl->Setup());
+  return std::unique_ptr<Trainer>(new Trainer(std::move(impl)));
+}
+
+Status Trainer::Impl::Setup() {
+  const Config& c = config;
+  DS_ASSIGN_OR_RETURN(device, PickDevice(options.device));
+  dtype = TrainingDtype(c.precision());
+  if (dtype == torch::kFloat16 && device.is_cpu()) {
+    io::LogWarning("fp16 on the CPU is slow and not what fp16 is for; use bf16 or fp32 there");
+  }
+  torch::manual_seed(c.trainer.seed);
+
+  // The model, in the training precision, and its flat fp32 master copy.
+  DS_ASSIGN_OR_RETURN(model, MakeModel(c.model, c.trainer.seed));
+  try {
+    std::vector<torch::Tensor> fp32;
+    int64_t offset = 0;
+    for (const auto& p : model->named_parameters()) {
+      fp32.push_back(p.value().detach().reshape(-1).to(torch::kFloat32));
+      slots.push_back({p.key(), torch::Tensor(), offset, p.value().numel()});
+      offset += p.value().numel();
+    }
+    auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device);
+    master = torch::cat(fp32).to(f32);
+    model->to(device, dtype);
+    size_t i = 0;
+    for (const auto& p : model->named_parameters()) slots[i++].param = p.value();
+    grad = torch::zeros({offset}, f32);
+    exp_avg = torch::zeros({offset}, f32);
+    exp_avg_sq = torch::zeros({offset}, f32);
+    if (slots.empty()) {
+      return Status::InvalidArgument("model '" + c.model.arch + "' has no parameters to train");
+    }
+    flops_per_token = model->flops_per_token();
+    device_name = "cpu";
+#if DS_TORCH_HAS_CUDA
+    if (device.is_cuda()) {
+      device_name = at::cuda::getDeviceProperties(device.index() < 0 ? 0 : device.index())->name;
+    }
+#endif
+  } catch (const c10::Error& e) {
+    return Status::IOError(std::string("setting up the model on ") + device.str() + ": " +
+                           e.what_without_backtrace());
+  }
+  adam.beta1 = c.optimizer.beta1;
+  adam.beta2 = c.optimizer.beta2;
+  adam.eps = c.optimizer.eps;
+  adam.weight_decay = c.optimizer.weight_decay;
+  adam.adam_w_mode = c.optimizer.adam_w_mode;
+  adam.bias_correction = c.optimizer.bias_correction;
+  DS_ASSIGN_OR_RETURN(schedule, MakeLrSchedule(ScheduleParams(c.scheduler), c.optimizer.lr));
+  scaler = std::make_unique<LossScaler>(ScalerOptions(c));
+
+  // Data.
+  DatasetOptions dopts;
+  dopts.vocab = c.model.vocab;
+  const std::string cache =
+      options.corpus_cache_dir.empty() ? io::JoinPath(c.trainer.output_dir, "data") : options.corpus_cache_dir;
+  dopts.default_corpus_path = io::JoinPath(cache, "default-corpus.txt");
+  DS_RETURN_IF_ERROR(env->CreateDirs(cache));
+  DS_ASSIGN_OR_RETURN(data, OpenDataset(env, c.data, dopts));
+  BatchShape shape{c.batch.micro_batch_per_gpu, c.model.seq_len, options.rank, options.world_size};
+  DS_ASSIGN_OR_RETURN(Sampler s, Sampler::Create(data.train.size(), shape, c.trainer.seed));
+  sampler.emplace(std::move(s));
+  if (data.eval.size() > 0 && c.trainer.eval_interval > 0) {
+    Result<EvalBatches> e = EvalBatches::Create(data.eval.size(), shape, c.trainer.eval_iters);
+    if (e.ok()) {
+      eval.emplace(std::move(*e));
+    } else {
+      io::LogWarning("no evaluation: " + e.status().message());
+    }
+  }
+
+  // Monitoring.
+  MonitorOptions mo;
+  mo.config = c.monitor;
+  mo.output_dir = c.trainer.output_dir;
+  mo.rank = options.rank;
+  mo.max_steps = c.trainer.max_steps;
+  DS_ASSIGN_OR_RETURN(monitor, Monitor::Open(env, mo));
+  timer = std::make_unique<StepTimer>(env);
+  if (options.rank == 0) {
+    const ModelConfig& g = c.model;
+    io::LogInfo("model: " + g.arch + " " + std::to_string(g.n_layer) + " layers, " + std::to_string(g.n_head) +
+                " heads, d_model " + std::to_string(g.d_model) + ", seq " + std::to_string(g.seq_len) +
+                ", vocab " + std::to_string(g.vocab) + ": " + std::to_string(master.numel()) +
+                " parameters, " + std::string(PrecisionName(c.precision())) + " on " + device.str());
+    io::LogInfo(data.Describe());
+  }
+  return Status::OK();
+}
+
+MemoryStats Trainer::Impl::Memory() const {
+  MemoryStats m;
+#if DS_TORCH_HAS_CUDA
+  if (device.is_cuda()) {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    using c10::CachingAllocator::StatType;
+    const auto agg = static_cast<size_t>(StatType::AGGREGATE);
+    m.gpu_allocated_bytes = static_cast<uint64_t>(stats.allocated_bytes[agg].current);
+    m.gpu_reserved_bytes = static_cast<uint64_t>(stats.reserved_bytes[agg].current);
+    m.gpu_peak_bytes = static_cast<uint64_t>(stats.allocated_bytes[agg].peak);
+  }
+#endif
+  return m;
+}
+
+// ---- one step
+
+Status Trainer::Step() {
+  Impl& t = *impl_;
+  const Config& c = t.config;
+  const int64_t gas = c.batch.gradient_accumulation_steps;
+  const bool breakdown = c.monitor.wall_clock_breakdown;
+  const uint64_t t0 = t.env->NowMicros();
+  const double scale = t.scaler->scale();
+  torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(t.device));
+  try {
+    for (int64_t micro = 0; micro < gas; ++micro) {
+      DS_RETURN_IF_ERROR(t.sampler->Next(t.data.train, &t.batch));
+      auto longs = torch::TensorOptions().dtype(torch::kLong);
+      torch::Tensor x = torch::from_blob(t.batch.inputs.data(), {t.batch.B, t.batch.T}, longs).to(t.device);
+      torch::Tensor y = torch::from_blob(t.batch.targets.data(), {t.batch.B, t.batch.T}, longs).to(t.device);
+      torch::Tensor loss;
+      {
+        if (breakdown) t.timer->Start("forward");
+        loss = t.model->loss(x, y);
+        if (breakdown) {
+          if (t.device.is_cuda()) torch::cuda::synchronize();
+          t.timer->Stop("forward");
+        }
+      }
+      if (breakdown) t.timer->Start("backward");
+      // DeepSpeed scales the loss by 1/accumulation (and by the fp16 loss scale).
+      (loss * (scale / static_cast<double>(gas))).backward();
+      torch::NoGradGuard no_grad;
+      for (ParamSlot& s : t.slots) {
+        torch::Tensor& g = s.param.mutable_grad();
+        t.grad.narrow(0, s.offset, s.numel).add_(g.reshape(-1));
+        g.reset();  // the flat fp32 buffer holds it now
+      }
+      if (breakdown) {
+        if (t.device.is_cuda()) torch::cuda::synchronize();
+        t.timer->Stop("backward");
+      }
+      loss_sum.add_(loss.detach());
+    }
+
+    // The optimizer: unscale, check for overflow (16-bit), clip, Adam, copy back.
+    torch::NoGradGuard no_grad;
+    if (breakdown) t.timer->Start("optimizer");
+    if (scale != 1.0) t.grad.mul_(1.0 / scale);
+    torch::Tensor norm = t.grad.norm();
+    bool overflow = false;
+    const Precision p = c.precision();
+    if (p == Precision::kFp16 || (p == Precision::kBf16 && c.bf16.check_grad_overflow)) {
+      overflow = !std::isfinite(norm.item<double>());  // the one host sync of a step
+    }
+    if (c.gradient_clipping > 0 && !overflow) {
+      t.grad.mul_(torch::clamp_max(c.gradient_clipping / (norm + 1e-6), 1.0));
+    }
+    const double lr = t.schedule->LrForStep(t.step);
+    const std::optional<double> beta1 = t.schedule->Beta1At(t.step - 1);
+    if (!overflow) {
+      AdamWStep(t.master, t.grad, t.exp_avg, t.exp_avg_sq, ++t.adam_steps, lr, t.adam,
+                beta1.value_or(std::numeric_limits<double>::quiet_NaN()));
+      for (ParamSlot& s : t.slots) {
+        s.param.copy_(t.master.narrow(0, s.offset, s.numel).view(s.param.sizes()));
+      }
+    }
+    t.grad.zero_();
+    if (breakdown) {
+      if (t.device.is_cuda()) torch::cuda::synchronize();
+      t.timer->Stop("optimizer");
+    }
+    DS_ASSIGN_OR_RETURN(LossScaler::Update u, t.scaler->Record(overflow));
+    if (!u.message.empty() && t.options.rank == 0) io::LogInfo("step " + std::to_string(t.step + 1) + ": " + u.message);
+    if (overflow) ++t.skipped;
+
+    ++t.step;
+    StepMetrics m;
+    m.step = t.step;
+    m.samples = t.step * c.batch.train_batch_size;
+    m.lr = lr;
+    if (p == Precision::kFp16) m.loss_scale = scale;
+    m.tokens = c.batch.train_batch_size * c.model.seq_len;
+    m.skipped = overflow;
+    if (breakdown) t.timer->TakeInto(&m);
+    m.step_time_s = static_cast<double>(t.env->NowMicros() - t0) / 1e6;
+    t.pending.push_back(m);
+    t.pending_loss.push_back(loss_sum / static_cast<double>(gas));
+  } catch (const c10::Error& e) {
+    return Status::IOError("training step " + std::to_string(t.step + 1) + " on " + t.device.str() +
+                           ": " + e.what_without_backtrace());
+  }
+  const int64_t every = std::max<int64_t>(1, c.monitor.steps_per_print);
+  if (t.step % every == 0 || t.step == c.trainer.max_steps) DS_RETURN_IF_ERROR(t.Flush());
+  return Status::OK();
+}
+
+Status Trainer::Impl::Flush() {
+  if (pending.empty()) return Status::OK();
+  torch::Tensor losses = torch::stack(pending_loss).to(torch::kCPU, torch::kFloat64);
+  const double* l = losses.data_ptr<double>();
+  const uint64_t now = env->NowMicros();
+  if (!device.is_cpu() && window_start_us > 0) {
+    const double each = static_cast<double>(now - window_start_us) / 1e6 / static_cast<double>(pending.size());
+    for (StepMetrics& m : pending) m.step_time_s = each;
+  }
+  window_start_us = now;
+  double sum = 0;
+  MemoryStats mem = Memory();
+  for (size_t i = 0; i < pending.size(); ++i) {
+    StepMetrics& m = pending[i];
+    m.loss = l[i];
+    sum += l[i];
+    if (!first_loss) first_loss = l[i];
+    m.memory = mem;
+    const double tps = m.step_time_s > 0 ? static_cast<double>(m.tokens) / m.step_time_s : 0;
+    if (auto mfu = ModelFlopsUtilization(flops_per_token, tps, device_name, options.world_size)) {
+      m.mfu = *mfu;
+    }
+    DS_RETURN_IF_ERROR(monitor->RecordStep(m));
+  }
+  recent_loss = sum / static_cast<double>(pending.size());
+  pending.clear();
+  pending_loss.clear();
+  return Status::OK();
+}
+
+Result<std::optional<double>> Trainer::Evaluate() {
+  Impl& t = *impl_;
+  if (!t.eval) return std::optional<double>();
+  torch::NoGradGuard no_grad;
+  t.model->eval();
+  torch::Tensor sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(t.device));
+  Batch b;
+  try {
+    for (int64_t i = 0; i < t.eval->num_batches(); ++i) {
+      DS_RETURN_IF_ERROR(t.eval->Read(t.data.eval, i, &b));
+      auto longs = torch::TensorOptions().dtype(torch::kLong);
+      torch::Tensor x = torch::from_blob(b.inputs.data(), {b.B, b.T}, longs).to(t.device);
+      torch::Tensor y = torch::from_blob(b.targets.data(), {b.B, b.T}, longs).to(t.device);
+      sum.add_(t.model->loss(x, y).to(torch::kFloat64));
+    }
+  } catch (const c10::Error& e) {
+    t.model->train();
+    return Status::IOError(std::string("evaluation on ") + t.device.str() + ": " + e.what_without_backtrace());
+  }
+  t.model->train();
+  const double loss = sum.item<double>() / static_cast<double>(t.eval->num_batches());
+  t.window_start_us = t.env->NowMicros();  // evaluation time is not a training step's
+  EvalMetrics m;
+  m.step = t.step;
+  m.samples = t.step * t.config.batch.train_batch_size;
+  m.eval_loss = loss;
+  m.eval_tokens = t.eval->num_batches() * t.config.batch.micro_batch_per_gpu * t.config.model.seq_len *
+                  t.options.world_size;
+  DS_RETURN_IF_ERROR(t.Flush());
+  DS_RETURN_IF_ERROR(t.monitor->RecordEval(m));
+  return std::optional<double>(loss);
+}
+
+Result<TrainSummary> Trainer::Run() {
+  Impl& t = *impl_;
+  const Config& c = t.config;
+  TrainSummary s;
+  s.device = t.device.str();
+  const uint64_t t0 = t.env->NowMicros();
+  const int64_t start = t.step;
+  t.window_start_us = t0;
+  while (t.step < c.trainer.max_steps) {
+    DS_RETURN_IF_ERROR(Step());
+    if (c.trainer.eval_interval > 0 && t.step % c.trainer.eval_interval == 0 &&
+        t.step < c.trainer.max_steps) {
+      DS_ASSIGN_OR_RETURN(s.last_eval_loss, Evaluate());
+    }
+  }
+  DS_RETURN_IF_ERROR(t.Flush());
+  DS_ASSIGN_OR_RETURN(std::optional<double> final_eval, Evaluate());
+  if (final_eval) s.last_eval_loss = final_eval;
+  DS_RETURN_IF_ERROR(t.monitor->Sync());
+  s.steps = t.step;
+  s.skipped_steps = t.skipped;
+  s.first_loss = t.first_loss.value_or(0);
+  s.last_loss = t.recent_loss;
+  s.seconds = static_cast<double>(t.env->NowMicros() - t0) / 1e6;
+  s.tokens_per_s = s.seconds > 0 ? static_cast<double>((t.step - start) * c.batch.train_batch_size *
+                                                       c.model.seq_len) / s.seconds
+                                 : 0;
+  return s;
+}
+
+}  // namespace ds::engine
