@@ -1,102 +1,227 @@
 #include "engine/launch/dsrun.h"
 
+#include <torch/cuda.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
+#include <thread>
 
 #include "engine/config/config.h"
 #include "engine/config/memory.h"
+#include "engine/launch/dist_env.h"
+#include "engine/launch/dsrun_internal.h"
+#include "engine/launch/launcher.h"
 #include "engine/runtime_info.h"
 #include "engine/train/trainer.h"
 #include "io/log.h"
 
+namespace ds::engine {
+
+int CudaDeviceCount() {
+  return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0;
+}
+
 namespace {
 
-constexpr int kExitTrainingFailed = 1;
-constexpr int kExitUsage = 2;
-
-struct Flags {
-  std::string config;
-  std::vector<std::string> set;
-  std::optional<int64_t> max_steps;
-  std::optional<uint64_t> seed;
-  std::string device;
-  bool dry_run = false;
-  bool strict = false;
-  bool version = false;
-};
-
-int Fail(int code, const ds::Status& s) {
-  std::fprintf(stderr, "dsrun: %s\n", s.message().c_str());
+int Fail(int code, const std::string& who, const Status& s) {
+  // Collectives name their rank themselves.
+  const bool named = s.message().rfind("rank ", 0) == 0;
+  std::fprintf(stderr, "dsrun: %s%s\n", named ? "" : who.c_str(), s.message().c_str());
   return code;
 }
 
-int Run(const Flags& f) {
-  ds::io::Env* env = ds::io::Env::Default();
-  ds::engine::Overrides o;
+// ---- one rank
+
+int RunRank(const DsrunFlags& f) {
+  io::Env* env = io::Env::Default();
+  Result<DistEnv> dist = DistEnvFromEnvironment();
+  if (!dist.ok()) return Fail(kExitUsage, "", dist.status());
+  const std::string who = dist->world_size > 1 ? "rank " + std::to_string(dist->rank) + ": " : "";
+  Overrides o;
   o.set = f.set;
   o.max_steps = f.max_steps;
   o.seed = f.seed;
   o.strict = f.strict;
-  ds::Result<ds::engine::Config> config = ds::engine::LoadConfig(env, f.config, o);
-  if (!config.ok()) return Fail(kExitUsage, config.status());
-  for (const std::string& w : config->warnings) ds::io::LogWarning(w);
-  if (!config->not_implemented.empty()) {
-    std::string keys;
-    for (const std::string& k : config->not_implemented) keys += (keys.empty() ? "" : ", ") + k;
-    ds::io::LogWarning(f.config + ": accepted but not implemented (no effect): " + keys);
+  o.world_size = dist->world_size;
+  if (f.dry_run && dist->source == "single") o.world_size = f.nproc_per_node * f.nnodes;
+  Result<Config> config = LoadConfig(env, f.config, o);
+  if (!config.ok()) return Fail(kExitUsage, who, config.status());
+  if (dist->rank == 0) {
+    for (const std::string& w : config->warnings) io::LogWarning(w);
+    if (!config->not_implemented.empty()) {
+      std::string keys;
+      for (const std::string& k : config->not_implemented) keys += (keys.empty() ? "" : ", ") + k;
+      io::LogWarning(f.config + ": accepted but not implemented (no effect): " + keys);
+    }
   }
   if (f.dry_run) {
-    std::printf("%s\n\n%s", config->resolved.dump(2).c_str(),
-                ds::engine::FormatMemoryTable(*config).c_str());
+    std::printf("%s\n\n%s", config->resolved.dump(2).c_str(), FormatMemoryTable(*config).c_str());
     std::printf("\n%s: the config resolves; drop --dry-run to train\n", f.config.c_str());
     return 0;
   }
-  ds::engine::TrainerOptions topts;
+  TrainerOptions topts;
   topts.device = f.device;
-  ds::Result<std::unique_ptr<ds::engine::Trainer>> trainer =
-      ds::engine::Trainer::Create(env, *config, topts);
-  if (!trainer.ok()) return Fail(kExitUsage, trainer.status());
-  ds::Result<ds::engine::TrainSummary> s = (*trainer)->Run();
-  if (!s.ok()) return Fail(kExitTrainingFailed, s.status());
+  if (topts.device.empty() && CudaDeviceCount() > 0) {
+    topts.device = "cuda:" + std::to_string(dist->local_rank % CudaDeviceCount());
+  }
+  topts.rank = dist->rank;
+  topts.world_size = dist->world_size;
+  topts.master_addr = dist->master_addr;
+  topts.master_port = dist->master_port;
+  topts.backend = f.backend;
+  Result<std::unique_ptr<Trainer>> trainer = Trainer::Create(env, *config, topts);
+  if (!trainer.ok()) return Fail(kExitUsage, who, trainer.status());
+  if (!f.bench_out.empty()) {
+    Status s = MeasureSteps(env, **trainer, *config, f, dist->rank);
+    return s.ok() ? 0 : Fail(kExitTrainingFailed, who, s);
+  }
+  Result<TrainSummary> s = (*trainer)->Run();
+  if (!s.ok()) return Fail(kExitTrainingFailed, who, s.status());
+  if (dist->rank != 0) return 0;
   std::printf("trained %lld steps on %s in %.1f s (%.0f tokens/s): loss %.4f -> %.4f",
               static_cast<long long>(s->steps), s->device.c_str(), s->seconds, s->tokens_per_s,
               s->first_loss, s->last_loss);
   if (s->last_eval_loss) std::printf(", eval loss %.4f", *s->last_eval_loss);
-  if (s->skipped_steps > 0) std::printf(", %lld steps skipped (overflow)", static_cast<long long>(s->skipped_steps));
+  if (s->skipped_steps > 0)
+    std::printf(", %lld steps skipped (overflow)", static_cast<long long>(s->skipped_steps));
   std::printf("\nmetrics: %s/metrics.jsonl\n", config->trainer.output_dir.c_str());
   return 0;
 }
 
+// ---- the launcher
+
+// Fills nnodes, node_rank and master_addr from a DeepSpeed hostfile: every host runs `slots`
+// ranks, the first host is the master, and this host's place is found by its name.
+Status ApplyHostfile(io::Env* env, DsrunFlags* f) {
+  DS_ASSIGN_OR_RETURN(std::string text, env->ReadFileToString(f->hostfile));
+  DS_ASSIGN_OR_RETURN(std::vector<Host> hosts, ParseHostfile(text, f->hostfile));
+  for (const Host& h : hosts) {
+    if (h.slots != hosts[0].slots) {
+      return Status::InvalidArgument(f->hostfile + ": every host needs the same slots (" +
+                                     hosts[0].name + " has " + std::to_string(hosts[0].slots) +
+                                     ", " + h.name + " has " + std::to_string(h.slots) +
+                                     "): dsrun starts the same ranks per node");
+    }
+  }
+  f->nnodes = static_cast<int>(hosts.size());
+  if (!f->nproc_given) f->nproc_per_node = hosts[0].slots;
+  if (f->master_addr.empty()) f->master_addr = hosts[0].name;
+  if (f->node_rank < 0) {
+    char name[256] = {};
+    ::gethostname(name, sizeof name - 1);
+    for (size_t i = 0; i < hosts.size(); ++i) {
+      if (hosts[i].name == name) f->node_rank = static_cast<int>(i);
+    }
+    if (f->node_rank < 0) {
+      return Status::InvalidArgument(f->hostfile + ": this host ('" + std::string(name) +
+                                     "') is not listed; pass --node-rank to say which line it is");
+    }
+  }
+  return Status::OK();
+}
+
 }  // namespace
 
-namespace ds::engine {
+Result<LaunchOptions> LaunchOptionsFor(const DsrunFlags& f,
+                                       const std::vector<std::string>& rank_args) {
+  LaunchOptions lo;
+  lo.argv = {"/proc/self/exe"};
+  lo.argv.insert(lo.argv.end(), rank_args.begin(), rank_args.end());
+  lo.nproc_per_node = f.nproc_per_node;
+  lo.nnodes = f.nnodes;
+  lo.node_rank = std::max(0, f.node_rank);
+  lo.master_addr = f.master_addr.empty() ? "127.0.0.1" : f.master_addr;
+  lo.master_port = f.master_port;
+  if (lo.master_port == 0 && lo.nnodes > 1) lo.master_port = 29500;  // every node must agree
+  // Like torchrun: ranks sharing a CPU split its cores instead of each taking all of them.
+  if (std::getenv("OMP_NUM_THREADS") == nullptr && f.nproc_per_node > 1) {
+    const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    lo.extra_env.emplace_back(
+        "OMP_NUM_THREADS",
+        std::to_string(std::max(1u, cores / static_cast<unsigned>(f.nproc_per_node))));
+  }
+  return lo;
+}
+
+std::vector<std::string> RankArgs(const DsrunFlags& f) {
+  std::vector<std::string> a = {"--config", f.config};
+  for (const std::string& s : f.set) a.insert(a.end(), {"--set", s});
+  if (f.max_steps) a.insert(a.end(), {"--max-steps", std::to_string(*f.max_steps)});
+  if (f.seed) a.insert(a.end(), {"--seed", std::to_string(*f.seed)});
+  if (!f.device.empty()) a.insert(a.end(), {"--device", f.device});
+  if (!f.backend.empty()) a.insert(a.end(), {"--backend", f.backend});
+  if (f.strict) a.push_back("--strict");
+  return a;
+}
+
+namespace {
+
+int RunLauncher(const DsrunFlags& f) {
+  Result<LaunchOptions> lo = LaunchOptionsFor(f, RankArgs(f));
+  if (!lo.ok()) return Fail(kExitUsage, "", lo.status());
+  Result<LaunchResult> r = Launch(io::Env::Default(), *lo);
+  if (!r.ok()) return Fail(kExitTrainingFailed, "", r.status());
+  return r->exit_code;
+}
+
+}  // namespace
 
 int DsrunMain(int argc, char** argv) {
   CLI::App app{"dsrun: train with ZeRO from a DeepSpeed JSON config"};
-  Flags f;
-  app.add_option("--config", f.config, "DeepSpeed JSON config (with our model/data/trainer sections)");
+  app.fallthrough();
+  DsrunFlags f;
+  app.add_option("--config", f.config,
+                 "DeepSpeed JSON config (with our model/data/trainer sections)");
   app.add_option("--set", f.set, "Override a key: --set optimizer.params.lr=3e-4 (repeatable)")
       ->take_all();
   app.add_option("--max-steps", f.max_steps, "Optimizer steps to train (trainer.max_steps)");
   app.add_option("--seed", f.seed, "Seed (trainer.seed)");
-  app.add_option("--device", f.device, "cpu, cuda or cuda:N (default: cuda when a GPU is visible)");
+  app.add_option("--device", f.device,
+                 "cpu, cuda or cuda:N (default: cuda:LOCAL_RANK when a GPU is visible)");
+  app.add_option("--backend", f.backend, "nccl or gloo (default: nccl on GPUs, gloo on the CPU)");
   app.add_flag("--dry-run", f.dry_run,
                "Validate, print the resolved config and the memory per rank at each ZeRO stage");
   app.add_flag("--strict", f.strict, "Unknown config keys are errors, not warnings");
   app.add_flag("--version", f.version, "Print versions of dstrain, LibTorch, CUDA, NCCL and Gloo");
+  auto* nproc = app.add_option("--nproc-per-node,--nproc_per_node,--num_gpus", f.nproc_per_node,
+                               "Ranks to start on this node (torchrun's --nproc-per-node)");
+  app.add_option("--nnodes,--num_nodes", f.nnodes, "Nodes in the job (run dsrun on each)");
+  app.add_option("--node-rank,--node_rank", f.node_rank, "This node's index in [0, nnodes)");
+  app.add_option("--master-addr,--master_addr", f.master_addr,
+                 "Host of rank 0 (default 127.0.0.1)");
+  app.add_option("--master-port,--master_port", f.master_port,
+                 "Port of the rendezvous (default: free)");
+  app.add_option("--hostfile", f.hostfile,
+                 "DeepSpeed hostfile ('host slots=N' lines): nnodes, slots, master");
+  CLI::App* bench = app.add_subcommand(
+      "bench", "Measure each ZeRO stage: step time, tokens/s, memory, collectives");
+  bench->add_option("--stages", f.stages, "Stages to measure (default 0,1,2,3)");
+  bench->add_option("--steps", f.bench_steps, "Steps timed per stage (after the warm-up)");
+  bench->add_option("--warmup", f.bench_warmup, "Steps run first and not timed");
+  bench->add_flag("--json", f.json, "Also print the table as one JSON line");
+  // What `dsrun bench` passes its ranks.
+  app.add_option("--bench-out", f.bench_out)->group("");
+  app.add_option("--bench-warmup-steps", f.bench_warmup)->group("");
+  app.add_option("--bench-timed-steps", f.bench_steps)->group("");
   app.footer(
       "Examples:\n"
       "  dsrun --config examples/demo.json\n"
-      "  dsrun --config cfg.json --set zero_optimization.stage=2 --max-steps 100 --dry-run");
+      "  dsrun --nproc-per-node 4 --config cfg.json --set zero_optimization.stage=2\n"
+      "  dsrun --config cfg.json --set zero_optimization.stage=3 --dry-run\n"
+      "  dsrun bench --config cfg.json --stages 0,1,2,3 --nproc-per-node 2 --json\n"
+      "Under torchrun or srun, dsrun reads RANK/WORLD_SIZE (or SLURM_PROCID/SLURM_NTASKS) and runs "
+      "one rank.");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : kExitUsage;
   }
+  f.nproc_given = nproc->count() > 0;
   if (f.version) {
-    std::printf("dsrun %s\n%s", DSTRAIN_VERSION,
-                ds::engine::DescribeRuntime(ds::engine::QueryRuntime()).c_str());
+    std::printf("dsrun %s\n%s", DSTRAIN_VERSION, DescribeRuntime(QueryRuntime()).c_str());
     return 0;
   }
   if (f.config.empty()) {
@@ -104,7 +229,22 @@ int DsrunMain(int argc, char** argv) {
     std::fprintf(stderr, "dsrun: --config is required\n");
     return kExitUsage;
   }
-  return Run(f);
+  if (f.nproc_per_node < 1 || f.nnodes < 1 || (f.node_rank >= 0 && f.node_rank >= f.nnodes)) {
+    std::fprintf(stderr,
+                 "dsrun: --nproc-per-node (%d) and --nnodes (%d) must be at least 1 and "
+                 "--node-rank (%d) below --nnodes\n",
+                 f.nproc_per_node, f.nnodes, f.node_rank);
+    return kExitUsage;
+  }
+  if (!f.hostfile.empty()) {
+    Status s = ApplyHostfile(io::Env::Default(), &f);
+    if (!s.ok()) return Fail(kExitUsage, "", s);
+  }
+  if (bench->parsed()) return RunBench(f);
+  Result<DistEnv> dist = DistEnvFromEnvironment();
+  const bool inside_a_job = dist.ok() && dist->source != "single";
+  if (!inside_a_job && !f.dry_run && (f.nproc_per_node > 1 || f.nnodes > 1)) return RunLauncher(f);
+  return RunRank(f);
 }
 
 }  // namespace ds::engine

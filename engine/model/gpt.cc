@@ -91,13 +91,19 @@ GptImpl::GptImpl(const GptOptions& o) : o_(o) {
 
 torch::Tensor GptImpl::forward(const torch::Tensor& idx) {
   const int64_t T = idx.size(1);
-  TORCH_CHECK(T <= o_.seq_len, "sequence of ", T, " tokens is longer than the model's ", o_.seq_len);
-  torch::Tensor pos = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(idx.device()));
+  TORCH_CHECK(T <= o_.seq_len, "sequence of ", T, " tokens is longer than the model's ",
+              o_.seq_len);
+  torch::Tensor pos =
+      torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(idx.device()));
   torch::Tensor x = wte_(idx) + wpe_(pos);  // (B, T, C)
-  for (Block& b : blocks_) {
-    x = o_.activation_checkpointing && is_training()
-            ? CheckpointedBlock::apply(x, reinterpret_cast<int64_t>(b.get()))
-            : b->forward(x);
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    BlockImpl* b = blocks_[l].get();
+    x = RunUnit(static_cast<int>(l), x, [this, b](const torch::Tensor& in) {
+      return o_.activation_checkpointing && !units_recomputed() && is_training() &&
+                     torch::GradMode::is_enabled()
+                 ? CheckpointedBlock::apply(in, reinterpret_cast<int64_t>(b))
+                 : b->forward(in);
+    });
   }
   x = ln_f_(x);
   return torch::matmul(x, wte_->weight.t());  // tied output embedding: (B, T, V)
@@ -107,6 +113,12 @@ torch::Tensor GptImpl::loss(const torch::Tensor& idx, const torch::Tensor& targe
   torch::Tensor logits = forward(idx);
   return F::cross_entropy(logits.view({-1, logits.size(-1)}).to(torch::kFloat32),
                           targets.reshape({-1}));
+}
+
+std::vector<std::string> GptImpl::unit_prefixes() const {
+  std::vector<std::string> out;
+  for (int64_t l = 0; l < o_.n_layer; ++l) out.push_back("h" + std::to_string(l) + ".");
+  return out;
 }
 
 int64_t GptImpl::parameter_count() const {

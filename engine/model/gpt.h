@@ -52,6 +52,7 @@ class GptImpl : public LanguageModel {
   int64_t parameter_count() const;
   // Training FLOPs per token (6N plus attention's 12 * L * C * T), for MFU.
   double flops_per_token() const override;
+  std::vector<std::string> unit_prefixes() const override;  // the blocks: "h0.", "h1.", ...
 
  private:
   GptOptions o_;

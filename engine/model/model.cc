@@ -59,20 +59,27 @@ Result<std::shared_ptr<LanguageModel>> MakeModel(const ModelConfig& config, uint
     if (it == r.factories.end()) {
       std::string known;
       for (const auto& [name, fn] : r.factories) known += (known.empty() ? "" : ", ") + name;
-      return Status::InvalidArgument("model.arch '" + config.arch + "' is not a registered model (" +
-                                     known + "); register it with ds::engine::RegisterModel before " +
-                                     "calling DsrunMain");
+      return Status::InvalidArgument(
+          "model.arch '" + config.arch + "' is not a registered model (" + known +
+          "); register it with ds::engine::RegisterModel before " + "calling DsrunMain");
     }
     f = it->second;
   }
+  // Factories draw from LibTorch's global generator after seeding it: two models built at once
+  // (ranks as threads of one process) would interleave their draws.
+  static std::mutex building;
+  std::lock_guard<std::mutex> lock(building);
   try {
+    torch::manual_seed(seed);
     Result<std::shared_ptr<LanguageModel>> m = f(config, seed);
     if (m.ok() && *m == nullptr) {
-      return Status::InvalidArgument("the factory of model '" + config.arch + "' returned no model");
+      return Status::InvalidArgument("the factory of model '" + config.arch +
+                                     "' returned no model");
     }
     return m;
   } catch (const c10::Error& e) {
-    return Status::InvalidArgument("building model '" + config.arch + "': " + e.what_without_backtrace());
+    return Status::InvalidArgument("building model '" + config.arch +
+                                   "': " + e.what_without_backtrace());
   } catch (const std::exception& e) {
     return Status::InvalidArgument("building model '" + config.arch + "': " + e.what());
   }

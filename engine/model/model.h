@@ -13,7 +13,8 @@
 //
 // The trainer owns the parameters' precision and device (it calls module->to()), keeps the fp32
 // master copy and the optimizer state, and names tensors in checkpoints by named_parameters().
-// Thread safety: RegisterModel and MakeModel lock a registry; call RegisterModel before training.
+// Thread safety: RegisterModel and MakeModel lock a registry, and MakeModel builds one model at
+// a time (factories seed LibTorch's global generator); call RegisterModel before training.
 #pragma once
 
 #include <torch/nn/module.h>
@@ -29,6 +30,16 @@
 
 namespace ds::engine {
 
+// Runs one unit of a model (a transformer block, say) for ZeRO stage 3, which gathers the
+// unit's parameters around its forward and backward. `fn` must be a pure function of `x` and the
+// unit's parameters (no randomness): stage 3 runs it again in the backward pass.
+class UnitRunner {
+ public:
+  virtual ~UnitRunner() = default;
+  virtual torch::Tensor Run(int unit, const torch::Tensor& x,
+                            std::function<torch::Tensor(const torch::Tensor&)> fn) = 0;
+};
+
 class LanguageModel : public torch::nn::Module {
  public:
   // idx and targets: (B, T) int64 token ids on the parameters' device. Returns the mean
@@ -36,6 +47,25 @@ class LanguageModel : public torch::nn::Module {
   virtual torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets) = 0;
   // Training FLOPs per token for MFU; 0 when unknown (MFU is then not reported).
   virtual double flops_per_token() const { return 0; }
+
+  // Stage 3 gathers parameters unit by unit when a model names its units, by the prefix of
+  // their parameter names ({"h0.", "h1.", ...}) and runs unit i through RunUnit(i, ...).
+  // Parameters in no unit are gathered for the whole forward and backward pass; a model that
+  // names no units is gathered whole.
+  virtual std::vector<std::string> unit_prefixes() const { return {}; }
+  void set_unit_runner(UnitRunner* runner) { unit_runner_ = runner; }
+
+ protected:
+  torch::Tensor RunUnit(int unit, const torch::Tensor& x,
+                        std::function<torch::Tensor(const torch::Tensor&)> fn) {
+    return unit_runner_ != nullptr ? unit_runner_->Run(unit, x, std::move(fn)) : fn(x);
+  }
+  // Stage 3 recomputes every unit in the backward pass: activation checkpointing inside a
+  // unit would only recompute it twice.
+  bool units_recomputed() const { return unit_runner_ != nullptr; }
+
+ private:
+  UnitRunner* unit_runner_ = nullptr;
 };
 
 // Builds a model of `config`'s sizes, initialised from `seed` (the same seed gives the same

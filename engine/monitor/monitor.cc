@@ -25,7 +25,7 @@ constexpr std::string_view kBuiltInKeys[] = {
     "step", "samples", "loss", "lr", "loss_scale", "tokens", "tokens_per_s", "step_time_s",
     "forward_s", "backward_s", "optimizer_s", "mfu", "grad_norm", "skipped", "rss_bytes",
     "peak_rss_bytes", "gpu_allocated_bytes", "gpu_reserved_bytes", "gpu_peak_bytes",
-    "eval_loss", "eval_tokens", "time"};
+    "model_state_bytes", "eval_loss", "eval_tokens", "time"};
 // clang-format on
 
 template <typename T>
@@ -77,6 +77,7 @@ Result<Json> StepRecord(const StepMetrics& m, double wall_time_s) {
   Put(j, "gpu_allocated_bytes", m.memory.gpu_allocated_bytes);
   Put(j, "gpu_reserved_bytes", m.memory.gpu_reserved_bytes);
   Put(j, "gpu_peak_bytes", m.memory.gpu_peak_bytes);
+  Put(j, "model_state_bytes", m.memory.model_state_bytes);
   DS_RETURN_IF_ERROR(PutExtras(j, m.extras)) << "step " << m.step;
   j["time"] = wall_time_s;
   return j;

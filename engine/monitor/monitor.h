@@ -28,6 +28,8 @@ struct MemoryStats {
   std::optional<uint64_t> gpu_allocated_bytes;
   std::optional<uint64_t> gpu_reserved_bytes;
   std::optional<uint64_t> gpu_peak_bytes;
+  // This rank's parameters, gradients and optimizer state as ZeRO holds them (device and host).
+  std::optional<uint64_t> model_state_bytes;
 };
 
 // One optimizer step. Optional fields are left out of every output when absent. A new metric

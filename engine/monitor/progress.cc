@@ -80,7 +80,8 @@ std::string ProgressWindow::Line(int64_t max_steps) const {
     line += Printf(" | MFU %.1f%%", 100 * mfu_seconds_ / seconds_with_mfu_);
   const MemoryStats& mem = last_.memory;
   std::string memory;
-  if (mem.rss_bytes) memory = io::FormatBytes(*mem.rss_bytes) + " RSS";
+  if (mem.model_state_bytes) memory = io::FormatBytes(*mem.model_state_bytes) + " model state";
+  if (mem.rss_bytes) memory += (memory.empty() ? "" : ", ") + io::FormatBytes(*mem.rss_bytes) + " RSS";
   if (mem.gpu_allocated_bytes) {
     if (!memory.empty()) memory += ", ";
     memory += mem.gpu_reserved_bytes

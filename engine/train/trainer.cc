@@ -14,6 +14,7 @@
 #include "engine/monitor/monitor.h"
 #include "engine/optim/adamw.h"
 #include "engine/torch_compat.h"
+#include "engine/zero/zero.h"
 #include "io/log.h"
 
 #if DS_TORCH_HAS_CUDA
@@ -83,17 +84,20 @@ torch::Dtype TrainingDtype(Precision p) {
 }
 
 Result<torch::Device> PickDevice(const std::string& wanted) {
-  if (wanted.empty()) return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  if (wanted.empty())
+    return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
   try {
     torch::Device d(wanted);
     if (d.is_cuda() && !torch::cuda::is_available()) {
-      return Status::FailedPrecondition("device '" + wanted +
-                                        "' was asked for but no GPU is visible (check "
-                                        "CUDA_VISIBLE_DEVICES and nvidia-smi), or use --device cpu");
+      return Status::FailedPrecondition(
+          "device '" + wanted +
+          "' was asked for but no GPU is visible (check "
+          "CUDA_VISIBLE_DEVICES and nvidia-smi), or use --device cpu");
     }
     return d;
   } catch (const c10::Error&) {
-    return Status::InvalidArgument("device '" + wanted + "' is not a device (use cpu, cuda or cuda:N)");
+    return Status::InvalidArgument("device '" + wanted +
+                                   "' is not a device (use cpu, cuda or cuda:N)");
   }
 }
 
@@ -110,9 +114,8 @@ struct Trainer::Impl {
 
   std::shared_ptr<LanguageModel> model;
   std::vector<ParamSlot> slots;
-  torch::Tensor master, grad, exp_avg, exp_avg_sq;  // flat fp32, numel elements
-  AdamWOptions adam;
-  int64_t adam_steps = 0;  // steps that updated the weights (overflow skips excluded)
+  std::unique_ptr<Comm> comm;  // with world_size > 1
+  std::unique_ptr<ZeroOptimizer> zero;
 
   Dataset data;
   std::optional<Sampler> sampler;
@@ -138,22 +141,31 @@ struct Trainer::Impl {
   std::string device_name;  // "cpu", or what CUDA calls the GPU ("NVIDIA H100 80GB HBM3")
 
   Status Setup();
-  Status Flush();  // reads pending losses, records their steps
+  Status SetupZero();
+  // Reads pending losses (averaged over the ranks when `across_ranks`: a collective), records
+  // their steps.
+  Status Flush(bool across_ranks = true);
   MemoryStats Memory() const;
 };
 
 Trainer::Trainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Trainer::~Trainer() {
   if (impl_->monitor != nullptr) {
-    Status s = impl_->Flush();
+    Status s = impl_->Flush(/*across_ranks=*/false);  // the other ranks may be gone
     if (s.ok()) s = impl_->monitor->Close();
     if (!s.ok()) io::LogWarning("closing the monitor: " + s.ToString());
   }
+  impl_->zero.reset();  // detaches from the model before the model goes
 }
 
 int64_t Trainer::step() const { return impl_->step; }
 const std::vector<ParamSlot>& Trainer::slots() const { return impl_->slots; }
-at::Tensor Trainer::master() const { return impl_->master; }
+Result<at::Tensor> Trainer::GatherMaster() { return impl_->zero->GatherMaster(); }
+ModelStateBytes Trainer::model_state() const { return impl_->zero->Memory(); }
+MemoryStats Trainer::memory() const { return impl_->Memory(); }
+std::map<std::string, CollectiveStats> Trainer::comm_stats() const {
+  return impl_->comm ? impl_->comm->stats() : std::map<std::string, CollectiveStats>();
+}
 std::string Trainer::device_name() const { return impl_->device.str(); }
 
 Result<std::unique_ptr<Trainer>> Trainer::Create(io::Env* env, const Config& config,
@@ -173,54 +185,26 @@ Status Trainer::Impl::Setup() {
   if (dtype == torch::kFloat16 && device.is_cpu()) {
     io::LogWarning("fp16 on the CPU is slow and not what fp16 is for; use bf16 or fp32 there");
   }
-  torch::manual_seed(c.trainer.seed);
 
-  // The model, in the training precision, and its flat fp32 master copy.
+  // The model, in the training precision, and the optimizer that owns its weights.
   DS_ASSIGN_OR_RETURN(model, MakeModel(c.model, c.trainer.seed));
-  try {
-    std::vector<torch::Tensor> fp32;
-    int64_t offset = 0;
-    for (const auto& p : model->named_parameters()) {
-      fp32.push_back(p.value().detach().reshape(-1).to(torch::kFloat32));
-      slots.push_back({p.key(), torch::Tensor(), offset, p.value().numel()});
-      offset += p.value().numel();
-    }
-    auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device);
-    master = torch::cat(fp32).to(f32);
-    model->to(device, dtype);
-    size_t i = 0;
-    for (const auto& p : model->named_parameters()) slots[i++].param = p.value();
-    grad = torch::zeros({offset}, f32);
-    exp_avg = torch::zeros({offset}, f32);
-    exp_avg_sq = torch::zeros({offset}, f32);
-    if (slots.empty()) {
-      return Status::InvalidArgument("model '" + c.model.arch + "' has no parameters to train");
-    }
-    flops_per_token = model->flops_per_token();
-    device_name = "cpu";
+  DS_RETURN_IF_ERROR(SetupZero());
+  flops_per_token = model->flops_per_token();
+  device_name = "cpu";
 #if DS_TORCH_HAS_CUDA
-    if (device.is_cuda()) {
-      device_name = at::cuda::getDeviceProperties(device.index() < 0 ? 0 : device.index())->name;
-    }
-#endif
-  } catch (const c10::Error& e) {
-    return Status::IOError(std::string("setting up the model on ") + device.str() + ": " +
-                           e.what_without_backtrace());
+  if (device.is_cuda()) {
+    device_name = at::cuda::getDeviceProperties(device.index() < 0 ? 0 : device.index())->name;
   }
-  adam.beta1 = c.optimizer.beta1;
-  adam.beta2 = c.optimizer.beta2;
-  adam.eps = c.optimizer.eps;
-  adam.weight_decay = c.optimizer.weight_decay;
-  adam.adam_w_mode = c.optimizer.adam_w_mode;
-  adam.bias_correction = c.optimizer.bias_correction;
+#endif
   DS_ASSIGN_OR_RETURN(schedule, MakeLrSchedule(ScheduleParams(c.scheduler), c.optimizer.lr));
   scaler = std::make_unique<LossScaler>(ScalerOptions(c));
 
   // Data.
   DatasetOptions dopts;
   dopts.vocab = c.model.vocab;
-  const std::string cache =
-      options.corpus_cache_dir.empty() ? io::JoinPath(c.trainer.output_dir, "data") : options.corpus_cache_dir;
+  const std::string cache = options.corpus_cache_dir.empty()
+                                ? io::JoinPath(c.trainer.output_dir, "data")
+                                : options.corpus_cache_dir;
   dopts.default_corpus_path = io::JoinPath(cache, "default-corpus.txt");
   DS_RETURN_IF_ERROR(env->CreateDirs(cache));
   DS_ASSIGN_OR_RETURN(data, OpenDataset(env, c.data, dopts));
@@ -246,20 +230,74 @@ Status Trainer::Impl::Setup() {
   timer = std::make_unique<StepTimer>(env);
   if (options.rank == 0) {
     const ModelConfig& g = c.model;
-    io::LogInfo("model: " + g.arch + " " + std::to_string(g.n_layer) + " layers, " + std::to_string(g.n_head) +
-                " heads, d_model " + std::to_string(g.d_model) + ", seq " + std::to_string(g.seq_len) +
-                ", vocab " + std::to_string(g.vocab) + ": " + std::to_string(master.numel()) +
-                " parameters, " + std::string(PrecisionName(c.precision())) + " on " + device.str());
+    io::LogInfo("model: " + g.arch + " " + std::to_string(g.n_layer) + " layers, " +
+                std::to_string(g.n_head) + " heads, d_model " + std::to_string(g.d_model) +
+                ", seq " + std::to_string(g.seq_len) + ", vocab " + std::to_string(g.vocab) + ": " +
+                std::to_string(zero->numel()) + " parameters, " +
+                std::string(PrecisionName(c.precision())) + " on " + device.str() +
+                ", ZeRO stage " + std::to_string(c.zero.stage) + " over " +
+                std::to_string(options.world_size) +
+                (options.world_size == 1 ? " rank" : " ranks"));
     io::LogInfo(data.Describe());
+  }
+  return Status::OK();
+}
+
+Status Trainer::Impl::SetupZero() {
+  const Config& c = config;
+  if (options.world_size > 1) {
+    CommOptions co;
+    co.rank = options.rank;
+    co.world_size = options.world_size;
+    co.master_addr = options.master_addr;
+    co.master_port = options.master_port;
+    co.backend = options.backend;
+    co.cuda = device.is_cuda();
+    co.timeout_s = static_cast<double>(c.comms.timeout_s);
+    co.time_collectives = c.monitor.wall_clock_breakdown;
+    DS_ASSIGN_OR_RETURN(comm, Comm::Connect(co));
+  }
+  ZeroOptions z;
+  z.stage = c.zero.stage;
+  z.rank = options.rank;
+  z.world_size = options.world_size;
+  z.comm = comm.get();
+  z.device = device;
+  z.dtype = dtype;
+  z.comm_dtype =
+      c.comms.communication_data_type ? TrainingDtype(*c.comms.communication_data_type) : dtype;
+  z.prescale_gradients = c.comms.prescale_gradients;
+  z.gradient_predivide_factor = c.comms.gradient_predivide_factor;
+  z.reduce_bucket_size = c.zero.reduce_bucket_size;
+  z.overlap_comm = c.zero.overlap_comm;
+  z.offload_optimizer = c.zero.offload_optimizer.device == OffloadConfig::Device::kCpu;
+  z.offload_param = c.zero.offload_param.device == OffloadConfig::Device::kCpu && c.zero.stage == 3;
+  z.pin_memory = c.zero.offload_optimizer.pin_memory;
+  z.prefetch_elements = c.zero.stage3_prefetch_bucket_size;
+  z.persistence_threshold = c.zero.stage3_param_persistence_threshold;
+  z.max_live_elements = c.zero.stage3_max_live_parameters;
+  z.adam.beta1 = c.optimizer.beta1;
+  z.adam.beta2 = c.optimizer.beta2;
+  z.adam.eps = c.optimizer.eps;
+  z.adam.weight_decay = c.optimizer.weight_decay;
+  z.adam.adam_w_mode = c.optimizer.adam_w_mode;
+  z.adam.bias_correction = c.optimizer.bias_correction;
+  DS_ASSIGN_OR_RETURN(zero, ZeroOptimizer::Create(model, z));
+  int64_t offset = 0;
+  for (const auto& p : model->named_parameters()) {
+    slots.push_back({p.key(), p.value(), offset, p.value().numel()});
+    offset += p.value().numel();
   }
   return Status::OK();
 }
 
 MemoryStats Trainer::Impl::Memory() const {
   MemoryStats m;
+  if (zero != nullptr) m.model_state_bytes = zero->Memory().total();
 #if DS_TORCH_HAS_CUDA
   if (device.is_cuda()) {
-    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    auto stats =
+        c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
     using c10::CachingAllocator::StatType;
     const auto agg = static_cast<size_t>(StatType::AGGREGATE);
     m.gpu_allocated_bytes = static_cast<uint64_t>(stats.allocated_bytes[agg].current);
@@ -279,13 +317,17 @@ Status Trainer::Step() {
   const bool breakdown = c.monitor.wall_clock_breakdown;
   const uint64_t t0 = t.env->NowMicros();
   const double scale = t.scaler->scale();
-  torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(t.device));
+  torch::Tensor loss_sum =
+      torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(t.device));
   try {
     for (int64_t micro = 0; micro < gas; ++micro) {
       DS_RETURN_IF_ERROR(t.sampler->Next(t.data.train, &t.batch));
       auto longs = torch::TensorOptions().dtype(torch::kLong);
-      torch::Tensor x = torch::from_blob(t.batch.inputs.data(), {t.batch.B, t.batch.T}, longs).to(t.device);
-      torch::Tensor y = torch::from_blob(t.batch.targets.data(), {t.batch.B, t.batch.T}, longs).to(t.device);
+      torch::Tensor x =
+          torch::from_blob(t.batch.inputs.data(), {t.batch.B, t.batch.T}, longs).to(t.device);
+      torch::Tensor y =
+          torch::from_blob(t.batch.targets.data(), {t.batch.B, t.batch.T}, longs).to(t.device);
+      DS_RETURN_IF_ERROR(t.zero->BeginMicroStep());
       torch::Tensor loss;
       {
         if (breakdown) t.timer->Start("forward");
@@ -298,12 +340,7 @@ Status Trainer::Step() {
       if (breakdown) t.timer->Start("backward");
       // DeepSpeed scales the loss by 1/accumulation (and by the fp16 loss scale).
       (loss * (scale / static_cast<double>(gas))).backward();
-      torch::NoGradGuard no_grad;
-      for (ParamSlot& s : t.slots) {
-        torch::Tensor& g = s.param.mutable_grad();
-        t.grad.narrow(0, s.offset, s.numel).add_(g.reshape(-1));
-        g.reset();  // the flat fp32 buffer holds it now
-      }
+      DS_RETURN_IF_ERROR(t.zero->EndMicroStep(micro == gas - 1));
       if (breakdown) {
         if (t.device.is_cuda()) torch::cuda::synchronize();
         t.timer->Stop("backward");
@@ -311,35 +348,22 @@ Status Trainer::Step() {
       loss_sum.add_(loss.detach());
     }
 
-    // The optimizer: unscale, check for overflow (16-bit), clip, Adam, copy back.
-    torch::NoGradGuard no_grad;
+    // The optimizer: unscale, check for overflow (16-bit), clip, Adam, publish the weights.
     if (breakdown) t.timer->Start("optimizer");
-    if (scale != 1.0) t.grad.mul_(1.0 / scale);
-    torch::Tensor norm = t.grad.norm();
-    bool overflow = false;
     const Precision p = c.precision();
-    if (p == Precision::kFp16 || (p == Precision::kBf16 && c.bf16.check_grad_overflow)) {
-      overflow = !std::isfinite(norm.item<double>());  // the one host sync of a step
-    }
-    if (c.gradient_clipping > 0 && !overflow) {
-      t.grad.mul_(torch::clamp_max(c.gradient_clipping / (norm + 1e-6), 1.0));
-    }
+    const bool check =
+        p == Precision::kFp16 || (p == Precision::kBf16 && c.bf16.check_grad_overflow);
     const double lr = t.schedule->LrForStep(t.step);
-    const std::optional<double> beta1 = t.schedule->Beta1At(t.step - 1);
-    if (!overflow) {
-      AdamWStep(t.master, t.grad, t.exp_avg, t.exp_avg_sq, ++t.adam_steps, lr, t.adam,
-                beta1.value_or(std::numeric_limits<double>::quiet_NaN()));
-      for (ParamSlot& s : t.slots) {
-        s.param.copy_(t.master.narrow(0, s.offset, s.numel).view(s.param.sizes()));
-      }
-    }
-    t.grad.zero_();
+    DS_ASSIGN_OR_RETURN(ZeroStepResult r, t.zero->Step(lr, t.schedule->Beta1At(t.step - 1), scale,
+                                                       c.gradient_clipping, check));
+    const bool overflow = r.overflow;
     if (breakdown) {
       if (t.device.is_cuda()) torch::cuda::synchronize();
       t.timer->Stop("optimizer");
     }
     DS_ASSIGN_OR_RETURN(LossScaler::Update u, t.scaler->Record(overflow));
-    if (!u.message.empty() && t.options.rank == 0) io::LogInfo("step " + std::to_string(t.step + 1) + ": " + u.message);
+    if (!u.message.empty() && t.options.rank == 0)
+      io::LogInfo("step " + std::to_string(t.step + 1) + ": " + u.message);
     if (overflow) ++t.skipped;
 
     ++t.step;
@@ -350,26 +374,36 @@ Status Trainer::Step() {
     if (p == Precision::kFp16) m.loss_scale = scale;
     m.tokens = c.batch.train_batch_size * c.model.seq_len;
     m.skipped = overflow;
+    if (check || c.gradient_clipping > 0) m.grad_norm = r.grad_norm;
     if (breakdown) t.timer->TakeInto(&m);
     m.step_time_s = static_cast<double>(t.env->NowMicros() - t0) / 1e6;
     t.pending.push_back(m);
     t.pending_loss.push_back(loss_sum / static_cast<double>(gas));
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
+    // A collective that failed inside backward() is reported as the Status it was.
+    if (!t.zero->error().ok()) return t.zero->error();
+    const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
     return Status::IOError("training step " + std::to_string(t.step + 1) + " on " + t.device.str() +
-                           ": " + e.what_without_backtrace());
+                           ": " + (c10_error ? c10_error->what_without_backtrace() : e.what()));
   }
   const int64_t every = std::max<int64_t>(1, c.monitor.steps_per_print);
   if (t.step % every == 0 || t.step == c.trainer.max_steps) DS_RETURN_IF_ERROR(t.Flush());
   return Status::OK();
 }
 
-Status Trainer::Impl::Flush() {
+Status Trainer::Impl::Flush(bool across_ranks) {
   if (pending.empty()) return Status::OK();
-  torch::Tensor losses = torch::stack(pending_loss).to(torch::kCPU, torch::kFloat64);
+  torch::Tensor losses = torch::stack(pending_loss);
+  if (comm != nullptr && across_ranks) {  // the step's loss: the mean over every rank's batches
+    DS_RETURN_IF_ERROR(comm->AllReduce(losses, "training losses"));
+    losses.div_(options.world_size);
+  }
+  losses = losses.to(torch::kCPU, torch::kFloat64);
   const double* l = losses.data_ptr<double>();
   const uint64_t now = env->NowMicros();
   if (!device.is_cpu() && window_start_us > 0) {
-    const double each = static_cast<double>(now - window_start_us) / 1e6 / static_cast<double>(pending.size());
+    const double each =
+        static_cast<double>(now - window_start_us) / 1e6 / static_cast<double>(pending.size());
     for (StepMetrics& m : pending) m.step_time_s = each;
   }
   window_start_us = now;
@@ -397,8 +431,10 @@ Result<std::optional<double>> Trainer::Evaluate() {
   Impl& t = *impl_;
   if (!t.eval) return std::optional<double>();
   torch::NoGradGuard no_grad;
+  DS_RETURN_IF_ERROR(t.zero->BeginEval());
   t.model->eval();
-  torch::Tensor sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(t.device));
+  torch::Tensor sum =
+      torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(t.device));
   Batch b;
   try {
     for (int64_t i = 0; i < t.eval->num_batches(); ++i) {
@@ -410,17 +446,24 @@ Result<std::optional<double>> Trainer::Evaluate() {
     }
   } catch (const c10::Error& e) {
     t.model->train();
-    return Status::IOError(std::string("evaluation on ") + t.device.str() + ": " + e.what_without_backtrace());
+    return Status::IOError(std::string("evaluation on ") + t.device.str() + ": " +
+                           e.what_without_backtrace());
   }
   t.model->train();
+  DS_RETURN_IF_ERROR(t.zero->EndEval());
+  if (t.comm != nullptr) {  // every rank evaluated its share of the batches
+    torch::Tensor f32 = sum.to(torch::kFloat32).reshape({1});
+    DS_RETURN_IF_ERROR(t.comm->AllReduce(f32, "evaluation loss"));
+    sum = f32.to(torch::kFloat64).reshape({}) / static_cast<double>(t.options.world_size);
+  }
   const double loss = sum.item<double>() / static_cast<double>(t.eval->num_batches());
   t.window_start_us = t.env->NowMicros();  // evaluation time is not a training step's
   EvalMetrics m;
   m.step = t.step;
   m.samples = t.step * t.config.batch.train_batch_size;
   m.eval_loss = loss;
-  m.eval_tokens = t.eval->num_batches() * t.config.batch.micro_batch_per_gpu * t.config.model.seq_len *
-                  t.options.world_size;
+  m.eval_tokens = t.eval->num_batches() * t.config.batch.micro_batch_per_gpu *
+                  t.config.model.seq_len * t.options.world_size;
   DS_RETURN_IF_ERROR(t.Flush());
   DS_RETURN_IF_ERROR(t.monitor->RecordEval(m));
   return std::optional<double>(loss);
@@ -450,9 +493,11 @@ Result<TrainSummary> Trainer::Run() {
   s.first_loss = t.first_loss.value_or(0);
   s.last_loss = t.recent_loss;
   s.seconds = static_cast<double>(t.env->NowMicros() - t0) / 1e6;
-  s.tokens_per_s = s.seconds > 0 ? static_cast<double>((t.step - start) * c.batch.train_batch_size *
-                                                       c.model.seq_len) / s.seconds
-                                 : 0;
+  s.tokens_per_s =
+      s.seconds > 0
+          ? static_cast<double>((t.step - start) * c.batch.train_batch_size * c.model.seq_len) /
+                s.seconds
+          : 0;
   return s;
 }
 

@@ -1,0 +1,314 @@
+#include "engine/comm/comm.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include "io/env.h"
+#include "io/units.h"
+
+#if DS_TORCH_HAS_CUDA
+#include <c10/cuda/CUDAStream.h>
+
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+namespace ds::engine {
+namespace {
+
+std::chrono::milliseconds Millis(double seconds) {
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+}
+
+uint64_t Bytes(const at::Tensor& t) { return static_cast<uint64_t>(t.numel()) * t.element_size(); }
+
+uint64_t NowMicros() { return io::Env::Default()->NowMicros(); }
+
+// An exception's message without LibTorch's C++ backtrace.
+std::string Message(const std::exception& e) {
+  const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
+  std::string m = c10_error != nullptr ? c10_error->what_without_backtrace() : e.what();
+  const size_t trace = m.find("\nException raised from");
+  return m.substr(0, trace);
+}
+
+std::string Seconds(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g s", s);
+  return buf;
+}
+
+std::string RankList(int world) {
+  return world == 1 ? "rank 0" : world == 2 ? "ranks 0, 1" : "ranks 0-" + std::to_string(world - 1);
+}
+
+}  // namespace
+
+// ---- handles
+
+CommHandle::CommHandle(CommHandle&& o) noexcept { *this = std::move(o); }
+CommHandle& CommHandle::operator=(CommHandle&& o) noexcept {
+  if (this != &o) {
+    if (pending()) (void)Wait();
+    comm_ = o.comm_;
+    work_ = o.work_;
+    op_ = std::move(o.op_);
+    what_ = std::move(o.what_);
+    bytes_ = o.bytes_;
+    start_us_ = o.start_us_;
+    o.comm_ = nullptr;
+    o.work_ = nullptr;
+  }
+  return *this;
+}
+CommHandle::~CommHandle() {
+  if (pending()) (void)Wait();
+}
+bool CommHandle::pending() const { return work_ != nullptr; }
+Status CommHandle::Wait() {
+  if (!pending()) return Status::OK();
+  return comm_->Complete(*this);
+}
+
+// ---- connection
+
+Comm::Comm(const CommOptions& options) : options_(options) {}
+Comm::~Comm() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  if (heartbeat_.joinable()) heartbeat_.join();
+  if (pg_) {
+    try {
+      pg_->shutdown();
+    } catch (const std::exception&) {
+      // the job is ending either way; a peer that is already gone makes shutdown complain
+    }
+  }
+}
+
+Result<std::unique_ptr<Comm>> Comm::Connect(const CommOptions& o) {
+  if (o.world_size < 1 || o.rank < 0 || o.rank >= o.world_size) {
+    return Status::InvalidArgument("rank " + std::to_string(o.rank) + " of world size " +
+                                   std::to_string(o.world_size) + " is not a place in the job");
+  }
+  std::unique_ptr<Comm> c(new Comm(o));
+  c->backend_name_ = o.backend.empty() ? (o.cuda ? "nccl" : "gloo") : o.backend;
+  const std::string where = o.master_addr + ":" + std::to_string(o.master_port);
+  try {
+    c10d::TCPStoreOptions so;
+    so.port = static_cast<uint16_t>(o.master_port);
+    so.isServer = o.rank == 0;
+    so.numWorkers = o.world_size;
+    so.waitWorkers = false;
+    so.timeout = Millis(o.timeout_s);
+    c->store_ = c10::make_intrusive<c10d::TCPStore>(o.master_addr, so);
+  } catch (const std::exception& e) {
+    return Status::Unavailable(
+        "rank " + std::to_string(o.rank) + ": cannot " + (o.rank == 0 ? "host" : "reach") +
+        " the rendezvous store at " + where + " (" + Message(e) +
+        "); check MASTER_ADDR/MASTER_PORT, that no other job uses the port, and that rank 0 runs");
+  }
+  try {
+    if (c->backend_name_ == "gloo") {
+      auto opts = c10d::ProcessGroupGloo::Options::create(Millis(o.timeout_s));
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      c->pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(c->store_, o.rank, o.world_size, opts);
+    } else if (c->backend_name_ == "nccl") {
+#if DS_TORCH_HAS_CUDA
+      // Without blocking wait, NCCL's watchdog aborts the process on a timeout and our message
+      // never prints; with it, wait() throws and the job ends with a Status.
+      setenv("TORCH_NCCL_BLOCKING_WAIT", "1", 0);
+      auto opts = c10d::ProcessGroupNCCL::Options::create();
+      opts->timeout = Millis(o.timeout_s);
+      c->pg_ = c10::make_intrusive<c10d::ProcessGroupNCCL>(c->store_, o.rank, o.world_size, opts);
+#else
+      return Status::FailedPrecondition("backend nccl: this LibTorch was built without CUDA");
+#endif
+    } else {
+      return Status::InvalidArgument("communication backend '" + c->backend_name_ +
+                                     "' is not supported (nccl, gloo)");
+    }
+  } catch (const std::exception& e) {
+    return Status::Unavailable("rank " + std::to_string(o.rank) + ": setting up " +
+                               c->backend_name_ + " with " + RankList(o.world_size) + " through " +
+                               where + " failed within " + Seconds(o.timeout_s) + ": " +
+                               Message(e));
+  }
+  if (o.world_size > 1) c->heartbeat_ = std::thread([p = c.get()] { p->Heartbeat(); });
+  return c;
+}
+
+// ---- heartbeats
+
+namespace {
+std::string HeartbeatKey(int rank) { return "dstrain/heartbeat/" + std::to_string(rank); }
+}  // namespace
+
+void Comm::Heartbeat() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    const std::string value = std::to_string(issued_.load()) + " " +
+                              std::to_string(io::Env::Default()->WallTimeMicros()) + " " + last_op_;
+    lock.unlock();
+    try {
+      store_->set(HeartbeatKey(rank()), std::vector<uint8_t>(value.begin(), value.end()));
+    } catch (const std::exception&) {
+      return;  // the store (rank 0) is gone: the collectives will say so
+    }
+    lock.lock();
+    wake_.wait_for(lock, std::chrono::seconds(1), [this] { return stop_; });
+  }
+}
+
+std::string Comm::DiagnoseTimeout() {
+  std::string out;
+  const int64_t mine = issued_.load();
+  const int64_t now = io::Env::Default()->WallTimeMicros();
+  for (int r = 0; r < world_size(); ++r) {
+    if (r == rank()) continue;
+    try {
+      if (!store_->check({HeartbeatKey(r)})) {
+        out += "; rank " + std::to_string(r) + " never posted a heartbeat";
+        continue;
+      }
+      std::vector<uint8_t> v = store_->get(HeartbeatKey(r));
+      std::istringstream in(std::string(v.begin(), v.end()));
+      int64_t issued = 0, at = 0;
+      std::string op;
+      in >> issued >> at >> op;
+      const double age = static_cast<double>(now - at) / 1e6;
+      if (age > 3) {
+        out += "; rank " + std::to_string(r) + " has been silent for " + Seconds(std::round(age)) +
+               " (dead, stopped or unreachable)";
+      } else if (issued < mine) {
+        out += "; rank " + std::to_string(r) + " is alive but " + std::to_string(mine - issued) +
+               " collective(s) behind (last: " + (op.empty() ? "none" : op) + ")";
+      }
+    } catch (const std::exception&) {
+      return "; the rendezvous store on rank 0 is unreachable (rank 0 died?)";
+    }
+  }
+  return out;
+}
+
+// ---- issuing and completing
+
+std::string Comm::Describe(const std::string& op, uint64_t bytes) const {
+  return op + " of " + io::FormatBytes(bytes) + " across " + RankList(world_size()) + " (" +
+         backend_name_ + ")";
+}
+
+Result<CommHandle> Comm::Issue(const std::string& op, const std::string& what, uint64_t bytes,
+                               const std::function<c10::intrusive_ptr<c10d::Work>()>& start) {
+  CommHandle h;
+  h.comm_ = this;
+  h.op_ = op;
+  h.what_ = what;
+  h.bytes_ = bytes;
+  h.start_us_ = NowMicros();
+  issued_.fetch_add(1);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    last_op_ = op;
+  }
+  try {
+    h.work_ = new c10::intrusive_ptr<c10d::Work>(start());
+  } catch (const std::exception& e) {
+    h.comm_ = nullptr;
+    return Status::Unavailable("rank " + std::to_string(rank()) + ": " + Describe(op, bytes) +
+                               " of " + what + " failed to start: " + Message(e));
+  }
+  return h;
+}
+
+Status Comm::Complete(CommHandle& h) {
+  std::unique_ptr<c10::intrusive_ptr<c10d::Work>> work(h.work_);
+  h.work_ = nullptr;
+  Status s;
+  try {
+    (*work)->wait(Millis(options_.timeout_s));
+#if DS_TORCH_HAS_CUDA
+    if (options_.time_collectives && options_.cuda) c10::cuda::getCurrentCUDAStream().synchronize();
+#endif
+  } catch (const std::exception& e) {
+    std::string m = Message(e);
+    const bool timed_out =
+        m.find("imeout") != std::string::npos || m.find("imed out") != std::string::npos;
+    std::string who = DiagnoseTimeout();
+    s = Status::Unavailable(
+        "rank " + std::to_string(rank()) + ": " + Describe(h.op_, h.bytes_) + " of " + h.what_ +
+        (timed_out ? " timed out after " + Seconds(options_.timeout_s) : " failed") +
+        (who.empty() ? ": a rank died or stopped answering" : who) +
+        " (comms.timeout_s sets the limit; see the other ranks' output). " +
+        m.substr(0, m.find('\n')));
+  }
+  CollectiveStats& st = stats_[h.op_];
+  st.calls += 1;
+  st.bytes += h.bytes_;
+  st.seconds += static_cast<double>(NowMicros() - h.start_us_) / 1e6;
+  return s;
+}
+
+// ---- the collectives
+
+Status Comm::AllReduce(at::Tensor& t, const std::string& what) {
+  std::vector<at::Tensor> v{t};
+  DS_ASSIGN_OR_RETURN(CommHandle h,
+                      Issue("all_reduce", what, Bytes(t), [&] { return pg_->allreduce(v); }));
+  return h.Wait();
+}
+
+Result<CommHandle> Comm::ReduceScatterAsync(at::Tensor& out, at::Tensor& in,
+                                            const std::string& what) {
+  if (in.numel() != out.numel() * world_size()) {
+    return Status::InvalidArgument(
+        "reduce_scatter of " + what + ": input has " + std::to_string(in.numel()) +
+        " elements, not " + std::to_string(world_size()) + " x " + std::to_string(out.numel()));
+  }
+  return Issue("reduce_scatter", what, Bytes(in),
+               [&] { return pg_->_reduce_scatter_base(out, in); });
+}
+
+Result<CommHandle> Comm::ReduceAsync(at::Tensor& t, int root, const std::string& what) {
+  std::vector<at::Tensor> v{t};
+  c10d::ReduceOptions ro;
+  ro.rootRank = root;
+  return Issue("reduce", what, Bytes(t), [&] { return pg_->reduce(v, ro); });
+}
+
+Result<CommHandle> Comm::AllGatherAsync(at::Tensor& out, at::Tensor& in, const std::string& what) {
+  if (out.numel() != in.numel() * world_size()) {
+    return Status::InvalidArgument(
+        "all_gather of " + what + ": output has " + std::to_string(out.numel()) +
+        " elements, not " + std::to_string(world_size()) + " x " + std::to_string(in.numel()));
+  }
+  return Issue("all_gather", what, Bytes(in), [&] { return pg_->_allgather_base(out, in); });
+}
+
+Status Comm::AllGather(at::Tensor& out, at::Tensor& in, const std::string& what) {
+  DS_ASSIGN_OR_RETURN(CommHandle h, AllGatherAsync(out, in, what));
+  return h.Wait();
+}
+
+Status Comm::Broadcast(at::Tensor& t, int root, const std::string& what) {
+  std::vector<at::Tensor> v{t};
+  c10d::BroadcastOptions bo;
+  bo.rootRank = root;
+  DS_ASSIGN_OR_RETURN(CommHandle h,
+                      Issue("broadcast", what, Bytes(t), [&] { return pg_->broadcast(v, bo); }));
+  return h.Wait();
+}
+
+Status Comm::Barrier(const std::string& what) {
+  DS_ASSIGN_OR_RETURN(CommHandle h, Issue("barrier", what, 0, [&] { return pg_->barrier(); }));
+  return h.Wait();
+}
+
+}  // namespace ds::engine

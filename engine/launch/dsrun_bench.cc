@@ -1,0 +1,163 @@
+// `dsrun bench`: one launch per ZeRO stage, each rank 0 reporting step time, tokens/s, memory
+// per rank and the collectives per step, then one table (and a --json line) comparing them.
+#include <sys/resource.h>
+#include <torch/cuda.h>
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "engine/launch/dsrun_internal.h"
+#include "engine/train/trainer.h"
+#include "io/units.h"
+
+namespace ds::engine {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+uint64_t PeakRssBytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<uint64_t>(u.ru_maxrss) * 1024;  // Linux reports KiB
+}
+
+Result<std::vector<int>> ParseStages(const std::string& text) {
+  std::vector<int> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    if (item.size() != 1 || item[0] < '0' || item[0] > '3') {
+      return Status::InvalidArgument("--stages '" + text + "': '" + item +
+                                     "' is not a ZeRO stage (use a list of 0, 1, 2, 3)");
+    }
+    out.push_back(item[0] - '0');
+  }
+  if (out.empty()) return Status::InvalidArgument("--stages is empty (use e.g. 0,1,2,3)");
+  return out;
+}
+
+std::string Mib(double bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f", bytes / (1024.0 * 1024.0));
+  return b;
+}
+
+}  // namespace
+
+Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const DsrunFlags& f,
+                    int rank) {
+  const bool cuda = trainer.device_name().rfind("cuda", 0) == 0;
+  auto sync = [&] {
+    if (cuda) torch::cuda::synchronize();
+  };
+  for (int64_t i = 0; i < f.bench_warmup; ++i) DS_RETURN_IF_ERROR(trainer.Step());
+  sync();
+  const std::map<std::string, CollectiveStats> before = trainer.comm_stats();
+  const uint64_t t0 = env->NowMicros();
+  for (int64_t i = 0; i < f.bench_steps; ++i) DS_RETURN_IF_ERROR(trainer.Step());
+  sync();
+  const double seconds = static_cast<double>(env->NowMicros() - t0) / 1e6;
+  if (rank != 0) return Status::OK();
+  const double steps = static_cast<double>(f.bench_steps);
+  Json j;
+  j["stage"] = config.zero.stage;
+  j["ranks"] = config.batch.data_parallel_size;
+  j["offload_optimizer"] = config.zero.offload_optimizer.device == OffloadConfig::Device::kCpu;
+  j["step_s"] = seconds / steps;
+  j["tokens_per_s"] =
+      static_cast<double>(config.batch.train_batch_size * config.model.seq_len) * steps / seconds;
+  const ModelStateBytes m = trainer.model_state();
+  j["model_state_bytes"] = m.total();
+  j["model_state_on_host_bytes"] = m.on_host;
+  const MemoryStats mem = trainer.memory();
+  j["peak_bytes"] = mem.gpu_peak_bytes ? *mem.gpu_peak_bytes : PeakRssBytes();
+  j["peak_kind"] = mem.gpu_peak_bytes ? "gpu" : "rss";
+  Json comm = Json::object();
+  double bytes = 0, secs = 0;
+  for (const auto& [op, after] : trainer.comm_stats()) {
+    CollectiveStats d = after;
+    if (auto it = before.find(op); it != before.end()) {
+      d.calls -= it->second.calls;
+      d.bytes -= it->second.bytes;
+      d.seconds -= it->second.seconds;
+    }
+    comm[op] = {{"calls_per_step", static_cast<double>(d.calls) / steps},
+                {"bytes_per_step", static_cast<double>(d.bytes) / steps},
+                {"seconds_per_step", d.seconds / steps}};
+    bytes += static_cast<double>(d.bytes);
+    secs += d.seconds;
+  }
+  j["comm_bytes_per_step"] = bytes / steps;
+  j["comm_seconds_per_step"] = secs / steps;
+  j["comm"] = comm;
+  return env->ReplaceFileAtomically(f.bench_out, j.dump());
+}
+
+int RunBench(const DsrunFlags& f) {
+  io::Env* env = io::Env::Default();
+  Result<std::vector<int>> stages = ParseStages(f.stages);
+  if (!stages.ok()) {
+    std::fprintf(stderr, "dsrun bench: %s\n", stages.status().message().c_str());
+    return kExitUsage;
+  }
+  if (f.bench_steps < 1 || f.bench_warmup < 0) {
+    std::fprintf(stderr, "dsrun bench: --steps must be at least 1 and --warmup at least 0\n");
+    return kExitUsage;
+  }
+  Result<std::string> dir = env->MakeTempDir("dsrun-bench-");
+  if (!dir.ok()) {
+    std::fprintf(stderr, "dsrun bench: %s\n", dir.status().message().c_str());
+    return kExitTrainingFailed;
+  }
+  Json rows = Json::array();
+  int rc = 0;
+  for (int stage : *stages) {
+    DsrunFlags child = f;
+    const std::string out = io::JoinPath(*dir, "stage-" + std::to_string(stage) + ".json");
+    child.set.push_back("zero_optimization.stage=" + std::to_string(stage));
+    child.set.push_back("steps_per_print=1000000000");  // the table is the output
+    child.max_steps = f.bench_warmup + f.bench_steps;
+    std::vector<std::string> args = RankArgs(child);
+    args.insert(args.end(),
+                {"--bench-out", out, "--bench-warmup-steps", std::to_string(f.bench_warmup),
+                 "--bench-timed-steps", std::to_string(f.bench_steps)});
+    Result<LaunchOptions> lo = LaunchOptionsFor(child, args);
+    Result<LaunchResult> r = lo.ok() ? Launch(env, *lo) : Result<LaunchResult>(lo.status());
+    Result<std::string> text = r.ok() && r->exit_code == 0
+                                   ? env->ReadFileToString(out)
+                                   : Result<std::string>(Status::IOError("no result"));
+    if (!text.ok()) {
+      std::fprintf(stderr, "dsrun bench: stage %d failed (%s)\n", stage,
+                   !r.ok()             ? r.status().message().c_str()
+                   : r->exit_code != 0 ? r->first_failure.c_str()
+                                       : text.status().message().c_str());
+      rc = kExitTrainingFailed;
+      continue;
+    }
+    rows.push_back(Json::parse(*text));
+  }
+  (void)env->RemoveAll(*dir);
+  std::printf("\nZeRO stages: %s, %d rank(s) per node x %d node(s), %lld timed steps each\n",
+              f.config.c_str(), f.nproc_per_node, f.nnodes, static_cast<long long>(f.bench_steps));
+  std::printf("%-5s %5s %9s %11s %14s %12s %13s %13s\n", "stage", "ranks", "step ms", "tokens/s",
+              "state/rank MiB", "peak MiB", "comm MiB/step", "comm ms/step");
+  for (const Json& j : rows) {
+    std::printf(
+        "%-5d %5d %9.1f %11.0f %14s %12s %13s %13.1f\n", j["stage"].get<int>(),
+        j["ranks"].get<int>(), j["step_s"].get<double>() * 1e3, j["tokens_per_s"].get<double>(),
+        Mib(j["model_state_bytes"].get<double>()).c_str(),
+        (Mib(j["peak_bytes"].get<double>()) + (j["peak_kind"] == "gpu" ? " gpu" : " rss")).c_str(),
+        Mib(j["comm_bytes_per_step"].get<double>()).c_str(),
+        j["comm_seconds_per_step"].get<double>() * 1e3);
+  }
+  if (f.json) {
+    Json all = {{"bench", "dsrun_zero_stages"},       {"config", f.config},
+                {"nproc_per_node", f.nproc_per_node}, {"nnodes", f.nnodes},
+                {"timed_steps", f.bench_steps},       {"rows", rows}};
+    std::printf("%s\n", all.dump().c_str());
+  }
+  return rc;
+}
+
+}  // namespace ds::engine

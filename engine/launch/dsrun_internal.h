@@ -1,0 +1,63 @@
+// dsrun's pieces shared by dsrun.cc (the command line, one rank, the launcher) and
+// dsrun_bench.cc (`dsrun bench`). Not a public API.
+// Thread safety: the main thread only.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/config/config.h"
+#include "engine/launch/launcher.h"
+#include "io/env.h"
+
+namespace ds::engine {
+
+class Trainer;
+
+constexpr int kExitTrainingFailed = 1;
+constexpr int kExitUsage = 2;
+
+struct DsrunFlags {
+  std::string config;
+  std::vector<std::string> set;
+  std::optional<int64_t> max_steps;
+  std::optional<uint64_t> seed;
+  std::string device;
+  std::string backend;
+  bool dry_run = false;
+  bool strict = false;
+  bool version = false;
+  // The launcher (torchrun's and DeepSpeed's spellings).
+  int nproc_per_node = 1;
+  bool nproc_given = false;
+  int nnodes = 1;
+  int node_rank = -1;  // -1: 0, or this host's line of the hostfile
+  std::string master_addr;
+  int master_port = 0;
+  std::string hostfile;
+  // dsrun bench
+  std::string stages = "0,1,2,3";
+  int64_t bench_steps = 10;
+  int64_t bench_warmup = 3;
+  bool json = false;
+  std::string bench_out;  // set on the ranks `dsrun bench` starts: rank 0 writes its numbers here
+};
+
+// The ranks' command line (config and overrides, without the launcher's flags), and how to
+// start them.
+std::vector<std::string> RankArgs(const DsrunFlags& f);
+Result<LaunchOptions> LaunchOptionsFor(const DsrunFlags& f,
+                                       const std::vector<std::string>& rank_args);
+
+int CudaDeviceCount();
+
+// A rank of `dsrun bench`: warm-up steps, then timed steps; rank 0 writes one JSON object to
+// f.bench_out (step time, tokens/s, memory, collectives per step).
+Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const DsrunFlags& f,
+                    int rank);
+// `dsrun bench`: launches the ranks once per stage and prints the table (and a --json line).
+int RunBench(const DsrunFlags& f);
+
+}  // namespace ds::engine

@@ -1,0 +1,116 @@
+// The state behind ZeroOptimizer, shared by zero.cc (stages 0-2, the optimizer step) and
+// stage3.cc (gathering parameters unit by unit). Not part of the public API.
+// Thread safety: the training thread only (hooks run on it inside backward()).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/comm/comm.h"
+#include "engine/model/model.h"
+#include "engine/zero/zero.h"
+
+namespace ds::engine {
+
+// One parameter of the model and its place in the flat buffers.
+struct ZeroTensor {
+  std::string name;
+  at::Tensor param;  // the model's tensor (stage 3: empty while released)
+  std::vector<int64_t> shape;
+  int64_t numel = 0;
+  int64_t flat_offset = 0;  // stages 0-2: first element in the flat vector
+  int64_t piece = 0;        // stage 3: elements per rank (padded), PartitionLength
+  int64_t part_offset = 0;  // stage 3: where this rank's piece sits in the partition
+  int unit = 0;             // stage 3: 0 outside the model's units, else unit index + 1
+  bool persistent = false;  // stage 3: stays gathered between uses
+  bool fresh = false;       // stage 3: `param` holds the current weights
+};
+
+// Stage 2: a range of the flat gradient inside one rank's partition, reduced to that rank once
+// every element of it has arrived from the backward pass.
+struct GradBucket {
+  int64_t begin = 0, end = 0;  // flat elements
+  int owner = 0;
+  int64_t arrived = 0;  // elements copied in this micro step
+  at::Tensor buffer;    // (end - begin) in the comm dtype; undefined when idle
+};
+
+// An issued gradient reduction whose result this rank adds into its partition's gradient.
+struct PendingReduction {
+  CommHandle handle;
+  at::Tensor buffer;                             // what was sent (and, for a reduce, what arrives)
+  at::Tensor out;                                // reduce-scatter: this rank's sum
+  std::function<void(const at::Tensor&)> apply;  // adds the (post-scaled) sum where it belongs
+};
+
+// Stage 3: an issued all-gather of one unit's stale parameters.
+struct PendingGather {
+  CommHandle handle;
+  at::Tensor in, out;        // (U) and (W * U) in the training dtype on the device
+  std::vector<int> tensors;  // in the order of their columns
+};
+
+struct ZeroOptimizer::Impl : public UnitRunner {
+  ZeroOptions o;
+  std::shared_ptr<LanguageModel> model;
+  std::vector<ZeroTensor> tensors;
+  int64_t total = 0;             // parameters' elements
+  int64_t part_len = 0;          // this rank's partition (stage 0: every element)
+  int64_t part_begin = 0;        // stages 1-2: flat element where this rank's partition starts
+  at::TensorOptions state_opts;  // fp32 where the optimizer state lives
+  at::Tensor master, exp_avg, exp_avg_sq;  // (part_len) fp32
+  at::Tensor grad;           // (part_len) fp32: this rank's gradient (a view of flat_acc at 0/1)
+  at::Tensor flat_acc;       // stages 0/1: (total | W * part_len) fp32 on the device
+  bool grad_in_acc = false;  // stages 0/1: `grad` is this rank's row of flat_acc
+  int64_t adam_steps = 0;
+  Status sticky;  // the first error raised inside backward()
+
+  // stage 2
+  std::vector<GradBucket> buckets;  // in launch order: from the end of the flat vector
+  size_t next_bucket = 0;           // buckets launch strictly in order, the same on every rank
+  std::deque<PendingReduction> reductions;
+
+  // stage 3
+  at::Tensor param_part;  // (part_len) training dtype, on the device or (offload) the host
+  std::vector<std::vector<int>> units;  // tensors of each unit; units[0]: outside the units
+  std::vector<std::function<at::Tensor(const at::Tensor&)>> unit_fns;
+  std::vector<std::unique_ptr<PendingGather>> gathers;  // per unit, null when none in flight
+  int64_t live_elements = 0;                            // gathered parameter elements
+
+  Comm* comm() const { return o.comm; }
+  bool distributed() const { return o.world_size > 1; }
+
+  // Both: the DeepSpeed scaling around a sum over ranks (prescale or predivide, then after).
+  void PreScale(at::Tensor& t) const;
+  void PostScale(at::Tensor& t) const;
+  Status LaunchReduction(PendingReduction r);  // queues; completes old ones past the window
+  Status CompleteOldestReduction();
+  Status DrainReductions();
+
+  // zero.cc
+  Status SetupFlat(const std::vector<at::Tensor>& fp32);
+  void OnGradReady(size_t tensor);  // stage 2 hook; throws after recording `sticky`
+  Status LaunchReadyBuckets();
+  Status ReduceFlatAccumulator();  // stages 0/1, last micro step
+  Status PublishFlat();            // stages 0-2: new weights into the model
+
+  // stage3.cc
+  Status SetupStage3(const std::vector<at::Tensor>& fp32);
+  Status IssueGather(int unit);
+  Status EnsureGathered(int unit);
+  void Release(int unit);
+  Status ReduceUnitGrads(int unit);
+  Status PublishStage3();
+  Result<at::Tensor> GatherStage3Master();
+  at::Tensor Run(int unit, const at::Tensor& x,
+                 std::function<at::Tensor(const at::Tensor&)> fn) override;
+  void Prefetch(int unit);
+  [[noreturn]] void Throw(const Status& s);  // records `sticky` and throws into autograd
+};
+
+}  // namespace ds::engine

@@ -1,0 +1,272 @@
+// ZeRO stage 3: parameters partitioned per tensor (ckpt::PartitionForRank's stage 3 layout:
+// each tensor padded to world_size * alignment, rank r owning the r-th piece), gathered unit by
+// unit around the forward and backward passes.
+//
+// A unit (one of the model's unit_prefixes(), a transformer block) runs through UnitFunction:
+//   forward:  gather the unit (prefetch the next), run it without autograd, free it;
+//   backward: gather it again (prefetch the previous), rerun it with autograd, backpropagate,
+//             reduce-scatter its gradients to their owners, free it.
+// So a unit's weights are whole only while it runs, and no activation inside a unit outlives
+// its forward: stage 3 costs one extra forward per unit, as activation checkpointing does.
+// Parameters outside every unit (embeddings, the final norm) are gathered for the whole micro
+// step. Parameters under stage3_param_persistence_threshold elements stay gathered.
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+
+#include "ckpt/partition.h"
+#include "engine/zero/internal/zero_state.h"
+
+namespace ds::engine {
+namespace {
+
+struct UnitFunction : public torch::autograd::Function<UnitFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, at::Tensor x, int64_t impl,
+                            int64_t unit) {
+    auto* z = reinterpret_cast<ZeroOptimizer::Impl*>(impl);
+    ctx->save_for_backward({x});
+    ctx->saved_data["impl"] = impl;
+    ctx->saved_data["unit"] = unit;
+    const int u = static_cast<int>(unit);
+    Status s = z->EnsureGathered(u);
+    if (!s.ok()) z->Throw(s);
+    z->Prefetch(u + 1);
+    at::Tensor y;
+    {
+      torch::NoGradGuard no_grad;
+      y = z->unit_fns[u](x);
+    }
+    z->Release(u);
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto* z = reinterpret_cast<ZeroOptimizer::Impl*>(ctx->saved_data["impl"].toInt());
+    const int u = static_cast<int>(ctx->saved_data["unit"].toInt());
+    Status s = z->EnsureGathered(u);
+    if (!s.ok()) z->Throw(s);
+    z->Prefetch(u - 1);
+    at::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    {
+      torch::AutoGradMode enable(true);
+      at::Tensor y = z->unit_fns[u](x);
+      torch::autograd::backward({y}, {grad_out[0]});
+    }
+    s = z->ReduceUnitGrads(u);
+    if (!s.ok()) z->Throw(s);
+    z->Release(u);
+    return {x.grad(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+void ZeroOptimizer::Impl::Throw(const Status& s) {
+  if (sticky.ok()) sticky = s;
+  TORCH_CHECK(false, s.message());
+}
+
+// ---- set-up
+
+Status ZeroOptimizer::Impl::SetupStage3(const std::vector<at::Tensor>& fp32) {
+  const int64_t W = o.world_size;
+  const std::vector<std::string> prefixes = model->unit_prefixes();
+  units.assign(prefixes.size() + 1, {});
+  unit_fns.assign(units.size(), nullptr);
+  gathers.resize(units.size());
+  part_len = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    ZeroTensor& t = tensors[i];
+    t.piece = static_cast<int64_t>(ckpt::PartitionLength(static_cast<uint64_t>(t.numel),
+                                                         static_cast<uint32_t>(W), o.alignment));
+    t.part_offset = part_len;
+    part_len += t.piece;
+    for (size_t u = 0; u < prefixes.size(); ++u) {
+      if (t.name.rfind(prefixes[u], 0) == 0) {
+        t.unit = static_cast<int>(u) + 1;
+        break;
+      }
+    }
+    units[t.unit].push_back(static_cast<int>(i));
+    t.persistent = t.numel <= o.persistence_threshold;
+  }
+  master = at::zeros({part_len}, state_opts);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const ZeroTensor& t = tensors[i];
+    at::Tensor padded = at::zeros({t.piece * W}, fp32[i].options());
+    padded.narrow(0, 0, t.numel).copy_(fp32[i]);
+    master.narrow(0, t.part_offset, t.piece).copy_(padded.narrow(0, t.piece * o.rank, t.piece));
+  }
+  const bool host = o.offload_param;
+  auto param_opts = at::TensorOptions()
+                        .dtype(o.dtype)
+                        .device(host ? at::kCPU : o.device)
+                        .pinned_memory(host && o.pin_memory && o.device.is_cuda());
+  param_part = master.to(param_opts, /*non_blocking=*/false, /*copy=*/true);
+  grad = at::zeros({part_len}, state_opts);
+  for (int u = 0; u < static_cast<int>(units.size()); ++u) {
+    for (int i : units[u]) {
+      tensors[i].fresh = true;  // the model holds rank 0's weights: until the first step, current
+      live_elements += tensors[i].numel;
+    }
+    Release(u);
+  }
+  model->set_unit_runner(this);
+  return Status::OK();
+}
+
+// ---- gathering and freeing
+
+Status ZeroOptimizer::Impl::IssueGather(int unit) {
+  if (unit < 0 || unit >= static_cast<int>(units.size()) || gathers[unit]) return Status::OK();
+  auto g = std::make_unique<PendingGather>();
+  std::vector<at::Tensor> pieces;
+  for (int i : units[unit]) {
+    if (tensors[i].fresh) continue;
+    g->tensors.push_back(i);
+    pieces.push_back(param_part.narrow(0, tensors[i].part_offset, tensors[i].piece));
+  }
+  if (g->tensors.empty()) return Status::OK();
+  torch::NoGradGuard no_grad;
+  g->in = at::cat(pieces).to(o.device, /*non_blocking=*/true);
+  if (distributed()) {
+    g->out = at::empty({g->in.numel() * o.world_size}, g->in.options());
+    DS_ASSIGN_OR_RETURN(
+        g->handle,
+        comm()->AllGatherAsync(g->out, g->in, "parameters of unit " + std::to_string(unit)));
+  } else {
+    g->out = g->in;
+  }
+  gathers[unit] = std::move(g);
+  return Status::OK();
+}
+
+Status ZeroOptimizer::Impl::EnsureGathered(int unit) {
+  DS_RETURN_IF_ERROR(IssueGather(unit));
+  std::unique_ptr<PendingGather> g = std::move(gathers[unit]);
+  if (!g) return Status::OK();
+  DS_RETURN_IF_ERROR(g->handle.Wait());
+  torch::NoGradGuard no_grad;
+  const int64_t U = g->in.numel();
+  at::Tensor rows = g->out.view({o.world_size, U});
+  int64_t column = 0;
+  for (int i : g->tensors) {
+    ZeroTensor& t = tensors[i];
+    at::Tensor whole = rows.narrow(1, column, t.piece).reshape({-1}).narrow(0, 0, t.numel);
+    t.param.set_data(whole.view(t.shape));
+    t.fresh = true;
+    live_elements += t.numel;
+    column += t.piece;
+  }
+  return Status::OK();
+}
+
+void ZeroOptimizer::Impl::Prefetch(int unit) {
+  if (o.prefetch_elements <= 0 || unit < 0 || unit >= static_cast<int>(units.size())) return;
+  int64_t wanted = 0;
+  for (int i : units[unit]) wanted += tensors[i].fresh ? 0 : tensors[i].numel;
+  if (live_elements + wanted > o.max_live_elements) return;
+  Status s = IssueGather(unit);
+  if (!s.ok()) Throw(s);
+}
+
+void ZeroOptimizer::Impl::Release(int unit) {
+  at::Tensor empty = at::empty({0}, at::TensorOptions().dtype(o.dtype).device(o.device));
+  for (int i : units[unit]) {
+    ZeroTensor& t = tensors[i];
+    if (t.persistent || !t.fresh) continue;
+    t.param.set_data(empty);
+    t.fresh = false;
+    live_elements -= t.numel;
+  }
+}
+
+at::Tensor ZeroOptimizer::Impl::Run(int model_unit, const at::Tensor& x,
+                                    std::function<at::Tensor(const at::Tensor&)> fn) {
+  const int u = model_unit + 1;
+  TORCH_CHECK(u >= 1 && u < static_cast<int>(units.size()), "unit ", model_unit,
+              " is not one of the model's ", units.size() - 1, " units");
+  unit_fns[u] = std::move(fn);
+  if (!torch::GradMode::is_enabled()) {  // evaluation: no backward pass will come
+    Status s = EnsureGathered(u);
+    if (!s.ok()) Throw(s);
+    Prefetch(u + 1);
+    at::Tensor y = unit_fns[u](x);
+    Release(u);
+    return y;
+  }
+  // The unit's gradients are wanted even when its input needs none.
+  at::Tensor in = x.requires_grad() ? x : x.detach().requires_grad_(true);
+  return UnitFunction::apply(in, reinterpret_cast<int64_t>(this), static_cast<int64_t>(u));
+}
+
+// ---- gradients and the update
+
+Status ZeroOptimizer::Impl::ReduceUnitGrads(int unit) {
+  const int64_t W = o.world_size;
+  int64_t U = 0;
+  for (int i : units[unit]) U += tensors[i].piece;
+  if (U == 0) return Status::OK();
+  torch::NoGradGuard no_grad;
+  at::Tensor send = at::zeros({W, U}, at::TensorOptions().dtype(o.comm_dtype).device(o.device));
+  std::vector<std::pair<int64_t, int64_t>> places;  // per tensor: (column, partition offset)
+  int64_t column = 0;
+  for (int i : units[unit]) {
+    ZeroTensor& t = tensors[i];
+    at::Tensor& g = t.param.mutable_grad();
+    if (g.defined()) {
+      at::Tensor padded = at::zeros({W * t.piece}, send.options());
+      padded.narrow(0, 0, t.numel).copy_(g.reshape({-1}));
+      send.narrow(1, column, t.piece).copy_(padded.view({W, t.piece}));
+      g.reset();
+    }
+    places.emplace_back(column, t.part_offset);
+    column += t.piece;
+  }
+  PendingReduction r;
+  r.buffer = send.view({W * U});
+  PreScale(r.buffer);
+  r.out = distributed() ? at::empty({U}, send.options()) : r.buffer;
+  if (distributed()) {
+    DS_ASSIGN_OR_RETURN(
+        r.handle,
+        comm()->ReduceScatterAsync(r.out, r.buffer, "gradients of unit " + std::to_string(unit)));
+  }
+  std::vector<int64_t> pieces;
+  for (int i : units[unit]) pieces.push_back(tensors[i].piece);
+  r.apply = [this, places, pieces](const at::Tensor& sum) {
+    at::Tensor f32 = sum.to(grad.options());
+    for (size_t k = 0; k < places.size(); ++k) {
+      grad.narrow(0, places[k].second, pieces[k]).add_(f32.narrow(0, places[k].first, pieces[k]));
+    }
+  };
+  return LaunchReduction(std::move(r));
+}
+
+Status ZeroOptimizer::Impl::PublishStage3() {
+  param_part.copy_(master);
+  for (ZeroTensor& t : tensors) {
+    // Persistent parameters keep their (now old) weights until their unit is gathered again.
+    if (t.fresh) live_elements -= t.numel;
+    t.fresh = false;
+  }
+  return Status::OK();
+}
+
+Result<at::Tensor> ZeroOptimizer::Impl::GatherStage3Master() {
+  const int64_t W = o.world_size;
+  at::Tensor mine = master.to(o.device);
+  at::Tensor all = mine;
+  if (distributed()) {
+    all = at::empty({part_len * W}, mine.options());
+    DS_RETURN_IF_ERROR(comm()->AllGather(all, mine, "master weights"));
+  }
+  at::Tensor rows = all.view({W, part_len});
+  std::vector<at::Tensor> whole;
+  for (const ZeroTensor& t : tensors) {
+    whole.push_back(rows.narrow(1, t.part_offset, t.piece).reshape({-1}).narrow(0, 0, t.numel));
+  }
+  return at::cat(whole).to(at::kCPU);
+}
+
+}  // namespace ds::engine

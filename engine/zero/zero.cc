@@ -1,0 +1,427 @@
+// ZeRO stages 0-2 and the optimizer step. The layout is ckpt::PartitionForRank's: stages 0-2
+// lay every parameter end to end in one flat vector padded to world_size * alignment, and
+// rank r owns the r-th contiguous partition (stage 0: every rank keeps everything).
+//
+// Where the gradient goes, per stage:
+//   0: each micro step's gradients are added into a flat fp32 accumulator; on the last micro
+//      step it is all-reduced in buckets of reduce_bucket_size elements.
+//   1: the same accumulator, reduce-scattered on the last micro step: rank r keeps row r.
+//   2: post-accumulate-grad hooks copy each gradient into buckets that never cross a partition;
+//      a full bucket is reduced to its owner, who adds it into its fp32 partition gradient. So
+//      only the partition (plus buckets in flight) is ever held.
+// After Adam updates the partition, stages 1-2 all-gather the new weights in the training
+// dtype into the model.
+#include "engine/zero/zero.h"
+
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <cmath>
+#include <limits>
+
+#include "ckpt/partition.h"
+#include "engine/zero/internal/zero_state.h"
+
+namespace ds::engine {
+namespace {
+
+constexpr size_t kReductionsInFlight = 2;  // buckets being reduced while backward goes on
+
+uint64_t Nbytes(const at::Tensor& t) {
+  return t.defined() ? static_cast<uint64_t>(t.numel()) * t.element_size() : 0;
+}
+
+// The stage 2 hook: tells the optimizer that a parameter's gradient for this micro step is in.
+struct GradReadyHook : public torch::autograd::PostAccumulateGradHook {
+  GradReadyHook(ZeroOptimizer::Impl* z, size_t index) : z_(z), index_(index) {}
+  void operator()(const torch::autograd::Variable& /*param*/) override { z_->OnGradReady(index_); }
+  ZeroOptimizer::Impl* z_;
+  size_t index_;
+};
+
+}  // namespace
+
+// ---- scaling and the reduction queue
+
+void ZeroOptimizer::Impl::PreScale(at::Tensor& t) const {
+  if (o.prescale_gradients) {
+    t.mul_(1.0 / o.world_size);
+  } else if (o.gradient_predivide_factor != 1.0) {
+    t.mul_(1.0 / o.gradient_predivide_factor);
+  }
+}
+
+void ZeroOptimizer::Impl::PostScale(at::Tensor& t) const {
+  if (!o.prescale_gradients && o.gradient_predivide_factor != o.world_size) {
+    t.mul_(o.gradient_predivide_factor / o.world_size);
+  }
+}
+
+Status ZeroOptimizer::Impl::LaunchReduction(PendingReduction r) {
+  reductions.push_back(std::move(r));
+  const size_t window = o.overlap_comm ? kReductionsInFlight : 0;
+  while (reductions.size() > window) DS_RETURN_IF_ERROR(CompleteOldestReduction());
+  return Status::OK();
+}
+
+Status ZeroOptimizer::Impl::CompleteOldestReduction() {
+  PendingReduction r = std::move(reductions.front());
+  reductions.pop_front();
+  DS_RETURN_IF_ERROR(r.handle.Wait());
+  if (r.apply) {
+    at::Tensor& sum = r.out.defined() ? r.out : r.buffer;
+    PostScale(sum);
+    r.apply(sum);
+  }
+  return Status::OK();
+}
+
+Status ZeroOptimizer::Impl::DrainReductions() {
+  while (!reductions.empty()) DS_RETURN_IF_ERROR(CompleteOldestReduction());
+  return Status::OK();
+}
+
+// ---- set-up
+
+ZeroOptimizer::ZeroOptimizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ZeroOptimizer::~ZeroOptimizer() {
+  if (impl_->model) impl_->model->set_unit_runner(nullptr);
+  for (ZeroTensor& t : impl_->tensors) {
+    if (t.param.defined()) torch::autograd::impl::set_post_acc_grad_hooks(t.param, nullptr);
+  }
+}
+
+int64_t ZeroOptimizer::numel() const { return impl_->total; }
+int ZeroOptimizer::stage() const { return impl_->o.stage; }
+Status ZeroOptimizer::error() const { return impl_->sticky; }
+
+Result<std::unique_ptr<ZeroOptimizer>> ZeroOptimizer::Create(std::shared_ptr<LanguageModel> model,
+                                                             const ZeroOptions& options) {
+  auto z = std::make_unique<Impl>();
+  z->o = options;
+  z->model = std::move(model);
+  const ZeroOptions& o = z->o;
+  if (o.world_size > 1 && o.comm == nullptr) {
+    return Status::InvalidArgument("ZeRO over " + std::to_string(o.world_size) +
+                                   " ranks needs a communicator");
+  }
+  if (o.stage < 0 || o.stage > 3) {
+    return Status::InvalidArgument("zero_optimization.stage " + std::to_string(o.stage) +
+                                   " does not exist (use 0, 1, 2 or 3)");
+  }
+  const bool host_state = o.offload_optimizer && o.stage > 0;
+  const bool pin = host_state && o.pin_memory && o.device.is_cuda();
+  z->state_opts = at::TensorOptions()
+                      .dtype(at::kFloat)
+                      .device(host_state ? at::kCPU : o.device)
+                      .pinned_memory(pin);
+  try {
+    // Every rank starts from rank 0's weights, as DeepSpeed's engine broadcasts them.
+    std::vector<at::Tensor> fp32;
+    int64_t offset = 0;
+    for (const auto& p : z->model->named_parameters()) {
+      ZeroTensor t;
+      t.name = p.key();
+      t.shape = p.value().sizes().vec();
+      t.numel = p.value().numel();
+      t.flat_offset = offset;
+      offset += t.numel;
+      at::Tensor v = p.value().detach().to(o.device, at::kFloat).reshape(-1).contiguous();
+      if (z->distributed())
+        DS_RETURN_IF_ERROR(z->comm()->Broadcast(v, 0, "initial weights of " + t.name));
+      fp32.push_back(v);
+      z->tensors.push_back(std::move(t));
+    }
+    z->total = offset;
+    if (z->tensors.empty()) return Status::InvalidArgument("the model has no parameters to train");
+    z->model->to(o.device, o.dtype);
+    size_t i = 0;
+    for (const auto& p : z->model->named_parameters()) z->tensors[i++].param = p.value();
+    DS_RETURN_IF_ERROR(o.stage == 3 ? z->SetupStage3(fp32) : z->SetupFlat(fp32));
+    z->exp_avg = at::zeros({z->part_len}, z->state_opts);
+    z->exp_avg_sq = at::zeros({z->part_len}, z->state_opts);
+  } catch (const c10::Error& e) {
+    return Status::IOError("setting up ZeRO stage " + std::to_string(o.stage) + " on " +
+                           o.device.str() + ": " + e.what_without_backtrace());
+  }
+  return std::unique_ptr<ZeroOptimizer>(new ZeroOptimizer(std::move(z)));
+}
+
+Status ZeroOptimizer::Impl::SetupFlat(const std::vector<at::Tensor>& fp32) {
+  const int64_t W = o.world_size;
+  part_len = o.stage == 0
+                 ? total
+                 : static_cast<int64_t>(ckpt::PartitionLength(
+                       static_cast<uint64_t>(total), static_cast<uint32_t>(W), o.alignment));
+  part_begin = o.stage == 0 ? 0 : part_len * o.rank;
+  const int64_t padded = o.stage == 0 ? total : part_len * W;
+  at::Tensor full = at::zeros({padded}, fp32[0].options());
+  full.narrow(0, 0, total).copy_(at::cat(fp32));
+  master =
+      full.narrow(0, part_begin, part_len).to(state_opts, /*non_blocking=*/false, /*copy=*/true);
+  auto device_f32 = at::TensorOptions().dtype(at::kFloat).device(o.device);
+  if (o.stage <= 1) {
+    flat_acc = at::zeros({padded}, device_f32);
+    grad_in_acc = state_opts.device() == o.device;
+    grad = grad_in_acc ? (o.stage == 0 ? flat_acc : flat_acc.view({W, part_len})[o.rank])
+                       : at::zeros({part_len}, state_opts);  // offloaded: the sum is copied over
+    return Status::OK();
+  }
+  // Stage 2: the partition's gradient, and buckets cut at partition boundaries.
+  grad = at::zeros({part_len}, state_opts);
+  const int64_t bucket = std::max<int64_t>(1, o.reduce_bucket_size);
+  for (int64_t r = W - 1; r >= 0; --r) {
+    const int64_t lo = std::min(total, r * part_len), hi = std::min(total, (r + 1) * part_len);
+    for (int64_t end = hi; end > lo; end -= bucket) {
+      buckets.push_back({std::max(lo, end - bucket), end, static_cast<int>(r), 0, at::Tensor()});
+    }
+  }
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    torch::autograd::impl::set_post_acc_grad_hooks(tensors[i].param,
+                                                   std::make_unique<GradReadyHook>(this, i));
+  }
+  return Status::OK();
+}
+
+// ---- micro steps
+
+Status ZeroOptimizer::BeginMicroStep() {
+  Impl& z = *impl_;
+  if (z.o.stage != 3) return Status::OK();
+  try {
+    DS_RETURN_IF_ERROR(z.EnsureGathered(0));
+    z.Prefetch(1);
+  } catch (const c10::Error& e) {
+    return Status::IOError(std::string("gathering parameters: ") + e.what_without_backtrace());
+  }
+  return Status::OK();
+}
+
+Status ZeroOptimizer::EndMicroStep(bool last_of_step) {
+  Impl& z = *impl_;
+  if (!z.sticky.ok()) return z.sticky;
+  try {
+    torch::NoGradGuard no_grad;
+    if (z.o.stage <= 1) {
+      for (ZeroTensor& t : z.tensors) {
+        at::Tensor& g = t.param.mutable_grad();
+        if (!g.defined()) continue;  // unused in this micro step
+        z.flat_acc.narrow(0, t.flat_offset, t.numel).add_(g.reshape(-1));
+        g.reset();  // the flat fp32 buffer holds it now
+      }
+      if (last_of_step) DS_RETURN_IF_ERROR(z.ReduceFlatAccumulator());
+      return Status::OK();
+    }
+    if (z.o.stage == 2) {
+      // Parameters the loss did not reach owe their buckets zeros (buffers start zeroed).
+      for (size_t k = z.next_bucket; k < z.buckets.size(); ++k) {  // those not yet launched
+        GradBucket& b = z.buckets[k];
+        if (!b.buffer.defined()) {
+          b.buffer = at::zeros({b.end - b.begin},
+                               at::TensorOptions().dtype(z.o.comm_dtype).device(z.o.device));
+        }
+        b.arrived = b.end - b.begin;
+      }
+      DS_RETURN_IF_ERROR(z.LaunchReadyBuckets());
+      DS_RETURN_IF_ERROR(z.DrainReductions());
+      z.next_bucket = 0;
+      return Status::OK();
+    }
+    DS_RETURN_IF_ERROR(z.ReduceUnitGrads(0));
+    z.Release(0);
+    DS_RETURN_IF_ERROR(z.DrainReductions());
+  } catch (const c10::Error& e) {
+    return Status::IOError(std::string("reducing gradients: ") + e.what_without_backtrace());
+  }
+  return Status::OK();
+}
+
+Status ZeroOptimizer::BeginEval() {
+  if (impl_->o.stage != 3) return Status::OK();
+  try {
+    return impl_->EnsureGathered(0);
+  } catch (const c10::Error& e) {
+    return Status::IOError(std::string("gathering parameters: ") + e.what_without_backtrace());
+  }
+}
+
+Status ZeroOptimizer::EndEval() {
+  if (impl_->o.stage == 3) impl_->Release(0);
+  return impl_->sticky;
+}
+
+// ---- stage 2: buckets filled by the backward pass
+
+void ZeroOptimizer::Impl::OnGradReady(size_t index) {
+  ZeroTensor& t = tensors[index];
+  at::Tensor& g = t.param.mutable_grad();
+  if (!g.defined()) return;
+  torch::NoGradGuard no_grad;
+  at::Tensor flat = g.reshape(-1);
+  const int64_t lo = t.flat_offset, hi = t.flat_offset + t.numel;
+  for (GradBucket& b : buckets) {
+    const int64_t s = std::max(lo, b.begin), e = std::min(hi, b.end);
+    if (s >= e) continue;
+    if (!b.buffer.defined()) {
+      b.buffer =
+          at::zeros({b.end - b.begin}, at::TensorOptions().dtype(o.comm_dtype).device(o.device));
+    }
+    b.buffer.narrow(0, s - b.begin, e - s).copy_(flat.narrow(0, s - lo, e - s));
+    b.arrived += e - s;
+  }
+  g.reset();
+  Status s = LaunchReadyBuckets();
+  if (!s.ok()) Throw(s);
+}
+
+Status ZeroOptimizer::Impl::LaunchReadyBuckets() {
+  while (next_bucket < buckets.size()) {
+    GradBucket& b = buckets[next_bucket];
+    if (b.arrived < b.end - b.begin) break;
+    PendingReduction r;
+    r.buffer = std::move(b.buffer);
+    b.buffer = at::Tensor();
+    b.arrived = 0;
+    PreScale(r.buffer);
+    if (distributed()) {
+      DS_ASSIGN_OR_RETURN(
+          r.handle,
+          comm()->ReduceAsync(r.buffer, b.owner, "gradient bucket " + std::to_string(next_bucket)));
+    }
+    if (b.owner == o.rank) {
+      const int64_t at_part = b.begin - part_begin;
+      r.apply = [this, at_part](const at::Tensor& sum) {
+        grad.narrow(0, at_part, sum.numel()).add_(sum.to(grad.options()));
+      };
+    }
+    ++next_bucket;
+    DS_RETURN_IF_ERROR(LaunchReduction(std::move(r)));
+  }
+  return Status::OK();
+}
+
+// ---- stages 0 and 1: the accumulator, reduced once per step
+
+Status ZeroOptimizer::Impl::ReduceFlatAccumulator() {
+  if (!distributed()) {
+    if (o.stage == 1 && !grad_in_acc) grad.copy_(flat_acc.narrow(0, 0, part_len));
+    return Status::OK();
+  }
+  const int64_t W = o.world_size;
+  const int64_t bucket = std::max<int64_t>(1, o.reduce_bucket_size / (o.stage == 0 ? 1 : W));
+  const int64_t columns = o.stage == 0 ? total : part_len;
+  at::Tensor rows = o.stage == 0 ? flat_acc.view({1, total}) : flat_acc.view({W, part_len});
+  for (int64_t c = 0, k = 0; c < columns; c += bucket, ++k) {
+    const int64_t n = std::min(bucket, columns - c);
+    const std::string what = "gradient bucket " + std::to_string(k);
+    at::Tensor send = rows.narrow(1, c, n).to(o.comm_dtype).contiguous();  // (rows, n)
+    PreScale(send);
+    PendingReduction r;
+    if (o.stage == 0) {
+      DS_RETURN_IF_ERROR(comm()->AllReduce(send, what));
+      PostScale(send);
+      flat_acc.narrow(0, c, n).copy_(send.view({n}));
+      continue;
+    }
+    r.buffer = send.view({W * n});
+    r.out = at::empty({n}, send.options());
+    DS_ASSIGN_OR_RETURN(r.handle, comm()->ReduceScatterAsync(r.out, r.buffer, what));
+    r.apply = [this, c](const at::Tensor& sum) { grad.narrow(0, c, sum.numel()).copy_(sum); };
+    DS_RETURN_IF_ERROR(LaunchReduction(std::move(r)));
+  }
+  return DrainReductions();
+}
+
+// ---- the optimizer step
+
+Status ZeroOptimizer::Impl::PublishFlat() {
+  if (o.stage == 0 || !distributed()) {
+    at::Tensor src = master.to(o.device, o.dtype);
+    for (ZeroTensor& t : tensors) {
+      t.param.copy_(src.narrow(0, t.flat_offset - part_begin, t.numel).view(t.shape));
+    }
+    return Status::OK();
+  }
+  at::Tensor mine = master.to(o.device, o.dtype);
+  at::Tensor all = at::empty({part_len * o.world_size}, mine.options());
+  DS_RETURN_IF_ERROR(comm()->AllGather(all, mine, "updated weights"));
+  for (ZeroTensor& t : tensors) t.param.copy_(all.narrow(0, t.flat_offset, t.numel).view(t.shape));
+  return Status::OK();
+}
+
+Result<ZeroStepResult> ZeroOptimizer::Step(double lr, std::optional<double> beta1,
+                                           double loss_scale, double clip, bool check_overflow) {
+  Impl& z = *impl_;
+  ZeroStepResult out;
+  try {
+    torch::NoGradGuard no_grad;
+    if (loss_scale != 1.0) z.grad.mul_(1.0 / loss_scale);
+    // The global norm: stage 0's gradient is whole on every rank; partitions add squares.
+    at::Tensor sq = z.grad.pow(2).sum().to(z.o.device).reshape({1});
+    if (z.o.stage > 0 && z.distributed())
+      DS_RETURN_IF_ERROR(z.comm()->AllReduce(sq, "gradient norm"));
+    at::Tensor norm = sq.sqrt();
+    if (check_overflow || clip > 0) {
+      out.grad_norm = norm.item<double>();  // the one host synchronisation of a step
+      out.overflow = check_overflow && !std::isfinite(out.grad_norm);
+    }
+    if (clip > 0 && !out.overflow) {
+      z.grad.mul_(at::clamp_max(clip / (norm + 1e-6), 1.0).to(z.grad.device()));
+    }
+    if (!out.overflow) {
+      AdamWStep(z.master, z.grad, z.exp_avg, z.exp_avg_sq, ++z.adam_steps, lr, z.o.adam,
+                beta1.value_or(std::numeric_limits<double>::quiet_NaN()));
+      DS_RETURN_IF_ERROR(z.o.stage == 3 ? z.PublishStage3() : z.PublishFlat());
+    }
+    if (z.flat_acc.defined()) z.flat_acc.zero_();
+    z.grad.zero_();
+  } catch (const c10::Error& e) {
+    return Status::IOError(std::string("optimizer step: ") + e.what_without_backtrace());
+  }
+  return out;
+}
+
+Result<at::Tensor> ZeroOptimizer::GatherMaster() {
+  Impl& z = *impl_;
+  try {
+    if (z.o.stage == 3) return z.GatherStage3Master();
+    if (z.o.stage == 0 || !z.distributed())
+      return z.master.narrow(0, 0, z.total).to(at::kCPU, true, true);
+    at::Tensor mine = z.master.to(z.o.device);
+    at::Tensor all = at::empty({z.part_len * z.o.world_size}, mine.options());
+    DS_RETURN_IF_ERROR(z.comm()->AllGather(all, mine, "master weights"));
+    return all.narrow(0, 0, z.total).to(at::kCPU);
+  } catch (const c10::Error& e) {
+    return Status::IOError(std::string("gathering the master weights: ") +
+                           e.what_without_backtrace());
+  }
+}
+
+ModelStateBytes ZeroOptimizer::Memory() const {
+  const Impl& z = *impl_;
+  ModelStateBytes m;
+  auto add = [&](uint64_t* field, const at::Tensor& t) {
+    const uint64_t n = Nbytes(t);
+    *field += n;
+    if (t.defined() && t.is_cpu() && z.o.device.is_cuda()) m.on_host += n;
+  };
+  if (z.o.stage == 3) {
+    add(&m.params, z.param_part);
+    for (const ZeroTensor& t : z.tensors) {
+      if (t.fresh) m.params += static_cast<uint64_t>(t.numel) * t.param.element_size();
+    }
+  } else {
+    for (const ZeroTensor& t : z.tensors) add(&m.params, t.param);
+  }
+  add(&m.grads, z.flat_acc.defined() ? z.flat_acc : z.grad);
+  if (z.flat_acc.defined() && z.grad.defined() && z.grad.is_cpu() && z.o.device.is_cuda())
+    add(&m.grads, z.grad);
+  add(&m.optimizer, z.master);
+  add(&m.optimizer, z.exp_avg);
+  add(&m.optimizer, z.exp_avg_sq);
+  return m;
+}
+
+}  // namespace ds::engine

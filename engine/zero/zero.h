@@ -1,0 +1,101 @@
+// ZeRO data parallelism for the trainer: the fp32 master weights, Adam's moments and the
+// gradients of the model's parameters, partitioned over the ranks by stage (ckpt/partition.h's
+// layout), the gradient reductions, and stage 3's gathering of parameters unit by unit.
+// Thread safety: one training thread; every rank calls the same methods in the same order.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/config/config.h"
+#include "engine/optim/adamw.h"
+#include "io/status.h"
+
+namespace ds::engine {
+
+class Comm;
+class LanguageModel;
+
+struct ZeroOptions {
+  int stage = 0;
+  int rank = 0;
+  int world_size = 1;
+  Comm* comm = nullptr;  // needed when world_size > 1
+  at::Device device{at::kCPU};
+  at::ScalarType dtype = at::kFloat;       // the parameters' (training) precision
+  at::ScalarType comm_dtype = at::kFloat;  // what gradients travel in
+  bool prescale_gradients = false;
+  double gradient_predivide_factor = 1.0;
+  int64_t reduce_bucket_size = 500'000'000;   // elements per gradient bucket
+  bool overlap_comm = false;                  // stage 2: reduce buckets while backward runs
+  bool offload_optimizer = false;             // master, moments and gradients on the CPU
+  bool offload_param = false;                 // stage 3: parameter partitions on the CPU
+  bool pin_memory = true;                     // page-locked CPU buffers (with a GPU)
+  int64_t prefetch_elements = 50'000'000;     // stage 3: gather the next unit ahead
+  int64_t persistence_threshold = 100'000;    // stage 3: smaller parameters stay gathered
+  int64_t max_live_elements = 1'000'000'000;  // stage 3: no prefetch beyond this many gathered
+  uint64_t alignment = 16;                    // elements; partitions start at multiples of it
+  AdamWOptions adam;
+};
+
+// What one optimizer step found.
+struct ZeroStepResult {
+  bool overflow = false;  // a non-finite gradient on some rank: the step was skipped
+  double grad_norm = 0;   // global, before clipping (only read with clipping or overflow checks)
+};
+
+// Bytes this rank holds for the model state right now, by kind.
+struct ModelStateBytes {
+  uint64_t params = 0;     // the model's parameter tensors (stage 3: partition + gathered)
+  uint64_t grads = 0;      // gradient accumulators
+  uint64_t optimizer = 0;  // fp32 master and both moments
+  uint64_t on_host = 0;    // the part of the above in CPU memory while training on a GPU
+  uint64_t total() const { return params + grads + optimizer; }
+};
+
+class ZeroOptimizer {
+ public:
+  // Takes over `model`'s parameters, still fp32 on the CPU as the factory made them: with
+  // several ranks they become rank 0's (a broadcast), the fp32 master copy is taken, and the
+  // model moves to `device` in `dtype`; stage 3 then frees all but this rank's partition.
+  static Result<std::unique_ptr<ZeroOptimizer>> Create(std::shared_ptr<LanguageModel> model,
+                                                       const ZeroOptions& options);
+  ~ZeroOptimizer();
+
+  // Around each micro batch's forward and backward: stage 3 gathers the parameters outside the
+  // model's units here and frees them in EndMicroStep, which also reduces this micro step's
+  // gradients where the stage does (stage 2, 3; stages 0 and 1 on the last micro step).
+  Status BeginMicroStep();
+  Status EndMicroStep(bool last_of_step);
+  // Forward passes without gradients (evaluation), stage 3 gathering as for training.
+  Status BeginEval();
+  Status EndEval();
+
+  // Unscales by `loss_scale`, finds the global norm and overflow, clips to `clip` (0: off),
+  // and (unless overflow) runs Adam on this rank's partition and publishes the new weights to
+  // the model. Gradients are zeroed either way.
+  Result<ZeroStepResult> Step(double lr, std::optional<double> beta1, double loss_scale,
+                              double clip, bool check_overflow);
+
+  // The whole fp32 master vector in parameter order (all_numel elements), gathered from the
+  // ranks: a collective. For tests and saving.
+  Result<at::Tensor> GatherMaster();
+  int64_t numel() const;  // parameters in the model
+  ModelStateBytes Memory() const;
+  int stage() const;
+  // The first error raised inside backward() (a failed collective), else OK.
+  Status error() const;
+
+  struct Impl;
+
+ private:
+  explicit ZeroOptimizer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ds::engine

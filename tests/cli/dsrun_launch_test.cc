@@ -1,0 +1,145 @@
+// dsrun as a launcher, through the binary: N local ranks train together over Gloo with their
+// output prefixed; a rank killed by a signal, or one that stops answering, ends the whole job
+// with a non-zero exit and a message naming the rank, instead of a hang.
+#include <gtest/gtest.h>
+
+#include "bench/fio.h"
+#include "io/env.h"
+#include "testing/matchers.h"
+#include "testing/paths.h"
+#include "testing/shell.h"
+
+namespace ds {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::MatchesRegex;
+using testing::Sh;
+using testing::ShellResult;
+
+std::string Q(const std::string& s) { return bench::ShellQuote(s); }
+
+// A model that trains a step in milliseconds.
+std::string TinyRun(const std::string& out_dir, const std::string& extra) {
+  return Q(testing::BuildDir() + "/dsrun") + " --config " +
+         Q(testing::SourceDir() + "/examples/demo.json") +
+         " --set model.n_layer=1 model.d_model=32 model.n_head=2 model.seq_len=32"
+         " train_micro_batch_size_per_gpu=4 trainer.eval_interval=0 steps_per_print=1"
+         " tensorboard.enabled=false trainer.output_dir=" +
+         Q(out_dir) + " " + extra;
+}
+
+// Starts `cmd` (a launcher) in the background, waits for rank 0's first step, sends `signal`
+// to the rank whose RANK is `victim`, and returns what the launcher printed and its status.
+ShellResult SignalARankMidRun(const std::string& cmd, const std::string& log, int victim,
+                              const char* signal) {
+  const std::string script = "(" + cmd + ") >" + Q(log) +
+                             " 2>&1 & L=$!\n"
+                             "for i in $(seq 1 600); do grep -q '\\[rank 0\\] step' " +
+                             Q(log) +
+                             " && break; sleep 0.1; done\n"
+                             "for p in $(pgrep -P $L); do\n"
+                             "  if tr '\\0' '\\n' < /proc/$p/environ | grep -qx RANK=" +
+                             std::to_string(victim) +
+                             "; then\n"
+                             "    kill -" +
+                             signal +
+                             " $p; fi\n"
+                             "done\n"
+                             "wait $L; rc=$?; cat " +
+                             Q(log) + "; exit $rc";
+  return Sh("timeout 120 bash -c " + Q(script));
+}
+
+TEST(DsrunLaunchTest, TwoRanksTrainTogetherWithPrefixedOutput) {
+  testing::TempDir dir;
+  ShellResult r = Sh(
+      TinyRun(dir.Join("out"), "--nproc-per-node 2 --max-steps 6 --set zero_optimization.stage=2"));
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("[rank 0] model: gpt 1 layers"));
+  EXPECT_THAT(r.out, HasSubstr("ZeRO stage 2 over 2 ranks"));
+  EXPECT_THAT(r.out, HasSubstr("[rank 0] trained 6 steps"));
+  Result<bool> metrics = io::Env::Default()->Exists(dir.Join("out/metrics.jsonl"));
+  EXPECT_TRUE(metrics.ok() && *metrics);
+  // Every line of the job's output came from a rank (rank 1 prints nothing but warnings).
+  for (size_t at = 0; at < r.out.size();) {
+    const size_t end = r.out.find('\n', at);
+    const std::string line = r.out.substr(at, end - at);
+    if (!line.empty()) {
+      EXPECT_THAT(line, MatchesRegex("\\[rank [01]\\] .*")) << r.out;
+    }
+    at = end == std::string::npos ? r.out.size() : end + 1;
+  }
+}
+
+TEST(DsrunLaunchTest, AKilledRankEndsTheJobNamingItAndItsSignal) {
+  testing::TempDir dir;
+  const uint64_t t0 = io::Env::Default()->NowMicros();
+  ShellResult r =
+      SignalARankMidRun(TinyRun(dir.Join("out"), "--nproc-per-node 2 --max-steps 1000000"),
+                        dir.Join("log"), 1, "KILL");
+  const double seconds = static_cast<double>(io::Env::Default()->NowMicros() - t0) / 1e6;
+  EXPECT_EQ(r.status, 128 + 9) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("dsrun: rank 1 (local 1, pid "));
+  EXPECT_THAT(r.out, HasSubstr("killed by signal 9 (SIGKILL)"));
+  EXPECT_LT(seconds, 60) << r.out;
+}
+
+TEST(DsrunLaunchTest, ARankThatStopsAnsweringEndsTheJobWithinTheTimeout) {
+  testing::TempDir dir;
+  const uint64_t t0 = io::Env::Default()->NowMicros();
+  ShellResult r = SignalARankMidRun(
+      TinyRun(dir.Join("out"), "--nproc-per-node 2 --max-steps 1000000 --set comms.timeout_s=3"),
+      dir.Join("log"), 1, "STOP");
+  const double seconds = static_cast<double>(io::Env::Default()->NowMicros() - t0) / 1e6;
+  EXPECT_EQ(r.status, 1) << r.out;
+  // Rank 0 gives up on the collective rank 1 never joins, and says which one and for how long.
+  EXPECT_THAT(r.out, HasSubstr("[rank 0] dsrun: rank 0: "));
+  EXPECT_THAT(r.out, HasSubstr("timed out after 3 s"));
+  EXPECT_THAT(r.out, HasSubstr("rank 1 has been silent for"));  // its heartbeats stopped
+  EXPECT_THAT(r.out, HasSubstr("dsrun: rank 0 (local 0, pid "));
+  EXPECT_LT(seconds, 60) << r.out;
+}
+
+TEST(DsrunLaunchTest, LauncherFlagErrorsExitTwo) {
+  testing::TempDir dir;
+  ShellResult r = Sh(TinyRun(dir.Join("out"), "--nproc-per-node 0"));
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("--nproc-per-node (0)"));
+  const std::string hostfile = dir.Join("hostfile");
+  ASSERT_TRUE(
+      io::Env::Default()->WriteFileSynced(hostfile, "worker-1 slots=2\nworker-2 slots\n").ok());
+  r = Sh(TinyRun(dir.Join("out"), "--hostfile " + Q(hostfile)));
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("hostfile:2"));
+  ASSERT_TRUE(
+      io::Env::Default()->WriteFileSynced(hostfile, "worker-1 slots=2\nworker-2 slots=2\n").ok());
+  r = Sh(TinyRun(dir.Join("out"), "--hostfile " + Q(hostfile)));
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("is not listed; pass --node-rank"));
+}
+
+TEST(DsrunLaunchTest, BenchPrintsATableAndAJsonLinePerStage) {
+  testing::TempDir dir;
+  const std::string cmd =
+      Q(testing::BuildDir() + "/dsrun") + " bench --config " +
+      Q(testing::SourceDir() + "/examples/demo.json") +
+      " --nproc-per-node 2 --stages 1,3 --steps 2 --warmup 1 --json --set model.n_layer=1"
+      " model.d_model=32 model.n_head=2 model.seq_len=32 train_micro_batch_size_per_gpu=4"
+      " tensorboard.enabled=false trainer.output_dir=" +
+      Q(dir.Join("out"));
+  ShellResult r = Sh(cmd);
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("stage ranks   step ms"));
+  EXPECT_THAT(r.out, MatchesRegex("(.|\n)*\n1 +2 +[0-9.]+ +[0-9]+ (.|\n)*"));
+  EXPECT_THAT(r.out, MatchesRegex("(.|\n)*\n3 +2 +[0-9.]+ +[0-9]+ (.|\n)*"));
+  EXPECT_THAT(r.out, HasSubstr("{\"bench\":\"dsrun_zero_stages\""));
+  EXPECT_THAT(r.out, HasSubstr("\"reduce_scatter\""));
+
+  r = Sh(Q(testing::BuildDir() + "/dsrun") + " bench --config x.json --stages 0,5");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("'5' is not a ZeRO stage"));
+}
+
+}  // namespace
+}  // namespace ds
