@@ -8,6 +8,7 @@
 #   gpu-tests   ctest -L gpu (needs the GPU)
 #   unit-tests  ctest -LE 'slow|gpu|fuzz' (proves the suite on this toolchain)
 #   demo        dsrun on examples/demo.json in bf16 and fp32 on CUDA; prints tokens/s
+#   zero-bench  dsrun bench: ZeRO stages 0-3 (and offload) for GPT-2 124M on one GPU
 # Make .deps once on the build machine: bench/gpu/fetch_deps.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -55,6 +56,18 @@ for s in "$@"; do
         "$BUILD/dsrun" --config "$ROOT/examples/demo.json" --device cuda --set "$p.enabled=true" \
           --set "trainer.output_dir=$BUILD/demo-$p" 2>&1 | tee "$OUT/demo-$p.log" | tail -4
       done
+      ;;
+    zero-bench)
+      # ZeRO stages on one GPU (world 1: what partitioning costs and saves without peers), for
+      # GPT-2 124M in bf16, then the same with optimizer (and stage 3 parameter) offload.
+      step zero-bench
+      common=(--config "$ROOT/examples/demo.json" --nproc-per-node 1 --steps 10 --warmup 3 --json
+        --set model.preset=gpt2-124m train_micro_batch_size_per_gpu=8 bf16.enabled=true
+        "trainer.output_dir=$BUILD/zero-bench")
+      "$BUILD/dsrun" bench "${common[@]}" --stages 0,1,2,3 2>&1 | grep -v '^\[rank' |
+        tee "$OUT/zero-bench.log"
+      "$BUILD/dsrun" bench "${common[@]}" --stages 2,3 --set zero_optimization.offload_optimizer.device=cpu \
+        zero_optimization.offload_param.device=cpu 2>&1 | grep -v '^\[rank' | tee "$OUT/zero-bench-offload.log"
       ;;
     *) echo "unknown step $s" >&2; exit 2 ;;
   esac

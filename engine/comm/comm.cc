@@ -1,5 +1,10 @@
 #include "engine/comm/comm.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -76,6 +81,48 @@ Status CommHandle::Wait() {
 
 // ---- connection
 
+namespace {
+
+// The local IPv4 address the kernel would use to reach `host` (a UDP "connect" sends nothing).
+// Gloo's default binds to whatever this machine's hostname resolves to, often 127.0.0.1, which
+// peers on other hosts cannot reach.
+std::string LocalAddressTowards(const std::string& host, int port) {
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* res = nullptr;
+  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0 || res == nullptr)
+    return "";
+  std::string out;
+  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+  if (fd >= 0 && ::connect(fd, res->ai_addr, res->ai_addrlen) == 0) {
+    sockaddr_in local{};
+    socklen_t len = sizeof local;
+    char text[INET_ADDRSTRLEN] = {};
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0 &&
+        inet_ntop(AF_INET, &local.sin_addr, text, sizeof text) != nullptr) {
+      out = text;
+    }
+  }
+  if (fd >= 0) ::close(fd);
+  freeaddrinfo(res);
+  return out;
+}
+
+// GLOO_SOCKET_IFNAME names the interface, as for torch.distributed; else the one that routes
+// to the master.
+std::shared_ptr<::gloo::transport::Device> GlooDevice(const CommOptions& o) {
+  if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+      ifname != nullptr && *ifname != '\0') {
+    return c10d::ProcessGroupGloo::createDeviceForInterface(ifname);
+  }
+  const std::string local = LocalAddressTowards(o.master_addr, o.master_port);
+  return local.empty() ? c10d::ProcessGroupGloo::createDefaultDevice()
+                       : c10d::ProcessGroupGloo::createDeviceForHostname(local);
+}
+
+}  // namespace
+
 Comm::Comm(const CommOptions& options) : options_(options) {}
 Comm::~Comm() {
   {
@@ -118,7 +165,7 @@ Result<std::unique_ptr<Comm>> Comm::Connect(const CommOptions& o) {
   try {
     if (c->backend_name_ == "gloo") {
       auto opts = c10d::ProcessGroupGloo::Options::create(Millis(o.timeout_s));
-      opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      opts->devices.push_back(GlooDevice(o));
       c->pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(c->store_, o.rank, o.world_size, opts);
     } else if (c->backend_name_ == "nccl") {
 #if DS_TORCH_HAS_CUDA
@@ -167,33 +214,48 @@ void Comm::Heartbeat() {
   }
 }
 
-std::string Comm::DiagnoseTimeout() {
+std::string Comm::DiagnoseFailure(bool timed_out) {
+  struct Post {
+    int64_t issued = -1, at = 0;  // at: wall-clock microseconds of the post
+    std::string op;
+  };
+  auto read = [this](int r, Post* p) {
+    if (!store_->check({HeartbeatKey(r)})) return;
+    std::vector<uint8_t> v = store_->get(HeartbeatKey(r));
+    std::istringstream in(std::string(v.begin(), v.end()));
+    in >> p->issued >> p->at >> p->op;
+  };
   std::string out;
   const int64_t mine = issued_.load();
-  const int64_t now = io::Env::Default()->WallTimeMicros();
-  for (int r = 0; r < world_size(); ++r) {
-    if (r == rank()) continue;
-    try {
-      if (!store_->check({HeartbeatKey(r)})) {
-        out += "; rank " + std::to_string(r) + " never posted a heartbeat";
-        continue;
-      }
-      std::vector<uint8_t> v = store_->get(HeartbeatKey(r));
-      std::istringstream in(std::string(v.begin(), v.end()));
-      int64_t issued = 0, at = 0;
-      std::string op;
-      in >> issued >> at >> op;
-      const double age = static_cast<double>(now - at) / 1e6;
-      if (age > 3) {
-        out += "; rank " + std::to_string(r) + " has been silent for " + Seconds(std::round(age)) +
-               " (dead, stopped or unreachable)";
-      } else if (issued < mine) {
-        out += "; rank " + std::to_string(r) + " is alive but " + std::to_string(mine - issued) +
-               " collective(s) behind (last: " + (op.empty() ? "none" : op) + ")";
-      }
-    } catch (const std::exception&) {
-      return "; the rendezvous store on rank 0 is unreachable (rank 0 died?)";
+  try {
+    std::vector<Post> first(static_cast<size_t>(world_size())), now = first;
+    for (int r = 0; r < world_size(); ++r) {
+      if (r != rank()) read(r, &first[static_cast<size_t>(r)]);
     }
+    // A closed connection is reported at once, before a dead peer's last post has aged:
+    // watch whether the posts still come.
+    if (!timed_out) std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+    for (int r = 0; r < world_size(); ++r) {
+      if (r != rank()) read(r, &now[static_cast<size_t>(r)]);
+    }
+    const int64_t wall = io::Env::Default()->WallTimeMicros();
+    for (int r = 0; r < world_size(); ++r) {
+      const Post& p = now[static_cast<size_t>(r)];
+      const std::string who = "; rank " + std::to_string(r);
+      if (r == rank()) continue;
+      if (p.issued < 0) {
+        out += who + " never posted a heartbeat";
+      } else if (timed_out ? wall - p.at > 3'000'000 : p.at == first[static_cast<size_t>(r)].at) {
+        out += who + " has been silent for " +
+               Seconds(std::round(static_cast<double>(wall - p.at) / 1e6)) +
+               " (dead, stopped or unreachable)";
+      } else if (p.issued < mine) {
+        out += who + " is alive but " + std::to_string(mine - p.issued) +
+               " collective(s) behind (last: " + (p.op.empty() ? "none" : p.op) + ")";
+      }
+    }
+  } catch (const std::exception&) {
+    return "; the rendezvous store on rank 0 is unreachable (rank 0 died?)";
   }
   return out;
 }
@@ -241,7 +303,7 @@ Status Comm::Complete(CommHandle& h) {
     std::string m = Message(e);
     const bool timed_out =
         m.find("imeout") != std::string::npos || m.find("imed out") != std::string::npos;
-    std::string who = DiagnoseTimeout();
+    std::string who = DiagnoseFailure(timed_out);
     s = Status::Unavailable(
         "rank " + std::to_string(rank()) + ": " + Describe(h.op_, h.bytes_) + " of " + h.what_ +
         (timed_out ? " timed out after " + Seconds(options_.timeout_s) : " failed") +

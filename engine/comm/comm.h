@@ -101,10 +101,10 @@ class Comm {
                            const std::function<c10::intrusive_ptr<c10d::Work>()>& start);
   Status Complete(CommHandle& h);
   std::string Describe(const std::string& op, uint64_t bytes) const;
-  // Every second each rank posts how many collectives it has issued; after a timeout the
-  // others' posts say who is behind (alive but elsewhere) or silent (dead, stopped, cut off).
+  // Every second each rank posts how many collectives it has issued; after a failed collective
+  // the others' posts say who is behind (alive but elsewhere) or silent (dead, stopped, cut off).
   void Heartbeat();
-  std::string DiagnoseTimeout();
+  std::string DiagnoseFailure(bool timed_out);
 
   CommOptions options_;
   std::string backend_name_;

@@ -63,7 +63,16 @@ int RunRank(const DsrunFlags& f) {
   }
   TrainerOptions topts;
   topts.device = f.device;
-  if (topts.device.empty() && CudaDeviceCount() > 0) {
+  const int gpus = topts.device.empty() ? CudaDeviceCount() : 0;
+  if (gpus > 0 && dist->local_world_size > gpus) {
+    return Fail(
+        kExitUsage, who,
+        Status::InvalidArgument(std::to_string(dist->local_world_size) +
+                                " ranks on this node but " + std::to_string(gpus) +
+                                " GPU(s) visible: NCCL needs a GPU per rank; "
+                                "start fewer ranks, or train on the CPU with --device cpu (Gloo)"));
+  }
+  if (gpus > 0) {
     topts.device = "cuda:" + std::to_string(dist->local_rank % CudaDeviceCount());
   }
   topts.rank = dist->rank;

@@ -142,6 +142,8 @@ struct Trainer::Impl {
 
   Status Setup();
   Status SetupZero();
+  Status Step();
+  bool failed = false;  // a step failed: its peers may be gone, and pending steps are moot
   // Reads pending losses (averaged over the ranks when `across_ranks`: a collective), records
   // their steps.
   Status Flush(bool across_ranks = true);
@@ -151,7 +153,7 @@ struct Trainer::Impl {
 Trainer::Trainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Trainer::~Trainer() {
   if (impl_->monitor != nullptr) {
-    Status s = impl_->Flush(/*across_ranks=*/false);  // the other ranks may be gone
+    Status s = impl_->failed ? Status::OK() : impl_->Flush(/*across_ranks=*/false);
     if (s.ok()) s = impl_->monitor->Close();
     if (!s.ok()) io::LogWarning("closing the monitor: " + s.ToString());
   }
@@ -311,7 +313,13 @@ MemoryStats Trainer::Impl::Memory() const {
 // ---- one step
 
 Status Trainer::Step() {
-  Impl& t = *impl_;
+  Status s = impl_->Step();
+  if (!s.ok()) impl_->failed = true;
+  return s;
+}
+
+Status Trainer::Impl::Step() {
+  Impl& t = *this;
   const Config& c = t.config;
   const int64_t gas = c.batch.gradient_accumulation_steps;
   const bool breakdown = c.monitor.wall_clock_breakdown;

@@ -122,7 +122,7 @@ TEST(DsrunLaunchTest, LauncherFlagErrorsExitTwo) {
 TEST(DsrunLaunchTest, BenchPrintsATableAndAJsonLinePerStage) {
   testing::TempDir dir;
   const std::string cmd =
-      Q(testing::BuildDir() + "/dsrun") + " bench --config " +
+      Q(testing::BuildDir() + "/dsrun") + " bench --device cpu --config " +
       Q(testing::SourceDir() + "/examples/demo.json") +
       " --nproc-per-node 2 --stages 1,3 --steps 2 --warmup 1 --json --set model.n_layer=1"
       " model.d_model=32 model.n_head=2 model.seq_len=32 train_micro_batch_size_per_gpu=4"

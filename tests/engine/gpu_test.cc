@@ -1,11 +1,11 @@
 // Tests that need a GPU (label `gpu`): they skip with a message where none is visible, so CI
 // (no GPU) only proves they compile and link.
-#include <gtest/gtest.h>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
-#include <torch/torch.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <cmath>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #ifdef USE_C10D_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
@@ -35,7 +35,8 @@ TEST(GpuTest, NcclAllReduceOnOneGpu) {
 #ifndef USE_C10D_NCCL
   GTEST_SKIP() << "LibTorch was built without NCCL";
 #else
-  if (!info.cuda_available) GTEST_SKIP() << "no GPU visible: the NCCL path was compiled and linked only";
+  if (!info.cuda_available)
+    GTEST_SKIP() << "no GPU visible: the NCCL path was compiled and linked only";
   auto store = Server(1);
   auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, 0, 1);
   std::vector<at::Tensor> t{torch::ones({1024}, torch::TensorOptions().device(torch::kCUDA))};
@@ -69,10 +70,12 @@ TEST(GpuTest, DemoTrainsInBf16OnCuda) {
   Overrides o;
   o.set = {"bf16.enabled=true", "trainer.output_dir=" + out.path(), "tensorboard.enabled=false"};
   DS_ASSERT_OK_AND_ASSIGN(
-      Config c, LoadConfig(io::Env::Default(), io::JoinPath(ds::testing::SourceDir(), "examples/demo.json"), o));
+      Config c, LoadConfig(io::Env::Default(),
+                           io::JoinPath(ds::testing::SourceDir(), "examples/demo.json"), o));
   TrainerOptions t;
   t.device = "cuda";
-  DS_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Trainer> trainer, Trainer::Create(io::Env::Default(), c, t));
+  DS_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Trainer> trainer,
+                          Trainer::Create(io::Env::Default(), c, t));
   DS_ASSERT_OK_AND_ASSIGN(TrainSummary s, trainer->Run());
   EXPECT_EQ(trainer->slots()[0].param.scalar_type(), torch::kBFloat16);
   EXPECT_TRUE(trainer->slots()[0].param.is_cuda());
@@ -80,9 +83,59 @@ TEST(GpuTest, DemoTrainsInBf16OnCuda) {
   EXPECT_LT(s.last_loss, s.first_loss - 2.5);
   ASSERT_TRUE(s.last_eval_loss.has_value());
   EXPECT_LT(*s.last_eval_loss, 2.8);
-  std::printf("demo bf16 on %s: %.0f tokens/s over %lld steps (%.1f s), loss %.3f -> %.3f, eval %.3f\n",
-              at::cuda::getDeviceProperties(0)->name, s.tokens_per_s, static_cast<long long>(s.steps),
-              s.seconds, s.first_loss, s.last_loss, *s.last_eval_loss);
+  std::printf(
+      "demo bf16 on %s: %.0f tokens/s over %lld steps (%.1f s), loss %.3f -> %.3f, eval %.3f\n",
+      at::cuda::getDeviceProperties(0)->name, s.tokens_per_s, static_cast<long long>(s.steps),
+      s.seconds, s.first_loss, s.last_loss, *s.last_eval_loss);
+}
+
+// ZeRO on one GPU: every stage (and stage 3 with optimizer and parameters offloaded to pinned
+// host memory, Adam on the CPU) trains the demo model to the weights of stage 0. On the GPU the
+// embedding's backward adds with atomics, so runs agree to rounding, not bit for bit.
+TEST(GpuTest, ZeroStagesAndOffloadAgreeOnCuda) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible";
+  auto run = [](const std::vector<std::string>& extra, ModelStateBytes* memory) -> torch::Tensor {
+    ds::testing::TempDir out;
+    Overrides o;
+    o.set = {
+        "trainer.output_dir=" + out.path(), "tensorboard.enabled=false",     "trainer.max_steps=5",
+        "trainer.eval_interval=0",          "gradient_accumulation_steps=2", "steps_per_print=5"};
+    o.set.insert(o.set.end(), extra.begin(), extra.end());
+    Result<Config> c = LoadConfig(io::Env::Default(),
+                                  io::JoinPath(ds::testing::SourceDir(), "examples/demo.json"), o);
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    TrainerOptions t;
+    t.device = "cuda";
+    Result<std::unique_ptr<Trainer>> trainer = Trainer::Create(io::Env::Default(), *c, t);
+    EXPECT_TRUE(trainer.ok()) << trainer.status().ToString();
+    if (!trainer.ok()) return torch::Tensor();
+    Result<TrainSummary> s = (*trainer)->Run();
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    *memory = (*trainer)->model_state();
+    Result<torch::Tensor> m = (*trainer)->GatherMaster();
+    return m.ok() ? *m : torch::Tensor();
+  };
+  ModelStateBytes mem0, mem;
+  torch::Tensor ref = run({"zero_optimization.stage=0"}, &mem0);
+  ASSERT_TRUE(ref.defined());
+  EXPECT_EQ(mem0.on_host, 0u);
+  for (const std::vector<std::string>& set :
+       {std::vector<std::string>{"zero_optimization.stage=1"},
+        {"zero_optimization.stage=2"},
+        {"zero_optimization.stage=3", "zero_optimization.stage3_param_persistence_threshold=0"},
+        {"zero_optimization.stage=2", "zero_optimization.offload_optimizer.device=cpu"},
+        {"zero_optimization.stage=3", "zero_optimization.offload_optimizer.device=cpu",
+         "zero_optimization.offload_param.device=cpu"}}) {
+    std::string name;
+    for (const std::string& k : set) name += k + " ";
+    SCOPED_TRACE(name);
+    torch::Tensor got = run(set, &mem);
+    ASSERT_TRUE(got.defined());
+    EXPECT_LT((got - ref).abs().max().item<double>(), 1e-5);
+    if (set.size() > 1 && set[1].find("offload_optimizer") != std::string::npos) {
+      EXPECT_GE(mem.on_host, mem.optimizer);  // master and moments live in host memory
+    }
+  }
 }
 
 }  // namespace
