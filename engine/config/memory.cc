@@ -33,21 +33,24 @@ MemoryEstimate EstimateMemory(const ModelConfig& model, int64_t world_size, cons
   const uint64_t shard = (p + n - 1) / n;  // elements per rank of a partitioned flat buffer
   const bool mixed = precision != Precision::kFp32;
   const uint64_t weight_bytes = mixed ? 2 : 4;
-  // Adam's exp_avg and exp_avg_sq in fp32 (8), plus an fp32 master copy when the weights are
-  // 16-bit (4): DeepSpeed's and the ZeRO paper's K = 12.
-  const uint64_t optimizer_bytes = mixed ? 12 : 8;
+  // What engine/zero keeps: an fp32 master copy (even when the weights are fp32) and Adam's two
+  // fp32 moments (K = 12), and fp32 gradients: the flat accumulator of every parameter at
+  // stages 0 and 1, this rank's partition at stages 2 and 3.
+  constexpr uint64_t kOptimizerBytes = 12, kGradBytes = 4;
 
   MemoryEstimate e;
   e.stage = zero.stage;
   e.params = weight_bytes * (zero.stage >= 3 ? shard : p);
-  e.grads = weight_bytes * (zero.stage >= 2 ? shard : p);
-  e.optimizer = optimizer_bytes * (zero.stage >= 1 ? shard : p);
+  e.grads = kGradBytes * (zero.stage >= 2 ? shard : p);
+  e.optimizer = kOptimizerBytes * (zero.stage >= 1 ? shard : p);
   if (zero.stage >= 3) {
     e.gathered = weight_bytes * static_cast<uint64_t>(LargestGatheredParameters(model));
   }
   if (zero.stage >= 1 && zero.offload_optimizer.device == OffloadConfig::Device::kCpu) {
-    e.host += e.optimizer;
+    // The master, the moments and the gradient partition (at stage 1, besides the accumulator).
+    e.host += e.optimizer + kGradBytes * shard;
     e.optimizer = 0;
+    if (zero.stage >= 2) e.grads = 0;
   }
   if (zero.stage >= 3 && zero.offload_param.device == OffloadConfig::Device::kCpu) {
     e.host += e.params;

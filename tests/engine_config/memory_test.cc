@@ -37,10 +37,11 @@ TEST(ConfigMemoryTest, Gpt2On4RanksInBf16AtEachStage) {
     uint64_t params, grads, optimizer, gathered;
   };
   const Want kWant[] = {
-      {2 * p, 2 * p, 12 * p, 0},          // 248,879,616 / 1,493,277,696
-      {2 * p, 2 * p, 12 * shard, 0},      // optimizer 373,319,424
-      {2 * p, 2 * shard, 12 * shard, 0},  // grads 62,219,904
-      {2 * shard, 2 * shard, 12 * shard, 2 * 38'597'376},
+      // fp32 gradients: the whole accumulator at stages 0-1, the partition at 2-3.
+      {2 * p, 4 * p, 12 * p, 0},          // 248,879,616 / 497,759,232 / 1,493,277,696
+      {2 * p, 4 * p, 12 * shard, 0},      // optimizer 373,319,424
+      {2 * p, 4 * shard, 12 * shard, 0},  // grads 124,439,808
+      {2 * shard, 4 * shard, 12 * shard, 2 * 38'597'376},
   };
   for (int stage = 0; stage <= 3; ++stage) {
     zero.stage = stage;
@@ -52,16 +53,16 @@ TEST(ConfigMemoryTest, Gpt2On4RanksInBf16AtEachStage) {
     EXPECT_EQ(e.host, 0u);
   }
   zero.stage = 0;
-  EXPECT_EQ(EstimateMemory(m, 4, zero, Precision::kBf16).device_total(), 16 * p);
+  EXPECT_EQ(EstimateMemory(m, 4, zero, Precision::kBf16).device_total(), 18 * p);
 }
 
-TEST(ConfigMemoryTest, Fp32HasNoMasterCopy) {
+TEST(ConfigMemoryTest, Fp32KeepsAMasterCopyToo) {
   const uint64_t p = 124'439'808;
   ZeroConfig zero;
   MemoryEstimate e = EstimateMemory(Preset("gpt2-124m"), 1, zero, Precision::kFp32);
   EXPECT_EQ(e.params, 4 * p);
   EXPECT_EQ(e.grads, 4 * p);
-  EXPECT_EQ(e.optimizer, 8 * p);
+  EXPECT_EQ(e.optimizer, 12 * p);
 }
 
 TEST(ConfigMemoryTest, CpuOffloadMovesStateToTheHost) {
@@ -71,12 +72,13 @@ TEST(ConfigMemoryTest, CpuOffloadMovesStateToTheHost) {
   zero.offload_optimizer.device = OffloadConfig::Device::kCpu;
   MemoryEstimate e = EstimateMemory(Preset("gpt2-124m"), 4, zero, Precision::kFp16);
   EXPECT_EQ(e.optimizer, 0u);
-  EXPECT_EQ(e.host, 12 * shard);
+  EXPECT_EQ(e.grads, 0u);
+  EXPECT_EQ(e.host, 12 * shard + 4 * shard);  // master, moments, gradient partition
   zero.stage = 3;
   zero.offload_param.device = OffloadConfig::Device::kCpu;
   e = EstimateMemory(Preset("gpt2-124m"), 4, zero, Precision::kFp16);
   EXPECT_EQ(e.params, 0u);
-  EXPECT_EQ(e.host, 12 * shard + 2 * shard);
+  EXPECT_EQ(e.host, 16 * shard + 2 * shard);
   zero.stage = 0;  // offload needs ZeRO: nothing moves
   e = EstimateMemory(Preset("gpt2-124m"), 4, zero, Precision::kFp16);
   EXPECT_EQ(e.host, 0u);
@@ -88,7 +90,7 @@ TEST(ConfigMemoryTest, PartitionsRoundUp) {
   // 842,496 / 5 = 168,499.2: each rank holds 168,500 elements.
   MemoryEstimate e = EstimateMemory(Preset("demo"), 5, zero, Precision::kFp32);
   EXPECT_EQ(e.params, 4u * 168'500);
-  EXPECT_EQ(e.optimizer, 8u * 168'500);
+  EXPECT_EQ(e.optimizer, 12u * 168'500);
 }
 
 TEST(ConfigMemoryTest, TableForDryRun) {
