@@ -13,6 +13,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include "ckpt/kv_store.h"
 #include "io/env.h"
 #include "io/units.h"
 
@@ -371,6 +372,51 @@ Status Comm::Broadcast(at::Tensor& t, int root, const std::string& what) {
 Status Comm::Barrier(const std::string& what) {
   DS_ASSIGN_OR_RETURN(CommHandle h, Issue("barrier", what, 0, [&] { return pg_->barrier(); }));
   return h.Wait();
+}
+
+// ---- the checkpoint writer's store
+
+namespace {
+
+class C10dKeyValueStore final : public ckpt::KeyValueStore {
+ public:
+  explicit C10dKeyValueStore(c10::intrusive_ptr<c10d::Store> store) : store_(std::move(store)) {}
+
+  Status Set(const std::string& key, const std::string& value) override {
+    return Guard("set " + key,
+                 [&] { store_->set(Key(key), std::vector<uint8_t>(value.begin(), value.end())); });
+  }
+  Result<std::optional<std::string>> Get(const std::string& key) override {
+    std::optional<std::string> out;
+    DS_RETURN_IF_ERROR(Guard("get " + key, [&] {
+      if (!store_->check({Key(key)})) return;
+      std::vector<uint8_t> v = store_->get(Key(key));
+      out = std::string(v.begin(), v.end());
+    }));
+    return out;
+  }
+  Status Delete(const std::string& key) override {
+    return Guard("delete " + key, [&] { store_->deleteKey(Key(key)); });
+  }
+
+ private:
+  static std::string Key(const std::string& key) { return "dstrain/ckpt/" + key; }
+  static Status Guard(const std::string& what, const std::function<void()>& fn) {
+    try {
+      fn();
+      return Status::OK();
+    } catch (const std::exception& e) {
+      return Status::Unavailable("the rendezvous store (rank 0) failed to " + what + ": " +
+                                 Message(e));
+    }
+  }
+  c10::intrusive_ptr<c10d::Store> store_;
+};
+
+}  // namespace
+
+std::unique_ptr<ckpt::KeyValueStore> Comm::NewCheckpointStore() {
+  return std::make_unique<C10dKeyValueStore>(store_);
 }
 
 }  // namespace ds::engine

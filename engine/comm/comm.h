@@ -20,6 +20,10 @@
 
 #include "io/status.h"
 
+namespace ds::ckpt {
+class KeyValueStore;
+}  // namespace ds::ckpt
+
 namespace c10d {
 class Backend;
 class Store;
@@ -90,6 +94,10 @@ class Comm {
   Status AllGather(at::Tensor& out, at::Tensor& in, const std::string& what);
   Status Broadcast(at::Tensor& t, int root, const std::string& what);
   Status Barrier(const std::string& what);
+
+  // The rendezvous store, as the coordination store of checkpoint saves (ckpt/kv_store.h):
+  // background saves then need no collectives. Valid while this Comm lives.
+  std::unique_ptr<ckpt::KeyValueStore> NewCheckpointStore();
 
   const std::map<std::string, CollectiveStats>& stats() const { return stats_; }
   void ResetStats() { stats_.clear(); }

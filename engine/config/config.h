@@ -203,7 +203,7 @@ struct TrainerConfig {
 // Ours (save_dir ... when_busy) and DeepSpeed's (tag_validation, load_universal,
 // use_node_local_storage; the rest of DeepSpeed's are in Config::resolved).
 struct CheckpointConfig {
-  std::string save_dir = "checkpoints";
+  std::string save_dir;  // "": <trainer.output_dir>/checkpoints
   int64_t save_interval_steps = 1000;  // 0: not by steps
   int64_t save_interval_minutes = 0;   // 0: not by time
   uint32_t keep_last = 0;              // retention; 0 in each rule: no limit from it
@@ -212,6 +212,7 @@ struct CheckpointConfig {
   uint64_t max_bytes = 0;
   std::string best_metric = "eval_loss";  // "": no `best` pointer
   std::string best_mode = "min";          // or "max"
+  bool enabled = true;                    // false: never save (resuming still works)
   std::string codec = "bytegroup+zstd";   // or "zstd", "raw" (formats/chunk_codec.h names)
   int zstd_level = 1;
   uint64_t chunk_bytes = uint64_t{4} << 20;    // raw bytes per chunk

@@ -193,9 +193,6 @@ void ReadCheckpoint(SectionReader& top, CheckpointConfig* out) {
   SectionReader c = top.Child("checkpoint");
   // Ours.
   out->save_dir = c.String("save_dir", out->save_dir);
-  if (c.diag()->ok() && out->save_dir.empty()) {
-    c.diag()->Error("checkpoint.save_dir must not be empty");
-  }
   out->save_interval_steps = c.Int("save_interval_steps", out->save_interval_steps, 0);
   out->save_interval_minutes = c.Int("save_interval_minutes", out->save_interval_minutes, 0);
   const int64_t kMaxKeep = std::numeric_limits<uint32_t>::max();
@@ -205,6 +202,7 @@ void ReadCheckpoint(SectionReader& top, CheckpointConfig* out) {
   out->max_bytes = ByteSize(c, "max_bytes", 0);
   out->best_metric = c.String("best_metric", out->best_metric);
   out->best_mode = c.Choice("best_mode", "min", {"min", "max"}, true);
+  out->enabled = c.Bool("enabled", out->enabled);
   out->codec = c.Choice("codec", out->codec, {"bytegroup+zstd", "zstd", "raw"}, true);
   out->zstd_level = static_cast<int>(c.Int("zstd_level", out->zstd_level, -(1 << 17)));
   if (c.diag()->ok() && out->zstd_level > 22) {

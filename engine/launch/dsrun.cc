@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
@@ -18,6 +20,22 @@
 #include "io/log.h"
 
 namespace ds::engine {
+namespace {
+
+// The signal that asked this rank to stop (SIGTERM, SIGUSR1), 0 if none: the trainer polls it
+// between steps, saves and returns. A signal handler can only set a flag.
+std::atomic<int> g_stop_signal{0};
+extern "C" void OnStopSignal(int sig) { g_stop_signal.store(sig); }
+
+void InstallStopHandlers() {
+  struct sigaction sa {};
+  sa.sa_handler = OnStopSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGUSR1, &sa, nullptr);
+}
+
+}  // namespace
 
 int CudaDeviceCount() {
   return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0;
@@ -80,14 +98,40 @@ int RunRank(const DsrunFlags& f) {
   topts.master_addr = dist->master_addr;
   topts.master_port = dist->master_port;
   topts.backend = f.backend;
+  topts.stop_requested = [] { return g_stop_signal.load() != 0; };
+  InstallStopHandlers();
   Result<std::unique_ptr<Trainer>> trainer = Trainer::Create(env, *config, topts);
   if (!trainer.ok()) return Fail(kExitUsage, who, trainer.status());
+  if (!f.resume.empty()) {
+    ResumeOptions ro;
+    ro.from = f.resume;
+    ro.load_optimizer = !f.no_load_optimizer;
+    ro.load_scheduler = !f.no_load_scheduler;
+    ro.module_only = f.load_module_only;
+    ro.fallback = f.fallback;
+    ro.if_any = f.resume_if_any;
+    Result<std::string> r = (*trainer)->Resume(ro);
+    if (!r.ok()) return Fail(kExitUsage, who, r.status());
+    if (dist->rank == 0) io::LogInfo(*r);
+  }
   if (!f.bench_out.empty()) {
     Status s = MeasureSteps(env, **trainer, *config, f, dist->rank);
     return s.ok() ? 0 : Fail(kExitTrainingFailed, who, s);
   }
   Result<TrainSummary> s = (*trainer)->Run();
   if (!s.ok()) return Fail(kExitTrainingFailed, who, s.status());
+  if (s->preempted) {
+    if (dist->rank == 0) {
+      std::fprintf(stderr, "dsrun: %s at step %lld: %s; resume with --resume latest\n",
+                   g_stop_signal.load() == SIGUSR1 ? "SIGUSR1" : "SIGTERM",
+                   static_cast<long long>(s->steps),
+                   s->last_checkpoint.empty()
+                       ? "no checkpoint was saved (checkpoint.enabled is false, or the "
+                         "save failed: see above)"
+                       : ("saved " + s->last_checkpoint).c_str());
+    }
+    return kExitPreempted;
+  }
   if (dist->rank != 0) return 0;
   std::printf("trained %lld steps on %s in %.1f s (%.0f tokens/s): loss %.4f -> %.4f",
               static_cast<long long>(s->steps), s->device.c_str(), s->seconds, s->tokens_per_s,
@@ -156,6 +200,12 @@ Result<LaunchOptions> LaunchOptionsFor(const DsrunFlags& f,
 
 std::vector<std::string> RankArgs(const DsrunFlags& f) {
   std::vector<std::string> a = {"--config", f.config};
+  if (!f.resume.empty()) a.insert(a.end(), {"--resume", f.resume});
+  if (f.no_load_optimizer) a.push_back("--no-load-optimizer");
+  if (f.no_load_scheduler) a.push_back("--no-load-scheduler");
+  if (f.load_module_only) a.push_back("--load-module-only");
+  if (f.fallback) a.push_back("--fallback");
+  if (f.resume_if_any) a.push_back("--resume-if-any");
   for (const std::string& s : f.set) a.insert(a.end(), {"--set", s});
   if (f.max_steps) a.insert(a.end(), {"--max-steps", std::to_string(*f.max_steps)});
   if (f.seed) a.insert(a.end(), {"--seed", std::to_string(*f.seed)});
@@ -167,12 +217,35 @@ std::vector<std::string> RankArgs(const DsrunFlags& f) {
 
 namespace {
 
+// Exit codes a restart cannot help: success, a usage error, a preemption, Ctrl-C.
+bool Restartable(int code) {
+  return code != 0 && code != kExitUsage && code != kExitPreempted && code != 130;
+}
+
 int RunLauncher(const DsrunFlags& f) {
-  Result<LaunchOptions> lo = LaunchOptionsFor(f, RankArgs(f));
-  if (!lo.ok()) return Fail(kExitUsage, "", lo.status());
-  Result<LaunchResult> r = Launch(io::Env::Default(), *lo);
-  if (!r.ok()) return Fail(kExitTrainingFailed, "", r.status());
-  return r->exit_code;
+  for (int attempt = 0;; ++attempt) {
+    DsrunFlags run = f;
+    if (attempt > 0) {  // every restart resumes from the newest checkpoint, if there is one
+      run.resume = "latest";
+      run.resume_if_any = true;
+      run.load_module_only = run.no_load_optimizer = run.no_load_scheduler = run.fallback = false;
+    }
+    Result<LaunchOptions> lo = LaunchOptionsFor(run, RankArgs(run));
+    if (!lo.ok()) return Fail(kExitUsage, "", lo.status());
+    Result<LaunchResult> r = Launch(io::Env::Default(), *lo);
+    if (!r.ok()) return Fail(kExitTrainingFailed, "", r.status());
+    if (!Restartable(r->exit_code) || attempt >= f.max_restarts) {
+      if (r->exit_code != 0 && f.max_restarts > 0 && attempt >= f.max_restarts) {
+        std::fprintf(stderr, "dsrun: giving up after %d restart(s) (--max-restarts %d)\n", attempt,
+                     f.max_restarts);
+      }
+      return r->exit_code;
+    }
+    std::fprintf(
+        stderr,
+        "dsrun: restart %d of %d: %s; starting all ranks again from the latest checkpoint\n",
+        attempt + 1, f.max_restarts, r->first_failure.c_str());
+  }
 }
 
 }  // namespace
@@ -193,6 +266,20 @@ int DsrunMain(int argc, char** argv) {
   app.add_flag("--dry-run", f.dry_run,
                "Validate, print the resolved config and the memory per rank at each ZeRO stage");
   app.add_flag("--strict", f.strict, "Unknown config keys are errors, not warnings");
+  app.add_option("--resume", f.resume,
+                 "Resume from latest, best, a tag of the save_dir, or a checkpoint path");
+  app.add_flag("--no-load-optimizer", f.no_load_optimizer,
+               "Resume without Adam's state (it starts afresh)");
+  app.add_flag("--no-load-scheduler", f.no_load_scheduler,
+               "Resume with the LR schedule starting over");
+  app.add_flag("--load-module-only", f.load_module_only,
+               "Take only the weights: a fresh run from them");
+  app.add_flag("--fallback", f.fallback,
+               "A damaged checkpoint: resume from the newest older one that loads");
+  app.add_flag("--resume-if-any", f.resume_if_any)->group("");  // restarts: none yet is fine
+  app.add_option(
+      "--max-restarts", f.max_restarts,
+      "When a rank dies, restart all ranks from the latest checkpoint, up to this many times");
   app.add_flag("--version", f.version, "Print versions of dstrain, LibTorch, CUDA, NCCL and Gloo");
   auto* nproc = app.add_option("--nproc-per-node,--nproc_per_node,--num_gpus", f.nproc_per_node,
                                "Ranks to start on this node (torchrun's --nproc-per-node)");

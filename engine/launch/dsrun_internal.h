@@ -18,6 +18,9 @@ class Trainer;
 
 constexpr int kExitTrainingFailed = 1;
 constexpr int kExitUsage = 2;
+// SIGTERM or SIGUSR1 stopped the run after a checkpoint of the current step (EX_TEMPFAIL: a
+// scheduler's requeue script resumes with --resume latest).
+constexpr int kExitPreempted = 75;
 
 struct DsrunFlags {
   std::string config;
@@ -29,6 +32,14 @@ struct DsrunFlags {
   bool dry_run = false;
   bool strict = false;
   bool version = false;
+  // Resuming (DeepSpeed's load_checkpoint options as flags).
+  std::string resume;  // latest, best, a tag or a path
+  bool no_load_optimizer = false;
+  bool no_load_scheduler = false;
+  bool load_module_only = false;
+  bool fallback = false;
+  bool resume_if_any = false;  // set by the launcher's restarts: no checkpoint yet is fine
+  int max_restarts = 0;
   // The launcher (torchrun's and DeepSpeed's spellings).
   int nproc_per_node = 1;
   bool nproc_given = false;

@@ -14,6 +14,7 @@
 #include "engine/monitor/monitor.h"
 #include "engine/optim/adamw.h"
 #include "engine/torch_compat.h"
+#include "engine/train/internal/trainer_state.h"
 #include "engine/zero/zero.h"
 #include "io/log.h"
 
@@ -103,55 +104,9 @@ Result<torch::Device> PickDevice(const std::string& wanted) {
 
 }  // namespace
 
-// ---- state
-
-struct Trainer::Impl {
-  io::Env* env = nullptr;
-  Config config;
-  TrainerOptions options;
-  torch::Device device{torch::kCPU};
-  torch::Dtype dtype = torch::kFloat32;
-
-  std::shared_ptr<LanguageModel> model;
-  std::vector<ParamSlot> slots;
-  std::unique_ptr<Comm> comm;  // with world_size > 1
-  std::unique_ptr<ZeroOptimizer> zero;
-
-  Dataset data;
-  std::optional<Sampler> sampler;
-  std::optional<EvalBatches> eval;
-  Batch batch;
-
-  std::unique_ptr<LrSchedule> schedule;
-  std::unique_ptr<LossScaler> scaler;
-  std::unique_ptr<Monitor> monitor;
-  std::unique_ptr<StepTimer> timer;
-
-  int64_t step = 0;  // optimizer steps done
-  int64_t skipped = 0;
-  // Steps whose loss is still on the device: read together every steps_per_print steps.
-  std::vector<StepMetrics> pending;
-  std::vector<torch::Tensor> pending_loss;
-  std::optional<double> first_loss;
-  double recent_loss = 0;
-  double flops_per_token = 0;
-  // On a GPU a step returns before its kernels finish, so step times are measured over the
-  // steps between two flushes (each flush waits for the losses) and shared out evenly.
-  uint64_t window_start_us = 0;
-  std::string device_name;  // "cpu", or what CUDA calls the GPU ("NVIDIA H100 80GB HBM3")
-
-  Status Setup();
-  Status SetupZero();
-  Status Step();
-  bool failed = false;  // a step failed: its peers may be gone, and pending steps are moot
-  // Reads pending losses (averaged over the ranks when `across_ranks`: a collective), records
-  // their steps.
-  Status Flush(bool across_ranks = true);
-  MemoryStats Memory() const;
-};
-
 Trainer::Trainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Trainer::~Trainer() {
+  impl_->ReapSave(/*wait=*/true);
   if (impl_->monitor != nullptr) {
     Status s = impl_->failed ? Status::OK() : impl_->Flush(/*across_ranks=*/false);
     if (s.ok()) s = impl_->monitor->Close();
@@ -191,6 +146,7 @@ Status Trainer::Impl::Setup() {
   // The model, in the training precision, and the optimizer that owns its weights.
   DS_ASSIGN_OR_RETURN(model, MakeModel(c.model, c.trainer.seed));
   DS_RETURN_IF_ERROR(SetupZero());
+  DS_RETURN_IF_ERROR(SetupCheckpoints());
   flops_per_token = model->flops_per_token();
   device_name = "cpu";
 #if DS_TORCH_HAS_CUDA
@@ -222,13 +178,6 @@ Status Trainer::Impl::Setup() {
     }
   }
 
-  // Monitoring.
-  MonitorOptions mo;
-  mo.config = c.monitor;
-  mo.output_dir = c.trainer.output_dir;
-  mo.rank = options.rank;
-  mo.max_steps = c.trainer.max_steps;
-  DS_ASSIGN_OR_RETURN(monitor, Monitor::Open(env, mo));
   timer = std::make_unique<StepTimer>(env);
   if (options.rank == 0) {
     const ModelConfig& g = c.model;
@@ -242,6 +191,20 @@ Status Trainer::Impl::Setup() {
                 (options.world_size == 1 ? " rank" : " ranks"));
     io::LogInfo(data.Describe());
   }
+  return Status::OK();
+}
+
+// Opened at the first step, evaluation or flush, not at set-up: a resumed run keeps the metrics
+// of the steps before the one it resumes from.
+Status Trainer::Impl::EnsureMonitor() {
+  if (monitor != nullptr) return Status::OK();
+  MonitorOptions mo;
+  mo.config = config.monitor;
+  mo.output_dir = config.trainer.output_dir;
+  mo.rank = options.rank;
+  mo.max_steps = config.trainer.max_steps;
+  mo.resume_step = step;
+  DS_ASSIGN_OR_RETURN(monitor, Monitor::Open(env, mo));
   return Status::OK();
 }
 
@@ -320,6 +283,7 @@ Status Trainer::Step() {
 
 Status Trainer::Impl::Step() {
   Impl& t = *this;
+  DS_RETURN_IF_ERROR(EnsureMonitor());
   const Config& c = t.config;
   const int64_t gas = c.batch.gradient_accumulation_steps;
   const bool breakdown = c.monitor.wall_clock_breakdown;
@@ -361,9 +325,10 @@ Status Trainer::Impl::Step() {
     const Precision p = c.precision();
     const bool check =
         p == Precision::kFp16 || (p == Precision::kBf16 && c.bf16.check_grad_overflow);
-    const double lr = t.schedule->LrForStep(t.step);
-    DS_ASSIGN_OR_RETURN(ZeroStepResult r, t.zero->Step(lr, t.schedule->Beta1At(t.step - 1), scale,
-                                                       c.gradient_clipping, check));
+    const int64_t sched_step = t.step - t.schedule_origin;
+    const double lr = t.schedule->LrForStep(sched_step);
+    DS_ASSIGN_OR_RETURN(ZeroStepResult r, t.zero->Step(lr, t.schedule->Beta1At(sched_step - 1),
+                                                       scale, c.gradient_clipping, check));
     const bool overflow = r.overflow;
     if (breakdown) {
       if (t.device.is_cuda()) torch::cuda::synchronize();
@@ -383,6 +348,10 @@ Status Trainer::Impl::Step() {
     m.tokens = c.batch.train_batch_size * c.model.seq_len;
     m.skipped = overflow;
     if (check || c.gradient_clipping > 0) m.grad_norm = r.grad_norm;
+    if (t.last_stall_s >= 0) {  // the last checkpoint's snapshot, which this step waited for
+      m.extras["save_stall_s"] = t.last_stall_s;
+      t.last_stall_s = -1;
+    }
     if (breakdown) t.timer->TakeInto(&m);
     m.step_time_s = static_cast<double>(t.env->NowMicros() - t0) / 1e6;
     t.pending.push_back(m);
@@ -400,6 +369,7 @@ Status Trainer::Impl::Step() {
 }
 
 Status Trainer::Impl::Flush(bool across_ranks) {
+  DS_RETURN_IF_ERROR(EnsureMonitor());
   if (pending.empty()) return Status::OK();
   torch::Tensor losses = torch::stack(pending_loss);
   if (comm != nullptr && across_ranks) {  // the step's loss: the mean over every rank's batches
@@ -465,6 +435,7 @@ Result<std::optional<double>> Trainer::Evaluate() {
     sum = f32.to(torch::kFloat64).reshape({}) / static_cast<double>(t.options.world_size);
   }
   const double loss = sum.item<double>() / static_cast<double>(t.eval->num_batches());
+  t.last_eval = loss;
   t.window_start_us = t.env->NowMicros();  // evaluation time is not a training step's
   EvalMetrics m;
   m.step = t.step;
@@ -475,6 +446,27 @@ Result<std::optional<double>> Trainer::Evaluate() {
   DS_RETURN_IF_ERROR(t.Flush());
   DS_RETURN_IF_ERROR(t.monitor->RecordEval(m));
   return std::optional<double>(loss);
+}
+
+Result<std::pair<bool, bool>> Trainer::Impl::SaveOrStopNow() {
+  const CheckpointConfig& k = config.checkpoint;
+  const bool by_steps = k.save_interval_steps > 0 && step % k.save_interval_steps == 0;
+  const bool by_time = k.save_interval_minutes > 0 &&
+                       env->NowMicros() - last_save_us >=
+                           static_cast<uint64_t>(k.save_interval_minutes) * 60'000'000;
+  bool stop = options.stop_requested && options.stop_requested();
+  bool save = k.enabled && (by_steps || by_time);
+  // Clocks and signals differ between ranks: agree (any rank's yes is everyone's).
+  if (comm != nullptr && (options.stop_requested || (k.enabled && k.save_interval_minutes > 0))) {
+    torch::Tensor flags =
+        torch::tensor({static_cast<float>(save), static_cast<float>(stop)},
+                      torch::TensorOptions().dtype(torch::kFloat32).device(device));
+    DS_RETURN_IF_ERROR(comm->AllReduce(flags, "save and stop flags"));
+    flags = flags.cpu();
+    save = flags[0].item<float>() > 0;
+    stop = flags[1].item<float>() > 0;
+  }
+  return std::make_pair(save || (stop && k.enabled), stop);
 }
 
 Result<TrainSummary> Trainer::Run() {
@@ -491,15 +483,29 @@ Result<TrainSummary> Trainer::Run() {
         t.step < c.trainer.max_steps) {
       DS_ASSIGN_OR_RETURN(s.last_eval_loss, Evaluate());
     }
+    DS_ASSIGN_OR_RETURN(auto save_stop, t.SaveOrStopNow());
+    if (save_stop.first)
+      DS_RETURN_IF_ERROR(t.Save(save_stop.second ? "stop requested" : "interval"));
+    if (save_stop.second) {
+      s.preempted = true;
+      break;
+    }
   }
   DS_RETURN_IF_ERROR(t.Flush());
-  DS_ASSIGN_OR_RETURN(std::optional<double> final_eval, Evaluate());
-  if (final_eval) s.last_eval_loss = final_eval;
+  if (!s.preempted) {
+    DS_ASSIGN_OR_RETURN(std::optional<double> final_eval, Evaluate());
+    if (final_eval) s.last_eval_loss = final_eval;
+    if (c.checkpoint.enabled && t.last_saved_step != t.step) DS_RETURN_IF_ERROR(t.Save("final"));
+  }
+  t.ReapSave(/*wait=*/true);
   DS_RETURN_IF_ERROR(t.monitor->Sync());
   s.steps = t.step;
   s.skipped_steps = t.skipped;
   s.first_loss = t.first_loss.value_or(0);
   s.last_loss = t.recent_loss;
+  s.saves = t.saves;
+  s.failed_saves = t.failed_saves;
+  s.last_checkpoint = t.last_checkpoint;
   s.seconds = static_cast<double>(t.env->NowMicros() - t0) / 1e6;
   s.tokens_per_s =
       s.seconds > 0

@@ -33,6 +33,9 @@ struct TrainerOptions {
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   std::string backend;  // "nccl", "gloo"; "": nccl on a GPU, gloo on the CPU
+  // Polled between steps (every rank; the ranks agree through a collective): true saves a
+  // checkpoint and ends Run with TrainSummary::preempted. dsrun sets it from SIGTERM / SIGUSR1.
+  std::function<bool()> stop_requested;
   // Where the default corpus is cached when data.path is "builtin" ("": <output_dir>/data).
   std::string corpus_cache_dir;
 };
@@ -46,6 +49,21 @@ struct TrainSummary {
   double seconds = 0;
   double tokens_per_s = 0;
   std::string device;
+  bool preempted = false;       // stop_requested ended the run early (after saving)
+  std::string last_checkpoint;  // the newest checkpoint this run committed
+  int64_t saves = 0;            // checkpoints committed by this run
+  int64_t failed_saves = 0;     // saves that failed (training went on)
+};
+
+// What `dsrun --resume` restores. DeepSpeed's load_checkpoint options: load_optimizer_states,
+// load_lr_scheduler_states, load_module_only.
+struct ResumeOptions {
+  std::string from;            // "latest", "best", a tag of the save_dir, or a checkpoint directory
+  bool load_optimizer = true;  // Adam's moments and step count
+  bool load_scheduler = true;  // the step count the schedule (and data order) continue from
+  bool module_only = false;    // the weights only: a fresh run that starts from them
+  bool fallback = false;       // a damaged checkpoint: go back to the newest older one that loads
+  bool if_any = false;         // no checkpoint yet: start fresh (dsrun's restarts)
 };
 
 // One named parameter's place in the flat buffers.
@@ -70,6 +88,15 @@ class Trainer {
   Status Step();
   // Mean loss over the eval split's batches (at most eval_iters); nullopt without an eval split.
   Result<std::optional<double>> Evaluate();
+
+  // Restores the state of a checkpoint, saved at any world size and ZeRO stage (each rank reads
+  // the slices it now holds). Call before Run. Returns a line saying what was loaded.
+  Result<std::string> Resume(const ResumeOptions& options);
+  // Snapshots the state now and commits it in the background (checkpoint.when_busy decides
+  // whether it waits for a previous save). `reason` is logged ("interval", "final", ...).
+  Status SaveCheckpoint(const std::string& reason);
+  // Waits for saves in flight; their errors are reported, not returned.
+  void WaitForSaves();
 
   int64_t step() const;
   const std::vector<ParamSlot>& slots() const;

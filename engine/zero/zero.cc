@@ -383,6 +383,67 @@ Result<ZeroStepResult> ZeroOptimizer::Step(double lr, std::optional<double> beta
   return out;
 }
 
+// ---- checkpoints
+
+std::vector<std::string> ZeroOptimizer::names() const {
+  std::vector<std::string> out;
+  for (const ZeroTensor& t : impl_->tensors) out.push_back(t.name);
+  return out;
+}
+
+std::vector<std::vector<int64_t>> ZeroOptimizer::shapes() const {
+  std::vector<std::vector<int64_t>> out;
+  for (const ZeroTensor& t : impl_->tensors) out.push_back(t.shape);
+  return out;
+}
+
+std::vector<ZeroPiece> ZeroOptimizer::SavePieces() const {
+  const Impl& z = *impl_;
+  std::vector<uint64_t> numels;
+  for (const ZeroTensor& t : z.tensors) numels.push_back(static_cast<uint64_t>(t.numel));
+  Result<std::vector<ckpt::FlatRange>> ranges = ckpt::PartitionForRank(
+      numels,
+      {static_cast<uint32_t>(z.o.world_size), static_cast<uint32_t>(z.o.stage), z.o.alignment},
+      static_cast<uint32_t>(z.o.rank));
+  std::vector<ZeroPiece> out;
+  for (const ckpt::FlatRange& r : ranges.value()) {  // the options were validated at Create
+    const ZeroTensor& t = z.tensors[r.tensor];
+    ZeroPiece p{static_cast<int>(r.tensor), static_cast<int64_t>(r.begin),
+                static_cast<int64_t>(r.end), 0};
+    p.offset = z.o.stage == 3 ? t.part_offset + p.begin - t.piece * z.o.rank
+                              : t.flat_offset + p.begin - z.part_begin;
+    out.push_back(p);
+  }
+  return out;
+}
+
+std::vector<ZeroPiece> ZeroOptimizer::HeldPieces() const {
+  if (impl_->o.stage != 0) return SavePieces();
+  std::vector<ZeroPiece> out;
+  for (size_t i = 0; i < impl_->tensors.size(); ++i) {
+    const ZeroTensor& t = impl_->tensors[i];
+    out.push_back({static_cast<int>(i), 0, t.numel, t.flat_offset});
+  }
+  return out;
+}
+
+at::Tensor ZeroOptimizer::master() const { return impl_->master; }
+at::Tensor ZeroOptimizer::exp_avg() const { return impl_->exp_avg; }
+at::Tensor ZeroOptimizer::exp_avg_sq() const { return impl_->exp_avg_sq; }
+int64_t ZeroOptimizer::adam_steps() const { return impl_->adam_steps; }
+void ZeroOptimizer::set_adam_steps(int64_t steps) { impl_->adam_steps = steps; }
+uint64_t ZeroOptimizer::alignment() const { return impl_->o.alignment; }
+
+Status ZeroOptimizer::Publish() {
+  Impl& z = *impl_;
+  try {
+    torch::NoGradGuard no_grad;
+    return z.o.stage == 3 ? z.PublishStage3() : z.PublishFlat();
+  } catch (const c10::Error& e) {
+    return Status::IOError(std::string("publishing loaded weights: ") + e.what_without_backtrace());
+  }
+}
+
 Result<at::Tensor> ZeroOptimizer::GatherMaster() {
   Impl& z = *impl_;
   try {

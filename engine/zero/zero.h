@@ -49,6 +49,15 @@ struct ZeroStepResult {
   double grad_norm = 0;   // global, before clipping (only read with clipping or overflow checks)
 };
 
+// A range of one parameter's flattened elements in this rank's optimizer buffers: elements
+// [begin, end) of tensor `tensor` sit at [offset, offset + end - begin) of master(), exp_avg()
+// and exp_avg_sq().
+struct ZeroPiece {
+  int tensor = 0;
+  int64_t begin = 0, end = 0;
+  int64_t offset = 0;
+};
+
 // Bytes this rank holds for the model state right now, by kind.
 struct ModelStateBytes {
   uint64_t params = 0;     // the model's parameter tensors (stage 3: partition + gathered)
@@ -86,6 +95,24 @@ class ZeroOptimizer {
   // ranks: a collective. For tests and saving.
   Result<at::Tensor> GatherMaster();
   int64_t numel() const;  // parameters in the model
+
+  // ---- for checkpoints
+  // The parameters, in model order: names and shapes.
+  std::vector<std::string> names() const;
+  std::vector<std::vector<int64_t>> shapes() const;
+  // What this rank holds (stage 0: everything) and what it saves (ckpt::PartitionForRank of the
+  // stage: every element saved by exactly one rank).
+  std::vector<ZeroPiece> HeldPieces() const;
+  std::vector<ZeroPiece> SavePieces() const;
+  // This rank's fp32 optimizer buffers (partition_numel elements each), read and written by
+  // checkpoints; after writing them, Publish() makes the model's weights match.
+  at::Tensor master() const;
+  at::Tensor exp_avg() const;
+  at::Tensor exp_avg_sq() const;
+  int64_t adam_steps() const;
+  void set_adam_steps(int64_t steps);
+  Status Publish();
+  uint64_t alignment() const;
   ModelStateBytes Memory() const;
   int stage() const;
   // The first error raised inside backward() (a failed collective), else OK.

@@ -141,5 +141,65 @@ TEST(DsrunLaunchTest, BenchPrintsATableAndAJsonLinePerStage) {
   EXPECT_THAT(r.out, HasSubstr("'5' is not a ZeRO stage"));
 }
 
+TEST(DsrunLaunchTest, SigtermSavesTheStepExitsSeventyFiveAndResumes) {
+  testing::TempDir dir;
+  const std::string run =
+      TinyRun(dir.Join("out"), "--max-steps 1000000 --set checkpoint.save_interval_steps=0");
+  const std::string script = "(" + run + ") >" + Q(dir.Join("log")) +
+                             " 2>&1 & P=$!\n"
+                             "for i in $(seq 1 600); do grep -q '^step 3/' " +
+                             Q(dir.Join("log")) +
+                             " && break; sleep 0.1; done\n"
+                             "kill -TERM $P; wait $P; rc=$?; cat " +
+                             Q(dir.Join("log")) + "; exit $rc";
+  ShellResult r = Sh("timeout 120 bash -c " + Q(script));
+  ASSERT_EQ(r.status, 75) << r.out;
+  EXPECT_THAT(
+      r.out, MatchesRegex("(.|\n)*dsrun: SIGTERM at step [0-9]+: saved .*/checkpoints/step-[0-9]+; "
+                          "resume with --resume latest\n(.|\n)*"));
+  // The checkpoint is whole and resumes.
+  ShellResult resumed = Sh(TinyRun(dir.Join("out"), "--resume latest --max-steps 40"));
+  ASSERT_EQ(resumed.status, 0) << resumed.out;
+  EXPECT_THAT(resumed.out, HasSubstr("resumed from "));
+  EXPECT_THAT(resumed.out, HasSubstr("trained 40 steps"));
+}
+
+TEST(DsrunLaunchTest, KilledRanksRestartFromTheLatestCheckpointAndFinishAsIfNothingHappened) {
+  testing::TempDir dir;
+  const std::string common =
+      "--nproc-per-node 2 --max-steps 40 --set checkpoint.save_interval_steps=5 "
+      "zero_optimization.stage=2";
+  ShellResult clean = Sh(TinyRun(dir.Join("clean"), common));
+  ASSERT_EQ(clean.status, 0) << clean.out;
+  // Kill rank 1 twice, each time some steps after a checkpoint.
+  const std::string faulty = TinyRun(dir.Join("faulty"), common + " --max-restarts 3");
+  const std::string log = dir.Join("log");
+  const std::string script =
+      "(" + faulty + ") >" + Q(log) +
+      " 2>&1 & L=$!\n"
+      "for at in 12 22; do\n"  // the first attempt dies near step 12, so 22 is the second's
+      "  for i in $(seq 1 900); do grep -q \"rank 0\\] step $at/\" " +
+      Q(log) +
+      " && break; sleep 0.1; done\n"
+      "  for p in $(pgrep -P $L); do\n"
+      "    if tr '\\0' '\\n' < /proc/$p/environ | grep -qx RANK=1; then kill -9 $p; fi\n"
+      "  done\n"
+      "done\n"
+      "wait $L; rc=$?; cat " +
+      Q(log) + "; exit $rc";
+  ShellResult r = Sh("timeout 300 bash -c " + Q(script));
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("dsrun: restart 1 of 3: rank 1 (local 1, pid "));
+  EXPECT_THAT(r.out, HasSubstr("dsrun: restart 2 of 3: rank 1 (local 1, pid "));
+  EXPECT_THAT(r.out, HasSubstr("killed by signal 9 (SIGKILL)"));
+  EXPECT_THAT(r.out, HasSubstr("resumed from "));
+  EXPECT_THAT(r.out, HasSubstr("[rank 0] trained 40 steps"));
+  // The final weights and optimizer state equal the run without faults, bit for bit.
+  ShellResult diff = Sh(Q(testing::BuildDir() + "/dsckpt") + " diff --ignore-blobs " +
+                        Q(dir.Join("clean/checkpoints/step-00000040")) + " " +
+                        Q(dir.Join("faulty/checkpoints/step-00000040")));
+  EXPECT_EQ(diff.status, 0) << diff.out;
+}
+
 }  // namespace
 }  // namespace ds

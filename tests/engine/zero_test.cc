@@ -22,6 +22,7 @@
 
 #include "engine/config/memory.h"
 #include "engine/train/trainer.h"
+#include "tests/engine/rank_threads.h"
 #include "tests/testing/matchers.h"
 
 namespace ds::engine {
@@ -29,17 +30,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-  EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
+using testing::FreePort;
 
 struct RankResult {
   Status status;

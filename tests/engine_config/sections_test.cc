@@ -387,7 +387,7 @@ TEST(ConfigTrainerDataCheckpointTest, DefaultsAndOurKeys) {
   EXPECT_EQ(c.trainer.seed, 42u);
   EXPECT_EQ(c.data.format, DataConfig::Format::kAuto);
   EXPECT_DOUBLE_EQ(c.data.val_fraction, 0.1);
-  EXPECT_EQ(c.checkpoint.save_dir, "checkpoints");
+  EXPECT_EQ(c.checkpoint.save_dir, "");  // <trainer.output_dir>/checkpoints
   EXPECT_EQ(c.checkpoint.codec, "bytegroup+zstd");
   EXPECT_EQ(c.checkpoint.chunk_bytes, uint64_t{4} << 20);
   EXPECT_EQ(c.checkpoint.best_metric, "eval_loss");

@@ -1,0 +1,389 @@
+// Saving and resuming the trainer through the checkpoint library (ckpt/writer.h, reader.h).
+//
+// What a checkpoint holds, per parameter <p> (fp32, the parameter's shape, each element written
+// by exactly one rank as ckpt::PartitionForRank says for the stage):
+//   master/<p>, optim/exp_avg/<p>, optim/exp_avg_sq/<p>
+// The weights in the training precision are not stored: they are the master rounded. Blobs:
+//   trainer/state         (rank 0) JSON: step, Adam's step count, skipped steps, the loss
+//                         scaler, the sampler's position, the schedule's origin
+//   rng/rank-<r>          (each rank) LibTorch's CPU generator state
+// and the manifest carries the resolved config and {"loss", "eval_loss"} for `best`.
+// Resuming reads the slices this rank holds in its *current* layout, whatever layout wrote them.
+#include <ATen/ATen.h>
+#include <torch/torch.h>
+
+#include <cstring>
+#include <mutex>
+#include <nlohmann/json.hpp>
+
+#include "ckpt/catalog.h"
+#include "ckpt/reader.h"
+#include "engine/train/internal/trainer_state.h"
+#include "io/log.h"
+#include "io/units.h"
+
+#if DS_TORCH_HAS_CUDA
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#endif
+
+namespace ds::engine {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+constexpr const char* kBuffers[] = {"master/", "optim/exp_avg/", "optim/exp_avg_sq/"};
+
+std::string Shape(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+// Bytes [offset, offset + dst.size()) of `src` (a flat fp32 slice on any device) into `dst`.
+Status CopyOut(const at::Tensor& src, uint64_t offset, std::span<std::byte> dst) {
+  try {
+    at::Tensor bytes = src.view(at::kByte).narrow(0, static_cast<int64_t>(offset),
+                                                  static_cast<int64_t>(dst.size()));
+    at::Tensor out = at::from_blob(dst.data(), {static_cast<int64_t>(dst.size())}, at::kByte);
+    out.copy_(bytes, /*non_blocking=*/true);  // async into pinned staging on CUDA
+    return Status::OK();
+  } catch (const c10::Error& e) {
+    return Status::IOError(std::string("copying a slice for the snapshot: ") +
+                           e.what_without_backtrace());
+  }
+}
+
+}  // namespace
+
+// ---- saving
+
+Status Trainer::Impl::SetupCheckpoints() {
+  const CheckpointConfig& k = config.checkpoint;
+  save_dir =
+      k.save_dir.empty() ? io::JoinPath(config.trainer.output_dir, "checkpoints") : k.save_dir;
+  last_save_us = env->NowMicros();
+  return Status::OK();
+}
+
+Status Trainer::Impl::CreateWriter() {
+  const CheckpointConfig& k = config.checkpoint;
+  ckpt::WriterOptions w;
+  w.save_dir = save_dir;
+  w.rank = static_cast<uint32_t>(options.rank);
+  w.world_size = static_cast<uint32_t>(options.world_size);
+  if (comm != nullptr) {
+    ckpt_store = comm->NewCheckpointStore();
+    w.store = ckpt_store.get();
+  }
+  DS_ASSIGN_OR_RETURN(w.codec, fmt::CodecFromName(k.codec));
+  w.zstd_level = k.zstd_level;
+  w.chunk_bytes = k.chunk_bytes;
+  w.staging_bytes = k.staging_bytes;
+  w.timeout_micros = static_cast<uint64_t>(config.comms.timeout_s) * 1'000'000;
+  w.when_busy = k.when_busy == "skip" ? ckpt::WriterOptions::WhenBusy::kSkip
+                                      : ckpt::WriterOptions::WhenBusy::kWait;
+  w.retention.keep_last = k.keep_last;
+  w.retention.keep_best = k.keep_best;
+  w.retention.keep_every = k.keep_every;
+  w.retention.max_bytes = k.max_bytes;
+  w.retention.best_metric = k.best_metric;
+  w.retention.best_mode = k.best_mode;
+  w.best_metric = k.best_metric;
+  w.best_mode = k.best_mode;
+#if DS_TORCH_HAS_CUDA
+  if (device.is_cuda()) {
+    // Page-locked staging: the snapshot's device-to-host copies run at PCIe speed, async.
+    w.on_staging_allocate = [](std::byte* p, size_t n) {
+      (void)cudaHostRegister(p, n, cudaHostRegisterDefault);
+    };
+    w.on_staging_release = [](std::byte* p, size_t) { (void)cudaHostUnregister(p); };
+  }
+#endif
+  DS_ASSIGN_OR_RETURN(writer, ckpt::CheckpointWriter::Create(env, w));
+  return Status::OK();
+}
+
+std::string Trainer::Impl::StateJson() const {
+  const LossScalerState& s = scaler->state();
+  const SamplerState d = sampler->state();
+  Json j = {{"step", step},
+            {"adam_steps", zero->adam_steps()},
+            {"skipped", skipped},
+            {"schedule_origin", schedule_origin},
+            {"loss_scaler",
+             {{"scale", s.scale},
+              {"iteration", s.iteration},
+              {"last_overflow_iteration", s.last_overflow_iteration},
+              {"hysteresis_left", s.hysteresis_left}}},
+            {"sampler", d.Serialize()},
+            {"world_size", options.world_size},
+            {"zero_stage", config.zero.stage}};
+  return j.dump();
+}
+
+std::string Trainer::Impl::FreeSpace() const {
+  Result<io::SpaceInfo> fs = env->StatFs(save_dir);
+  return fs.ok() ? "; " + io::FormatBytes(fs->available_bytes) + " free on " + save_dir : "";
+}
+
+void Trainer::Impl::ReapSave(bool wait) {
+  if (!in_flight || (!wait && !in_flight->Done())) return;
+  Status s = in_flight->Wait();
+  ckpt::SaveStats st = in_flight->stats();
+  in_flight.reset();
+  if (s.ok()) {
+    ++saves;
+    last_checkpoint = st.path;
+    if (options.rank == 0) {
+      char line[256];
+      std::snprintf(line, sizeof line,
+                    "checkpoint %s: %s stored in %.2f s (training waited %.3f s)", st.path.c_str(),
+                    io::FormatBytes(st.stored_bytes).c_str(), st.total_seconds,
+                    st.snapshot_seconds);
+      io::LogInfo(line);
+    }
+    return;
+  }
+  ++failed_saves;
+  io::LogWarning(
+      "rank " + std::to_string(options.rank) + ": checkpoint of step " +
+      std::to_string(in_flight_step) + " failed: " + s.message() + FreeSpace() +
+      ". Training goes on; the next save tries again, and committed checkpoints are untouched");
+}
+
+Status Trainer::Impl::Save(const std::string& reason) {
+  DS_RETURN_IF_ERROR(Flush());
+  if (config.checkpoint.when_busy == "skip" && in_flight) {
+    // Skip on every rank or none: any rank still writing makes all skip.
+    torch::Tensor busy =
+        torch::tensor({in_flight->Done() ? 0.0f : 1.0f},
+                      torch::TensorOptions().dtype(torch::kFloat32).device(device));
+    if (comm != nullptr) DS_RETURN_IF_ERROR(comm->AllReduce(busy, "checkpoint busy flags"));
+    if (busy.cpu().item<float>() > 0) {
+      if (options.rank == 0) {
+        io::LogInfo(
+            "checkpoint of step " + std::to_string(step) + " (" + reason +
+            ") skipped: the previous one is still being written (checkpoint.when_busy: skip)");
+      }
+      return Status::OK();
+    }
+  }
+  ReapSave(/*wait=*/true);  // the previous save: the writer takes one at a time
+  if (writer == nullptr) DS_RETURN_IF_ERROR(CreateWriter());
+  ckpt::SaveRequest r;
+  r.step = step;
+  r.zero_stage = static_cast<uint32_t>(config.zero.stage);
+  r.partition_alignment = zero->alignment();
+  r.config_json = config.resolved.dump();
+  Json metrics = {{"loss", recent_loss}};
+  if (last_eval) metrics["eval_loss"] = *last_eval;
+  r.metrics_json = metrics.dump();
+  auto failed = [&](const Status& s) {
+    ++failed_saves;
+    io::LogWarning("rank " + std::to_string(options.rank) + ": checkpoint of step " +
+                   std::to_string(step) + " (" + reason + ") did not start: " + s.message() +
+                   FreeSpace() + "; training goes on, the next save tries again");
+    return Status::OK();
+  };
+  if (Status s = writer->Begin(r); !s.ok()) return failed(s);
+  const std::vector<std::string> names = zero->names();
+  const std::vector<std::vector<int64_t>> shapes = zero->shapes();
+  const at::Tensor buffers[] = {zero->master(), zero->exp_avg(), zero->exp_avg_sq()};
+  for (const ZeroPiece& p : zero->SavePieces()) {
+    for (int b = 0; b < 3; ++b) {
+      ckpt::SaveSlice s;
+      s.name = kBuffers[b] + names[static_cast<size_t>(p.tensor)];
+      s.dtype = fmt::DType::kF32;
+      s.shape = shapes[static_cast<size_t>(p.tensor)];
+      s.flat_begin = static_cast<uint64_t>(p.begin);
+      s.flat_end = static_cast<uint64_t>(p.end);
+      at::Tensor src = buffers[b].narrow(0, p.offset, p.end - p.begin);
+      if (src.is_cpu()) {
+        s.source.host =
+            std::span<const std::byte>(static_cast<const std::byte*>(src.data_ptr()), src.nbytes());
+      } else {
+        s.source.fill = [src](uint64_t offset, std::span<std::byte> dst) {
+          return CopyOut(src, offset, dst);
+        };
+      }
+      if (Status st = writer->AddSlice(std::move(s)); !st.ok()) return failed(st);
+    }
+  }
+  if (options.rank == 0) {
+    if (Status st = writer->AddBlob("trainer/state", StateJson()); !st.ok()) return failed(st);
+  }
+  at::Tensor rng = at::detail::getDefaultCPUGenerator().get_state();
+  std::string rng_bytes(static_cast<const char*>(rng.data_ptr()),
+                        static_cast<size_t>(rng.nbytes()));
+  if (Status st = writer->AddBlob("rng/rank-" + std::to_string(options.rank), rng_bytes);
+      !st.ok()) {
+    return failed(st);
+  }
+  auto sync = [this]() -> Status {
+#if DS_TORCH_HAS_CUDA
+    if (device.is_cuda()) c10::cuda::getCurrentCUDAStream().synchronize();
+#endif
+    return Status::OK();
+  };
+  Result<ckpt::SaveStats> snap = writer->Snapshot(sync);
+  if (!snap.ok()) return failed(snap.status());
+  last_stall_s = snap->snapshot_seconds;
+  in_flight = writer->Commit();
+  in_flight_step = step;
+  last_saved_step = step;
+  last_save_us = env->NowMicros();
+  if (options.rank == 0) {
+    char line[160];
+    std::snprintf(line, sizeof line,
+                  "checkpoint of step %lld (%s): snapshot took %.3f s, writing in the background",
+                  static_cast<long long>(step), reason.c_str(), snap->snapshot_seconds);
+    io::LogInfo(line);
+  }
+  return Status::OK();
+}
+
+Status Trainer::SaveCheckpoint(const std::string& reason) { return impl_->Save(reason); }
+
+void Trainer::WaitForSaves() { impl_->ReapSave(/*wait=*/true); }
+
+// ---- resuming
+
+Result<std::string> Trainer::Resume(const ResumeOptions& r) {
+  Impl& t = *impl_;
+  ckpt::Catalog catalog(t.env, t.save_dir);
+  Result<std::string> path = catalog.Resolve(r.from);
+  if (!path.ok()) {
+    if (r.if_any && path.status().code() == StatusCode::kNotFound) {
+      return std::string("no checkpoint in " + t.save_dir + " yet: starting fresh");
+    }
+    return Status(path.status().code(), "--resume " + r.from + ": " + path.status().message());
+  }
+  Result<std::string> loaded = t.Load(*path, r);
+  if (loaded.ok() || !r.fallback || loaded.status().code() != StatusCode::kCorruption)
+    return loaded;
+  // --fallback: the newest older checkpoint that loads.
+  io::LogWarning(loaded.status().message() + "; --fallback: trying older checkpoints");
+  DS_ASSIGN_OR_RETURN(std::vector<ckpt::CheckpointEntry> all, catalog.List());
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    if (it->path == *path || !it->problem.empty()) continue;
+    Result<std::string> older = t.Load(it->path, r);
+    if (older.ok()) return *older + " (fell back from the damaged " + *path + ")";
+    io::LogWarning(older.status().message());
+  }
+  return Status(loaded.status().code(), loaded.status().message() + "; no older checkpoint in " +
+                                            t.save_dir + " loads either");
+}
+
+Result<std::string> Trainer::Impl::Load(const std::string& path, const ResumeOptions& r) {
+  ckpt::ReaderOptions ro;
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<ckpt::CheckpointReader> reader,
+                      ckpt::CheckpointReader::Open(env, path, ro));
+  const fmt::Manifest& m = reader->manifest();
+  const std::vector<std::string> names = zero->names();
+  const std::vector<std::vector<int64_t>> shapes = zero->shapes();
+  const bool optimizer = r.load_optimizer && !r.module_only;
+  // The model must match: every parameter present with its shape.
+  for (size_t i = 0; i < names.size(); ++i) {
+    for (int b = 0; b < (optimizer ? 3 : 1); ++b) {
+      const std::string name = kBuffers[b] + names[i];
+      const int64_t at = m.FindTensor(name);
+      if (at < 0) {
+        return Status::InvalidArgument(
+            path + " does not match the model: it has no tensor " + name +
+            (b > 0 ? " (resume with --no-load-optimizer to start Adam afresh)" : "") +
+            " (the model's parameter " + std::to_string(i) + " of " + std::to_string(names.size()) +
+            ")");
+      }
+      if (m.tensors[static_cast<size_t>(at)].shape != shapes[i]) {
+        return Status::InvalidArgument(path + " does not match the model: tensor " + name + " is " +
+                                       Shape(m.tensors[static_cast<size_t>(at)].shape) +
+                                       " there, " + Shape(shapes[i]) +
+                                       " in the model (check model.* against the config the "
+                                       "checkpoint was saved with: dsckpt inspect " +
+                                       path + ")");
+      }
+    }
+  }
+  // This rank's slices, in its current layout, into host buffers, then where they belong.
+  const std::vector<ZeroPiece> pieces = zero->HeldPieces();
+  const at::Tensor targets[] = {zero->master(), zero->exp_avg(), zero->exp_avg_sq()};
+  std::vector<at::Tensor> host;
+  std::vector<ckpt::ReadRequest> requests;
+  for (int b = 0; b < (optimizer ? 3 : 1); ++b) {
+    at::Tensor h = at::zeros({targets[b].numel()}, at::kFloat);
+    for (const ZeroPiece& p : pieces) {
+      ckpt::ReadRequest q;
+      q.slice.tensor = kBuffers[b] + names[static_cast<size_t>(p.tensor)];
+      q.slice.flat_begin = static_cast<uint64_t>(p.begin);
+      q.slice.flat_end = static_cast<uint64_t>(p.end);
+      q.dst = std::span<std::byte>(reinterpret_cast<std::byte*>(h.data_ptr<float>() + p.offset),
+                                   static_cast<size_t>(p.end - p.begin) * sizeof(float));
+      requests.push_back(std::move(q));
+    }
+    host.push_back(h);
+  }
+  DS_ASSIGN_OR_RETURN(ckpt::ReadStats rs, reader->Read(requests));
+  Json state;
+  if (!r.module_only) {
+    DS_ASSIGN_OR_RETURN(std::string blob, reader->ReadBlob("trainer/state"));
+    state = Json::parse(blob, nullptr, /*allow_exceptions=*/false);
+    if (state.is_discarded() || !state.contains("step")) {
+      return Status::Corruption(path + ": blob trainer/state is not the trainer's state");
+    }
+  }
+  try {
+    torch::NoGradGuard no_grad;
+    for (size_t b = 0; b < host.size(); ++b) targets[b].copy_(host[b]);
+    if (!optimizer) {
+      zero->exp_avg().zero_();
+      zero->exp_avg_sq().zero_();
+    }
+  } catch (const c10::Error& e) {
+    return Status::IOError(std::string("placing the loaded state on ") + device.str() + ": " +
+                           e.what_without_backtrace());
+  }
+  DS_RETURN_IF_ERROR(zero->Publish());
+  if (!r.module_only) {
+    DS_ASSIGN_OR_RETURN(SamplerState ss,
+                        SamplerState::Deserialize(state["sampler"].get<std::string>()));
+    DS_RETURN_IF_ERROR(sampler->Restore(ss)) << "while resuming from " << path;
+    step = state["step"].get<int64_t>();
+    skipped = state.value("skipped", int64_t{0});
+    zero->set_adam_steps(optimizer ? state["adam_steps"].get<int64_t>() : 0);
+    schedule_origin = r.load_scheduler ? state.value("schedule_origin", int64_t{0}) : step;
+    const Json& ls = state["loss_scaler"];
+    scaler->Restore({ls["scale"].get<double>(), ls["iteration"].get<int64_t>(),
+                     ls["last_overflow_iteration"].get<int64_t>(),
+                     ls["hysteresis_left"].get<int64_t>()});
+    if (Result<std::string> rng = reader->ReadBlob("rng/rank-" + std::to_string(options.rank));
+        rng.ok()) {
+      at::Tensor s = at::empty({static_cast<int64_t>(rng->size())}, at::kByte);
+      std::memcpy(s.data_ptr(), rng->data(), rng->size());
+      at::Generator gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_state(s);
+    }
+  }
+  last_saved_step = step;
+  first_loss.reset();
+  const fmt::ManifestInfo& info = m.info;
+  std::string line = "resumed from " + path + " at step " + std::to_string(step);
+  if (info.world_size != static_cast<uint32_t>(options.world_size) ||
+      info.zero_stage != static_cast<uint32_t>(config.zero.stage)) {
+    line += " (saved by " + std::to_string(info.world_size) + " rank(s) at ZeRO stage " +
+            std::to_string(info.zero_stage) + ", loaded into " +
+            std::to_string(options.world_size) + " at stage " + std::to_string(config.zero.stage) +
+            ": each rank read its own slices, no reshard needed)";
+  }
+  if (r.module_only)
+    line += "; weights only (--load-module-only): a fresh run from them";
+  else if (!optimizer)
+    line += "; Adam starts afresh (--no-load-optimizer)";
+  if (!r.load_scheduler && !r.module_only)
+    line += "; the LR schedule restarts (--no-load-scheduler)";
+  line += "; read " + io::FormatBytes(rs.stored_bytes) + ", every chunk checksummed";
+  return line;
+}
+
+}  // namespace ds::engine

@@ -1,0 +1,232 @@
+// Checkpoints from the engine: N steps, save, resume, N more equals 2N straight bit for bit at
+// every stage and world size (fp32 and bf16); a checkpoint resumes at another world size and
+// stage; a model that does not match, a missing or damaged checkpoint are clear errors (with
+// --fallback going back to an older one); a save that hits a full disk lets training go on and
+// the next save succeeds.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include "ckpt/catalog.h"
+#include "engine/train/trainer.h"
+#include "io/fault_env.h"
+#include "tests/engine/rank_threads.h"
+#include "tests/testing/matchers.h"
+
+namespace ds::engine {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct RankRun {
+  Status status;
+  TrainSummary summary;
+  torch::Tensor master;
+  std::string resumed;  // Resume's line
+};
+
+class ResumeTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { torch::set_num_threads(1); }
+
+  nlohmann::json Config(const std::string& out, int64_t steps) const {
+    nlohmann::json j = nlohmann::json::parse(R"({
+      "train_micro_batch_size_per_gpu": 2,
+      "gradient_accumulation_steps": 2,
+      "gradient_clipping": 0.5,
+      "steps_per_print": 1,
+      "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "weight_decay": 0.1}},
+      "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 4, "warmup_max_lr": 1e-3}},
+      "model": {"n_layer": 2, "n_head": 2, "d_model": 32, "seq_len": 16, "vocab": 256},
+      "data": {"path": "builtin", "val_fraction": 0.05},
+      "comms": {"timeout_s": 60},
+      "checkpoint": {"save_interval_steps": 0},
+      "trainer": {"eval_interval": 0, "eval_iters": 2, "seed": 5}
+    })");
+    j["trainer"]["max_steps"] = steps;
+    j["trainer"]["output_dir"] = out;
+    j["zero_optimization"] = {{"reduce_bucket_size", 1000},
+                              {"stage3_param_persistence_threshold", 0}};
+    return j;
+  }
+
+  // Trains `world` ranks (threads) on `j` plus `set`; resumes first when `resume` is given.
+  std::vector<RankRun> Run(int world, const nlohmann::json& j, const std::vector<std::string>& set,
+                           std::optional<ResumeOptions> resume = std::nullopt,
+                           io::Env* env = io::Env::Default()) {
+    std::vector<RankRun> out(static_cast<size_t>(world));
+    testing::RunRanks(world, [&](int r, int port) {
+      RankRun& res = out[static_cast<size_t>(r)];
+      Overrides o;
+      o.set = set;
+      o.world_size = world;
+      Result<ds::engine::Config> c = ParseConfig(j.dump(), o, "resume-test.json");
+      if (!c.ok()) {
+        res.status = c.status();
+        return;
+      }
+      TrainerOptions to;
+      to.device = "cpu";
+      to.rank = r;
+      to.world_size = world;
+      to.master_port = port;
+      to.corpus_cache_dir = corpus_.path();
+      Result<std::unique_ptr<Trainer>> t = Trainer::Create(env, *c, to);
+      if (!t.ok()) {
+        res.status = t.status();
+        return;
+      }
+      if (resume) {
+        Result<std::string> line = (*t)->Resume(*resume);
+        if (!line.ok()) {
+          res.status = line.status();
+          return;
+        }
+        res.resumed = *line;
+      }
+      Result<TrainSummary> s = (*t)->Run();
+      if (!s.ok()) {
+        res.status = s.status();
+        return;
+      }
+      res.summary = *s;
+      Result<torch::Tensor> m = (*t)->GatherMaster();
+      if (m.ok()) res.master = *m;
+      res.status = m.status();
+    });
+    return out;
+  }
+
+  static ResumeOptions Latest() {
+    ResumeOptions r;
+    r.from = "latest";
+    return r;
+  }
+
+  static ds::testing::TempDir corpus_;
+};
+ds::testing::TempDir ResumeTest::corpus_;
+
+#define ASSERT_RANKS_OK(runs)                                                                     \
+  for (size_t r_ = 0; r_ < (runs).size(); ++r_) {                                                 \
+    ASSERT_TRUE((runs)[r_].status.ok()) << "rank " << r_ << ": " << (runs)[r_].status.ToString(); \
+  }
+
+TEST_F(ResumeTest, StopAndResumeEqualsTrainingStraightThroughAtEveryStageAndWorldSize) {
+  struct Case {
+    int world, stage;
+    const char* precision;
+  };
+  std::vector<Case> cases;
+  for (int world : {1, 2, 4}) {
+    for (int stage : {0, 1, 2, 3}) cases.push_back({world, stage, "fp32"});
+  }
+  for (int stage : {0, 1, 2, 3}) cases.push_back({2, stage, "bf16"});
+  for (const Case& k : cases) {
+    SCOPED_TRACE("world " + std::to_string(k.world) + ", stage " + std::to_string(k.stage) + ", " +
+                 k.precision);
+    std::vector<std::string> set = {"zero_optimization.stage=" + std::to_string(k.stage)};
+    if (std::string(k.precision) == "bf16") set.push_back("bf16.enabled=true");
+    ds::testing::TempDir straight_dir, split_dir;
+    std::vector<RankRun> straight = Run(k.world, Config(straight_dir.path(), 4), set);
+    ASSERT_RANKS_OK(straight);
+    std::vector<RankRun> first =
+        Run(k.world, Config(split_dir.path(), 2), set);  // saves step 2 at the end
+    ASSERT_RANKS_OK(first);
+    ASSERT_EQ(first[0].summary.saves, 1);
+    std::vector<RankRun> second = Run(k.world, Config(split_dir.path(), 4), set, Latest());
+    ASSERT_RANKS_OK(second);
+    EXPECT_THAT(second[0].resumed, HasSubstr("at step 2"));
+    for (int r = 0; r < k.world; ++r) {
+      EXPECT_TRUE(torch::equal(second[static_cast<size_t>(r)].master, straight[0].master))
+          << "rank " << r;
+    }
+    EXPECT_EQ(second[0].summary.last_loss, straight[0].summary.last_loss);  // step 4's loss
+  }
+}
+
+TEST_F(ResumeTest, ACheckpointResumesAtAnotherWorldSizeAndStage) {
+  ds::testing::TempDir dir;
+  std::vector<RankRun> saved = Run(2, Config(dir.path(), 2), {"zero_optimization.stage=1"});
+  ASSERT_RANKS_OK(saved);
+  // 2 ranks at stage 1 -> 4 ranks at stage 3, resuming at the saved step: the same weights.
+  std::vector<RankRun> four =
+      Run(4, Config(dir.path(), 2), {"zero_optimization.stage=3"}, Latest());
+  ASSERT_RANKS_OK(four);
+  EXPECT_THAT(four[0].resumed,
+              HasSubstr("saved by 2 rank(s) at ZeRO stage 1, loaded into 4 at stage 3"));
+  EXPECT_TRUE(torch::equal(four[0].master, saved[0].master));
+  // ... and trains on, then 1 rank at stage 0 takes over.
+  std::vector<RankRun> on = Run(4, Config(dir.path(), 4), {"zero_optimization.stage=3"}, Latest());
+  ASSERT_RANKS_OK(on);
+  EXPECT_FALSE(torch::equal(on[0].master, saved[0].master));
+  std::vector<RankRun> one = Run(1, Config(dir.path(), 4), {"zero_optimization.stage=0"}, Latest());
+  ASSERT_RANKS_OK(one);
+  EXPECT_THAT(one[0].resumed, HasSubstr("at step 4"));
+  EXPECT_TRUE(torch::equal(one[0].master, on[0].master));
+  std::vector<RankRun> more =
+      Run(1, Config(dir.path(), 6), {"zero_optimization.stage=0"}, Latest());
+  ASSERT_RANKS_OK(more);
+  EXPECT_LT(more[0].summary.last_loss, saved[0].summary.first_loss);
+}
+
+TEST_F(ResumeTest, BadResumesAreClearErrors) {
+  ds::testing::TempDir dir;
+  // Nothing saved yet.
+  std::vector<RankRun> none = Run(1, Config(dir.path(), 2), {}, Latest());
+  EXPECT_THAT(none[0].status,
+              ds::testing::StatusIs(StatusCode::kNotFound, HasSubstr("--resume latest")));
+  ResumeOptions if_any = Latest();
+  if_any.if_any = true;
+  std::vector<RankRun> fresh = Run(1, Config(dir.path(), 2), {}, if_any);  // saves step 2
+  ASSERT_RANKS_OK(fresh);
+  EXPECT_THAT(fresh[0].resumed, HasSubstr("starting fresh"));
+  // Another model: the first differing tensor and both shapes.
+  std::vector<RankRun> wider = Run(1, Config(dir.path(), 4), {"model.d_model=64"}, Latest());
+  EXPECT_THAT(wider[0].status,
+              ds::testing::StatusIs(StatusCode::kInvalidArgument,
+                                    HasSubstr("tensor master/wte.weight is [256, 32] there, "
+                                              "[256, 64] in the model")));
+  // A damaged newest checkpoint: the chunk is named; --fallback takes the older one.
+  std::vector<RankRun> more = Run(1, Config(dir.path(), 4), {}, Latest());  // saves step 4
+  ASSERT_RANKS_OK(more);
+  io::Env* env = io::Env::Default();
+  const std::string shard = io::JoinPath(dir.path(), "checkpoints/step-00000004/rank-00000.dss");
+  DS_ASSERT_OK_AND_ASSIGN(std::string bytes, env->ReadFileToString(shard));
+  for (size_t i = 4096; i < bytes.size(); i += 997) bytes[i] = static_cast<char>(bytes[i] ^ 0x5a);
+  ASSERT_TRUE(env->WriteFileSynced(shard, bytes).ok());
+  std::vector<RankRun> damaged = Run(1, Config(dir.path(), 6), {}, Latest());
+  EXPECT_THAT(damaged[0].status,
+              ds::testing::StatusIs(StatusCode::kCorruption, HasSubstr("chunk")));
+  ResumeOptions fallback = Latest();
+  fallback.fallback = true;
+  std::vector<RankRun> fell = Run(1, Config(dir.path(), 6), {}, fallback);
+  ASSERT_RANKS_OK(fell);
+  EXPECT_THAT(fell[0].resumed, HasSubstr("at step 2"));
+  EXPECT_THAT(fell[0].resumed, HasSubstr("fell back from the damaged"));
+}
+
+TEST_F(ResumeTest, AFullDiskFailsOneSaveAndTrainingGoesOn) {
+  ds::testing::TempDir dir;
+  io::FaultEnv faulty(io::Env::Default());
+  // The first save cannot even make its directory; the second fails in the background on its
+  // first write (after the snapshot: training has moved on); then the disk has room again.
+  faulty.AddRule({io::kFaultCreateDir, "*/checkpoints/*", 0, 1, io::FaultKind::kNoSpace});
+  faulty.AddRule({io::kFaultWrite, "*/checkpoints/*", 0, 1, io::FaultKind::kNoSpace});
+  nlohmann::json j = Config(dir.path(), 6);
+  j["checkpoint"]["save_interval_steps"] = 2;
+  std::vector<RankRun> run = Run(1, j, {}, std::nullopt, &faulty);
+  ASSERT_RANKS_OK(run);
+  EXPECT_EQ(run[0].summary.steps, 6);
+  EXPECT_EQ(run[0].summary.failed_saves, 2);
+  EXPECT_EQ(run[0].summary.saves, 1);  // step 6
+  EXPECT_EQ(faulty.injected_count(), 2u);
+  ckpt::Catalog catalog(io::Env::Default(), io::JoinPath(dir.path(), "checkpoints"));
+  DS_ASSERT_OK_AND_ASSIGN(std::optional<std::string> latest, catalog.ReadLatest());
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(*latest, "step-00000006");
+}
+
+}  // namespace
+}  // namespace ds::engine
