@@ -132,13 +132,24 @@ run_tests() {
 }
 
 run_demo() {
-  say "demo: training the built-in GPT (demo preset, 0.8M parameters) on the embedded corpus"
+  rm -rf "$ROOT/build/demo"  # the demo's own output: metrics, events, checkpoints
+  say "demo: training the built-in GPT (demo preset, 0.8M parameters) on the embedded corpus,"
+  say "      saving a checkpoint every 100 steps"
   say "  $BUILD/dsrun --config examples/demo.json"
   (cd "$ROOT" && "$BUILD/dsrun" --config examples/demo.json)
+  say ""
+  say "demo: resuming from the latest checkpoint for 100 more steps"
+  say "  $BUILD/dsrun --config examples/demo.json --resume latest --max-steps 400"
+  (cd "$ROOT" && "$BUILD/dsrun" --config examples/demo.json --resume latest --max-steps 400)
+  say ""
+  say "  $BUILD/dsckpt list build/demo/checkpoints"
+  (cd "$ROOT" && "$BUILD/dsckpt" list build/demo/checkpoints)
   say ""
   say "next:"
   say "  TensorBoard:  tensorboard --logdir build/demo   (or read build/demo/metrics.jsonl)"
   say "  bf16:         $BUILD/dsrun --config examples/demo.json --set bf16.enabled=true"
+  say "  2 ranks:      $BUILD/dsrun --nproc-per-node 2 --config examples/demo.json --set zero_optimization.stage=2"
+  say "  ZeRO stages:  $BUILD/dsrun bench --config examples/demo.json --nproc-per-node 2"
   say "  bigger model: $BUILD/dsrun --config examples/demo.json --set model.preset=gpt2-124m --dry-run"
   say "  your model:   examples/custom_model/main.cc (build/examples/bigram_lm)"
   say "  your disk:    $BUILD/dsckpt bench io --dir /your/checkpoint/disk --size 4G"

@@ -43,6 +43,12 @@ std::string Mib(double bytes) {
   return b;
 }
 
+std::string Ms(double seconds) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f", seconds * 1e3);
+  return b;
+}
+
 }  // namespace
 
 Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const DsrunFlags& f,
@@ -58,6 +64,13 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
   for (int64_t i = 0; i < f.bench_steps; ++i) DS_RETURN_IF_ERROR(trainer.Step());
   sync();
   const double seconds = static_cast<double>(env->NowMicros() - t0) / 1e6;
+  // One checkpoint of the state as it is now: what it stalls, and how long until durable.
+  std::optional<ckpt::SaveStats> save;
+  if (config.checkpoint.enabled) {
+    DS_RETURN_IF_ERROR(trainer.SaveCheckpoint("bench"));
+    trainer.WaitForSaves();
+    save = trainer.last_save();
+  }
   if (rank != 0) return Status::OK();
   const double steps = static_cast<double>(f.bench_steps);
   Json j;
@@ -91,6 +104,15 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
   j["comm_bytes_per_step"] = bytes / steps;
   j["comm_seconds_per_step"] = secs / steps;
   j["comm"] = comm;
+  if (save) {
+    // A synchronous save would stall training for all of total_seconds.
+    j["save_stall_s"] = save->snapshot_seconds;
+    j["save_total_s"] = save->total_seconds;
+    j["save_logical_bytes"] = save->logical_bytes;
+    j["save_stall_per_step"] = save->snapshot_seconds / (seconds / steps);
+    j["save_stall_per_sync_save"] =
+        save->total_seconds > 0 ? save->snapshot_seconds / save->total_seconds : 0;
+  }
   return env->ReplaceFileAtomically(f.bench_out, j.dump());
 }
 
@@ -140,16 +162,19 @@ int RunBench(const DsrunFlags& f) {
   (void)env->RemoveAll(*dir);
   std::printf("\nZeRO stages: %s, %d rank(s) per node x %d node(s), %lld timed steps each\n",
               f.config.c_str(), f.nproc_per_node, f.nnodes, static_cast<long long>(f.bench_steps));
-  std::printf("%-5s %5s %9s %11s %14s %12s %13s %13s\n", "stage", "ranks", "step ms", "tokens/s",
-              "state/rank MiB", "peak MiB", "comm MiB/step", "comm ms/step");
+  std::printf("%-5s %5s %9s %11s %14s %12s %13s %13s %10s %10s\n", "stage", "ranks", "step ms",
+              "tokens/s", "state/rank MiB", "peak MiB", "comm MiB/step", "comm ms/step", "stall ms",
+              "save ms");
   for (const Json& j : rows) {
     std::printf(
-        "%-5d %5d %9.1f %11.0f %14s %12s %13s %13.1f\n", j["stage"].get<int>(),
+        "%-5d %5d %9.1f %11.0f %14s %12s %13s %13.1f %10s %10s\n", j["stage"].get<int>(),
         j["ranks"].get<int>(), j["step_s"].get<double>() * 1e3, j["tokens_per_s"].get<double>(),
         Mib(j["model_state_bytes"].get<double>()).c_str(),
         (Mib(j["peak_bytes"].get<double>()) + (j["peak_kind"] == "gpu" ? " gpu" : " rss")).c_str(),
         Mib(j["comm_bytes_per_step"].get<double>()).c_str(),
-        j["comm_seconds_per_step"].get<double>() * 1e3);
+        j["comm_seconds_per_step"].get<double>() * 1e3,
+        j.contains("save_stall_s") ? Ms(j["save_stall_s"].get<double>()).c_str() : "-",
+        j.contains("save_total_s") ? Ms(j["save_total_s"].get<double>()).c_str() : "-");
   }
   if (f.json) {
     Json all = {{"bench", "dsrun_zero_stages"},       {"config", f.config},

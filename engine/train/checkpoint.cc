@@ -135,6 +135,7 @@ void Trainer::Impl::ReapSave(bool wait) {
   if (s.ok()) {
     ++saves;
     last_checkpoint = st.path;
+    last_save_stats = st;
     if (options.rank == 0) {
       char line[256];
       std::snprintf(line, sizeof line,
@@ -177,7 +178,7 @@ Status Trainer::Impl::Save(const std::string& reason) {
   r.partition_alignment = zero->alignment();
   r.config_json = config.resolved.dump();
   Json metrics = {{"loss", recent_loss}};
-  if (last_eval) metrics["eval_loss"] = *last_eval;
+  if (last_eval && last_eval_step == step) metrics["eval_loss"] = *last_eval;  // never a stale one
   r.metrics_json = metrics.dump();
   auto failed = [&](const Status& s) {
     ++failed_saves;
@@ -246,6 +247,7 @@ Status Trainer::Impl::Save(const std::string& reason) {
 Status Trainer::SaveCheckpoint(const std::string& reason) { return impl_->Save(reason); }
 
 void Trainer::WaitForSaves() { impl_->ReapSave(/*wait=*/true); }
+std::optional<ckpt::SaveStats> Trainer::last_save() const { return impl_->last_save_stats; }
 
 // ---- resuming
 

@@ -436,6 +436,7 @@ Result<std::optional<double>> Trainer::Evaluate() {
   }
   const double loss = sum.item<double>() / static_cast<double>(t.eval->num_batches());
   t.last_eval = loss;
+  t.last_eval_step = t.step;
   t.window_start_us = t.env->NowMicros();  // evaluation time is not a training step's
   EvalMetrics m;
   m.step = t.step;
@@ -479,9 +480,12 @@ Result<TrainSummary> Trainer::Run() {
   t.window_start_us = t0;
   while (t.step < c.trainer.max_steps) {
     DS_RETURN_IF_ERROR(Step());
-    if (c.trainer.eval_interval > 0 && t.step % c.trainer.eval_interval == 0 &&
-        t.step < c.trainer.max_steps) {
-      DS_ASSIGN_OR_RETURN(s.last_eval_loss, Evaluate());
+    // Evaluate before a save of the same step, so the checkpoint's metrics (and `best`) are
+    // this step's.
+    if ((c.trainer.eval_interval > 0 && t.step % c.trainer.eval_interval == 0) ||
+        t.step == c.trainer.max_steps) {
+      DS_ASSIGN_OR_RETURN(std::optional<double> e, Evaluate());
+      if (e) s.last_eval_loss = e;
     }
     DS_ASSIGN_OR_RETURN(auto save_stop, t.SaveOrStopNow());
     if (save_stop.first)
@@ -492,11 +496,8 @@ Result<TrainSummary> Trainer::Run() {
     }
   }
   DS_RETURN_IF_ERROR(t.Flush());
-  if (!s.preempted) {
-    DS_ASSIGN_OR_RETURN(std::optional<double> final_eval, Evaluate());
-    if (final_eval) s.last_eval_loss = final_eval;
-    if (c.checkpoint.enabled && t.last_saved_step != t.step) DS_RETURN_IF_ERROR(t.Save("final"));
-  }
+  if (!s.preempted && c.checkpoint.enabled && t.last_saved_step != t.step)
+    DS_RETURN_IF_ERROR(t.Save("final"));
   t.ReapSave(/*wait=*/true);
   DS_RETURN_IF_ERROR(t.monitor->Sync());
   s.steps = t.step;

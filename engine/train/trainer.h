@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "ckpt/writer.h"
 #include "engine/comm/comm.h"
 #include "engine/config/config.h"
 #include "engine/monitor/monitor.h"
@@ -97,6 +98,9 @@ class Trainer {
   Status SaveCheckpoint(const std::string& reason);
   // Waits for saves in flight; their errors are reported, not returned.
   void WaitForSaves();
+  // The last save that finished: its stall (snapshot) and time until durable; nullopt if none
+  // succeeded yet.
+  std::optional<ckpt::SaveStats> last_save() const;
 
   int64_t step() const;
   const std::vector<ParamSlot>& slots() const;

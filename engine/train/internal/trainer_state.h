@@ -74,7 +74,8 @@ struct Trainer::Impl {
   // ---- checkpoints (checkpoint.cc)
   std::string save_dir;         // config's, or <output_dir>/checkpoints
   int64_t schedule_origin = 0;  // the LR schedule runs at step - schedule_origin
-  std::optional<double> last_eval;
+  std::optional<double> last_eval;  // at last_eval_step
+  int64_t last_eval_step = -1;
   std::unique_ptr<ckpt::KeyValueStore> ckpt_store;  // several ranks: over the rendezvous store
   std::unique_ptr<ckpt::CheckpointWriter> writer;   // made at the first save
   std::shared_ptr<ckpt::SaveHandle> in_flight;
@@ -84,6 +85,7 @@ struct Trainer::Impl {
   double last_stall_s = -1;  // the last snapshot's stall, for the next step's metrics
   int64_t saves = 0, failed_saves = 0;
   std::string last_checkpoint;
+  std::optional<ckpt::SaveStats> last_save_stats;
 
   Status SetupCheckpoints();
   Status CreateWriter();
