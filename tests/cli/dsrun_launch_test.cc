@@ -21,7 +21,8 @@ std::string Q(const std::string& s) { return bench::ShellQuote(s); }
 
 // A model that trains a step in milliseconds.
 std::string TinyRun(const std::string& out_dir, const std::string& extra) {
-  return Q(testing::BuildDir() + "/dsrun") + " --config " +
+  // --device cpu: on a GPU machine two ranks would otherwise want a GPU each.
+  return Q(testing::BuildDir() + "/dsrun") + " --device cpu --config " +
          Q(testing::SourceDir() + "/examples/demo.json") +
          " --set model.n_layer=1 model.d_model=32 model.n_head=2 model.seq_len=32"
          " train_micro_batch_size_per_gpu=4 trainer.eval_interval=0 steps_per_print=1"
