@@ -9,8 +9,13 @@
 #include <unistd.h>
 
 #include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
 #include <thread>
 #include <vector>
+
+#include "engine/train/trainer.h"
 
 namespace ds::engine::testing {
 
@@ -33,6 +38,25 @@ inline void RunRanks(int world, const std::function<void(int rank, int port)>& f
   std::vector<std::thread> ranks;
   for (int r = 0; r < world; ++r) ranks.emplace_back([&fn, r, port] { fn(r, port); });
   for (std::thread& t : ranks) t.join();
+}
+
+// Rank `rank` of `world`: `j` with `set` applied, trained on the CPU, rendezvous on `port`.
+inline Result<std::unique_ptr<Trainer>> MakeRankTrainer(const nlohmann::json& j,
+                                                        const std::vector<std::string>& set,
+                                                        int world, int rank, int port,
+                                                        const std::string& corpus_dir,
+                                                        io::Env* env = io::Env::Default()) {
+  Overrides o;
+  o.set = set;
+  o.world_size = world;
+  DS_ASSIGN_OR_RETURN(Config c, ParseConfig(j.dump(), o, "rank-test.json"));
+  TrainerOptions to;
+  to.device = "cpu";
+  to.rank = rank;
+  to.world_size = world;
+  to.master_port = port;
+  to.corpus_cache_dir = corpus_dir;
+  return Trainer::Create(env, c, to);
 }
 
 }  // namespace ds::engine::testing

@@ -58,21 +58,8 @@ class ResumeTest : public ::testing::Test {
     std::vector<RankRun> out(static_cast<size_t>(world));
     testing::RunRanks(world, [&](int r, int port) {
       RankRun& res = out[static_cast<size_t>(r)];
-      Overrides o;
-      o.set = set;
-      o.world_size = world;
-      Result<ds::engine::Config> c = ParseConfig(j.dump(), o, "resume-test.json");
-      if (!c.ok()) {
-        res.status = c.status();
-        return;
-      }
-      TrainerOptions to;
-      to.device = "cpu";
-      to.rank = r;
-      to.world_size = world;
-      to.master_port = port;
-      to.corpus_cache_dir = corpus_.path();
-      Result<std::unique_ptr<Trainer>> t = Trainer::Create(env, *c, to);
+      Result<std::unique_ptr<Trainer>> t =
+          testing::MakeRankTrainer(j, set, world, r, port, corpus_.path(), env);
       if (!t.ok()) {
         res.status = t.status();
         return;

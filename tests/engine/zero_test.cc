@@ -75,21 +75,8 @@ class ZeroTest : public ::testing::Test {
         RankResult& res = out[static_cast<size_t>(r)];
         nlohmann::json mine = j;
         mine["trainer"]["output_dir"] = dirs[static_cast<size_t>(r)].path();
-        Overrides o;
-        o.set = set;
-        o.world_size = world;
-        Result<Config> c = ParseConfig(mine.dump(), o, "zero-test.json");
-        if (!c.ok()) {
-          res.status = c.status();
-          return;
-        }
-        TrainerOptions to;
-        to.device = "cpu";
-        to.rank = r;
-        to.world_size = world;
-        to.master_port = port;
-        to.corpus_cache_dir = corpus_.path();
-        Result<std::unique_ptr<Trainer>> t = Trainer::Create(io::Env::Default(), *c, to);
+        Result<std::unique_ptr<Trainer>> t =
+            testing::MakeRankTrainer(mine, set, world, r, port, corpus_.path());
         if (!t.ok()) {
           res.status = t.status();
           return;
