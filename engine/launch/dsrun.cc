@@ -276,7 +276,8 @@ int DsrunMain(int argc, char** argv) {
                "Take only the weights: a fresh run from them");
   app.add_flag("--fallback", f.fallback,
                "A damaged checkpoint: resume from the newest older one that loads");
-  app.add_flag("--resume-if-any", f.resume_if_any)->group("");  // restarts: none yet is fine
+  app.add_flag("--resume-if-any", f.resume_if_any,
+               "With --resume: start fresh when there is no checkpoint yet (for launch scripts)");
   app.add_option(
       "--max-restarts", f.max_restarts,
       "When a rank dies, restart all ranks from the latest checkpoint, up to this many times");

@@ -104,5 +104,29 @@ TEST(DsrunCliTest, TheCustomModelExampleTrainsThroughDsrunMain) {
   EXPECT_THAT(r.out, HasSubstr("trained 40 steps"));
 }
 
+// The example configs resolve at a typical world size, with no unknown or misspelt key, and
+// the launch scripts parse (and pass shellcheck where it is installed).
+TEST(DsrunCliTest, ExampleConfigsAndScriptsAreValid) {
+  for (const char* name : {"single_node.json", "multi_node.json", "large_model_stage3.json", "demo.json"}) {
+    SCOPED_TRACE(name);
+    ShellResult r = Sh(Dsrun() + " --config " + Q(testing::SourceDir() + "/examples/" + name) +
+                       " --dry-run --nproc-per-node 8 --nnodes 4");
+    EXPECT_EQ(r.status, 0) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("data-parallel size 32"));
+    EXPECT_THAT(r.out, ::testing::Not(HasSubstr("unknown key")));
+  }
+  const bool shellcheck = Sh("command -v shellcheck").status == 0;
+  for (const char* script : {"launch_single_node.sh", "launch_multi_node.sh", "launch_slurm.sbatch"}) {
+    SCOPED_TRACE(script);
+    const std::string path = Q(testing::SourceDir() + "/examples/" + script);
+    ShellResult r = Sh("bash -n " + path);
+    EXPECT_EQ(r.status, 0) << r.out;
+    if (shellcheck) {
+      r = Sh("shellcheck " + path);
+      EXPECT_EQ(r.status, 0) << r.out;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace ds
