@@ -499,6 +499,8 @@ Result<TrainSummary> Trainer::Run() {
   if (!s.preempted && c.checkpoint.enabled && t.last_saved_step != t.step)
     DS_RETURN_IF_ERROR(t.Save("final"));
   t.ReapSave(/*wait=*/true);
+  // Rank 0 hosts the store the other ranks learn a save's outcome from: it may not exit first.
+  if (t.comm != nullptr) DS_RETURN_IF_ERROR(t.comm->Barrier("end of training"));
   DS_RETURN_IF_ERROR(t.monitor->Sync());
   s.steps = t.step;
   s.skipped_steps = t.skipped;

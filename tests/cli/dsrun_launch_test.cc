@@ -167,38 +167,39 @@ TEST(DsrunLaunchTest, SigtermSavesTheStepExitsSeventyFiveAndResumes) {
 
 TEST(DsrunLaunchTest, KilledRanksRestartFromTheLatestCheckpointAndFinishAsIfNothingHappened) {
   testing::TempDir dir;
+  // A slightly larger model than TinyRun's, so 200 steps last a few seconds.
   const std::string common =
-      "--nproc-per-node 2 --max-steps 40 --set checkpoint.save_interval_steps=5 "
-      "zero_optimization.stage=2";
+      "--nproc-per-node 2 --max-steps 200 --set checkpoint.save_interval_steps=10 "
+      "zero_optimization.stage=2 model.n_layer=2 model.d_model=64";
   ShellResult clean = Sh(TinyRun(dir.Join("clean"), common));
   ASSERT_EQ(clean.status, 0) << clean.out;
-  // Kill rank 1 twice, each time some steps after a checkpoint.
+  // Kill rank 1 twice: some steps after the first checkpoint, then some steps after resuming.
   const std::string faulty = TinyRun(dir.Join("faulty"), common + " --max-restarts 3");
-  const std::string log = dir.Join("log");
-  const std::string script =
-      "(" + faulty + ") >" + Q(log) +
-      " 2>&1 & L=$!\n"
-      "for at in 12 22; do\n"  // the first attempt dies near step 12, so 22 is the second's
-      "  for i in $(seq 1 900); do grep -q \"rank 0\\] step $at/\" " +
-      Q(log) +
-      " && break; sleep 0.1; done\n"
-      "  for p in $(pgrep -P $L); do\n"
-      "    if tr '\\0' '\\n' < /proc/$p/environ | grep -qx RANK=1; then kill -9 $p; fi\n"
-      "  done\n"
-      "done\n"
-      "wait $L; rc=$?; cat " +
-      Q(log) + "; exit $rc";
+  const std::string log = Q(dir.Join("log"));
+  const std::string kill_rank1 =
+      "for p in $(pgrep -P $L); do\n"
+      "  if tr '\\0' '\\n' < /proc/$p/environ 2>/dev/null | grep -qx RANK=1; then kill -9 $p; fi\n"
+      "done\n";
+  const std::string steps = "$(grep -c 'rank 0\\] step ' " + log + ")";
+  const std::string script = "(" + faulty + ") >" + log + " 2>&1 & L=$!\n" +
+                             "for i in $(seq 1 1200); do grep -q 'rank 0\\] step 15/' " + log +
+                             " && break; sleep 0.05; done\n" + kill_rank1 +
+                             "for i in $(seq 1 1200); do grep -q 'resumed from' " + log +
+                             " && break; sleep 0.05; done\n" + "n=" + steps + "\n" +
+                             "for i in $(seq 1 1200); do [ " + steps +
+                             " -ge $((n + 5)) ] && break; sleep 0.05; done\n" + kill_rank1 +
+                             "wait $L; rc=$?; cat " + log + "; exit $rc";
   ShellResult r = Sh("timeout 300 bash -c " + Q(script));
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_THAT(r.out, HasSubstr("dsrun: restart 1 of 3: rank 1 (local 1, pid "));
   EXPECT_THAT(r.out, HasSubstr("dsrun: restart 2 of 3: rank 1 (local 1, pid "));
   EXPECT_THAT(r.out, HasSubstr("killed by signal 9 (SIGKILL)"));
   EXPECT_THAT(r.out, HasSubstr("resumed from "));
-  EXPECT_THAT(r.out, HasSubstr("[rank 0] trained 40 steps"));
+  EXPECT_THAT(r.out, HasSubstr("[rank 0] trained 200 steps"));
   // The final weights and optimizer state equal the run without faults, bit for bit.
   ShellResult diff = Sh(Q(testing::BuildDir() + "/dsckpt") + " diff --ignore-blobs " +
-                        Q(dir.Join("clean/checkpoints/step-00000040")) + " " +
-                        Q(dir.Join("faulty/checkpoints/step-00000040")));
+                        Q(dir.Join("clean/checkpoints/step-00000200")) + " " +
+                        Q(dir.Join("faulty/checkpoints/step-00000200")));
   EXPECT_EQ(diff.status, 0) << diff.out;
 }
 
