@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "bench/io_bench.h"
 #include "engine/launch/dsrun_internal.h"
 #include "engine/train/trainer.h"
 #include "io/units.h"
@@ -47,6 +48,50 @@ std::string Ms(double seconds) {
   char b[32];
   std::snprintf(b, sizeof b, "%.1f", seconds * 1e3);
   return b;
+}
+
+// The disk's direct-write bound where the checkpoints went (our io benchmark, and fio when it is
+// installed), against what the saves achieved: every rank's stored bytes over the time to
+// durable. Empty when no save was measured or the config cannot be read here.
+std::string DiskBound(io::Env* env, const DsrunFlags& f, const Json& rows) {
+  double stored = 0, seconds = 0;
+  int ranks = 1;
+  for (const Json& j : rows) {
+    if (!j.contains("save_stored_bytes")) continue;
+    stored = j["save_stored_bytes"].get<double>();
+    seconds = j["save_total_s"].get<double>();
+    ranks = j["ranks"].get<int>();
+  }
+  Overrides o;
+  o.set = f.set;
+  Result<Config> c = LoadConfig(env, f.config, o);
+  if (stored <= 0 || seconds <= 0 || !c.ok()) return "";
+  const std::string save_dir = c->checkpoint.save_dir.empty()
+                                   ? io::JoinPath(c->trainer.output_dir, "checkpoints")
+                                   : c->checkpoint.save_dir;
+  bench::IoBenchOptions io;
+  io.dir = save_dir;
+  io.size_bytes =
+      std::clamp<uint64_t>(static_cast<uint64_t>(stored * ranks), 64 << 20, uint64_t{2} << 30);
+  io.repeat = 1;
+  Result<bench::IoBenchReport> r = bench::RunIoBench(env, io);
+  if (!r.ok() || r->backends.empty())
+    return "disk bound: not measured (" + r.status().message() + ")\n";
+  const double achieved = stored * ranks / seconds;
+  const bench::IoBackendResult& b = r->backends[0];
+  char line[512];
+  std::snprintf(
+      line, sizeof line,
+      "last save: %s stored by %d rank(s) in %.2f s = %s/s; the disk's direct-write bound in %s: "
+      "%s/s (%s%s) -> %.2fx of it%s\n",
+      io::FormatBytes(static_cast<uint64_t>(stored * ranks)).c_str(), ranks, seconds,
+      io::FormatBytes(static_cast<uint64_t>(achieved)).c_str(), save_dir.c_str(),
+      io::FormatBytes(static_cast<uint64_t>(b.write_bps)).c_str(), b.backend.c_str(),
+      b.direct ? ", O_DIRECT" : "", b.write_bps > 0 ? achieved / b.write_bps : 0.0,
+      r->fio.ran
+          ? (", fio " + io::FormatBytes(static_cast<uint64_t>(r->fio.write_bps)) + "/s").c_str()
+          : "");
+  return line;
 }
 
 }  // namespace
@@ -115,6 +160,7 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
     if (first_save) j["first_save_stall_s"] = first_save->snapshot_seconds;
     j["save_total_s"] = save->total_seconds;
     j["save_logical_bytes"] = save->logical_bytes;
+    j["save_stored_bytes"] = save->stored_bytes;
     j["save_stall_per_step"] = save->snapshot_seconds / (seconds / steps);
     j["save_stall_per_sync_save"] =
         save->total_seconds > 0 ? save->snapshot_seconds / save->total_seconds : 0;
@@ -166,6 +212,7 @@ int RunBench(const DsrunFlags& f) {
     rows.push_back(Json::parse(*text));
   }
   (void)env->RemoveAll(*dir);
+  const std::string disk = DiskBound(env, f, rows);
   std::printf("\nZeRO stages: %s, %d rank(s) per node x %d node(s), %lld timed steps each\n",
               f.config.c_str(), f.nproc_per_node, f.nnodes, static_cast<long long>(f.bench_steps));
   std::printf("%-5s %5s %9s %11s %14s %12s %13s %13s %10s %10s\n", "stage", "ranks", "step ms",
@@ -182,6 +229,7 @@ int RunBench(const DsrunFlags& f) {
         j.contains("save_stall_s") ? Ms(j["save_stall_s"].get<double>()).c_str() : "-",
         j.contains("save_total_s") ? Ms(j["save_total_s"].get<double>()).c_str() : "-");
   }
+  if (!disk.empty()) std::printf("%s", disk.c_str());
   if (f.json) {
     Json all = {{"bench", "dsrun_zero_stages"},       {"config", f.config},
                 {"nproc_per_node", f.nproc_per_node}, {"nnodes", f.nnodes},
