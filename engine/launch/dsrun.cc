@@ -292,6 +292,9 @@ int DsrunMain(int argc, char** argv) {
                  "Port of the rendezvous (default: free)");
   app.add_option("--hostfile", f.hostfile,
                  "DeepSpeed hostfile ('host slots=N' lines): nnodes, slots, master");
+  CLI::App* doctor = app.add_subcommand("doctor",
+                                        "Check this machine (and --config): LibTorch, GPUs, "
+                                        "io_uring, O_DIRECT, disk, free space, Gloo");
   CLI::App* bench = app.add_subcommand(
       "bench", "Measure each ZeRO stage: step time, tokens/s, memory, collectives");
   bench->add_option("--stages", f.stages, "Stages to measure (default 0,1,2,3)");
@@ -308,6 +311,7 @@ int DsrunMain(int argc, char** argv) {
       "  dsrun --nproc-per-node 4 --config cfg.json --set zero_optimization.stage=2\n"
       "  dsrun --config cfg.json --set zero_optimization.stage=3 --dry-run\n"
       "  dsrun bench --config cfg.json --stages 0,1,2,3 --nproc-per-node 2 --json\n"
+      "  dsrun doctor --config cfg.json\n"
       "Under torchrun or srun, dsrun reads RANK/WORLD_SIZE (or SLURM_PROCID/SLURM_NTASKS) and runs "
       "one rank.");
   try {
@@ -321,6 +325,7 @@ int DsrunMain(int argc, char** argv) {
     std::printf("dsrun %s\n%s", DSTRAIN_VERSION, DescribeRuntime(QueryRuntime()).c_str());
     return 0;
   }
+  if (doctor->parsed()) return RunDoctor(f);
   if (f.config.empty()) {
     std::fputs(app.help().c_str(), stderr);
     std::fprintf(stderr, "dsrun: --config is required\n");

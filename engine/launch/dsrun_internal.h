@@ -70,5 +70,7 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
                     int rank);
 // `dsrun bench`: launches the ranks once per stage and prints the table (and a --json line).
 int RunBench(const DsrunFlags& f);
+// `dsrun doctor [--config F]`: a pass / warn / fail table of what a job here needs; 1 on a fail.
+int RunDoctor(const DsrunFlags& f);
 
 }  // namespace ds::engine

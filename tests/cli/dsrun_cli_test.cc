@@ -22,7 +22,8 @@ std::string Dsrun() { return Q(testing::BuildDir() + "/dsrun"); }
 std::string Demo() { return Q(testing::SourceDir() + "/examples/demo.json"); }
 
 TEST(DsrunCliTest, DryRunPrintsTheResolvedConfigAndMemoryAndExitsZero) {
-  ShellResult r = Sh(Dsrun() + " --config " + Demo() + " --dry-run --set zero_optimization.stage=2");
+  ShellResult r =
+      Sh(Dsrun() + " --config " + Demo() + " --dry-run --set zero_optimization.stage=2");
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_THAT(r.out, HasSubstr("\"train_batch_size\": 16"));
   EXPECT_THAT(r.out, HasSubstr("the config resolves"));
@@ -79,12 +80,13 @@ TEST(DsrunCliTest, UnknownKeysWarnAndStrictMakesThemErrors) {
 TEST(DsrunCliTest, TrainsAFewStepsAndAnUnregisteredArchIsAUsageError) {
   testing::TempDir dir;
   const std::string out = "trainer.output_dir=" + dir.path();
-  ShellResult r = Sh(Dsrun() + " --config " + Demo() + " --max-steps 3 --device cpu --set " + Q(out) +
-                     " model.n_layer=1 tensorboard.enabled=false");
+  ShellResult r = Sh(Dsrun() + " --config " + Demo() + " --max-steps 3 --device cpu --set " +
+                     Q(out) + " model.n_layer=1 tensorboard.enabled=false");
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_THAT(r.out, HasSubstr("trained 3 steps on cpu"));
 
-  r = Sh(Dsrun() + " --config " + Demo() + " --max-steps 3 --set " + Q(out) + " model.arch=bigram-mlp");
+  r = Sh(Dsrun() + " --config " + Demo() + " --max-steps 3 --set " + Q(out) +
+         " model.arch=bigram-mlp");
   EXPECT_EQ(r.status, 2) << r.out;
   EXPECT_THAT(r.out, HasSubstr("model.arch 'bigram-mlp' is not a registered model"));
 
@@ -107,7 +109,8 @@ TEST(DsrunCliTest, TheCustomModelExampleTrainsThroughDsrunMain) {
 // The example configs resolve at a typical world size, with no unknown or misspelt key, and
 // the launch scripts parse (and pass shellcheck where it is installed).
 TEST(DsrunCliTest, ExampleConfigsAndScriptsAreValid) {
-  for (const char* name : {"single_node.json", "multi_node.json", "large_model_stage3.json", "demo.json"}) {
+  for (const char* name :
+       {"single_node.json", "multi_node.json", "large_model_stage3.json", "demo.json"}) {
     SCOPED_TRACE(name);
     ShellResult r = Sh(Dsrun() + " --config " + Q(testing::SourceDir() + "/examples/" + name) +
                        " --dry-run --nproc-per-node 8 --nnodes 4");
@@ -116,7 +119,8 @@ TEST(DsrunCliTest, ExampleConfigsAndScriptsAreValid) {
     EXPECT_THAT(r.out, ::testing::Not(HasSubstr("unknown key")));
   }
   const bool shellcheck = Sh("command -v shellcheck").status == 0;
-  for (const char* script : {"launch_single_node.sh", "launch_multi_node.sh", "launch_slurm.sbatch"}) {
+  for (const char* script :
+       {"launch_single_node.sh", "launch_multi_node.sh", "launch_slurm.sbatch"}) {
     SCOPED_TRACE(script);
     const std::string path = Q(testing::SourceDir() + "/examples/" + script);
     ShellResult r = Sh("bash -n " + path);
@@ -126,6 +130,22 @@ TEST(DsrunCliTest, ExampleConfigsAndScriptsAreValid) {
       EXPECT_EQ(r.status, 0) << r.out;
     }
   }
+}
+
+// dsrun doctor: a table of checks; a config that does not resolve is a fail and exit 1.
+TEST(DsrunCliTest, DoctorChecksThisMachineAndTheConfig) {
+  testing::TempDir dir;
+  ShellResult r =
+      Sh(Dsrun() + " doctor --config " + Demo() + " --set trainer.output_dir=" + Q(dir.path()));
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("examples/demo.json resolves"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex(
+                         "gloo all-reduce +pass +two ranks on 127.0.0.1 met and summed"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("free space +pass"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("disk bandwidth +(pass|warn)"));
+  r = Sh(Dsrun() + " doctor --config " + Q(dir.Join("missing.json")));
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("config +fail .*missing.json"));
 }
 
 }  // namespace
