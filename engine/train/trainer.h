@@ -1,7 +1,7 @@
 // The training loop of one rank: next batch, forward, backward, reduce, optimizer step, and
-// (later issues) maybe a checkpoint. Parameters live in the model in the training precision
-// (fp32, bf16 or fp16); the ZeRO optimizer (engine/zero) keeps the fp32 master weights, Adam's
-// moments and the gradients, partitioned over the ranks as zero_optimization.stage says.
+// maybe a checkpoint (engine/train/checkpoint.cc). Parameters live in the model in the training
+// precision (fp32, bf16 or fp16); the ZeRO optimizer (engine/zero) keeps the fp32 master weights,
+// Adam's moments and the gradients, partitioned over the ranks as zero_optimization.stage says.
 // Losses stay on the device and are read once per steps_per_print, so a GPU step has no host
 // synchronisation except fp16's overflow check (and gradient clipping's norm).
 // Thread safety: one thread drives a Trainer.
