@@ -301,6 +301,8 @@ int DsrunMain(int argc, char** argv) {
   bench->add_option("--steps", f.bench_steps, "Steps timed per stage (after the warm-up)");
   bench->add_option("--warmup", f.bench_warmup, "Steps run first and not timed");
   bench->add_flag("--json", f.json, "Also print the table as one JSON line");
+  bench->add_option("--out", f.bench_dir,
+                    "Write bench.json, bench.csv and bench.svg (a chart) here");
   // What `dsrun bench` passes its ranks.
   app.add_option("--bench-out", f.bench_out)->group("");
   app.add_option("--bench-warmup-steps", f.bench_warmup)->group("");

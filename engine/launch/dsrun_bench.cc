@@ -230,11 +230,18 @@ int RunBench(const DsrunFlags& f) {
         j.contains("save_total_s") ? Ms(j["save_total_s"].get<double>()).c_str() : "-");
   }
   if (!disk.empty()) std::printf("%s", disk.c_str());
-  if (f.json) {
-    Json all = {{"bench", "dsrun_zero_stages"},       {"config", f.config},
-                {"nproc_per_node", f.nproc_per_node}, {"nnodes", f.nnodes},
-                {"timed_steps", f.bench_steps},       {"rows", rows}};
-    std::printf("%s\n", all.dump().c_str());
+  Json all = {{"bench", "dsrun_zero_stages"},       {"config", f.config},
+              {"nproc_per_node", f.nproc_per_node}, {"nnodes", f.nnodes},
+              {"timed_steps", f.bench_steps},       {"rows", rows}};
+  if (f.json) std::printf("%s\n", all.dump().c_str());
+  if (!f.bench_dir.empty()) {
+    Status s = WriteBenchFiles(env, f.bench_dir, all);
+    if (!s.ok()) {
+      std::fprintf(stderr, "dsrun bench: %s\n", s.message().c_str());
+      return kExitTrainingFailed;
+    }
+    std::printf("wrote %s/bench.json, bench.csv and bench.svg (open it in a browser)\n",
+                f.bench_dir.c_str());
   }
   return rc;
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -53,6 +54,7 @@ struct DsrunFlags {
   int64_t bench_steps = 10;
   int64_t bench_warmup = 3;
   bool json = false;
+  std::string bench_dir;  // --out: bench.json, bench.csv, bench.svg there
   std::string bench_out;  // set on the ranks `dsrun bench` starts: rank 0 writes its numbers here
 };
 
@@ -70,6 +72,11 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
                     int rank);
 // `dsrun bench`: launches the ranks once per stage and prints the table (and a --json line).
 int RunBench(const DsrunFlags& f);
+// --out DIR: bench.json (what --json prints, indented), bench.csv (a row per stage), bench.svg
+// (step time and model state per rank as bar charts).
+std::string BenchCsv(const nlohmann::ordered_json& rows);
+std::string BenchSvg(const nlohmann::ordered_json& rows, const std::string& title);
+Status WriteBenchFiles(io::Env* env, const std::string& dir, const nlohmann::ordered_json& all);
 // `dsrun doctor [--config F]`: a pass / warn / fail table of what a job here needs; 1 on a fail.
 int RunDoctor(const DsrunFlags& f);
 

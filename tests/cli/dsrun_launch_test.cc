@@ -125,7 +125,9 @@ TEST(DsrunLaunchTest, BenchPrintsATableAndAJsonLinePerStage) {
   const std::string cmd =
       Q(testing::BuildDir() + "/dsrun") + " bench --device cpu --config " +
       Q(testing::SourceDir() + "/examples/demo.json") +
-      " --nproc-per-node 2 --stages 1,3 --steps 2 --warmup 1 --json --set model.n_layer=1"
+      " --nproc-per-node 2 --stages 1,3 --steps 2 --warmup 1 --json --out " +
+      Q(dir.Join("report")) +
+      " --set model.n_layer=1"
       " model.d_model=32 model.n_head=2 model.seq_len=32 train_micro_batch_size_per_gpu=4"
       " tensorboard.enabled=false trainer.output_dir=" +
       Q(dir.Join("out"));
@@ -136,6 +138,23 @@ TEST(DsrunLaunchTest, BenchPrintsATableAndAJsonLinePerStage) {
   EXPECT_THAT(r.out, MatchesRegex("(.|\n)*\n3 +2 +[0-9.]+ +[0-9]+ (.|\n)*"));
   EXPECT_THAT(r.out, HasSubstr("{\"bench\":\"dsrun_zero_stages\""));
   EXPECT_THAT(r.out, HasSubstr("\"reduce_scatter\""));
+  // --out: the same rows as CSV, and a chart with a bar per stage in each of its two panels.
+  DS_ASSERT_OK_AND_ASSIGN(std::string csv,
+                          io::Env::Default()->ReadFileToString(dir.Join("report/bench.csv")));
+  EXPECT_THAT(csv, ::testing::StartsWith("stage,ranks,offload_optimizer,step_s,tokens_per_s,"));
+  EXPECT_THAT(csv, ::testing::ContainsRegex("\n1,2,false,[0-9.e-]+,"));
+  EXPECT_THAT(csv, ::testing::ContainsRegex("\n3,2,false,[0-9.e-]+,"));
+  DS_ASSERT_OK_AND_ASSIGN(std::string svg,
+                          io::Env::Default()->ReadFileToString(dir.Join("report/bench.svg")));
+  EXPECT_THAT(svg, ::testing::StartsWith("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+  size_t bars = 0;
+  for (size_t at = svg.find("class=\"bar\""); at != std::string::npos;
+       at = svg.find("class=\"bar\"", at + 1))
+    ++bars;
+  EXPECT_EQ(bars, 4u);
+  ShellResult xml = Sh("python3 -c " + Q("import sys, xml.dom.minidom as m; m.parse(sys.argv[1])") +
+                       " " + Q(dir.Join("report/bench.svg")));
+  EXPECT_EQ(xml.status, 0) << xml.out;
 
   r = Sh(Q(testing::BuildDir() + "/dsrun") + " bench --config x.json --stages 0,5");
   EXPECT_EQ(r.status, 2) << r.out;
