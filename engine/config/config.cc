@@ -209,7 +209,8 @@ Result<Config> ParseConfig(std::string_view json_text, const Overrides& override
   if (!d.ok()) {
     // A misspelt key is often why a needed one is missing: say so in the same message.
     std::string also;
-    for (const Diagnostics::Unknown& u : d.unknown) also += "; also: " + UnknownKeyMessage(u, d, false);
+    for (const Diagnostics::Unknown& u : d.unknown)
+      also += "; also: " + UnknownKeyMessage(u, d, false);
     return also.empty() ? d.error : Status::InvalidArgument(d.error.message() + also);
   }
 
@@ -232,6 +233,11 @@ Result<Config> ParseConfig(std::string_view json_text, const Overrides& override
 Result<Config> LoadConfig(io::Env* env, const std::string& path, const Overrides& overrides) {
   DS_ASSIGN_OR_RETURN(std::string text, env->ReadFileToString(path));
   return ParseConfig(text, overrides, path);
+}
+
+std::string CheckpointDir(const Config& config) {
+  return config.checkpoint.save_dir.empty() ? io::JoinPath(config.trainer.output_dir, "checkpoints")
+                                            : config.checkpoint.save_dir;
 }
 
 }  // namespace ds::engine

@@ -203,7 +203,7 @@ struct TrainerConfig {
 // Ours (save_dir ... when_busy) and DeepSpeed's (tag_validation, load_universal,
 // use_node_local_storage; the rest of DeepSpeed's are in Config::resolved).
 struct CheckpointConfig {
-  std::string save_dir;  // "": <trainer.output_dir>/checkpoints
+  std::string save_dir;                // "": <trainer.output_dir>/checkpoints
   int64_t save_interval_steps = 1000;  // 0: not by steps
   int64_t save_interval_minutes = 0;   // 0: not by time
   uint32_t keep_last = 0;              // retention; 0 in each rule: no limit from it
@@ -277,6 +277,9 @@ Result<Config> ParseConfig(std::string_view json_text, const Overrides& override
                            std::string_view source_name);
 // Reads `path` through `env`, then ParseConfig with the path as the source name.
 Result<Config> LoadConfig(io::Env* env, const std::string& path, const Overrides& overrides);
+
+// Where checkpoints go: checkpoint.save_dir, or <trainer.output_dir>/checkpoints when it is "".
+std::string CheckpointDir(const Config& config);
 
 // Applies one "key.path=value" to `root` (an object). InvalidArgument on bad syntax, or when a
 // section on the path is not an object.

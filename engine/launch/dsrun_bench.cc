@@ -66,9 +66,7 @@ std::string DiskBound(io::Env* env, const DsrunFlags& f, const Json& rows) {
   o.set = f.set;
   Result<Config> c = LoadConfig(env, f.config, o);
   if (stored <= 0 || seconds <= 0 || !c.ok()) return "";
-  const std::string save_dir = c->checkpoint.save_dir.empty()
-                                   ? io::JoinPath(c->trainer.output_dir, "checkpoints")
-                                   : c->checkpoint.save_dir;
+  const std::string save_dir = CheckpointDir(*c);
   bench::IoBenchOptions io;
   io.dir = save_dir;
   io.size_bytes =

@@ -45,9 +45,7 @@ void CheckRuntime(std::vector<Check>* out, bool want_gpu) {
 }
 
 void CheckStorage(io::Env* env, const Config& c, std::vector<Check>* out) {
-  const std::string dir = c.checkpoint.save_dir.empty()
-                              ? io::JoinPath(c.trainer.output_dir, "checkpoints")
-                              : c.checkpoint.save_dir;
+  const std::string dir = CheckpointDir(c);
   if (Status s = env->CreateDirs(dir); !s.ok()) {
     Add(out, "save dir", "fail",
         s.message() + ": make " + dir + " writable or set checkpoint.save_dir");

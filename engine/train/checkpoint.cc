@@ -59,9 +59,7 @@ Status CopyOut(const at::Tensor& src, uint64_t offset, std::span<std::byte> dst)
 // ---- saving
 
 Status Trainer::Impl::SetupCheckpoints() {
-  const CheckpointConfig& k = config.checkpoint;
-  save_dir =
-      k.save_dir.empty() ? io::JoinPath(config.trainer.output_dir, "checkpoints") : k.save_dir;
+  save_dir = CheckpointDir(config);
   last_save_us = env->NowMicros();
   return Status::OK();
 }
@@ -307,7 +305,8 @@ Result<std::string> Trainer::Impl::Load(const std::string& path, const ResumeOpt
       }
     }
   }
-  // This rank's slices, in its current layout, into host buffers, then where they belong.
+  // This rank's slices, in its current layout, into host buffers first, so that a read that
+  // fails half way (a damaged chunk) leaves the trainer's state as it was.
   const std::vector<ZeroPiece> pieces = zero->HeldPieces();
   const at::Tensor targets[] = {zero->master(), zero->exp_avg(), zero->exp_avg_sq()};
   std::vector<at::Tensor> host;

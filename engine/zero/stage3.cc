@@ -215,9 +215,17 @@ Status ZeroOptimizer::Impl::ReduceUnitGrads(int unit) {
     ZeroTensor& t = tensors[i];
     at::Tensor& g = t.param.mutable_grad();
     if (g.defined()) {
-      at::Tensor padded = at::zeros({W * t.piece}, send.options());
-      padded.narrow(0, 0, t.numel).copy_(g.reshape({-1}));
-      send.narrow(1, column, t.piece).copy_(padded.view({W, t.piece}));
+      // Element k of the gradient goes to row k / piece, column k % piece of this tensor's
+      // columns; the padding past numel stays zero (send starts zeroed).
+      at::Tensor flat = g.reshape({-1});
+      at::Tensor cols = send.narrow(1, column, t.piece);
+      const int64_t full_rows = t.numel / t.piece, rest = t.numel % t.piece;
+      if (full_rows > 0) {
+        cols.narrow(0, 0, full_rows)
+            .copy_(flat.narrow(0, 0, full_rows * t.piece).view({full_rows, t.piece}));
+      }
+      if (rest > 0)
+        cols[full_rows].narrow(0, 0, rest).copy_(flat.narrow(0, full_rows * t.piece, rest));
       g.reset();
     }
     places.emplace_back(column, t.part_offset);

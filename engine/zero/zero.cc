@@ -94,7 +94,6 @@ ZeroOptimizer::~ZeroOptimizer() {
 }
 
 int64_t ZeroOptimizer::numel() const { return impl_->total; }
-int ZeroOptimizer::stage() const { return impl_->o.stage; }
 Status ZeroOptimizer::error() const { return impl_->sticky; }
 
 Result<std::unique_ptr<ZeroOptimizer>> ZeroOptimizer::Create(std::shared_ptr<LanguageModel> model,

@@ -114,7 +114,6 @@ class ZeroOptimizer {
   Status Publish();
   uint64_t alignment() const;
   ModelStateBytes Memory() const;
-  int stage() const;
   // The first error raised inside backward() (a failed collective), else OK.
   Status error() const;
 

@@ -118,6 +118,11 @@ TEST(DsrunLaunchTest, LauncherFlagErrorsExitTwo) {
   r = Sh(TinyRun(dir.Join("out"), "--hostfile " + Q(hostfile)));
   EXPECT_EQ(r.status, 2) << r.out;
   EXPECT_THAT(r.out, HasSubstr("is not listed; pass --node-rank"));
+  ASSERT_TRUE(
+      io::Env::Default()->WriteFileSynced(hostfile, "worker-1 slots=2\nworker-2 slots=4\n").ok());
+  r = Sh(TinyRun(dir.Join("out"), "--hostfile " + Q(hostfile) + " --node-rank 0"));
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("every host needs the same slots (worker-1 has 2, worker-2 has 4)"));
 }
 
 TEST(DsrunLaunchTest, BenchPrintsATableAndAJsonLinePerStage) {

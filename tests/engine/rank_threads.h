@@ -4,9 +4,6 @@
 #pragma once
 
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <functional>
 #include <memory>
@@ -15,26 +12,16 @@
 #include <thread>
 #include <vector>
 
+#include "engine/launch/launcher.h"
 #include "engine/train/trainer.h"
 
 namespace ds::engine::testing {
 
-// A TCP port that was free a moment ago.
-inline int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-  EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 // Runs fn(rank, port) for every rank at once and waits for all.
 inline void RunRanks(int world, const std::function<void(int rank, int port)>& fn) {
-  const int port = FreePort();
+  Result<int> port_or = PickFreePort();
+  ASSERT_TRUE(port_or.ok()) << port_or.status().ToString();
+  const int port = *port_or;
   std::vector<std::thread> ranks;
   for (int r = 0; r < world; ++r) ranks.emplace_back([&fn, r, port] { fn(r, port); });
   for (std::thread& t : ranks) t.join();

@@ -30,8 +30,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-using testing::FreePort;
-
 struct RankResult {
   Status status;
   TrainSummary summary;
@@ -67,34 +65,29 @@ class ZeroTest : public ::testing::Test {
   std::vector<RankResult> Train(int world, nlohmann::json j, const std::vector<std::string>& set,
                                 const std::function<void(int, Trainer&)>& before_run = nullptr) {
     std::vector<RankResult> out(static_cast<size_t>(world));
-    const int port = FreePort();
-    std::vector<std::thread> ranks;
     std::vector<ds::testing::TempDir> dirs(static_cast<size_t>(world));
-    for (int r = 0; r < world; ++r) {
-      ranks.emplace_back([&, r] {
-        RankResult& res = out[static_cast<size_t>(r)];
-        nlohmann::json mine = j;
-        mine["trainer"]["output_dir"] = dirs[static_cast<size_t>(r)].path();
-        Result<std::unique_ptr<Trainer>> t =
-            testing::MakeRankTrainer(mine, set, world, r, port, corpus_.path());
-        if (!t.ok()) {
-          res.status = t.status();
-          return;
-        }
-        if (before_run) before_run(r, **t);
-        Result<TrainSummary> s = (*t)->Run();
-        if (!s.ok()) {
-          res.status = s.status();
-          return;
-        }
-        res.summary = *s;
-        res.memory = (*t)->model_state();
-        Result<torch::Tensor> m = (*t)->GatherMaster();
-        if (m.ok()) res.master = *m;
-        res.status = m.status();
-      });
-    }
-    for (std::thread& t : ranks) t.join();
+    testing::RunRanks(world, [&](int r, int port) {
+      RankResult& res = out[static_cast<size_t>(r)];
+      nlohmann::json mine = j;
+      mine["trainer"]["output_dir"] = dirs[static_cast<size_t>(r)].path();
+      Result<std::unique_ptr<Trainer>> t =
+          testing::MakeRankTrainer(mine, set, world, r, port, corpus_.path());
+      if (!t.ok()) {
+        res.status = t.status();
+        return;
+      }
+      if (before_run) before_run(r, **t);
+      Result<TrainSummary> s = (*t)->Run();
+      if (!s.ok()) {
+        res.status = s.status();
+        return;
+      }
+      res.summary = *s;
+      res.memory = (*t)->model_state();
+      Result<torch::Tensor> m = (*t)->GatherMaster();
+      if (m.ok()) res.master = *m;
+      res.status = m.status();
+    });
     return out;
   }
 
