@@ -303,6 +303,13 @@ int DsrunMain(int argc, char** argv) {
   bench->add_flag("--json", f.json, "Also print the table as one JSON line");
   bench->add_option("--out", f.bench_dir,
                     "Write bench.json, bench.csv and bench.svg (a chart) here");
+  AdamBenchOptions adam_opts;
+  CLI::App* adam = bench->add_subcommand(
+      "adam", "Measure the CPU Adam step of ZeRO-Offload against torch's CPU AdamW");
+  adam->add_option("--elements", adam_opts.elements, "fp32 parameters (default 100000000)");
+  adam->add_option("--threads", adam_opts.threads, "Threads (default: LibTorch's, all cores)");
+  adam->add_option("--repeat", adam_opts.repeat, "Timed steps per row (median)");
+  adam->add_flag("--json", f.json, "Also print the table as one JSON line");
   // What `dsrun bench` passes its ranks.
   app.add_option("--bench-out", f.bench_out)->group("");
   app.add_option("--bench-warmup-steps", f.bench_warmup)->group("");
@@ -313,6 +320,7 @@ int DsrunMain(int argc, char** argv) {
       "  dsrun --nproc-per-node 4 --config cfg.json --set zero_optimization.stage=2\n"
       "  dsrun --config cfg.json --set zero_optimization.stage=3 --dry-run\n"
       "  dsrun bench --config cfg.json --stages 0,1,2,3 --nproc-per-node 2 --json\n"
+      "  dsrun bench adam --elements 100000000\n"
       "  dsrun doctor --config cfg.json\n"
       "Under torchrun or srun, dsrun reads RANK/WORLD_SIZE (or SLURM_PROCID/SLURM_NTASKS) and runs "
       "one rank.");
@@ -328,6 +336,7 @@ int DsrunMain(int argc, char** argv) {
     return 0;
   }
   if (doctor->parsed()) return RunDoctor(f);
+  if (adam->parsed()) return RunAdamBenchCommand(adam_opts, f.json);
   if (f.config.empty()) {
     std::fputs(app.help().c_str(), stderr);
     std::fprintf(stderr, "dsrun: --config is required\n");

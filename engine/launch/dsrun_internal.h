@@ -11,6 +11,7 @@
 
 #include "engine/config/config.h"
 #include "engine/launch/launcher.h"
+#include "engine/optim/adam_bench.h"
 #include "io/env.h"
 
 namespace ds::engine {
@@ -77,6 +78,8 @@ int RunBench(const DsrunFlags& f);
 std::string BenchCsv(const nlohmann::ordered_json& rows);
 std::string BenchSvg(const nlohmann::ordered_json& rows, const std::string& title);
 Status WriteBenchFiles(io::Env* env, const std::string& dir, const nlohmann::ordered_json& all);
+// `dsrun bench adam`: the CPU Adam table (and a --json line); 1 when the run fails.
+int RunAdamBenchCommand(const AdamBenchOptions& options, bool json);
 // `dsrun doctor [--config F]`: a pass / warn / fail table of what a job here needs; 1 on a fail.
 int RunDoctor(const DsrunFlags& f);
 

@@ -32,8 +32,15 @@ void AdamWStep(const at::Tensor& master, const at::Tensor& grad, const at::Tenso
                const at::Tensor& exp_avg_sq, int64_t step, double lr, const AdamWOptions& o,
                double beta1_override, bool allow_fused) {
   const double b1 = std::isnan(beta1_override) ? o.beta1 : beta1_override;
-  if (allow_fused && master.is_cuda() && o.bias_correction) {
-    // The fused multi-tensor kernels of torch.optim's fused=True path.
+  // The fused kernels of torch.optim's fused=True path: on CUDA the multi-tensor kernel, on the
+  // CPU one vectorised (AVX2/AVX-512) pass over the buffer split across LibTorch's intra-op
+  // threads, where the plain path makes six passes. Both always correct bias. An element's
+  // update does not depend on where partition boundaries fall: adamw_test checks that a buffer
+  // updated in pieces cut at odd places equals the buffer updated whole, bit for bit.
+  const bool fusable = master.is_cuda() || (master.is_cpu() && master.scalar_type() == at::kFloat &&
+                                            master.is_contiguous() && grad.is_contiguous() &&
+                                            exp_avg.is_contiguous() && exp_avg_sq.is_contiguous());
+  if (allow_fused && fusable && o.bias_correction) {
     at::Tensor state_step = at::full({}, static_cast<double>(step),
                                      at::TensorOptions().dtype(at::kFloat).device(master.device()));
     if (o.adam_w_mode) {

@@ -1,8 +1,9 @@
 // Adam and AdamW over flat fp32 buffers (master weights, gradients, both moments), as DeepSpeed's
 // FusedAdam / CPUAdam compute them (the formulas of torch.optim.Adam/AdamW): one step updates
-// the whole buffer. On CUDA the fused multi-tensor kernel (at::_fused_adam(w)_) runs; elsewhere
-// plain tensor ops, which LibTorch vectorises. The plain path is the reference the fused one is
-// tested against.
+// the whole buffer. LibTorch's fused kernels (at::_fused_adam(w)_, what torch.optim.AdamW(
+// fused=True) runs) do the work: the multi-tensor kernel on CUDA, a vectorised multi-threaded
+// one on the CPU (the ZeRO-Offload step; `dsrun bench adam` measures it against torch's default
+// CPU AdamW). The plain path, tensor ops written out, is the reference both are tested against.
 // Thread safety: one training thread.
 #pragma once
 
