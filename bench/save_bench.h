@@ -1,6 +1,7 @@
 // dsckpt bench save: a whole save and load of synthetic training state (fp32 master weights and
 // Adam moments) from N in-process ranks, against a plain memcpy of the same bytes (for the
-// stall) and fio's direct write and read on the same directory (for the disk), in one run.
+// stall) and fio's direct write and read on the same directory (for the disk; our own io
+// benchmark where fio is not installed), in one run.
 // Thread safety: one run at a time per directory.
 #pragma once
 
@@ -30,13 +31,17 @@ struct SaveBenchOptions {
 struct SaveBenchReport {
   std::string backend;
   double stall_s = 0;    // the slowest rank's snapshot
-  double memcpy_s = 0;   // the same bytes copied by the same threads into warm memory
+  double memcpy_s = 0;   // the same bytes copied by as many threads into warm memory
   double save_s = 0;     // Begin to committed and durable, all ranks
   double load_s = 0;     // every rank reading its slices back, checksums verified
   uint64_t logical_bytes = 0;
   uint64_t stored_bytes = 0;
   std::string path;      // the checkpoint (gone unless keep)
   FioResult fio;
+  // Without fio: our io benchmark's direct write and read of the same bytes (medians).
+  std::string io_backend;
+  double io_write_bps = 0;
+  double io_read_bps = 0;
 };
 
 Result<SaveBenchReport> RunSaveBench(io::Env* env, const SaveBenchOptions& options);
