@@ -216,7 +216,8 @@ struct CheckpointConfig {
   std::string codec = "bytegroup+zstd";   // or "zstd", "raw" (formats/chunk_codec.h names)
   int zstd_level = 1;
   uint64_t chunk_bytes = uint64_t{4} << 20;    // raw bytes per chunk
-  uint64_t staging_bytes = uint64_t{4} << 30;  // snapshot memory
+  uint64_t staging_bytes = 0;  // snapshot memory; 0 ("auto"): this rank's whole state, at most
+                               // half the host's memory (engine/train/checkpoint.cc)
   std::string when_busy = "wait";              // or "skip": a save while the last still writes
   // DeepSpeed's
   std::string tag_validation = "WARN";  // "IGNORE", "WARN", "FAIL"

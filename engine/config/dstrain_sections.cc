@@ -216,7 +216,7 @@ void ReadCheckpoint(SectionReader& top, CheckpointConfig* out) {
     c.diag()->Error("checkpoint.chunk_bytes must be between 4 KiB and 256 MiB, got " +
                     io::FormatBytes(out->chunk_bytes));
   }
-  if (c.diag()->ok() && out->staging_bytes < 2 * out->chunk_bytes) {
+  if (c.diag()->ok() && out->staging_bytes != 0 && out->staging_bytes < 2 * out->chunk_bytes) {
     c.diag()->Error("checkpoint.staging_bytes (" + io::FormatBytes(out->staging_bytes) +
                     ") must hold at least two chunks (2 * checkpoint.chunk_bytes = " +
                     io::FormatBytes(2 * out->chunk_bytes) + ")");

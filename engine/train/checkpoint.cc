@@ -12,6 +12,9 @@
 #include <ATen/ATen.h>
 #include <torch/torch.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -64,6 +67,21 @@ Status Trainer::Impl::SetupCheckpoints() {
   return Status::OK();
 }
 
+// checkpoint.staging_bytes "auto": room for this rank's whole snapshot (every piece of the
+// three buffers, each chunk's block rounded up to the 4 KiB direct-I/O alignment, and two
+// chunks spare), so a save stalls training only for the copy. At most half the host's memory:
+// beyond that the snapshot waits for the disk instead (checkpoints.md, backpressure).
+uint64_t Trainer::Impl::AutoStagingBytes(uint64_t chunk_bytes) const {
+  uint64_t state = 0;
+  for (const ZeroPiece& p : zero->SavePieces()) state += static_cast<uint64_t>(p.end - p.begin);
+  state *= 3 * sizeof(float);
+  const uint64_t chunks = state / chunk_bytes + 1;
+  const uint64_t want = state + chunks * 4096 + 2 * chunk_bytes;
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  const uint64_t half = pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * page / 2 : want;
+  return std::max<uint64_t>(2 * chunk_bytes, std::min(want, half));
+}
+
 Status Trainer::Impl::CreateWriter() {
   const CheckpointConfig& k = config.checkpoint;
   ckpt::WriterOptions w;
@@ -77,7 +95,7 @@ Status Trainer::Impl::CreateWriter() {
   DS_ASSIGN_OR_RETURN(w.codec, fmt::CodecFromName(k.codec));
   w.zstd_level = k.zstd_level;
   w.chunk_bytes = k.chunk_bytes;
-  w.staging_bytes = k.staging_bytes;
+  w.staging_bytes = k.staging_bytes != 0 ? k.staging_bytes : AutoStagingBytes(k.chunk_bytes);
   w.timeout_micros = static_cast<uint64_t>(config.comms.timeout_s) * 1'000'000;
   w.when_busy = k.when_busy == "skip" ? ckpt::WriterOptions::WhenBusy::kSkip
                                       : ckpt::WriterOptions::WhenBusy::kWait;

@@ -390,6 +390,7 @@ TEST(ConfigTrainerDataCheckpointTest, DefaultsAndOurKeys) {
   EXPECT_EQ(c.checkpoint.save_dir, "");  // <trainer.output_dir>/checkpoints
   EXPECT_EQ(c.checkpoint.codec, "bytegroup+zstd");
   EXPECT_EQ(c.checkpoint.chunk_bytes, uint64_t{4} << 20);
+  EXPECT_EQ(c.checkpoint.staging_bytes, 0u);  // auto: sized to the state when the writer starts
   EXPECT_EQ(c.checkpoint.best_metric, "eval_loss");
 
   json cfg = Base();
@@ -416,6 +417,12 @@ TEST(ConfigTrainerDataCheckpointTest, DefaultsAndOurKeys) {
   EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
                                    HasSubstr("checkpoint.staging_bytes (100.0 MiB) must hold at "
                                              "least two chunks")));
+  cfg["checkpoint"] = {{"chunk_bytes", "64MiB"}, {"staging_bytes", "auto"}};
+  DS_ASSERT_OK_AND_ASSIGN(c, Parse(cfg));
+  EXPECT_EQ(c.checkpoint.staging_bytes, 0u);
+  cfg["checkpoint"] = {{"staging_bytes", "18GiB"}};
+  DS_ASSERT_OK_AND_ASSIGN(c, Parse(cfg));
+  EXPECT_EQ(c.checkpoint.staging_bytes, uint64_t{18} << 30);
   cfg.erase("checkpoint");
   cfg["trainer"] = {{"max_steps", 0}};
   EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,

@@ -89,6 +89,7 @@ struct Trainer::Impl {
 
   Status SetupCheckpoints();
   Status CreateWriter();
+  uint64_t AutoStagingBytes(uint64_t chunk_bytes) const;  // checkpoint.staging_bytes "auto"
   std::string StateJson() const;
   // Snapshots now, commits in the background; a failure to save is logged, not returned.
   Status Save(const std::string& reason);
