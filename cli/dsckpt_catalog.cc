@@ -8,7 +8,7 @@
 
 #include "ckpt/gc.h"
 #include "cli/dsckpt_commands.h"
-#include "cli/progress.h"
+#include "io/progress.h"
 #include "io/units.h"
 
 namespace ds::cli {
@@ -49,9 +49,9 @@ std::string BestText(const ckpt::BestPointer& b) {
 // Removals report their bytes to a progress bar, shown once they take more than a second.
 struct RemovalBar {
   std::string label;
-  std::unique_ptr<Progress> bar;
+  std::unique_ptr<io::Progress> bar;
   ckpt::RemovalProgress Hooks() {
-    return {[this](uint64_t total) { bar = std::make_unique<Progress>(label, total); },
+    return {[this](uint64_t total) { bar = std::make_unique<io::Progress>(label, total); },
             [this](uint64_t bytes) {
               if (bar) bar->Add(bytes);
             }};

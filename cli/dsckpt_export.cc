@@ -12,7 +12,7 @@
 #include "ckpt/export.h"
 #include "ckpt/inspect.h"
 #include "cli/dsckpt_commands.h"
-#include "cli/progress.h"
+#include "io/progress.h"
 #include "io/units.h"
 
 namespace ds::cli {
@@ -74,7 +74,7 @@ class LazyProgress {
  public:
   explicit LazyProgress(std::string label) : label_(std::move(label)) {}
   void Add(uint64_t bytes, uint64_t total) {
-    std::call_once(once_, [&] { bar_ = std::make_unique<Progress>(label_, total); });
+    std::call_once(once_, [&] { bar_ = std::make_unique<io::Progress>(label_, total); });
     bar_->Add(bytes);
   }
   void Finish() {
@@ -84,7 +84,7 @@ class LazyProgress {
  private:
   std::string label_;
   std::once_flag once_;
-  std::unique_ptr<Progress> bar_;
+  std::unique_ptr<io::Progress> bar_;
 };
 
 void PrintNotes(const std::vector<std::string>& notes) {

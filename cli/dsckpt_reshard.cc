@@ -9,7 +9,7 @@
 #include "ckpt/inspect.h"
 #include "ckpt/reshard.h"
 #include "cli/dsckpt_commands.h"
-#include "cli/progress.h"
+#include "io/progress.h"
 #include "io/units.h"
 
 namespace ds::cli {
@@ -66,7 +66,7 @@ int RunReshard(const ReshardFlags& f) {
   }
   uint64_t total = 0;
   for (const fmt::ChunkMeta& c : m->chunks) total += c.raw_len;
-  Progress progress("reshard", total);
+  io::Progress progress("reshard", total);
   o.progress = [&](uint64_t n) { progress.Add(n); };
   Result<ckpt::ReshardResult> r = ckpt::Reshard(env, *src, o);
   progress.Finish();

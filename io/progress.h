@@ -13,7 +13,7 @@
 #include "io/env.h"
 #include "io/units.h"
 
-namespace ds::cli {
+namespace ds::io {
 
 class Progress {
  public:
@@ -23,7 +23,7 @@ class Progress {
         total_(total),
         bytes_(bytes),
         enabled_(::isatty(2) == 1),
-        start_(io::Env::Default()->NowMicros()) {}
+        start_(Env::Default()->NowMicros()) {}
   ~Progress() { Finish(); }
   Progress(const Progress&) = delete;
   Progress& operator=(const Progress&) = delete;
@@ -31,7 +31,7 @@ class Progress {
   void Add(uint64_t n) {
     const uint64_t done = done_.fetch_add(n) + n;
     if (!enabled_) return;
-    const uint64_t now = io::Env::Default()->NowMicros();
+    const uint64_t now = Env::Default()->NowMicros();
     if (now - start_ < 1000000) return;
     std::unique_lock<std::mutex> lock(mu_, std::try_to_lock);
     if (!lock.owns_lock() || now - last_draw_ < 100000) return;
@@ -53,8 +53,8 @@ class Progress {
     const double secs = static_cast<double>(now - start_) / 1e6;
     std::string bar(filled, '#');
     bar.resize(width, '.');
-    std::string amount = bytes_ ? io::FormatBytes(done) + " / " + io::FormatBytes(total_) + ", " +
-                                      io::FormatRate(secs > 0 ? done / secs : 0)
+    std::string amount = bytes_ ? FormatBytes(done) + " / " + FormatBytes(total_) + ", " +
+                                      FormatRate(secs > 0 ? done / secs : 0)
                                 : std::to_string(done) + " / " + std::to_string(total_);
     std::fprintf(stderr, "\r\033[K%s [%s] %3.0f%%  %s", label_.c_str(), bar.c_str(),
                  100 * frac, amount.c_str());
@@ -71,4 +71,4 @@ class Progress {
   uint64_t last_draw_ = 0;
 };
 
-}  // namespace ds::cli
+}  // namespace ds::io

@@ -3,13 +3,17 @@
 #include <sys/resource.h>
 #include <torch/cuda.h>
 
+#include <atomic>
 #include <cstdio>
+#include <cstdlib>
+#include <thread>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "bench/io_bench.h"
 #include "engine/launch/dsrun_internal.h"
 #include "engine/train/trainer.h"
+#include "io/progress.h"
 #include "io/units.h"
 
 namespace ds::engine {
@@ -41,6 +45,12 @@ Result<std::vector<int>> ParseStages(const std::string& text) {
 std::string Mib(double bytes) {
   char b[32];
   std::snprintf(b, sizeof b, "%.1f", bytes / (1024.0 * 1024.0));
+  return b;
+}
+
+std::string Percent(double fraction) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f%%", fraction * 100);
   return b;
 }
 
@@ -92,6 +102,35 @@ std::string DiskBound(io::Env* env, const DsrunFlags& f, const Json& rows) {
   return line;
 }
 
+// Launch, drawing the progress rank 0 reports in `progress_file` (units done this launch) on
+// `bar` while the ranks run; afterwards the bar stands at `units` whatever the ranks did (no
+// saves when checkpoints are off, a failure). The bar shows only on a terminal.
+Result<LaunchResult> LaunchWithProgress(io::Env* env, const LaunchOptions& options,
+                                        const std::string& progress_file, uint64_t units,
+                                        io::Progress* bar) {
+  std::atomic<bool> finished{false};
+  Result<LaunchResult> result = Status::Unavailable("not launched");
+  std::thread launcher([&] {
+    result = Launch(env, options);
+    finished = true;
+  });
+  uint64_t shown = 0;
+  auto poll = [&] {
+    Result<std::string> text = env->ReadFileToString(progress_file);
+    const uint64_t done = text.ok() ? std::strtoull(text->c_str(), nullptr, 10) : 0;
+    if (done > shown) bar->Add(done - shown);
+    shown = std::max(shown, done);
+  };
+  while (!finished) {
+    poll();
+    env->SleepForMicros(200'000);
+  }
+  launcher.join();
+  poll();
+  if (units > shown) bar->Add(units - shown);
+  return result;
+}
+
 }  // namespace
 
 Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const DsrunFlags& f,
@@ -100,11 +139,23 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
   auto sync = [&] {
     if (cuda) torch::cuda::synchronize();
   };
-  for (int64_t i = 0; i < f.bench_warmup; ++i) DS_RETURN_IF_ERROR(trainer.Step());
+  // Rank 0 tells `dsrun bench` how far it is (its progress bar): units done, one per step or save.
+  int64_t done = 0;
+  auto progress = [&] {
+    if (rank == 0) (void)env->ReplaceFileAtomically(f.bench_out + ".progress", std::to_string(++done));
+  };
+  for (int64_t i = 0; i < f.bench_warmup; ++i) {
+    DS_RETURN_IF_ERROR(trainer.Step());
+    progress();
+  }
   sync();
   const std::map<std::string, CollectiveStats> before = trainer.comm_stats();
   const uint64_t t0 = env->NowMicros();
-  for (int64_t i = 0; i < f.bench_steps; ++i) DS_RETURN_IF_ERROR(trainer.Step());
+  for (int64_t i = 0; i < f.bench_steps; ++i) {
+    DS_RETURN_IF_ERROR(trainer.Step());
+    if (cuda) torch::cuda::synchronize();  // progress on the host clock: a step is done when done
+    progress();
+  }
   sync();
   const double seconds = static_cast<double>(env->NowMicros() - t0) / 1e6;
   // One checkpoint of the state as it is now: what it stalls, and how long until durable.
@@ -115,6 +166,7 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
     for (int i = 0; i < 2; ++i) {
       DS_RETURN_IF_ERROR(trainer.SaveCheckpoint("bench"));
       trainer.WaitForSaves();
+      progress();
       (i == 0 ? first_save : save) = trainer.last_save();
       if (i == 0) DS_RETURN_IF_ERROR(trainer.Step());  // a new step: a new tag
     }
@@ -128,6 +180,7 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
   j["step_s"] = seconds / steps;
   j["tokens_per_s"] =
       static_cast<double>(config.batch.train_batch_size * config.model.seq_len) * steps / seconds;
+  if (auto mfu = trainer.mfu(j["tokens_per_s"].get<double>())) j["mfu"] = *mfu;
   const ModelStateBytes m = trainer.model_state();
   j["model_state_bytes"] = m.total();
   j["model_state_on_host_bytes"] = m.on_host;
@@ -184,6 +237,10 @@ int RunBench(const DsrunFlags& f) {
   }
   Json rows = Json::array();
   int rc = 0;
+  // Units of work per stage: every step, the step between the two saves, and the saves.
+  const int64_t per_stage = f.bench_warmup + f.bench_steps + 3;
+  io::Progress bar("dsrun bench", static_cast<uint64_t>(per_stage) * stages->size(),
+                   /*bytes=*/false);
   for (int stage : *stages) {
     DsrunFlags child = f;
     const std::string out = io::JoinPath(*dir, "stage-" + std::to_string(stage) + ".json");
@@ -195,7 +252,9 @@ int RunBench(const DsrunFlags& f) {
                 {"--bench-out", out, "--bench-warmup-steps", std::to_string(f.bench_warmup),
                  "--bench-timed-steps", std::to_string(f.bench_steps)});
     Result<LaunchOptions> lo = LaunchOptionsFor(child, args);
-    Result<LaunchResult> r = lo.ok() ? Launch(env, *lo) : Result<LaunchResult>(lo.status());
+    Result<LaunchResult> r = lo.ok() ? LaunchWithProgress(env, *lo, out + ".progress",
+                                                          static_cast<uint64_t>(per_stage), &bar)
+                                     : Result<LaunchResult>(lo.status());
     Result<std::string> text = r.ok() && r->exit_code == 0
                                    ? env->ReadFileToString(out)
                                    : Result<std::string>(Status::IOError("no result"));
@@ -209,17 +268,19 @@ int RunBench(const DsrunFlags& f) {
     }
     rows.push_back(Json::parse(*text));
   }
+  bar.Finish();
   (void)env->RemoveAll(*dir);
   const std::string disk = DiskBound(env, f, rows);
   std::printf("\nZeRO stages: %s, %d rank(s) per node x %d node(s), %lld timed steps each\n",
               f.config.c_str(), f.nproc_per_node, f.nnodes, static_cast<long long>(f.bench_steps));
-  std::printf("%-5s %5s %9s %11s %14s %12s %13s %13s %10s %10s\n", "stage", "ranks", "step ms",
-              "tokens/s", "state/rank MiB", "peak MiB", "comm MiB/step", "comm ms/step", "stall ms",
+  std::printf("%-5s %5s %9s %11s %6s %14s %12s %13s %13s %10s %10s\n", "stage", "ranks",
+              "step ms", "tokens/s", "MFU", "state/rank MiB", "peak MiB", "comm MiB/step", "comm ms/step", "stall ms",
               "save ms");
   for (const Json& j : rows) {
     std::printf(
-        "%-5d %5d %9.1f %11.0f %14s %12s %13s %13.1f %10s %10s\n", j["stage"].get<int>(),
+        "%-5d %5d %9.1f %11.0f %6s %14s %12s %13s %13.1f %10s %10s\n", j["stage"].get<int>(),
         j["ranks"].get<int>(), j["step_s"].get<double>() * 1e3, j["tokens_per_s"].get<double>(),
+        j.contains("mfu") ? Percent(j["mfu"].get<double>()).c_str() : "-",
         Mib(j["model_state_bytes"].get<double>()).c_str(),
         (Mib(j["peak_bytes"].get<double>()) + (j["peak_kind"] == "gpu" ? " gpu" : " rss")).c_str(),
         Mib(j["comm_bytes_per_step"].get<double>()).c_str(),
@@ -242,6 +303,17 @@ int RunBench(const DsrunFlags& f) {
                 f.bench_dir.c_str());
   }
   return rc;
+}
+
+int RunAdamBenchCommand(const AdamBenchOptions& options, bool json) {
+  Result<AdamBenchReport> r = RunAdamBench(options);
+  if (!r.ok()) {
+    std::fprintf(stderr, "%s\n", r.status().message().c_str());
+    return kExitTrainingFailed;
+  }
+  std::fputs(AdamBenchTable(*r).c_str(), stdout);
+  if (json) std::printf("%s\n", AdamBenchJson(*r).c_str());
+  return 0;
 }
 
 }  // namespace ds::engine

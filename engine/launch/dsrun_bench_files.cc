@@ -78,6 +78,7 @@ std::string BenchCsv(const nlohmann::ordered_json& rows) {
                                    "offload_optimizer",
                                    "step_s",
                                    "tokens_per_s",
+                                   "mfu",
                                    "model_state_bytes",
                                    "model_state_on_host_bytes",
                                    "peak_bytes",

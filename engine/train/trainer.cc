@@ -124,6 +124,10 @@ std::map<std::string, CollectiveStats> Trainer::comm_stats() const {
   return impl_->comm ? impl_->comm->stats() : std::map<std::string, CollectiveStats>();
 }
 std::string Trainer::device_name() const { return impl_->device.str(); }
+std::optional<double> Trainer::mfu(double tokens_per_s) const {
+  return ModelFlopsUtilization(impl_->flops_per_token, tokens_per_s, impl_->device_name,
+                               impl_->options.world_size);
+}
 
 Result<std::unique_ptr<Trainer>> Trainer::Create(io::Env* env, const Config& config,
                                                  const TrainerOptions& options) {

@@ -108,6 +108,9 @@ class Trainer {
   // a collective when world_size > 1.
   Result<at::Tensor> GatherMaster();
   std::string device_name() const;
+  // Model FLOPs utilisation of the whole job at `tokens_per_s` (all ranks together) against the
+  // device's dense peak; nullopt where the peak is unknown (the CPU, an unlisted GPU).
+  std::optional<double> mfu(double tokens_per_s) const;
   // Bytes and seconds in collectives since the trainer started (empty with one rank).
   std::map<std::string, CollectiveStats> comm_stats() const;
   // What this rank holds for parameters, gradients and optimizer state now.
