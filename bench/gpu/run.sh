@@ -9,6 +9,12 @@
 #   unit-tests  ctest -LE 'slow|gpu|fuzz' (proves the suite on this toolchain)
 #   demo        dsrun on examples/demo.json in bf16 and fp32 on CUDA; prints tokens/s
 #   zero-bench  dsrun bench: ZeRO stages 0-3 (and offload) for GPT-2 124M on one GPU
+#   adam-bench  dsrun bench adam: the offload CPU Adam against torch's CPU AdamW (124M elements)
+#   peer-124m   GPT-2 124M: dsrun against the same model in PyTorch eager and torch.compile
+#   peer-1.3b   the same for the ~1.3B model (gpt-1.3b at seq 1024)
+#   ckpt-1.3b   the ~1.3B model's full training state: dsrun's save (stall, durable) against
+#               torch.save and DCP (bench/gpu/ckpt_peer.py), then `dsckpt bench save` of 16 GB
+#               for load against the disk's direct-read bound (our io bench: no fio there)
 # Make .deps once on the build machine: bench/gpu/fetch_deps.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -22,6 +28,8 @@ export DSTRAIN_PYTHON="${DSTRAIN_PYTHON:-/opt/torch/.venv/bin/python3}"
   export LD_LIBRARY_PATH="$ROOT/.deps/root/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 export DSTRAIN_JOBS="${DSTRAIN_JOBS:-$(nproc)}"
 BUILD="${DSTRAIN_BUILD_DIR:-$ROOT/build}"
+SCRATCH="${DSTRAIN_SCRATCH:-$ROOT/bench-scratch}"  # checkpoints of the benchmarks (not $OUT)
+PY="$DSTRAIN_PYTHON"
 
 step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
 
@@ -68,6 +76,41 @@ for s in "$@"; do
         tee "$OUT/zero-bench.log"
       "$BUILD/dsrun" bench "${common[@]}" --stages 2,3 --set zero_optimization.offload_optimizer.device=cpu \
         zero_optimization.offload_param.device=cpu 2>&1 | grep -v '^\[rank' | tee "$OUT/zero-bench-offload.log"
+      ;;
+    adam-bench)
+      step adam-bench
+      "$BUILD/dsrun" bench adam --elements 124439808 --json 2>&1 | tee "$OUT/adam-bench.log"
+      ;;
+    peer-124m | peer-1.3b)
+      # Same model, batch and sequence in both; dsrun's bf16 is DeepSpeed's (bf16 weights, fp32
+      # master), the peer's is autocast over fp32 weights (what a PyTorch user writes).
+      step "$s"
+      if [[ "$s" == peer-124m ]]; then preset=gpt2-124m mb=8; else preset=gpt-1.3b mb=4; fi
+      "$PY" "$ROOT/bench/gpu/gpt_peer.py" --preset "$preset" --seq-len 1024 --micro-batch "$mb" \
+        --modes eager,compile --steps 20 --warmup 5 --json 2>&1 | tee "$OUT/$s-peer.log"
+      "$BUILD/dsrun" bench --config "$ROOT/examples/demo.json" --nproc-per-node 1 --stages 0 \
+        --steps 20 --warmup 5 --json --set "model.preset=$preset" model.seq_len=1024 \
+        "train_micro_batch_size_per_gpu=$mb" bf16.enabled=true checkpoint.enabled=false \
+        "trainer.output_dir=$SCRATCH/$s" 2>&1 | grep -v '^\[rank' | tee "$OUT/$s-dsrun.log"
+      rm -rf "${SCRATCH:?}/$s"
+      ;;
+    ckpt-1.3b)
+      step ckpt-1.3b
+      mkdir -p "$SCRATCH" && df -h "$SCRATCH" | tee "$OUT/ckpt-disk.log"
+      for codec in bytegroup+zstd raw; do
+        "$BUILD/dsrun" bench --config "$ROOT/examples/demo.json" --nproc-per-node 1 --stages 0 \
+          --steps 3 --warmup 2 --json --set model.preset=gpt-1.3b model.seq_len=1024 \
+          train_micro_batch_size_per_gpu=4 bf16.enabled=true checkpoint.keep_last=1 \
+          "checkpoint.codec=$codec" "trainer.output_dir=$SCRATCH/dsrun" 2>&1 |
+          grep -v '^\[rank' | tee "$OUT/ckpt-dsrun-$codec.log"
+        rm -rf "${SCRATCH:?}/dsrun"
+      done
+      "$PY" "$ROOT/bench/gpu/ckpt_peer.py" --preset gpt-1.3b --seq-len 1024 --dir "$SCRATCH/peer" \
+        --json 2>&1 | tee "$OUT/ckpt-peer.log"
+      rm -rf "${SCRATCH:?}/peer"
+      "$BUILD/dsckpt" bench save --dir "$SCRATCH" --size 16G --repeat 1 --json 2>&1 |
+        tee "$OUT/ckpt-save-bench.log"
+      rm -rf "${SCRATCH:?}"
       ;;
     *) echo "unknown step $s" >&2; exit 2 ;;
   esac

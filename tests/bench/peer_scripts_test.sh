@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Smoke test of the PyTorch peer benchmarks (bench/gpu/gpt_peer.py, bench/gpu/ckpt_peer.py) on the
+# CPU with the tiny preset: each runs end to end and its last line is the JSON the benchmark
+# report reads. No timing is asserted; a mode or peer that errors fails the test.
+#   tests/bench/peer_scripts_test.sh PYTHON SRC_DIR
+# Exit 0 on success, 1 on failure, 77 (skip) when PYTHON has no torch.
+set -euo pipefail
+
+if [[ $# -ne 2 ]]; then
+  echo "usage: $0 PYTHON SRC_DIR" >&2
+  exit 2
+fi
+PYTHON="$1"
+SRC="$2"
+
+if ! "$PYTHON" -c 'import torch' 2>/dev/null; then
+  echo "SKIP: $PYTHON cannot import torch"
+  exit 77
+fi
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+
+# Runs one script, keeping its stdout for the check; on failure shows its output and exits 1.
+run() {
+  local name="$1"
+  shift
+  if ! "$PYTHON" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err"; then
+    echo "FAIL: $name exited non-zero; its output:"
+    cat "$WORK/$name.out" "$WORK/$name.err"
+    exit 1
+  fi
+  cat "$WORK/$name.out"
+}
+
+run gpt "$SRC/bench/gpu/gpt_peer.py" --preset tiny --seq-len 32 --micro-batch 2 --device cpu \
+  --steps 2 --warmup 1 --modes eager --json
+run ckpt "$SRC/bench/gpu/ckpt_peer.py" --preset tiny --seq-len 32 --device cpu \
+  --dir "$WORK/ckpt" --peers torch_save,dcp,dcp_async --json
+
+# The checks name the script, the row and the key, so a failure says what to look at.
+"$PYTHON" - "$WORK/gpt.out" "$WORK/ckpt.out" <<'EOF'
+import json
+import sys
+
+
+def last_json(path, name):
+    lines = open(path).read().strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError) as e:
+        sys.exit(f"FAIL: {name}: the last line of stdout is not JSON ({e})")
+
+
+def check_rows(name, doc, top_keys, row_keys, want_rows):
+    missing = [k for k in top_keys if k not in doc]
+    if missing:
+        sys.exit(f"FAIL: {name}: the JSON lacks {missing}")
+    rows = doc["rows"]
+    if [r.get(row_keys[0]) for r in rows] != want_rows:
+        sys.exit(f"FAIL: {name}: rows are {[r.get(row_keys[0]) for r in rows]}, "
+                 f"expected {want_rows}")
+    for r in rows:
+        if "error" in r:
+            sys.exit(f"FAIL: {name}: {r[row_keys[0]]} failed: {r['error']}")
+        missing = [k for k in row_keys if k not in r]
+        if missing:
+            sys.exit(f"FAIL: {name}: row {r[row_keys[0]]} lacks {missing}")
+    return rows
+
+
+gpt = last_json(sys.argv[1], "gpt_peer.py")
+rows = check_rows("gpt_peer.py", gpt,
+                  ["bench", "preset", "device", "torch", "gpu", "micro_batch", "seq_len",
+                   "params", "rows"],
+                  ["mode", "step_ms", "tokens_per_s", "mfu", "peak_bytes"], ["eager"])
+if not rows[0]["tokens_per_s"] > 0:
+    sys.exit(f"FAIL: gpt_peer.py: eager tokens_per_s is {rows[0]['tokens_per_s']}")
+
+ckpt = last_json(sys.argv[2], "ckpt_peer.py")
+rows = check_rows("ckpt_peer.py", ckpt,
+                  ["bench", "preset", "device", "torch", "state_bytes", "d2h_bps", "rows"],
+                  ["peer", "stall_s", "durable_s", "stored_bytes", "load_s"],
+                  ["torch_save", "dcp", "dcp_async"])
+for r in rows:
+    if not r["durable_s"] > 0:
+        sys.exit(f"FAIL: ckpt_peer.py: {r['peer']} durable_s is {r['durable_s']}")
+    if not r["stored_bytes"] >= ckpt["state_bytes"]:
+        sys.exit(f"FAIL: ckpt_peer.py: {r['peer']} stored {r['stored_bytes']} bytes, "
+                 f"less than the state's {ckpt['state_bytes']}")
+print("PASS: gpt_peer.py and ckpt_peer.py ran on the CPU and wrote the expected JSON")
+EOF
