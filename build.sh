@@ -118,8 +118,10 @@ build() {
   install_debian_packages
   user_gave_torch || setup_venv
   configure
-  say "building ($JOBS jobs)"
-  cmake --build "$BUILD" -j "$JOBS"
+  say "building ($JOBS jobs)${DSTRAIN_BUILD_TARGETS:+: $DSTRAIN_BUILD_TARGETS}"
+  # DSTRAIN_BUILD_TARGETS (e.g. "dsrun dsckpt"): only these, for quick runs elsewhere.
+  # shellcheck disable=SC2086  # a list of target names
+  cmake --build "$BUILD" -j "$JOBS" ${DSTRAIN_BUILD_TARGETS:+--target $DSTRAIN_BUILD_TARGETS}
 }
 
 run_tests() {

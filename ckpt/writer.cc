@@ -266,11 +266,12 @@ Status CheckpointWriter::AddBlob(std::string name, std::string data) {
 
 // ---- the snapshot
 
-Result<SaveStats> CheckpointWriter::Snapshot(std::function<Status()> sync) {
+Result<SaveStats> CheckpointWriter::Snapshot(std::function<Status()> sync,
+                                             bool sync_in_background) {
   Impl& w = *impl_;
   if (w.current == nullptr) return Status::FailedPrecondition("Snapshot before Begin");
   if (w.current->snapshotted) return Status::FailedPrecondition("Snapshot called twice");
-  Status st = FillStaging(sync);
+  Status st = FillStaging(sync, sync_in_background);
   if (!st.ok()) {
     // Abandon this save: the background part tells the other ranks and removes the temp dir.
     w.current->aborted = st;
@@ -281,10 +282,11 @@ Result<SaveStats> CheckpointWriter::Snapshot(std::function<Status()> sync) {
   return w.current->stats;
 }
 
-Status CheckpointWriter::FillStaging(const std::function<Status()>& sync) {
+Status CheckpointWriter::FillStaging(const std::function<Status()>& sync, bool defer_sync) {
   Impl& w = *impl_;
   SaveState& s = *w.current;
   const uint64_t t0 = w.env->NowMicros();
+  s.snapshot_begin_micros = t0;
 
   // Lay the slices out in chunks (the manifest records where each begins).
   std::vector<fmt::PieceSpec> pieces;
@@ -356,13 +358,39 @@ Status CheckpointWriter::FillStaging(const std::function<Status()>& sync) {
     // running beside the copy would slow the copy, and the copy is what training waits for.
     filled.push_back({std::make_shared<io::Buffer>(std::move(*buf)), c.elem_size});
   }
-  DS_RETURN_IF_ERROR(hand_over());
+  if (defer_sync && sync && !filled.empty()) {
+    // The last chunks wait in the background for their copies (HandOverDeferred).
+    w.encoders->ParallelFor(host_copies.size(), [&](size_t i) {
+      std::memcpy(host_copies[i].dst, host_copies[i].src, host_copies[i].bytes);
+    });
+    s.deferred = std::move(filled);
+    s.deferred_sync = sync;
+  } else {
+    DS_RETURN_IF_ERROR(hand_over());
+    s.stats.copies_done_seconds = static_cast<double>(w.env->NowMicros() - t0) / 1e6;
+  }
   s.snapshotted = true;
   s.snapshot_end_micros = w.env->NowMicros();
   s.stats.snapshot_seconds = static_cast<double>(s.snapshot_end_micros - t0) / 1e6;
   s.stats.staging_wait_seconds = waited;
   for (const fmt::ChunkPlan& c : plan) s.stats.logical_bytes += c.raw_len;
   return Status::OK();
+}
+
+Status CheckpointWriter::Impl::HandOverDeferred(SaveState& s) {
+  if (s.deferred.empty()) return Status::OK();
+  Status st = s.deferred_sync().WithContext("finishing the snapshot's copies");
+  s.stats.copies_done_seconds =
+      static_cast<double>(env->NowMicros() - s.snapshot_begin_micros) / 1e6;
+  for (auto& [buf, elem] : s.deferred) {
+    if (st.ok()) {
+      s.shard->AddChunkInPlace({buf->data(), buf->capacity()}, buf->size(), elem,
+                               [buf] { buf->Release(); });
+    }
+  }
+  s.deferred.clear();  // buffers not handed over return to staging here
+  s.deferred_sync = nullptr;
+  return st;
 }
 
 std::shared_ptr<SaveHandle> CheckpointWriter::Commit() {
@@ -376,6 +404,7 @@ std::shared_ptr<SaveHandle> CheckpointWriter::Commit() {
   handle->stats_.tag = s->tag;  // readable while in flight
   w.in_flight = handle;
   w.background = std::thread([&w, s, handle] {
+    if (Status d = w.HandOverDeferred(*s); !d.ok() && s->aborted.ok()) s->aborted = d;
     Status st = w.RunBackground(*s);
     const uint64_t now = w.env->NowMicros();
     s->stats.background_seconds = static_cast<double>(now - s->snapshot_end_micros) / 1e6;

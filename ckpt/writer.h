@@ -99,7 +99,8 @@ struct SaveStats {
   std::string path;           // the committed checkpoint (rank 0 knows it; others too once done)
   uint64_t logical_bytes = 0;  // this rank's raw bytes
   uint64_t stored_bytes = 0;   // this rank's stored bytes
-  double snapshot_seconds = 0;       // the stall
+  double snapshot_seconds = 0;       // the stall (with sync_in_background: starting the copies)
+  double copies_done_seconds = 0;    // from the snapshot's start until every copy was done
   double staging_wait_seconds = 0;   // part of the stall spent waiting for staging memory
   double background_seconds = 0;     // from the end of the snapshot until durable
   double total_seconds = 0;          // from Begin until durable
@@ -138,7 +139,13 @@ class CheckpointWriter {
   // Copies every slice into staging and hands the chunks to the background encoders; returns
   // when the caller may change its state again. `sync` is called before any filled chunk is
   // handed over (see SliceSource).
-  Result<SaveStats> Snapshot(std::function<Status()> sync = nullptr);
+  // With `sync_in_background`, Snapshot returns once every copy has *started* (host slices are
+  // still copied before it returns): the background part calls `sync`, from its own thread,
+  // before it encodes the last chunks. The caller must then keep its state unchanged until the
+  // copies are done by its own means (on a GPU: make its next writes wait on an event recorded
+  // after the copies). This lets device-to-host copies overlap the next training step.
+  Result<SaveStats> Snapshot(std::function<Status()> sync = nullptr,
+                             bool sync_in_background = false);
   // Finishes in the background; Wait on the handle for durability.
   std::shared_ptr<SaveHandle> Commit();
 
@@ -151,7 +158,7 @@ class CheckpointWriter {
  private:
   explicit CheckpointWriter(std::unique_ptr<Impl> impl, WriterOptions options);
   Status StartSave(SaveState& s);
-  Status FillStaging(const std::function<Status()>& sync);
+  Status FillStaging(const std::function<Status()>& sync, bool defer_sync);
   std::unique_ptr<Impl> impl_;
   WriterOptions options_;
 };

@@ -2,6 +2,7 @@
 // and ckpt/commit.cc (the background part). Not part of the public API.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -12,6 +13,7 @@
 #include "ckpt/writer.h"
 #include "formats/shard_file.h"
 #include "io/async_io.h"
+#include "io/buffer_pool.h"
 #include "io/thread_pool.h"
 
 namespace ds::ckpt {
@@ -34,6 +36,11 @@ struct SaveState {
   bool committed = false;          // rank 0: the temp directory was renamed to its tag
   bool outcome_published = false;  // rank 0: the other ranks were told
   Status aborted;                  // set when the snapshot failed: the background only reports
+  // Snapshot(sync_in_background): chunks whose copies were started, handed over by the
+  // background part after `deferred_sync` returns there.
+  std::vector<std::pair<std::shared_ptr<io::Buffer>, uint8_t>> deferred;  // (chunk, elem size)
+  std::function<Status()> deferred_sync;
+  uint64_t snapshot_begin_micros = 0;
 };
 
 struct CheckpointWriter::Impl {
@@ -51,6 +58,8 @@ struct CheckpointWriter::Impl {
   std::thread background;              // the previous save's background part
   std::shared_ptr<SaveHandle> in_flight;
 
+  // The chunks a deferred snapshot left: waits for their copies, then hands them over.
+  Status HandOverDeferred(SaveState& s);
   // ckpt/commit.cc: the background part of a save, run on `background`.
   Status RunBackground(SaveState& s);
   Status PublishRecord(SaveState& s);

@@ -5,6 +5,7 @@
 # Steps:
 #   build       configure and build everything (no installs; liburing, xxhash and Gloo's
 #               headers come from .deps/root/usr, carried from the build machine)
+#   build-tools the same for dsrun, dsckpt and the gpu tests only (quicker: for benchmark runs)
 #   gpu-tests   ctest -L gpu (needs the GPU)
 #   unit-tests  ctest -LE 'slow|gpu|fuzz' (proves the suite on this toolchain)
 #   demo        dsrun on examples/demo.json in bf16 and fp32 on CUDA; prints tokens/s
@@ -13,8 +14,9 @@
 #   peer-124m   GPT-2 124M: dsrun against the same model in PyTorch eager and torch.compile
 #   peer-1.3b   the same for the ~1.3B model (gpt-1.3b at seq 1024)
 #   ckpt-1.3b   the ~1.3B model's full training state: dsrun's save (stall, durable) against
-#               torch.save and DCP (bench/gpu/ckpt_peer.py), then `dsckpt bench save` of 16 GB
-#               for load against the disk's direct-read bound (our io bench: no fio there)
+#               torch.save and DCP (bench/gpu/ckpt_peer.py)
+#   save-bench-16g  `dsckpt bench save` of 16 GB: save and load against the disk's direct-write
+#               and direct-read bound (our io bench: no fio there)
 # Make .deps once on the build machine: bench/gpu/fetch_deps.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -35,8 +37,9 @@ step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
 
 for s in "$@"; do
   case "$s" in
-    build)
-      step build
+    build | build-tools)
+      step "$s"
+      [[ "$s" == build-tools ]] && export DSTRAIN_BUILD_TARGETS="dsrun dsckpt gpu_test"
       nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
       if ! "$ROOT/build.sh" build >"$OUT/build.log" 2>&1; then
         # Build what can be built, to see every error of this toolchain at once.
@@ -95,21 +98,31 @@ for s in "$@"; do
       rm -rf "${SCRATCH:?}/$s"
       ;;
     ckpt-1.3b)
+      # CKPT_CODEC (default bytegroup+zstd), CKPT_STAGING (checkpoint.device_staging values,
+      # default "auto false") and CKPT_PEERS (default all of ckpt_peer.py's but the process-based
+      # async one) keep a call within the device's time.
       step ckpt-1.3b
       mkdir -p "$SCRATCH" && df -h "$SCRATCH" | tee "$OUT/ckpt-disk.log"
-      for codec in bytegroup+zstd raw; do
+      for staging in ${CKPT_STAGING:-auto false}; do
         "$BUILD/dsrun" bench --config "$ROOT/examples/demo.json" --nproc-per-node 1 --stages 0 \
           --steps 3 --warmup 2 --json --set model.preset=gpt-1.3b model.seq_len=1024 \
           train_micro_batch_size_per_gpu=4 bf16.enabled=true checkpoint.keep_last=1 \
-          "checkpoint.codec=$codec" "trainer.output_dir=$SCRATCH/dsrun" 2>&1 |
-          grep -v '^\[rank' | tee "$OUT/ckpt-dsrun-$codec.log"
+          "checkpoint.codec=${CKPT_CODEC:-bytegroup+zstd}" "checkpoint.device_staging=$staging" \
+          "trainer.output_dir=$SCRATCH/dsrun" 2>&1 | tee "$OUT/ckpt-dsrun-staging-$staging.log" |
+          grep -E -v '^\[rank [0-9]+\] (step|\[)'  # keeps the staging and checkpoint lines
         rm -rf "${SCRATCH:?}/dsrun"
       done
       "$PY" "$ROOT/bench/gpu/ckpt_peer.py" --preset gpt-1.3b --seq-len 1024 --dir "$SCRATCH/peer" \
-        --json 2>&1 | tee "$OUT/ckpt-peer.log"
-      rm -rf "${SCRATCH:?}/peer"
+        --peers "${CKPT_PEERS:-torch_save,dcp,dcp_async}" --json 2>&1 | tee "$OUT/ckpt-peer.log"
+      rm -rf "${SCRATCH:?}"
+      ;;
+    save-bench-16g)
+      # The save pipeline alone on 16 GB of synthetic state from host memory: load against the
+      # disk's direct-read bound (our io bench, as there is no fio there).
+      step save-bench-16g
+      mkdir -p "$SCRATCH"
       "$BUILD/dsckpt" bench save --dir "$SCRATCH" --size 16G --repeat 1 --json 2>&1 |
-        tee "$OUT/ckpt-save-bench.log"
+        tee "$OUT/save-bench-16g.log"
       rm -rf "${SCRATCH:?}"
       ;;
     *) echo "unknown step $s" >&2; exit 2 ;;

@@ -219,6 +219,9 @@ struct CheckpointConfig {
   uint64_t staging_bytes = 0;  // snapshot memory; 0 ("auto"): this rank's whole state, at most
                                // half the host's memory (engine/train/checkpoint.cc)
   std::string when_busy = "wait";              // or "skip": a save while the last still writes
+  // A GPU copy of the state that the snapshot reads from, so training waits only for a
+  // device-to-device copy: "auto" (when the GPU has room for it), "true" or "false".
+  std::string device_staging = "auto";
   // DeepSpeed's
   std::string tag_validation = "WARN";  // "IGNORE", "WARN", "FAIL"
   bool load_universal = false;

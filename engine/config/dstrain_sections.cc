@@ -222,6 +222,13 @@ void ReadCheckpoint(SectionReader& top, CheckpointConfig* out) {
                     io::FormatBytes(2 * out->chunk_bytes) + ")");
   }
   out->when_busy = c.Choice("when_busy", "wait", {"wait", "skip"}, true);
+  if (const auto* v = c.Get("device_staging"); v != nullptr && v->is_boolean()) {
+    c.Know("device_staging");
+    out->device_staging = v->get<bool>() ? "true" : "false";
+    c.resolved()["device_staging"] = out->device_staging;
+  } else {
+    out->device_staging = c.Choice("device_staging", "auto", {"auto", "true", "false"}, true);
+  }
   // DeepSpeed's. Our checkpoints always hold logical tensors, so every load is what DeepSpeed
   // calls a universal load: load_universal changes nothing.
   out->tag_validation = c.Choice("tag_validation", "WARN", {"IGNORE", "WARN", "FAIL"}, true);

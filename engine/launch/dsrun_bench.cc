@@ -158,17 +158,25 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
   }
   sync();
   const double seconds = static_cast<double>(env->NowMicros() - t0) / 1e6;
-  // One checkpoint of the state as it is now: what it stalls, and how long until durable.
-  // Twice: the first save also allocates (and on a GPU page-locks) the staging memory, which a
-  // training run pays once; the second is what every later save costs.
+  // A checkpoint of the state as it is now, and the step after it: what the save costs training
+  // (the save call and that step, less an ordinary step: on a GPU the snapshot's copies overlap
+  // the step's forward and backward and its optimizer waits for them), and how long until
+  // durable. Twice: the first save also allocates (and on a GPU page-locks) the staging memory,
+  // which a training run pays once; the second is what every later save costs.
+  const double step_s = seconds / static_cast<double>(f.bench_steps);
   std::optional<ckpt::SaveStats> first_save, save;
+  double first_stall = 0, stall = 0;
   if (config.checkpoint.enabled) {
     for (int i = 0; i < 2; ++i) {
+      const uint64_t s0 = env->NowMicros();
       DS_RETURN_IF_ERROR(trainer.SaveCheckpoint("bench"));
+      DS_RETURN_IF_ERROR(trainer.Step());
+      sync();
+      (i == 0 ? first_stall : stall) =
+          std::max(0.0, static_cast<double>(env->NowMicros() - s0) / 1e6 - step_s);
       trainer.WaitForSaves();
       progress();
       (i == 0 ? first_save : save) = trainer.last_save();
-      if (i == 0) DS_RETURN_IF_ERROR(trainer.Step());  // a new step: a new tag
     }
   }
   if (rank != 0) return Status::OK();
@@ -207,14 +215,15 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
   j["comm"] = comm;
   if (save) {
     // A synchronous save would stall training for all of total_seconds.
-    j["save_stall_s"] = save->snapshot_seconds;
-    if (first_save) j["first_save_stall_s"] = first_save->snapshot_seconds;
+    j["save_stall_s"] = stall;
+    if (first_save) j["first_save_stall_s"] = first_stall;
+    j["save_snapshot_s"] = save->snapshot_seconds;          // the save call itself
+    j["save_copies_done_s"] = save->copies_done_seconds;    // every byte in staging
     j["save_total_s"] = save->total_seconds;
     j["save_logical_bytes"] = save->logical_bytes;
     j["save_stored_bytes"] = save->stored_bytes;
-    j["save_stall_per_step"] = save->snapshot_seconds / (seconds / steps);
-    j["save_stall_per_sync_save"] =
-        save->total_seconds > 0 ? save->snapshot_seconds / save->total_seconds : 0;
+    j["save_stall_per_step"] = stall / step_s;
+    j["save_stall_per_sync_save"] = save->total_seconds > 0 ? stall / save->total_seconds : 0;
   }
   return env->ReplaceFileAtomically(f.bench_out, j.dump());
 }
@@ -237,8 +246,8 @@ int RunBench(const DsrunFlags& f) {
   }
   Json rows = Json::array();
   int rc = 0;
-  // Units of work per stage: every step, the step between the two saves, and the saves.
-  const int64_t per_stage = f.bench_warmup + f.bench_steps + 3;
+  // Units of work per stage: every step, and each of the two saves with the step after it.
+  const int64_t per_stage = f.bench_warmup + f.bench_steps + 2;
   io::Progress bar("dsrun bench", static_cast<uint64_t>(per_stage) * stages->size(),
                    /*bytes=*/false);
   for (int stage : *stages) {

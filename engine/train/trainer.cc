@@ -331,6 +331,7 @@ Status Trainer::Impl::Step() {
         p == Precision::kFp16 || (p == Precision::kBf16 && c.bf16.check_grad_overflow);
     const int64_t sched_step = t.step - t.schedule_origin;
     const double lr = t.schedule->LrForStep(sched_step);
+    t.WaitForSnapshotCopies();  // Adam rewrites what a snapshot may still be copying
     DS_ASSIGN_OR_RETURN(ZeroStepResult r, t.zero->Step(lr, t.schedule->Beta1At(sched_step - 1),
                                                        scale, c.gradient_clipping, check));
     const bool overflow = r.overflow;

@@ -2,6 +2,10 @@
 // retention, backpressure, and every failure a user or the machine can cause.
 #include "ckpt/writer.h"
 
+#include <cstring>
+#include <mutex>
+#include <thread>
+
 #include "ckpt/catalog.h"
 #include "ckpt/save_util.h"
 #include "ckpt/verify.h"
@@ -244,6 +248,78 @@ TEST_F(WriterTest, AFailedSnapshotOnOneRankEndsTheSaveEverywhere) {
   EXPECT_THAT(st[1], StatusIs(StatusCode::kIOError, HasSubstr("device copy failed")));
   EXPECT_THAT(st[0], StatusIs(StatusCode::kIOError,
                               AllOf(HasSubstr("failed on rank 1"), HasSubstr("device copy failed"))));
+}
+
+// Snapshot(sync, /*sync_in_background=*/true): fillers only *start* their copies (as a GPU's
+// async device-to-host copies do); Snapshot returns before any completes, and the background part
+// waits for them (sync, on its own thread) before the chunks are encoded.
+TEST_F(WriterTest, DeferredSyncFinishesTheCopiesInTheBackground) {
+  std::vector<float> state(40'000);
+  for (size_t i = 0; i < state.size(); ++i) state[i] = static_cast<float>(i) * 0.5f;
+  std::mutex mu;
+  std::vector<std::pair<std::span<std::byte>, uint64_t>> started;  // (destination, byte offset)
+  std::thread::id sync_thread;
+  int syncs = 0;
+  WriterOptions o = TestWriterOptions(dir_);
+  o.chunk_bytes = 16 << 10;  // ten chunks
+  DS_ASSERT_OK_AND_ASSIGN(auto w, CheckpointWriter::Create(&mem_, o));
+  SaveRequest req;
+  req.step = 4;
+  DS_ASSERT_OK(w->Begin(req));
+  SaveSlice sl{"master/w", fmt::DType::kF32, {40'000}, {}, {}, 0, 40'000, {}};
+  sl.source.fill = [&](uint64_t offset, std::span<std::byte> dst) {
+    std::lock_guard<std::mutex> lock(mu);
+    std::memset(dst.data(), 0xEE, dst.size());  // what staging holds until the copy "lands"
+    started.push_back({dst, offset});
+    return Status::OK();
+  };
+  auto sync = [&]() -> Status {
+    std::lock_guard<std::mutex> lock(mu);
+    for (auto& [dst, offset] : started) {
+      std::memcpy(dst.data(), reinterpret_cast<const std::byte*>(state.data()) + offset,
+                  dst.size());
+    }
+    started.clear();
+    sync_thread = std::this_thread::get_id();
+    ++syncs;
+    return Status::OK();
+  };
+  DS_ASSERT_OK(w->AddSlice(sl));
+  DS_ASSERT_OK_AND_ASSIGN(SaveStats snap, w->Snapshot(sync, /*sync_in_background=*/true));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(syncs, 0) << "Snapshot waited for the copies";
+    EXPECT_EQ(started.size(), 10u);
+  }
+  auto handle = w->Commit();
+  DS_ASSERT_OK(handle->Wait());
+  EXPECT_EQ(syncs, 1);
+  EXPECT_NE(sync_thread, std::this_thread::get_id());
+  EXPECT_GE(handle->stats().copies_done_seconds, snap.snapshot_seconds);
+  DS_ASSERT_OK_AND_ASSIGN(auto reader, CheckpointReader::Open(&mem_, handle->stats().path));
+  std::vector<float> back(state.size());
+  std::vector<ReadRequest> q = {
+      {{"master/w", {}, {}, 0, 40'000}, std::as_writable_bytes(std::span(back)), nullptr}};
+  DS_ASSERT_OK(reader->Read(q).status());
+  EXPECT_EQ(back, state);
+}
+
+// A deferred copy that fails (a device error found at the sync) fails the save and commits nothing.
+TEST_F(WriterTest, AFailedDeferredSyncFailsTheSave) {
+  DS_ASSERT_OK_AND_ASSIGN(auto w, CheckpointWriter::Create(&mem_, TestWriterOptions(dir_)));
+  SaveRequest req;
+  req.step = 5;
+  DS_ASSERT_OK(w->Begin(req));
+  SaveSlice sl{"master/w", fmt::DType::kF32, {1024}, {}, {}, 0, 1024, {}};
+  sl.source.fill = [](uint64_t, std::span<std::byte>) { return Status::OK(); };
+  DS_ASSERT_OK(w->AddSlice(sl));
+  DS_ASSERT_OK(w->Snapshot([] { return Status::IOError("an illegal memory access"); }, true)
+                   .status());
+  EXPECT_THAT(w->Commit()->Wait(),
+              StatusIs(StatusCode::kIOError, AllOf(HasSubstr("finishing the snapshot's copies"),
+                                                   HasSubstr("an illegal memory access"))));
+  Catalog cat(&mem_, dir_);
+  EXPECT_THAT(cat.Resolve("latest"), StatusIs(StatusCode::kNotFound, HasSubstr("latest")));
 }
 
 TEST_F(WriterTest, BadSlicesAndCallsAreRefused) {

@@ -187,5 +187,58 @@ TEST(GpuTest, CheckpointsFromCudaResumeExactly) {
   }
 }
 
+// A snapshot's copies to the host run while training goes on (on a side stream, after a copy
+// on the GPU when device staging is on). The checkpoint must hold the state of the step it was
+// taken at, not bytes the following optimizer steps wrote: save, train three more steps at
+// once, then compare what was stored with the weights as they were at the save. The model is
+// large enough (1.2 GB of state) that the copies outlast a step.
+TEST(GpuTest, SavesOverlappingTrainingHoldTheirStep) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible";
+  for (const char* staging : {"true", "false"}) {
+    SCOPED_TRACE(std::string("checkpoint.device_staging=") + staging);
+    ds::testing::TempDir out;
+    auto make = [&]() -> std::unique_ptr<Trainer> {
+      Overrides o;
+      o.set = {"trainer.output_dir=" + out.path(), "tensorboard.enabled=false",
+               "bf16.enabled=true", "trainer.eval_interval=0", "checkpoint.save_interval_steps=0",
+               "model.n_layer=8", "model.n_head=8", "model.d_model=1024",  // the demo's, wider
+               std::string("checkpoint.device_staging=") + staging};
+      o.max_steps = 100;
+      Result<Config> c = LoadConfig(
+          io::Env::Default(), io::JoinPath(ds::testing::SourceDir(), "examples/demo.json"), o);
+      EXPECT_TRUE(c.ok()) << c.status().ToString();
+      if (!c.ok()) return nullptr;
+      TrainerOptions t;
+      t.device = "cuda";
+      Result<std::unique_ptr<Trainer>> trainer = Trainer::Create(io::Env::Default(), *c, t);
+      EXPECT_TRUE(trainer.ok()) << trainer.status().ToString();
+      return trainer.ok() ? std::move(*trainer) : nullptr;
+    };
+    std::unique_ptr<Trainer> first = make();
+    ASSERT_NE(first, nullptr);
+    for (int i = 0; i < 2; ++i) DS_ASSERT_OK(first->Step());
+    DS_ASSERT_OK_AND_ASSIGN(torch::Tensor at_save, first->GatherMaster());
+    DS_ASSERT_OK(first->SaveCheckpoint("test"));
+    for (int i = 0; i < 3; ++i) DS_ASSERT_OK(first->Step());
+    first->WaitForSaves();
+    DS_ASSERT_OK_AND_ASSIGN(torch::Tensor after, first->GatherMaster());
+    ASSERT_FALSE(torch::equal(at_save, after)) << "training did not move the weights";
+    std::optional<ckpt::SaveStats> stats = first->last_save();
+    ASSERT_TRUE(stats.has_value());
+    std::printf("%s: %s, save call %.4f s, copies done after %.4f s, durable after %.3f s\n",
+                staging, io::FormatBytes(stats->logical_bytes).c_str(), stats->snapshot_seconds,
+                stats->copies_done_seconds, stats->total_seconds);
+    first.reset();
+    std::unique_ptr<Trainer> second = make();
+    ASSERT_NE(second, nullptr);
+    ResumeOptions r;
+    r.from = "latest";
+    DS_ASSERT_OK_AND_ASSIGN(std::string line, second->Resume(r));
+    EXPECT_THAT(line, ::testing::HasSubstr("at step 2"));
+    DS_ASSERT_OK_AND_ASSIGN(torch::Tensor loaded, second->GatherMaster());
+    EXPECT_TRUE(torch::equal(at_save, loaded));
+  }
+}
+
 }  // namespace
 }  // namespace ds::engine

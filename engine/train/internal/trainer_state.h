@@ -86,6 +86,10 @@ struct Trainer::Impl {
   int64_t saves = 0, failed_saves = 0;
   std::string last_checkpoint;
   std::optional<ckpt::SaveStats> last_save_stats;
+  // On a GPU a snapshot's device-to-host copies run on a side stream and overlap the next
+  // forward and backward; the next optimizer step waits for them (checkpoint.cc).
+  struct SnapshotCopies;
+  std::shared_ptr<SnapshotCopies> snapshot_copies;
 
   Status SetupCheckpoints();
   Status CreateWriter();
@@ -94,6 +98,10 @@ struct Trainer::Impl {
   // Snapshots now, commits in the background; a failure to save is logged, not returned.
   Status Save(const std::string& reason);
   void ReapSave(bool wait);       // reports a finished save (waits for it when `wait`)
+  // Makes the device's next work wait until the last snapshot's copies are done: call before
+  // anything writes the master weights or Adam's moments.
+  void WaitForSnapshotCopies();
+  std::vector<at::Tensor> SnapshotSources();  // what a snapshot reads (checkpoint.cc)
   std::string FreeSpace() const;  // "; 1.2 GiB free on <save_dir>", for messages
   Result<std::string> Load(const std::string& path, const ResumeOptions& r);
 };
