@@ -266,27 +266,46 @@ Status CheckpointWriter::AddBlob(std::string name, std::string data) {
 
 // ---- the snapshot
 
-Result<SaveStats> CheckpointWriter::Snapshot(std::function<Status()> sync,
-                                             bool sync_in_background) {
+Result<SaveStats> CheckpointWriter::Snapshot(std::function<Status()> sync, SnapshotMode mode) {
   Impl& w = *impl_;
   if (w.current == nullptr) return Status::FailedPrecondition("Snapshot before Begin");
-  if (w.current->snapshotted) return Status::FailedPrecondition("Snapshot called twice");
-  Status st = FillStaging(sync, sync_in_background);
+  SaveState& s = *w.current;
+  if (s.snapshotted) return Status::FailedPrecondition("Snapshot called twice");
+  s.snapshot_begin_micros = w.env->NowMicros();
+  if (mode == SnapshotMode::kInBackground) {
+    for (const SaveSlice& sl : s.slices) {
+      if (!sl.source.fill) {
+        return Status::FailedPrecondition("slice " + sl.name +
+                                          " is host memory, which a snapshot copied in the "
+                                          "background cannot read: use SnapshotMode::kNow");
+      }
+      s.stats.logical_bytes += (sl.flat_end - sl.flat_begin) * fmt::DTypeSize(sl.dtype);
+    }
+    s.fill_in_background = true;
+    s.deferred_sync = std::move(sync);
+    s.snapshotted = true;
+    s.snapshot_end_micros = w.env->NowMicros();
+    s.stats.snapshot_seconds =
+        static_cast<double>(s.snapshot_end_micros - s.snapshot_begin_micros) / 1e6;
+    return s.stats;
+  }
+  Status st = w.FillStaging(s, sync, mode == SnapshotMode::kFinishInBackground,
+                            /*in_background=*/false);
   if (!st.ok()) {
     // Abandon this save: the background part tells the other ranks and removes the temp dir.
-    w.current->aborted = st;
-    w.current->snapshotted = true;
+    s.aborted = st;
+    s.snapshotted = true;
     Commit();
     return st;
   }
-  return w.current->stats;
+  return s.stats;
 }
 
-Status CheckpointWriter::FillStaging(const std::function<Status()>& sync, bool defer_sync) {
-  Impl& w = *impl_;
-  SaveState& s = *w.current;
-  const uint64_t t0 = w.env->NowMicros();
-  s.snapshot_begin_micros = t0;
+Status CheckpointWriter::Impl::FillStaging(SaveState& s, const std::function<Status()>& sync,
+                                           bool defer_sync, bool in_background) {
+  Impl& w = *this;
+  const WriterOptions& options_ = options;
+  const uint64_t t0 = s.snapshot_begin_micros;
 
   // Lay the slices out in chunks (the manifest records where each begins).
   std::vector<fmt::PieceSpec> pieces;
@@ -358,7 +377,7 @@ Status CheckpointWriter::FillStaging(const std::function<Status()>& sync, bool d
     // running beside the copy would slow the copy, and the copy is what training waits for.
     filled.push_back({std::make_shared<io::Buffer>(std::move(*buf)), c.elem_size});
   }
-  if (defer_sync && sync && !filled.empty()) {
+  if (!in_background && defer_sync && sync && !filled.empty()) {
     // The last chunks wait in the background for their copies (HandOverDeferred).
     w.encoders->ParallelFor(host_copies.size(), [&](size_t i) {
       std::memcpy(host_copies[i].dst, host_copies[i].src, host_copies[i].bytes);
@@ -369,10 +388,11 @@ Status CheckpointWriter::FillStaging(const std::function<Status()>& sync, bool d
     DS_RETURN_IF_ERROR(hand_over());
     s.stats.copies_done_seconds = static_cast<double>(w.env->NowMicros() - t0) / 1e6;
   }
+  s.stats.staging_wait_seconds = waited;
+  if (in_background) return Status::OK();  // Snapshot has set the rest
   s.snapshotted = true;
   s.snapshot_end_micros = w.env->NowMicros();
   s.stats.snapshot_seconds = static_cast<double>(s.snapshot_end_micros - t0) / 1e6;
-  s.stats.staging_wait_seconds = waited;
   for (const fmt::ChunkPlan& c : plan) s.stats.logical_bytes += c.raw_len;
   return Status::OK();
 }
@@ -404,6 +424,11 @@ std::shared_ptr<SaveHandle> CheckpointWriter::Commit() {
   handle->stats_.tag = s->tag;  // readable while in flight
   w.in_flight = handle;
   w.background = std::thread([&w, s, handle] {
+    if (s->fill_in_background && s->aborted.ok()) {
+      // SnapshotMode::kInBackground: the whole copy into staging happens here.
+      s->aborted = w.FillStaging(*s, s->deferred_sync, /*defer_sync=*/false,
+                                 /*in_background=*/true);
+    }
     if (Status d = w.HandOverDeferred(*s); !d.ok() && s->aborted.ok()) s->aborted = d;
     Status st = w.RunBackground(*s);
     const uint64_t now = w.env->NowMicros();

@@ -99,7 +99,7 @@ struct SaveStats {
   std::string path;           // the committed checkpoint (rank 0 knows it; others too once done)
   uint64_t logical_bytes = 0;  // this rank's raw bytes
   uint64_t stored_bytes = 0;   // this rank's stored bytes
-  double snapshot_seconds = 0;       // the stall (with sync_in_background: starting the copies)
+  double snapshot_seconds = 0;       // the stall: the Snapshot call (see SnapshotMode)
   double copies_done_seconds = 0;    // from the snapshot's start until every copy was done
   double staging_wait_seconds = 0;   // part of the stall spent waiting for staging memory
   double background_seconds = 0;     // from the end of the snapshot until durable
@@ -138,14 +138,19 @@ class CheckpointWriter {
   Status AddBlob(std::string name, std::string data);
   // Copies every slice into staging and hands the chunks to the background encoders; returns
   // when the caller may change its state again. `sync` is called before any filled chunk is
-  // handed over (see SliceSource).
-  // With `sync_in_background`, Snapshot returns once every copy has *started* (host slices are
-  // still copied before it returns): the background part calls `sync`, from its own thread,
-  // before it encodes the last chunks. The caller must then keep its state unchanged until the
-  // copies are done by its own means (on a GPU: make its next writes wait on an event recorded
-  // after the copies). This lets device-to-host copies overlap the next training step.
+  // handed over (see SliceSource). The mode says how much of that Snapshot waits for:
+  //   kNow                 every copy done (fillers' copies synced) before it returns.
+  //   kFinishInBackground  every copy *started* (host slices copied); the background part
+  //                        calls `sync`, on its own thread, before encoding the last chunks.
+  //   kInBackground        nothing copied: the background part calls the fillers and `sync`.
+  //                        Every slice needs a filler (host spans are only valid until
+  //                        Snapshot returns); fillers and `sync` must work from any thread.
+  // With the background modes the caller must keep the sources unchanged until its copies are
+  // done, by its own means (on a GPU: make its next writes wait on an event recorded after the
+  // copies, or copy from a private stage). This lets device-to-host copies overlap training.
+  enum class SnapshotMode { kNow, kFinishInBackground, kInBackground };
   Result<SaveStats> Snapshot(std::function<Status()> sync = nullptr,
-                             bool sync_in_background = false);
+                             SnapshotMode mode = SnapshotMode::kNow);
   // Finishes in the background; Wait on the handle for durability.
   std::shared_ptr<SaveHandle> Commit();
 
@@ -158,7 +163,6 @@ class CheckpointWriter {
  private:
   explicit CheckpointWriter(std::unique_ptr<Impl> impl, WriterOptions options);
   Status StartSave(SaveState& s);
-  Status FillStaging(const std::function<Status()>& sync, bool defer_sync);
   std::unique_ptr<Impl> impl_;
   WriterOptions options_;
 };

@@ -40,6 +40,7 @@ struct SaveState {
   // background part after `deferred_sync` returns there.
   std::vector<std::pair<std::shared_ptr<io::Buffer>, uint8_t>> deferred;  // (chunk, elem size)
   std::function<Status()> deferred_sync;
+  bool fill_in_background = false;  // SnapshotMode::kInBackground
   uint64_t snapshot_begin_micros = 0;
 };
 
@@ -58,6 +59,11 @@ struct CheckpointWriter::Impl {
   std::thread background;              // the previous save's background part
   std::shared_ptr<SaveHandle> in_flight;
 
+  // Lays the slices out in chunks, copies them into staging and hands the chunks to the
+  // encoders after `sync` (all but the last ones with `defer_sync`: HandOverDeferred does
+  // those). On the caller's thread from Snapshot, or `in_background` (SnapshotMode).
+  Status FillStaging(SaveState& s, const std::function<Status()>& sync, bool defer_sync,
+                     bool in_background);
   // The chunks a deferred snapshot left: waits for their copies, then hands them over.
   Status HandOverDeferred(SaveState& s);
   // ckpt/commit.cc: the background part of a save, run on `background`.

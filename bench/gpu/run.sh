@@ -10,6 +10,7 @@
 #   unit-tests  ctest -LE 'slow|gpu|fuzz' (proves the suite on this toolchain)
 #   demo        dsrun on examples/demo.json in bf16 and fp32 on CUDA; prints tokens/s
 #   zero-bench  dsrun bench: ZeRO stages 0-3 (and offload) for GPT-2 124M on one GPU
+#   offload-bench  only the offload rows of zero-bench
 #   adam-bench  dsrun bench adam: the offload CPU Adam against torch's CPU AdamW (124M elements)
 #   peer-124m   GPT-2 124M: dsrun against the same model in PyTorch eager and torch.compile
 #   peer-1.3b   the same for the ~1.3B model (gpt-1.3b at seq 1024)
@@ -68,15 +69,15 @@ for s in "$@"; do
           --set "trainer.output_dir=$BUILD/demo-$p" 2>&1 | tee "$OUT/demo-$p.log" | tail -4
       done
       ;;
-    zero-bench)
+    zero-bench | offload-bench)
       # ZeRO stages on one GPU (world 1: what partitioning costs and saves without peers), for
       # GPT-2 124M in bf16, then the same with optimizer (and stage 3 parameter) offload.
       step zero-bench
       common=(--config "$ROOT/examples/demo.json" --nproc-per-node 1 --steps 10 --warmup 3 --json
         --set model.preset=gpt2-124m train_micro_batch_size_per_gpu=8 bf16.enabled=true
         "trainer.output_dir=$BUILD/zero-bench")
-      "$BUILD/dsrun" bench "${common[@]}" --stages 0,1,2,3 2>&1 | grep -v '^\[rank' |
-        tee "$OUT/zero-bench.log"
+      [[ "$s" == zero-bench ]] && "$BUILD/dsrun" bench "${common[@]}" --stages 0,1,2,3 2>&1 |
+        grep -v '^\[rank' | tee "$OUT/zero-bench.log"
       "$BUILD/dsrun" bench "${common[@]}" --stages 2,3 --set zero_optimization.offload_optimizer.device=cpu \
         zero_optimization.offload_param.device=cpu 2>&1 | grep -v '^\[rank' | tee "$OUT/zero-bench-offload.log"
       ;;
@@ -98,8 +99,8 @@ for s in "$@"; do
       rm -rf "${SCRATCH:?}/$s"
       ;;
     ckpt-1.3b)
-      # CKPT_CODEC (default bytegroup+zstd), CKPT_STAGING (checkpoint.device_staging values,
-      # default "auto false") and CKPT_PEERS (default all of ckpt_peer.py's but the process-based
+      # CKPT_CODEC (default bytegroup+zstd), CKPT_CHUNK (checkpoint.chunk_bytes, default 4MiB),
+      # CKPT_STAGING (checkpoint.device_staging values, default "auto false") and CKPT_PEERS (default all of ckpt_peer.py's but the process-based
       # async one) keep a call within the device's time.
       step ckpt-1.3b
       mkdir -p "$SCRATCH" && df -h "$SCRATCH" | tee "$OUT/ckpt-disk.log"
@@ -108,12 +109,14 @@ for s in "$@"; do
           --steps 3 --warmup 2 --json --set model.preset=gpt-1.3b model.seq_len=1024 \
           train_micro_batch_size_per_gpu=4 bf16.enabled=true checkpoint.keep_last=1 \
           "checkpoint.codec=${CKPT_CODEC:-bytegroup+zstd}" "checkpoint.device_staging=$staging" \
+          "checkpoint.chunk_bytes=${CKPT_CHUNK:-4MiB}" \
           "trainer.output_dir=$SCRATCH/dsrun" 2>&1 | tee "$OUT/ckpt-dsrun-staging-$staging.log" |
           grep -E -v '^\[rank [0-9]+\] (step|\[)'  # keeps the staging and checkpoint lines
         rm -rf "${SCRATCH:?}/dsrun"
       done
-      "$PY" "$ROOT/bench/gpu/ckpt_peer.py" --preset gpt-1.3b --seq-len 1024 --dir "$SCRATCH/peer" \
-        --peers "${CKPT_PEERS:-torch_save,dcp,dcp_async}" --json 2>&1 | tee "$OUT/ckpt-peer.log"
+      [[ "${CKPT_PEERS:-}" == none ]] ||
+        "$PY" "$ROOT/bench/gpu/ckpt_peer.py" --preset gpt-1.3b --seq-len 1024 --dir "$SCRATCH/peer" \
+          --peers "${CKPT_PEERS:-torch_save,dcp,dcp_async}" --json 2>&1 | tee "$OUT/ckpt-peer.log"
       rm -rf "${SCRATCH:?}"
       ;;
     save-bench-16g)

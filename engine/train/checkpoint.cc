@@ -48,35 +48,28 @@ std::string Shape(const std::vector<int64_t>& s) {
   return out + "]";
 }
 
-// Bytes [offset, offset + dst.size()) of `src` (a flat fp32 slice on any device) into `dst`.
-// On a GPU the copy is only started, on the current stream; a snapshot makes thousands of them
-// (one per chunk), so they go straight to cudaMemcpyAsync (a few microseconds each, where a
-// tensor copy_ costs tens): the host's share of a 16 GB snapshot is then ~20 ms, not ~230.
-Status CopyOut(const at::Tensor& src, uint64_t offset, std::span<std::byte> dst) {
 #if DS_TORCH_HAS_CUDA
-  if (src.is_cuda()) {
-    const auto* from = static_cast<const std::byte*>(src.const_data_ptr()) + offset;
-    const cudaError_t e =
-        cudaMemcpyAsync(dst.data(), from, dst.size(), cudaMemcpyDeviceToHost,
-                        c10::cuda::getCurrentCUDAStream(src.device().index()).stream());
-    if (e != cudaSuccess) {
-      return Status::IOError(std::string("copying a slice for the snapshot: ") +
-                             cudaGetErrorString(e));
-    }
-    return Status::OK();
-  }
-#endif
-  try {
-    at::Tensor bytes = src.view(at::kByte).narrow(0, static_cast<int64_t>(offset),
-                                                  static_cast<int64_t>(dst.size()));
-    at::Tensor out = at::from_blob(dst.data(), {static_cast<int64_t>(dst.size())}, at::kByte);
-    out.copy_(bytes, /*non_blocking=*/true);  // async into pinned staging on CUDA
-    return Status::OK();
-  } catch (const c10::Error& e) {
-    return Status::IOError(std::string("copying a slice for the snapshot: ") +
-                           e.what_without_backtrace());
-  }
+// "cuda" without an index means the current device.
+c10::DeviceIndex CudaIndex(const torch::Device& d) {
+  return d.has_index() ? d.index() : c10::cuda::current_device();
 }
+
+// Starts the copy of bytes [offset, offset + dst.size()) of `src` (a flat fp32 slice on a GPU)
+// into `dst` (page-locked staging) on `stream`, from any host thread. A snapshot makes
+// thousands of these (one per chunk part), so they go straight to cudaMemcpyAsync.
+Status StartDeviceCopy(const at::Tensor& src, uint64_t offset, std::span<std::byte> dst,
+                       const c10::cuda::CUDAStream& stream) {
+  c10::cuda::CUDAGuard on_device(stream.device_index());  // the writer's threads start on GPU 0
+  const auto* from = static_cast<const std::byte*>(src.const_data_ptr()) + offset;
+  const cudaError_t e =
+      cudaMemcpyAsync(dst.data(), from, dst.size(), cudaMemcpyDeviceToHost, stream.stream());
+  if (e != cudaSuccess) {
+    return Status::IOError(std::string("copying a slice for the snapshot: ") +
+                           cudaGetErrorString(e));
+  }
+  return Status::OK();
+}
+#endif
 
 }  // namespace
 
@@ -88,8 +81,8 @@ Status CopyOut(const at::Tensor& src, uint64_t offset, std::span<std::byte> dst)
 // before it encodes.
 struct Trainer::Impl::SnapshotCopies {
 #if DS_TORCH_HAS_CUDA
-  explicit SnapshotCopies(c10::DeviceIndex d)
-      : stream(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, d)) {}
+  explicit SnapshotCopies(const torch::Device& d)
+      : stream(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, CudaIndex(d))) {}
   c10::cuda::CUDAStream stream;
   at::cuda::CUDAEvent done;
 #endif
@@ -113,7 +106,7 @@ std::vector<at::Tensor> Trainer::Impl::SnapshotSources() {
     for (const at::Tensor& t : live) need += t.nbytes();
     size_t free = 0, total = 0;
     (void)cudaMemGetInfo(&free, &total);
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(CudaIndex(device));
     const auto agg = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
     const uint64_t cached = static_cast<uint64_t>(stats.reserved_bytes[agg].current -
                                                   stats.allocated_bytes[agg].current);
@@ -149,7 +142,7 @@ std::vector<at::Tensor> Trainer::Impl::SnapshotSources() {
 void Trainer::Impl::WaitForSnapshotCopies() {
 #if DS_TORCH_HAS_CUDA
   if (snapshot_copies && snapshot_copies->pending) {
-    snapshot_copies->done.block(c10::cuda::getCurrentCUDAStream(device.index()));
+    snapshot_copies->done.block(c10::cuda::getCurrentCUDAStream(CudaIndex(device)));
     snapshot_copies->pending = false;
   }
 #endif
@@ -304,7 +297,7 @@ Status Trainer::Impl::Save(const std::string& reason) {
   const std::vector<std::vector<int64_t>> shapes = zero->shapes();
 #if DS_TORCH_HAS_CUDA
   if (device.is_cuda() && !snapshot_copies)
-    snapshot_copies = std::make_shared<SnapshotCopies>(device.index());
+    snapshot_copies = std::make_shared<SnapshotCopies>(device);
 #endif
   std::vector<at::Tensor> buffers;
   try {
@@ -326,9 +319,14 @@ Status Trainer::Impl::Save(const std::string& reason) {
         s.source.host =
             std::span<const std::byte>(static_cast<const std::byte*>(src.data_ptr()), src.nbytes());
       } else {
-        s.source.fill = [src](uint64_t offset, std::span<std::byte> dst) {
-          return CopyOut(src, offset, dst);
+#if DS_TORCH_HAS_CUDA
+        s.source.fill = [src, side = snapshot_copies->stream](uint64_t offset,
+                                                               std::span<std::byte> dst) {
+          return StartDeviceCopy(src, offset, dst, side);
         };
+#else
+        return failed(Status::InvalidArgument("no checkpoint from " + src.device().str()));
+#endif
       }
       if (Status st = writer->AddSlice(std::move(s)); !st.ok()) return failed(st);
     }
@@ -343,17 +341,20 @@ Status Trainer::Impl::Save(const std::string& reason) {
       !st.ok()) {
     return failed(st);
   }
+  // On a GPU: the copies wait for the state (an event after the last optimizer step, or after
+  // the copy into the device stage), run on the side stream, and the writer's background
+  // thread waits for them. From a device stage they are even started there (a stream takes
+  // ~1000 copies in flight; beyond that starting one waits for an earlier to finish, which
+  // would hold the training thread for most of the copy).
   std::function<Status()> sync;
-  bool sync_in_background = false;
+  auto mode = ckpt::CheckpointWriter::SnapshotMode::kNow;
 #if DS_TORCH_HAS_CUDA
-  std::optional<c10::cuda::CUDAStreamGuard> on_side_stream;  // the fillers' copies go there
   if (device.is_cuda()) {
     c10::cuda::CUDAStream side = snapshot_copies->stream;
-    at::cuda::CUDAEvent state_ready;  // after the last optimizer step on the compute stream
-    state_ready.record(c10::cuda::getCurrentCUDAStream(device.index()));
+    at::cuda::CUDAEvent state_ready;
+    state_ready.record(c10::cuda::getCurrentCUDAStream(CudaIndex(device)));
     state_ready.block(side);
-    on_side_stream.emplace(side);
-    sync = [side]() -> Status {  // on the writer's background thread, or here if staging is short
+    sync = [side]() -> Status {
       try {
         side.synchronize();
         return Status::OK();
@@ -361,16 +362,17 @@ Status Trainer::Impl::Save(const std::string& reason) {
         return Status::IOError(std::string("device-to-host copy: ") + e.what_without_backtrace());
       }
     };
-    sync_in_background = true;
+    const bool staged = !snapshot_copies->device_stage.empty();
+    mode = staged ? ckpt::CheckpointWriter::SnapshotMode::kInBackground
+                  : ckpt::CheckpointWriter::SnapshotMode::kFinishInBackground;
   }
 #endif
-  Result<ckpt::SaveStats> snap = writer->Snapshot(sync, sync_in_background);
+  Result<ckpt::SaveStats> snap = writer->Snapshot(sync, mode);
 #if DS_TORCH_HAS_CUDA
-  if (device.is_cuda()) {
-    on_side_stream.reset();
+  if (device.is_cuda() && snapshot_copies->device_stage.empty()) {
+    // The next optimizer step rewrites what these copies read: it waits for them (on the GPU).
     snapshot_copies->done.record(snapshot_copies->stream);
-    // Copies out of a device stage leave the live state free for the next optimizer step.
-    snapshot_copies->pending = snapshot_copies->device_stage.empty();
+    snapshot_copies->pending = true;
   }
 #endif
   if (!snap.ok()) return failed(snap.status());

@@ -448,7 +448,9 @@ Result<at::Tensor> ZeroOptimizer::GatherMaster() {
   try {
     if (z.o.stage == 3) return z.GatherStage3Master();
     if (z.o.stage == 0 || !z.distributed())
-      return z.master.narrow(0, 0, z.total).to(at::kCPU, true, true);
+      // A blocking copy: a non-blocking one from a GPU lands in pinned memory *later*, and the
+      // caller reads the result at once.
+      return z.master.narrow(0, 0, z.total).to(at::kCPU, /*non_blocking=*/false, /*copy=*/true);
     at::Tensor mine = z.master.to(z.o.device);
     at::Tensor all = at::empty({z.part_len * z.o.world_size}, mine.options());
     DS_RETURN_IF_ERROR(z.comm()->AllGather(all, mine, "master weights"));

@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "ckpt/catalog.h"
@@ -250,58 +251,84 @@ TEST_F(WriterTest, AFailedSnapshotOnOneRankEndsTheSaveEverywhere) {
                               AllOf(HasSubstr("failed on rank 1"), HasSubstr("device copy failed"))));
 }
 
-// Snapshot(sync, /*sync_in_background=*/true): fillers only *start* their copies (as a GPU's
-// async device-to-host copies do); Snapshot returns before any completes, and the background part
-// waits for them (sync, on its own thread) before the chunks are encoded.
+// SnapshotMode::kFinishInBackground: fillers only *start* their copies (as a GPU's async
+// device-to-host copies do); Snapshot returns before any completes, and the background part
+// waits for them (sync, on its own thread) before the chunks are encoded. kInBackground: the
+// fillers themselves run on the background thread, after Snapshot has returned.
 TEST_F(WriterTest, DeferredSyncFinishesTheCopiesInTheBackground) {
-  std::vector<float> state(40'000);
-  for (size_t i = 0; i < state.size(); ++i) state[i] = static_cast<float>(i) * 0.5f;
-  std::mutex mu;
-  std::vector<std::pair<std::span<std::byte>, uint64_t>> started;  // (destination, byte offset)
-  std::thread::id sync_thread;
-  int syncs = 0;
-  WriterOptions o = TestWriterOptions(dir_);
-  o.chunk_bytes = 16 << 10;  // ten chunks
-  DS_ASSERT_OK_AND_ASSIGN(auto w, CheckpointWriter::Create(&mem_, o));
-  SaveRequest req;
-  req.step = 4;
-  DS_ASSERT_OK(w->Begin(req));
-  SaveSlice sl{"master/w", fmt::DType::kF32, {40'000}, {}, {}, 0, 40'000, {}};
-  sl.source.fill = [&](uint64_t offset, std::span<std::byte> dst) {
-    std::lock_guard<std::mutex> lock(mu);
-    std::memset(dst.data(), 0xEE, dst.size());  // what staging holds until the copy "lands"
-    started.push_back({dst, offset});
-    return Status::OK();
-  };
-  auto sync = [&]() -> Status {
-    std::lock_guard<std::mutex> lock(mu);
-    for (auto& [dst, offset] : started) {
-      std::memcpy(dst.data(), reinterpret_cast<const std::byte*>(state.data()) + offset,
-                  dst.size());
+  for (auto mode : {CheckpointWriter::SnapshotMode::kFinishInBackground,
+                    CheckpointWriter::SnapshotMode::kInBackground}) {
+    const bool fills_later = mode == CheckpointWriter::SnapshotMode::kInBackground;
+    SCOPED_TRACE(fills_later ? "kInBackground" : "kFinishInBackground");
+    io::MemEnv env;
+    std::vector<float> state(40'000);
+    for (size_t i = 0; i < state.size(); ++i) state[i] = static_cast<float>(i) * 0.5f;
+    std::mutex mu;
+    std::vector<std::pair<std::span<std::byte>, uint64_t>> started;  // (destination, offset)
+    std::set<std::thread::id> fill_threads;
+    std::thread::id sync_thread;
+    int syncs = 0;
+    WriterOptions o = TestWriterOptions(dir_);
+    o.chunk_bytes = 16 << 10;  // ten chunks
+    DS_ASSERT_OK_AND_ASSIGN(auto w, CheckpointWriter::Create(&env, o));
+    SaveRequest req;
+    req.step = 4;
+    DS_ASSERT_OK(w->Begin(req));
+    SaveSlice sl{"master/w", fmt::DType::kF32, {40'000}, {}, {}, 0, 40'000, {}};
+    sl.source.fill = [&](uint64_t offset, std::span<std::byte> dst) {
+      std::lock_guard<std::mutex> lock(mu);
+      std::memset(dst.data(), 0xEE, dst.size());  // what staging holds until the copy "lands"
+      started.push_back({dst, offset});
+      fill_threads.insert(std::this_thread::get_id());
+      return Status::OK();
+    };
+    auto sync = [&]() -> Status {
+      std::lock_guard<std::mutex> lock(mu);
+      for (auto& [dst, offset] : started) {
+        std::memcpy(dst.data(), reinterpret_cast<const std::byte*>(state.data()) + offset,
+                    dst.size());
+      }
+      started.clear();
+      sync_thread = std::this_thread::get_id();
+      ++syncs;
+      return Status::OK();
+    };
+    DS_ASSERT_OK(w->AddSlice(sl));
+    DS_ASSERT_OK_AND_ASSIGN(SaveStats snap, w->Snapshot(sync, mode));
+    EXPECT_EQ(snap.logical_bytes, 160'000u);
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      EXPECT_EQ(syncs, 0) << "Snapshot waited for the copies";
+      EXPECT_EQ(started.size(), fills_later ? 0u : 10u);
     }
-    started.clear();
-    sync_thread = std::this_thread::get_id();
-    ++syncs;
-    return Status::OK();
-  };
-  DS_ASSERT_OK(w->AddSlice(sl));
-  DS_ASSERT_OK_AND_ASSIGN(SaveStats snap, w->Snapshot(sync, /*sync_in_background=*/true));
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    EXPECT_EQ(syncs, 0) << "Snapshot waited for the copies";
-    EXPECT_EQ(started.size(), 10u);
+    auto handle = w->Commit();
+    DS_ASSERT_OK(handle->Wait());
+    EXPECT_EQ(syncs, 1);
+    EXPECT_NE(sync_thread, std::this_thread::get_id());
+    EXPECT_EQ(fill_threads.count(std::this_thread::get_id()), fills_later ? 0u : 1u);
+    EXPECT_GE(handle->stats().copies_done_seconds, snap.snapshot_seconds);
+    DS_ASSERT_OK_AND_ASSIGN(auto reader, CheckpointReader::Open(&env, handle->stats().path));
+    std::vector<float> back(state.size());
+    std::vector<ReadRequest> q = {
+        {{"master/w", {}, {}, 0, 40'000}, std::as_writable_bytes(std::span(back)), nullptr}};
+    DS_ASSERT_OK(reader->Read(q).status());
+    EXPECT_EQ(back, state);
   }
-  auto handle = w->Commit();
-  DS_ASSERT_OK(handle->Wait());
-  EXPECT_EQ(syncs, 1);
-  EXPECT_NE(sync_thread, std::this_thread::get_id());
-  EXPECT_GE(handle->stats().copies_done_seconds, snap.snapshot_seconds);
-  DS_ASSERT_OK_AND_ASSIGN(auto reader, CheckpointReader::Open(&mem_, handle->stats().path));
-  std::vector<float> back(state.size());
-  std::vector<ReadRequest> q = {
-      {{"master/w", {}, {}, 0, 40'000}, std::as_writable_bytes(std::span(back)), nullptr}};
-  DS_ASSERT_OK(reader->Read(q).status());
-  EXPECT_EQ(back, state);
+}
+
+// Host memory is only valid until Snapshot returns: a background copy of it is refused.
+TEST_F(WriterTest, BackgroundCopiesOfHostMemoryAreRefused) {
+  DS_ASSERT_OK_AND_ASSIGN(auto w, CheckpointWriter::Create(&mem_, TestWriterOptions(dir_)));
+  SaveRequest req;
+  req.step = 6;
+  DS_ASSERT_OK(w->Begin(req));
+  std::vector<std::byte> bytes(64);
+  SaveSlice sl{"master/h", fmt::DType::kF32, {16}, {}, {}, 0, 16, {}};
+  sl.source.host = bytes;
+  DS_ASSERT_OK(w->AddSlice(sl));
+  EXPECT_THAT(w->Snapshot(nullptr, CheckpointWriter::SnapshotMode::kInBackground),
+              StatusIs(StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr("master/h"), HasSubstr("kNow"))));
 }
 
 // A deferred copy that fails (a device error found at the sync) fails the save and commits nothing.
@@ -313,7 +340,8 @@ TEST_F(WriterTest, AFailedDeferredSyncFailsTheSave) {
   SaveSlice sl{"master/w", fmt::DType::kF32, {1024}, {}, {}, 0, 1024, {}};
   sl.source.fill = [](uint64_t, std::span<std::byte>) { return Status::OK(); };
   DS_ASSERT_OK(w->AddSlice(sl));
-  DS_ASSERT_OK(w->Snapshot([] { return Status::IOError("an illegal memory access"); }, true)
+  DS_ASSERT_OK(w->Snapshot([] { return Status::IOError("an illegal memory access"); },
+                           CheckpointWriter::SnapshotMode::kFinishInBackground)
                    .status());
   EXPECT_THAT(w->Commit()->Wait(),
               StatusIs(StatusCode::kIOError, AllOf(HasSubstr("finishing the snapshot's copies"),
