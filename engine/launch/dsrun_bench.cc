@@ -3,6 +3,10 @@
 #include <sys/resource.h>
 #include <torch/cuda.h>
 
+#if DS_TORCH_HAS_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -136,8 +140,13 @@ Result<LaunchResult> LaunchWithProgress(io::Env* env, const LaunchOptions& optio
 Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const DsrunFlags& f,
                     int rank) {
   const bool cuda = trainer.device_name().rfind("cuda", 0) == 0;
+  (void)cuda;
+  // The training stream only: a device-wide sync would also wait for a snapshot's copies to the
+  // host, which run beside training on their own stream.
   auto sync = [&] {
-    if (cuda) torch::cuda::synchronize();
+#if DS_TORCH_HAS_CUDA
+    if (cuda) c10::cuda::getCurrentCUDAStream().synchronize();
+#endif
   };
   // Rank 0 tells `dsrun bench` how far it is (its progress bar): units done, one per step or save.
   int64_t done = 0;
