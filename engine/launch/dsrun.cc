@@ -298,6 +298,9 @@ int DsrunMain(int argc, char** argv) {
   CLI::App* bench = app.add_subcommand(
       "bench", "Measure each ZeRO stage: step time, tokens/s, memory, collectives");
   bench->add_option("--stages", f.stages, "Stages to measure (default 0,1,2,3)");
+  bench->add_option("--offload", f.bench_offload,
+                    "Offload settings to measure at each stage: none, optimizer, all "
+                    "(default none; e.g. none,optimizer,all)");
   bench->add_option("--steps", f.bench_steps, "Steps timed per stage (after the warm-up)");
   bench->add_option("--warmup", f.bench_warmup, "Steps run first and not timed");
   bench->add_flag("--json", f.json, "Also print the table as one JSON line");

@@ -52,6 +52,12 @@ std::string Mib(double bytes) {
   return b;
 }
 
+std::string Fixed(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f", v);
+  return b;
+}
+
 std::string Percent(double fraction) {
   char b[32];
   std::snprintf(b, sizeof b, "%.1f%%", fraction * 100);
@@ -203,6 +209,13 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
   const MemoryStats mem = trainer.memory();
   j["peak_bytes"] = mem.gpu_peak_bytes ? *mem.gpu_peak_bytes : PeakRssBytes();
   j["peak_kind"] = mem.gpu_peak_bytes ? "gpu" : "rss";
+  if (mem.gpu_peak_bytes) {
+    // What the peak holds beyond the model state on the GPU: activations, gathered parameters,
+    // buckets and the allocator's slack.
+    const uint64_t on_gpu = m.total() - m.on_host;
+    j["activation_bytes"] = *mem.gpu_peak_bytes > on_gpu ? *mem.gpu_peak_bytes - on_gpu : 0;
+  }
+  j["offload_param"] = config.zero.offload_param.device == OffloadConfig::Device::kCpu;
   Json comm = Json::object();
   double bytes = 0, secs = 0;
   for (const auto& [op, after] : trainer.comm_stats()) {
@@ -220,6 +233,7 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
   }
   j["comm_bytes_per_step"] = bytes / steps;
   j["comm_seconds_per_step"] = secs / steps;
+  if (secs > 0) j["comm_bandwidth_bps"] = bytes / secs;  // while a collective was in flight
   j["comm"] = comm;
   if (save) {
     // A synchronous save would stall training for all of total_seconds.
@@ -236,11 +250,77 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
   return env->ReplaceFileAtomically(f.bench_out, j.dump());
 }
 
+namespace {
+
+// One row of the comparison: a ZeRO stage with an offload setting.
+struct BenchCase {
+  int stage = 0;
+  std::string offload;  // "none", "optimizer" (offload_optimizer) or "all" (and offload_param)
+  std::string Label() const {
+    return std::to_string(stage) + (offload == "none" ? "" : offload == "all" ? "+all" : "+opt");
+  }
+};
+
+// --stages x --offload, skipping what a stage cannot do: stage 0 has no optimizer partition to
+// offload (DeepSpeed: stages 1-3), and only stage 3 offloads parameters.
+Result<std::vector<BenchCase>> BenchCases(const DsrunFlags& f) {
+  DS_ASSIGN_OR_RETURN(std::vector<int> stages, ParseStages(f.stages));
+  std::vector<std::string> offloads;
+  std::stringstream in(f.bench_offload);
+  for (std::string item; std::getline(in, item, ',');) {
+    if (item != "none" && item != "optimizer" && item != "all") {
+      return Status::InvalidArgument("--offload '" + f.bench_offload + "': '" + item +
+                                     "' is not an offload setting (use none, optimizer, all)");
+    }
+    offloads.push_back(item);
+  }
+  std::vector<BenchCase> out;
+  for (int stage : stages) {
+    for (const std::string& o : offloads) {
+      if ((o != "none" && stage == 0) || (o == "all" && stage != 3)) continue;
+      out.push_back({stage, o});
+    }
+  }
+  if (out.empty()) {
+    return Status::InvalidArgument("--stages " + f.stages + " with --offload " + f.bench_offload +
+                                   " leaves nothing to run (offload needs stage 1-3, 'all' "
+                                   "stage 3)");
+  }
+  return out;
+}
+
+void PrintBenchTable(const DsrunFlags& f, const Json& rows) {
+  std::printf("\nZeRO stages: %s, %d rank(s) per node x %d node(s), %lld timed steps each\n",
+              f.config.c_str(), f.nproc_per_node, f.nnodes, static_cast<long long>(f.bench_steps));
+  std::printf("%-6s %5s %9s %11s %6s %14s %12s %9s %13s %12s %9s %10s %10s\n", "stage", "ranks",
+              "step ms", "tokens/s", "MFU", "state/rank MiB", "peak MiB", "act MiB",
+              "comm MiB/step", "comm ms/step", "comm GB/s", "stall ms", "save ms");
+  for (const Json& j : rows) {
+    const auto opt = [&](const char* key, auto format) {
+      return j.contains(key) ? format(j[key].get<double>()) : std::string("-");
+    };
+    std::printf("%-6s %5d %9.1f %11.0f %6s %14s %12s %9s %13s %12.1f %9s %10s %10s\n",
+                j.value("case", std::to_string(j["stage"].get<int>())).c_str(),
+                j["ranks"].get<int>(), j["step_s"].get<double>() * 1e3,
+                j["tokens_per_s"].get<double>(), opt("mfu", Percent).c_str(),
+                Mib(j["model_state_bytes"].get<double>()).c_str(),
+                (Mib(j["peak_bytes"].get<double>()) + (j["peak_kind"] == "gpu" ? " gpu" : " rss"))
+                    .c_str(),
+                opt("activation_bytes", Mib).c_str(),
+                Mib(j["comm_bytes_per_step"].get<double>()).c_str(),
+                j["comm_seconds_per_step"].get<double>() * 1e3,
+                opt("comm_bandwidth_bps", [](double b) { return Fixed(b / 1e9); }).c_str(),
+                opt("save_stall_s", Ms).c_str(), opt("save_total_s", Ms).c_str());
+  }
+}
+
+}  // namespace
+
 int RunBench(const DsrunFlags& f) {
   io::Env* env = io::Env::Default();
-  Result<std::vector<int>> stages = ParseStages(f.stages);
-  if (!stages.ok()) {
-    std::fprintf(stderr, "dsrun bench: %s\n", stages.status().message().c_str());
+  Result<std::vector<BenchCase>> cases = BenchCases(f);
+  if (!cases.ok()) {
+    std::fprintf(stderr, "dsrun bench: %s\n", cases.status().message().c_str());
     return kExitUsage;
   }
   if (f.bench_steps < 1 || f.bench_warmup < 0) {
@@ -254,14 +334,16 @@ int RunBench(const DsrunFlags& f) {
   }
   Json rows = Json::array();
   int rc = 0;
-  // Units of work per stage: every step, and each of the two saves with the step after it.
-  const int64_t per_stage = f.bench_warmup + f.bench_steps + 2;
-  io::Progress bar("dsrun bench", static_cast<uint64_t>(per_stage) * stages->size(),
+  // Units of work per launch: every step, and each of the two saves with the step after it.
+  const int64_t per_case = f.bench_warmup + f.bench_steps + 2;
+  io::Progress bar("dsrun bench", static_cast<uint64_t>(per_case) * cases->size(),
                    /*bytes=*/false);
-  for (int stage : *stages) {
+  for (const BenchCase& bc : *cases) {
     DsrunFlags child = f;
-    const std::string out = io::JoinPath(*dir, "stage-" + std::to_string(stage) + ".json");
-    child.set.push_back("zero_optimization.stage=" + std::to_string(stage));
+    const std::string out = io::JoinPath(*dir, "case-" + bc.Label() + ".json");
+    child.set.push_back("zero_optimization.stage=" + std::to_string(bc.stage));
+    if (bc.offload != "none") child.set.push_back("zero_optimization.offload_optimizer.device=cpu");
+    if (bc.offload == "all") child.set.push_back("zero_optimization.offload_param.device=cpu");
     child.set.push_back("steps_per_print=1000000000");  // the table is the output
     child.max_steps = f.bench_warmup + f.bench_steps;
     std::vector<std::string> args = RankArgs(child);
@@ -270,41 +352,28 @@ int RunBench(const DsrunFlags& f) {
                  "--bench-timed-steps", std::to_string(f.bench_steps)});
     Result<LaunchOptions> lo = LaunchOptionsFor(child, args);
     Result<LaunchResult> r = lo.ok() ? LaunchWithProgress(env, *lo, out + ".progress",
-                                                          static_cast<uint64_t>(per_stage), &bar)
+                                                          static_cast<uint64_t>(per_case), &bar)
                                      : Result<LaunchResult>(lo.status());
     Result<std::string> text = r.ok() && r->exit_code == 0
                                    ? env->ReadFileToString(out)
                                    : Result<std::string>(Status::IOError("no result"));
     if (!text.ok()) {
-      std::fprintf(stderr, "dsrun bench: stage %d failed (%s)\n", stage,
+      std::fprintf(stderr, "dsrun bench: stage %s failed (%s)\n", bc.Label().c_str(),
                    !r.ok()             ? r.status().message().c_str()
                    : r->exit_code != 0 ? r->first_failure.c_str()
                                        : text.status().message().c_str());
       rc = kExitTrainingFailed;
       continue;
     }
-    rows.push_back(Json::parse(*text));
+    Json row = Json::parse(*text);
+    row["case"] = bc.Label();
+    row["offload"] = bc.offload;
+    rows.push_back(std::move(row));
   }
   bar.Finish();
   (void)env->RemoveAll(*dir);
   const std::string disk = DiskBound(env, f, rows);
-  std::printf("\nZeRO stages: %s, %d rank(s) per node x %d node(s), %lld timed steps each\n",
-              f.config.c_str(), f.nproc_per_node, f.nnodes, static_cast<long long>(f.bench_steps));
-  std::printf("%-5s %5s %9s %11s %6s %14s %12s %13s %13s %10s %10s\n", "stage", "ranks",
-              "step ms", "tokens/s", "MFU", "state/rank MiB", "peak MiB", "comm MiB/step", "comm ms/step", "stall ms",
-              "save ms");
-  for (const Json& j : rows) {
-    std::printf(
-        "%-5d %5d %9.1f %11.0f %6s %14s %12s %13s %13.1f %10s %10s\n", j["stage"].get<int>(),
-        j["ranks"].get<int>(), j["step_s"].get<double>() * 1e3, j["tokens_per_s"].get<double>(),
-        j.contains("mfu") ? Percent(j["mfu"].get<double>()).c_str() : "-",
-        Mib(j["model_state_bytes"].get<double>()).c_str(),
-        (Mib(j["peak_bytes"].get<double>()) + (j["peak_kind"] == "gpu" ? " gpu" : " rss")).c_str(),
-        Mib(j["comm_bytes_per_step"].get<double>()).c_str(),
-        j["comm_seconds_per_step"].get<double>() * 1e3,
-        j.contains("save_stall_s") ? Ms(j["save_stall_s"].get<double>()).c_str() : "-",
-        j.contains("save_total_s") ? Ms(j["save_total_s"].get<double>()).c_str() : "-");
-  }
+  PrintBenchTable(f, rows);
   if (!disk.empty()) std::printf("%s", disk.c_str());
   Json all = {{"bench", "dsrun_zero_stages"},       {"config", f.config},
               {"nproc_per_node", f.nproc_per_node}, {"nnodes", f.nnodes},

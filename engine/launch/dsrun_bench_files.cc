@@ -54,9 +54,9 @@ std::string Panel(const Json& rows, const char* key, double scale, const std::st
     const double v = Number(rows[static_cast<size_t>(i)], key) * scale;
     const int h = static_cast<int>(v / top * kHeight);
     const int x = left + i * step + (step - kBar) / 2;
+    const Json& row = rows[static_cast<size_t>(i)];
     const std::string label =
-        "stage " + std::to_string(rows[static_cast<size_t>(i)]["stage"].get<int>()) +
-        (rows[static_cast<size_t>(i)].value("offload_optimizer", false) ? "+off" : "");
+        "stage " + row.value("case", std::to_string(row["stage"].get<int>()));
     svg += "<rect class=\"bar\" x=\"" + std::to_string(x) + "\" y=\"" +
            std::to_string(kTop + kHeight - h) + "\" width=\"" + std::to_string(kBar) +
            "\" height=\"" + std::to_string(h) + "\" fill=\"#3b6ea8\"/>\n";
@@ -73,17 +73,21 @@ std::string Panel(const Json& rows, const char* key, double scale, const std::st
 }  // namespace
 
 std::string BenchCsv(const nlohmann::ordered_json& rows) {
-  static const char* kColumns[] = {"stage",
+  static const char* kColumns[] = {"case",
+                                   "stage",
                                    "ranks",
                                    "offload_optimizer",
+                                   "offload_param",
                                    "step_s",
                                    "tokens_per_s",
                                    "mfu",
                                    "model_state_bytes",
                                    "model_state_on_host_bytes",
                                    "peak_bytes",
+                                   "activation_bytes",
                                    "comm_bytes_per_step",
                                    "comm_seconds_per_step",
+                                   "comm_bandwidth_bps",
                                    "save_stall_s",
                                    "first_save_stall_s",
                                    "save_total_s",

@@ -52,6 +52,7 @@ struct DsrunFlags {
   std::string hostfile;
   // dsrun bench
   std::string stages = "0,1,2,3";
+  std::string bench_offload = "none";  // none,optimizer,all: a row per stage and setting
   int64_t bench_steps = 10;
   int64_t bench_warmup = 3;
   bool json = false;

@@ -125,12 +125,12 @@ TEST(DsrunLaunchTest, LauncherFlagErrorsExitTwo) {
   EXPECT_THAT(r.out, HasSubstr("every host needs the same slots (worker-1 has 2, worker-2 has 4)"));
 }
 
-TEST(DsrunLaunchTest, BenchPrintsATableAndAJsonLinePerStage) {
+TEST(DsrunLaunchTest, BenchPrintsATableAndAJsonLinePerStageAndOffload) {
   testing::TempDir dir;
   const std::string cmd =
       Q(testing::BuildDir() + "/dsrun") + " bench --device cpu --config " +
       Q(testing::SourceDir() + "/examples/demo.json") +
-      " --nproc-per-node 2 --stages 1,3 --steps 2 --warmup 1 --json --out " +
+      " --nproc-per-node 2 --stages 1,3 --offload none,all --steps 2 --warmup 1 --json --out " +
       Q(dir.Join("report")) +
       " --set model.n_layer=1"
       " model.d_model=32 model.n_head=2 model.seq_len=32 train_micro_batch_size_per_gpu=4"
@@ -138,17 +138,23 @@ TEST(DsrunLaunchTest, BenchPrintsATableAndAJsonLinePerStage) {
       Q(dir.Join("out"));
   ShellResult r = Sh(cmd);
   ASSERT_EQ(r.status, 0) << r.out;
-  EXPECT_THAT(r.out, HasSubstr("stage ranks   step ms"));
+  EXPECT_THAT(r.out, HasSubstr("stage  ranks   step ms"));
   EXPECT_THAT(r.out, MatchesRegex("(.|\n)*\n1 +2 +[0-9.]+ +[0-9]+ (.|\n)*"));
   EXPECT_THAT(r.out, MatchesRegex("(.|\n)*\n3 +2 +[0-9.]+ +[0-9]+ (.|\n)*"));
+  // Offloading parameters is a stage 3 setting: no "1+all" row.
+  EXPECT_THAT(r.out, MatchesRegex("(.|\n)*\n3\\+all +2 +[0-9.]+ +[0-9]+ (.|\n)*"));
+  EXPECT_THAT(r.out, ::testing::Not(HasSubstr("1+all")));
+  EXPECT_THAT(r.out, HasSubstr("comm GB/s"));
   EXPECT_THAT(r.out, HasSubstr("{\"bench\":\"dsrun_zero_stages\""));
   EXPECT_THAT(r.out, HasSubstr("\"reduce_scatter\""));
   // --out: the same rows as CSV, and a chart with a bar per stage in each of its two panels.
   DS_ASSERT_OK_AND_ASSIGN(std::string csv,
                           io::Env::Default()->ReadFileToString(dir.Join("report/bench.csv")));
-  EXPECT_THAT(csv, ::testing::StartsWith("stage,ranks,offload_optimizer,step_s,tokens_per_s,"));
-  EXPECT_THAT(csv, ::testing::ContainsRegex("\n1,2,false,[0-9.e-]+,"));
-  EXPECT_THAT(csv, ::testing::ContainsRegex("\n3,2,false,[0-9.e-]+,"));
+  EXPECT_THAT(csv, ::testing::StartsWith(
+                       "case,stage,ranks,offload_optimizer,offload_param,step_s,tokens_per_s,"));
+  EXPECT_THAT(csv, ::testing::ContainsRegex("\n\"1\",1,2,false,false,[0-9.e-]+,"));
+  EXPECT_THAT(csv, ::testing::ContainsRegex("\n\"3\",3,2,false,false,[0-9.e-]+,"));
+  EXPECT_THAT(csv, ::testing::ContainsRegex("\n\"3\\+all\",3,2,true,true,[0-9.e-]+,"));
   DS_ASSERT_OK_AND_ASSIGN(std::string svg,
                           io::Env::Default()->ReadFileToString(dir.Join("report/bench.svg")));
   EXPECT_THAT(svg, ::testing::StartsWith("<svg xmlns=\"http://www.w3.org/2000/svg\""));
@@ -156,7 +162,7 @@ TEST(DsrunLaunchTest, BenchPrintsATableAndAJsonLinePerStage) {
   for (size_t at = svg.find("class=\"bar\""); at != std::string::npos;
        at = svg.find("class=\"bar\"", at + 1))
     ++bars;
-  EXPECT_EQ(bars, 4u);
+  EXPECT_EQ(bars, 6u);  // three rows, two panels
   ShellResult xml = Sh("python3 -c " + Q("import sys, xml.dom.minidom as m; m.parse(sys.argv[1])") +
                        " " + Q(dir.Join("report/bench.svg")));
   EXPECT_EQ(xml.status, 0) << xml.out;
@@ -164,6 +170,9 @@ TEST(DsrunLaunchTest, BenchPrintsATableAndAJsonLinePerStage) {
   r = Sh(Q(testing::BuildDir() + "/dsrun") + " bench --config x.json --stages 0,5");
   EXPECT_EQ(r.status, 2) << r.out;
   EXPECT_THAT(r.out, HasSubstr("'5' is not a ZeRO stage"));
+  r = Sh(Q(testing::BuildDir() + "/dsrun") + " bench --config x.json --offload cpu");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("'cpu' is not an offload setting (use none, optimizer, all)"));
 }
 
 TEST(DsrunLaunchTest, SigtermSavesTheStepExitsSeventyFiveAndResumes) {
