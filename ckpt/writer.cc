@@ -325,6 +325,13 @@ Status CheckpointWriter::Impl::FillStaging(SaveState& s, const std::function<Sta
                                at[i].offset_in_chunk});
   }
   s.record.blobs = s.blobs;
+  {
+    // The whole save's space at once (chunks are stored at most a header larger than raw, and
+    // most are smaller): growing the file as chunks arrive would drain the write queue.
+    uint64_t raw = 0;
+    for (const fmt::ChunkPlan& c : plan) raw += fmt::AlignUp(c.raw_len, fmt::kChunkAlignment);
+    DS_RETURN_IF_ERROR(s.shard->Reserve(raw));
+  }
 
   // Fill staging chunk by chunk. Filled chunks go to the encoders only after `sync` (fillers
   // may copy asynchronously); when staging runs out, the chunks filled so far are synced and

@@ -185,6 +185,15 @@ void ShardWriter::Fail(const Status& s) {
   if (error_.ok()) error_ = s;
 }
 
+Status ShardWriter::Reserve(uint64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const uint64_t end = AlignUp(next_offset_ + bytes, kChunkAlignment);
+  if (end <= allocated_) return Status::OK();
+  DS_RETURN_IF_ERROR(file_->Preallocate(end)) << "reserving space in " << path_;
+  allocated_ = end;
+  return Status::OK();
+}
+
 Status ShardWriter::EnsureAllocated(uint64_t end) {
   if (end <= allocated_) return Status::OK();
   uint64_t target = AlignUp(end + options_.preallocate_step, kChunkAlignment);

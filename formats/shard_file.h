@@ -130,6 +130,11 @@ class ShardWriter {
 
   // Waits for every chunk, trims the preallocated tail, fsyncs and closes. The first error of
   // any chunk (encode, write) is returned, naming the file.
+  // Reserves disk space for `bytes` more of chunks at once (the caller's estimate: a save's raw
+  // size). Without it the file grows by ShardWriterOptions::preallocate_step as chunks arrive,
+  // and each growth (fallocate) first waits for every direct write in flight to finish (ext4's
+  // inode_dio_wait), draining the queue every few chunks. Space left over is truncated by Finish.
+  Status Reserve(uint64_t bytes);
   Result<ShardSummary> Finish();
 
   const std::string& path() const { return path_; }
