@@ -206,6 +206,9 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
   const ModelStateBytes m = trainer.model_state();
   j["model_state_bytes"] = m.total();
   j["model_state_on_host_bytes"] = m.on_host;
+  j["params_bytes"] = m.params;
+  j["grads_bytes"] = m.grads;
+  j["optimizer_bytes"] = m.optimizer;
   const MemoryStats mem = trainer.memory();
   j["peak_bytes"] = mem.gpu_peak_bytes ? *mem.gpu_peak_bytes : PeakRssBytes();
   j["peak_kind"] = mem.gpu_peak_bytes ? "gpu" : "rss";
