@@ -78,8 +78,8 @@ for s in "$@"; do
         "trainer.output_dir=$BUILD/zero-bench")
       [[ "$s" == zero-bench ]] && "$BUILD/dsrun" bench "${common[@]}" --stages 0,1,2,3 2>&1 |
         grep -v '^\[rank' | tee "$OUT/zero-bench.log"
-      "$BUILD/dsrun" bench "${common[@]}" --stages 2,3 --set zero_optimization.offload_optimizer.device=cpu \
-        zero_optimization.offload_param.device=cpu 2>&1 | grep -v '^\[rank' | tee "$OUT/zero-bench-offload.log"
+      "$BUILD/dsrun" bench "${common[@]}" --stages 2,3 --offload optimizer,all 2>&1 |
+        grep -v '^\[rank' | tee "$OUT/zero-bench-offload.log"
       ;;
     adam-bench)
       step adam-bench
