@@ -46,11 +46,33 @@ Result<std::string> FreeTag(io::Env* env, const std::string& dir, const std::str
 
 }  // namespace
 
+// A failed save's temp directory is removed only once every rank has reported (or the wait for
+// them has run out): a rank still starting or writing may create files in it, and removing the
+// directory under it fails (not empty) and leaves it behind.
+void CheckpointWriter::Impl::WaitForAllRecords(SaveState& s, uint64_t deadline) {
+  uint64_t sleep = 500;
+  for (uint32_t r = 0; r < options.world_size;) {
+    Result<std::optional<std::string>> v = store->Get(RecordKey(s, r));
+    if (!v.ok()) return;
+    if (v->has_value()) {
+      ++r;
+      continue;
+    }
+    if (env->NowMicros() >= deadline) return;
+    env->SleepForMicros(sleep);
+    sleep = std::min<uint64_t>(sleep * 2, 20000);
+  }
+}
+
 Status CheckpointWriter::Impl::RunBackground(SaveState& s) {
   Status st = PublishRecord(s);  // steps 1-2
   if (options.rank == 0) {
+    const uint64_t deadline = env->NowMicros() + options.timeout_micros;
     Status failure = st.ok() ? Coordinate(s) : st;  // steps 3-10
-    if (!failure.ok() && !s.committed) (void)env->RemoveAll(s.temp_dir);  // best effort
+    if (!failure.ok() && !s.committed) {
+      WaitForAllRecords(s, deadline);
+      (void)env->RemoveAll(s.temp_dir);  // best effort; `dsckpt gc` removes what remains
+    }
     s.writer_lock.reset();
     if (failure.ok()) return failure;
     if (!s.outcome_published) {

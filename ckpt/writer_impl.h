@@ -71,6 +71,7 @@ struct CheckpointWriter::Impl {
   Status PublishRecord(SaveState& s);
   Status Coordinate(SaveState& s);       // rank 0: steps 3-10 of the commit protocol
   Status AwaitCommit(SaveState& s);      // other ranks: the outcome rank 0 published
+  void WaitForAllRecords(SaveState& s, uint64_t deadline);  // rank 0, before removing a failed save
   void WaitForBackground();
 };
 
