@@ -303,8 +303,6 @@ Result<SaveStats> CheckpointWriter::Snapshot(std::function<Status()> sync, Snaps
 
 Status CheckpointWriter::Impl::FillStaging(SaveState& s, const std::function<Status()>& sync,
                                            bool defer_sync, bool in_background) {
-  Impl& w = *this;
-  const WriterOptions& options_ = options;
   const uint64_t t0 = s.snapshot_begin_micros;
 
   // Lay the slices out in chunks (the manifest records where each begins).
@@ -315,12 +313,12 @@ Status CheckpointWriter::Impl::FillStaging(SaveState& s, const std::function<Sta
     pieces.push_back({(sl.flat_end - sl.flat_begin) * es, es});
   }
   std::vector<fmt::PiecePlacement> at;
-  std::vector<fmt::ChunkPlan> plan = fmt::PlanChunks(pieces, options_.chunk_bytes, &at);
+  std::vector<fmt::ChunkPlan> plan = fmt::PlanChunks(pieces, options.chunk_bytes, &at);
   for (size_t i = 0; i < s.slices.size(); ++i) {
     const SaveSlice& sl = s.slices[i];
     auto [it, fresh] = tensor_of.emplace(sl.name, static_cast<uint32_t>(s.record.tensors.size()));
     if (fresh) s.record.tensors.push_back({sl.name, sl.dtype, sl.shape});
-    s.record.slices.push_back({it->second, options_.rank, sl.box_offset, sl.box_length,
+    s.record.slices.push_back({it->second, options.rank, sl.box_offset, sl.box_length,
                                sl.flat_begin, sl.flat_end, at[i].first_chunk,
                                at[i].offset_in_chunk});
   }
@@ -344,29 +342,28 @@ Status CheckpointWriter::Impl::FillStaging(SaveState& s, const std::function<Sta
     size_t bytes;
   };
   std::vector<HostCopy> host_copies;
-  std::vector<std::pair<std::shared_ptr<io::Buffer>, uint8_t>> filled;
-  auto hand_over = [&]() -> Status {
-    if (filled.empty()) return Status::OK();
-    w.encoders->ParallelFor(host_copies.size(), [&](size_t i) {
+  auto copy_host = [&] {
+    encoders->ParallelFor(host_copies.size(), [&](size_t i) {
       std::memcpy(host_copies[i].dst, host_copies[i].src, host_copies[i].bytes);
     });
     host_copies.clear();
+  };
+  std::vector<FilledChunk> filled;
+  auto hand_over = [&]() -> Status {
+    if (filled.empty()) return Status::OK();
+    copy_host();
     if (sync) DS_RETURN_IF_ERROR(sync()) << "finishing the snapshot's copies";
-    for (auto& [buf, elem] : filled) {
-      s.shard->AddChunkInPlace({buf->data(), buf->capacity()}, buf->size(), elem,
-                               [buf] { buf->Release(); });
-    }
-    filled.clear();
+    HandOver(s, filled);
     return Status::OK();
   };
   double waited = 0;
   for (const fmt::ChunkPlan& c : plan) {
-    Result<io::Buffer> buf = w.staging->Acquire(c.raw_len, 0);
+    Result<io::Buffer> buf = staging->Acquire(c.raw_len, 0);
     if (!buf.ok() && buf.status().code() == StatusCode::kUnavailable) {
       DS_RETURN_IF_ERROR(hand_over());
-      const uint64_t tw = w.env->NowMicros();
-      buf = w.staging->Acquire(c.raw_len, options_.timeout_micros);
-      waited += static_cast<double>(w.env->NowMicros() - tw) / 1e6;
+      const uint64_t tw = env->NowMicros();
+      buf = staging->Acquire(c.raw_len, options.timeout_micros);
+      waited += static_cast<double>(env->NowMicros() - tw) / 1e6;
     }
     if (!buf.ok()) return buf.status().WithContext("staging the snapshot");
     uint64_t pos = 0;
@@ -386,19 +383,17 @@ Status CheckpointWriter::Impl::FillStaging(SaveState& s, const std::function<Sta
   }
   if (!in_background && defer_sync && sync && !filled.empty()) {
     // The last chunks wait in the background for their copies (HandOverDeferred).
-    w.encoders->ParallelFor(host_copies.size(), [&](size_t i) {
-      std::memcpy(host_copies[i].dst, host_copies[i].src, host_copies[i].bytes);
-    });
+    copy_host();
     s.deferred = std::move(filled);
     s.deferred_sync = sync;
   } else {
     DS_RETURN_IF_ERROR(hand_over());
-    s.stats.copies_done_seconds = static_cast<double>(w.env->NowMicros() - t0) / 1e6;
+    s.stats.copies_done_seconds = static_cast<double>(env->NowMicros() - t0) / 1e6;
   }
   s.stats.staging_wait_seconds = waited;
   if (in_background) return Status::OK();  // Snapshot has set the rest
   s.snapshotted = true;
-  s.snapshot_end_micros = w.env->NowMicros();
+  s.snapshot_end_micros = env->NowMicros();
   s.stats.snapshot_seconds = static_cast<double>(s.snapshot_end_micros - t0) / 1e6;
   for (const fmt::ChunkPlan& c : plan) s.stats.logical_bytes += c.raw_len;
   return Status::OK();
@@ -409,15 +404,18 @@ Status CheckpointWriter::Impl::HandOverDeferred(SaveState& s) {
   Status st = s.deferred_sync().WithContext("finishing the snapshot's copies");
   s.stats.copies_done_seconds =
       static_cast<double>(env->NowMicros() - s.snapshot_begin_micros) / 1e6;
-  for (auto& [buf, elem] : s.deferred) {
-    if (st.ok()) {
-      s.shard->AddChunkInPlace({buf->data(), buf->capacity()}, buf->size(), elem,
-                               [buf] { buf->Release(); });
-    }
-  }
-  s.deferred.clear();  // buffers not handed over return to staging here
+  if (st.ok()) HandOver(s, s.deferred);
+  s.deferred.clear();  // after a failed sync the buffers return to staging unwritten
   s.deferred_sync = nullptr;
   return st;
+}
+
+void CheckpointWriter::Impl::HandOver(SaveState& s, std::vector<FilledChunk>& filled) {
+  for (auto& [buf, elem] : filled) {
+    s.shard->AddChunkInPlace({buf->data(), buf->capacity()}, buf->size(), elem,
+                             [buf] { buf->Release(); });
+  }
+  filled.clear();
 }
 
 std::shared_ptr<SaveHandle> CheckpointWriter::Commit() {

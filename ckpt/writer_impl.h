@@ -18,6 +18,9 @@
 
 namespace ds::ckpt {
 
+// A staging block holding a chunk's raw bytes, and the chunk's element size.
+using FilledChunk = std::pair<std::shared_ptr<io::Buffer>, uint8_t>;
+
 // One save, from Begin to the end of its background part.
 struct SaveState {
   SaveRequest request;
@@ -38,7 +41,7 @@ struct SaveState {
   Status aborted;                  // set when the snapshot failed: the background only reports
   // Snapshot(sync_in_background): chunks whose copies were started, handed over by the
   // background part after `deferred_sync` returns there.
-  std::vector<std::pair<std::shared_ptr<io::Buffer>, uint8_t>> deferred;  // (chunk, elem size)
+  std::vector<FilledChunk> deferred;
   std::function<Status()> deferred_sync;
   bool fill_in_background = false;  // SnapshotMode::kInBackground
   uint64_t snapshot_begin_micros = 0;
@@ -64,6 +67,8 @@ struct CheckpointWriter::Impl {
   // those). On the caller's thread from Snapshot, or `in_background` (SnapshotMode).
   Status FillStaging(SaveState& s, const std::function<Status()>& sync, bool defer_sync,
                      bool in_background);
+  // Gives filled chunks to the shard writer (encode, write); each block returns when written.
+  void HandOver(SaveState& s, std::vector<FilledChunk>& filled);
   // The chunks a deferred snapshot left: waits for their copies, then hands them over.
   Status HandOverDeferred(SaveState& s);
   // ckpt/commit.cc: the background part of a save, run on `background`.

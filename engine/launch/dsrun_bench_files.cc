@@ -29,12 +29,6 @@ std::string Escape(const std::string& s) {  // for XML text and attributes
   return out;
 }
 
-std::string Fmt(const char* format, double v) {
-  char b[64];
-  std::snprintf(b, sizeof b, format, v);
-  return b;
-}
-
 // One panel: a bar per row of `key` (times `scale`), at x offset `left`.
 std::string Panel(const Json& rows, const char* key, double scale, const std::string& title,
                   int left) {
@@ -62,7 +56,7 @@ std::string Panel(const Json& rows, const char* key, double scale, const std::st
            "\" height=\"" + std::to_string(h) + "\" fill=\"#3b6ea8\"/>\n";
     svg += "<text x=\"" + std::to_string(x + kBar / 2) + "\" y=\"" +
            std::to_string(kTop + kHeight - h - 6) + "\" text-anchor=\"middle\" font-size=\"12\">" +
-           Fmt(v >= 100 ? "%.0f" : "%.1f", v) + "</text>\n";
+           FormatNumber(v >= 100 ? "%.0f" : "%.1f", v) + "</text>\n";
     svg += "<text x=\"" + std::to_string(x + kBar / 2) + "\" y=\"" +
            std::to_string(kTop + kHeight + 18) + "\" text-anchor=\"middle\" font-size=\"12\">" +
            Escape(label) + "</text>\n";
@@ -71,6 +65,12 @@ std::string Panel(const Json& rows, const char* key, double scale, const std::st
 }
 
 }  // namespace
+
+std::string FormatNumber(const char* format, double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, format, v);
+  return b;
+}
 
 std::string BenchCsv(const nlohmann::ordered_json& rows) {
   static const char* kColumns[] = {"case",

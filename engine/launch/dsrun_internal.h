@@ -77,6 +77,8 @@ int RunBench(const DsrunFlags& f);
 // --out DIR: bench.json (what --json prints, indented), bench.csv (a row per stage), bench.svg
 // (step time and model state per rank as bar charts).
 std::string BenchCsv(const nlohmann::ordered_json& rows);
+// One number through a printf format ("%.1f"), for the bench's table, CSV and chart.
+std::string FormatNumber(const char* format, double v);
 std::string BenchSvg(const nlohmann::ordered_json& rows, const std::string& title);
 Status WriteBenchFiles(io::Env* env, const std::string& dir, const nlohmann::ordered_json& all);
 // `dsrun bench adam`: the CPU Adam table (and a --json line); 1 when the run fails.

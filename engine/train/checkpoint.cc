@@ -73,12 +73,12 @@ Status StartDeviceCopy(const at::Tensor& src, uint64_t offset, std::span<std::by
 
 }  // namespace
 
-// The side stream of a snapshot's device-to-host copies and the event recorded after them.
-// The copies start after the optimizer step that produced the state (an event on the compute
-// stream), run while the next forward and backward do, and the next optimizer step waits for
-// `done` on the device (WaitForSnapshotCopies): training loses only what the copies take beyond
-// a forward and backward. The host never waits for them; the writer's background thread does,
-// before it encodes.
+// The side stream of a snapshot's device-to-host copies, the event recorded after them, and
+// the optional GPU stage. The copies start after an event on the compute stream (the optimizer
+// step that produced the state, or the copy into the stage) and run while the next steps do.
+// Reading the live state, the next optimizer step waits for `done` on the device
+// (WaitForSnapshotCopies); reading the stage, nothing waits. The host never waits for them;
+// the writer's background thread does, before it encodes.
 struct Trainer::Impl::SnapshotCopies {
 #if DS_TORCH_HAS_CUDA
   explicit SnapshotCopies(const torch::Device& d)

@@ -307,6 +307,7 @@ TEST_F(WriterTest, DeferredSyncFinishesTheCopiesInTheBackground) {
     EXPECT_NE(sync_thread, std::this_thread::get_id());
     EXPECT_EQ(fill_threads.count(std::this_thread::get_id()), fills_later ? 0u : 1u);
     EXPECT_GE(handle->stats().copies_done_seconds, snap.snapshot_seconds);
+    EXPECT_GT(handle->stats().copies_done_seconds, 0.0);  // set once the copies were synced
     DS_ASSERT_OK_AND_ASSIGN(auto reader, CheckpointReader::Open(&env, handle->stats().path));
     std::vector<float> back(state.size());
     std::vector<ReadRequest> q = {

@@ -133,6 +133,19 @@ TEST(DsrunCliTest, ExampleConfigsAndScriptsAreValid) {
 }
 
 // dsrun doctor: a table of checks; a config that does not resolve is a fail and exit 1.
+// `dsrun bench adam` on a small buffer: the table's rows and the JSON line; bad sizes are usage
+// errors.
+TEST(DsrunCliTest, BenchAdamComparesWithTorchAndRefusesEmptyBuffers) {
+  ShellResult r = Sh(Dsrun() + " bench adam --elements 100000 --repeat 1 --threads 1 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("torch AdamW (default)"));
+  EXPECT_THAT(r.out, HasSubstr("dstrain fused"));
+  EXPECT_THAT(r.out, HasSubstr("{\"bench\":\"adam\",\"elements\":100000,"));
+  r = Sh(Dsrun() + " bench adam --elements 0");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("--elements and --repeat must be at least 1"));
+}
+
 TEST(DsrunCliTest, DoctorChecksThisMachineAndTheConfig) {
   testing::TempDir dir;
   ShellResult r =

@@ -142,6 +142,26 @@ TEST(GpuTest, ZeroStagesAndOffloadAgreeOnCuda) {
 // A checkpoint written from the GPU (device-to-host copies into page-locked staging) and read
 // back into a new trainer holds exactly the weights and optimizer state that were saved, for
 // device-resident state (stage 2) and host-resident state (stage 3 with offload).
+// The demo's trainer on the GPU in bf16, saving only when told, with `extra` --set overrides.
+std::unique_ptr<Trainer> DemoTrainerOnCuda(const std::string& out,
+                                           const std::vector<std::string>& extra,
+                                           int64_t max_steps) {
+  Overrides o;
+  o.set = {"trainer.output_dir=" + out, "tensorboard.enabled=false", "bf16.enabled=true",
+           "trainer.eval_interval=0", "checkpoint.save_interval_steps=0"};
+  o.set.insert(o.set.end(), extra.begin(), extra.end());
+  o.max_steps = max_steps;
+  Result<Config> c = LoadConfig(
+      io::Env::Default(), io::JoinPath(ds::testing::SourceDir(), "examples/demo.json"), o);
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  if (!c.ok()) return nullptr;
+  TrainerOptions t;
+  t.device = "cuda";
+  Result<std::unique_ptr<Trainer>> trainer = Trainer::Create(io::Env::Default(), *c, t);
+  EXPECT_TRUE(trainer.ok()) << trainer.status().ToString();
+  return trainer.ok() ? std::move(*trainer) : nullptr;
+}
+
 TEST(GpuTest, CheckpointsFromCudaResumeExactly) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible";
   for (const std::vector<std::string>& zero :
@@ -150,21 +170,7 @@ TEST(GpuTest, CheckpointsFromCudaResumeExactly) {
          "zero_optimization.offload_param.device=cpu"}}) {
     SCOPED_TRACE(zero[0] + (zero.size() > 1 ? " with offload" : ""));
     ds::testing::TempDir out;
-    auto make = [&](int64_t steps) -> std::unique_ptr<Trainer> {
-      Overrides o;
-      o.set = {"trainer.output_dir=" + out.path(), "tensorboard.enabled=false", "bf16.enabled=true",
-               "trainer.eval_interval=0", "checkpoint.save_interval_steps=0"};
-      o.set.insert(o.set.end(), zero.begin(), zero.end());
-      o.max_steps = steps;
-      Result<Config> c = LoadConfig(
-          io::Env::Default(), io::JoinPath(ds::testing::SourceDir(), "examples/demo.json"), o);
-      EXPECT_TRUE(c.ok()) << c.status().ToString();
-      TrainerOptions t;
-      t.device = "cuda";
-      Result<std::unique_ptr<Trainer>> trainer = Trainer::Create(io::Env::Default(), *c, t);
-      EXPECT_TRUE(trainer.ok()) << trainer.status().ToString();
-      return trainer.ok() ? std::move(*trainer) : nullptr;
-    };
+    auto make = [&](int64_t steps) { return DemoTrainerOnCuda(out.path(), zero, steps); };
     std::unique_ptr<Trainer> first = make(5);
     ASSERT_NE(first, nullptr);
     DS_ASSERT_OK_AND_ASSIGN(TrainSummary s, first->Run());  // saves step 5 at the end
@@ -197,22 +203,11 @@ TEST(GpuTest, SavesOverlappingTrainingHoldTheirStep) {
   for (const char* staging : {"true", "false"}) {
     SCOPED_TRACE(std::string("checkpoint.device_staging=") + staging);
     ds::testing::TempDir out;
-    auto make = [&]() -> std::unique_ptr<Trainer> {
-      Overrides o;
-      o.set = {"trainer.output_dir=" + out.path(), "tensorboard.enabled=false",
-               "bf16.enabled=true", "trainer.eval_interval=0", "checkpoint.save_interval_steps=0",
-               "model.n_layer=8", "model.n_head=8", "model.d_model=1024",  // the demo's, wider
-               std::string("checkpoint.device_staging=") + staging};
-      o.max_steps = 100;
-      Result<Config> c = LoadConfig(
-          io::Env::Default(), io::JoinPath(ds::testing::SourceDir(), "examples/demo.json"), o);
-      EXPECT_TRUE(c.ok()) << c.status().ToString();
-      if (!c.ok()) return nullptr;
-      TrainerOptions t;
-      t.device = "cuda";
-      Result<std::unique_ptr<Trainer>> trainer = Trainer::Create(io::Env::Default(), *c, t);
-      EXPECT_TRUE(trainer.ok()) << trainer.status().ToString();
-      return trainer.ok() ? std::move(*trainer) : nullptr;
+    auto make = [&] {
+      return DemoTrainerOnCuda(out.path(),
+                               {"model.n_layer=8", "model.n_head=8", "model.d_model=1024",
+                                std::string("checkpoint.device_staging=") + staging},
+                               100);
     };
     std::unique_ptr<Trainer> first = make();
     ASSERT_NE(first, nullptr);

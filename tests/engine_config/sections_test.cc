@@ -423,6 +423,14 @@ TEST(ConfigTrainerDataCheckpointTest, DefaultsAndOurKeys) {
   cfg["checkpoint"] = {{"staging_bytes", "18GiB"}};
   DS_ASSERT_OK_AND_ASSIGN(c, Parse(cfg));
   EXPECT_EQ(c.checkpoint.staging_bytes, uint64_t{18} << 30);
+  EXPECT_EQ(c.checkpoint.device_staging, "auto");
+  cfg["checkpoint"] = {{"device_staging", false}};  // JSON booleans, as DeepSpeed's flags are
+  DS_ASSERT_OK_AND_ASSIGN(c, Parse(cfg));
+  EXPECT_EQ(c.checkpoint.device_staging, "false");
+  cfg["checkpoint"] = {{"device_staging", "maybe"}};
+  EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
+                                   "cfg.json: checkpoint.device_staging 'maybe' is not one of: "
+                                   "auto, true, false"));
   cfg.erase("checkpoint");
   cfg["trainer"] = {{"max_steps", 0}};
   EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
