@@ -12,6 +12,7 @@
 #include "ckpt/partition.h"
 #include "ckpt/rank_record.h"
 #include "ckpt/reader.h"
+#include "ckpt/tp_layout.h"
 #include "formats/shard_file.h"
 #include "io/async_io.h"
 #include "io/buffer_pool.h"
@@ -19,25 +20,6 @@
 
 namespace ds::ckpt {
 namespace {
-
-// The dimension along which the source splits tensor `t` into tensor-parallel boxes, or -1.
-Result<int> SplitDim(const fmt::Manifest& m, uint32_t t) {
-  const fmt::TensorMeta& tensor = m.tensors[t];
-  int dim = -1;
-  for (const fmt::SliceMeta& s : m.slices) {
-    if (s.tensor != t) continue;
-    for (size_t d = 0; d < tensor.shape.size(); ++d) {
-      if (s.box_length[d] == tensor.shape[d]) continue;
-      if (dim >= 0 && dim != static_cast<int>(d)) {
-        return Status::InvalidArgument("tensor '" + tensor.name +
-                                       "' is split along more than one dimension; reshard "
-                                       "handles tensor-parallel splits along one");
-      }
-      dim = static_cast<int>(d);
-    }
-  }
-  return dim;
-}
 
 std::string Nonce() {
   static thread_local std::mt19937_64 rng(std::random_device{}());
@@ -60,69 +42,90 @@ fmt::Codec MostCommonCodec(const fmt::Manifest& m) {
   return most == 0 && !bytes.empty() ? fmt::Codec::kRaw : best;
 }
 
-}  // namespace
+// The source's blobs, plus the splits inferred from its boxes where it has no splits blob: a
+// target at TP 1 has only whole boxes, and a later reshard must still cut the same way. A source
+// saved at TP 1 without the blob gets none (an empty one would claim that nothing splits).
+Result<std::vector<fmt::BlobMeta>> TargetBlobs(const fmt::Manifest& m) {
+  std::vector<fmt::BlobMeta> blobs = m.blobs;
+  if (m.FindBlob(kTpSplitsBlob) >= 0 || m.info.tp_degree == 1) return blobs;
+  DS_ASSIGN_OR_RETURN(TpSplits splits, ReadTpSplits(m));
+  blobs.push_back({kTpSplitsBlob, EncodeTpSplits(splits)});
+  return blobs;
+}
 
-Result<std::vector<std::vector<WantedSlice>>> LayoutSlices(const fmt::Manifest& m,
-                                                           const TargetLayout& l) {
+Status ValidateTarget(const fmt::Manifest& m, const TpSplits& splits, const TargetLayout& l) {
   if (l.tp_degree == 0 || l.world_size == 0 || l.world_size % l.tp_degree != 0) {
     return Status::InvalidArgument("tensor-parallel degree " + std::to_string(l.tp_degree) +
                                    " does not divide the world size " +
                                    std::to_string(l.world_size));
   }
   DS_RETURN_IF_ERROR(ValidatePartitionSpec({l.world_size, l.zero_stage, l.alignment}));
-  std::vector<int> split(m.tensors.size(), -1);
-  bool any_split = false;
-  for (uint32_t t = 0; t < m.tensors.size(); ++t) {
-    DS_ASSIGN_OR_RETURN(split[t], SplitDim(m, t));
-    any_split = any_split || split[t] >= 0;
-  }
-  if (l.tp_degree > 1 && !any_split) {
+  // Without the blob, a checkpoint saved at TP 1 has only whole boxes: nothing says which
+  // tensors a tensor-parallel run would split, nor how.
+  if (l.tp_degree > 1 && m.info.tp_degree == 1 && m.FindBlob(kTpSplitsBlob) < 0) {
     return Status::InvalidArgument(
-        "this checkpoint was saved without tensor parallelism, so it does not say which tensors "
-        "split and along which dimension; resharding to tensor-parallel degree " +
-        std::to_string(l.tp_degree) + " needs a checkpoint saved with TP > 1");
+        "this checkpoint was saved without tensor parallelism and has no '" +
+        std::string(kTpSplitsBlob) +
+        "' blob, so it does not say which tensors split and along which dimension; resharding "
+        "to tensor-parallel degree " +
+        std::to_string(l.tp_degree) +
+        " needs a checkpoint saved with TP > 1, or one saved by a dstrain that writes the blob "
+        "(every checkpoint dstrain saves from now on carries it)");
   }
+  for (const fmt::TensorMeta& t : m.tensors) {
+    auto it = splits.find(t.name);
+    if (it == splits.end()) continue;
+    DS_RETURN_IF_ERROR(ValidateTpSplit(t.name, t.shape, it->second, l.tp_degree));
+  }
+  return Status::OK();
+}
+
+// The manifest's tensors by partition group, groups in order of first appearance.
+std::vector<std::vector<uint32_t>> GroupsInOrder(const fmt::Manifest& m) {
+  std::vector<std::vector<uint32_t>> groups;
+  std::map<std::string, size_t> index;
   for (uint32_t t = 0; t < m.tensors.size(); ++t) {
-    if (l.tp_degree > 1 && split[t] >= 0 && m.tensors[t].shape[split[t]] % l.tp_degree != 0) {
-      return Status::InvalidArgument(
-          "tensor '" + m.tensors[t].name + "': dimension " + std::to_string(split[t]) +
-          " of size " + std::to_string(m.tensors[t].shape[split[t]]) + " does not split into " +
-          std::to_string(l.tp_degree) + " equal tensor-parallel blocks");
-    }
+    auto [it, fresh] = index.emplace(std::string(PartitionGroup(m.tensors[t].name)), groups.size());
+    if (fresh) groups.emplace_back();
+    groups[it->second].push_back(t);
   }
-  // Groups, in order of first appearance.
-  std::vector<std::string> group_names;
-  std::map<std::string, std::vector<uint32_t>> groups;
+  return groups;
+}
+
+}  // namespace
+
+Result<std::vector<std::vector<WantedSlice>>> LayoutSlices(const fmt::Manifest& m,
+                                                           const TargetLayout& l) {
+  DS_ASSIGN_OR_RETURN(TpSplits splits, ReadTpSplits(m));
+  DS_RETURN_IF_ERROR(ValidateTarget(m, splits, l));
+  std::vector<TpSplit> split(m.tensors.size());
   for (uint32_t t = 0; t < m.tensors.size(); ++t) {
-    std::string g(PartitionGroup(m.tensors[t].name));
-    if (!groups.count(g)) group_names.push_back(g);
-    groups[g].push_back(t);
+    auto it = splits.find(m.tensors[t].name);
+    if (it != splits.end()) split[t] = it->second;
   }
+  const std::vector<std::vector<uint32_t>> groups = GroupsInOrder(m);
   const uint32_t tp = l.tp_degree, dp = l.world_size / tp;
   std::vector<std::vector<WantedSlice>> out(l.world_size);
   for (uint32_t rank = 0; rank < l.world_size; ++rank) {
     const uint32_t tp_rank = rank % tp, dp_rank = rank / tp;
-    for (const std::string& g : group_names) {
-      const std::vector<uint32_t>& members = groups[g];
+    for (const std::vector<uint32_t>& members : groups) {
+      // The data-parallel partition runs over the local tensors (this TP rank's boxes).
+      std::vector<std::vector<TpBox>> boxes;
       std::vector<uint64_t> numels;
-      std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> boxes;
       for (uint32_t t : members) {
-        const fmt::TensorMeta& tensor = m.tensors[t];
-        std::vector<int64_t> off(tensor.shape.size(), 0), len = tensor.shape;
-        if (tp > 1 && split[t] >= 0) {
-          len[split[t]] = tensor.shape[split[t]] / tp;
-          off[split[t]] = len[split[t]] * tp_rank;
-        }
-        numels.push_back(*fmt::NumElements(len));
-        boxes.push_back({off, len});
+        boxes.push_back(TpBoxes(m.tensors[t].shape, split[t], tp, tp_rank));
+        numels.push_back(*fmt::NumElements(TpLocalShape(m.tensors[t].shape, split[t], tp)));
       }
       DS_ASSIGN_OR_RETURN(std::vector<FlatRange> ranges,
                           PartitionForRank(numels, {dp, l.zero_stage, l.alignment}, dp_rank));
       for (const FlatRange& r : ranges) {
         const uint32_t t = members[r.tensor];
-        if (tp > 1 && split[t] < 0 && tp_rank != 0) continue;  // written by TP rank 0 only
-        out[rank].push_back(
-            {m.tensors[t].name, boxes[r.tensor].first, boxes[r.tensor].second, r.begin, r.end});
+        if (split[t].dim < 0 && tp_rank != 0) continue;  // written by TP rank 0 only
+        const std::vector<TpBox>& b = boxes[r.tensor];
+        for (const TpBoxRange& br : TpLocalRange(b, r.begin, r.end)) {
+          out[rank].push_back(
+              {m.tensors[t].name, b[br.box].offset, b[br.box].length, br.flat_begin, br.flat_end});
+        }
       }
     }
   }
@@ -200,6 +203,7 @@ Result<ReshardResult> Reshard(io::Env* env, const std::string& src, const Reshar
   const fmt::Manifest& m = reader->manifest();
   const TargetLayout& l = o.layout;
   DS_ASSIGN_OR_RETURN(auto layout, LayoutSlices(m, l));
+  DS_ASSIGN_OR_RETURN(std::vector<fmt::BlobMeta> blobs, TargetBlobs(m));
 
   // Where the result goes.
   std::string save_dir = io::DirName(src), tag;
@@ -396,12 +400,14 @@ Result<ReshardResult> Reshard(io::Env* env, const std::string& src, const Reshar
   out.info.world_size = l.world_size;
   out.info.zero_stage = l.zero_stage;
   out.info.tp_degree = l.tp_degree;
+  // Every target rank holds every stage's tensors: a pipeline-parallel source reshards to PP 1.
+  out.info.pp_degree = 1;
   out.info.partition_alignment = l.alignment;
   out.info.created_micros = env->WallTimeMicros();
   out.info.writer_version = "dstrain reshard";
   Status merged = MergeRankRecords(records, &out);
   if (!merged.ok()) return cleanup(merged);
-  out.blobs = m.blobs;
+  out.blobs = std::move(blobs);
   // The writer lock is held until the rename: gc must see this temp dir as live until then.
   CommitOptions co;
   co.update_latest = o.set_latest;

@@ -27,16 +27,18 @@ struct TargetLayout {
 
 // The slices each rank of `layout` owns (tensor, box, flat range), in the order that rank's
 // writer adds them: for each partition group (PartitionGroup) in manifest order, the
-// data-parallel partition (ckpt/partition.h) of the group's tensors. With tensor parallelism,
-// rank r is tensor-parallel rank r % tp of data-parallel rank r / tp; tensors that the source
-// splits along a dimension are cut into tp equal blocks along it, and tensors it does not split
+// data-parallel partition (ckpt/partition.h) of the group's local tensors. With tensor
+// parallelism, rank r is tensor-parallel rank r % tp of data-parallel rank r / tp; each tensor
+// is cut as the checkpoint's splits say (ReadTpSplits: its `layout/tp_splits` blob, or inferred
+// from its boxes), the rank's boxes from TpBoxes (ckpt/tp_layout.h), and each partition range
+// of a local tensor maps to ranges of those boxes (TpLocalRange). Tensors that are not split
 // are written by tensor-parallel rank 0.
 Result<std::vector<std::vector<WantedSlice>>> LayoutSlices(const fmt::Manifest& m,
                                                            const TargetLayout& layout);
 
 struct ReshardOptions {
   TargetLayout layout;
-  std::string out;             // the new checkpoint's directory; empty: <save_dir>/<tag>-w<M>s<S>
+  std::string out;  // the new checkpoint's directory; empty: <save_dir>/<tag>-w<M>s<S>
   bool set_latest = false;
   uint64_t memory_bytes = uint64_t{1} << 30;  // source chunks and target chunks in flight
   std::optional<fmt::Codec> codec;            // default: the source's most common codec

@@ -36,8 +36,9 @@ Result<std::string> ResolveSource(const std::string& src) {
   ckpt::Catalog cat(env, src);
   Result<std::string> latest = cat.Resolve("latest");
   if (latest.ok()) return latest;
-  return Status::NotFound(src + " is not a checkpoint (no manifest.h5) nor a save directory "
-                                "with a 'latest' checkpoint");
+  return Status::NotFound(src +
+                          " is not a checkpoint (no manifest.h5) nor a save directory "
+                          "with a 'latest' checkpoint");
 }
 
 int RunReshard(const ReshardFlags& f) {
@@ -86,12 +87,13 @@ int RunReshard(const ReshardFlags& f) {
                         {"set_latest", o.set_latest}};
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("resharded %s (world %u, stage %u, TP %u) into %s (world %u, stage %u, TP %u): "
-                "%s in %.1f s%s\n",
-                src->c_str(), m->info.world_size, m->info.zero_stage, m->info.tp_degree,
-                r->path.c_str(), o.layout.world_size, o.layout.zero_stage, o.layout.tp_degree,
-                io::FormatBytes(r->logical_bytes).c_str(), r->seconds,
-                o.set_latest ? "; latest points to it" : "");
+    std::printf(
+        "resharded %s (world %u, stage %u, TP %u) into %s (world %u, stage %u, TP %u): "
+        "%s in %.1f s%s\n",
+        src->c_str(), m->info.world_size, m->info.zero_stage, m->info.tp_degree, r->path.c_str(),
+        o.layout.world_size, o.layout.zero_stage, o.layout.tp_degree,
+        io::FormatBytes(r->logical_bytes).c_str(), r->seconds,
+        o.set_latest ? "; latest points to it" : "");
   }
   return kExitOk;
 }
@@ -109,7 +111,9 @@ void AddReshardCommands(CLI::App& app, DsckptContext& ctx) {
       ->check(CLI::Range(1, 1 << 20));
   c->add_option("--to-stage", f->stage, "ZeRO stage of the target layout (default: the source's)")
       ->check(CLI::Range(0, 3));
-  c->add_option("--to-tp", f->tp, "Tensor-parallel degree (default: the source's)")
+  c->add_option("--to-tp", f->tp,
+                "Tensor-parallel degree (default: the source's); tensors are cut as the "
+                "checkpoint's layout/tp_splits blob says, or as its TP boxes show")
       ->check(CLI::Range(1, 1 << 16));
   c->add_option("--out", f->out,
                 "The new checkpoint's directory (default: <save_dir>/<tag>-w<M>s<S>)");
@@ -121,7 +125,8 @@ void AddReshardCommands(CLI::App& app, DsckptContext& ctx) {
   c->footer(
       "Examples:\n"
       "  dsckpt reshard ckpts/step-00001000 --to-world 32 --to-stage 3\n"
-      "  dsckpt reshard ckpts/ --to-world 8 --out ckpts/w8 --set-latest --memory 4G");
+      "  dsckpt reshard ckpts/ --to-world 8 --out ckpts/w8 --set-latest --memory 4G\n"
+      "  dsckpt reshard ckpts/step-00001000 --to-world 16 --to-tp 4");
   c->callback([f, &ctx] { ctx.exit_code = RunReshard(*f); });
 }
 

@@ -15,26 +15,6 @@ using ::ds::testing::StatusIs;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 
-std::string Describe(const std::vector<WantedSlice>& v) {
-  std::string s;
-  for (const auto& w : v) {
-    s += w.tensor + "[" + std::to_string(w.flat_begin) + "," + std::to_string(w.flat_end) + ")";
-    for (auto o : w.box_offset) s += ":" + std::to_string(o);
-    s += " ";
-  }
-  return s;
-}
-
-// The slices each rank holds in a committed checkpoint, in the order it wrote them.
-std::vector<std::vector<WantedSlice>> SlicesByRank(const fmt::Manifest& m) {
-  std::vector<std::vector<WantedSlice>> out(m.info.world_size);
-  for (const fmt::SliceMeta& s : m.slices) {
-    out[s.rank].push_back({m.tensors[s.tensor].name, s.box_offset, s.box_length, s.flat_begin,
-                           s.flat_end});
-  }
-  return out;
-}
-
 ReshardOptions To(uint32_t world, uint32_t stage, uint32_t tp = 1) {
   ReshardOptions o;
   o.layout = {world, stage, tp, 1};
@@ -54,10 +34,11 @@ TEST(ReshardTest, LayoutSlicesIsWhatADirectSaveWrites) {
     SaveOutcome out = SaveAll(&env, state, l, 1, TestWriterOptions("/c"), &store);
     ASSERT_TRUE(out.status[0].ok()) << out.status[0].ToString();
     DS_ASSERT_OK_AND_ASSIGN(auto reader, CheckpointReader::Open(&env, "/c/step-00000001"));
-    DS_ASSERT_OK_AND_ASSIGN(auto slices, LayoutSlices(reader->manifest(), {l.world, l.stage, l.tp, 1}));
+    DS_ASSERT_OK_AND_ASSIGN(auto slices,
+                            LayoutSlices(reader->manifest(), {l.world, l.stage, l.tp, 1}));
     const auto saved = SlicesByRank(reader->manifest());
     for (uint32_t r = 0; r < l.world; ++r) {
-      EXPECT_EQ(Describe(slices[r]), Describe(saved[r]))
+      EXPECT_EQ(DescribeSlices(slices[r]), DescribeSlices(saved[r]))
           << "world " << l.world << " stage " << l.stage << " tp " << l.tp << " rank " << r;
     }
   }
@@ -75,20 +56,21 @@ TEST(ReshardTest, RoundTripsAreBitExactAndMatchADirectSave) {
       ASSERT_TRUE(out.status[0].ok()) << out.status[0].ToString();
       const std::string src = "/c/step-00000001";
       DS_ASSERT_OK_AND_ASSIGN(ReshardResult there, Reshard(&env, src, To(to_world, to_stage)));
-      EXPECT_EQ(there.tag, "step-00000001-w" + std::to_string(to_world) + "s" +
-                               std::to_string(to_stage));
+      EXPECT_EQ(there.tag,
+                "step-00000001-w" + std::to_string(to_world) + "s" + std::to_string(to_stage));
       EXPECT_EQ(there.source_chunks_read, there.source_chunks) << "each source chunk once";
       DS_ASSERT_OK(LoadAndCompare(&env, there.path, state, {to_world, to_stage, 1}));
       DS_ASSERT_OK_AND_ASSIGN(VerifyReport v, VerifyCheckpoint(&env, there.path));
       EXPECT_TRUE(v.healthy);
       // Equal to what a direct save at the target layout writes.
-      SaveOutcome direct = SaveAll(&env, state, {to_world, to_stage, 1}, 2,
-                                   TestWriterOptions("/d"), &store);
+      SaveOutcome direct =
+          SaveAll(&env, state, {to_world, to_stage, 1}, 2, TestWriterOptions("/d"), &store);
       ASSERT_TRUE(direct.status[0].ok());
       DS_ASSERT_OK_AND_ASSIGN(auto a, CheckpointReader::Open(&env, there.path));
       DS_ASSERT_OK_AND_ASSIGN(auto b, CheckpointReader::Open(&env, "/d/step-00000002"));
       const auto sa = SlicesByRank(a->manifest()), sb = SlicesByRank(b->manifest());
-      for (uint32_t r = 0; r < to_world; ++r) EXPECT_EQ(Describe(sa[r]), Describe(sb[r]));
+      for (uint32_t r = 0; r < to_world; ++r)
+        EXPECT_EQ(DescribeSlices(sa[r]), DescribeSlices(sb[r]));
       EXPECT_EQ(a->manifest().info.world_size, to_world);
       EXPECT_EQ(a->manifest().info.zero_stage, to_stage);
       EXPECT_EQ(a->manifest().blobs.size(), b->manifest().blobs.size() - to_world + world);
@@ -100,7 +82,7 @@ TEST(ReshardTest, RoundTripsAreBitExactAndMatchADirectSave) {
       DS_ASSERT_OK_AND_ASSIGN(auto c, CheckpointReader::Open(&env, home.path));
       DS_ASSERT_OK_AND_ASSIGN(auto orig, CheckpointReader::Open(&env, src));
       const auto sc = SlicesByRank(c->manifest()), so = SlicesByRank(orig->manifest());
-      for (uint32_t r = 0; r < world; ++r) EXPECT_EQ(Describe(sc[r]), Describe(so[r]));
+      for (uint32_t r = 0; r < world; ++r) EXPECT_EQ(DescribeSlices(sc[r]), DescribeSlices(so[r]));
       ++pairs;
     }
   }
@@ -119,9 +101,10 @@ TEST(ReshardTest, TensorParallelDegreesChange) {
     DS_ASSERT_OK(LoadAndCompare(&env, r.path, state, {w, s, t})) << o.out;
   }
   ReshardOptions odd = To(6, 1, 3);  // 64 rows split 3 ways
-  EXPECT_THAT(Reshard(&env, "/c/step-00000001", odd),
-              StatusIs(StatusCode::kInvalidArgument,
-                       HasSubstr("dimension 0 of size 64 does not split into 3 equal")));
+  EXPECT_THAT(
+      Reshard(&env, "/c/step-00000001", odd),
+      StatusIs(StatusCode::kInvalidArgument,
+               HasSubstr("dimension 0 of size 64 does not split into 3 tensor-parallel pieces")));
 }
 
 TEST(ReshardTest, BadRequestsChangeNothing) {
@@ -131,10 +114,12 @@ TEST(ReshardTest, BadRequestsChangeNothing) {
   ASSERT_TRUE(SaveAll(&env, state, {2, 1, 1}, 1, TestWriterOptions("/c"), &store).status[0].ok());
   const std::string src = "/c/step-00000001";
   DS_ASSERT_OK_AND_ASSIGN(auto before, env.ListDir("/c"));
-  EXPECT_THAT(Reshard(&env, src, To(4, 1, 2)),
-              StatusIs(StatusCode::kInvalidArgument, HasSubstr("saved without tensor parallelism")));
-  EXPECT_THAT(Reshard(&env, src, To(3, 1, 2)),
-              StatusIs(StatusCode::kInvalidArgument, HasSubstr("does not divide the world size 3")));
+  EXPECT_THAT(
+      Reshard(&env, src, To(4, 1, 2)),
+      StatusIs(StatusCode::kInvalidArgument, HasSubstr("saved without tensor parallelism")));
+  EXPECT_THAT(
+      Reshard(&env, src, To(3, 1, 2)),
+      StatusIs(StatusCode::kInvalidArgument, HasSubstr("does not divide the world size 3")));
   EXPECT_THAT(Reshard(&env, src, To(3, 5)),
               StatusIs(StatusCode::kInvalidArgument, HasSubstr("ZeRO stage 5 does not exist")));
   ReshardOptions exists = To(3, 1);

@@ -106,45 +106,48 @@ struct SaveOutcome {
   std::vector<SaveStats> stats;
 };
 
-// Saves `tensors` at `layout` from world ranks in threads (sharing `store`).
-inline SaveOutcome SaveAll(io::Env* env, const std::vector<testing::TestTensor>& tensors,
-                           const Layout& layout, int64_t step, WriterOptions base,
-                           KeyValueStore* store, std::string metrics = "{}") {
+// Saves `slices[rank]` of `tensors` from one thread per rank (sharing `store`), with `request`'s
+// step and layout; rank 0 also adds `blobs` (name, data), and every rank its RNG blob.
+inline SaveOutcome SaveRanks(io::Env* env, const std::vector<testing::TestTensor>& tensors,
+                             const std::vector<std::vector<WantedSlice>>& slices,
+                             const SaveRequest& request, WriterOptions base, KeyValueStore* store,
+                             const std::vector<std::pair<std::string, std::string>>& blobs = {}) {
+  const auto world = static_cast<uint32_t>(slices.size());
   SaveOutcome out;
-  out.status.resize(layout.world);
-  out.stats.resize(layout.world);
+  out.status.resize(world);
+  out.stats.resize(world);
   std::vector<std::thread> threads;
-  for (uint32_t rank = 0; rank < layout.world; ++rank) {
+  for (uint32_t rank = 0; rank < world; ++rank) {
     threads.emplace_back([&, rank] {
       WriterOptions o = base;
       o.rank = rank;
-      o.world_size = layout.world;
+      o.world_size = world;
       o.store = store;
       auto w = CheckpointWriter::Create(env, o);
       if (!w.ok()) {
         out.status[rank] = w.status();
         return;
       }
-      SaveRequest req;
-      req.step = step;
-      req.zero_stage = layout.stage;
-      req.tp_degree = layout.tp;
-      req.metrics_json = metrics;
-      Status s = (*w)->Begin(req);
-      for (const WantedSlice& ws : SlicesOf(tensors, layout, rank)) {
+      Status s = (*w)->Begin(request);
+      for (const WantedSlice& ws : slices[rank]) {
         if (!s.ok()) break;
         const auto& t = Find(tensors, ws.tensor);
         auto bytes = std::make_shared<std::vector<std::byte>>(Gather(t, ws));
-        SaveSlice sl{t.name, t.dtype, t.shape, ws.box_offset, ws.box_length, ws.flat_begin,
-                     ws.flat_end, {}};
+        SaveSlice sl{t.name,        t.dtype,       t.shape,     ws.box_offset,
+                     ws.box_length, ws.flat_begin, ws.flat_end, {}};
         sl.source.fill = [bytes](uint64_t off, std::span<std::byte> dst) {
           std::memcpy(dst.data(), bytes->data() + off, dst.size());
           return Status::OK();
         };
         s = (*w)->AddSlice(std::move(sl));
       }
-      if (s.ok() && rank == 0) s = (*w)->AddBlob("step", std::to_string(step));
-      if (s.ok()) s = (*w)->AddBlob("rng/rank-" + std::to_string(rank), "rng" + std::to_string(rank));
+      if (s.ok() && rank == 0) s = (*w)->AddBlob("step", std::to_string(request.step));
+      for (size_t b = 0; s.ok() && rank == 0 && b < blobs.size(); ++b) {
+        s = (*w)->AddBlob(blobs[b].first, blobs[b].second);
+      }
+      if (s.ok()) {
+        s = (*w)->AddBlob("rng/rank-" + std::to_string(rank), "rng" + std::to_string(rank));
+      }
       if (s.ok()) s = (*w)->Snapshot().status();
       if (s.ok()) {
         auto h = (*w)->Commit();
@@ -158,17 +161,33 @@ inline SaveOutcome SaveAll(io::Env* env, const std::vector<testing::TestTensor>&
   return out;
 }
 
-// Loads every rank's slices of `layout` from `dir` and compares them with `tensors`; returns
-// the first mismatch or error.
-inline Status LoadAndCompare(io::Env* env, const std::string& dir,
-                             const std::vector<testing::TestTensor>& tensors,
-                             const Layout& layout) {
+// Saves `tensors` at `layout` from world ranks in threads (sharing `store`).
+inline SaveOutcome SaveAll(io::Env* env, const std::vector<testing::TestTensor>& tensors,
+                           const Layout& layout, int64_t step, WriterOptions base,
+                           KeyValueStore* store, std::string metrics = "{}") {
+  std::vector<std::vector<WantedSlice>> slices;
+  for (uint32_t rank = 0; rank < layout.world; ++rank) {
+    slices.push_back(SlicesOf(tensors, layout, rank));
+  }
+  SaveRequest req;
+  req.step = step;
+  req.zero_stage = layout.stage;
+  req.tp_degree = layout.tp;
+  req.metrics_json = std::move(metrics);
+  return SaveRanks(env, tensors, slices, req, std::move(base), store);
+}
+
+// Loads `slices[rank]` of every rank from `dir` and compares them with `tensors`; returns the
+// first mismatch or error.
+inline Status LoadSlicesAndCompare(io::Env* env, const std::string& dir,
+                                   const std::vector<testing::TestTensor>& tensors,
+                                   const std::vector<std::vector<WantedSlice>>& slices) {
   ReaderOptions ro;
   ro.io_backend = "pwrite";
   ro.threads = 2;
   DS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(env, dir, ro));
-  for (uint32_t rank = 0; rank < layout.world; ++rank) {
-    std::vector<WantedSlice> want = SlicesOf(tensors, layout, rank);
+  for (uint32_t rank = 0; rank < slices.size(); ++rank) {
+    const std::vector<WantedSlice>& want = slices[rank];
     std::vector<std::vector<std::byte>> bufs;
     std::vector<ReadRequest> reqs;
     for (const WantedSlice& w : want) {
@@ -184,6 +203,41 @@ inline Status LoadAndCompare(io::Env* env, const std::string& dir,
     }
   }
   return Status::OK();
+}
+
+// Loads every rank's slices of `layout` from `dir` and compares them with `tensors`; returns
+// the first mismatch or error.
+inline Status LoadAndCompare(io::Env* env, const std::string& dir,
+                             const std::vector<testing::TestTensor>& tensors,
+                             const Layout& layout) {
+  std::vector<std::vector<WantedSlice>> slices;
+  for (uint32_t rank = 0; rank < layout.world; ++rank) {
+    slices.push_back(SlicesOf(tensors, layout, rank));
+  }
+  return LoadSlicesAndCompare(env, dir, tensors, slices);
+}
+
+// One line per slice list, for comparing layouts: "name[begin,end):offset+length...".
+inline std::string DescribeSlices(const std::vector<WantedSlice>& v) {
+  std::string s;
+  for (const auto& w : v) {
+    s += w.tensor + "[" + std::to_string(w.flat_begin) + "," + std::to_string(w.flat_end) + ")";
+    for (size_t d = 0; d < w.box_offset.size(); ++d) {
+      s += ":" + std::to_string(w.box_offset[d]) + "+" + std::to_string(w.box_length[d]);
+    }
+    s += " ";
+  }
+  return s;
+}
+
+// The slices each rank holds in a committed checkpoint, in the order it wrote them.
+inline std::vector<std::vector<WantedSlice>> SlicesByRank(const fmt::Manifest& m) {
+  std::vector<std::vector<WantedSlice>> out(m.info.world_size);
+  for (const fmt::SliceMeta& s : m.slices) {
+    out[s.rank].push_back(
+        {m.tensors[s.tensor].name, s.box_offset, s.box_length, s.flat_begin, s.flat_end});
+  }
+  return out;
 }
 
 inline std::vector<testing::TestTensor> SampleState() {
