@@ -5,11 +5,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
@@ -163,32 +165,58 @@ Result<std::unique_ptr<Comm>> Comm::Connect(const CommOptions& o) {
         " the rendezvous store at " + where + " (" + Message(e) +
         "); check MASTER_ADDR/MASTER_PORT, that no other job uses the port, and that rank 0 runs");
   }
+  DS_RETURN_IF_ERROR(c->CreateBackend(o));
+  if (o.world_size > 1) c->heartbeat_ = std::thread([p = c.get()] { p->Heartbeat(); });
+  return c;
+}
+
+Status Comm::CreateBackend(const CommOptions& o) {
+  const std::string where = o.master_addr + ":" + std::to_string(o.master_port);
   try {
-    if (c->backend_name_ == "gloo") {
+    if (backend_name_ == "gloo") {
       auto opts = c10d::ProcessGroupGloo::Options::create(Millis(o.timeout_s));
       opts->devices.push_back(GlooDevice(o));
-      c->pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(c->store_, o.rank, o.world_size, opts);
-    } else if (c->backend_name_ == "nccl") {
+      pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store_, o.rank, o.world_size, opts);
+    } else if (backend_name_ == "nccl") {
 #if DS_TORCH_HAS_CUDA
       // Without blocking wait, NCCL's watchdog aborts the process on a timeout and our message
       // never prints; with it, wait() throws and the job ends with a Status.
       setenv("TORCH_NCCL_BLOCKING_WAIT", "1", 0);
       auto opts = c10d::ProcessGroupNCCL::Options::create();
       opts->timeout = Millis(o.timeout_s);
-      c->pg_ = c10::make_intrusive<c10d::ProcessGroupNCCL>(c->store_, o.rank, o.world_size, opts);
+      pg_ = c10::make_intrusive<c10d::ProcessGroupNCCL>(store_, o.rank, o.world_size, opts);
 #else
       return Status::FailedPrecondition("backend nccl: this LibTorch was built without CUDA");
 #endif
     } else {
-      return Status::InvalidArgument("communication backend '" + c->backend_name_ +
+      return Status::InvalidArgument("communication backend '" + backend_name_ +
                                      "' is not supported (nccl, gloo)");
     }
   } catch (const std::exception& e) {
     return Status::Unavailable("rank " + std::to_string(o.rank) + ": setting up " +
-                               c->backend_name_ + " with " + RankList(o.world_size) + " through " +
-                               where + " failed within " + Seconds(o.timeout_s) + ": " +
-                               Message(e));
+                               backend_name_ + (group_.empty() ? "" : " group " + group_) +
+                               " with " + RankList(o.world_size) + " through " + where +
+                               " failed within " + Seconds(o.timeout_s) + ": " + Message(e));
   }
+  return Status::OK();
+}
+
+Result<std::unique_ptr<Comm>> Comm::NewGroup(const std::string& name,
+                                             const std::vector<int>& ranks) {
+  const auto me = std::find(ranks.begin(), ranks.end(), rank());
+  if (me == ranks.end() || !std::is_sorted(ranks.begin(), ranks.end())) {
+    return Status::InvalidArgument("group " + name + ": rank " + std::to_string(rank()) +
+                                   " is not among its ranks, or they are not ascending");
+  }
+  CommOptions o = options_;
+  o.rank = static_cast<int>(me - ranks.begin());
+  o.world_size = static_cast<int>(ranks.size());
+  std::unique_ptr<Comm> c(new Comm(o));
+  c->backend_name_ = backend_name_;
+  c->group_ = name;
+  for (int r : ranks) c->members_.push_back(members_.empty() ? r : members_[r]);
+  c->store_ = c10::make_intrusive<c10d::PrefixStore>("dstrain/group/" + name, store_);
+  DS_RETURN_IF_ERROR(c->CreateBackend(o));
   if (o.world_size > 1) c->heartbeat_ = std::thread([p = c.get()] { p->Heartbeat(); });
   return c;
 }
@@ -242,7 +270,7 @@ std::string Comm::DiagnoseFailure(bool timed_out) {
     const int64_t wall = io::Env::Default()->WallTimeMicros();
     for (int r = 0; r < world_size(); ++r) {
       const Post& p = now[static_cast<size_t>(r)];
-      const std::string who = "; rank " + std::to_string(r);
+      const std::string who = "; rank " + std::to_string(GlobalRank(r));
       if (r == rank()) continue;
       if (p.issued < 0) {
         out += who + " never posted a heartbeat";
@@ -264,8 +292,13 @@ std::string Comm::DiagnoseFailure(bool timed_out) {
 // ---- issuing and completing
 
 std::string Comm::Describe(const std::string& op, uint64_t bytes) const {
-  return op + " of " + io::FormatBytes(bytes) + " across " + RankList(world_size()) + " (" +
-         backend_name_ + ")";
+  std::string ranks = RankList(world_size());
+  if (!group_.empty()) {
+    ranks = "group " + group_ + " (global ranks";
+    for (size_t i = 0; i < members_.size(); ++i) ranks += (i ? ", " : " ") + std::to_string(members_[i]);
+    ranks += ")";
+  }
+  return op + " of " + io::FormatBytes(bytes) + " across " + ranks + " (" + backend_name_ + ")";
 }
 
 Result<CommHandle> Comm::Issue(const std::string& op, const std::string& what, uint64_t bytes,
@@ -285,7 +318,8 @@ Result<CommHandle> Comm::Issue(const std::string& op, const std::string& what, u
     h.work_ = new c10::intrusive_ptr<c10d::Work>(start());
   } catch (const std::exception& e) {
     h.comm_ = nullptr;
-    return Status::Unavailable("rank " + std::to_string(rank()) + ": " + Describe(op, bytes) +
+    return Status::Unavailable("rank " + std::to_string(GlobalRank(rank())) + ": " +
+                               Describe(op, bytes) +
                                " of " + what + " failed to start: " + Message(e));
   }
   return h;
@@ -306,7 +340,7 @@ Status Comm::Complete(CommHandle& h) {
         m.find("imeout") != std::string::npos || m.find("imed out") != std::string::npos;
     std::string who = DiagnoseFailure(timed_out);
     s = Status::Unavailable(
-        "rank " + std::to_string(rank()) + ": " + Describe(h.op_, h.bytes_) + " of " + h.what_ +
+        "rank " + std::to_string(GlobalRank(rank())) + ": " + Describe(h.op_, h.bytes_) + " of " + h.what_ +
         (timed_out ? " timed out after " + Seconds(options_.timeout_s) : " failed") +
         (who.empty() ? ": a rank died or stopped answering" : who) +
         " (comms.timeout_s sets the limit; see the other ranks' output). " +
@@ -371,6 +405,18 @@ Status Comm::Broadcast(at::Tensor& t, int root, const std::string& what) {
 
 Status Comm::Barrier(const std::string& what) {
   DS_ASSIGN_OR_RETURN(CommHandle h, Issue("barrier", what, 0, [&] { return pg_->barrier(); }));
+  return h.Wait();
+}
+
+Result<CommHandle> Comm::SendAsync(at::Tensor& t, int dst, int tag, const std::string& what) {
+  std::vector<at::Tensor> v{t};
+  return Issue("send", what, Bytes(t), [&] { return pg_->send(v, dst, tag); });
+}
+
+Status Comm::Recv(at::Tensor& t, int src, int tag, const std::string& what) {
+  std::vector<at::Tensor> v{t};
+  DS_ASSIGN_OR_RETURN(CommHandle h,
+                      Issue("recv", what, Bytes(t), [&] { return pg_->recv(v, src, tag); }));
   return h.Wait();
 }
 

@@ -79,6 +79,12 @@ class Comm {
   static Result<std::unique_ptr<Comm>> Connect(const CommOptions& options);
   ~Comm();
 
+  // A communicator over some of this one's ranks (`ranks`: ranks of this communicator,
+  // ascending, this rank among them), as torch.distributed.new_group: the same backend, its own
+  // connections, rendezvous under `name` ("tp-0") in the same store. Only the members call
+  // it, each group in the same order. rank() and world_size() of the result count within it.
+  Result<std::unique_ptr<Comm>> NewGroup(const std::string& name, const std::vector<int>& ranks);
+
   int rank() const { return options_.rank; }
   int world_size() const { return options_.world_size; }
   const std::string& backend_name() const { return backend_name_; }
@@ -94,6 +100,10 @@ class Comm {
   Status AllGather(at::Tensor& out, at::Tensor& in, const std::string& what);
   Status Broadcast(at::Tensor& t, int root, const std::string& what);
   Status Barrier(const std::string& what);
+  // Point to point (pipeline stages): `t` to rank `dst`, matched in order by a Recv on `dst`
+  // with the same tag (NCCL matches by order alone).
+  Result<CommHandle> SendAsync(at::Tensor& t, int dst, int tag, const std::string& what);
+  Status Recv(at::Tensor& t, int src, int tag, const std::string& what);
 
   // The rendezvous store, as the coordination store of checkpoint saves (ckpt/kv_store.h):
   // background saves then need no collectives. Valid while this Comm lives.
@@ -109,13 +119,19 @@ class Comm {
                            const std::function<c10::intrusive_ptr<c10d::Work>()>& start);
   Status Complete(CommHandle& h);
   std::string Describe(const std::string& op, uint64_t bytes) const;
+  int GlobalRank(int r) const { return members_.empty() ? r : members_[static_cast<size_t>(r)]; }
   // Every second each rank posts how many collectives it has issued; after a failed collective
   // the others' posts say who is behind (alive but elsewhere) or silent (dead, stopped, cut off).
   void Heartbeat();
   std::string DiagnoseFailure(bool timed_out);
 
+  // The process group of `o` over `store` (Gloo or NCCL as backend_name_ says).
+  Status CreateBackend(const CommOptions& o);
+
   CommOptions options_;
   std::string backend_name_;
+  std::string group_;         // "" for the world; a group's name ("tp-0")
+  std::vector<int> members_;  // a group's ranks in its parent (for messages)
   c10::intrusive_ptr<c10d::Store> store_;
   c10::intrusive_ptr<c10d::Backend> pg_;
   std::map<std::string, CollectiveStats> stats_;

@@ -122,6 +122,43 @@ void CheckAcrossSections(const json& resolved, const ZeroConfig& zero, Diagnosti
   }
 }
 
+// The world is dp x pp x tp ranks.
+int64_t DataParallelSize(int64_t world, const ParallelConfig& p, Diagnostics* d) {
+  const int64_t model_ranks = p.tp * p.pp;
+  if (world % model_ranks != 0) {
+    d->Error("tensor_parallel.autotp_size (" + std::to_string(p.tp) + ") x pipeline.stages (" +
+             std::to_string(p.pp) + ") = " + std::to_string(model_ranks) +
+             " does not divide the world size " + std::to_string(world) + ": launch a multiple of " +
+             std::to_string(model_ranks) + " ranks");
+    return 1;
+  }
+  return world / model_ranks;
+}
+
+// What tensor and pipeline parallelism need from the model and ZeRO (docs/parallelism.md).
+void CheckParallelism(const Config& c, Diagnostics* d) {
+  if (!d->ok() || (c.parallel.tp == 1 && c.parallel.pp == 1)) return;
+  const ParallelConfig& p = c.parallel;
+  const std::string tp = "tensor_parallel.autotp_size (" + std::to_string(p.tp) + ")";
+  const std::string pp = "pipeline.stages (" + std::to_string(p.pp) + ")";
+  if (c.model.arch != "gpt") {
+    d->Error((p.tp > 1 ? tp : pp) + ": only the built-in GPT (model.arch \"gpt\") is split "
+             "across ranks; model.arch is \"" + c.model.arch + "\"");
+  } else if (p.tp > 1 && c.model.n_head % p.tp != 0) {
+    d->Error(tp + " must divide model.n_head (" + std::to_string(c.model.n_head) +
+             "): each rank computes whole attention heads");
+  } else if (p.pp > c.model.n_layer) {
+    d->Error(pp + " is more than model.n_layer (" + std::to_string(c.model.n_layer) +
+             "): each stage needs at least one block");
+  } else if (p.tp > 1 && c.zero.stage > 2) {
+    d->Error(tp + " works with zero_optimization.stage 0, 1 or 2, not 3");
+  } else if (p.pp > 1 && c.zero.stage > 1) {
+    d->Error(pp + " works with zero_optimization.stage 0 or 1, not " +
+             std::to_string(c.zero.stage) + " (as in DeepSpeed: gradients are accumulated over "
+             "the pipeline's micro batches)");
+  }
+}
+
 std::optional<int64_t> PeekSchedulerTotalSteps(const json& root) {
   auto s = root.find("scheduler");
   if (s == root.end() || !s->is_object()) return std::nullopt;
@@ -187,13 +224,14 @@ Result<Config> ParseConfig(std::string_view json_text, const Overrides& override
   Diagnostics d;
   d.source = source;
   SectionReader top(&d, "", &root);
-  internal::ReadOtherDeepSpeedKeys(top);  // first: refuses keys DeepSpeed removed
+  internal::ReadOtherDeepSpeedKeys(top, &c.parallel);  // first: refuses keys DeepSpeed removed
   internal::ReadModel(top, &c.model);
   internal::ReadTrainer(top, PeekSchedulerTotalSteps(root), &c.trainer);
   internal::ReadData(top, &c.data);
   internal::ReadCheckpoint(top, &c.checkpoint);
   internal::ReadComms(top, &c.comms);
-  internal::ReadBatch(top, overrides.world_size, &c.batch);
+  c.parallel.dp = DataParallelSize(overrides.world_size, c.parallel, &d);
+  internal::ReadBatch(top, c.parallel.dp, &c.batch);
   c.gradient_clipping = top.Number("gradient_clipping", 1.0);
   if (d.ok() && !(c.gradient_clipping >= 0)) {
     d.Error("gradient_clipping must be >= 0 (0 turns clipping off), got " +
@@ -206,6 +244,7 @@ Result<Config> ParseConfig(std::string_view json_text, const Overrides& override
   internal::ReadMonitor(top, &c.monitor);
   top.Finish(&c.resolved);
   CheckAcrossSections(c.resolved, c.zero, &d);
+  CheckParallelism(c, &d);
   if (!d.ok()) {
     // A misspelt key is often why a needed one is missing: say so in the same message.
     std::string also;

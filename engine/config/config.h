@@ -228,6 +228,15 @@ struct CheckpointConfig {
   bool use_node_local_storage = false;
 };
 
+// Tensor and pipeline parallelism (DeepSpeed's tensor_parallel.autotp_size and pipeline.stages):
+// the world is data-parallel x pipeline x tensor-parallel ranks, tensor-parallel ranks adjacent
+// (Megatron's order): global rank = (stage * dp + dp_rank) * tp + tp_rank.
+struct ParallelConfig {
+  int64_t tp = 1;  // tensor-parallel degree (Megatron-style column/row-parallel GPT layers)
+  int64_t pp = 1;  // pipeline stages (1F1B over gradient_accumulation_steps micro batches)
+  int64_t dp = 1;  // data-parallel size: the world size / (tp * pp)
+};
+
 // ---- the whole configuration
 
 struct Config {
@@ -239,6 +248,7 @@ struct Config {
   OptimizerConfig optimizer;
   SchedulerConfig scheduler;
   ZeroConfig zero;
+  ParallelConfig parallel;
   CommsConfig comms;
   MonitorConfig monitor;
   CheckpointConfig checkpoint;
@@ -270,7 +280,8 @@ struct Overrides {
   std::vector<std::string> set;
   std::optional<int64_t> max_steps;  // --max-steps: trainer.max_steps (after `set`)
   std::optional<uint64_t> seed;      // --seed: trainer.seed (after `set`)
-  int64_t world_size = 1;            // data-parallel size for the batch arithmetic
+  // Ranks in the job: the data-parallel size of the batch arithmetic is world_size / (tp * pp).
+  int64_t world_size = 1;
   bool strict = false;               // unknown keys are errors, not warnings
 };
 

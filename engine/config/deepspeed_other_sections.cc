@@ -3,6 +3,8 @@
 // them. Keys DeepSpeed itself now refuses are refused here too, with DeepSpeed's reason.
 #include "engine/config/sections.h"
 
+#include <algorithm>
+
 namespace ds::engine::internal {
 
 namespace {
@@ -41,6 +43,20 @@ void RefuseDegree(SectionReader& r, std::string_view key, std::string_view what)
     r.diag()->Error(r.KeyPath(key) + " " + Show(*v) + ": " + std::string(what) +
                     " is not implemented in dstrain (use 1)");
   }
+}
+
+// pipeline.stages: "auto" (DeepSpeed's default, which takes the stages from the model's code)
+// means one stage here; otherwise a positive integer.
+int64_t ReadStages(SectionReader& pipe) {
+  const json v = pipe.Any("stages", "auto");
+  if (IsAuto(&v)) return 1;
+  const std::optional<int64_t> n = AsInteger(v);
+  if (!n || *n < 1) {
+    pipe.diag()->Error(pipe.KeyPath("stages") + " " + Show(v) +
+                       ": the number of pipeline stages is a positive integer (or \"auto\": 1)");
+    return 1;
+  }
+  return *n;
 }
 
 struct Removed {
@@ -103,7 +119,7 @@ void ReadMonitor(SectionReader& top, MonitorConfig* out) {
   out->wall_clock_breakdown = out->wall_clock_breakdown || profiler;
 }
 
-void ReadOtherDeepSpeedKeys(SectionReader& top) {
+void ReadOtherDeepSpeedKeys(SectionReader& top, ParallelConfig* parallel) {
   Diagnostics* d = top.diag();
   for (const Removed& r : kRemovedKeys) {
     top.Know(r.key);
@@ -132,8 +148,7 @@ void ReadOtherDeepSpeedKeys(SectionReader& top) {
 
   // Pipeline and tensor parallelism: the sizes are checked, the rest only accepted.
   SectionReader pipe = top.Child("pipeline");
-  RefuseDegree(pipe, "stages", "pipeline parallelism");
-  pipe.Any("stages", "auto");
+  parallel->pp = ReadStages(pipe);
   pipe.Any("partition", "best", Use::kIgnored);
   pipe.Bool("seed_layers", false, Use::kIgnored);
   pipe.Int("activation_checkpoint_interval", 0, 0, Use::kIgnored);
@@ -143,12 +158,17 @@ void ReadOtherDeepSpeedKeys(SectionReader& top) {
   pipe.Finish();
 
   SectionReader tp = top.Child("tensor_parallel");
-  RefuseDegree(tp, "autotp_size", "tensor parallelism");
-  tp.Int("autotp_size", 0, 0);
+  // DeepSpeed's AutoTP training: autotp_size 0 (off) or 1 is one rank per model.
+  const int64_t autotp = std::max<int64_t>(1, tp.Int("autotp_size", 0, 0));
   tp.Alias("tp", "tensor_parallel");
   SectionReader tp_inner = tp.Child("tp");
-  RefuseDegree(tp_inner, "tp_size", "tensor parallelism");
-  tp_inner.Int("tp_size", 1, 1);
+  const int64_t tp_size = tp_inner.Int("tp_size", 1, 1);
+  if (autotp > 1 && tp_size > 1 && autotp != tp_size) {
+    top.diag()->Error("tensor_parallel.autotp_size (" + std::to_string(autotp) +
+                      ") and tensor_parallel.tp.tp_size (" + std::to_string(tp_size) +
+                      ") disagree: give one of them");
+  }
+  parallel->tp = std::max(autotp, tp_size);
   tp_inner.Int("tp_grain_size", 1, 1, Use::kIgnored);
   tp_inner.Any("mpu", nullptr, Use::kIgnored);
   tp_inner.Any("tp_group", nullptr, Use::kIgnored);

@@ -31,7 +31,8 @@ void ReadZero(SectionReader& top, const ModelConfig& model, ZeroConfig* out);
 void ReadMonitor(SectionReader& top, MonitorConfig* out);
 // DeepSpeed keys dstrain accepts without acting on them (activation_checkpointing,
 // flops_profiler, comms_logger, pipeline, tensor_parallel, ...), and the ones DeepSpeed itself
-// now refuses.
-void ReadOtherDeepSpeedKeys(SectionReader& top);
+// now refuses. The tensor-parallel and pipeline degrees go to `parallel` (dp is left to the
+// caller).
+void ReadOtherDeepSpeedKeys(SectionReader& top, ParallelConfig* parallel);
 
 }  // namespace ds::engine::internal

@@ -296,11 +296,15 @@ int DsrunMain(int argc, char** argv) {
                                         "Check this machine (and --config): LibTorch, GPUs, "
                                         "io_uring, O_DIRECT, disk, free space, Gloo");
   CLI::App* bench = app.add_subcommand(
-      "bench", "Measure each ZeRO stage: step time, tokens/s, memory, collectives");
+      "bench",
+      "Measure each ZeRO stage (and TP/PP layout): step time, tokens/s, memory, collectives");
   bench->add_option("--stages", f.stages, "Stages to measure (default 0,1,2,3)");
   bench->add_option("--offload", f.bench_offload,
                     "Offload settings to measure at each stage: none, optimizer, all "
                     "(default none; e.g. none,optimizer,all)");
+  bench->add_option("--parallel", f.bench_parallel,
+                    "Tensor-parallel x pipeline layouts to measure at each stage, TPxPP "
+                    "(default 1x1; e.g. 1x1,2x1,1x2,2x2)");
   bench->add_option("--steps", f.bench_steps, "Steps timed per stage (after the warm-up)");
   bench->add_option("--warmup", f.bench_warmup, "Steps run first and not timed");
   bench->add_flag("--json", f.json, "Also print the table as one JSON line");

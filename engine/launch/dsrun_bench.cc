@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -189,7 +190,9 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
   const double steps = static_cast<double>(f.bench_steps);
   Json j;
   j["stage"] = config.zero.stage;
-  j["ranks"] = config.batch.data_parallel_size;
+  j["ranks"] = config.parallel.dp * config.parallel.tp * config.parallel.pp;
+  j["tp"] = config.parallel.tp;
+  j["pp"] = config.parallel.pp;
   j["offload_optimizer"] = config.zero.offload_optimizer.device == OffloadConfig::Device::kCpu;
   j["step_s"] = seconds / steps;
   j["tokens_per_s"] =
@@ -247,19 +250,43 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
 
 namespace {
 
-// One row of the comparison: a ZeRO stage with an offload setting.
+// One row of the comparison: a ZeRO stage with an offload setting and a tensor x pipeline
+// layout.
 struct BenchCase {
   int stage = 0;
   std::string offload;  // "none", "optimizer" (offload_optimizer) or "all" (and offload_param)
+  int tp = 1, pp = 1;
   std::string Label() const {
-    return std::to_string(stage) + (offload == "none" ? "" : offload == "all" ? "+all" : "+opt");
+    return std::to_string(stage) + (offload == "none" ? "" : offload == "all" ? "+all" : "+opt") +
+           (tp * pp > 1 ? "/tp" + std::to_string(tp) + "pp" + std::to_string(pp) : "");
   }
 };
 
-// --stages x --offload, skipping what a stage cannot do: stage 0 has no optimizer partition to
-// offload (DeepSpeed: stages 1-3), and only stage 3 offloads parameters.
+// --parallel: "TPxPP" items ("1x1,2x1,1x2,2x2").
+Result<std::vector<std::pair<int, int>>> ParseLayouts(const std::string& text) {
+  std::vector<std::pair<int, int>> out;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) {
+    int tp = 0, pp = 0;
+    char x = 0, extra = 0;
+    if (std::sscanf(item.c_str(), "%d%c%d%c", &tp, &x, &pp, &extra) != 3 || x != 'x' || tp < 1 ||
+        pp < 1) {
+      return Status::InvalidArgument("--parallel '" + text + "': '" + item +
+                                     "' is not TPxPP (tensor-parallel degree x pipeline stages, "
+                                     "e.g. 2x1)");
+    }
+    out.push_back({tp, pp});
+  }
+  if (out.empty()) return Status::InvalidArgument("--parallel is empty (use e.g. 1x1,2x1)");
+  return out;
+}
+
+// --stages x --offload x --parallel, skipping what cannot run: stage 0 has no optimizer partition
+// to offload (DeepSpeed: stages 1-3), only stage 3 offloads parameters, tensor parallelism
+// takes stages 0-2 and the pipeline 0-1, and TP x PP must divide the ranks.
 Result<std::vector<BenchCase>> BenchCases(const DsrunFlags& f) {
   DS_ASSIGN_OR_RETURN(std::vector<int> stages, ParseStages(f.stages));
+  DS_ASSIGN_OR_RETURN(auto layouts, ParseLayouts(f.bench_parallel));
   std::vector<std::string> offloads;
   std::stringstream in(f.bench_offload);
   for (std::string item; std::getline(in, item, ',');) {
@@ -269,17 +296,23 @@ Result<std::vector<BenchCase>> BenchCases(const DsrunFlags& f) {
     }
     offloads.push_back(item);
   }
+  const int ranks = f.nproc_per_node * f.nnodes;
   std::vector<BenchCase> out;
-  for (int stage : stages) {
-    for (const std::string& o : offloads) {
-      if ((o != "none" && stage == 0) || (o == "all" && stage != 3)) continue;
-      out.push_back({stage, o});
+  for (const auto& [tp, pp] : layouts) {
+    for (int stage : stages) {
+      for (const std::string& o : offloads) {
+        if ((o != "none" && stage == 0) || (o == "all" && stage != 3)) continue;
+        if ((tp > 1 && stage == 3) || (pp > 1 && stage > 1) || ranks % (tp * pp) != 0) continue;
+        out.push_back({stage, o, tp, pp});
+      }
     }
   }
   if (out.empty()) {
-    return Status::InvalidArgument("--stages " + f.stages + " with --offload " + f.bench_offload +
-                                   " leaves nothing to run (offload needs stage 1-3, 'all' "
-                                   "stage 3)");
+    return Status::InvalidArgument(
+        "--stages " + f.stages + " with --offload " + f.bench_offload + " and --parallel " +
+        f.bench_parallel + " leaves nothing to run (offload needs stage 1-3, 'all' stage 3; "
+        "tensor parallelism stages 0-2, pipelines 0-1; TP x PP must divide the " +
+        std::to_string(ranks) + " rank(s))");
   }
   return out;
 }
@@ -287,14 +320,14 @@ Result<std::vector<BenchCase>> BenchCases(const DsrunFlags& f) {
 void PrintBenchTable(const DsrunFlags& f, const Json& rows) {
   std::printf("\nZeRO stages: %s, %d rank(s) per node x %d node(s), %lld timed steps each\n",
               f.config.c_str(), f.nproc_per_node, f.nnodes, static_cast<long long>(f.bench_steps));
-  std::printf("%-6s %5s %9s %11s %6s %14s %12s %9s %13s %12s %9s %10s %10s\n", "stage", "ranks",
+  std::printf("%-13s %5s %9s %11s %6s %14s %12s %9s %13s %12s %9s %10s %10s\n", "stage", "ranks",
               "step ms", "tokens/s", "MFU", "state/rank MiB", "peak MiB", "act MiB",
               "comm MiB/step", "comm ms/step", "comm GB/s", "stall ms", "save ms");
   for (const Json& j : rows) {
     const auto opt = [&](const char* key, auto format) {
       return j.contains(key) ? format(j[key].get<double>()) : std::string("-");
     };
-    std::printf("%-6s %5d %9.1f %11.0f %6s %14s %12s %9s %13s %12.1f %9s %10s %10s\n",
+    std::printf("%-13s %5d %9.1f %11.0f %6s %14s %12s %9s %13s %12.1f %9s %10s %10s\n",
                 j.value("case", std::to_string(j["stage"].get<int>())).c_str(),
                 j["ranks"].get<int>(), j["step_s"].get<double>() * 1e3,
                 j["tokens_per_s"].get<double>(), opt("mfu", Percent).c_str(),
@@ -335,8 +368,12 @@ int RunBench(const DsrunFlags& f) {
                    /*bytes=*/false);
   for (const BenchCase& bc : *cases) {
     DsrunFlags child = f;
-    const std::string out = io::JoinPath(*dir, "case-" + bc.Label() + ".json");
+    std::string file = "case-" + bc.Label() + ".json";
+    std::replace(file.begin(), file.end(), '/', '-');
+    const std::string out = io::JoinPath(*dir, file);
     child.set.push_back("zero_optimization.stage=" + std::to_string(bc.stage));
+    child.set.push_back("tensor_parallel.autotp_size=" + std::to_string(bc.tp));
+    child.set.push_back("pipeline.stages=" + std::to_string(bc.pp));
     if (bc.offload != "none") child.set.push_back("zero_optimization.offload_optimizer.device=cpu");
     if (bc.offload == "all") child.set.push_back("zero_optimization.offload_param.device=cpu");
     child.set.push_back("steps_per_print=1000000000");  // the table is the output

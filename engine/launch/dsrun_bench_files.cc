@@ -94,7 +94,9 @@ std::string BenchCsv(const nlohmann::ordered_json& rows) {
                                    "save_stall_s",
                                    "first_save_stall_s",
                                    "save_total_s",
-                                   "save_stored_bytes"};
+                                   "save_stored_bytes",
+                                   "tp",
+                                   "pp"};
   std::string csv;
   for (const char* c : kColumns) csv += std::string(csv.empty() ? "" : ",") + c;
   csv += "\n";

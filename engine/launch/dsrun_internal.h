@@ -53,6 +53,7 @@ struct DsrunFlags {
   // dsrun bench
   std::string stages = "0,1,2,3";
   std::string bench_offload = "none";  // none,optimizer,all: a row per stage and setting
+  std::string bench_parallel = "1x1";  // TPxPP layouts: a row per stage and layout
   int64_t bench_steps = 10;
   int64_t bench_warmup = 3;
   bool json = false;

@@ -6,7 +6,9 @@
 #include <torch/nn/functional/loss.h>
 #include <torch/nn/init.h>
 
+#include <algorithm>
 #include <cmath>
+#include <string_view>
 
 namespace ds::engine {
 namespace {
@@ -37,16 +39,69 @@ struct CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
   }
 };
 
+// Megatron's f and g: the input of a column-parallel layer passes forward unchanged and its
+// gradient is summed over the tensor-parallel group (each rank's part of the layer contributes
+// to it); a row-parallel layer's partial products are summed forward and the gradient passes
+// back unchanged. The GptPlace travels as an address, as the block above does.
+struct ColumnParallelInput : public torch::autograd::Function<ColumnParallelInput> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x,
+                               int64_t place_ptr) {
+    ctx->saved_data["place"] = place_ptr;
+    return x;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    torch::Tensor g = grad_out[0].contiguous().clone();
+    reinterpret_cast<const GptPlace*>(ctx->saved_data["place"].toInt())->tp_all_reduce(g);
+    return {g, torch::Tensor()};
+  }
+};
+
+struct RowParallelSum : public torch::autograd::Function<RowParallelSum> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* /*ctx*/, torch::Tensor x,
+                               int64_t place_ptr) {
+    torch::Tensor y = x.contiguous().clone();
+    reinterpret_cast<const GptPlace*>(place_ptr)->tp_all_reduce(y);
+    return y;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* /*ctx*/,
+                                                 torch::autograd::variable_list grad_out) {
+    return {grad_out[0], torch::Tensor()};
+  }
+};
+
+bool EndsWith(const std::string& s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
 }  // namespace
 
-BlockImpl::BlockImpl(const GptOptions& o, int64_t layer) : n_head_(o.n_head) {
-  const int64_t c = o.d_model;
+ckpt::TpSplit GptTpSplit(const std::string& name) {
+  // Column-parallel: output rows (c_attn's are q, k and v: three parts). Row-parallel: input
+  // columns; their bias is added once, after the sum, so it is whole everywhere.
+  if (EndsWith(name, "attn_c_attn.weight") || EndsWith(name, "attn_c_attn.bias")) return {0, 3};
+  if (EndsWith(name, "mlp_c_fc.weight") || EndsWith(name, "mlp_c_fc.bias")) return {0, 1};
+  if (EndsWith(name, "attn_c_proj.weight") || EndsWith(name, "mlp_c_proj.weight")) return {1, 1};
+  return {};
+}
+
+std::pair<int64_t, int64_t> GptStageBlocks(int64_t n_layer, int64_t pp, int64_t stage) {
+  // As even as it goes; earlier stages take the remainder (the last also runs the head).
+  const int64_t base = n_layer / pp, extra = n_layer % pp;
+  const int64_t first = stage * base + std::min(stage, extra);
+  return {first, first + base + (stage < extra ? 1 : 0)};
+}
+
+BlockImpl::BlockImpl(const GptOptions& o, int64_t layer, const GptPlace* place)
+    : place_(place), n_head_(o.n_head / place->tp) {
+  const int64_t c = o.d_model, tp = place->tp;
   ln_1_ = register_module("ln_1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c})));
-  c_attn_ = register_module("attn_c_attn", torch::nn::Linear(c, 3 * c));
-  attn_proj_ = register_module("attn_c_proj", torch::nn::Linear(c, c));
+  c_attn_ = register_module("attn_c_attn", torch::nn::Linear(c, 3 * c / tp));
+  attn_proj_ = register_module("attn_c_proj", torch::nn::Linear(c / tp, c));
   ln_2_ = register_module("ln_2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c})));
-  c_fc_ = register_module("mlp_c_fc", torch::nn::Linear(c, 4 * c));
-  mlp_proj_ = register_module("mlp_c_proj", torch::nn::Linear(4 * c, c));
+  c_fc_ = register_module("mlp_c_fc", torch::nn::Linear(c, 4 * c / tp));
+  mlp_proj_ = register_module("mlp_c_proj", torch::nn::Linear(4 * c / tp, c));
+  if (!place->whole()) return;  // a split model copies its weights from the whole one
   // GPT-2: N(0, 0.02) weights, zero biases, and residual projections scaled by 1/sqrt(2L).
   torch::NoGradGuard no_grad;
   const double residual_std = 0.02 / std::sqrt(2.0 * static_cast<double>(o.n_layer));
@@ -61,41 +116,95 @@ BlockImpl::BlockImpl(const GptOptions& o, int64_t layer) : n_head_(o.n_head) {
   (void)layer;
 }
 
+torch::Tensor BlockImpl::ColumnInput(const torch::Tensor& x) {
+  return place_->tp == 1 ? x : ColumnParallelInput::apply(x, reinterpret_cast<int64_t>(place_));
+}
+
+torch::Tensor BlockImpl::RowParallel(torch::nn::Linear& lin, const torch::Tensor& in) {
+  if (place_->tp == 1) return lin(in);
+  return RowParallelSum::apply(F::linear(in, lin->weight), reinterpret_cast<int64_t>(place_)) +
+         lin->bias;
+}
+
 torch::Tensor BlockImpl::forward(const torch::Tensor& x) {
-  const int64_t B = x.size(0), T = x.size(1), C = x.size(2), hs = C / n_head_;
+  // This rank's heads: C_local = n_head_ * hs channels of q, k and v.
+  const int64_t B = x.size(0), T = x.size(1), hs = x.size(2) / (n_head_ * place_->tp);
+  const int64_t C = n_head_ * hs;
   // Attention: q, k, v each (B, nh, T, hs).
-  auto qkv = c_attn_(ln_1_(x)).split(C, 2);
+  auto qkv = c_attn_(ColumnInput(ln_1_(x))).split(C, 2);
   auto heads = [&](const torch::Tensor& t) { return t.view({B, T, n_head_, hs}).transpose(1, 2); };
   torch::Tensor y = at::scaled_dot_product_attention(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]),
                                                      /*attn_mask=*/{}, /*dropout_p=*/0.0,
                                                      /*is_causal=*/true);
-  torch::Tensor h = x + attn_proj_(y.transpose(1, 2).contiguous().view({B, T, C}));
+  torch::Tensor h = x + RowParallel(attn_proj_, y.transpose(1, 2).contiguous().view({B, T, C}));
   // MLP with GPT-2's tanh-approximated GELU.
-  return h + mlp_proj_(F::gelu(c_fc_(ln_2_(h)), F::GELUFuncOptions().approximate("tanh")));
+  return h + RowParallel(mlp_proj_, F::gelu(c_fc_(ColumnInput(ln_2_(h))),
+                                           F::GELUFuncOptions().approximate("tanh")));
 }
 
-GptImpl::GptImpl(const GptOptions& o) : o_(o) {
+GptImpl::GptImpl(const GptOptions& o, GptPlace place) : o_(o), place_(std::move(place)) {
+  TORCH_CHECK(place_.tp >= 1 && o.n_head % place_.tp == 0 && place_.pp >= 1 &&
+                  place_.pp <= o.n_layer && place_.stage >= 0 && place_.stage < place_.pp,
+              "GPT of ", o.n_layer, " layers and ", o.n_head, " heads cannot be split ", place_.tp,
+              "-way tensor-parallel over ", place_.pp, " pipeline stages");
+  TORCH_CHECK(place_.tp == 1 || place_.tp_all_reduce, "tensor parallelism needs tp_all_reduce");
+  std::shared_ptr<GptImpl> whole;
+  if (!place_.whole()) whole = std::make_shared<GptImpl>(o);  // the weights to take parts of
   torch::manual_seed(o.seed);
-  wte_ = register_module("wte", torch::nn::Embedding(o.vocab, o.d_model));
-  wpe_ = register_module("wpe", torch::nn::Embedding(o.seq_len, o.d_model));
-  {
+  if (first_stage() || last_stage()) {
+    wte_ = register_module("wte", torch::nn::Embedding(o.vocab, o.d_model));
+  }
+  if (first_stage()) wpe_ = register_module("wpe", torch::nn::Embedding(o.seq_len, o.d_model));
+  if (place_.whole()) {
     torch::NoGradGuard no_grad;
     torch::nn::init::normal_(wte_->weight, 0.0, 0.02);
     torch::nn::init::normal_(wpe_->weight, 0.0, 0.01);
   }
-  for (int64_t l = 0; l < o.n_layer; ++l) {
-    blocks_.push_back(register_module("h" + std::to_string(l), Block(o, l)));
+  const auto [first, last] = GptStageBlocks(o.n_layer, place_.pp, place_.stage);
+  first_block_ = first;
+  for (int64_t l = first; l < last; ++l) {
+    blocks_.push_back(register_module("h" + std::to_string(l), Block(o, l, &place_)));
   }
-  ln_f_ = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model})));
+  if (last_stage()) {
+    ln_f_ =
+        register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model})));
+  }
+  if (whole) {
+    CopyFromWhole(*whole);
+    whole_parameters_ = whole->parameter_count();
+  } else {
+    for (const auto& p : parameters()) whole_parameters_ += p.numel();
+  }
 }
 
-torch::Tensor GptImpl::forward(const torch::Tensor& idx) {
+void GptImpl::CopyFromWhole(GptImpl& whole) {
+  torch::NoGradGuard no_grad;
+  auto from = whole.named_parameters();
+  for (auto& p : named_parameters()) {
+    const torch::Tensor& global = from[p.key()];
+    const std::vector<int64_t> shape = global.sizes().vec();
+    const ckpt::TpSplit split = GptTpSplit(p.key());
+    std::vector<torch::Tensor> pieces;
+    for (const ckpt::TpBox& box : ckpt::TpBoxes(shape, split, static_cast<uint32_t>(place_.tp),
+                                                static_cast<uint32_t>(place_.tp_rank))) {
+      torch::Tensor t = global;
+      for (size_t d = 0; d < shape.size(); ++d) t = t.narrow(static_cast<int64_t>(d), box.offset[d], box.length[d]);
+      pieces.push_back(t);
+    }
+    p.value().copy_(torch::cat(pieces, std::max(split.dim, 0)));
+  }
+}
+
+torch::Tensor GptImpl::Embed(const torch::Tensor& idx) {
   const int64_t T = idx.size(1);
   TORCH_CHECK(T <= o_.seq_len, "sequence of ", T, " tokens is longer than the model's ",
               o_.seq_len);
   torch::Tensor pos =
       torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(idx.device()));
-  torch::Tensor x = wte_(idx) + wpe_(pos);  // (B, T, C)
+  return wte_(idx) + wpe_(pos);  // (B, T, C)
+}
+
+torch::Tensor GptImpl::Blocks(torch::Tensor x) {
   for (size_t l = 0; l < blocks_.size(); ++l) {
     BlockImpl* b = blocks_[l].get();
     x = RunUnit(static_cast<int>(l), x, [this, b](const torch::Tensor& in) {
@@ -105,30 +214,53 @@ torch::Tensor GptImpl::forward(const torch::Tensor& idx) {
                  : b->forward(in);
     });
   }
-  x = ln_f_(x);
-  return torch::matmul(x, wte_->weight.t());  // tied output embedding: (B, T, V)
+  return x;
+}
+
+torch::Tensor GptImpl::Head(const torch::Tensor& x) {
+  return torch::matmul(ln_f_(x), wte_->weight.t());  // tied output embedding: (B, T, V)
+}
+
+torch::Tensor GptImpl::forward(const torch::Tensor& idx) {
+  TORCH_CHECK(place_.pp == 1, "forward() runs the whole model: use stage_forward with stages");
+  return Head(Blocks(Embed(idx)));
 }
 
 torch::Tensor GptImpl::loss(const torch::Tensor& idx, const torch::Tensor& targets) {
-  torch::Tensor logits = forward(idx);
+  return stage_forward(idx, targets);
+}
+
+torch::Tensor GptImpl::stage_forward(const torch::Tensor& in, const torch::Tensor& targets) {
+  torch::Tensor x = Blocks(first_stage() ? Embed(in) : in);
+  if (!last_stage()) return x;
+  torch::Tensor logits = Head(x);
   return F::cross_entropy(logits.view({-1, logits.size(-1)}).to(torch::kFloat32),
                           targets.reshape({-1}));
 }
 
-std::vector<std::string> GptImpl::unit_prefixes() const {
-  std::vector<std::string> out;
-  for (int64_t l = 0; l < o_.n_layer; ++l) out.push_back("h" + std::to_string(l) + ".");
+std::map<std::string, ckpt::TpSplit> GptImpl::tp_splits() const {
+  std::map<std::string, ckpt::TpSplit> out;
+  for (int64_t l = 0; l < o_.n_layer; ++l) {
+    for (const char* p : {"attn_c_attn.weight", "attn_c_attn.bias", "attn_c_proj.weight",
+                          "mlp_c_fc.weight", "mlp_c_fc.bias", "mlp_c_proj.weight"}) {
+      const std::string name = "h" + std::to_string(l) + "." + p;
+      out[name] = GptTpSplit(name);
+    }
+  }
   return out;
 }
 
-int64_t GptImpl::parameter_count() const {
-  int64_t n = 0;
-  for (const auto& p : parameters()) n += p.numel();
-  return n;
+std::vector<std::string> GptImpl::unit_prefixes() const {
+  std::vector<std::string> out;
+  for (size_t l = 0; l < blocks_.size(); ++l)
+    out.push_back("h" + std::to_string(first_block_ + static_cast<int64_t>(l)) + ".");
+  return out;
 }
 
+int64_t GptImpl::parameter_count() const { return whole_parameters_; }
+
 double GptImpl::flops_per_token() const {
-  const double n = static_cast<double>(parameter_count() - wpe_->weight.numel());
+  const double n = static_cast<double>(whole_parameters_ - o_.seq_len * o_.d_model);
   return 6.0 * n + 12.0 * static_cast<double>(o_.n_layer * o_.d_model * o_.seq_len);
 }
 

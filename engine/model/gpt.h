@@ -2,6 +2,14 @@
 // tied input/output embeddings), attention through scaled_dot_product_attention (flash
 // attention on the GPU), weights initialised as GPT-2 does, and optional activation
 // checkpointing per block. Every op runs on any device.
+//
+// Split across ranks (GptPlace), Megatron-style: with tensor parallelism each rank holds
+// n_head / tp attention heads (the rows of q, k and v for them: a column-parallel c_attn), a
+// column-parallel c_fc and row-parallel output projections whose partial sums are all-reduced
+// over the tensor-parallel group; embeddings and layer norms are whole on every rank. With
+// pipeline parallelism a rank holds a contiguous run of blocks; the first stage also the
+// embeddings, the last the final layer norm and a copy of the (tied) token embedding. A split
+// model starts from exactly the weights of the whole one with the same seed.
 // Thread safety: a module is used by one training thread.
 #pragma once
 
@@ -10,8 +18,11 @@
 #include <torch/nn/modules/normalization.h>
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <string>
 
+#include "ckpt/tp_layout.h"
 #include "engine/model/model.h"
 
 namespace ds::engine {
@@ -26,13 +37,33 @@ struct GptOptions {
   uint64_t seed = 1234;  // initialisation
 };
 
+// This rank's part of the model (the defaults: the whole model).
+struct GptPlace {
+  int64_t tp = 1, tp_rank = 0;  // tensor-parallel degree and this rank's place
+  int64_t pp = 1, stage = 0;    // pipeline stages and this rank's stage
+  // Sums `t` in place over the tensor-parallel group; throws (a c10::Error) on failure. Called
+  // in the forward and backward passes; needed when tp > 1.
+  std::function<void(torch::Tensor&)> tp_all_reduce;
+  bool whole() const { return tp == 1 && pp == 1; }
+};
+
+// How the GPT cuts a parameter across tensor-parallel ranks, by its name.
+ckpt::TpSplit GptTpSplit(const std::string& parameter_name);
+// The blocks of pipeline stage `stage`: [first, last).
+std::pair<int64_t, int64_t> GptStageBlocks(int64_t n_layer, int64_t pp, int64_t stage);
 class BlockImpl : public torch::nn::Module {
  public:
-  BlockImpl(const GptOptions& o, int64_t layer);
+  BlockImpl(const GptOptions& o, int64_t layer, const GptPlace* place);
   torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
 
  private:
-  int64_t n_head_;
+  // A row-parallel projection: this rank's partial product, summed over the group, plus bias.
+  torch::Tensor RowParallel(torch::nn::Linear& lin, const torch::Tensor& in);
+  // The input of a column-parallel layer (its gradient is summed over the group).
+  torch::Tensor ColumnInput(const torch::Tensor& x);
+
+  const GptPlace* place_;
+  int64_t n_head_;  // heads on this rank
   torch::nn::LayerNorm ln_1_{nullptr}, ln_2_{nullptr};
   torch::nn::Linear c_attn_{nullptr}, attn_proj_{nullptr}, c_fc_{nullptr}, mlp_proj_{nullptr};
 };
@@ -40,26 +71,49 @@ TORCH_MODULE(Block);
 
 class GptImpl : public LanguageModel {
  public:
-  explicit GptImpl(const GptOptions& o);
+  explicit GptImpl(const GptOptions& o, GptPlace place = {});
 
-  // idx (B, T) int64 token ids -> logits (B, T, V) in the parameters' dtype.
+  // idx (B, T) int64 token ids -> logits (B, T, V) in the parameters' dtype (one stage).
   torch::Tensor forward(const torch::Tensor& idx);
-  // The mean cross-entropy of the next-token prediction, computed in fp32.
+  // The mean cross-entropy of the next-token prediction, computed in fp32 (one stage).
   torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets) override;
+  // This pipeline stage's part: `in` is token ids (B, T) on the first stage, the previous
+  // stage's output (B, T, C) otherwise. Returns the output (B, T, C) for the next stage, or on
+  // the last stage the loss against `targets`.
+  torch::Tensor stage_forward(const torch::Tensor& in, const torch::Tensor& targets);
+  bool first_stage() const { return place_.stage == 0; }
+  bool last_stage() const { return place_.stage == place_.pp - 1; }
+  const GptPlace& place() const { return place_; }
+  // Every parameter of the whole model (all stages) that tensor parallelism cuts, by name.
+  std::map<std::string, ckpt::TpSplit> tp_splits() const;
 
   const GptOptions& options() const { return o_; }
-  // Parameters in the model: for the built-in GPT this matches ModelParameterCount().
+  // Parameters in the whole model (all ranks' parts): matches ModelParameterCount().
   int64_t parameter_count() const;
   // Training FLOPs per token (6N plus attention's 12 * L * C * T), for MFU.
   double flops_per_token() const override;
   std::vector<std::string> unit_prefixes() const override;  // the blocks: "h0.", "h1.", ...
 
  private:
+  torch::Tensor Embed(const torch::Tensor& idx);
+  torch::Tensor Blocks(torch::Tensor x);
+  torch::Tensor Head(const torch::Tensor& x);  // final layer norm and tied output embedding
+  // A split model: takes its parameters' values from the whole model's.
+  void CopyFromWhole(GptImpl& whole);
+
   GptOptions o_;
+  GptPlace place_;
+  int64_t first_block_ = 0;
+  int64_t whole_parameters_ = 0;
   torch::nn::Embedding wte_{nullptr}, wpe_{nullptr};
   std::vector<Block> blocks_;
   torch::nn::LayerNorm ln_f_{nullptr};
 };
 TORCH_MODULE(Gpt);
+
+GptOptions GptOptionsOf(const ModelConfig& config, uint64_t seed);
+// This rank's part of the GPT of `config` (built one model at a time, as MakeModel does).
+Result<std::shared_ptr<GptImpl>> MakeGptPart(const ModelConfig& config, uint64_t seed,
+                                             GptPlace place);
 
 }  // namespace ds::engine

@@ -14,15 +14,14 @@ struct Registry {
 };
 
 Result<std::shared_ptr<LanguageModel>> MakeGpt(const ModelConfig& c, uint64_t seed) {
-  GptOptions g;
-  g.n_layer = c.n_layer;
-  g.n_head = c.n_head;
-  g.d_model = c.d_model;
-  g.seq_len = c.seq_len;
-  g.vocab = c.vocab;
-  g.activation_checkpointing = c.activation_checkpointing;
-  g.seed = seed;
-  return std::shared_ptr<LanguageModel>(std::make_shared<GptImpl>(g));
+  return std::shared_ptr<LanguageModel>(std::make_shared<GptImpl>(GptOptionsOf(c, seed)));
+}
+
+// Factories draw from LibTorch's global generator after seeding it: two models built at once
+// (ranks as threads of one process) would interleave their draws.
+std::mutex& BuildMutex() {
+  static std::mutex building;
+  return building;
 }
 
 Registry& TheRegistry() {
@@ -65,10 +64,7 @@ Result<std::shared_ptr<LanguageModel>> MakeModel(const ModelConfig& config, uint
     }
     f = it->second;
   }
-  // Factories draw from LibTorch's global generator after seeding it: two models built at once
-  // (ranks as threads of one process) would interleave their draws.
-  static std::mutex building;
-  std::lock_guard<std::mutex> lock(building);
+  std::lock_guard<std::mutex> lock(BuildMutex());
   try {
     torch::manual_seed(seed);
     Result<std::shared_ptr<LanguageModel>> m = f(config, seed);
@@ -82,6 +78,29 @@ Result<std::shared_ptr<LanguageModel>> MakeModel(const ModelConfig& config, uint
                                    "': " + e.what_without_backtrace());
   } catch (const std::exception& e) {
     return Status::InvalidArgument("building model '" + config.arch + "': " + e.what());
+  }
+}
+
+GptOptions GptOptionsOf(const ModelConfig& c, uint64_t seed) {
+  GptOptions g;
+  g.n_layer = c.n_layer;
+  g.n_head = c.n_head;
+  g.d_model = c.d_model;
+  g.seq_len = c.seq_len;
+  g.vocab = c.vocab;
+  g.activation_checkpointing = c.activation_checkpointing;
+  g.seed = seed;
+  return g;
+}
+
+Result<std::shared_ptr<GptImpl>> MakeGptPart(const ModelConfig& config, uint64_t seed,
+                                             GptPlace place) {
+  std::lock_guard<std::mutex> lock(BuildMutex());
+  try {
+    return std::make_shared<GptImpl>(GptOptionsOf(config, seed), std::move(place));
+  } catch (const c10::Error& e) {
+    return Status::InvalidArgument(std::string("building this rank's part of the GPT: ") +
+                                   e.what_without_backtrace());
   }
 }
 

@@ -71,6 +71,36 @@ Status StartDeviceCopy(const at::Tensor& src, uint64_t offset, std::span<std::by
 }
 #endif
 
+// A piece of a parameter (elements [begin, end) of this rank's part of it) as slices of the
+// whole tensor: boxes of it with tensor parallelism, else flat ranges of it. `at` is where
+// each slice's elements start, counted from the piece's first element.
+struct PieceSlice {
+  std::vector<int64_t> box_offset, box_length;  // empty: the whole tensor
+  uint64_t flat_begin = 0, flat_end = 0;
+  int64_t at = 0;
+};
+
+std::vector<PieceSlice> SlicesOf(const TensorPlace& place, const ParallelState& par,
+                                 const ZeroPiece& p) {
+  const uint32_t tp = place.split.dim >= 0 ? static_cast<uint32_t>(par.tp) : 1;
+  const std::vector<ckpt::TpBox> boxes =
+      ckpt::TpBoxes(place.shape, place.split, tp, static_cast<uint32_t>(par.tp_rank));
+  std::vector<PieceSlice> out;
+  for (const ckpt::TpBoxRange& r : ckpt::TpLocalRange(boxes, static_cast<uint64_t>(p.begin),
+                                                      static_cast<uint64_t>(p.end))) {
+    PieceSlice s;
+    if (tp > 1) {
+      s.box_offset = boxes[r.box].offset;
+      s.box_length = boxes[r.box].length;
+    }
+    s.flat_begin = r.flat_begin;
+    s.flat_end = r.flat_end;
+    s.at = static_cast<int64_t>(r.local_offset) - p.begin;
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
 }  // namespace
 
 // The side stream of a snapshot's device-to-host copies, the event recorded after them, and
@@ -227,6 +257,17 @@ std::string Trainer::Impl::StateJson() const {
   return j.dump();
 }
 
+// Every split tensor of the whole model (all stages: rank 0 writes it), for dsckpt reshard.
+std::string Trainer::Impl::TpSplitsJson() const {
+  ckpt::TpSplits splits;
+  if (auto* gpt = dynamic_cast<GptImpl*>(model.get())) {
+    for (const auto& [name, split] : gpt->tp_splits()) {
+      for (const char* buffer : kBuffers) splits[buffer + name] = split;
+    }
+  }
+  return ckpt::EncodeTpSplits(splits);
+}
+
 std::string Trainer::Impl::FreeSpace() const {
   Result<io::SpaceInfo> fs = env->StatFs(save_dir);
   return fs.ok() ? "; " + io::FormatBytes(fs->available_bytes) + " free on " + save_dir : "";
@@ -281,6 +322,8 @@ Status Trainer::Impl::Save(const std::string& reason) {
   r.step = step;
   r.zero_stage = static_cast<uint32_t>(config.zero.stage);
   r.partition_alignment = zero->alignment();
+  r.tp_degree = static_cast<uint32_t>(par.tp);
+  r.pp_degree = static_cast<uint32_t>(par.pp);
   r.config_json = config.resolved.dump();
   Json metrics = {{"loss", recent_loss}};
   if (last_eval && last_eval_step == step) metrics["eval_loss"] = *last_eval;  // never a stale one
@@ -293,8 +336,6 @@ Status Trainer::Impl::Save(const std::string& reason) {
     return Status::OK();
   };
   if (Status s = writer->Begin(r); !s.ok()) return failed(s);
-  const std::vector<std::string> names = zero->names();
-  const std::vector<std::vector<int64_t>> shapes = zero->shapes();
 #if DS_TORCH_HAS_CUDA
   if (device.is_cuda() && !snapshot_copies)
     snapshot_copies = std::make_shared<SnapshotCopies>(device);
@@ -307,14 +348,20 @@ Status Trainer::Impl::Save(const std::string& reason) {
                                   e.what_without_backtrace()));
   }
   for (const ZeroPiece& p : zero->SavePieces()) {
+    const TensorPlace& place = places[static_cast<size_t>(p.tensor)];
+    if (!place.owned) continue;  // another rank saves its copy
+    for (const PieceSlice& piece : SlicesOf(place, par, p)) {
     for (int b = 0; b < 3; ++b) {
       ckpt::SaveSlice s;
-      s.name = kBuffers[b] + names[static_cast<size_t>(p.tensor)];
+      s.name = kBuffers[b] + place.name;
       s.dtype = fmt::DType::kF32;
-      s.shape = shapes[static_cast<size_t>(p.tensor)];
-      s.flat_begin = static_cast<uint64_t>(p.begin);
-      s.flat_end = static_cast<uint64_t>(p.end);
-      at::Tensor src = buffers[b].narrow(0, p.offset, p.end - p.begin);
+      s.shape = place.shape;
+      s.box_offset = piece.box_offset;
+      s.box_length = piece.box_length;
+      s.flat_begin = piece.flat_begin;
+      s.flat_end = piece.flat_end;
+      at::Tensor src = buffers[b].narrow(0, p.offset + piece.at,
+                                         static_cast<int64_t>(piece.flat_end - piece.flat_begin));
       if (src.is_cpu()) {
         s.source.host =
             std::span<const std::byte>(static_cast<const std::byte*>(src.data_ptr()), src.nbytes());
@@ -330,9 +377,12 @@ Status Trainer::Impl::Save(const std::string& reason) {
       }
       if (Status st = writer->AddSlice(std::move(s)); !st.ok()) return failed(st);
     }
+    }
   }
   if (options.rank == 0) {
     if (Status st = writer->AddBlob("trainer/state", StateJson()); !st.ok()) return failed(st);
+    if (Status st = writer->AddBlob(ckpt::kTpSplitsBlob, TpSplitsJson()); !st.ok())
+      return failed(st);
   }
   at::Tensor rng = at::detail::getDefaultCPUGenerator().get_state();
   std::string rng_bytes(static_cast<const char*>(rng.data_ptr()),
@@ -430,25 +480,24 @@ Result<std::string> Trainer::Impl::Load(const std::string& path, const ResumeOpt
   DS_ASSIGN_OR_RETURN(std::unique_ptr<ckpt::CheckpointReader> reader,
                       ckpt::CheckpointReader::Open(env, path, ro));
   const fmt::Manifest& m = reader->manifest();
-  const std::vector<std::string> names = zero->names();
-  const std::vector<std::vector<int64_t>> shapes = zero->shapes();
   const bool optimizer = r.load_optimizer && !r.module_only;
-  // The model must match: every parameter present with its shape.
-  for (size_t i = 0; i < names.size(); ++i) {
+  // The model must match: every parameter present with its (whole) shape.
+  for (size_t i = 0; i < places.size(); ++i) {
+    const std::vector<int64_t>& shape = places[i].shape;
     for (int b = 0; b < (optimizer ? 3 : 1); ++b) {
-      const std::string name = kBuffers[b] + names[i];
+      const std::string name = kBuffers[b] + places[i].name;
       const int64_t at = m.FindTensor(name);
       if (at < 0) {
         return Status::InvalidArgument(
             path + " does not match the model: it has no tensor " + name +
             (b > 0 ? " (resume with --no-load-optimizer to start Adam afresh)" : "") +
-            " (the model's parameter " + std::to_string(i) + " of " + std::to_string(names.size()) +
+            " (the model's parameter " + std::to_string(i) + " of " + std::to_string(places.size()) +
             ")");
       }
-      if (m.tensors[static_cast<size_t>(at)].shape != shapes[i]) {
+      if (m.tensors[static_cast<size_t>(at)].shape != shape) {
         return Status::InvalidArgument(path + " does not match the model: tensor " + name + " is " +
                                        Shape(m.tensors[static_cast<size_t>(at)].shape) +
-                                       " there, " + Shape(shapes[i]) +
+                                       " there, " + Shape(shape) +
                                        " in the model (check model.* against the config the "
                                        "checkpoint was saved with: dsckpt inspect " +
                                        path + ")");
@@ -464,13 +513,19 @@ Result<std::string> Trainer::Impl::Load(const std::string& path, const ResumeOpt
   for (int b = 0; b < (optimizer ? 3 : 1); ++b) {
     at::Tensor h = at::zeros({targets[b].numel()}, at::kFloat);
     for (const ZeroPiece& p : pieces) {
-      ckpt::ReadRequest q;
-      q.slice.tensor = kBuffers[b] + names[static_cast<size_t>(p.tensor)];
-      q.slice.flat_begin = static_cast<uint64_t>(p.begin);
-      q.slice.flat_end = static_cast<uint64_t>(p.end);
-      q.dst = std::span<std::byte>(reinterpret_cast<std::byte*>(h.data_ptr<float>() + p.offset),
-                                   static_cast<size_t>(p.end - p.begin) * sizeof(float));
-      requests.push_back(std::move(q));
+      const TensorPlace& place = places[static_cast<size_t>(p.tensor)];
+      for (const PieceSlice& piece : SlicesOf(place, par, p)) {
+        ckpt::ReadRequest q;
+        q.slice.tensor = kBuffers[b] + place.name;
+        q.slice.box_offset = piece.box_offset;
+        q.slice.box_length = piece.box_length;
+        q.slice.flat_begin = piece.flat_begin;
+        q.slice.flat_end = piece.flat_end;
+        q.dst = std::span<std::byte>(
+            reinterpret_cast<std::byte*>(h.data_ptr<float>() + p.offset + piece.at),
+            static_cast<size_t>(piece.flat_end - piece.flat_begin) * sizeof(float));
+        requests.push_back(std::move(q));
+      }
     }
     host.push_back(h);
   }
@@ -521,10 +576,17 @@ Result<std::string> Trainer::Impl::Load(const std::string& path, const ResumeOpt
   const fmt::ManifestInfo& info = m.info;
   std::string line = "resumed from " + path + " at step " + std::to_string(step);
   if (info.world_size != static_cast<uint32_t>(options.world_size) ||
-      info.zero_stage != static_cast<uint32_t>(config.zero.stage)) {
+      info.zero_stage != static_cast<uint32_t>(config.zero.stage) ||
+      info.tp_degree != static_cast<uint32_t>(par.tp) ||
+      info.pp_degree != static_cast<uint32_t>(par.pp)) {
+    auto parallel = [](uint32_t tp, uint32_t pp) {
+      return tp * pp > 1 ? ", TP " + std::to_string(tp) + " x PP " + std::to_string(pp) : "";
+    };
     line += " (saved by " + std::to_string(info.world_size) + " rank(s) at ZeRO stage " +
-            std::to_string(info.zero_stage) + ", loaded into " +
-            std::to_string(options.world_size) + " at stage " + std::to_string(config.zero.stage) +
+            std::to_string(info.zero_stage) + parallel(info.tp_degree, info.pp_degree) +
+            ", loaded into " + std::to_string(options.world_size) + " at stage " +
+            std::to_string(config.zero.stage) +
+            parallel(static_cast<uint32_t>(par.tp), static_cast<uint32_t>(par.pp)) +
             ": each rank read its own slices, no reshard needed)";
   }
   if (r.module_only)

@@ -121,7 +121,18 @@ Result<at::Tensor> Trainer::GatherMaster() { return impl_->zero->GatherMaster();
 ModelStateBytes Trainer::model_state() const { return impl_->zero->Memory(); }
 MemoryStats Trainer::memory() const { return impl_->Memory(); }
 std::map<std::string, CollectiveStats> Trainer::comm_stats() const {
-  return impl_->comm ? impl_->comm->stats() : std::map<std::string, CollectiveStats>();
+  std::map<std::string, CollectiveStats> out;
+  const ParallelState& p = impl_->par;
+  // The world's collectives by kind; a split model's groups' as "<group>:<kind>" ("tp:all_reduce").
+  const std::pair<const char*, const Comm*> comms[] = {
+      {"", impl_->comm.get()},           {"tp:", p.tp_comm.get()},
+      {"dp:", p.dp_comm.get()},          {"model:", p.model_comm.get()},
+      {"pipe:", p.pipe_comm.get()},      {"tied:", p.tied_comm.get()}};
+  for (const auto& [prefix, c] : comms) {
+    if (c == nullptr) continue;
+    for (const auto& [op, st] : c->stats()) out[prefix + op] = st;
+  }
+  return out;
 }
 std::string Trainer::device_name() const { return impl_->device.str(); }
 std::optional<double> Trainer::mfu(double tokens_per_s) const {
@@ -148,7 +159,11 @@ Status Trainer::Impl::Setup() {
   }
 
   // The model, in the training precision, and the optimizer that owns its weights.
-  DS_ASSIGN_OR_RETURN(model, MakeModel(c.model, c.trainer.seed));
+  DS_RETURN_IF_ERROR(Connect());
+  DS_RETURN_IF_ERROR(SetupParallel());
+  if (model == nullptr) {  // a model split across ranks is made by SetupParallel
+    DS_ASSIGN_OR_RETURN(model, MakeModel(c.model, c.trainer.seed));
+  }
   DS_RETURN_IF_ERROR(SetupZero());
   DS_RETURN_IF_ERROR(SetupCheckpoints());
   flops_per_token = model->flops_per_token();
@@ -170,7 +185,8 @@ Status Trainer::Impl::Setup() {
   dopts.default_corpus_path = io::JoinPath(cache, "default-corpus.txt");
   DS_RETURN_IF_ERROR(env->CreateDirs(cache));
   DS_ASSIGN_OR_RETURN(data, OpenDataset(env, c.data, dopts));
-  BatchShape shape{c.batch.micro_batch_per_gpu, c.model.seq_len, options.rank, options.world_size};
+  // Tensor-parallel ranks and pipeline stages of a replica read the same batches.
+  BatchShape shape{c.batch.micro_batch_per_gpu, c.model.seq_len, par.dp_rank, par.dp};
   DS_ASSIGN_OR_RETURN(Sampler s, Sampler::Create(data.train.size(), shape, c.trainer.seed));
   sampler.emplace(std::move(s));
   if (data.eval.size() > 0 && c.trainer.eval_interval > 0) {
@@ -188,11 +204,15 @@ Status Trainer::Impl::Setup() {
     io::LogInfo("model: " + g.arch + " " + std::to_string(g.n_layer) + " layers, " +
                 std::to_string(g.n_head) + " heads, d_model " + std::to_string(g.d_model) +
                 ", seq " + std::to_string(g.seq_len) + ", vocab " + std::to_string(g.vocab) + ": " +
-                std::to_string(zero->numel()) + " parameters, " +
+                std::to_string(par.gpt ? par.gpt->parameter_count() : zero->numel()) +
+                " parameters" +
+                (par.split() ? " (" + std::to_string(zero->numel()) + " on this rank)" : "") + ", " +
                 std::string(PrecisionName(c.precision())) + " on " + device.str() +
                 ", ZeRO stage " + std::to_string(c.zero.stage) + " over " +
-                std::to_string(options.world_size) +
-                (options.world_size == 1 ? " rank" : " ranks"));
+                std::to_string(par.dp) + (par.dp == 1 ? " rank" : " ranks") +
+                (par.split() ? " (x " + std::to_string(par.tp) + "-way tensor parallel x " +
+                                   std::to_string(par.pp) + " pipeline stages)"
+                             : ""));
     io::LogInfo(data.Describe());
   }
   return Status::OK();
@@ -212,7 +232,7 @@ Status Trainer::Impl::EnsureMonitor() {
   return Status::OK();
 }
 
-Status Trainer::Impl::SetupZero() {
+Status Trainer::Impl::Connect() {
   const Config& c = config;
   if (options.world_size > 1) {
     CommOptions co;
@@ -226,11 +246,26 @@ Status Trainer::Impl::SetupZero() {
     co.time_collectives = c.monitor.wall_clock_breakdown;
     DS_ASSIGN_OR_RETURN(comm, Comm::Connect(co));
   }
+  return Status::OK();
+}
+
+Status Trainer::Impl::SetupZero() {
+  const Config& c = config;
   ZeroOptions z;
   z.stage = c.zero.stage;
-  z.rank = options.rank;
-  z.world_size = options.world_size;
-  z.comm = comm.get();
+  z.rank = par.dp_rank;
+  z.world_size = par.dp;
+  z.comm = DataComm();
+  FindPlaces();
+  if (par.split()) {
+    z.model_comm = par.model_comm.get();
+    for (size_t i = 0; i < places.size(); ++i) {
+      z.in_norm.push_back(places[i].owned);
+      if (par.tied_comm != nullptr && places[i].name == "wte.weight")
+        z.tied.push_back(static_cast<int>(i));
+    }
+    z.tied_comm = par.tied_comm.get();
+  }
   z.device = device;
   z.dtype = dtype;
   z.comm_dtype =
@@ -296,13 +331,10 @@ Status Trainer::Impl::Step() {
   torch::Tensor loss_sum =
       torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(t.device));
   try {
-    for (int64_t micro = 0; micro < gas; ++micro) {
+    if (t.par.pp > 1) DS_RETURN_IF_ERROR(t.PipelineMicroSteps(scale, loss_sum));
+    for (int64_t micro = 0; micro < (t.par.pp > 1 ? 0 : gas); ++micro) {
       DS_RETURN_IF_ERROR(t.sampler->Next(t.data.train, &t.batch));
-      auto longs = torch::TensorOptions().dtype(torch::kLong);
-      torch::Tensor x =
-          torch::from_blob(t.batch.inputs.data(), {t.batch.B, t.batch.T}, longs).to(t.device);
-      torch::Tensor y =
-          torch::from_blob(t.batch.targets.data(), {t.batch.B, t.batch.T}, longs).to(t.device);
+      auto [x, y] = t.OnDevice(t.batch);
       DS_RETURN_IF_ERROR(t.zero->BeginMicroStep());
       torch::Tensor loss;
       {
@@ -376,10 +408,16 @@ Status Trainer::Impl::Step() {
 Status Trainer::Impl::Flush(bool across_ranks) {
   DS_RETURN_IF_ERROR(EnsureMonitor());
   if (pending.empty()) return Status::OK();
+  if (!across_ranks && !par.last_stage()) {
+    // Only the last pipeline stage computes losses: without a collective there is none to record.
+    pending.clear();
+    pending_loss.clear();
+    return Status::OK();
+  }
   torch::Tensor losses = torch::stack(pending_loss);
   if (comm != nullptr && across_ranks) {  // the step's loss: the mean over every rank's batches
     DS_RETURN_IF_ERROR(comm->AllReduce(losses, "training losses"));
-    losses.div_(options.world_size);
+    losses.div_(LossRanks());  // other pipeline stages add zeros
   }
   losses = losses.to(torch::kCPU, torch::kFloat64);
   const double* l = losses.data_ptr<double>();
@@ -420,11 +458,17 @@ Result<std::optional<double>> Trainer::Evaluate() {
       torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(t.device));
   Batch b;
   try {
-    for (int64_t i = 0; i < t.eval->num_batches(); ++i) {
+    if (t.par.pp > 1) {
+      Result<torch::Tensor> s = t.PipelineEval(t.eval->num_batches());
+      if (!s.ok()) {
+        t.model->train();
+        return s.status();
+      }
+      sum = *s;
+    }
+    for (int64_t i = 0; i < (t.par.pp > 1 ? 0 : t.eval->num_batches()); ++i) {
       DS_RETURN_IF_ERROR(t.eval->Read(t.data.eval, i, &b));
-      auto longs = torch::TensorOptions().dtype(torch::kLong);
-      torch::Tensor x = torch::from_blob(b.inputs.data(), {b.B, b.T}, longs).to(t.device);
-      torch::Tensor y = torch::from_blob(b.targets.data(), {b.B, b.T}, longs).to(t.device);
+      auto [x, y] = t.OnDevice(b);
       sum.add_(t.model->loss(x, y).to(torch::kFloat64));
     }
   } catch (const c10::Error& e) {
@@ -437,7 +481,7 @@ Result<std::optional<double>> Trainer::Evaluate() {
   if (t.comm != nullptr) {  // every rank evaluated its share of the batches
     torch::Tensor f32 = sum.to(torch::kFloat32).reshape({1});
     DS_RETURN_IF_ERROR(t.comm->AllReduce(f32, "evaluation loss"));
-    sum = f32.to(torch::kFloat64).reshape({}) / static_cast<double>(t.options.world_size);
+    sum = f32.to(torch::kFloat64).reshape({}) / static_cast<double>(t.LossRanks());
   }
   const double loss = sum.item<double>() / static_cast<double>(t.eval->num_batches());
   t.last_eval = loss;
@@ -448,7 +492,7 @@ Result<std::optional<double>> Trainer::Evaluate() {
   m.samples = t.step * t.config.batch.train_batch_size;
   m.eval_loss = loss;
   m.eval_tokens = t.eval->num_batches() * t.config.batch.micro_batch_per_gpu *
-                  t.config.model.seq_len * t.options.world_size;
+                  t.config.model.seq_len * t.par.dp;
   DS_RETURN_IF_ERROR(t.Flush());
   DS_RETURN_IF_ERROR(t.monitor->RecordEval(m));
   return std::optional<double>(loss);

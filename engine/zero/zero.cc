@@ -18,6 +18,7 @@
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -145,7 +146,38 @@ Result<std::unique_ptr<ZeroOptimizer>> ZeroOptimizer::Create(std::shared_ptr<Lan
     return Status::IOError("setting up ZeRO stage " + std::to_string(o.stage) + " on " +
                            o.device.str() + ": " + e.what_without_backtrace());
   }
-  return std::unique_ptr<ZeroOptimizer>(new ZeroOptimizer(std::move(z)));
+  if (!z->o.tied.empty() && (z->o.stage > 1 || z->o.tied_comm == nullptr)) {
+    return Status::InvalidArgument("ZeRO: tied gradients need stage 0 or 1 and a communicator");
+  }
+  if (!o.in_norm.empty() && o.in_norm.size() != z->tensors.size()) {
+    return Status::InvalidArgument("ZeRO: in_norm names " + std::to_string(o.in_norm.size()) +
+                                   " parameters, the model has " +
+                                   std::to_string(z->tensors.size()));
+  }
+  Impl* raw = z.get();
+  std::unique_ptr<ZeroOptimizer> out(new ZeroOptimizer(std::move(z)));
+  raw->FindNormRuns(out->HeldPieces());
+  return out;
+}
+
+void ZeroOptimizer::Impl::FindNormRuns(const std::vector<ZeroPiece>& held) {
+  if (std::all_of(o.in_norm.begin(), o.in_norm.end(), [](bool b) { return b; })) return;
+  for (const ZeroPiece& p : held) {
+    if (!o.in_norm[static_cast<size_t>(p.tensor)]) continue;
+    if (!norm_runs.empty() && norm_runs.back().first + norm_runs.back().second == p.offset) {
+      norm_runs.back().second += p.end - p.begin;  // adjacent: one run
+    } else {
+      norm_runs.push_back({p.offset, p.end - p.begin});
+    }
+  }
+  if (norm_runs.empty()) norm_runs.push_back({0, 0});  // counts nothing (not: everything)
+}
+
+at::Tensor ZeroOptimizer::Impl::SquaredGradNorm() const {
+  if (norm_runs.empty()) return grad.pow(2).sum().to(o.device).reshape({1});
+  at::Tensor sq = at::zeros({1}, grad.options());
+  for (const auto& [offset, length] : norm_runs) sq += grad.narrow(0, offset, length).pow(2).sum();
+  return sq.to(o.device);
 }
 
 Status ZeroOptimizer::Impl::SetupFlat(const std::vector<at::Tensor>& fp32) {
@@ -304,6 +336,11 @@ Status ZeroOptimizer::Impl::LaunchReadyBuckets() {
 // ---- stages 0 and 1: the accumulator, reduced once per step
 
 Status ZeroOptimizer::Impl::ReduceFlatAccumulator() {
+  for (int i : o.tied) {  // one sum per copy of the tied tensor first
+    const ZeroTensor& t = tensors[static_cast<size_t>(i)];
+    at::Tensor g = flat_acc.narrow(0, t.flat_offset, t.numel);
+    DS_RETURN_IF_ERROR(o.tied_comm->AllReduce(g, "tied gradient of " + t.name));
+  }
   if (!distributed()) {
     if (o.stage == 1 && !grad_in_acc) grad.copy_(flat_acc.narrow(0, 0, part_len));
     return Status::OK();
@@ -357,10 +394,13 @@ Result<ZeroStepResult> ZeroOptimizer::Step(double lr, std::optional<double> beta
   try {
     torch::NoGradGuard no_grad;
     if (loss_scale != 1.0) z.grad.mul_(1.0 / loss_scale);
-    // The global norm: stage 0's gradient is whole on every rank; partitions add squares.
-    at::Tensor sq = z.grad.pow(2).sum().to(z.o.device).reshape({1});
+    // The global norm: stage 0's gradient is whole on every rank; partitions add squares, and
+    // so do the parts of the model on other ranks (tensor and pipeline parallelism).
+    at::Tensor sq = z.SquaredGradNorm();
     if (z.o.stage > 0 && z.distributed())
       DS_RETURN_IF_ERROR(z.comm()->AllReduce(sq, "gradient norm"));
+    if (z.o.model_comm != nullptr)
+      DS_RETURN_IF_ERROR(z.o.model_comm->AllReduce(sq, "gradient norm over the model's parts"));
     at::Tensor norm = sq.sqrt();
     if (check_overflow || clip > 0) {
       out.grad_norm = norm.item<double>();  // the one host synchronisation of a step

@@ -41,6 +41,17 @@ struct ZeroOptions {
   int64_t max_live_elements = 1'000'000'000;  // stage 3: no prefetch beyond this many gathered
   uint64_t alignment = 16;                    // elements; partitions start at multiples of it
   AdamWOptions adam;
+  // Tensor and pipeline parallelism: rank and world_size above are the data-parallel ones, and
+  // `comm` the data-parallel group. `model_comm` joins the ranks holding the other parts of
+  // this replica (their squares add up to the global gradient norm); `in_norm` (per parameter,
+  // empty: all) is false for copies another rank of model_comm counts (whole tensors on
+  // tensor-parallel ranks > 0, the last stage's tied embedding). Stages 0-1: the accumulated
+  // gradients of `tied` parameters are summed over `tied_comm` before the data-parallel
+  // reduction (the token embedding shared by the first and last pipeline stages).
+  Comm* model_comm = nullptr;
+  std::vector<bool> in_norm;
+  std::vector<int> tied;
+  Comm* tied_comm = nullptr;
 };
 
 // What one optimizer step found.

@@ -140,7 +140,7 @@ TEST(DsrunLaunchTest, BenchPrintsATableAndAJsonLinePerStageAndOffload) {
       Q(dir.Join("out"));
   ShellResult r = Sh(cmd);
   ASSERT_EQ(r.status, 0) << r.out;
-  EXPECT_THAT(r.out, HasSubstr("stage  ranks   step ms"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("\nstage +ranks +step ms"));
   EXPECT_THAT(r.out, MatchesRegex("(.|\n)*\n1 +2 +[0-9.]+ +[0-9]+ (.|\n)*"));
   EXPECT_THAT(r.out, MatchesRegex("(.|\n)*\n3 +2 +[0-9.]+ +[0-9]+ (.|\n)*"));
   // Offloading parameters is a stage 3 setting: no "1+all" row.
@@ -175,6 +175,33 @@ TEST(DsrunLaunchTest, BenchPrintsATableAndAJsonLinePerStageAndOffload) {
   r = Sh(Q(testing::BuildDir() + "/dsrun") + " bench --config x.json --offload cpu");
   EXPECT_EQ(r.status, 2) << r.out;
   EXPECT_THAT(r.out, HasSubstr("'cpu' is not an offload setting (use none, optimizer, all)"));
+}
+
+TEST(DsrunLaunchTest, BenchMeasuresTensorAndPipelineLayouts) {
+  testing::TempDir dir;
+  const std::string cmd =
+      Q(testing::BuildDir() + "/dsrun") + " bench --device cpu --config " +
+      Q(testing::SourceDir() + "/examples/demo.json") +
+      " --nproc-per-node 2 --stages 1,2 --parallel 1x1,2x1,1x2 --steps 1 --warmup 1 --json"
+      " --set model.n_layer=2 model.d_model=32 model.n_head=2 model.seq_len=32"
+      " train_micro_batch_size_per_gpu=2 gradient_accumulation_steps=2"
+      " tensorboard.enabled=false trainer.output_dir=" +
+      Q(dir.Join("out"));
+  ShellResult r = Sh(cmd);
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_THAT(r.out, MatchesRegex("(.|\n)*\n1 +2 +[0-9.]+ +[0-9]+ (.|\n)*"));
+  EXPECT_THAT(r.out, MatchesRegex("(.|\n)*\n1/tp2pp1 +2 +[0-9.]+ +[0-9]+ (.|\n)*"));
+  EXPECT_THAT(r.out, MatchesRegex("(.|\n)*\n2/tp2pp1 +2 +[0-9.]+ +[0-9]+ (.|\n)*"));
+  EXPECT_THAT(r.out, MatchesRegex("(.|\n)*\n1/tp1pp2 +2 +[0-9.]+ +[0-9]+ (.|\n)*"));
+  // A pipeline takes ZeRO stages 0-1 only: no 2/tp1pp2 row.
+  EXPECT_THAT(r.out, ::testing::Not(HasSubstr("2/tp1pp2")));
+  EXPECT_THAT(r.out, HasSubstr("\"tp\":2,\"pp\":1"));
+  EXPECT_THAT(r.out, HasSubstr("\"pipe:send\""));  // the pipeline's activations and gradients
+  EXPECT_THAT(r.out, HasSubstr("\"tp:all_reduce\""));  // the row-parallel layers' sums
+
+  r = Sh(Q(testing::BuildDir() + "/dsrun") + " bench --config x.json --parallel 2-1");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("'2-1' is not TPxPP"));
 }
 
 TEST(DsrunLaunchTest, SigtermSavesTheStepExitsSeventyFiveAndResumes) {

@@ -300,16 +300,40 @@ TEST(ConfigNotImplementedTest, KeysSetAwayFromTheirDefaultsAreNamed) {
   EXPECT_TRUE(c.monitor.wall_clock_breakdown);  // the profiler turns it on, as in DeepSpeed
 }
 
-TEST(ConfigNotImplementedTest, ParallelismWeCannotHonourIsAnError) {
+TEST(ConfigParallelismTest, DegreesAreReadAndMustFitTheWorld) {
   json cfg = Base();
   cfg["pipeline"] = {{"stages", 2}};
+  cfg["tensor_parallel"] = {{"autotp_size", 2}};
+  Overrides eight;
+  eight.world_size = 8;
+  DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(cfg, eight));
+  EXPECT_EQ(c.parallel.tp, 2);
+  EXPECT_EQ(c.parallel.pp, 2);
+  EXPECT_EQ(c.parallel.dp, 2);
+  EXPECT_EQ(c.batch.data_parallel_size, 2);
   EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
-                                   "cfg.json: pipeline.stages 2: pipeline parallelism is not "
-                                   "implemented in dstrain (use 1)"));
+                                   "cfg.json: tensor_parallel.autotp_size (2) x pipeline.stages "
+                                   "(2) = 4 does not divide the world size 1: launch a multiple "
+                                   "of 4 ranks"));
   cfg = Base();
-  cfg["tensor_parallel"] = {{"autotp_size", 4}};
+  cfg["pipeline"] = {{"stages", "auto"}};
+  cfg["tensor_parallel"] = {{"autotp_size", 0}};
+  DS_ASSERT_OK_AND_ASSIGN(c, Parse(cfg));
+  EXPECT_EQ(c.parallel.tp * c.parallel.pp, 1);
+  cfg["tensor_parallel"] = {{"autotp_size", 2}, {"tp", {{"tp_size", 4}}}};
+  EXPECT_THAT(Parse(cfg, eight), StatusIs(StatusCode::kInvalidArgument, HasSubstr("disagree")));
+  cfg = Base();
+  cfg["pipeline"] = {{"stages", -1}};
   EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
-                                   HasSubstr("tensor_parallel.autotp_size 4: tensor parallelism")));
+                                   HasSubstr("pipeline.stages -1: the number of pipeline stages "
+                                             "is a positive integer")));
+}
+
+TEST(ConfigNotImplementedTest, SettingsWeCannotHonourAreErrors) {
+  json cfg = Base();
+  cfg["sequence_parallel_size"] = 2;
+  EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
+                                   HasSubstr("sequence parallelism is not implemented")));
   cfg = Base();
   cfg["gradient_allreduce_op"] = "sum";
   EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,

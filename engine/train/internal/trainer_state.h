@@ -10,18 +10,46 @@
 #include <string>
 #include <vector>
 
+#include "ckpt/tp_layout.h"
 #include "ckpt/writer.h"
 #include "engine/comm/comm.h"
 #include "engine/core/loss_scaler.h"
 #include "engine/core/lr_schedule.h"
 #include "engine/data/dataset.h"
 #include "engine/data/sampler.h"
+#include "engine/model/gpt.h"
 #include "engine/model/model.h"
 #include "engine/monitor/monitor.h"
 #include "engine/train/trainer.h"
 #include "engine/zero/zero.h"
 
 namespace ds::engine {
+
+// Where one of the model's parameters (ZeRO's order) sits in the whole model.
+struct TensorPlace {
+  std::string name;            // the parameter's name
+  std::vector<int64_t> shape;  // the whole tensor's shape
+  ckpt::TpSplit split;         // how tensor parallelism cuts it
+  // This rank counts and saves its elements: false for the copies other ranks count (whole
+  // tensors on tensor-parallel ranks > 0, the last pipeline stage's tied embedding).
+  bool owned = true;
+};
+
+// This rank's place in a tensor- and pipeline-parallel job (parallel.cc). The world is
+// dp x pp x tp ranks: rank = (stage * dp + dp_rank) * tp + tp_rank.
+struct ParallelState {
+  int tp = 1, pp = 1, dp = 1;
+  int tp_rank = 0, stage = 0, dp_rank = 0;
+  // Groups, made only when the job splits the model: the tensor-parallel ranks of this stage and
+  // replica; the data-parallel ranks holding the same part; the parts of this replica (tp x pp
+  // ranks); the stages of this tensor-parallel rank (pipe, by stage); the first and last stage
+  // (their tied embedding).
+  std::unique_ptr<Comm> tp_comm, dp_comm, model_comm, pipe_comm, tied_comm;
+  std::shared_ptr<GptImpl> gpt;  // the model, when split
+  bool split() const { return tp * pp > 1; }
+  bool first_stage() const { return stage == 0; }
+  bool last_stage() const { return stage == pp - 1; }
+};
 
 struct Trainer::Impl {
   io::Env* env = nullptr;
@@ -33,6 +61,8 @@ struct Trainer::Impl {
   std::shared_ptr<LanguageModel> model;
   std::vector<ParamSlot> slots;
   std::unique_ptr<Comm> comm;  // with world_size > 1
+  ParallelState par;
+  std::vector<TensorPlace> places;  // per parameter, in ZeRO's order
   std::unique_ptr<ZeroOptimizer> zero;
 
   Dataset data;
@@ -59,7 +89,23 @@ struct Trainer::Impl {
   std::string device_name;  // "cpu", or what CUDA calls the GPU ("NVIDIA H100 80GB HBM3")
 
   Status Setup();
+  Status Connect();  // the world's communicator
   Status SetupZero();
+  // ---- tensor and pipeline parallelism (parallel.cc)
+  // Places this rank, makes the groups and this rank's part of the GPT.
+  Status SetupParallel();
+  void FindPlaces();        // `places`, after ZeRO took the model
+  Comm* DataComm() const;   // the data-parallel group (the world when the model is whole)
+  // Ranks whose losses are the job's: the last stage's (all of them without pipelining).
+  int LossRanks() const { return options.world_size / par.pp; }
+  // One optimizer step's micro batches through this stage in 1F1B order (forward of micro
+  // batch i + warm-up, then backward of micro batch i), adding the last stage's losses into
+  // `loss_sum`; `scale` multiplies the loss before backward.
+  Status PipelineMicroSteps(double scale, torch::Tensor& loss_sum);
+  // The sum of `batches`' losses on the last stage (0 elsewhere), forward only.
+  Result<torch::Tensor> PipelineEval(int64_t batches);
+  // The micro batch `b` on the device: inputs and targets.
+  std::pair<torch::Tensor, torch::Tensor> OnDevice(Batch& b) const;
   Status EnsureMonitor();
   Status Step();
   bool failed = false;  // a step failed: its peers may be gone, and pending steps are moot
@@ -95,6 +141,7 @@ struct Trainer::Impl {
   Status CreateWriter();
   uint64_t AutoStagingBytes(uint64_t chunk_bytes) const;  // checkpoint.staging_bytes "auto"
   std::string StateJson() const;
+  std::string TpSplitsJson() const;
   // Snapshots now, commits in the background; a failure to save is logged, not returned.
   Status Save(const std::string& reason);
   void ReapSave(bool wait);       // reports a finished save (waits for it when `wait`)

@@ -62,6 +62,9 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   int64_t total = 0;             // parameters' elements
   int64_t part_len = 0;          // this rank's partition (stage 0: every element)
   int64_t part_begin = 0;        // stages 1-2: flat element where this rank's partition starts
+  // Stages 0-2 with some parameters left out of the norm (ZeroOptions::in_norm): the runs of
+  // `grad` that count, {offset, length}.
+  std::vector<std::pair<int64_t, int64_t>> norm_runs;
   at::TensorOptions state_opts;  // fp32 where the optimizer state lives
   at::Tensor master, exp_avg, exp_avg_sq;  // (part_len) fp32
   at::Tensor grad;           // (part_len) fp32: this rank's gradient (a view of flat_acc at 0/1)
@@ -83,6 +86,8 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   int64_t live_elements = 0;                            // gathered parameter elements
 
   Comm* comm() const { return o.comm; }
+  void FindNormRuns(const std::vector<ZeroPiece>& held);
+  at::Tensor SquaredGradNorm() const;  // this rank's share, (1,) on the device
   bool distributed() const { return o.world_size > 1; }
 
   // Both: the DeepSpeed scaling around a sum over ranks (prescale or predivide, then after).
