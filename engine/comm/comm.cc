@@ -148,6 +148,12 @@ Result<std::unique_ptr<Comm>> Comm::Connect(const CommOptions& o) {
     return Status::InvalidArgument("rank " + std::to_string(o.rank) + " of world size " +
                                    std::to_string(o.world_size) + " is not a place in the job");
   }
+  // c10d's flight recorder (one per process) records every collective with a captured
+  // traceback, and in torch 2.11 registers each process group in a map outside its lock: several
+  // groups issuing their first collectives at once (ranks as threads, tensor- and
+  // pipeline-parallel groups) can corrupt it and spin forever (pytorch/pytorch#179313). We do not
+  // dump its traces (the heartbeats name a stuck rank): off unless the user sets the size.
+  setenv("TORCH_FR_BUFFER_SIZE", "0", /*overwrite=*/0);
   std::unique_ptr<Comm> c(new Comm(o));
   c->backend_name_ = o.backend.empty() ? (o.cuda ? "nccl" : "gloo") : o.backend;
   const std::string where = o.master_addr + ":" + std::to_string(o.master_port);

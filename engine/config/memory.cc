@@ -21,14 +21,29 @@ int64_t ModelParameterCount(const ModelConfig& m) {
          + 2 * c;                            // ln_f
 }
 
+int64_t ParametersOnLargestRank(const ModelConfig& m, const ParallelConfig& par) {
+  if (par.tp * par.pp == 1) return ModelParameterCount(m);
+  const int64_t c = m.d_model, t = par.tp;
+  // Column-parallel layers keep 1/tp of their rows, row-parallel ones 1/tp of their columns
+  // (and the whole bias); layer norms and embeddings are whole on every tensor-parallel rank.
+  const int64_t block = 4 * c + (3 * c * c + 3 * c) / t + c * c / t + c + (4 * c * c + 4 * c) / t +
+                        4 * c * c / t + c;
+  // Stages take n_layer / pp blocks, the first ones one more for the remainder; the first
+  // stage holds the embeddings, the last the final layer norm and a copy of wte.
+  const int64_t most_blocks = (m.n_layer + par.pp - 1) / par.pp;
+  const int64_t first = most_blocks * block + m.vocab * c + m.seq_len * c;
+  const int64_t last = (m.n_layer / par.pp) * block + m.vocab * c + 2 * c;
+  return par.pp == 1 ? first + 2 * c : std::max(first, last);
+}
+
 int64_t LargestGatheredParameters(const ModelConfig& m) {
   const int64_t c = m.d_model;
   return std::max(m.vocab * c, 12 * c * c + 13 * c);
 }
 
 MemoryEstimate EstimateMemory(const ModelConfig& model, int64_t world_size, const ZeroConfig& zero,
-                              Precision precision) {
-  const uint64_t p = static_cast<uint64_t>(ModelParameterCount(model));
+                              Precision precision, const ParallelConfig& parallel) {
+  const uint64_t p = static_cast<uint64_t>(ParametersOnLargestRank(model, parallel));
   const uint64_t n = static_cast<uint64_t>(std::max<int64_t>(world_size, 1));
   const uint64_t shard = (p + n - 1) / n;  // elements per rank of a partitioned flat buffer
   const bool mixed = precision != Precision::kFp32;
@@ -62,14 +77,21 @@ MemoryEstimate EstimateMemory(const ModelConfig& model, int64_t world_size, cons
 std::string FormatMemoryTable(const Config& config) {
   const int64_t count = ModelParameterCount(config.model);
   std::string model = config.model.preset.empty() ? "custom GPT" : config.model.preset;
-  char line[256];
+  char line[512];
   std::snprintf(line, sizeof(line),
-                "Model states per rank: %s, %lld parameters, %s, data-parallel size %lld\n"
+                "Model states per rank: %s, %lld parameters, %s, data-parallel size %lld%s\n"
                 "(activations and temporary buffers come on top; docs/config.md has the "
                 "formulas)\n",
                 model.c_str(), static_cast<long long>(count),
                 std::string(PrecisionName(config.precision())).c_str(),
-                static_cast<long long>(config.batch.data_parallel_size));
+                static_cast<long long>(config.batch.data_parallel_size),
+                config.parallel.tp * config.parallel.pp > 1
+                    ? (" (TP " + std::to_string(config.parallel.tp) + " x PP " +
+                       std::to_string(config.parallel.pp) + ": the rank holding the most, " +
+                       std::to_string(ParametersOnLargestRank(config.model, config.parallel)) +
+                       " parameters)")
+                          .c_str()
+                    : "");
   std::string out = line;
   std::snprintf(line, sizeof(line), "  %-6s %12s %12s %12s %12s %14s %12s\n", "stage", "params",
                 "grads", "optimizer", "gathered", "device total", "host");
@@ -78,7 +100,8 @@ std::string FormatMemoryTable(const Config& config) {
     ZeroConfig zero = config.zero;
     zero.stage = stage;
     MemoryEstimate e =
-        EstimateMemory(config.model, config.batch.data_parallel_size, zero, config.precision());
+        EstimateMemory(config.model, config.batch.data_parallel_size, zero, config.precision(),
+                       config.parallel);
     std::string label = std::to_string(stage) + (stage == config.zero.stage ? "*" : "");
     std::snprintf(line, sizeof(line), "  %-6s %12s %12s %12s %12s %14s %12s\n", label.c_str(),
                   io::FormatBytes(e.params).c_str(), io::FormatBytes(e.grads).c_str(),

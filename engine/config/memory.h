@@ -13,6 +13,9 @@ namespace ds::engine {
 
 // Pre-LN GPT-2 with tied embeddings: V*C + T*C + L*(12*C*C + 13*C) + 2*C.
 int64_t ModelParameterCount(const ModelConfig& model);
+// The parameters of the rank that holds the most when the GPT is split `parallel.tp` ways and
+// over `parallel.pp` stages (as engine/model/gpt.cc splits it).
+int64_t ParametersOnLargestRank(const ModelConfig& model, const ParallelConfig& parallel);
 // Parameters of the largest unit ZeRO stage 3 gathers whole: the token embedding (V*C) or one
 // transformer block (12*C*C + 13*C), whichever is larger.
 int64_t LargestGatheredParameters(const ModelConfig& model);
@@ -29,8 +32,10 @@ struct MemoryEstimate {  // bytes, per rank
 
 // `zero.stage` picks the stage; offload_optimizer (stages 1-3) and offload_param (stage 3) with
 // device cpu move their part to `host`.
+// `world_size` is the data-parallel size; with tensor or pipeline parallelism (`parallel`) the
+// estimate is for the rank holding the most parameters (ParametersOnLargestRank).
 MemoryEstimate EstimateMemory(const ModelConfig& model, int64_t world_size, const ZeroConfig& zero,
-                              Precision precision);
+                              Precision precision, const ParallelConfig& parallel = {});
 
 // A table of EstimateMemory at stages 0-3 for this config (its data-parallel size, precision
 // and offload settings), the configured stage marked with '*', for dsrun --dry-run.
