@@ -148,7 +148,8 @@ TEST_F(ParallelTest, LayoutsTrainLikeOneProcess) {
   };
   // Activation checkpointing recomputes blocks exactly: the same reference.
   const Case cases[] = {{2, 1, 1, 0}, {1, 2, 1, 0}, {2, 2, 1, 1}, {2, 1, 2, 1}, {2, 1, 2, 2},
-                        {1, 2, 2, 1}, {2, 2, 1, 0, "model.activation_checkpointing=true"}};
+                        {1, 2, 2, 1}, {2, 2, 1, 0, "model.activation_checkpointing=true"},
+                        {2, 2, 1, 1, "zero_optimization.offload_optimizer.device=cpu"}};
   // The reference: one process reading the data-parallel ranks' micro batches at once.
   std::map<int, std::pair<TrainSummary, std::string>> reference;  // by data-parallel size
   ds::testing::TempDir reference_dirs[2];
