@@ -100,7 +100,7 @@ Result<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(io::Env* env,
   aio.queue_depth = o.io_queue_depth;
   DS_ASSIGN_OR_RETURN(impl->aio, io::OpenAsyncIo(aio));
   const unsigned threads = o.encode_threads == 0 ? io::HardwareThreads() : o.encode_threads;
-  impl->encoders = std::make_unique<io::ThreadPool>(threads);
+  impl->encoders = std::make_unique<io::ThreadPool>(threads, o.encode_nice);
   impl->staging = std::make_unique<io::BufferPool>(io::BufferPoolOptions{
       o.staging_bytes, io::kDirectAlignment, o.on_staging_allocate, o.on_staging_release});
   const uint64_t stored_block =

@@ -43,6 +43,9 @@ struct WriterOptions {
   uint64_t chunk_bytes = 4 << 20;             // raw bytes per chunk (4 MiB: see docs/benchmarks.md)
   uint64_t staging_bytes = uint64_t{4} << 30;  // snapshot memory: raw chunks awaiting encode
   unsigned encode_threads = 0;                 // 0: hardware threads
+  // How much lower the encoders' CPU priority is than the caller's (Linux niceness, 0-19): a
+  // save in the background then takes the CPU only where training leaves it.
+  int encode_nice = 0;
   unsigned io_queue_depth = 32;
   bool direct_io = true;
   std::string io_backend;  // "", "uring" or "pwrite" (see io/async_io.h)

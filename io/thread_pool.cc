@@ -1,15 +1,24 @@
 #include "io/thread_pool.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <memory>
 
 namespace ds::io {
 
-ThreadPool::ThreadPool(size_t threads) {
+ThreadPool::ThreadPool(size_t threads, int nice) {
   if (threads == 0) threads = 1;
   workers_.reserve(threads);
-  for (size_t i = 0; i < threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  for (size_t i = 0; i < threads; ++i) {
+    workers_.emplace_back([this, nice] {
+      // Best effort: a failure leaves the thread at its inherited priority.
+      if (nice > 0) (void)setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), nice);
+      WorkerLoop();
+    });
+  }
 }
 
 ThreadPool::~ThreadPool() {

@@ -15,7 +15,9 @@ namespace ds::io {
 
 class ThreadPool {
  public:
-  explicit ThreadPool(size_t threads);
+  // `nice` > 0 lowers the workers' scheduling priority by that much (Linux niceness is per
+  // thread): background work then yields the CPU to the threads that wait for nothing.
+  explicit ThreadPool(size_t threads, int nice = 0);
   ~ThreadPool();  // runs what is queued, then joins
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;

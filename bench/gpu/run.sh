@@ -101,7 +101,7 @@ for s in "$@"; do
     ckpt-1.3b)
       # CKPT_CODEC (default bytegroup+zstd), CKPT_CHUNK (checkpoint.chunk_bytes, default 4MiB),
       # CKPT_STAGING (checkpoint.device_staging values, default "auto false") and CKPT_PEERS (default all of ckpt_peer.py's but the process-based
-      # async one) keep a call within the device's time.
+      # async one) keep a call within the device's time; CKPT_SET: more --set items for dsrun.
       step ckpt-1.3b
       mkdir -p "$SCRATCH" && df -h "$SCRATCH" | tee "$OUT/ckpt-disk.log"
       for staging in ${CKPT_STAGING:-auto false}; do
@@ -109,7 +109,7 @@ for s in "$@"; do
           --steps 3 --warmup 2 --json --set model.preset=gpt-1.3b model.seq_len=1024 \
           train_micro_batch_size_per_gpu=4 bf16.enabled=true checkpoint.keep_last=1 \
           "checkpoint.codec=${CKPT_CODEC:-bytegroup+zstd}" "checkpoint.device_staging=$staging" \
-          "checkpoint.chunk_bytes=${CKPT_CHUNK:-4MiB}" \
+          "checkpoint.chunk_bytes=${CKPT_CHUNK:-4MiB}" ${CKPT_SET:-} \
           "trainer.output_dir=$SCRATCH/dsrun" 2>&1 | tee "$OUT/ckpt-dsrun-staging-$staging.log" |
           grep -E -v '^\[rank [0-9]+\] (step|\[)'  # keeps the staging and checkpoint lines
         rm -rf "${SCRATCH:?}/dsrun"

@@ -222,6 +222,10 @@ struct CheckpointConfig {
   // A GPU copy of the state that the snapshot reads from, so training waits only for a
   // device-to-device copy: "auto" (when the GPU has room for it), "true" or "false".
   std::string device_staging = "auto";
+  uint32_t encode_threads = 0;  // compressing and checksumming threads; 0: hardware threads
+  // Niceness of those threads (0-19): training's own threads come first for the CPU (kernel
+  // launches on a GPU, the step itself on the CPU) while a save runs in the background.
+  int background_nice = 10;
   // DeepSpeed's
   std::string tag_validation = "WARN";  // "IGNORE", "WARN", "FAIL"
   bool load_universal = false;

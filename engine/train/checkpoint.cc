@@ -214,6 +214,8 @@ Status Trainer::Impl::CreateWriter() {
   DS_ASSIGN_OR_RETURN(w.codec, fmt::CodecFromName(k.codec));
   w.zstd_level = k.zstd_level;
   w.chunk_bytes = k.chunk_bytes;
+  w.encode_threads = k.encode_threads;
+  w.encode_nice = k.background_nice;
   w.staging_bytes = k.staging_bytes != 0 ? k.staging_bytes : AutoStagingBytes(k.chunk_bytes);
   w.timeout_micros = static_cast<uint64_t>(config.comms.timeout_s) * 1'000'000;
   w.when_busy = k.when_busy == "skip" ? ckpt::WriterOptions::WhenBusy::kSkip

@@ -451,6 +451,15 @@ TEST(ConfigTrainerDataCheckpointTest, DefaultsAndOurKeys) {
   cfg["checkpoint"] = {{"device_staging", false}};  // JSON booleans, as DeepSpeed's flags are
   DS_ASSERT_OK_AND_ASSIGN(c, Parse(cfg));
   EXPECT_EQ(c.checkpoint.device_staging, "false");
+  EXPECT_EQ(c.checkpoint.encode_threads, 0u);
+  EXPECT_EQ(c.checkpoint.background_nice, 10);
+  cfg["checkpoint"] = {{"encode_threads", 8}, {"background_nice", 0}};
+  DS_ASSERT_OK_AND_ASSIGN(c, Parse(cfg));
+  EXPECT_EQ(c.checkpoint.encode_threads, 8u);
+  EXPECT_EQ(c.checkpoint.background_nice, 0);
+  cfg["checkpoint"] = {{"background_nice", 20}};
+  EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
+                                   HasSubstr("checkpoint.background_nice must be between 0 and 19")));
   cfg["checkpoint"] = {{"device_staging", "maybe"}};
   EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
                                    "cfg.json: checkpoint.device_staging 'maybe' is not one of: "
