@@ -29,4 +29,12 @@ void AdamWStep(const at::Tensor& master, const at::Tensor& grad, const at::Tenso
                const at::Tensor& exp_avg_sq, int64_t step, double lr, const AdamWOptions& options,
                double beta1_override, bool allow_fused = true);
 
+// The same step with its count and skip decided on the device, so the host never waits for the
+// gradients: `step` (a float32 scalar on the buffers' device) is advanced by 1 - `skip`, and
+// where `skip` (float32 scalar, 0 or 1) is 1 nothing changes (torch.optim's found_inf). Fused
+// kernels read both on the device; the plain path (no bias correction) reads them on the host.
+void AdamWStep(const at::Tensor& master, const at::Tensor& grad, const at::Tensor& exp_avg,
+               const at::Tensor& exp_avg_sq, const at::Tensor& step, const at::Tensor& skip,
+               double lr, const AdamWOptions& options, double beta1_override);
+
 }  // namespace ds::engine

@@ -364,17 +364,17 @@ Status Trainer::Impl::Step() {
     const int64_t sched_step = t.step - t.schedule_origin;
     const double lr = t.schedule->LrForStep(sched_step);
     t.WaitForSnapshotCopies();  // Adam rewrites what a snapshot may still be copying
-    DS_ASSIGN_OR_RETURN(ZeroStepResult r, t.zero->Step(lr, t.schedule->Beta1At(sched_step - 1),
-                                                       scale, c.gradient_clipping, check));
+    // fp16's dynamic loss scale needs the overflow before the next step; otherwise the norm and
+    // the overflow are read with the losses (Flush), and the step never waits for the GPU.
+    DS_ASSIGN_OR_RETURN(ZeroStepResult r,
+                        t.zero->Step(lr, t.schedule->Beta1At(sched_step - 1), scale,
+                                     c.gradient_clipping, check, p == Precision::kFp16));
     const bool overflow = r.overflow;
     if (breakdown) {
       if (t.device.is_cuda()) torch::cuda::synchronize();
       t.timer->Stop("optimizer");
     }
-    DS_ASSIGN_OR_RETURN(LossScaler::Update u, t.scaler->Record(overflow));
-    if (!u.message.empty() && t.options.rank == 0)
-      io::LogInfo("step " + std::to_string(t.step + 1) + ": " + u.message);
-    if (overflow) ++t.skipped;
+    if (r.read) DS_RETURN_IF_ERROR(t.RecordOverflow(t.step + 1, overflow));
 
     ++t.step;
     StepMetrics m;
@@ -384,7 +384,7 @@ Status Trainer::Impl::Step() {
     if (p == Precision::kFp16) m.loss_scale = scale;
     m.tokens = c.batch.train_batch_size * c.model.seq_len;
     m.skipped = overflow;
-    if (check || c.gradient_clipping > 0) m.grad_norm = r.grad_norm;
+    if (r.read && (check || c.gradient_clipping > 0)) m.grad_norm = r.grad_norm;
     if (t.last_stall_s >= 0) {  // the last checkpoint's snapshot, which this step waited for
       m.extras["save_stall_s"] = t.last_stall_s;
       t.last_stall_s = -1;
@@ -393,6 +393,8 @@ Status Trainer::Impl::Step() {
     m.step_time_s = static_cast<double>(t.env->NowMicros() - t0) / 1e6;
     t.pending.push_back(m);
     t.pending_loss.push_back(loss_sum / static_cast<double>(gas));
+    t.pending_unread.push_back(r.read ? torch::Tensor()
+                                      : torch::stack({r.grad_norm_t, r.overflow_t}));
   } catch (const std::exception& e) {
     // A collective that failed inside backward() is reported as the Status it was.
     if (!t.zero->error().ok()) return t.zero->error();
@@ -405,9 +407,46 @@ Status Trainer::Impl::Step() {
   return Status::OK();
 }
 
+Status Trainer::Impl::RecordOverflow(int64_t at_step, bool overflow) {
+  DS_ASSIGN_OR_RETURN(LossScaler::Update u, scaler->Record(overflow));
+  if (!u.message.empty() && options.rank == 0)
+    io::LogInfo("step " + std::to_string(at_step) + ": " + u.message);
+  if (overflow) ++skipped;
+  return Status::OK();
+}
+
+// The norms and overflow flags the pending steps left on the device (one copy for all).
+Status Trainer::Impl::ReadDeferredSteps() {
+  std::vector<torch::Tensor> unread;
+  for (const torch::Tensor& u : pending_unread) {
+    if (u.defined()) unread.push_back(u);
+  }
+  if (unread.empty()) {
+    pending_unread.clear();
+    return Status::OK();
+  }
+  torch::Tensor values = torch::stack(unread).to(torch::kCPU, torch::kFloat64);
+  const double* v = values.data_ptr<double>();
+  const Precision p = config.precision();
+  const bool norm_known = config.gradient_clipping > 0 || p == Precision::kFp16 ||
+                          (p == Precision::kBf16 && config.bf16.check_grad_overflow);
+  size_t k = 0;
+  for (size_t i = 0; i < pending_unread.size() && i < pending.size(); ++i) {
+    if (!pending_unread[i].defined()) continue;
+    StepMetrics& m = pending[i];
+    m.skipped = v[2 * k + 1] > 0;
+    if (norm_known) m.grad_norm = v[2 * k];
+    DS_RETURN_IF_ERROR(RecordOverflow(m.step, m.skipped));
+    ++k;
+  }
+  pending_unread.clear();
+  return Status::OK();
+}
+
 Status Trainer::Impl::Flush(bool across_ranks) {
   DS_RETURN_IF_ERROR(EnsureMonitor());
   if (pending.empty()) return Status::OK();
+  DS_RETURN_IF_ERROR(ReadDeferredSteps());
   if (!across_ranks && !par.last_stage()) {
     // Only the last pipeline stage computes losses: without a collective there is none to record.
     pending.clear();

@@ -142,6 +142,7 @@ Result<std::unique_ptr<ZeroOptimizer>> ZeroOptimizer::Create(std::shared_ptr<Lan
     DS_RETURN_IF_ERROR(o.stage == 3 ? z->SetupStage3(fp32) : z->SetupFlat(fp32));
     z->exp_avg = at::zeros({z->part_len}, z->state_opts);
     z->exp_avg_sq = at::zeros({z->part_len}, z->state_opts);
+    z->adam_step = at::zeros({}, z->state_opts.pinned_memory(false));
   } catch (const c10::Error& e) {
     return Status::IOError("setting up ZeRO stage " + std::to_string(o.stage) + " on " +
                            o.device.str() + ": " + e.what_without_backtrace());
@@ -388,7 +389,8 @@ Status ZeroOptimizer::Impl::PublishFlat() {
 }
 
 Result<ZeroStepResult> ZeroOptimizer::Step(double lr, std::optional<double> beta1,
-                                           double loss_scale, double clip, bool check_overflow) {
+                                           double loss_scale, double clip, bool check_overflow,
+                                           bool read_now) {
   Impl& z = *impl_;
   ZeroStepResult out;
   try {
@@ -402,16 +404,25 @@ Result<ZeroStepResult> ZeroOptimizer::Step(double lr, std::optional<double> beta
     if (z.o.model_comm != nullptr)
       DS_RETURN_IF_ERROR(z.o.model_comm->AllReduce(sq, "gradient norm over the model's parts"));
     at::Tensor norm = sq.sqrt();
-    if (check_overflow || clip > 0) {
-      out.grad_norm = norm.item<double>();  // the one host synchronisation of a step
-      out.overflow = check_overflow && !std::isfinite(out.grad_norm);
+    // Overflow and clipping as device scalars: Adam skips on `overflow` (found_inf) and the
+    // weights are published either way (unchanged after a skip).
+    at::Tensor overflow = check_overflow ? at::isfinite(norm).logical_not().to(at::kFloat)
+                                         : at::zeros({1}, norm.options());
+    if (clip > 0) {
+      at::Tensor coef = at::clamp_max(clip / (norm + 1e-6), 1.0);
+      z.grad.mul_(at::where(overflow > 0, at::ones_like(coef), coef).to(z.grad.device()));
     }
-    if (clip > 0 && !out.overflow) {
-      z.grad.mul_(at::clamp_max(clip / (norm + 1e-6), 1.0).to(z.grad.device()));
+    out.grad_norm_t = norm.reshape({});
+    out.overflow_t = overflow.reshape({});
+    if (read_now) {
+      out.read = true;
+      out.grad_norm = out.grad_norm_t.item<double>();  // the one host synchronisation of a step
+      out.overflow = out.overflow_t.item<float>() > 0;
     }
-    if (!out.overflow) {
-      AdamWStep(z.master, z.grad, z.exp_avg, z.exp_avg_sq, ++z.adam_steps, lr, z.o.adam,
-                beta1.value_or(std::numeric_limits<double>::quiet_NaN()));
+    at::Tensor skip = out.overflow_t.to(z.adam_step.device());
+    AdamWStep(z.master, z.grad, z.exp_avg, z.exp_avg_sq, z.adam_step, skip, lr, z.o.adam,
+              beta1.value_or(std::numeric_limits<double>::quiet_NaN()));
+    if (!out.read || !out.overflow) {
       DS_RETURN_IF_ERROR(z.o.stage == 3 ? z.PublishStage3() : z.PublishFlat());
     }
     if (z.flat_acc.defined()) z.flat_acc.zero_();
@@ -469,8 +480,12 @@ std::vector<ZeroPiece> ZeroOptimizer::HeldPieces() const {
 at::Tensor ZeroOptimizer::master() const { return impl_->master; }
 at::Tensor ZeroOptimizer::exp_avg() const { return impl_->exp_avg; }
 at::Tensor ZeroOptimizer::exp_avg_sq() const { return impl_->exp_avg_sq; }
-int64_t ZeroOptimizer::adam_steps() const { return impl_->adam_steps; }
-void ZeroOptimizer::set_adam_steps(int64_t steps) { impl_->adam_steps = steps; }
+int64_t ZeroOptimizer::adam_steps() const {
+  return static_cast<int64_t>(impl_->adam_step.item<float>());
+}
+void ZeroOptimizer::set_adam_steps(int64_t steps) {
+  impl_->adam_step.fill_(static_cast<double>(steps));
+}
 uint64_t ZeroOptimizer::alignment() const { return impl_->o.alignment; }
 
 Status ZeroOptimizer::Publish() {

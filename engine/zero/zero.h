@@ -54,10 +54,14 @@ struct ZeroOptions {
   Comm* tied_comm = nullptr;
 };
 
-// What one optimizer step found.
+// What one optimizer step found. Without `read`, the host has not waited for the step: the
+// norm and the overflow flag are in the device scalars, to be read later (with the losses).
 struct ZeroStepResult {
+  bool read = false;
   bool overflow = false;  // a non-finite gradient on some rank: the step was skipped
   double grad_norm = 0;   // global, before clipping (only read with clipping or overflow checks)
+  at::Tensor grad_norm_t;  // float32 scalars on the device
+  at::Tensor overflow_t;   // 1: skipped
 };
 
 // A range of one parameter's flattened elements in this rank's optimizer buffers: elements
@@ -98,9 +102,11 @@ class ZeroOptimizer {
 
   // Unscales by `loss_scale`, finds the global norm and overflow, clips to `clip` (0: off),
   // and (unless overflow) runs Adam on this rank's partition and publishes the new weights to
-  // the model. Gradients are zeroed either way.
+  // the model. Gradients are zeroed either way. All of it is decided on the device: the host
+  // waits for the norm only when `read_now` (fp16's loss scaler needs the overflow at once).
+  // A host wait in every step would also wait behind a snapshot's device-to-host copies.
   Result<ZeroStepResult> Step(double lr, std::optional<double> beta1, double loss_scale,
-                              double clip, bool check_overflow);
+                              double clip, bool check_overflow, bool read_now = true);
 
   // The whole fp32 master vector in parameter order (all_numel elements), gathered from the
   // ranks: a collective. For tests and saving.
@@ -120,7 +126,7 @@ class ZeroOptimizer {
   at::Tensor master() const;
   at::Tensor exp_avg() const;
   at::Tensor exp_avg_sq() const;
-  int64_t adam_steps() const;
+  int64_t adam_steps() const;  // waits for the device's count
   void set_adam_steps(int64_t steps);
   Status Publish();
   uint64_t alignment() const;

@@ -18,9 +18,12 @@
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
+#include <limits>
 #include <thread>
 
 #include "engine/config/memory.h"
+#include "engine/model/model.h"
+#include "engine/zero/zero.h"
 #include "engine/train/trainer.h"
 #include "tests/engine/rank_threads.h"
 #include "tests/testing/matchers.h"
@@ -213,6 +216,56 @@ TEST_F(ZeroTest, ARankThatStopsAnsweringEndsTheOthersWithTheCollectiveNamed) {
   // Rank 1's heartbeat thread still posts, so it is alive but has not called the collective.
   EXPECT_THAT(got[0].status.message(), HasSubstr("rank 1 is alive but 1 collective(s) behind"));
   EXPECT_LT(seconds, 30);
+}
+
+}  // namespace
+}  // namespace ds::engine
+
+namespace ds::engine {
+namespace {
+
+// A step decided on the device (no host read): non-finite gradients leave the weights, the
+// moments and Adam's count as they were, and report the overflow; the next finite step counts
+// as Adam's first. The same as the host-read path, which fp16 uses.
+TEST(ZeroStepTest, AnOverflowSkipsTheStepOnTheDeviceAsOnTheHost) {
+  for (bool read_now : {false, true}) {
+    SCOPED_TRACE(read_now ? "read now" : "read later");
+    ModelConfig mc;
+    mc.n_layer = 1;
+    mc.n_head = 2;
+    mc.d_model = 16;
+    mc.seq_len = 8;
+    mc.vocab = 32;
+    DS_ASSERT_OK_AND_ASSIGN(std::shared_ptr<LanguageModel> model, MakeModel(mc, 3));
+    ZeroOptions o;
+    o.stage = 1;
+    DS_ASSERT_OK_AND_ASSIGN(std::unique_ptr<ZeroOptimizer> z, ZeroOptimizer::Create(model, o));
+    const torch::Tensor before = z->master().clone();
+    auto backward = [&](double fill) {
+      ASSERT_TRUE(z->BeginMicroStep().ok());
+      for (auto& p : model->parameters()) p.mutable_grad() = torch::full_like(p, fill);
+      ASSERT_TRUE(z->EndMicroStep(true).ok());
+    };
+    backward(std::numeric_limits<double>::infinity());
+    DS_ASSERT_OK_AND_ASSIGN(ZeroStepResult bad, z->Step(1e-2, std::nullopt, 1.0, 1.0, true, read_now));
+    EXPECT_EQ(bad.read, read_now);
+    EXPECT_EQ(bad.overflow_t.item<float>(), 1.0f);
+    EXPECT_EQ(bad.overflow, read_now);
+    EXPECT_TRUE(torch::equal(z->master(), before));
+    EXPECT_EQ(z->exp_avg().abs().sum().item<float>(), 0.0f);
+    EXPECT_EQ(z->adam_steps(), 0);
+    backward(0.5);
+    DS_ASSERT_OK_AND_ASSIGN(ZeroStepResult good, z->Step(1e-2, std::nullopt, 1.0, 0.0, true, read_now));
+    EXPECT_EQ(good.overflow_t.item<float>(), 0.0f);
+    EXPECT_FALSE(good.overflow);
+    EXPECT_EQ(z->adam_steps(), 1);
+    // Adam's first step moves every element by lr (the gradient's sign) before weight decay.
+    EXPECT_NEAR((before - z->master()).abs().max().item<float>(), 1e-2, 1e-5);
+    for (const auto& p : model->named_parameters()) {
+      EXPECT_FALSE(p.value().grad().defined() && p.value().grad().abs().sum().item<float>() != 0)
+          << p.key();
+    }
+  }
 }
 
 }  // namespace

@@ -80,6 +80,8 @@ struct Trainer::Impl {
   // Steps whose loss is still on the device: read together every steps_per_print steps.
   std::vector<StepMetrics> pending;
   std::vector<torch::Tensor> pending_loss;
+  // Per pending step: {grad norm, overflow} still on the device (undefined: already read).
+  std::vector<torch::Tensor> pending_unread;
   std::optional<double> first_loss;
   double recent_loss = 0;
   double flops_per_token = 0;
@@ -112,6 +114,9 @@ struct Trainer::Impl {
   // Reads pending losses (averaged over the ranks when `across_ranks`: a collective), records
   // their steps.
   Status Flush(bool across_ranks = true);
+  Status ReadDeferredSteps();  // fills the pending steps' norms and overflows (Flush)
+  // Counts a skipped step and tells the loss scaler (fp16: at once; else when read).
+  Status RecordOverflow(int64_t at_step, bool overflow);
   MemoryStats Memory() const;
   // Whether to save now (interval or minutes) and whether to stop (stop_requested): every rank
   // gets the same answer (one small all-reduce when a rank could disagree).

@@ -70,7 +70,7 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   at::Tensor grad;           // (part_len) fp32: this rank's gradient (a view of flat_acc at 0/1)
   at::Tensor flat_acc;       // stages 0/1: (total | W * part_len) fp32 on the device
   bool grad_in_acc = false;  // stages 0/1: `grad` is this rank's row of flat_acc
-  int64_t adam_steps = 0;
+  at::Tensor adam_step;  // Adam's step count, a float32 scalar beside the state (AdamWStep)
   Status sticky;  // the first error raised inside backward()
 
   // stage 2
