@@ -16,6 +16,8 @@
 #   peer-1.3b   the same for the ~1.3B model (gpt-1.3b at seq 1024)
 #   ckpt-1.3b   the ~1.3B model's full training state: dsrun's save (stall, durable) against
 #               torch.save and DCP (bench/gpu/ckpt_peer.py)
+#   mgpu        several GPUs (NCCL): ZeRO stages, TP 2 and PP 2 against one GPU, and the 1.3B
+#               model's tokens/s on 1 and N GPUs (run with kind nvidia-h100-x2 or larger)
 #   save-bench-16g  `dsckpt bench save` of 16 GB: save and load against the disk's direct-write
 #               and direct-read bound (our io bench: no fio there)
 # Make .deps once on the build machine: bench/gpu/fetch_deps.sh
@@ -105,6 +107,7 @@ for s in "$@"; do
       step ckpt-1.3b
       mkdir -p "$SCRATCH" && df -h "$SCRATCH" | tee "$OUT/ckpt-disk.log"
       for staging in ${CKPT_STAGING:-auto false}; do
+        # shellcheck disable=SC2086  # CKPT_SET holds several items
         "$BUILD/dsrun" bench --config "$ROOT/examples/demo.json" --nproc-per-node 1 --stages 0 \
           --steps 3 --warmup 2 --json --set model.preset=gpt-1.3b model.seq_len=1024 \
           train_micro_batch_size_per_gpu=4 bf16.enabled=true checkpoint.keep_last=1 \
@@ -118,6 +121,41 @@ for s in "$@"; do
         "$PY" "$ROOT/bench/gpu/ckpt_peer.py" --preset gpt-1.3b --seq-len 1024 --dir "$SCRATCH/peer" \
           --peers "${CKPT_PEERS:-torch_save,dcp,dcp_async}" --json 2>&1 | tee "$OUT/ckpt-peer.log"
       rm -rf "${SCRATCH:?}"
+      ;;
+    mgpu)
+      # Several GPUs (issue 13), NCCL: every ZeRO stage on N GPUs, TP 2 and PP 2, each against
+      # one GPU reading the same samples (the "trained ... loss a -> b" lines), then the 1.3B
+      # model's tokens/s at stages 1 and 3 on N GPUs and at stage 1 on one (MGPU_SCALING=0 skips).
+      step mgpu
+      n=$(nvidia-smi -L | wc -l)
+      small() {  # small <micro batch> <label> dsrun-args...
+        local micro=$1 label=$2
+        shift 2
+        "$BUILD/dsrun" --device cuda --config "$ROOT/examples/demo.json" --max-steps 20 "$@" \
+          --set model.n_layer=4 model.n_head=8 model.d_model=256 model.seq_len=256 \
+          "train_micro_batch_size_per_gpu=$micro" gradient_accumulation_steps=2 \
+          steps_per_print=20 checkpoint.enabled=false tensorboard.enabled=false \
+          trainer.eval_interval=0 "trainer.output_dir=$SCRATCH/m" 2>&1 |
+          grep -E 'trained|rror' | sed "s/^/[$label] /" | tee -a "$OUT/mgpu.log"
+        rm -rf "${SCRATCH:?}/m"
+      }
+      small 8 "1 gpu, micro 8" --nproc-per-node 1
+      small $((8 * n)) "1 gpu, micro $((8 * n))" --nproc-per-node 1
+      for stage in 0 1 2 3; do
+        small 8 "$n gpus, stage $stage" --nproc-per-node "$n" --set "zero_optimization.stage=$stage"
+      done
+      small 8 "2 gpus, TP 2" --nproc-per-node 2 --set tensor_parallel.autotp_size=2
+      small 8 "2 gpus, PP 2" --nproc-per-node 2 --set pipeline.stages=2
+      [[ "${MGPU_SCALING:-1}" == 0 ]] && continue
+      for run in "1 1" "$n 1,3"; do
+        read -r gpus stages <<<"$run"
+        "$BUILD/dsrun" bench --config "$ROOT/examples/demo.json" --nproc-per-node "$gpus" \
+          --stages "$stages" --steps 5 --warmup 2 --json --set model.preset=gpt-1.3b \
+          model.seq_len=1024 train_micro_batch_size_per_gpu=4 bf16.enabled=true \
+          checkpoint.enabled=false "trainer.output_dir=$SCRATCH/scale" 2>&1 | grep -v '^\[rank' |
+          tee -a "$OUT/mgpu-scaling.log"
+        rm -rf "${SCRATCH:?}/scale"
+      done
       ;;
     save-bench-16g)
       # The save pipeline alone on 16 GB of synthetic state from host memory: load against the
