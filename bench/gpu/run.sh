@@ -136,7 +136,8 @@ for s in "$@"; do
           "train_micro_batch_size_per_gpu=$micro" gradient_accumulation_steps=2 \
           steps_per_print=20 checkpoint.enabled=false tensorboard.enabled=false \
           trainer.eval_interval=0 "trainer.output_dir=$SCRATCH/m" 2>&1 |
-          grep -E 'trained|rror' | sed "s/^/[$label] /" | tee -a "$OUT/mgpu.log"
+          grep -E 'trained|rror' | sed "s/^/[$label] /" | tee -a "$OUT/mgpu.log" ||
+          echo "[$label] failed" | tee -a "$OUT/mgpu.log"
         rm -rf "${SCRATCH:?}/m"
       }
       small 8 "1 gpu, micro 8" --nproc-per-node 1
@@ -153,7 +154,7 @@ for s in "$@"; do
           --stages "$stages" --steps 5 --warmup 2 --json --set model.preset=gpt-1.3b \
           model.seq_len=1024 train_micro_batch_size_per_gpu=4 bf16.enabled=true \
           checkpoint.enabled=false "trainer.output_dir=$SCRATCH/scale" 2>&1 | grep -v '^\[rank' |
-          tee -a "$OUT/mgpu-scaling.log"
+          tee -a "$OUT/mgpu-scaling.log" || echo "scaling on $gpus GPU(s) failed"
         rm -rf "${SCRATCH:?}/scale"
       done
       ;;

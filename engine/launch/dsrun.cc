@@ -81,7 +81,9 @@ int RunRank(const DsrunFlags& f) {
   }
   TrainerOptions topts;
   topts.device = f.device;
-  const int gpus = topts.device.empty() ? CudaDeviceCount() : 0;
+  // No device, or "cuda" without an index: each rank on this node takes its own GPU (a bare
+  // "cuda" would put every rank on GPU 0, where NCCL refuses a second rank).
+  const int gpus = topts.device.empty() || topts.device == "cuda" ? CudaDeviceCount() : 0;
   if (gpus > 0 && dist->local_world_size > gpus) {
     return Fail(
         kExitUsage, who,
