@@ -37,6 +37,14 @@ void InstallStopHandlers() {
 
 }  // namespace
 
+std::string RankDevice(const std::string& wanted, int local_rank, int gpus) {
+  // A bare "cuda" would put every rank on GPU 0, where NCCL refuses a second rank.
+  if ((wanted.empty() || wanted == "cuda") && gpus > 0) {
+    return "cuda:" + std::to_string(local_rank % gpus);
+  }
+  return wanted;
+}
+
 int CudaDeviceCount() {
   return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0;
 }
@@ -81,8 +89,6 @@ int RunRank(const DsrunFlags& f) {
   }
   TrainerOptions topts;
   topts.device = f.device;
-  // No device, or "cuda" without an index: each rank on this node takes its own GPU (a bare
-  // "cuda" would put every rank on GPU 0, where NCCL refuses a second rank).
   const int gpus = topts.device.empty() || topts.device == "cuda" ? CudaDeviceCount() : 0;
   if (gpus > 0 && dist->local_world_size > gpus) {
     return Fail(
@@ -92,9 +98,7 @@ int RunRank(const DsrunFlags& f) {
                                 " GPU(s) visible: NCCL needs a GPU per rank; "
                                 "start fewer ranks, or train on the CPU with --device cpu (Gloo)"));
   }
-  if (gpus > 0) {
-    topts.device = "cuda:" + std::to_string(dist->local_rank % CudaDeviceCount());
-  }
+  topts.device = RankDevice(f.device, dist->local_rank, gpus);
   topts.rank = dist->rank;
   topts.world_size = dist->world_size;
   topts.master_addr = dist->master_addr;

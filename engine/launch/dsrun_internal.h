@@ -68,6 +68,9 @@ Result<LaunchOptions> LaunchOptionsFor(const DsrunFlags& f,
                                        const std::vector<std::string>& rank_args);
 
 int CudaDeviceCount();
+// The device a rank trains on: `wanted` (--device) as given, except that none or a bare "cuda"
+// is this rank's own GPU on a node with `gpus` of them (cuda:<local_rank mod gpus>).
+std::string RankDevice(const std::string& wanted, int local_rank, int gpus);
 
 // A rank of `dsrun bench`: warm-up steps, then timed steps; rank 0 writes one JSON object to
 // f.bench_out (step time, tokens/s, memory, collectives per step).

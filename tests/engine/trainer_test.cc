@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "engine/core/tensorboard.h"
+#include "engine/launch/dsrun_internal.h"
 #include "engine/model/model.h"
 #include "tests/testing/matchers.h"
 
@@ -243,6 +244,17 @@ TEST_F(TrainerTest, MissingDataFileNamesThePath) {
   Result<std::unique_ptr<Trainer>> t = Trainer::Create(io::Env::Default(), c, o);
   ASSERT_FALSE(t.ok());
   EXPECT_THAT(t.status().message(), HasSubstr("nope.bin"));
+}
+
+// dsrun's device per rank: each rank of a node on its own GPU unless --device names one.
+TEST(RankDeviceTest, EachRankTakesItsOwnGpuUnlessOneIsNamed) {
+  EXPECT_EQ(RankDevice("", 1, 2), "cuda:1");
+  EXPECT_EQ(RankDevice("cuda", 1, 2), "cuda:1");  // was "cuda" for every rank: all on GPU 0
+  EXPECT_EQ(RankDevice("cuda", 3, 2), "cuda:1");
+  EXPECT_EQ(RankDevice("cuda:0", 1, 2), "cuda:0");
+  EXPECT_EQ(RankDevice("cpu", 1, 2), "cpu");
+  EXPECT_EQ(RankDevice("", 0, 0), "");           // no GPU: the trainer picks the CPU
+  EXPECT_EQ(RankDevice("cuda", 0, 0), "cuda");   // and says no GPU is visible
 }
 
 }  // namespace
