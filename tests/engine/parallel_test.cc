@@ -33,8 +33,8 @@ using ::testing::HasSubstr;
 struct RankRun {
   Status status;
   TrainSummary summary;
-  std::string resumed;  // Resume's line
-  std::string saved;    // the checkpoint saved right after resuming (save_after_resume)
+  std::string resumed;       // Resume's line
+  std::string saved;         // the checkpoint saved right after resuming (save_after_resume)
   uint64_t param_bytes = 0;  // the model's parameters on this rank
 };
 
@@ -107,20 +107,9 @@ class ParallelTest : public ::testing::Test {
     return out;
   }
 
-  static ResumeOptions Latest() {
-    ResumeOptions r;
-    r.from = "latest";
-    return r;
-  }
-
   static ds::testing::TempDir corpus_;
 };
 ds::testing::TempDir ParallelTest::corpus_;
-
-#define ASSERT_RANKS_OK(runs)                                                                     \
-  for (size_t r_ = 0; r_ < (runs).size(); ++r_) {                                                 \
-    ASSERT_TRUE((runs)[r_].status.ok()) << "rank " << r_ << ": " << (runs)[r_].status.ToString(); \
-  }
 
 // Every tensor of two checkpoints: equal within `atol` (0: bit-exact).
 void ExpectSameTensors(const std::string& a, const std::string& b, double atol) {
@@ -147,8 +136,13 @@ TEST_F(ParallelTest, LayoutsTrainLikeOneProcess) {
     std::string extra = "";  // one more --set
   };
   // Activation checkpointing recomputes blocks exactly: the same reference.
-  const Case cases[] = {{2, 1, 1, 0}, {1, 2, 1, 0}, {2, 2, 1, 1}, {2, 1, 2, 1}, {2, 1, 2, 2},
-                        {1, 2, 2, 1}, {2, 2, 1, 0, "model.activation_checkpointing=true"},
+  const Case cases[] = {{2, 1, 1, 0},
+                        {1, 2, 1, 0},
+                        {2, 2, 1, 1},
+                        {2, 1, 2, 1},
+                        {2, 1, 2, 2},
+                        {1, 2, 2, 1},
+                        {2, 2, 1, 0, "model.activation_checkpointing=true"},
                         {2, 2, 1, 1, "zero_optimization.offload_optimizer.device=cpu"}};
   // The reference: one process reading the data-parallel ranks' micro batches at once.
   std::map<int, std::pair<TrainSummary, std::string>> reference;  // by data-parallel size
@@ -220,8 +214,7 @@ TEST_F(ParallelTest, CheckpointsMoveBetweenLayoutsBitExact) {
     ASSERT_RANKS_OK(saved);
     nlohmann::json j = Config(dir.path(), 2);
     j["checkpoint"]["save_dir"] = again.path();
-    ResumeOptions from = Latest();
-    from.from = LatestIn(dir.path());
+    ResumeOptions from = testing::ResumeFrom(LatestIn(dir.path()));
     std::vector<RankRun> moved =
         Run(m.to_tp * m.to_pp, j, Layout(m.to_tp, m.to_pp), from, "save at once");
     ASSERT_RANKS_OK(moved);
@@ -229,7 +222,7 @@ TEST_F(ParallelTest, CheckpointsMoveBetweenLayoutsBitExact) {
     ExpectSameTensors(LatestIn(dir.path()), moved[0].saved, 0);
     // ... and trains on from there.
     std::vector<RankRun> on = Run(m.to_tp * m.to_pp, Config(dir.path(), 4),
-                                  Layout(m.to_tp, m.to_pp), Latest());
+                                  Layout(m.to_tp, m.to_pp), testing::ResumeFrom());
     ASSERT_RANKS_OK(on);
     EXPECT_EQ(on[0].summary.steps, 4);
   }

@@ -46,4 +46,17 @@ inline Result<std::unique_ptr<Trainer>> MakeRankTrainer(const nlohmann::json& j,
   return Trainer::Create(env, c, to);
 }
 
+// What `dsrun --resume <from>` asks for ("latest", a tag, or a checkpoint directory).
+inline ResumeOptions ResumeFrom(const std::string& from = "latest") {
+  ResumeOptions r;
+  r.from = from;
+  return r;
+}
+
 }  // namespace ds::engine::testing
+
+// Every rank's run (a vector of structs with a `status`) succeeded.
+#define ASSERT_RANKS_OK(runs)                                                                     \
+  for (size_t r_ = 0; r_ < (runs).size(); ++r_) {                                                 \
+    ASSERT_TRUE((runs)[r_].status.ok()) << "rank " << r_ << ": " << (runs)[r_].status.ToString(); \
+  }

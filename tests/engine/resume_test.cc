@@ -86,20 +86,9 @@ class ResumeTest : public ::testing::Test {
     return out;
   }
 
-  static ResumeOptions Latest() {
-    ResumeOptions r;
-    r.from = "latest";
-    return r;
-  }
-
   static ds::testing::TempDir corpus_;
 };
 ds::testing::TempDir ResumeTest::corpus_;
-
-#define ASSERT_RANKS_OK(runs)                                                                     \
-  for (size_t r_ = 0; r_ < (runs).size(); ++r_) {                                                 \
-    ASSERT_TRUE((runs)[r_].status.ok()) << "rank " << r_ << ": " << (runs)[r_].status.ToString(); \
-  }
 
 TEST_F(ResumeTest, StopAndResumeEqualsTrainingStraightThroughAtEveryStageAndWorldSize) {
   struct Case {
@@ -125,7 +114,8 @@ TEST_F(ResumeTest, StopAndResumeEqualsTrainingStraightThroughAtEveryStageAndWorl
         Run(k.world, Config(split_dir.path(), 2), set);  // saves step 2 at the end
     ASSERT_RANKS_OK(first);
     ASSERT_EQ(first[0].summary.saves, 1);
-    std::vector<RankRun> second = Run(k.world, Config(split_dir.path(), 4), set, Latest());
+    std::vector<RankRun> second =
+        Run(k.world, Config(split_dir.path(), 4), set, testing::ResumeFrom());
     ASSERT_RANKS_OK(second);
     EXPECT_THAT(second[0].resumed, HasSubstr("at step 2"));
     for (int r = 0; r < k.world; ++r) {
@@ -142,21 +132,23 @@ TEST_F(ResumeTest, ACheckpointResumesAtAnotherWorldSizeAndStage) {
   ASSERT_RANKS_OK(saved);
   // 2 ranks at stage 1 -> 4 ranks at stage 3, resuming at the saved step: the same weights.
   std::vector<RankRun> four =
-      Run(4, Config(dir.path(), 2), {"zero_optimization.stage=3"}, Latest());
+      Run(4, Config(dir.path(), 2), {"zero_optimization.stage=3"}, testing::ResumeFrom());
   ASSERT_RANKS_OK(four);
   EXPECT_THAT(four[0].resumed,
               HasSubstr("saved by 2 rank(s) at ZeRO stage 1, loaded into 4 at stage 3"));
   EXPECT_TRUE(torch::equal(four[0].master, saved[0].master));
   // ... and trains on, then 1 rank at stage 0 takes over.
-  std::vector<RankRun> on = Run(4, Config(dir.path(), 4), {"zero_optimization.stage=3"}, Latest());
+  std::vector<RankRun> on =
+      Run(4, Config(dir.path(), 4), {"zero_optimization.stage=3"}, testing::ResumeFrom());
   ASSERT_RANKS_OK(on);
   EXPECT_FALSE(torch::equal(on[0].master, saved[0].master));
-  std::vector<RankRun> one = Run(1, Config(dir.path(), 4), {"zero_optimization.stage=0"}, Latest());
+  std::vector<RankRun> one =
+      Run(1, Config(dir.path(), 4), {"zero_optimization.stage=0"}, testing::ResumeFrom());
   ASSERT_RANKS_OK(one);
   EXPECT_THAT(one[0].resumed, HasSubstr("at step 4"));
   EXPECT_TRUE(torch::equal(one[0].master, on[0].master));
   std::vector<RankRun> more =
-      Run(1, Config(dir.path(), 6), {"zero_optimization.stage=0"}, Latest());
+      Run(1, Config(dir.path(), 6), {"zero_optimization.stage=0"}, testing::ResumeFrom());
   ASSERT_RANKS_OK(more);
   EXPECT_LT(more[0].summary.last_loss, saved[0].summary.first_loss);
 }
@@ -164,32 +156,34 @@ TEST_F(ResumeTest, ACheckpointResumesAtAnotherWorldSizeAndStage) {
 TEST_F(ResumeTest, BadResumesAreClearErrors) {
   ds::testing::TempDir dir;
   // Nothing saved yet.
-  std::vector<RankRun> none = Run(1, Config(dir.path(), 2), {}, Latest());
+  std::vector<RankRun> none = Run(1, Config(dir.path(), 2), {}, testing::ResumeFrom());
   EXPECT_THAT(none[0].status,
               ds::testing::StatusIs(StatusCode::kNotFound, HasSubstr("--resume latest")));
-  ResumeOptions if_any = Latest();
+  ResumeOptions if_any = testing::ResumeFrom();
   if_any.if_any = true;
   std::vector<RankRun> fresh = Run(1, Config(dir.path(), 2), {}, if_any);  // saves step 2
   ASSERT_RANKS_OK(fresh);
   EXPECT_THAT(fresh[0].resumed, HasSubstr("starting fresh"));
   // Another model: the first differing tensor and both shapes.
-  std::vector<RankRun> wider = Run(1, Config(dir.path(), 4), {"model.d_model=64"}, Latest());
+  std::vector<RankRun> wider =
+      Run(1, Config(dir.path(), 4), {"model.d_model=64"}, testing::ResumeFrom());
   EXPECT_THAT(wider[0].status,
               ds::testing::StatusIs(StatusCode::kInvalidArgument,
                                     HasSubstr("tensor master/wte.weight is [256, 32] there, "
                                               "[256, 64] in the model")));
   // A damaged newest checkpoint: the chunk is named; --fallback takes the older one.
-  std::vector<RankRun> more = Run(1, Config(dir.path(), 4), {}, Latest());  // saves step 4
+  std::vector<RankRun> more =
+      Run(1, Config(dir.path(), 4), {}, testing::ResumeFrom());  // saves step 4
   ASSERT_RANKS_OK(more);
   io::Env* env = io::Env::Default();
   const std::string shard = io::JoinPath(dir.path(), "checkpoints/step-00000004/rank-00000.dss");
   DS_ASSERT_OK_AND_ASSIGN(std::string bytes, env->ReadFileToString(shard));
   for (size_t i = 4096; i < bytes.size(); i += 997) bytes[i] = static_cast<char>(bytes[i] ^ 0x5a);
   ASSERT_TRUE(env->WriteFileSynced(shard, bytes).ok());
-  std::vector<RankRun> damaged = Run(1, Config(dir.path(), 6), {}, Latest());
+  std::vector<RankRun> damaged = Run(1, Config(dir.path(), 6), {}, testing::ResumeFrom());
   EXPECT_THAT(damaged[0].status,
               ds::testing::StatusIs(StatusCode::kCorruption, HasSubstr("chunk")));
-  ResumeOptions fallback = Latest();
+  ResumeOptions fallback = testing::ResumeFrom();
   fallback.fallback = true;
   std::vector<RankRun> fell = Run(1, Config(dir.path(), 6), {}, fallback);
   ASSERT_RANKS_OK(fell);
