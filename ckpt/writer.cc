@@ -3,9 +3,8 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
-#include <random>
-
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "ckpt/writer_impl.h"
 #include "io/log.h"
@@ -83,8 +82,7 @@ CheckpointWriter::CheckpointWriter(std::unique_ptr<Impl> impl, WriterOptions opt
 
 CheckpointWriter::~CheckpointWriter() { impl_->WaitForBackground(); }
 
-Result<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(io::Env* env,
-                                                                   WriterOptions o) {
+Result<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(io::Env* env, WriterOptions o) {
   DS_RETURN_IF_ERROR(ValidateOptions(o));
   auto impl = std::make_unique<Impl>();
   impl->env = env;
@@ -127,8 +125,8 @@ void CheckpointWriter::Impl::WaitForBackground() {
 Status CheckpointWriter::Begin(const SaveRequest& request) {
   Impl& w = *impl_;
   if (w.current != nullptr) {
-    return Status::FailedPrecondition("Begin called twice without Commit (save " +
-                                      w.current->tag + " is open)");
+    return Status::FailedPrecondition("Begin called twice without Commit (save " + w.current->tag +
+                                      " is open)");
   }
   if (busy()) {
     if (options_.when_busy == WriterOptions::WhenBusy::kSkip) {
@@ -147,7 +145,8 @@ Status CheckpointWriter::Begin(const SaveRequest& request) {
   DS_RETURN_IF_ERROR(ValidateTag(s->tag));
   s->stats.tag = s->tag;
   const uint64_t seq = w.saves_of_tag[s->tag]++;
-  s->key_prefix = "dstrain/ckpt/" + options_.run_id + "/" + s->tag + "/" + std::to_string(seq) + "/";
+  s->key_prefix =
+      "dstrain/ckpt/" + options_.run_id + "/" + s->tag + "/" + std::to_string(seq) + "/";
 
   Status st = StartSave(*s);
   if (!st.ok()) {
@@ -188,8 +187,8 @@ Status CheckpointWriter::StartSave(SaveState& s) {
   } else {
     Status st = w.store->Wait(std::vector<std::string>{tmp_key}, options_.timeout_micros);
     if (!st.ok()) {
-      return Status::Unavailable("save " + s.tag + ": rank 0 did not start it (" +
-                                 st.message() + "); is rank 0 alive?");
+      return Status::Unavailable("save " + s.tag + ": rank 0 did not start it (" + st.message() +
+                                 "); is rank 0 alive?");
     }
     DS_ASSIGN_OR_RETURN(std::optional<std::string> name, w.store->Get(tmp_key));
     tmp_name = name.value_or("");
@@ -210,9 +209,8 @@ Status CheckpointWriter::StartSave(SaveState& s) {
   so.direct = options_.direct_io;
   so.writer_version = options_.writer_version;
   const std::string shard_name = fmt::ShardFileName(options_.rank);
-  DS_ASSIGN_OR_RETURN(s.shard,
-                      fmt::ShardWriter::Create(w.env, io::JoinPath(s.temp_dir, shard_name),
-                                               options_.rank, so));
+  DS_ASSIGN_OR_RETURN(s.shard, fmt::ShardWriter::Create(w.env, io::JoinPath(s.temp_dir, shard_name),
+                                                        options_.rank, so));
   s.record.rank = options_.rank;
   s.record.file = {shard_name, 0, options_.rank};
   return Status::OK();

@@ -40,7 +40,7 @@ struct WriterOptions {
 
   fmt::Codec codec = fmt::Codec::kByteGroupZstd;
   int zstd_level = 1;
-  uint64_t chunk_bytes = 4 << 20;             // raw bytes per chunk (4 MiB: see docs/benchmarks.md)
+  uint64_t chunk_bytes = 4 << 20;  // raw bytes per chunk (4 MiB: see docs/benchmarks.md)
   uint64_t staging_bytes = uint64_t{4} << 30;  // snapshot memory: raw chunks awaiting encode
   unsigned encode_threads = 0;                 // 0: hardware threads
   // How much lower the encoders' CPU priority is than the caller's (Linux niceness, 0-19): a
@@ -48,7 +48,7 @@ struct WriterOptions {
   int encode_nice = 0;
   unsigned io_queue_depth = 32;
   bool direct_io = true;
-  std::string io_backend;  // "", "uring" or "pwrite" (see io/async_io.h)
+  std::string io_backend;                 // "", "uring" or "pwrite" (see io/async_io.h)
   uint64_t timeout_micros = 600'000'000;  // how long a rank waits for the others
   // What Begin does while the previous save is still writing: wait for it, or skip this one.
   // Every rank must take the same decision: with kSkip, skip on all ranks or none (the engine
@@ -99,14 +99,14 @@ struct SaveSlice {
 
 struct SaveStats {
   std::string tag;
-  std::string path;           // the committed checkpoint (rank 0 knows it; others too once done)
-  uint64_t logical_bytes = 0;  // this rank's raw bytes
-  uint64_t stored_bytes = 0;   // this rank's stored bytes
-  double snapshot_seconds = 0;       // the stall: the Snapshot call (see SnapshotMode)
-  double copies_done_seconds = 0;    // from the snapshot's start until every copy was done
-  double staging_wait_seconds = 0;   // part of the stall spent waiting for staging memory
-  double background_seconds = 0;     // from the end of the snapshot until durable
-  double total_seconds = 0;          // from Begin until durable
+  std::string path;             // the committed checkpoint (rank 0 knows it; others too once done)
+  uint64_t logical_bytes = 0;   // this rank's raw bytes
+  uint64_t stored_bytes = 0;    // this rank's stored bytes
+  double snapshot_seconds = 0;  // the stall: the Snapshot call (see SnapshotMode)
+  double copies_done_seconds = 0;   // from the snapshot's start until every copy was done
+  double staging_wait_seconds = 0;  // part of the stall spent waiting for staging memory
+  double background_seconds = 0;    // from the end of the snapshot until durable
+  double total_seconds = 0;         // from Begin until durable
   bool skipped = false;
 };
 

@@ -199,10 +199,10 @@ Status Comm::CreateBackend(const CommOptions& o) {
                                      "' is not supported (nccl, gloo)");
     }
   } catch (const std::exception& e) {
-    return Status::Unavailable("rank " + std::to_string(o.rank) + ": setting up " +
-                               backend_name_ + (group_.empty() ? "" : " group " + group_) +
-                               " with " + RankList(o.world_size) + " through " + where +
-                               " failed within " + Seconds(o.timeout_s) + ": " + Message(e));
+    return Status::Unavailable("rank " + std::to_string(o.rank) + ": setting up " + backend_name_ +
+                               (group_.empty() ? "" : " group " + group_) + " with " +
+                               RankList(o.world_size) + " through " + where + " failed within " +
+                               Seconds(o.timeout_s) + ": " + Message(e));
   }
   return Status::OK();
 }
@@ -301,7 +301,8 @@ std::string Comm::Describe(const std::string& op, uint64_t bytes) const {
   std::string ranks = RankList(world_size());
   if (!group_.empty()) {
     ranks = "group " + group_ + " (global ranks";
-    for (size_t i = 0; i < members_.size(); ++i) ranks += (i ? ", " : " ") + std::to_string(members_[i]);
+    for (size_t i = 0; i < members_.size(); ++i)
+      ranks += (i ? ", " : " ") + std::to_string(members_[i]);
     ranks += ")";
   }
   return op + " of " + io::FormatBytes(bytes) + " across " + ranks + " (" + backend_name_ + ")";
@@ -325,8 +326,8 @@ Result<CommHandle> Comm::Issue(const std::string& op, const std::string& what, u
   } catch (const std::exception& e) {
     h.comm_ = nullptr;
     return Status::Unavailable("rank " + std::to_string(GlobalRank(rank())) + ": " +
-                               Describe(op, bytes) +
-                               " of " + what + " failed to start: " + Message(e));
+                               Describe(op, bytes) + " of " + what +
+                               " failed to start: " + Message(e));
   }
   return h;
 }
@@ -346,8 +347,8 @@ Status Comm::Complete(CommHandle& h) {
         m.find("imeout") != std::string::npos || m.find("imed out") != std::string::npos;
     std::string who = DiagnoseFailure(timed_out);
     s = Status::Unavailable(
-        "rank " + std::to_string(GlobalRank(rank())) + ": " + Describe(h.op_, h.bytes_) + " of " + h.what_ +
-        (timed_out ? " timed out after " + Seconds(options_.timeout_s) : " failed") +
+        "rank " + std::to_string(GlobalRank(rank())) + ": " + Describe(h.op_, h.bytes_) + " of " +
+        h.what_ + (timed_out ? " timed out after " + Seconds(options_.timeout_s) : " failed") +
         (who.empty() ? ": a rank died or stopped answering" : who) +
         " (comms.timeout_s sets the limit; see the other ranks' output). " +
         m.substr(0, m.find('\n')));

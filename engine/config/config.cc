@@ -128,8 +128,8 @@ int64_t DataParallelSize(int64_t world, const ParallelConfig& p, Diagnostics* d)
   if (world % model_ranks != 0) {
     d->Error("tensor_parallel.autotp_size (" + std::to_string(p.tp) + ") x pipeline.stages (" +
              std::to_string(p.pp) + ") = " + std::to_string(model_ranks) +
-             " does not divide the world size " + std::to_string(world) + ": launch a multiple of " +
-             std::to_string(model_ranks) + " ranks");
+             " does not divide the world size " + std::to_string(world) +
+             ": launch a multiple of " + std::to_string(model_ranks) + " ranks");
     return 1;
   }
   return world / model_ranks;
@@ -142,8 +142,10 @@ void CheckParallelism(const Config& c, Diagnostics* d) {
   const std::string tp = "tensor_parallel.autotp_size (" + std::to_string(p.tp) + ")";
   const std::string pp = "pipeline.stages (" + std::to_string(p.pp) + ")";
   if (c.model.arch != "gpt") {
-    d->Error((p.tp > 1 ? tp : pp) + ": only the built-in GPT (model.arch \"gpt\") is split "
-             "across ranks; model.arch is \"" + c.model.arch + "\"");
+    d->Error((p.tp > 1 ? tp : pp) +
+             ": only the built-in GPT (model.arch \"gpt\") is split "
+             "across ranks; model.arch is \"" +
+             c.model.arch + "\"");
   } else if (p.tp > 1 && c.model.n_head % p.tp != 0) {
     d->Error(tp + " must divide model.n_head (" + std::to_string(c.model.n_head) +
              "): each rank computes whole attention heads");
@@ -154,7 +156,8 @@ void CheckParallelism(const Config& c, Diagnostics* d) {
     d->Error(tp + " works with zero_optimization.stage 0, 1 or 2, not 3");
   } else if (p.pp > 1 && c.zero.stage > 1) {
     d->Error(pp + " works with zero_optimization.stage 0 or 1, not " +
-             std::to_string(c.zero.stage) + " (as in DeepSpeed: gradients are accumulated over "
+             std::to_string(c.zero.stage) +
+             " (as in DeepSpeed: gradients are accumulated over "
              "the pipeline's micro batches)");
   }
 }

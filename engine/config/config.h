@@ -215,10 +215,10 @@ struct CheckpointConfig {
   bool enabled = true;                    // false: never save (resuming still works)
   std::string codec = "bytegroup+zstd";   // or "zstd", "raw" (formats/chunk_codec.h names)
   int zstd_level = 1;
-  uint64_t chunk_bytes = uint64_t{4} << 20;    // raw bytes per chunk
-  uint64_t staging_bytes = 0;  // snapshot memory; 0 ("auto"): this rank's whole state, at most
-                               // half the host's memory (engine/train/checkpoint.cc)
-  std::string when_busy = "wait";              // or "skip": a save while the last still writes
+  uint64_t chunk_bytes = uint64_t{4} << 20;  // raw bytes per chunk
+  uint64_t staging_bytes = 0;      // snapshot memory; 0 ("auto"): this rank's whole state, at most
+                                   // half the host's memory (engine/train/checkpoint.cc)
+  std::string when_busy = "wait";  // or "skip": a save while the last still writes
   // A GPU copy of the state that the snapshot reads from, so training waits only for a
   // device-to-device copy: "auto" (when the GPU has room for it), "true" or "false".
   std::string device_staging = "auto";
@@ -286,7 +286,7 @@ struct Overrides {
   std::optional<uint64_t> seed;      // --seed: trainer.seed (after `set`)
   // Ranks in the job: the data-parallel size of the batch arithmetic is world_size / (tp * pp).
   int64_t world_size = 1;
-  bool strict = false;               // unknown keys are errors, not warnings
+  bool strict = false;  // unknown keys are errors, not warnings
 };
 
 // Parses, applies `overrides`, fills defaults and "auto", checks everything. Errors are

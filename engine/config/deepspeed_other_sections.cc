@@ -1,9 +1,9 @@
 // DeepSpeed's monitors (monitor/config.py, profiling/config.py), and the DeepSpeed keys dstrain
 // accepts without acting on them, with DeepSpeed 0.19.8's defaults so the resolved config shows
 // them. Keys DeepSpeed itself now refuses are refused here too, with DeepSpeed's reason.
-#include "engine/config/sections.h"
-
 #include <algorithm>
+
+#include "engine/config/sections.h"
 
 namespace ds::engine::internal {
 

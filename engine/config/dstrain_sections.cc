@@ -222,7 +222,8 @@ void ReadCheckpoint(SectionReader& top, CheckpointConfig* out) {
                     io::FormatBytes(2 * out->chunk_bytes) + ")");
   }
   out->when_busy = c.Choice("when_busy", "wait", {"wait", "skip"}, true);
-  out->encode_threads = static_cast<uint32_t>(std::min<int64_t>(c.Int("encode_threads", 0, 0), 4096));
+  out->encode_threads =
+      static_cast<uint32_t>(std::min<int64_t>(c.Int("encode_threads", 0, 0), 4096));
   out->background_nice = static_cast<int>(c.Int("background_nice", out->background_nice, 0));
   if (c.diag()->ok() && out->background_nice > 19) {
     c.diag()->Error("checkpoint.background_nice must be between 0 and 19 (Linux niceness), got " +

@@ -26,8 +26,8 @@ int64_t ParametersOnLargestRank(const ModelConfig& m, const ParallelConfig& par)
   const int64_t c = m.d_model, t = par.tp;
   // Column-parallel layers keep 1/tp of their rows, row-parallel ones 1/tp of their columns
   // (and the whole bias); layer norms and embeddings are whole on every tensor-parallel rank.
-  const int64_t block = 4 * c + (3 * c * c + 3 * c) / t + c * c / t + c + (4 * c * c + 4 * c) / t +
-                        4 * c * c / t + c;
+  const int64_t block =
+      4 * c + (3 * c * c + 3 * c) / t + c * c / t + c + (4 * c * c + 4 * c) / t + 4 * c * c / t + c;
   // Stages take n_layer / pp blocks, the first ones one more for the remainder; the first
   // stage holds the embeddings, the last the final layer norm and a copy of wte.
   const int64_t most_blocks = (m.n_layer + par.pp - 1) / par.pp;
@@ -99,9 +99,8 @@ std::string FormatMemoryTable(const Config& config) {
   for (int stage = 0; stage <= 3; ++stage) {
     ZeroConfig zero = config.zero;
     zero.stage = stage;
-    MemoryEstimate e =
-        EstimateMemory(config.model, config.batch.data_parallel_size, zero, config.precision(),
-                       config.parallel);
+    MemoryEstimate e = EstimateMemory(config.model, config.batch.data_parallel_size, zero,
+                                      config.precision(), config.parallel);
     std::string label = std::to_string(stage) + (stage == config.zero.stage ? "*" : "");
     std::snprintf(line, sizeof(line), "  %-6s %12s %12s %12s %12s %14s %12s\n", label.c_str(),
                   io::FormatBytes(e.params).c_str(), io::FormatBytes(e.grads).c_str(),

@@ -11,9 +11,9 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
-#include <thread>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "bench/io_bench.h"
 #include "engine/launch/dsrun_internal.h"
@@ -237,8 +237,8 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
     // A synchronous save would stall training for all of total_seconds.
     j["save_stall_s"] = stall;
     if (first_save) j["first_save_stall_s"] = first_stall;
-    j["save_snapshot_s"] = save->snapshot_seconds;          // the save call itself
-    j["save_copies_done_s"] = save->copies_done_seconds;    // every byte in staging
+    j["save_snapshot_s"] = save->snapshot_seconds;        // the save call itself
+    j["save_copies_done_s"] = save->copies_done_seconds;  // every byte in staging
     j["save_total_s"] = save->total_seconds;
     j["save_logical_bytes"] = save->logical_bytes;
     j["save_stored_bytes"] = save->stored_bytes;
@@ -257,7 +257,10 @@ struct BenchCase {
   std::string offload;  // "none", "optimizer" (offload_optimizer) or "all" (and offload_param)
   int tp = 1, pp = 1;
   std::string Label() const {
-    return std::to_string(stage) + (offload == "none" ? "" : offload == "all" ? "+all" : "+opt") +
+    return std::to_string(stage) +
+           (offload == "none"  ? ""
+            : offload == "all" ? "+all"
+                               : "+opt") +
            (tp * pp > 1 ? "/tp" + std::to_string(tp) + "pp" + std::to_string(pp) : "");
   }
 };
@@ -310,7 +313,8 @@ Result<std::vector<BenchCase>> BenchCases(const DsrunFlags& f) {
   if (out.empty()) {
     return Status::InvalidArgument(
         "--stages " + f.stages + " with --offload " + f.bench_offload + " and --parallel " +
-        f.bench_parallel + " leaves nothing to run (offload needs stage 1-3, 'all' stage 3; "
+        f.bench_parallel +
+        " leaves nothing to run (offload needs stage 1-3, 'all' stage 3; "
         "tensor parallelism stages 0-2, pipelines 0-1; TP x PP must divide the " +
         std::to_string(ranks) + " rank(s))");
   }
@@ -327,18 +331,16 @@ void PrintBenchTable(const DsrunFlags& f, const Json& rows) {
     const auto opt = [&](const char* key, auto format) {
       return j.contains(key) ? format(j[key].get<double>()) : std::string("-");
     };
-    std::printf("%-13s %5d %9.1f %11.0f %6s %14s %12s %9s %13s %12.1f %9s %10s %10s\n",
-                j.value("case", std::to_string(j["stage"].get<int>())).c_str(),
-                j["ranks"].get<int>(), j["step_s"].get<double>() * 1e3,
-                j["tokens_per_s"].get<double>(), opt("mfu", Percent).c_str(),
-                Mib(j["model_state_bytes"].get<double>()).c_str(),
-                (Mib(j["peak_bytes"].get<double>()) + (j["peak_kind"] == "gpu" ? " gpu" : " rss"))
-                    .c_str(),
-                opt("activation_bytes", Mib).c_str(),
-                Mib(j["comm_bytes_per_step"].get<double>()).c_str(),
-                j["comm_seconds_per_step"].get<double>() * 1e3,
-                opt("comm_bandwidth_bps", [](double b) { return FormatNumber("%.2f", b / 1e9); }).c_str(),
-                opt("save_stall_s", Ms).c_str(), opt("save_total_s", Ms).c_str());
+    std::printf(
+        "%-13s %5d %9.1f %11.0f %6s %14s %12s %9s %13s %12.1f %9s %10s %10s\n",
+        j.value("case", std::to_string(j["stage"].get<int>())).c_str(), j["ranks"].get<int>(),
+        j["step_s"].get<double>() * 1e3, j["tokens_per_s"].get<double>(),
+        opt("mfu", Percent).c_str(), Mib(j["model_state_bytes"].get<double>()).c_str(),
+        (Mib(j["peak_bytes"].get<double>()) + (j["peak_kind"] == "gpu" ? " gpu" : " rss")).c_str(),
+        opt("activation_bytes", Mib).c_str(), Mib(j["comm_bytes_per_step"].get<double>()).c_str(),
+        j["comm_seconds_per_step"].get<double>() * 1e3,
+        opt("comm_bandwidth_bps", [](double b) { return FormatNumber("%.2f", b / 1e9); }).c_str(),
+        opt("save_stall_s", Ms).c_str(), opt("save_total_s", Ms).c_str());
   }
 }
 

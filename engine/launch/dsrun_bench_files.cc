@@ -49,8 +49,7 @@ std::string Panel(const Json& rows, const char* key, double scale, const std::st
     const int h = static_cast<int>(v / top * kHeight);
     const int x = left + i * step + (step - kBar) / 2;
     const Json& row = rows[static_cast<size_t>(i)];
-    const std::string label =
-        "stage " + row.value("case", std::to_string(row["stage"].get<int>()));
+    const std::string label = "stage " + row.value("case", std::to_string(row["stage"].get<int>()));
     svg += "<rect class=\"bar\" x=\"" + std::to_string(x) + "\" y=\"" +
            std::to_string(kTop + kHeight - h) + "\" width=\"" + std::to_string(kBar) +
            "\" height=\"" + std::to_string(h) + "\" fill=\"#3b6ea8\"/>\n";

@@ -71,7 +71,8 @@ struct RowParallelSum : public torch::autograd::Function<RowParallelSum> {
 };
 
 bool EndsWith(const std::string& s, std::string_view suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 }  // namespace
@@ -139,7 +140,7 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x) {
   torch::Tensor h = x + RowParallel(attn_proj_, y.transpose(1, 2).contiguous().view({B, T, C}));
   // MLP with GPT-2's tanh-approximated GELU.
   return h + RowParallel(mlp_proj_, F::gelu(c_fc_(ColumnInput(ln_2_(h))),
-                                           F::GELUFuncOptions().approximate("tanh")));
+                                            F::GELUFuncOptions().approximate("tanh")));
 }
 
 GptImpl::GptImpl(const GptOptions& o, GptPlace place) : o_(o), place_(std::move(place)) {
@@ -166,8 +167,7 @@ GptImpl::GptImpl(const GptOptions& o, GptPlace place) : o_(o), place_(std::move(
     blocks_.push_back(register_module("h" + std::to_string(l), Block(o, l, &place_)));
   }
   if (last_stage()) {
-    ln_f_ =
-        register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model})));
+    ln_f_ = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model})));
   }
   if (whole) {
     CopyFromWhole(*whole);
@@ -188,7 +188,8 @@ void GptImpl::CopyFromWhole(GptImpl& whole) {
     for (const ckpt::TpBox& box : ckpt::TpBoxes(shape, split, static_cast<uint32_t>(place_.tp),
                                                 static_cast<uint32_t>(place_.tp_rank))) {
       torch::Tensor t = global;
-      for (size_t d = 0; d < shape.size(); ++d) t = t.narrow(static_cast<int64_t>(d), box.offset[d], box.length[d]);
+      for (size_t d = 0; d < shape.size(); ++d)
+        t = t.narrow(static_cast<int64_t>(d), box.offset[d], box.length[d]);
       pieces.push_back(t);
     }
     p.value().copy_(torch::cat(pieces, std::max(split.dim, 0)));

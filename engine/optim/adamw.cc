@@ -30,21 +30,21 @@ void PlainStep(const at::Tensor& p, const at::Tensor& g, const at::Tensor& m, co
 bool Fusable(const at::Tensor& master, const at::Tensor& grad, const at::Tensor& exp_avg,
              const at::Tensor& exp_avg_sq, const AdamWOptions& o) {
   return o.bias_correction &&
-         (master.is_cuda() || (master.is_cpu() && master.scalar_type() == at::kFloat &&
-                               master.is_contiguous() && grad.is_contiguous() &&
-                               exp_avg.is_contiguous() && exp_avg_sq.is_contiguous()));
+         (master.is_cuda() ||
+          (master.is_cpu() && master.scalar_type() == at::kFloat && master.is_contiguous() &&
+           grad.is_contiguous() && exp_avg.is_contiguous() && exp_avg_sq.is_contiguous()));
 }
 
 void FusedStep(const at::Tensor& master, const at::Tensor& grad, const at::Tensor& exp_avg,
                const at::Tensor& exp_avg_sq, const at::Tensor& state_step, double lr, double b1,
                const AdamWOptions& o, const std::optional<at::Tensor>& found_inf) {
   if (o.adam_w_mode) {
-    at::_fused_adamw_({master}, {grad}, {exp_avg}, {exp_avg_sq}, {}, {state_step}, lr, b1,
-                      o.beta2, o.weight_decay, o.eps, /*amsgrad=*/false, /*maximize=*/false,
+    at::_fused_adamw_({master}, {grad}, {exp_avg}, {exp_avg_sq}, {}, {state_step}, lr, b1, o.beta2,
+                      o.weight_decay, o.eps, /*amsgrad=*/false, /*maximize=*/false,
                       /*grad_scale=*/std::nullopt, found_inf);
   } else {
-    at::_fused_adam_({master}, {grad}, {exp_avg}, {exp_avg_sq}, {}, {state_step}, lr, b1,
-                     o.beta2, o.weight_decay, o.eps, /*amsgrad=*/false, /*maximize=*/false,
+    at::_fused_adam_({master}, {grad}, {exp_avg}, {exp_avg_sq}, {}, {state_step}, lr, b1, o.beta2,
+                     o.weight_decay, o.eps, /*amsgrad=*/false, /*maximize=*/false,
                      /*grad_scale=*/std::nullopt, found_inf);
   }
 }

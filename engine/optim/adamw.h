@@ -18,7 +18,7 @@ struct AdamWOptions {
   double beta2 = 0.999;
   double eps = 1e-8;
   double weight_decay = 0.0;
-  bool adam_w_mode = true;     // decoupled weight decay (AdamW); false: L2 added to the gradient
+  bool adam_w_mode = true;  // decoupled weight decay (AdamW); false: L2 added to the gradient
   bool bias_correction = true;
 };
 

@@ -11,15 +11,14 @@
 // Resuming reads the slices this rank holds in its *current* layout, whatever layout wrote them.
 #include <ATen/ATen.h>
 #include <torch/torch.h>
-
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
 #include <functional>
-#include <optional>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "ckpt/catalog.h"
 #include "ckpt/reader.h"
@@ -86,8 +85,8 @@ std::vector<PieceSlice> SlicesOf(const TensorPlace& place, const ParallelState& 
   const std::vector<ckpt::TpBox> boxes =
       ckpt::TpBoxes(place.shape, place.split, tp, static_cast<uint32_t>(par.tp_rank));
   std::vector<PieceSlice> out;
-  for (const ckpt::TpBoxRange& r : ckpt::TpLocalRange(boxes, static_cast<uint64_t>(p.begin),
-                                                      static_cast<uint64_t>(p.end))) {
+  for (const ckpt::TpBoxRange& r :
+       ckpt::TpLocalRange(boxes, static_cast<uint64_t>(p.begin), static_cast<uint64_t>(p.end))) {
     PieceSlice s;
     if (tp > 1) {
       s.box_offset = boxes[r.box].offset;
@@ -116,8 +115,8 @@ struct Trainer::Impl::SnapshotCopies {
   c10::cuda::CUDAStream stream;
   at::cuda::CUDAEvent done;
 #endif
-  bool pending = false;     // the next optimizer step must wait for `done`
-  bool decided = false;     // whether to stage on the device was decided (at the first save)
+  bool pending = false;  // the next optimizer step must wait for `done`
+  bool decided = false;  // whether to stage on the device was decided (at the first save)
   std::vector<at::Tensor> device_stage;  // checkpoint.device_staging: a GPU copy of the buffers
 };
 
@@ -147,9 +146,9 @@ std::vector<at::Tensor> Trainer::Impl::SnapshotSources() {
         for (const at::Tensor& t : live) c.device_stage.push_back(at::empty_like(t));
       } catch (const c10::Error& e) {
         c.device_stage.clear();
-        io::LogWarning("rank " + std::to_string(options.rank) + ": checkpoint.device_staging: " +
-                       io::FormatBytes(need) + " of GPU memory could not be had (" +
-                       e.what_without_backtrace() +
+        io::LogWarning("rank " + std::to_string(options.rank) +
+                       ": checkpoint.device_staging: " + io::FormatBytes(need) +
+                       " of GPU memory could not be had (" + e.what_without_backtrace() +
                        "); snapshots copy to the host directly (set it to false to not try)");
       }
     }
@@ -353,32 +352,32 @@ Status Trainer::Impl::Save(const std::string& reason) {
     const TensorPlace& place = places[static_cast<size_t>(p.tensor)];
     if (!place.owned) continue;  // another rank saves its copy
     for (const PieceSlice& piece : SlicesOf(place, par, p)) {
-    for (int b = 0; b < 3; ++b) {
-      ckpt::SaveSlice s;
-      s.name = kBuffers[b] + place.name;
-      s.dtype = fmt::DType::kF32;
-      s.shape = place.shape;
-      s.box_offset = piece.box_offset;
-      s.box_length = piece.box_length;
-      s.flat_begin = piece.flat_begin;
-      s.flat_end = piece.flat_end;
-      at::Tensor src = buffers[b].narrow(0, p.offset + piece.at,
-                                         static_cast<int64_t>(piece.flat_end - piece.flat_begin));
-      if (src.is_cpu()) {
-        s.source.host =
-            std::span<const std::byte>(static_cast<const std::byte*>(src.data_ptr()), src.nbytes());
-      } else {
+      for (int b = 0; b < 3; ++b) {
+        ckpt::SaveSlice s;
+        s.name = kBuffers[b] + place.name;
+        s.dtype = fmt::DType::kF32;
+        s.shape = place.shape;
+        s.box_offset = piece.box_offset;
+        s.box_length = piece.box_length;
+        s.flat_begin = piece.flat_begin;
+        s.flat_end = piece.flat_end;
+        at::Tensor src = buffers[b].narrow(0, p.offset + piece.at,
+                                           static_cast<int64_t>(piece.flat_end - piece.flat_begin));
+        if (src.is_cpu()) {
+          s.source.host = std::span<const std::byte>(static_cast<const std::byte*>(src.data_ptr()),
+                                                     src.nbytes());
+        } else {
 #if DS_TORCH_HAS_CUDA
-        s.source.fill = [src, side = snapshot_copies->stream](uint64_t offset,
-                                                               std::span<std::byte> dst) {
-          return StartDeviceCopy(src, offset, dst, side);
-        };
+          s.source.fill = [src, side = snapshot_copies->stream](uint64_t offset,
+                                                                std::span<std::byte> dst) {
+            return StartDeviceCopy(src, offset, dst, side);
+          };
 #else
-        return failed(Status::InvalidArgument("no checkpoint from " + src.device().str()));
+          return failed(Status::InvalidArgument("no checkpoint from " + src.device().str()));
 #endif
+        }
+        if (Status st = writer->AddSlice(std::move(s)); !st.ok()) return failed(st);
       }
-      if (Status st = writer->AddSlice(std::move(s)); !st.ok()) return failed(st);
-    }
     }
   }
   if (options.rank == 0) {
@@ -493,8 +492,8 @@ Result<std::string> Trainer::Impl::Load(const std::string& path, const ResumeOpt
         return Status::InvalidArgument(
             path + " does not match the model: it has no tensor " + name +
             (b > 0 ? " (resume with --no-load-optimizer to start Adam afresh)" : "") +
-            " (the model's parameter " + std::to_string(i) + " of " + std::to_string(places.size()) +
-            ")");
+            " (the model's parameter " + std::to_string(i) + " of " +
+            std::to_string(places.size()) + ")");
       }
       if (m.tensors[static_cast<size_t>(at)].shape != shape) {
         return Status::InvalidArgument(path + " does not match the model: tensor " + name + " is " +

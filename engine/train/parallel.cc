@@ -71,8 +71,8 @@ Status Trainer::Impl::SetupParallel() {
   }
   const std::string replica = std::to_string(p.dp_rank) + "-" + std::to_string(p.tp_rank);
   DS_RETURN_IF_ERROR(group("tp-" + at, tp_ranks, &p.tp_comm));
-  DS_RETURN_IF_ERROR(
-      group("dp-" + std::to_string(p.stage) + "-" + std::to_string(p.tp_rank), dp_ranks, &p.dp_comm));
+  DS_RETURN_IF_ERROR(group("dp-" + std::to_string(p.stage) + "-" + std::to_string(p.tp_rank),
+                           dp_ranks, &p.dp_comm));
   DS_RETURN_IF_ERROR(group("model-" + std::to_string(p.dp_rank), model_ranks, &p.model_comm));
   DS_RETURN_IF_ERROR(group("pipe-" + replica, pipe_ranks, &p.pipe_comm));
   if (p.pp > 1 && (p.first_stage() || p.last_stage())) {
@@ -135,8 +135,8 @@ Status Trainer::Impl::PipelineMicroSteps(double scale, torch::Tensor& loss_sum) 
     torch::Tensor in = x;
     if (!par.first_stage()) {
       in = hidden();
-      DS_RETURN_IF_ERROR(pipe->Recv(in, s - 1, TagOf(i, false), "activations of micro batch " +
-                                                                     std::to_string(i)));
+      DS_RETURN_IF_ERROR(pipe->Recv(in, s - 1, TagOf(i, false),
+                                    "activations of micro batch " + std::to_string(i)));
       in.requires_grad_(true);
     }
     torch::Tensor out = par.gpt->stage_forward(in, y);
@@ -144,9 +144,9 @@ Status Trainer::Impl::PipelineMicroSteps(double scale, torch::Tensor& loss_sum) 
       loss_sum.add_(out.detach());
     } else {
       torch::Tensor o = out.detach().contiguous();
-      DS_ASSIGN_OR_RETURN(CommHandle h, pipe->SendAsync(o, s + 1, TagOf(i, false),
-                                                        "activations of micro batch " +
-                                                            std::to_string(i)));
+      DS_ASSIGN_OR_RETURN(CommHandle h,
+                          pipe->SendAsync(o, s + 1, TagOf(i, false),
+                                          "activations of micro batch " + std::to_string(i)));
       sends.push_back(std::move(h));
       sent.push_back(o);
     }
@@ -161,15 +161,15 @@ Status Trainer::Impl::PipelineMicroSteps(double scale, torch::Tensor& loss_sum) 
       (f.output * (scale / static_cast<double>(gas))).backward();
     } else {
       torch::Tensor g = hidden();
-      DS_RETURN_IF_ERROR(pipe->Recv(g, s + 1, TagOf(i, true), "gradients of micro batch " +
-                                                                  std::to_string(i)));
+      DS_RETURN_IF_ERROR(
+          pipe->Recv(g, s + 1, TagOf(i, true), "gradients of micro batch " + std::to_string(i)));
       torch::autograd::backward({f.output}, {g});
     }
     if (!par.first_stage()) {
       torch::Tensor g = f.input.grad().contiguous();
-      DS_ASSIGN_OR_RETURN(CommHandle h, pipe->SendAsync(g, s - 1, TagOf(i, true),
-                                                        "gradients of micro batch " +
-                                                            std::to_string(i)));
+      DS_ASSIGN_OR_RETURN(CommHandle h,
+                          pipe->SendAsync(g, s - 1, TagOf(i, true),
+                                          "gradients of micro batch " + std::to_string(i)));
       sends.push_back(std::move(h));
       sent.push_back(g);
     }
@@ -191,7 +191,8 @@ Result<torch::Tensor> Trainer::Impl::PipelineEval(int64_t batches) {
   const int64_t B = config.batch.micro_batch_per_gpu, T = config.model.seq_len;
   Comm* pipe = par.pipe_comm.get();
   const int s = par.stage;
-  torch::Tensor sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(device));
+  torch::Tensor sum =
+      torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(device));
   Batch b;
   for (int64_t i = 0; i < batches; ++i) {
     DS_RETURN_IF_ERROR(eval->Read(data.eval, i, &b));

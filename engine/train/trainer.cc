@@ -125,9 +125,8 @@ std::map<std::string, CollectiveStats> Trainer::comm_stats() const {
   const ParallelState& p = impl_->par;
   // The world's collectives by kind; a split model's groups' as "<group>:<kind>" ("tp:all_reduce").
   const std::pair<const char*, const Comm*> comms[] = {
-      {"", impl_->comm.get()},           {"tp:", p.tp_comm.get()},
-      {"dp:", p.dp_comm.get()},          {"model:", p.model_comm.get()},
-      {"pipe:", p.pipe_comm.get()},      {"tied:", p.tied_comm.get()}};
+      {"", impl_->comm.get()},        {"tp:", p.tp_comm.get()},     {"dp:", p.dp_comm.get()},
+      {"model:", p.model_comm.get()}, {"pipe:", p.pipe_comm.get()}, {"tied:", p.tied_comm.get()}};
   for (const auto& [prefix, c] : comms) {
     if (c == nullptr) continue;
     for (const auto& [op, st] : c->stats()) out[prefix + op] = st;
@@ -206,10 +205,10 @@ Status Trainer::Impl::Setup() {
                 ", seq " + std::to_string(g.seq_len) + ", vocab " + std::to_string(g.vocab) + ": " +
                 std::to_string(par.gpt ? par.gpt->parameter_count() : zero->numel()) +
                 " parameters" +
-                (par.split() ? " (" + std::to_string(zero->numel()) + " on this rank)" : "") + ", " +
-                std::string(PrecisionName(c.precision())) + " on " + device.str() +
-                ", ZeRO stage " + std::to_string(c.zero.stage) + " over " +
-                std::to_string(par.dp) + (par.dp == 1 ? " rank" : " ranks") +
+                (par.split() ? " (" + std::to_string(zero->numel()) + " on this rank)" : "") +
+                ", " + std::string(PrecisionName(c.precision())) + " on " + device.str() +
+                ", ZeRO stage " + std::to_string(c.zero.stage) + " over " + std::to_string(par.dp) +
+                (par.dp == 1 ? " rank" : " ranks") +
                 (par.split() ? " (x " + std::to_string(par.tp) + "-way tensor parallel x " +
                                    std::to_string(par.pp) + " pipeline stages)"
                              : ""));

@@ -58,8 +58,8 @@ struct ZeroOptions {
 // norm and the overflow flag are in the device scalars, to be read later (with the losses).
 struct ZeroStepResult {
   bool read = false;
-  bool overflow = false;  // a non-finite gradient on some rank: the step was skipped
-  double grad_norm = 0;   // global, before clipping (only read with clipping or overflow checks)
+  bool overflow = false;   // a non-finite gradient on some rank: the step was skipped
+  double grad_norm = 0;    // global, before clipping (only read with clipping or overflow checks)
   at::Tensor grad_norm_t;  // float32 scalars on the device
   at::Tensor overflow_t;   // 1: skipped
 };

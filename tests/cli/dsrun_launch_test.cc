@@ -196,7 +196,7 @@ TEST(DsrunLaunchTest, BenchMeasuresTensorAndPipelineLayouts) {
   // A pipeline takes ZeRO stages 0-1 only: no 2/tp1pp2 row.
   EXPECT_THAT(r.out, ::testing::Not(HasSubstr("2/tp1pp2")));
   EXPECT_THAT(r.out, HasSubstr("\"tp\":2,\"pp\":1"));
-  EXPECT_THAT(r.out, HasSubstr("\"pipe:send\""));  // the pipeline's activations and gradients
+  EXPECT_THAT(r.out, HasSubstr("\"pipe:send\""));      // the pipeline's activations and gradients
   EXPECT_THAT(r.out, HasSubstr("\"tp:all_reduce\""));  // the row-parallel layers' sums
 
   r = Sh(Q(testing::BuildDir() + "/dsrun") + " bench --config x.json --parallel 2-1");
@@ -225,8 +225,8 @@ TEST(DsrunLaunchTest, SigtermSavesTheStepExitsSeventyFiveAndResumes) {
   const size_t at = r.out.find("SIGTERM at step ");
   ASSERT_NE(at, std::string::npos);
   const int saved = std::stoi(r.out.substr(at + std::strlen("SIGTERM at step ")));
-  ShellResult resumed = Sh(TinyRun(dir.Join("out"), "--resume latest --max-steps " +
-                                                        std::to_string(saved + 10)));
+  ShellResult resumed =
+      Sh(TinyRun(dir.Join("out"), "--resume latest --max-steps " + std::to_string(saved + 10)));
   ASSERT_EQ(resumed.status, 0) << resumed.out;
   EXPECT_THAT(resumed.out, HasSubstr("resumed from "));
   EXPECT_THAT(resumed.out, HasSubstr("at step " + std::to_string(saved)));

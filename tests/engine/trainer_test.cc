@@ -5,11 +5,11 @@
 #include "engine/train/trainer.h"
 
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <torch/nn/functional/loss.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "engine/core/tensorboard.h"
@@ -87,7 +87,8 @@ TEST_F(TrainerTest, ShortRunLowersTheLossAndWritesMetrics) {
   EXPECT_LT(*s.last_eval_loss, s.first_loss - 1.0);
 
   // metrics.jsonl: one object per step with the documented keys, then eval lines.
-  DS_ASSERT_OK_AND_ASSIGN(std::string text, io::Env::Default()->ReadFileToString(out_.Join("metrics.jsonl")));
+  DS_ASSERT_OK_AND_ASSIGN(std::string text,
+                          io::Env::Default()->ReadFileToString(out_.Join("metrics.jsonl")));
   std::istringstream lines(text);
   std::string line;
   int steps = 0, evals = 0;
@@ -108,10 +109,11 @@ TEST_F(TrainerTest, ShortRunLowersTheLossAndWritesMetrics) {
   EXPECT_EQ(evals, 2);  // at step 30 and at the end
 
   // TensorBoard: the events parse (every CRC checked) and carry DeepSpeed's loss tag per step.
-  DS_ASSERT_OK_AND_ASSIGN(std::vector<std::string> files, io::Env::Default()->ListDir(out_.Join("tb/run")));
+  DS_ASSERT_OK_AND_ASSIGN(std::vector<std::string> files,
+                          io::Env::Default()->ListDir(out_.Join("tb/run")));
   ASSERT_EQ(files.size(), 1u);
-  DS_ASSERT_OK_AND_ASSIGN(auto events,
-                          ReadTensorBoardScalars(io::Env::Default(), out_.Join("tb/run/" + files[0])));
+  DS_ASSERT_OK_AND_ASSIGN(
+      auto events, ReadTensorBoardScalars(io::Env::Default(), out_.Join("tb/run/" + files[0])));
   int loss_events = 0;
   for (const ScalarEvent& e : events) loss_events += e.tag == "Train/Samples/train_loss";
   EXPECT_EQ(loss_events, 60);
@@ -121,8 +123,8 @@ TEST_F(TrainerTest, Bf16AndFp16RunsLearn) {
   for (const char* precision : {"bf16", "fp16"}) {
     SCOPED_TRACE(precision);
     ds::testing::TempDir out;
-    DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(SmallConfig(out.path()),
-                                            {std::string(precision) + ".enabled=true"}));
+    DS_ASSERT_OK_AND_ASSIGN(
+        Config c, Parse(SmallConfig(out.path()), {std::string(precision) + ".enabled=true"}));
     TrainSummary s;
     auto t = Train(c, &s);
     ASSERT_NE(t, nullptr);
@@ -139,16 +141,17 @@ TEST_F(TrainerTest, Bf16AndFp16RunsLearn) {
 TEST_F(TrainerTest, Fp16OverflowSkipsStepsAndLowersTheScale) {
   ds::testing::TempDir out;
   // 2^40 overflows fp16 gradients at once: the scaler halves until they fit.
-  DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(SmallConfig(out.path()),
-                                          {"fp16.enabled=true", "fp16.initial_scale_power=40",
-                                           "fp16.hysteresis=1", "trainer.max_steps=40"}));
+  DS_ASSERT_OK_AND_ASSIGN(
+      Config c, Parse(SmallConfig(out.path()), {"fp16.enabled=true", "fp16.initial_scale_power=40",
+                                                "fp16.hysteresis=1", "trainer.max_steps=40"}));
   TrainSummary s;
   auto t = Train(c, &s);
   ASSERT_NE(t, nullptr);
   EXPECT_GE(s.skipped_steps, 20);  // 2^40 -> below 2^16 takes at least 24 halvings
   EXPECT_LT(s.skipped_steps, 40);
   EXPECT_TRUE(torch::isfinite(Master(*t)).all().item<bool>());
-  DS_ASSERT_OK_AND_ASSIGN(std::string text, io::Env::Default()->ReadFileToString(out.Join("metrics.jsonl")));
+  DS_ASSERT_OK_AND_ASSIGN(std::string text,
+                          io::Env::Default()->ReadFileToString(out.Join("metrics.jsonl")));
   EXPECT_THAT(text, HasSubstr("\"skipped\":true"));
   EXPECT_THAT(text, HasSubstr("\"loss_scale\":1099511627776"));  // 2^40 on the first step
 }
@@ -156,7 +159,8 @@ TEST_F(TrainerTest, Fp16OverflowSkipsStepsAndLowersTheScale) {
 TEST_F(TrainerTest, SameSeedSameWeightsAndOtherSeedOtherWeights) {
   auto run = [&](uint64_t seed) {
     ds::testing::TempDir out;
-    Result<Config> c = Parse(SmallConfig(out.path()), {"trainer.max_steps=5", "trainer.seed=" + std::to_string(seed)});
+    Result<Config> c = Parse(SmallConfig(out.path()),
+                             {"trainer.max_steps=5", "trainer.seed=" + std::to_string(seed)});
     EXPECT_TRUE(c.ok());
     TrainSummary s;
     auto t = Train(*c, &s);
@@ -171,10 +175,10 @@ TEST_F(TrainerTest, SameSeedSameWeightsAndOtherSeedOtherWeights) {
 TEST_F(TrainerTest, GradientAccumulationEqualsTheLargerMicroBatch) {
   auto run = [&](int micro, int gas) {
     ds::testing::TempDir out;
-    Result<Config> c = Parse(SmallConfig(out.path()),
-                             {"trainer.max_steps=3", "gradient_clipping=0",
-                              "train_micro_batch_size_per_gpu=" + std::to_string(micro),
-                              "gradient_accumulation_steps=" + std::to_string(gas)});
+    Result<Config> c =
+        Parse(SmallConfig(out.path()), {"trainer.max_steps=3", "gradient_clipping=0",
+                                        "train_micro_batch_size_per_gpu=" + std::to_string(micro),
+                                        "gradient_accumulation_steps=" + std::to_string(gas)});
     EXPECT_TRUE(c.ok()) << c.status().ToString();
     TrainSummary s;
     auto t = Train(*c, &s);
@@ -204,10 +208,11 @@ class Bigram : public LanguageModel {
 };
 
 TEST_F(TrainerTest, ARegisteredModelTrains) {
-  RegisterModel("test-bigram", [](const ModelConfig& c, uint64_t seed) -> Result<std::shared_ptr<LanguageModel>> {
-    torch::manual_seed(seed);
-    return std::shared_ptr<LanguageModel>(std::make_shared<Bigram>(c.vocab));
-  });
+  RegisterModel("test-bigram",
+                [](const ModelConfig& c, uint64_t seed) -> Result<std::shared_ptr<LanguageModel>> {
+                  torch::manual_seed(seed);
+                  return std::shared_ptr<LanguageModel>(std::make_shared<Bigram>(c.vocab));
+                });
   DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(SmallConfig(out_.path()),
                                           {"model.arch=test-bigram", "optimizer.params.lr=0.05"}));
   TrainSummary s;
@@ -228,17 +233,20 @@ TEST_F(TrainerTest, UnknownArchAndMissingGpuAreClearErrors) {
                                     AllOf(HasSubstr("model.arch 'llama'"), HasSubstr("gpt"))));
   DS_ASSERT_OK_AND_ASSIGN(Config ok, Parse(SmallConfig(out_.path())));
   o.device = "tpu";
-  EXPECT_THAT(Trainer::Create(io::Env::Default(), ok, o),
-              ds::testing::StatusIs(StatusCode::kInvalidArgument, HasSubstr("'tpu' is not a device")));
+  EXPECT_THAT(
+      Trainer::Create(io::Env::Default(), ok, o),
+      ds::testing::StatusIs(StatusCode::kInvalidArgument, HasSubstr("'tpu' is not a device")));
   if (!torch::cuda::is_available()) {
     o.device = "cuda";
-    EXPECT_THAT(Trainer::Create(io::Env::Default(), ok, o),
-                ds::testing::StatusIs(StatusCode::kFailedPrecondition, HasSubstr("no GPU is visible")));
+    EXPECT_THAT(
+        Trainer::Create(io::Env::Default(), ok, o),
+        ds::testing::StatusIs(StatusCode::kFailedPrecondition, HasSubstr("no GPU is visible")));
   }
 }
 
 TEST_F(TrainerTest, MissingDataFileNamesThePath) {
-  DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(SmallConfig(out_.path()), {"data.path=" + out_.Join("nope.bin")}));
+  DS_ASSERT_OK_AND_ASSIGN(Config c,
+                          Parse(SmallConfig(out_.path()), {"data.path=" + out_.Join("nope.bin")}));
   TrainerOptions o;
   o.device = "cpu";
   Result<std::unique_ptr<Trainer>> t = Trainer::Create(io::Env::Default(), c, o);
@@ -253,8 +261,8 @@ TEST(RankDeviceTest, EachRankTakesItsOwnGpuUnlessOneIsNamed) {
   EXPECT_EQ(RankDevice("cuda", 3, 2), "cuda:1");
   EXPECT_EQ(RankDevice("cuda:0", 1, 2), "cuda:0");
   EXPECT_EQ(RankDevice("cpu", 1, 2), "cpu");
-  EXPECT_EQ(RankDevice("", 0, 0), "");           // no GPU: the trainer picks the CPU
-  EXPECT_EQ(RankDevice("cuda", 0, 0), "cuda");   // and says no GPU is visible
+  EXPECT_EQ(RankDevice("", 0, 0), "");          // no GPU: the trainer picks the CPU
+  EXPECT_EQ(RankDevice("cuda", 0, 0), "cuda");  // and says no GPU is visible
 }
 
 }  // namespace

@@ -11,19 +11,20 @@
 // Adam divides by sqrt(v), so an element whose gradient is at rounding level may move by up to
 // lr per step differently; in practice (3 steps at lr 1e-3) weights agree to within 7e-7. We
 // allow 2e-6 absolute on the weights (lr / 500) and 1e-5 relative on the losses.
+#include "engine/zero/zero.h"
+
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
-#include <nlohmann/json.hpp>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "engine/config/memory.h"
 #include "engine/model/model.h"
-#include "engine/zero/zero.h"
 #include "engine/train/trainer.h"
 #include "tests/engine/rank_threads.h"
 #include "tests/testing/matchers.h"
@@ -247,7 +248,8 @@ TEST(ZeroStepTest, AnOverflowSkipsTheStepOnTheDeviceAsOnTheHost) {
       ASSERT_TRUE(z->EndMicroStep(true).ok());
     };
     backward(std::numeric_limits<double>::infinity());
-    DS_ASSERT_OK_AND_ASSIGN(ZeroStepResult bad, z->Step(1e-2, std::nullopt, 1.0, 1.0, true, read_now));
+    DS_ASSERT_OK_AND_ASSIGN(ZeroStepResult bad,
+                            z->Step(1e-2, std::nullopt, 1.0, 1.0, true, read_now));
     EXPECT_EQ(bad.read, read_now);
     EXPECT_EQ(bad.overflow_t.item<float>(), 1.0f);
     EXPECT_EQ(bad.overflow, read_now);
@@ -255,7 +257,8 @@ TEST(ZeroStepTest, AnOverflowSkipsTheStepOnTheDeviceAsOnTheHost) {
     EXPECT_EQ(z->exp_avg().abs().sum().item<float>(), 0.0f);
     EXPECT_EQ(z->adam_steps(), 0);
     backward(0.5);
-    DS_ASSERT_OK_AND_ASSIGN(ZeroStepResult good, z->Step(1e-2, std::nullopt, 1.0, 0.0, true, read_now));
+    DS_ASSERT_OK_AND_ASSIGN(ZeroStepResult good,
+                            z->Step(1e-2, std::nullopt, 1.0, 0.0, true, read_now));
     EXPECT_EQ(good.overflow_t.item<float>(), 0.0f);
     EXPECT_FALSE(good.overflow);
     EXPECT_EQ(z->adam_steps(), 1);

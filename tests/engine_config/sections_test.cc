@@ -458,8 +458,9 @@ TEST(ConfigTrainerDataCheckpointTest, DefaultsAndOurKeys) {
   EXPECT_EQ(c.checkpoint.encode_threads, 8u);
   EXPECT_EQ(c.checkpoint.background_nice, 0);
   cfg["checkpoint"] = {{"background_nice", 20}};
-  EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
-                                   HasSubstr("checkpoint.background_nice must be between 0 and 19")));
+  EXPECT_THAT(Parse(cfg),
+              StatusIs(StatusCode::kInvalidArgument,
+                       HasSubstr("checkpoint.background_nice must be between 0 and 19")));
   cfg["checkpoint"] = {{"device_staging", "maybe"}};
   EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
                                    "cfg.json: checkpoint.device_staging 'maybe' is not one of: "

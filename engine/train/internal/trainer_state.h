@@ -96,8 +96,8 @@ struct Trainer::Impl {
   // ---- tensor and pipeline parallelism (parallel.cc)
   // Places this rank, makes the groups and this rank's part of the GPT.
   Status SetupParallel();
-  void FindPlaces();        // `places`, after ZeRO took the model
-  Comm* DataComm() const;   // the data-parallel group (the world when the model is whole)
+  void FindPlaces();       // `places`, after ZeRO took the model
+  Comm* DataComm() const;  // the data-parallel group (the world when the model is whole)
   // Ranks whose losses are the job's: the last stage's (all of them without pipelining).
   int LossRanks() const { return options.world_size / par.pp; }
   // One optimizer step's micro batches through this stage in 1F1B order (forward of micro
@@ -123,8 +123,8 @@ struct Trainer::Impl {
   Result<std::pair<bool, bool>> SaveOrStopNow();
 
   // ---- checkpoints (checkpoint.cc)
-  std::string save_dir;         // config's, or <output_dir>/checkpoints
-  int64_t schedule_origin = 0;  // the LR schedule runs at step - schedule_origin
+  std::string save_dir;             // config's, or <output_dir>/checkpoints
+  int64_t schedule_origin = 0;      // the LR schedule runs at step - schedule_origin
   std::optional<double> last_eval;  // at last_eval_step
   int64_t last_eval_step = -1;
   std::unique_ptr<ckpt::KeyValueStore> ckpt_store;  // several ranks: over the rendezvous store
@@ -149,12 +149,12 @@ struct Trainer::Impl {
   std::string TpSplitsJson() const;
   // Snapshots now, commits in the background; a failure to save is logged, not returned.
   Status Save(const std::string& reason);
-  void ReapSave(bool wait);       // reports a finished save (waits for it when `wait`)
+  void ReapSave(bool wait);  // reports a finished save (waits for it when `wait`)
   // Makes the device's next work wait until the last snapshot's copies are done: call before
   // anything writes the master weights or Adam's moments.
   void WaitForSnapshotCopies();
   std::vector<at::Tensor> SnapshotSources();  // what a snapshot reads (checkpoint.cc)
-  std::string FreeSpace() const;  // "; 1.2 GiB free on <save_dir>", for messages
+  std::string FreeSpace() const;              // "; 1.2 GiB free on <save_dir>", for messages
   Result<std::string> Load(const std::string& path, const ResumeOptions& r);
 };
 

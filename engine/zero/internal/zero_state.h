@@ -59,19 +59,19 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   ZeroOptions o;
   std::shared_ptr<LanguageModel> model;
   std::vector<ZeroTensor> tensors;
-  int64_t total = 0;             // parameters' elements
-  int64_t part_len = 0;          // this rank's partition (stage 0: every element)
-  int64_t part_begin = 0;        // stages 1-2: flat element where this rank's partition starts
+  int64_t total = 0;       // parameters' elements
+  int64_t part_len = 0;    // this rank's partition (stage 0: every element)
+  int64_t part_begin = 0;  // stages 1-2: flat element where this rank's partition starts
   // Stages 0-2 with some parameters left out of the norm (ZeroOptions::in_norm): the runs of
   // `grad` that count, {offset, length}.
   std::vector<std::pair<int64_t, int64_t>> norm_runs;
-  at::TensorOptions state_opts;  // fp32 where the optimizer state lives
+  at::TensorOptions state_opts;            // fp32 where the optimizer state lives
   at::Tensor master, exp_avg, exp_avg_sq;  // (part_len) fp32
   at::Tensor grad;           // (part_len) fp32: this rank's gradient (a view of flat_acc at 0/1)
   at::Tensor flat_acc;       // stages 0/1: (total | W * part_len) fp32 on the device
   bool grad_in_acc = false;  // stages 0/1: `grad` is this rank's row of flat_acc
-  at::Tensor adam_step;  // Adam's step count, a float32 scalar beside the state (AdamWStep)
-  Status sticky;  // the first error raised inside backward()
+  at::Tensor adam_step;      // Adam's step count, a float32 scalar beside the state (AdamWStep)
+  Status sticky;             // the first error raised inside backward()
 
   // stage 2
   std::vector<GradBucket> buckets;  // in launch order: from the end of the flat vector
