@@ -105,7 +105,8 @@ class Trainer {
   int64_t step() const;
   const std::vector<ParamSlot>& slots() const;
   // The optimizer's fp32 copy of all the weights (numel, on the CPU), gathered from every rank:
-  // a collective when world_size > 1.
+  // a collective when world_size > 1. With tensor or pipeline parallelism: this rank's part of
+  // the model (gathered over its data-parallel group); checkpoints hold the whole tensors.
   Result<at::Tensor> GatherMaster();
   std::string device_name() const;
   // Model FLOPs utilisation of the whole job at `tokens_per_s` (all ranks together) against the
