@@ -14,7 +14,9 @@
 // losses. Moving a checkpoint between layouts copies bytes: bit-exact.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "ckpt/catalog.h"
@@ -72,7 +74,8 @@ class ParallelTest : public ::testing::Test {
   // then saves at once into `save_after_resume` when that is not empty.
   std::vector<RankRun> Run(int world, const nlohmann::json& j, const std::vector<std::string>& set,
                            std::optional<ResumeOptions> resume = std::nullopt,
-                           const std::string& save_after_resume = "") {
+                           const std::string& save_after_resume = "",
+                           const std::function<void(int rank)>& before_run = nullptr) {
     std::vector<RankRun> out(static_cast<size_t>(world));
     testing::RunRanks(world, [&](int r, int port) {
       RankRun& res = out[static_cast<size_t>(r)];
@@ -82,6 +85,7 @@ class ParallelTest : public ::testing::Test {
         res.status = t.status();
         return;
       }
+      if (before_run) before_run(r);
       if (resume) {
         Result<std::string> line = (*t)->Resume(*resume);
         if (!line.ok()) {
@@ -251,6 +255,26 @@ TEST_F(ParallelTest, DsckptReshardCutsAOneRankCheckpointForTensorParallelism) {
   ASSERT_RANKS_OK(moved);
   EXPECT_THAT(moved[0].resumed, HasSubstr("at step 2"));
   ExpectSameTensors(r->path, moved[0].saved, 0);
+}
+
+// A stage that stops answering: the stage waiting for it fails within the timeout, naming the
+// message it waited for, the pipeline's group with its global ranks, and who is behind.
+TEST_F(ParallelTest, AStageThatStopsAnsweringEndsTheOtherWithTheMessageNamed) {
+  ds::testing::TempDir dir;
+  nlohmann::json j = Config(dir.path(), 3);
+  j["comms"]["timeout_s"] = 3;
+  const uint64_t t0 = io::Env::Default()->NowMicros();
+  std::vector<RankRun> got = Run(2, j, Layout(1, 2), std::nullopt, "", [](int rank) {
+    if (rank == 1) ::sleep(6);  // the last stage stops for twice the timeout, then goes on
+  });
+  const double seconds = static_cast<double>(io::Env::Default()->NowMicros() - t0) / 1e6;
+  EXPECT_THAT(got[0].status,
+              ds::testing::StatusIs(StatusCode::kUnavailable, HasSubstr("timed out after 3 s")));
+  EXPECT_THAT(got[0].status.message(),
+              HasSubstr("recv of 4.0 KiB across group pipe-0-0 (global ranks 0, 1) (gloo) of "
+                        "gradients of micro batch 0"));
+  EXPECT_THAT(got[0].status.message(), HasSubstr("rank 1 is alive but"));
+  EXPECT_LT(seconds, 30);
 }
 
 TEST_F(ParallelTest, LayoutsThatCannotWorkAreClearErrors) {
