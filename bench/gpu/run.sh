@@ -124,8 +124,9 @@ for s in "$@"; do
       ;;
     mgpu)
       # Several GPUs (issue 13), NCCL: every ZeRO stage on N GPUs, TP 2 and PP 2, each against
-      # one GPU reading the same samples (the "trained ... loss a -> b" lines), then the 1.3B
-      # model's tokens/s at stages 1 and 3 on N GPUs and at stage 1 on one (MGPU_SCALING=0 skips).
+      # one GPU reading the same samples (the "trained ... loss a -> b" lines; MGPU_SMALL=0
+      # skips), then the 1.3B model's tokens/s at stages 1 and 3 on N GPUs and at stage 1 on
+      # one, and PyTorch FSDP2 on the same (bench/gpu/fsdp_peer.py; MGPU_SCALING=0 skips both).
       step mgpu
       n=$(nvidia-smi -L | wc -l)
       small() {  # small <micro batch> <label> dsrun-args...
@@ -140,6 +141,7 @@ for s in "$@"; do
           echo "[$label] failed" | tee -a "$OUT/mgpu.log"
         rm -rf "${SCRATCH:?}/m"
       }
+      [[ "${MGPU_SMALL:-1}" == 0 ]] || {
       small 8 "1 gpu, micro 8" --nproc-per-node 1
       small $((8 * n)) "1 gpu, micro $((8 * n))" --nproc-per-node 1
       for stage in 0 1 2 3; do
@@ -147,6 +149,7 @@ for s in "$@"; do
       done
       small 8 "2 gpus, TP 2" --nproc-per-node 2 --set tensor_parallel.autotp_size=2
       small 8 "2 gpus, PP 2" --nproc-per-node 2 --set pipeline.stages=2
+      }
       [[ "${MGPU_SCALING:-1}" == 0 ]] && continue
       for run in "1 1" "$n 1,3"; do
         read -r gpus stages <<<"$run"
@@ -156,6 +159,13 @@ for s in "$@"; do
           checkpoint.enabled=false "trainer.output_dir=$SCRATCH/scale" 2>&1 | grep -v '^\[rank' |
           tee -a "$OUT/mgpu-scaling.log" || echo "scaling on $gpus GPU(s) failed"
         rm -rf "${SCRATCH:?}/scale"
+      done
+      for run in "1 true" "$n false" "$n true"; do
+        read -r gpus reshard <<<"$run"
+        "$PY" -m torch.distributed.run --standalone --nproc-per-node "$gpus" \
+          "$ROOT/bench/gpu/fsdp_peer.py" --preset gpt-1.3b --seq-len 1024 --micro-batch 4 \
+          --reshard "$reshard" --json 2>&1 | grep -E '^fsdp2|^\{|rror' |
+          tee -a "$OUT/mgpu-fsdp.log" || echo "fsdp2 on $gpus GPU(s) failed"
       done
       ;;
     save-bench-16g)

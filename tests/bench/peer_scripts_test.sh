@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Smoke test of the PyTorch peer benchmarks (bench/gpu/gpt_peer.py, bench/gpu/ckpt_peer.py) on the
-# CPU with the tiny preset: each runs end to end and its last line is the JSON the benchmark
-# report reads. No timing is asserted; a mode or peer that errors fails the test.
+# Smoke test of the PyTorch peer benchmarks (bench/gpu/gpt_peer.py, ckpt_peer.py, and fsdp_peer.py
+# on 2 CPU ranks with Gloo) on the CPU with the tiny preset: each runs end to end and its last
+# line is the JSON the benchmark report reads. No timing is asserted; a mode or peer that errors fails the test.
 #   tests/bench/peer_scripts_test.sh PYTHON SRC_DIR
 # Exit 0 on success, 1 on failure, 77 (skip) when PYTHON has no torch.
 set -euo pipefail
@@ -37,9 +37,11 @@ run gpt "$SRC/bench/gpu/gpt_peer.py" --preset tiny --seq-len 32 --micro-batch 2 
   --steps 2 --warmup 1 --modes eager --json
 run ckpt "$SRC/bench/gpu/ckpt_peer.py" --preset tiny --seq-len 32 --device cpu \
   --dir "$WORK/ckpt" --peers torch_save,dcp,dcp_async --json
+run fsdp -m torch.distributed.run --standalone --nproc-per-node 2 "$SRC/bench/gpu/fsdp_peer.py" \
+  --preset tiny --seq-len 32 --micro-batch 2 --steps 2 --warmup 1 --json
 
 # The checks name the script, the row and the key, so a failure says what to look at.
-"$PYTHON" - "$WORK/gpt.out" "$WORK/ckpt.out" <<'EOF'
+"$PYTHON" - "$WORK/gpt.out" "$WORK/ckpt.out" "$WORK/fsdp.out" <<'EOF'
 import json
 import sys
 
@@ -88,5 +90,11 @@ for r in rows:
     if not r["stored_bytes"] >= ckpt["state_bytes"]:
         sys.exit(f"FAIL: ckpt_peer.py: {r['peer']} stored {r['stored_bytes']} bytes, "
                  f"less than the state's {ckpt['state_bytes']}")
-print("PASS: gpt_peer.py and ckpt_peer.py ran on the CPU and wrote the expected JSON")
+fsdp = last_json(sys.argv[3], "fsdp_peer.py")
+missing = [k for k in ["peer", "gpus", "step_ms", "tokens_per_s", "tokens_per_s_per_gpu", "mfu"]
+           if k not in fsdp]
+if missing or fsdp.get("gpus") != 2 or not fsdp.get("tokens_per_s", 0) > 0:
+    sys.exit(f"FAIL: fsdp_peer.py: JSON {fsdp} (missing {missing}, want 2 ranks, tokens/s > 0)")
+print("PASS: gpt_peer.py, ckpt_peer.py and fsdp_peer.py ran on the CPU and wrote the expected "
+      "JSON")
 EOF
