@@ -75,14 +75,23 @@ bool EndsWith(const std::string& s, std::string_view suffix) {
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+// The parameters tensor parallelism cuts, by the end of their names. Column-parallel: output
+// rows (c_attn's are q, k and v: three parts). Row-parallel: input columns; their bias is added
+// once, after the sum, so it is whole everywhere.
+struct SplitRule {
+  const char* suffix;
+  ckpt::TpSplit split;
+};
+constexpr SplitRule kSplitRules[] = {{"attn_c_attn.weight", {0, 3}}, {"attn_c_attn.bias", {0, 3}},
+                                     {"mlp_c_fc.weight", {0, 1}},    {"mlp_c_fc.bias", {0, 1}},
+                                     {"attn_c_proj.weight", {1, 1}}, {"mlp_c_proj.weight", {1, 1}}};
+
 }  // namespace
 
 ckpt::TpSplit GptTpSplit(const std::string& name) {
-  // Column-parallel: output rows (c_attn's are q, k and v: three parts). Row-parallel: input
-  // columns; their bias is added once, after the sum, so it is whole everywhere.
-  if (EndsWith(name, "attn_c_attn.weight") || EndsWith(name, "attn_c_attn.bias")) return {0, 3};
-  if (EndsWith(name, "mlp_c_fc.weight") || EndsWith(name, "mlp_c_fc.bias")) return {0, 1};
-  if (EndsWith(name, "attn_c_proj.weight") || EndsWith(name, "mlp_c_proj.weight")) return {1, 1};
+  for (const SplitRule& r : kSplitRules) {
+    if (EndsWith(name, r.suffix)) return r.split;
+  }
   return {};
 }
 
@@ -242,11 +251,7 @@ torch::Tensor GptImpl::stage_forward(const torch::Tensor& in, const torch::Tenso
 std::map<std::string, ckpt::TpSplit> GptImpl::tp_splits() const {
   std::map<std::string, ckpt::TpSplit> out;
   for (int64_t l = 0; l < o_.n_layer; ++l) {
-    for (const char* p : {"attn_c_attn.weight", "attn_c_attn.bias", "attn_c_proj.weight",
-                          "mlp_c_fc.weight", "mlp_c_fc.bias", "mlp_c_proj.weight"}) {
-      const std::string name = "h" + std::to_string(l) + "." + p;
-      out[name] = GptTpSplit(name);
-    }
+    for (const SplitRule& r : kSplitRules) out["h" + std::to_string(l) + "." + r.suffix] = r.split;
   }
   return out;
 }

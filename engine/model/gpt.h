@@ -47,6 +47,9 @@ struct GptPlace {
   bool whole() const { return tp == 1 && pp == 1; }
 };
 
+// The token embedding, which the output head shares (a copy on the last pipeline stage).
+inline constexpr char kGptTiedEmbedding[] = "wte.weight";
+
 // How the GPT cuts a parameter across tensor-parallel ranks, by its name.
 ckpt::TpSplit GptTpSplit(const std::string& parameter_name);
 // The blocks of pipeline stage `stage`: [first, last).

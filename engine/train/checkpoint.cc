@@ -81,14 +81,15 @@ struct PieceSlice {
 
 std::vector<PieceSlice> SlicesOf(const TensorPlace& place, const ParallelState& par,
                                  const ZeroPiece& p) {
-  const uint32_t tp = place.split.dim >= 0 ? static_cast<uint32_t>(par.tp) : 1;
+  const uint32_t tp = static_cast<uint32_t>(par.tp);
   const std::vector<ckpt::TpBox> boxes =
       ckpt::TpBoxes(place.shape, place.split, tp, static_cast<uint32_t>(par.tp_rank));
+  const bool cut = tp > 1 && place.split.dim >= 0;  // else one box, the whole tensor
   std::vector<PieceSlice> out;
   for (const ckpt::TpBoxRange& r :
        ckpt::TpLocalRange(boxes, static_cast<uint64_t>(p.begin), static_cast<uint64_t>(p.end))) {
     PieceSlice s;
-    if (tp > 1) {
+    if (cut) {
       s.box_offset = boxes[r.box].offset;
       s.box_length = boxes[r.box].length;
     }

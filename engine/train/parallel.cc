@@ -21,13 +21,15 @@ int TagOf(int64_t micro, bool backward) { return static_cast<int>(2 * micro + (b
 
 Comm* Trainer::Impl::DataComm() const { return par.split() ? par.dp_comm.get() : comm.get(); }
 
-// Copies, also on the CPU: the pipeline's backward of a micro batch runs after later micro batches
-// have refilled `b`, and the embedding's backward reads the token ids it saved.
+// A pipeline copies also on the CPU (where .to() would alias `b`): the backward of a micro
+// batch runs after later micro batches have refilled `b`, and the embedding's backward reads the
+// token ids it saved. Otherwise a micro batch's backward ends before the next one is read.
 std::pair<torch::Tensor, torch::Tensor> Trainer::Impl::OnDevice(Batch& b) const {
   auto longs = torch::TensorOptions().dtype(torch::kLong);
+  const bool copy_always = par.pp > 1;
   auto copy = [&](std::vector<int64_t>& v) {
     return torch::from_blob(v.data(), {b.B, b.T}, longs)
-        .to(device, torch::kLong, /*non_blocking=*/false, /*copy=*/true);
+        .to(device, torch::kLong, /*non_blocking=*/false, copy_always);
   };
   return {copy(b.inputs), copy(b.targets)};
 }
@@ -104,7 +106,7 @@ void Trainer::Impl::FindPlaces() {
       t.split = GptTpSplit(t.name);
       if (t.split.dim >= 0) t.shape[static_cast<size_t>(t.split.dim)] *= par.tp;
       t.owned = (t.split.dim >= 0 || par.tp_rank == 0) &&
-                !(t.name == "wte.weight" && par.pp > 1 && !par.first_stage());
+                !(t.name == kGptTiedEmbedding && par.pp > 1 && !par.first_stage());
     }
     places.push_back(std::move(t));
   }

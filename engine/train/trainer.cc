@@ -260,7 +260,7 @@ Status Trainer::Impl::SetupZero() {
     z.model_comm = par.model_comm.get();
     for (size_t i = 0; i < places.size(); ++i) {
       z.in_norm.push_back(places[i].owned);
-      if (par.tied_comm != nullptr && places[i].name == "wte.weight")
+      if (par.tied_comm != nullptr && places[i].name == kGptTiedEmbedding)
         z.tied.push_back(static_cast<int>(i));
     }
     z.tied_comm = par.tied_comm.get();
@@ -358,8 +358,7 @@ Status Trainer::Impl::Step() {
     // The optimizer: unscale, check for overflow (16-bit), clip, Adam, publish the weights.
     if (breakdown) t.timer->Start("optimizer");
     const Precision p = c.precision();
-    const bool check =
-        p == Precision::kFp16 || (p == Precision::kBf16 && c.bf16.check_grad_overflow);
+    const bool check = t.ChecksOverflow();
     const int64_t sched_step = t.step - t.schedule_origin;
     const double lr = t.schedule->LrForStep(sched_step);
     t.WaitForSnapshotCopies();  // Adam rewrites what a snapshot may still be copying
@@ -406,6 +405,11 @@ Status Trainer::Impl::Step() {
   return Status::OK();
 }
 
+bool Trainer::Impl::ChecksOverflow() const {
+  const Precision p = config.precision();
+  return p == Precision::kFp16 || (p == Precision::kBf16 && config.bf16.check_grad_overflow);
+}
+
 Status Trainer::Impl::RecordOverflow(int64_t at_step, bool overflow) {
   DS_ASSIGN_OR_RETURN(LossScaler::Update u, scaler->Record(overflow));
   if (!u.message.empty() && options.rank == 0)
@@ -426,9 +430,7 @@ Status Trainer::Impl::ReadDeferredSteps() {
   }
   torch::Tensor values = torch::stack(unread).to(torch::kCPU, torch::kFloat64);
   const double* v = values.data_ptr<double>();
-  const Precision p = config.precision();
-  const bool norm_known = config.gradient_clipping > 0 || p == Precision::kFp16 ||
-                          (p == Precision::kBf16 && config.bf16.check_grad_overflow);
+  const bool norm_known = config.gradient_clipping > 0 || ChecksOverflow();
   size_t k = 0;
   for (size_t i = 0; i < pending_unread.size() && i < pending.size(); ++i) {
     if (!pending_unread[i].defined()) continue;

@@ -127,17 +127,22 @@ TEST(DsrunLaunchTest, LauncherFlagErrorsExitTwo) {
   EXPECT_THAT(r.out, HasSubstr("every host needs the same slots (worker-1 has 2, worker-2 has 4)"));
 }
 
+// `dsrun bench` of a tiny GPT on 2 CPU ranks: `flags` picks the rows, `sets` sizes the model.
+std::string TinyBench(const testing::TempDir& dir, const std::string& flags,
+                      const std::string& sets) {
+  return Q(testing::BuildDir() + "/dsrun") + " bench --device cpu --config " +
+         Q(testing::SourceDir() + "/examples/demo.json") + " --nproc-per-node 2 " + flags +
+         " --json --set " + sets +
+         " model.d_model=32 model.n_head=2 model.seq_len=32 tensorboard.enabled=false"
+         " trainer.output_dir=" +
+         Q(dir.Join("out"));
+}
+
 TEST(DsrunLaunchTest, BenchPrintsATableAndAJsonLinePerStageAndOffload) {
   testing::TempDir dir;
-  const std::string cmd =
-      Q(testing::BuildDir() + "/dsrun") + " bench --device cpu --config " +
-      Q(testing::SourceDir() + "/examples/demo.json") +
-      " --nproc-per-node 2 --stages 1,3 --offload none,all --steps 2 --warmup 1 --json --out " +
-      Q(dir.Join("report")) +
-      " --set model.n_layer=1"
-      " model.d_model=32 model.n_head=2 model.seq_len=32 train_micro_batch_size_per_gpu=4"
-      " tensorboard.enabled=false trainer.output_dir=" +
-      Q(dir.Join("out"));
+  const std::string cmd = TinyBench(
+      dir, "--stages 1,3 --offload none,all --steps 2 --warmup 1 --out " + Q(dir.Join("report")),
+      "model.n_layer=1 train_micro_batch_size_per_gpu=4");
   ShellResult r = Sh(cmd);
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_THAT(r.out, ::testing::ContainsRegex("\nstage +ranks +step ms"));
@@ -179,14 +184,9 @@ TEST(DsrunLaunchTest, BenchPrintsATableAndAJsonLinePerStageAndOffload) {
 
 TEST(DsrunLaunchTest, BenchMeasuresTensorAndPipelineLayouts) {
   testing::TempDir dir;
-  const std::string cmd =
-      Q(testing::BuildDir() + "/dsrun") + " bench --device cpu --config " +
-      Q(testing::SourceDir() + "/examples/demo.json") +
-      " --nproc-per-node 2 --stages 1,2 --parallel 1x1,2x1,1x2 --steps 1 --warmup 1 --json"
-      " --set model.n_layer=2 model.d_model=32 model.n_head=2 model.seq_len=32"
-      " train_micro_batch_size_per_gpu=2 gradient_accumulation_steps=2"
-      " tensorboard.enabled=false trainer.output_dir=" +
-      Q(dir.Join("out"));
+  const std::string cmd = TinyBench(dir, "--stages 1,2 --parallel 1x1,2x1,1x2 --steps 1 --warmup 1",
+                                    "model.n_layer=2 train_micro_batch_size_per_gpu=2 "
+                                    "gradient_accumulation_steps=2");
   ShellResult r = Sh(cmd);
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_THAT(r.out, MatchesRegex("(.|\n)*\n1 +2 +[0-9.]+ +[0-9]+ (.|\n)*"));

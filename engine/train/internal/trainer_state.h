@@ -117,6 +117,7 @@ struct Trainer::Impl {
   Status ReadDeferredSteps();  // fills the pending steps' norms and overflows (Flush)
   // Counts a skipped step and tells the loss scaler (fp16: at once; else when read).
   Status RecordOverflow(int64_t at_step, bool overflow);
+  bool ChecksOverflow() const;  // fp16, or bf16 with check_grad_overflow: overflows skip steps
   MemoryStats Memory() const;
   // Whether to save now (interval or minutes) and whether to stop (stop_requested): every rank
   // gets the same answer (one small all-reduce when a rank could disagree).
