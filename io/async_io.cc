@@ -1,7 +1,9 @@
 // The thread-pool backend and the backend choice. The io_uring backend is in uring_io.cc.
 #include "io/async_io.h"
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
@@ -21,6 +23,51 @@ Status ShortReadStatus(const File& file, uint64_t offset, size_t wanted, size_t 
                             " (truncated file?)");
 }
 
+// ---- IoStats and InFlightMeter
+
+IoStats IoStats::operator-(const IoStats& e) const {
+  return {requests - e.requests, bytes - e.bytes, busy_micros - e.busy_micros,
+          in_flight_micros - e.in_flight_micros, full_micros - e.full_micros};
+}
+
+uint64_t MonotonicMicros() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
+}
+
+// Charges the time since the last change to the state the queue was in.
+void InFlightMeter::AdvanceLocked(uint64_t now) const {
+  const uint64_t dt = now > last_micros_ ? now - last_micros_ : 0;
+  last_micros_ = std::max(last_micros_, now);
+  if (in_flight_ == 0) return;
+  stats_.busy_micros += dt;
+  stats_.in_flight_micros += dt * in_flight_;
+  if (in_flight_ >= depth_) stats_.full_micros += dt;
+}
+
+void InFlightMeter::Start(uint64_t now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  AdvanceLocked(now);
+  ++in_flight_;
+}
+
+void InFlightMeter::Finish(uint64_t now, uint64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  AdvanceLocked(now);
+  if (in_flight_ > 0) --in_flight_;
+  ++stats_.requests;
+  stats_.bytes += bytes;
+}
+
+IoStats InFlightMeter::stats(uint64_t now) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  AdvanceLocked(now);
+  return stats_;
+}
+
+// ---- the thread-pool backend
+
 namespace {
 
 class ThreadPoolIo final : public AsyncIo {
@@ -28,15 +75,18 @@ class ThreadPoolIo final : public AsyncIo {
   ThreadPoolIo(const AsyncIoOptions& options, std::string reason)
       : depth_(options.queue_depth == 0 ? 1 : options.queue_depth),
         reason_(std::move(reason)),
+        meter_(depth_),
         pool_(options.threads == 0 ? 1 : options.threads) {}
   ~ThreadPoolIo() override { (void)Drain(); }
 
   const std::string& backend() const override { return name_; }
   const std::string& reason() const override { return reason_; }
+  IoStats stats() const override { return meter_.stats(MonotonicMicros()); }
 
   void Write(File* file, uint64_t offset, std::span<const std::byte> data,
              IoCallback done) override {
-    Enqueue([file, offset, data] { return file->WriteAt(offset, data); }, std::move(done));
+    Enqueue([file, offset, data] { return file->WriteAt(offset, data); }, data.size(),
+            std::move(done));
   }
   void Read(File* file, uint64_t offset, std::span<std::byte> out, IoCallback done) override {
     Enqueue(
@@ -46,7 +96,7 @@ class ThreadPoolIo final : public AsyncIo {
           if (*n != out.size()) return ShortReadStatus(*file, offset, out.size(), *n);
           return Status::OK();
         },
-        std::move(done));
+        out.size(), std::move(done));
   }
   Status Drain() override {
     std::unique_lock<std::mutex> lock(mu_);
@@ -57,14 +107,16 @@ class ThreadPoolIo final : public AsyncIo {
   }
 
  private:
-  void Enqueue(std::function<Status()> op, IoCallback done) {
+  void Enqueue(std::function<Status()> op, size_t bytes, IoCallback done) {
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [this] { return in_flight_ < depth_; });
       ++in_flight_;
+      meter_.Start(MonotonicMicros());
     }
-    pool_.Submit([this, op = std::move(op), done = std::move(done)] {
+    pool_.Submit([this, op = std::move(op), bytes, done = std::move(done)] {
       Status s = op();
+      meter_.Finish(MonotonicMicros(), s.ok() ? bytes : 0);
       if (done) done(s);
       std::lock_guard<std::mutex> lock(mu_);
       if (!s.ok() && first_error_.ok()) first_error_ = s;
@@ -80,6 +132,7 @@ class ThreadPoolIo final : public AsyncIo {
   std::condition_variable cv_;
   unsigned in_flight_ = 0;
   Status first_error_;
+  InFlightMeter meter_;
   ThreadPool pool_;  // last: its threads stop before the members they use go away
 };
 

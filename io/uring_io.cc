@@ -76,6 +76,7 @@ class UringIo final : public AsyncIo {
   UringIo(const AsyncIoOptions& options, std::string reason)
       : depth_(options.queue_depth == 0 ? 1 : options.queue_depth),
         reason_(std::move(reason)),
+        meter_(depth_),
         helper_(NewThreadPoolIo(options, "helper for unaligned or non-kernel files")) {}
 
   Status Init() {
@@ -104,6 +105,18 @@ class UringIo final : public AsyncIo {
 
   const std::string& backend() const override { return name_; }
   const std::string& reason() const override { return reason_; }
+  // The ring's requests; the helper's (rare: unaligned or non-kernel files) are added in, their
+  // busy time counted as if it were the ring's.
+  IoStats stats() const override {
+    IoStats a = meter_.stats(MonotonicMicros());
+    const IoStats h = helper_->stats();
+    a.requests += h.requests;
+    a.bytes += h.bytes;
+    a.busy_micros += h.busy_micros;
+    a.in_flight_micros += h.in_flight_micros;
+    a.full_micros += h.full_micros;
+    return a;
+  }
 
   void Write(File* file, uint64_t offset, std::span<const std::byte> data,
              IoCallback done) override {
@@ -133,7 +146,9 @@ class UringIo final : public AsyncIo {
     } else {
       slot = next_slot_++;
     }
-    struct iovec iov{region.data(), region.size()};
+    struct iovec iov {
+      region.data(), region.size()
+    };
     __u64 tag = 0;
     if (io_uring_register_buffers_update_tag(&ring_, slot, &iov, &tag, 1) < 0) {
       free_slots_.push_back(slot);
@@ -146,7 +161,9 @@ class UringIo final : public AsyncIo {
     std::lock_guard<std::mutex> lock(sq_mu_);
     auto it = fixed_.find(region.data());
     if (it == fixed_.end()) return;
-    struct iovec iov{nullptr, 0};
+    struct iovec iov {
+      nullptr, 0
+    };
     __u64 tag = 0;
     io_uring_register_buffers_update_tag(&ring_, it->second.slot, &iov, &tag, 1);
     free_slots_.push_back(it->second.slot);
@@ -160,8 +177,7 @@ class UringIo final : public AsyncIo {
     unsigned slot;
   };
 
-  void Start(File* file, bool write, uint64_t offset, std::byte* buf, size_t len,
-             IoCallback done) {
+  void Start(File* file, bool write, uint64_t offset, std::byte* buf, size_t len, IoCallback done) {
     int fd = file->NativeFd();
     if (fd < 0 || (file->direct() && !Aligned(offset, buf, len)) || len == 0) {
       if (write) {
@@ -175,13 +191,15 @@ class UringIo final : public AsyncIo {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [this] { return in_flight_ < depth_; });
       ++in_flight_;
+      meter_.Start(MonotonicMicros());
     }
     auto* req = new Request{file, fd, write, offset, buf, len, 0, -1, std::move(done)};
     std::lock_guard<std::mutex> lock(sq_mu_);
     auto it = fixed_.upper_bound(buf);
     if (it != fixed_.begin()) {
       --it;
-      if (buf + len <= it->first + it->second.size) req->fixed_index = static_cast<int>(it->second.slot);
+      if (buf + len <= it->first + it->second.size)
+        req->fixed_index = static_cast<int>(it->second.slot);
     }
     SubmitLocked(req);
   }
@@ -243,8 +261,8 @@ class UringIo final : public AsyncIo {
     } else {
       req->done += static_cast<size_t>(res);
       if (req->done < req->len) {
-        if (req->file->direct() && !Aligned(req->offset + req->done, req->buf + req->done,
-                                            req->len - req->done)) {
+        if (req->file->direct() &&
+            !Aligned(req->offset + req->done, req->buf + req->done, req->len - req->done)) {
           status = FinishUnaligned(req);  // rare: a short transfer that broke alignment
         } else {
           std::lock_guard<std::mutex> lock(sq_mu_);
@@ -253,6 +271,7 @@ class UringIo final : public AsyncIo {
         }
       }
     }
+    meter_.Finish(MonotonicMicros(), status.ok() ? req->len : 0);
     if (req->cb) req->cb(status);
     delete req;
     std::lock_guard<std::mutex> lock(mu_);
@@ -274,6 +293,7 @@ class UringIo final : public AsyncIo {
   const std::string name_ = "uring";
   unsigned depth_;
   std::string reason_;
+  InFlightMeter meter_;
   std::unique_ptr<AsyncIo> helper_;
   struct io_uring ring_;
   std::mutex sq_mu_;  // guards the submission queue and the fixed-buffer table

@@ -49,9 +49,8 @@ std::unique_ptr<AsyncIo> Open(const std::string& backend) {
 }
 
 // Writes the ops through `io`, reads them back through `io`, returns the whole file.
-std::string RoundTrip(AsyncIo& io, const std::string& path, bool direct,
-                      const std::vector<Op>& ops, const std::vector<std::byte>& source,
-                      BufferPool& pool) {
+std::string RoundTrip(AsyncIo& io, const std::string& path, bool direct, const std::vector<Op>& ops,
+                      const std::vector<std::byte>& source, BufferPool& pool) {
   Env* env = Env::Default();
   auto f = env->OpenFile(path, {OpenMode::kTruncate, direct});
   EXPECT_TRUE(f.ok()) << f.status().ToString();
@@ -117,6 +116,58 @@ TEST(AsyncIoTest, BackendsReturnIdenticalBytes) {
   }
 }
 
+// Two requests on a queue of depth 2: busy from the first start to the last finish, both in
+// flight (the queue full) between the second start and the first finish, idle gaps not counted.
+TEST(InFlightMeterTest, CountsBusyTimeDepthAndFullQueue) {
+  InFlightMeter m(2);
+  m.Start(100);
+  m.Start(110);
+  m.Finish(130, 4096);
+  m.Finish(150, 8192);
+  IoStats s = m.stats(200);
+  EXPECT_EQ(s.requests, 2u);
+  EXPECT_EQ(s.bytes, 12288u);
+  EXPECT_EQ(s.busy_micros, 50u);                       // [100, 150)
+  EXPECT_EQ(s.in_flight_micros, 10u + 2 * 20u + 20u);  // 1, then 2, then 1 in flight
+  EXPECT_EQ(s.full_micros, 20u);                       // [110, 130)
+  EXPECT_DOUBLE_EQ(s.mean_in_flight(), 70.0 / 50.0);
+  m.Start(300);  // a request still in flight counts up to the reading
+  const IoStats later = m.stats(340);
+  EXPECT_EQ(later.busy_micros, 90u);
+  const IoStats d = later - s;
+  EXPECT_EQ(d.requests, 0u);
+  EXPECT_EQ(d.busy_micros, 40u);
+  EXPECT_EQ(d.in_flight_micros, 40u);
+  EXPECT_EQ(d.full_micros, 0u);
+  EXPECT_DOUBLE_EQ(IoStats{}.mean_in_flight(), 0.0);
+}
+
+// Both backends count every request they complete, and the time the queue was busy.
+TEST(AsyncIoTest, StatsCountEveryRequestOfEitherBackend) {
+  TempDir dir;
+  BufferPool pool({.capacity_bytes = 16 << 20});
+  DS_ASSERT_OK_AND_ASSIGN(Buffer buf, pool.Acquire(256 << 10));
+  std::memset(buf.data(), 7, buf.size());
+  for (const char* backend : {"pwrite", "uring"}) {
+    std::unique_ptr<AsyncIo> io = Open(backend);
+    if (io == nullptr) continue;  // io_uring not usable here: BackendsReturnIdenticalBytes says why
+    SCOPED_TRACE(backend);
+    auto f = Env::Default()->OpenFile(dir.Join(backend), {OpenMode::kTruncate, true});
+    ASSERT_TRUE(f.ok()) << f.status().ToString();
+    const IoStats before = io->stats();
+    for (uint64_t i = 0; i < 12; ++i) io->Write(f->get(), i * buf.size(), buf.span(), nullptr);
+    DS_ASSERT_OK(io->Drain());
+    const IoStats d = io->stats() - before;
+    EXPECT_EQ(d.requests, 12u);
+    EXPECT_EQ(d.bytes, 12 * buf.size());
+    EXPECT_GT(d.busy_micros, 0u);
+    EXPECT_GE(d.mean_in_flight(), 1.0);
+    EXPECT_LE(d.mean_in_flight(), 8.0);  // the queue depth Open asks for
+    EXPECT_LE(d.full_micros, d.busy_micros);
+    DS_ASSERT_OK((*f)->Close());
+  }
+}
+
 TEST(AsyncIoTest, ReadPastEndIsCorruptionNamingTheFile) {
   TempDir dir;
   DS_ASSERT_OK(Env::Default()->WriteFileSynced(dir.Join("short"), std::string(100, 'x')));
@@ -147,8 +198,8 @@ TEST(AsyncIoTest, ForcingTheFallbackWorksAndSaysSo) {
   EXPECT_THAT(lines.back(), HasSubstr("io backend: pwrite (DSTRAIN_IO_BACKEND=pwrite)"));
 
   ::setenv("DSTRAIN_IO_BACKEND", "bogus", 1);
-  EXPECT_THAT(OpenAsyncIo({}), StatusIs(StatusCode::kInvalidArgument,
-                                        HasSubstr("unknown io backend 'bogus'")));
+  EXPECT_THAT(OpenAsyncIo({}),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("unknown io backend 'bogus'")));
   ::unsetenv("DSTRAIN_IO_BACKEND");
   Result<std::unique_ptr<AsyncIo>> probed = OpenAsyncIo({});
   ASSERT_TRUE(probed.ok());
@@ -164,8 +215,8 @@ TEST(AsyncIoTest, RegisteredBuffersAreUsedTransparently) {
   DS_ASSERT_OK_AND_ASSIGN(Buffer buf, pool.Acquire(1 << 20));
   io->RegisterBuffer({buf.data(), buf.capacity()});
   for (size_t i = 0; i < buf.size(); ++i) buf.data()[i] = static_cast<std::byte>(i * 7);
-  DS_ASSERT_OK_AND_ASSIGN(auto f, Env::Default()->OpenFile(dir.Join("fixed"),
-                                                           {OpenMode::kTruncate, true}));
+  DS_ASSERT_OK_AND_ASSIGN(auto f,
+                          Env::Default()->OpenFile(dir.Join("fixed"), {OpenMode::kTruncate, true}));
   io->Write(f.get(), 0, buf.span(), nullptr);
   DS_ASSERT_OK(io->Drain());
   std::vector<std::byte> back(buf.size());
