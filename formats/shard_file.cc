@@ -1,5 +1,6 @@
 #include "formats/shard_file.h"
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
@@ -107,9 +108,7 @@ std::vector<ChunkPlan> PlanChunks(std::span<const PieceSpec> pieces, uint64_t ch
                                   std::vector<PiecePlacement>* placements) {
   std::vector<ChunkPlan> chunks;
   placements->assign(pieces.size(), {});
-  auto room = [&] {
-    return chunks.empty() ? 0 : chunk_bytes - chunks.back().raw_len;
-  };
+  auto room = [&] { return chunks.empty() ? 0 : chunk_bytes - chunks.back().raw_len; };
   for (size_t i = 0; i < pieces.size(); ++i) {
     const PieceSpec& p = pieces[i];
     bool fits = !chunks.empty() && chunks.back().elem_size == p.elem_size && p.nbytes <= room();
@@ -136,9 +135,9 @@ std::vector<ChunkPlan> PlanChunks(std::span<const PieceSpec> pieces, uint64_t ch
 
 // ---- writing
 
-ShardWriter::ShardWriter(std::string path, ShardWriterOptions options,
+ShardWriter::ShardWriter(io::Env* env, std::string path, ShardWriterOptions options,
                          std::unique_ptr<io::File> file)
-    : path_(std::move(path)), options_(std::move(options)), file_(std::move(file)) {}
+    : env_(env), path_(std::move(path)), options_(std::move(options)), file_(std::move(file)) {}
 
 ShardWriter::~ShardWriter() {
   // A writer abandoned before Finish must not leave tasks that point at it.
@@ -162,7 +161,7 @@ Result<std::unique_ptr<ShardWriter>> ShardWriter::Create(io::Env* env, const std
   EncodeShardHeader(h, header.span());
   DS_RETURN_IF_ERROR(file->WriteAt(0, header.span())) << "writing the header of " << path;
   return std::unique_ptr<ShardWriter>(
-      new ShardWriter(path, std::move(options), std::move(file)));
+      new ShardWriter(env, path, std::move(options), std::move(file)));
 }
 
 uint64_t ShardWriter::AddChunk(std::span<const std::byte> raw, uint8_t elem_size,
@@ -202,8 +201,8 @@ Status ShardWriter::EnsureAllocated(uint64_t end) {
   return Status::OK();
 }
 
-uint64_t ShardWriter::AddChunkInPlace(std::span<std::byte> block, size_t raw_len,
-                                      uint8_t elem_size, std::function<void()> on_done) {
+uint64_t ShardWriter::AddChunkInPlace(std::span<std::byte> block, size_t raw_len, uint8_t elem_size,
+                                      std::function<void()> on_done) {
   const bool in_place = options_.encode.codec == Codec::kRaw &&
                         block.size() >= AlignUp(raw_len, kChunkAlignment) &&
                         reinterpret_cast<uintptr_t>(block.data()) % kChunkAlignment == 0;
@@ -233,21 +232,44 @@ void ShardWriter::WriteChunk(uint64_t index, std::span<const std::byte> padded,
     records_[index] = partial;
     records_[index].offset = offset;
   }
-  options_.io->Write(file_.get(), offset, padded, std::move(done));
+  QueueWrite(offset, padded, std::move(done));
 }
 
-void ShardWriter::FinishOne() {
+// The write may complete, and Finish return, before Write does: this call counts as pending
+// itself until it has recorded its wait, so the writer outlives it.
+void ShardWriter::QueueWrite(uint64_t offset, std::span<const std::byte> padded,
+                             std::function<void(const Status&)> done) {
+  const uint64_t t0 = env_->NowMicros();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stats_.first_write_micros == 0) stats_.first_write_micros = t0;
+    ++pending_;
+  }
+  options_.io->Write(file_.get(), offset, padded,
+                     std::move(done));  // blocks while the queue is full
+  queue_wait_micros_ += env_->NowMicros() - t0;
   std::lock_guard<std::mutex> lock(mu_);
   --pending_;
   cv_.notify_all();
 }
 
-void ShardWriter::EncodeAndWrite(uint64_t index, std::span<const std::byte> raw,
-                                 uint8_t elem_size, std::function<void()> on_raw_done) {
+void ShardWriter::FinishOne() {
+  const uint64_t now = env_->NowMicros();
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.last_write_micros = std::max(stats_.last_write_micros, now);
+  --pending_;
+  cv_.notify_all();
+}
+
+void ShardWriter::EncodeAndWrite(uint64_t index, std::span<const std::byte> raw, uint8_t elem_size,
+                                 std::function<void()> on_raw_done) {
   const std::string what = DescribeChunk(index, io::BaseName(path_));
   // Stored bytes wait in staging until their write completes (bounded: backpressure).
-  Result<io::Buffer> buf = options_.staging->Acquire(
-      AlignUp(ChunkEncoder::MaxStoredLen(raw.size()), kChunkAlignment));
+  const uint64_t t0 = env_->NowMicros();
+  Result<io::Buffer> buf =
+      options_.staging->Acquire(AlignUp(ChunkEncoder::MaxStoredLen(raw.size()), kChunkAlignment));
+  const uint64_t t1 = env_->NowMicros();
+  buffer_wait_micros_ += t1 - t0;
   if (!buf.ok()) {
     if (on_raw_done) on_raw_done();
     Fail(buf.status().WithContext("encoding " + what));
@@ -264,25 +286,28 @@ void ShardWriter::EncodeAndWrite(uint64_t index, std::span<const std::byte> raw,
   }
   const uint64_t padded = AlignUp(enc->stored_len, kChunkAlignment);
   std::memset(buf->data() + enc->stored_len, 0, padded - enc->stored_len);
+  encode_micros_ += env_->NowMicros() - t1;
   auto owned = std::make_shared<io::Buffer>(std::move(*buf));
-  WriteChunk(index, {owned->data(), padded},
-             {0, enc->stored_len, enc->raw_len, enc->codec, elem_size, enc->raw_xxh64,
-              enc->stored_xxh64},
-             [this, owned, what](const Status& s) {
-               if (!s.ok()) Fail(s.WithContext("writing " + what));
-               owned->Release();
-               FinishOne();
-             });
+  WriteChunk(
+      index, {owned->data(), padded},
+      {0, enc->stored_len, enc->raw_len, enc->codec, elem_size, enc->raw_xxh64, enc->stored_xxh64},
+      [this, owned, what](const Status& s) {
+        if (!s.ok()) Fail(s.WithContext("writing " + what));
+        owned->Release();
+        FinishOne();
+      });
 }
 
 void ShardWriter::ChecksumAndWrite(uint64_t index, std::span<std::byte> block, size_t raw_len,
                                    uint8_t elem_size, std::function<void()> on_done) {
   const std::string what = DescribeChunk(index, io::BaseName(path_));
+  const uint64_t t0 = env_->NowMicros();
   const uint64_t padded = AlignUp(raw_len, kChunkAlignment);
   std::span<const std::byte> raw = block.first(raw_len);
-  ChunkRecord rec{0, raw_len, raw_len, Codec::kRaw, elem_size, Xxh64(raw),
-                  StoredChecksum(Codec::kRaw, raw)};
+  ChunkRecord rec{
+      0, raw_len, raw_len, Codec::kRaw, elem_size, Xxh64(raw), StoredChecksum(Codec::kRaw, raw)};
   std::memset(block.data() + raw_len, 0, padded - raw_len);
+  encode_micros_ += env_->NowMicros() - t0;
   WriteChunk(index, block.first(padded), rec,
              [this, on_done = std::move(on_done), what](const Status& s) {
                if (!s.ok()) Fail(s.WithContext("writing " + what));
@@ -298,10 +323,16 @@ Result<ShardSummary> ShardWriter::Finish() {
     if (!error_.ok()) return error_;
   }
   // The preallocated tail beyond the last chunk is not part of the file.
+  const uint64_t t0 = env_->NowMicros();
   DS_RETURN_IF_ERROR(file_->Truncate(next_offset_)) << "finishing " << path_;
   DS_RETURN_IF_ERROR(file_->Sync()) << "finishing " << path_;
   DS_RETURN_IF_ERROR(file_->Close()) << "finishing " << path_;
   ShardSummary summary;
+  summary.stats = stats_;
+  summary.stats.sync_micros = env_->NowMicros() - t0;
+  summary.stats.encode_micros = encode_micros_;
+  summary.stats.buffer_wait_micros = buffer_wait_micros_;
+  summary.stats.queue_wait_micros = queue_wait_micros_;
   summary.chunks = records_;
   summary.file_size = next_offset_;
   for (const ChunkRecord& r : records_) {
@@ -337,9 +368,8 @@ Status ShardReader::CheckBounds(const ChunkRecord& rec, std::string_view what) c
                               " is not a chunk boundary after the header");
   }
   if (rec.stored_len > file_size_ || rec.offset > file_size_ - rec.stored_len) {
-    return Status::Corruption(std::string(what) + ": stored bytes [" +
-                              std::to_string(rec.offset) + ", " +
-                              std::to_string(rec.offset + rec.stored_len) +
+    return Status::Corruption(std::string(what) + ": stored bytes [" + std::to_string(rec.offset) +
+                              ", " + std::to_string(rec.offset + rec.stored_len) +
                               ") run past the end of the file (" + std::to_string(file_size_) +
                               " bytes; truncated file?)");
   }

@@ -52,7 +52,7 @@ struct ChunkRecord {
   uint64_t stored_len = 0;  // bytes on disk, before padding
   uint64_t raw_len = 0;     // bytes after decoding
   Codec codec = Codec::kRaw;
-  uint8_t elem_size = 1;    // bytes per element (byte-group planes)
+  uint8_t elem_size = 1;  // bytes per element (byte-group planes)
   uint64_t raw_xxh64 = 0;
   uint64_t stored_xxh64 = 0;
 
@@ -68,8 +68,8 @@ struct PieceSpec {
   uint8_t elem_size;  // bytes per element
 };
 struct PiecePart {
-  size_t piece;       // index into the PieceSpec list
-  uint64_t begin;     // byte range of that piece held by this chunk
+  size_t piece;    // index into the PieceSpec list
+  uint64_t begin;  // byte range of that piece held by this chunk
   uint64_t end;
 };
 struct ChunkPlan {
@@ -93,19 +93,31 @@ std::vector<ChunkPlan> PlanChunks(std::span<const PieceSpec> pieces, uint64_t ch
 
 struct ShardWriterOptions {
   EncodeOptions encode;
-  io::AsyncIo* io = nullptr;             // required
-  io::ThreadPool* encoders = nullptr;    // required: chunks are encoded here
-  io::BufferPool* staging = nullptr;     // required: stored bytes wait here for their write
-  bool direct = true;                    // O_DIRECT where the filesystem allows it
+  io::AsyncIo* io = nullptr;           // required
+  io::ThreadPool* encoders = nullptr;  // required: chunks are encoded here
+  io::BufferPool* staging = nullptr;   // required: stored bytes wait here for their write
+  bool direct = true;                  // O_DIRECT where the filesystem allows it
   std::string writer_version = "dstrain";
   uint64_t preallocate_step = 64 << 20;  // bytes reserved ahead of the write position
+};
+
+// Where a shard writer's time went, to tell a disk that was kept busy from one that waited on
+// the encoders. Microseconds; "summed" times add up over the encoder threads.
+struct ShardWriteStats {
+  uint64_t encode_micros = 0;       // summed: encoding and checksumming chunks
+  uint64_t buffer_wait_micros = 0;  // summed: encoders waiting for stored-bytes staging
+  uint64_t queue_wait_micros = 0;   // summed: encoders waiting for a free slot in the write queue
+  uint64_t first_write_micros = 0;  // Env clock: the first chunk's write was queued
+  uint64_t last_write_micros = 0;   // Env clock: the last chunk's write completed
+  uint64_t sync_micros = 0;         // Finish: trimming the reserved tail, fsync and close
 };
 
 struct ShardSummary {
   std::vector<ChunkRecord> chunks;  // in the order they were added
   uint64_t file_size = 0;           // bytes, padding included
   uint64_t raw_bytes = 0;
-  uint64_t stored_bytes = 0;        // without padding
+  uint64_t stored_bytes = 0;  // without padding
+  ShardWriteStats stats;
 };
 
 class ShardWriter {
@@ -128,19 +140,20 @@ class ShardWriter {
   uint64_t AddChunkInPlace(std::span<std::byte> block, size_t raw_len, uint8_t elem_size,
                            std::function<void()> on_done);
 
-  // Waits for every chunk, trims the preallocated tail, fsyncs and closes. The first error of
-  // any chunk (encode, write) is returned, naming the file.
   // Reserves disk space for `bytes` more of chunks at once (the caller's estimate: a save's raw
   // size). Without it the file grows by ShardWriterOptions::preallocate_step as chunks arrive,
   // and each growth (fallocate) first waits for every direct write in flight to finish (ext4's
   // inode_dio_wait), draining the queue every few chunks. Space left over is truncated by Finish.
   Status Reserve(uint64_t bytes);
+  // Waits for every chunk, trims the preallocated tail, fsyncs and closes. The first error of
+  // any chunk (encode, write) is returned, naming the file.
   Result<ShardSummary> Finish();
 
   const std::string& path() const { return path_; }
 
  private:
-  ShardWriter(std::string path, ShardWriterOptions options, std::unique_ptr<io::File> file);
+  ShardWriter(io::Env* env, std::string path, ShardWriterOptions options,
+              std::unique_ptr<io::File> file);
   void EncodeAndWrite(uint64_t index, std::span<const std::byte> raw, uint8_t elem_size,
                       std::function<void()> on_raw_done);
   void ChecksumAndWrite(uint64_t index, std::span<std::byte> block, size_t raw_len,
@@ -152,7 +165,11 @@ class ShardWriter {
   void Fail(const Status& s);
   void FinishOne();  // one chunk fewer pending
   Status EnsureAllocated(uint64_t end);
+  // Queues a write on the AsyncIo, counting the time the caller waits for a free slot.
+  void QueueWrite(uint64_t offset, std::span<const std::byte> padded,
+                  std::function<void(const Status&)> done);
 
+  io::Env* env_;
   std::string path_;
   ShardWriterOptions options_;
   std::unique_ptr<io::File> file_;
@@ -162,8 +179,12 @@ class ShardWriter {
   std::vector<ChunkRecord> records_;
   uint64_t next_offset_ = kShardHeaderBytes;
   uint64_t allocated_ = 0;
-  uint64_t pending_ = 0;  // chunks queued but not yet written
+  uint64_t pending_ = 0;  // chunks queued but not yet written, and calls inside QueueWrite
   Status error_;
+  ShardWriteStats stats_;  // times under mu_; the summed ones in the atomics below
+  std::atomic<uint64_t> encode_micros_{0};
+  std::atomic<uint64_t> buffer_wait_micros_{0};
+  std::atomic<uint64_t> queue_wait_micros_{0};
 };
 
 // ---- reading

@@ -144,6 +144,9 @@ TEST_P(ShardRoundTrip, EveryChunkComesBackAndDamageIsNamed) {
   DS_ASSERT_OK_AND_ASSIGN(ShardSummary sum, writer->Finish());
   ASSERT_EQ(sum.chunks.size(), chunks.size());
   EXPECT_EQ(sum.file_size % kChunkAlignment, 0u);
+  // The writer's account of its time: writes from the first queued to the last completed.
+  EXPECT_GT(sum.stats.first_write_micros, 0u);
+  EXPECT_GE(sum.stats.last_write_micros, sum.stats.first_write_micros);
   DS_ASSERT_OK_AND_ASSIGN(io::FileInfo info, env->Stat(path));
   EXPECT_EQ(info.size, sum.file_size);
 
@@ -183,20 +186,19 @@ TEST_P(ShardRoundTrip, EveryChunkComesBackAndDamageIsNamed) {
   DS_ASSERT_OK_AND_ASSIGN(reader, ShardReader::Open(env, path, 2));
   out.resize(sum.chunks[4].raw_len);
   EXPECT_THAT(reader->ReadChunk(sum.chunks[4], out, dec, "chunk 4 of rank-00002.dss"),
-              StatusIs(StatusCode::kCorruption,
-                       AllOf(HasSubstr("chunk 4 of rank-00002.dss"),
-                             HasSubstr("run past the end of the file"))));
+              StatusIs(StatusCode::kCorruption, AllOf(HasSubstr("chunk 4 of rank-00002.dss"),
+                                                      HasSubstr("run past the end of the file"))));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllCodecs, ShardRoundTrip,
-    ::testing::Combine(::testing::Values("mem", "posix"),
-                       ::testing::Values(Codec::kRaw, Codec::kZstd, Codec::kByteGroupZstd)),
-    [](const auto& info) {
-      std::string c(CodecName(std::get<1>(info.param)));
-      for (char& ch : c) ch = ch == '+' ? '_' : ch;
-      return std::get<0>(info.param) + "_" + c;
-    });
+INSTANTIATE_TEST_SUITE_P(AllCodecs, ShardRoundTrip,
+                         ::testing::Combine(::testing::Values("mem", "posix"),
+                                            ::testing::Values(Codec::kRaw, Codec::kZstd,
+                                                              Codec::kByteGroupZstd)),
+                         [](const auto& info) {
+                           std::string c(CodecName(std::get<1>(info.param)));
+                           for (char& ch : c) ch = ch == '+' ? '_' : ch;
+                           return std::get<0>(info.param) + "_" + c;
+                         });
 
 TEST(ShardWriterTest, DiskFullIsReportedWithTheFile) {
   io::MemEnv mem;
@@ -208,9 +210,8 @@ TEST(ShardWriterTest, DiskFullIsReportedWithTheFile) {
                                                            rig.Options(Codec::kRaw)));
   std::vector<std::byte> data(1 << 16, std::byte{1});
   for (int i = 0; i < 4; ++i) writer->AddChunk(data, 4);
-  EXPECT_THAT(writer->Finish(),
-              StatusIs(StatusCode::kNoSpace,
-                       AllOf(HasSubstr("writing chunk"), HasSubstr("rank-00000.dss"))));
+  EXPECT_THAT(writer->Finish(), StatusIs(StatusCode::kNoSpace, AllOf(HasSubstr("writing chunk"),
+                                                                     HasSubstr("rank-00000.dss"))));
 }
 
 }  // namespace
