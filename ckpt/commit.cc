@@ -44,6 +44,23 @@ Result<std::string> FreeTag(io::Env* env, const std::string& dir, const std::str
   }
 }
 
+double Seconds(uint64_t micros) { return static_cast<double>(micros) / 1e6; }
+
+// The shard writer's and the write queue's account of step 1.
+void AddWriteStats(SaveState& s, const fmt::ShardWriteStats& w, const io::IoStats& io) {
+  if (w.last_write_micros > w.first_write_micros) {
+    s.stats.write_seconds = Seconds(w.last_write_micros - w.first_write_micros);
+  }
+  s.stats.shard_sync_seconds = Seconds(w.sync_micros);
+  s.stats.encode_seconds = Seconds(w.encode_micros);
+  s.stats.encoder_buffer_wait_seconds = Seconds(w.buffer_wait_micros);
+  s.stats.encoder_queue_wait_seconds = Seconds(w.queue_wait_micros);
+  s.stats.io_busy_seconds = Seconds(io.busy_micros);
+  s.stats.io_mean_in_flight = io.mean_in_flight();
+  s.stats.io_full_seconds = Seconds(io.full_micros);
+  s.stats.io_writes = io.requests;
+}
+
 }  // namespace
 
 // A failed save's temp directory is removed only once every rank has reported (or the wait for
@@ -100,6 +117,7 @@ Status CheckpointWriter::Impl::PublishRecord(SaveState& s) {
                                  c.raw_xxh64, c.stored_xxh64});
     }
     s.stats.stored_bytes = summary->stored_bytes;
+    AddWriteStats(s, summary->stats, aio->stats() - s.io_before);
   } else {
     st = summary.status();
     s.record.ok = false;
@@ -107,6 +125,7 @@ Status CheckpointWriter::Impl::PublishRecord(SaveState& s) {
     s.record.error = st.message();
   }
   s.shard.reset();
+  s.record_begin_micros = env->NowMicros();
   Status pub = store->Set(RecordKey(s, options.rank), EncodeRankRecord(s.record));  // step 2
   // Rank 0 keeps its lock until the temp dir is renamed or removed: between step 2 and the
   // catalog lock of step 4 it is the only sign for gc that the save is live.
@@ -130,8 +149,8 @@ Status CheckpointWriter::Impl::Coordinate(SaveState& s) {
       if (!v) continue;
       DS_ASSIGN_OR_RETURN(records[r], DecodeRankRecord(*v, r));
       if (!records[r].ok) {
-        const StatusCode code = records[r].code == StatusCode::kOk ? StatusCode::kIOError
-                                                                   : records[r].code;
+        const StatusCode code =
+            records[r].code == StatusCode::kOk ? StatusCode::kIOError : records[r].code;
         return Status(code, "save " + s.tag + " failed on rank " + std::to_string(r) + ": " +
                                 records[r].error);
       }
@@ -144,10 +163,9 @@ Status CheckpointWriter::Impl::Coordinate(SaveState& s) {
       for (uint32_t r = 0; r < options.world_size; ++r) {
         if (!have[r]) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
       }
-      return Status::Unavailable("save " + s.tag + ": rank(s) " + missing +
-                                 " never reported their part within " +
-                                 std::to_string(options.timeout_micros / 1000000) +
-                                 " s (dead or hung?)");
+      return Status::Unavailable(
+          "save " + s.tag + ": rank(s) " + missing + " never reported their part within " +
+          std::to_string(options.timeout_micros / 1000000) + " s (dead or hung?)");
     }
     env->SleepForMicros(sleep);
     sleep = std::min<uint64_t>(sleep * 2, 20000);
@@ -176,6 +194,9 @@ Status CheckpointWriter::Impl::Coordinate(SaveState& s) {
   CommitResult c = CommitCheckpointDir(env, dir, s.temp_dir, s.tag, std::move(m), co, &error);
   s.committed = c.committed;
   DS_RETURN_IF_ERROR(error);
+  s.stats.durable_seconds = static_cast<double>(c.durable_micros - s.begin_micros) / 1e6;
+  s.stats.commit_seconds = static_cast<double>(c.durable_micros - s.record_begin_micros) / 1e6;
+  s.stats.retention_seconds = static_cast<double>(c.retention_micros) / 1e6;
   s.stats.tag = c.tag;
   s.stats.path = c.path;
   // step 10
@@ -235,6 +256,7 @@ CommitResult CommitCheckpointDir(io::Env* env, const std::string& dir, const std
       if (!moved.ok()) c.after = moved.status();
     }
   }
+  c.durable_micros = env->NowMicros();
   // step 9
   if (c.after.ok() && options.retention.any()) {
     RetentionPolicy p = options.retention;
@@ -242,6 +264,7 @@ CommitResult CommitCheckpointDir(io::Env* env, const std::string& dir, const std
     Result<RetentionResult> r = catalog.ApplyRetention(p, false);
     if (!r.ok()) c.after = r.status();
   }
+  c.retention_micros = env->NowMicros() - c.durable_micros;
   return c;
 }
 

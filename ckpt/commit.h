@@ -22,10 +22,12 @@ struct CommitOptions {
 };
 
 struct CommitResult {
-  std::string tag;   // `wanted_tag`, or `wanted_tag.N` when that was taken
+  std::string tag;  // `wanted_tag`, or `wanted_tag.N` when that was taken
   std::string path;
   bool committed = false;  // the rename happened: the checkpoint exists (even if `after` failed)
   Status after;            // pointers or retention failed after the commit
+  uint64_t durable_micros = 0;    // Env clock: step 8 done (the checkpoint and pointers durable)
+  uint64_t retention_micros = 0;  // step 9's duration
 };
 
 // `m` is complete but for info.tag. Takes the catalog lock; on an error with !committed the

@@ -213,6 +213,7 @@ Status CheckpointWriter::StartSave(SaveState& s) {
                                                         options_.rank, so));
   s.record.rank = options_.rank;
   s.record.file = {shard_name, 0, options_.rank};
+  s.io_before = w.aio->stats();
   return Status::OK();
 }
 
@@ -437,6 +438,7 @@ std::shared_ptr<SaveHandle> CheckpointWriter::Commit() {
     const uint64_t now = w.env->NowMicros();
     s->stats.background_seconds = static_cast<double>(now - s->snapshot_end_micros) / 1e6;
     s->stats.total_seconds = static_cast<double>(now - s->begin_micros) / 1e6;
+    if (s->stats.durable_seconds == 0 && st.ok()) s->stats.durable_seconds = s->stats.total_seconds;
     handle->Finish(std::move(st), s->stats);
   });
   return handle;

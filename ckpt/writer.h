@@ -105,8 +105,26 @@ struct SaveStats {
   double snapshot_seconds = 0;  // the stall: the Snapshot call (see SnapshotMode)
   double copies_done_seconds = 0;   // from the snapshot's start until every copy was done
   double staging_wait_seconds = 0;  // part of the stall spent waiting for staging memory
-  double background_seconds = 0;    // from the end of the snapshot until durable
-  double total_seconds = 0;         // from Begin until durable
+  double background_seconds = 0;    // from the end of the snapshot until the handle is done
+  double total_seconds = 0;         // from Begin until the handle is done (retention included)
+  // From Begin until the checkpoint and `latest`/`best` are durable (step 8); rank 0 leaves
+  // out retention (step 9), which only frees space. Other ranks: until they learn the outcome.
+  double durable_seconds = 0;
+  // Where the background part's time went, to tell a disk kept busy from one left waiting.
+  double write_seconds = 0;       // this rank's first chunk write queued until its last completed
+  double shard_sync_seconds = 0;  // step 1's end: the shard file's trim, fsync and close
+  double commit_seconds = 0;      // steps 2-8: records, manifest, renames, pointers (rank 0)
+  double retention_seconds = 0;   // step 9 (rank 0)
+  double encode_seconds = 0;      // encoding and checksumming, summed over encoder threads
+  double encoder_buffer_wait_seconds = 0;  // encoders waiting for stored-bytes buffers, summed
+  double encoder_queue_wait_seconds = 0;   // encoders waiting for a free write slot, summed
+  // This save's writes: time with at least one in flight, mean number in flight then, and time
+  // with the queue full (io_queue_depth in flight). io_busy_seconds well under write_seconds
+  // means the disk waited for chunks; a full queue most of the time means the disk was the bound.
+  double io_busy_seconds = 0;
+  double io_mean_in_flight = 0;
+  double io_full_seconds = 0;
+  uint64_t io_writes = 0;
   bool skipped = false;
 };
 

@@ -45,6 +45,8 @@ struct SaveState {
   std::function<Status()> deferred_sync;
   bool fill_in_background = false;  // SnapshotMode::kInBackground
   uint64_t snapshot_begin_micros = 0;
+  io::IoStats io_before;             // the writer's AsyncIo counters when this save started
+  uint64_t record_begin_micros = 0;  // step 2 began
 };
 
 struct CheckpointWriter::Impl {
@@ -74,8 +76,8 @@ struct CheckpointWriter::Impl {
   // ckpt/commit.cc: the background part of a save, run on `background`.
   Status RunBackground(SaveState& s);
   Status PublishRecord(SaveState& s);
-  Status Coordinate(SaveState& s);       // rank 0: steps 3-10 of the commit protocol
-  Status AwaitCommit(SaveState& s);      // other ranks: the outcome rank 0 published
+  Status Coordinate(SaveState& s);   // rank 0: steps 3-10 of the commit protocol
+  Status AwaitCommit(SaveState& s);  // other ranks: the outcome rank 0 published
   void WaitForAllRecords(SaveState& s, uint64_t deadline);  // rank 0, before removing a failed save
   void WaitForBackground();
 };

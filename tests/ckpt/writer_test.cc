@@ -66,7 +66,8 @@ TEST_F(WriterTest, LoadAnyWorldAndStageFromAny) {
     for (uint32_t stage = 0; stage <= 3; ++stage) {
       io::MemEnv env;
       InProcessStore store;
-      SaveOutcome out = SaveAll(&env, state_, {world, stage, 1}, 1, TestWriterOptions(dir_), &store);
+      SaveOutcome out =
+          SaveAll(&env, state_, {world, stage, 1}, 1, TestWriterOptions(dir_), &store);
       ExpectAllOk(out);
       const std::string path = "/ckpts/step-00000001";
       for (uint32_t dworld = 1; dworld <= 8; ++dworld) {
@@ -92,8 +93,8 @@ TEST_F(WriterTest, TensorParallelBoxesReshardBothWays) {
     InProcessStore store;
     ExpectAllOk(SaveAll(&env, state_, from, 3, TestWriterOptions(dir_), &store));
     DS_EXPECT_OK(LoadAndCompare(&env, "/ckpts/step-00000003", state_, to))
-        << "from world " << from.world << " tp " << from.tp << " to world " << to.world
-        << " tp " << to.tp;
+        << "from world " << from.world << " tp " << from.tp << " to world " << to.world << " tp "
+        << to.tp;
   }
 }
 
@@ -108,6 +109,33 @@ TEST_F(WriterTest, BackpressureWhenStagingIsSmall) {
   ExpectAllOk(out);
   DS_EXPECT_OK(LoadAndCompare(&mem_, "/ckpts/step-00000005", big, {1, 0, 1}));
   EXPECT_EQ(out.stats[0].logical_bytes, 1u << 20);
+}
+
+// A save's stats say where its background part went: one write per chunk, and the checkpoint
+// durable before retention (which only frees space) ran.
+TEST_F(WriterTest, StatsAccountForTheWritesAndLeaveRetentionOutOfTheDurableTime) {
+  InProcessStore store;
+  std::vector<testing::TestTensor> big = {
+      testing::MakeTensor("master/big", fmt::DType::kF32, {512, 512}, 9)};  // 1 MiB
+  WriterOptions o = TestWriterOptions(dir_);
+  o.chunk_bytes = 64 << 10;  // sixteen chunks
+  o.retention.keep_last = 1;
+  ExpectAllOk(SaveAll(&mem_, big, {1, 0, 1}, 1, o, &store));
+  SaveOutcome out = SaveAll(&mem_, big, {1, 0, 1}, 2, o, &store);  // retires step 1
+  ExpectAllOk(out);
+  const SaveStats& s = out.stats[0];
+  EXPECT_EQ(s.io_writes, 16u);
+  EXPECT_GT(s.io_busy_seconds, 0.0);
+  EXPECT_GE(s.io_mean_in_flight, 1.0);
+  EXPECT_LE(s.io_mean_in_flight, o.io_queue_depth);
+  EXPECT_GT(s.durable_seconds, 0.0);
+  EXPECT_LE(s.durable_seconds + s.retention_seconds, s.total_seconds + 1e-6);
+  EXPECT_GT(s.write_seconds, 0.0);
+  EXPECT_LE(s.write_seconds, s.durable_seconds);
+  Catalog cat(&mem_, dir_);
+  DS_ASSERT_OK_AND_ASSIGN(auto list, cat.List());
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].tag, "step-00000002");
 }
 
 TEST_F(WriterTest, LatestBestAndRetention) {
@@ -158,15 +186,14 @@ TEST_F(WriterTest, DiskFullAndIoErrorsLeaveCommittedStateIntact) {
     StatusCode code;
     const char* text;
   };
-  for (const Case& c :
-       {Case{"*rank-00001.dss", io::kFaultWrite, io::FaultKind::kNoSpace, StatusCode::kNoSpace,
-             "rank-00001.dss"},
-        Case{"*manifest.h5", io::kFaultWrite, io::FaultKind::kIOError, StatusCode::kIOError,
-             "manifest.h5"},
-        Case{"*rank-00000.dss", io::kFaultSync, io::FaultKind::kIOError, StatusCode::kIOError,
-             "fsync"},
-        Case{"*/ckpts", io::kFaultSyncDir, io::FaultKind::kIOError, StatusCode::kIOError,
-             "syncdir"}}) {
+  for (const Case& c : {Case{"*rank-00001.dss", io::kFaultWrite, io::FaultKind::kNoSpace,
+                             StatusCode::kNoSpace, "rank-00001.dss"},
+                        Case{"*manifest.h5", io::kFaultWrite, io::FaultKind::kIOError,
+                             StatusCode::kIOError, "manifest.h5"},
+                        Case{"*rank-00000.dss", io::kFaultSync, io::FaultKind::kIOError,
+                             StatusCode::kIOError, "fsync"},
+                        Case{"*/ckpts", io::kFaultSyncDir, io::FaultKind::kIOError,
+                             StatusCode::kIOError, "syncdir"}}) {
     io::MemEnv mem;
     io::FaultEnv env(&mem);
     InProcessStore store;
@@ -247,8 +274,8 @@ TEST_F(WriterTest, AFailedSnapshotOnOneRankEndsTheSaveEverywhere) {
   }
   for (auto& t : threads) t.join();
   EXPECT_THAT(st[1], StatusIs(StatusCode::kIOError, HasSubstr("device copy failed")));
-  EXPECT_THAT(st[0], StatusIs(StatusCode::kIOError,
-                              AllOf(HasSubstr("failed on rank 1"), HasSubstr("device copy failed"))));
+  EXPECT_THAT(st[0], StatusIs(StatusCode::kIOError, AllOf(HasSubstr("failed on rank 1"),
+                                                          HasSubstr("device copy failed"))));
 }
 
 // SnapshotMode::kFinishInBackground: fillers only *start* their copies (as a GPU's async
@@ -327,9 +354,9 @@ TEST_F(WriterTest, BackgroundCopiesOfHostMemoryAreRefused) {
   SaveSlice sl{"master/h", fmt::DType::kF32, {16}, {}, {}, 0, 16, {}};
   sl.source.host = bytes;
   DS_ASSERT_OK(w->AddSlice(sl));
-  EXPECT_THAT(w->Snapshot(nullptr, CheckpointWriter::SnapshotMode::kInBackground),
-              StatusIs(StatusCode::kFailedPrecondition,
-                       AllOf(HasSubstr("master/h"), HasSubstr("kNow"))));
+  EXPECT_THAT(
+      w->Snapshot(nullptr, CheckpointWriter::SnapshotMode::kInBackground),
+      StatusIs(StatusCode::kFailedPrecondition, AllOf(HasSubstr("master/h"), HasSubstr("kNow"))));
 }
 
 // A deferred copy that fails (a device error found at the sync) fails the save and commits nothing.
@@ -362,23 +389,28 @@ TEST_F(WriterTest, BadSlicesAndCallsAreRefused) {
   std::vector<std::byte> bytes(64);
   sl.source.host = bytes;
   sl.box_offset = {1, 0};
-  EXPECT_THAT((*w)->AddSlice(sl), StatusIs(StatusCode::kInvalidArgument, HasSubstr("outside the shape")));
+  EXPECT_THAT((*w)->AddSlice(sl),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("outside the shape")));
   sl.box_offset = {0, 0};
   sl.flat_end = 17;
-  EXPECT_THAT((*w)->AddSlice(sl), StatusIs(StatusCode::kInvalidArgument, HasSubstr("flat range [0, 17)")));
+  EXPECT_THAT((*w)->AddSlice(sl),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("flat range [0, 17)")));
   sl.flat_end = 8;
-  EXPECT_THAT((*w)->AddSlice(sl), StatusIs(StatusCode::kInvalidArgument, HasSubstr("64 bytes given for a slice of 32")));
-  EXPECT_THAT(CheckpointWriter::Create(&mem_, [] {
-                auto o = TestWriterOptions("/x");
-                o.world_size = 2;
-                o.rank = 0;
-                return o;
-              }()),
+  EXPECT_THAT((*w)->AddSlice(sl), StatusIs(StatusCode::kInvalidArgument,
+                                           HasSubstr("64 bytes given for a slice of 32")));
+  EXPECT_THAT(CheckpointWriter::Create(&mem_,
+                                       [] {
+                                         auto o = TestWriterOptions("/x");
+                                         o.world_size = 2;
+                                         o.rank = 0;
+                                         return o;
+                                       }()),
               StatusIs(StatusCode::kInvalidArgument, HasSubstr("needs a KeyValueStore")));
   SaveRequest bad;
   bad.tag = "../escape";
   DS_ASSERT_OK_AND_ASSIGN(auto w2, CheckpointWriter::Create(&mem_, TestWriterOptions(dir_)));
-  EXPECT_THAT(w2->Begin(bad), StatusIs(StatusCode::kInvalidArgument, HasSubstr("cannot be a checkpoint tag")));
+  EXPECT_THAT(w2->Begin(bad),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("cannot be a checkpoint tag")));
 }
 
 TEST_F(WriterTest, PlannerRefusesWhatTheCheckpointDoesNotHave) {
@@ -395,9 +427,9 @@ TEST_F(WriterTest, PlannerRefusesWhatTheCheckpointDoesNotHave) {
   EXPECT_THAT(reader->Read(q), StatusIs(StatusCode::kInvalidArgument,
                                         HasSubstr("the buffer has 16 bytes but the slice has 32")));
   // Loading one tensor reads only its chunks.
-  DS_ASSERT_OK_AND_ASSIGN(LoadPlan plan,
-                          MakeLoadPlan(reader->manifest(),
-                                       std::vector<WantedSlice>{{"master/ln.weight", {}, {}, 0, 48}}));
+  DS_ASSERT_OK_AND_ASSIGN(
+      LoadPlan plan, MakeLoadPlan(reader->manifest(),
+                                  std::vector<WantedSlice>{{"master/ln.weight", {}, {}, 0, 48}}));
   EXPECT_LE(plan.chunks.size(), 2u);
   EXPECT_LT(plan.raw_bytes_read, 2 * 4096u);
 }
