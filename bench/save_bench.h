@@ -9,6 +9,7 @@
 #include <string>
 
 #include "bench/fio.h"
+#include "ckpt/writer.h"
 #include "formats/chunk_codec.h"
 #include "io/env.h"
 
@@ -23,20 +24,24 @@ struct SaveBenchOptions {
   // Measured rounds (save, load, fio), after one unmeasured save that pays for staging's page
   // faults; medians are reported.
   unsigned repeat = 3;
-  bool keep = false;   // leave the save directory behind
+  bool keep = false;  // leave the save directory behind
   bool run_fio = true;
   std::string io_backend;  // "", "uring", "pwrite"
 };
 
 struct SaveBenchReport {
   std::string backend;
-  double stall_s = 0;    // the slowest rank's snapshot
-  double memcpy_s = 0;   // the same bytes copied by as many threads into warm memory
-  double save_s = 0;     // Begin to committed and durable, all ranks
-  double load_s = 0;     // every rank reading its slices back, checksums verified
+  double stall_s = 0;   // the slowest rank's snapshot
+  double memcpy_s = 0;  // the same bytes copied by as many threads into warm memory
+  double save_s = 0;    // Begin until every rank's handle is done (retention included)
+  // Begin until the checkpoint and `latest` are durable (rank 0's step 8); the stored bytes
+  // over this are what is compared with the disk's direct-write bound.
+  double durable_s = 0;
+  ckpt::SaveStats breakdown;  // rank 0's stats of the round with the median durable time
+  double load_s = 0;          // every rank reading its slices back, checksums verified
   uint64_t logical_bytes = 0;
   uint64_t stored_bytes = 0;
-  std::string path;      // the checkpoint (gone unless keep)
+  std::string path;  // the checkpoint (gone unless keep)
   FioResult fio;
   // Without fio: our io benchmark's direct write and read of the same bytes (medians).
   std::string io_backend;
