@@ -194,9 +194,9 @@ Status CheckpointWriter::Impl::Coordinate(SaveState& s) {
   CommitResult c = CommitCheckpointDir(env, dir, s.temp_dir, s.tag, std::move(m), co, &error);
   s.committed = c.committed;
   DS_RETURN_IF_ERROR(error);
-  s.stats.durable_seconds = static_cast<double>(c.durable_micros - s.begin_micros) / 1e6;
-  s.stats.commit_seconds = static_cast<double>(c.durable_micros - s.record_begin_micros) / 1e6;
-  s.stats.retention_seconds = static_cast<double>(c.retention_micros) / 1e6;
+  s.stats.durable_seconds = Seconds(c.durable_micros - s.begin_micros);
+  s.stats.commit_seconds = Seconds(c.durable_micros - s.record_begin_micros);
+  s.stats.retention_seconds = Seconds(c.retention_micros);
   s.stats.tag = c.tag;
   s.stats.path = c.path;
   // step 10
