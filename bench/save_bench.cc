@@ -295,7 +295,7 @@ std::string BreakdownLines(const SaveBenchOptions& o, const SaveBenchReport& r) 
   const double full = b.io_busy_seconds > 0 ? b.io_full_seconds / b.io_busy_seconds : 0;
   std::snprintf(line, sizeof line,
                 "    writes: %llu in flight %.1f on average (queue full %.0f%% of the time), disk "
-                "busy %.0f%% of the write phase; encoders (%u threads): encode %.2f s, waiting "
+                "busy %.0f%% of the write phase; encoders (%u per rank): encode %.2f s, waiting "
                 "for buffers %.2f s, for a write slot %.2f s (summed)\n",
                 static_cast<unsigned long long>(b.io_writes), b.io_mean_in_flight, 100 * full,
                 100 * busy, std::max<unsigned>(1, io::HardwareThreads() / o.ranks),
