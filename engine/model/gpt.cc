@@ -1,5 +1,6 @@
 #include "engine/model/gpt.h"
 
+#include <ATen/ops/_log_softmax.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <torch/autograd.h>
 #include <torch/nn/functional/activation.h>
@@ -243,9 +244,18 @@ torch::Tensor GptImpl::loss(const torch::Tensor& idx, const torch::Tensor& targe
 torch::Tensor GptImpl::stage_forward(const torch::Tensor& in, const torch::Tensor& targets) {
   torch::Tensor x = Blocks(first_stage() ? Embed(in) : in);
   if (!last_stage()) return x;
-  torch::Tensor logits = Head(x);
-  return F::cross_entropy(logits.view({-1, logits.size(-1)}).to(torch::kFloat32),
-                          targets.reshape({-1}));
+  torch::Tensor logits = Head(x).view({-1, o_.vocab});  // (B * T, V)
+  return CrossEntropyInFp32(logits, targets.reshape({-1}));
+}
+
+torch::Tensor CrossEntropyInFp32(const torch::Tensor& logits, const torch::Tensor& targets) {
+  if (logits.is_cuda() && logits.scalar_type() != torch::kFloat32) {
+    // The log-softmax reads the 16-bit logits and writes fp32 (as autocast runs it): the same
+    // values as converting first, without an fp32 copy of the logits (B * T * V * 4 bytes)
+    // written and read forward and backward. Not on the CPU, whose kernel cannot.
+    return F::nll_loss(at::_log_softmax(logits, 1, /*half_to_float=*/true), targets);
+  }
+  return F::cross_entropy(logits.to(torch::kFloat32), targets);
 }
 
 std::map<std::string, ckpt::TpSplit> GptImpl::tp_splits() const {

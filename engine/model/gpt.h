@@ -50,6 +50,10 @@ struct GptPlace {
 // The token embedding, which the output head shares (a copy on the last pipeline stage).
 inline constexpr char kGptTiedEmbedding[] = "wte.weight";
 
+// The mean cross-entropy of `logits` (N, V) against `targets` (N) token ids, computed in fp32
+// whatever the logits' dtype.
+torch::Tensor CrossEntropyInFp32(const torch::Tensor& logits, const torch::Tensor& targets);
+
 // How the GPT cuts a parameter across tensor-parallel ranks, by its name.
 ckpt::TpSplit GptTpSplit(const std::string& parameter_name);
 // The blocks of pipeline stage `stage`: [first, last).

@@ -35,17 +35,20 @@ bool Fusable(const at::Tensor& master, const at::Tensor& grad, const at::Tensor&
            grad.is_contiguous() && exp_avg.is_contiguous() && exp_avg_sq.is_contiguous()));
 }
 
+// torch.optim's fused=True kernels; `lr` is a double or a scalar tensor on the device.
+template <typename Lr>
 void FusedStep(const at::Tensor& master, const at::Tensor& grad, const at::Tensor& exp_avg,
-               const at::Tensor& exp_avg_sq, const at::Tensor& state_step, double lr, double b1,
-               const AdamWOptions& o, const std::optional<at::Tensor>& found_inf) {
+               const at::Tensor& exp_avg_sq, const at::Tensor& state_step, const Lr& lr, double b1,
+               const AdamWOptions& o, const std::optional<at::Tensor>& grad_scale,
+               const std::optional<at::Tensor>& found_inf) {
   if (o.adam_w_mode) {
     at::_fused_adamw_({master}, {grad}, {exp_avg}, {exp_avg_sq}, {}, {state_step}, lr, b1, o.beta2,
-                      o.weight_decay, o.eps, /*amsgrad=*/false, /*maximize=*/false,
-                      /*grad_scale=*/std::nullopt, found_inf);
+                      o.weight_decay, o.eps, /*amsgrad=*/false, /*maximize=*/false, grad_scale,
+                      found_inf);
   } else {
     at::_fused_adam_({master}, {grad}, {exp_avg}, {exp_avg_sq}, {}, {state_step}, lr, b1, o.beta2,
-                     o.weight_decay, o.eps, /*amsgrad=*/false, /*maximize=*/false,
-                     /*grad_scale=*/std::nullopt, found_inf);
+                     o.weight_decay, o.eps, /*amsgrad=*/false, /*maximize=*/false, grad_scale,
+                     found_inf);
   }
 }
 
@@ -57,15 +60,20 @@ double Beta1(const AdamWOptions& o, double beta1_override) {
 
 void AdamWStep(const at::Tensor& master, const at::Tensor& grad, const at::Tensor& exp_avg,
                const at::Tensor& exp_avg_sq, const at::Tensor& step, const at::Tensor& skip,
-               double lr, const AdamWOptions& o, double beta1_override) {
+               const at::Tensor& lr, const at::Tensor& grad_scale, const AdamWOptions& o,
+               double beta1_override) {
   step.add_(1.0 - skip);  // torch.optim counts the step, then takes it back where found_inf
+  std::optional<at::Tensor> scale;
+  if (grad_scale.defined()) scale = grad_scale;
   if (Fusable(master, grad, exp_avg, exp_avg_sq, o)) {
-    FusedStep(master, grad, exp_avg, exp_avg_sq, step, lr, Beta1(o, beta1_override), o, skip);
+    FusedStep(master, grad, exp_avg, exp_avg_sq, step, lr, Beta1(o, beta1_override), o, scale,
+              skip);
     return;
   }
   if (skip.item<float>() != 0) return;
-  PlainStep(master, grad, exp_avg, exp_avg_sq, static_cast<int64_t>(step.item<float>()), lr,
-            Beta1(o, beta1_override), o);
+  if (scale) grad.div_(*scale);
+  PlainStep(master, grad, exp_avg, exp_avg_sq, static_cast<int64_t>(step.item<float>()),
+            lr.item<double>(), Beta1(o, beta1_override), o);
 }
 
 void AdamWStep(const at::Tensor& master, const at::Tensor& grad, const at::Tensor& exp_avg,
@@ -80,7 +88,7 @@ void AdamWStep(const at::Tensor& master, const at::Tensor& grad, const at::Tenso
   if (allow_fused && Fusable(master, grad, exp_avg, exp_avg_sq, o)) {
     at::Tensor state_step = at::full({}, static_cast<double>(step),
                                      at::TensorOptions().dtype(at::kFloat).device(master.device()));
-    FusedStep(master, grad, exp_avg, exp_avg_sq, state_step, lr, b1, o, std::nullopt);
+    FusedStep(master, grad, exp_avg, exp_avg_sq, state_step, lr, b1, o, std::nullopt, std::nullopt);
     return;
   }
   PlainStep(master, grad, exp_avg, exp_avg_sq, step, lr, b1, o);

@@ -29,12 +29,16 @@ void AdamWStep(const at::Tensor& master, const at::Tensor& grad, const at::Tenso
                const at::Tensor& exp_avg_sq, int64_t step, double lr, const AdamWOptions& options,
                double beta1_override, bool allow_fused = true);
 
-// The same step with its count and skip decided on the device, so the host never waits for the
-// gradients: `step` (a float32 scalar on the buffers' device) is advanced by 1 - `skip`, and
-// where `skip` (float32 scalar, 0 or 1) is 1 nothing changes (torch.optim's found_inf). Fused
-// kernels read both on the device; the plain path (no bias correction) reads them on the host.
+// The same step with every per-step value on the device, so the host never waits for the
+// gradients and a step captured in a CUDA graph reads each replay's values (all float32
+// scalars on the buffers' device): `step` is advanced by 1 - `skip`, and where `skip` (0 or 1)
+// is 1 nothing changes (torch.optim's found_inf); `lr` is the learning rate; `grad` is divided
+// by `grad_scale` in place as it is read (undefined: 1), which unscales and clips it without a
+// pass of its own. Fused kernels read all of them on the device; the plain path (no bias
+// correction) reads them on the host.
 void AdamWStep(const at::Tensor& master, const at::Tensor& grad, const at::Tensor& exp_avg,
                const at::Tensor& exp_avg_sq, const at::Tensor& step, const at::Tensor& skip,
-               double lr, const AdamWOptions& options, double beta1_override);
+               const at::Tensor& lr, const at::Tensor& grad_scale, const AdamWOptions& options,
+               double beta1_override);
 
 }  // namespace ds::engine

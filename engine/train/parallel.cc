@@ -24,12 +24,16 @@ Comm* Trainer::Impl::DataComm() const { return par.split() ? par.dp_comm.get() :
 // A pipeline copies also on the CPU (where .to() would alias `b`): the backward of a micro
 // batch runs after later micro batches have refilled `b`, and the embedding's backward reads the
 // token ids it saved. Otherwise a micro batch's backward ends before the next one is read.
+// To a GPU the ids go through page-locked memory without the host waiting: a copy from pageable
+// memory would wait for everything queued on the GPU, and the next step's launches would start
+// only once the last step's kernels had finished.
 std::pair<torch::Tensor, torch::Tensor> Trainer::Impl::OnDevice(Batch& b) const {
   auto longs = torch::TensorOptions().dtype(torch::kLong);
   const bool copy_always = par.pp > 1;
   auto copy = [&](std::vector<int64_t>& v) {
-    return torch::from_blob(v.data(), {b.B, b.T}, longs)
-        .to(device, torch::kLong, /*non_blocking=*/false, copy_always);
+    torch::Tensor host = torch::from_blob(v.data(), {b.B, b.T}, longs);
+    if (device.is_cpu()) return copy_always ? host.clone() : host;
+    return host.pin_memory().to(device, torch::kLong, /*non_blocking=*/true);
   };
   return {copy(b.inputs), copy(b.targets)};
 }

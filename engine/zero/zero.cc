@@ -143,6 +143,7 @@ Result<std::unique_ptr<ZeroOptimizer>> ZeroOptimizer::Create(std::shared_ptr<Lan
     z->exp_avg = at::zeros({z->part_len}, z->state_opts);
     z->exp_avg_sq = at::zeros({z->part_len}, z->state_opts);
     z->adam_step = at::zeros({}, z->state_opts.pinned_memory(false));
+    z->lr = at::zeros({}, z->state_opts.pinned_memory(false));
   } catch (const c10::Error& e) {
     return Status::IOError("setting up ZeRO stage " + std::to_string(o.stage) + " on " +
                            o.device.str() + ": " + e.what_without_backtrace());
@@ -175,9 +176,11 @@ void ZeroOptimizer::Impl::FindNormRuns(const std::vector<ZeroPiece>& held) {
 }
 
 at::Tensor ZeroOptimizer::Impl::SquaredGradNorm() const {
-  if (norm_runs.empty()) return grad.pow(2).sum().to(o.device).reshape({1});
+  // One reduction pass each (pow(2).sum() wrote a squared copy of the gradient first).
+  auto squares = [](const at::Tensor& g) { return at::linalg_vector_norm(g, 2).square(); };
+  if (norm_runs.empty()) return squares(grad).to(o.device).reshape({1});
   at::Tensor sq = at::zeros({1}, grad.options());
-  for (const auto& [offset, length] : norm_runs) sq += grad.narrow(0, offset, length).pow(2).sum();
+  for (const auto& [offset, length] : norm_runs) sq += squares(grad.narrow(0, offset, length));
   return sq.to(o.device);
 }
 
@@ -193,6 +196,12 @@ Status ZeroOptimizer::Impl::SetupFlat(const std::vector<at::Tensor>& fp32) {
   full.narrow(0, 0, total).copy_(at::cat(fp32));
   master =
       full.narrow(0, part_begin, part_len).to(state_opts, /*non_blocking=*/false, /*copy=*/true);
+  // The model's parameters become views of one flat buffer in the training dtype, laid out as
+  // the master vector: publishing new weights is one copy (or one all-gather) into it.
+  flat_param = full.to(o.device, o.dtype);
+  for (ZeroTensor& t : tensors) {
+    t.param.set_data(flat_param.narrow(0, t.flat_offset, t.numel).view(t.shape));
+  }
   auto device_f32 = at::TensorOptions().dtype(at::kFloat).device(o.device);
   if (o.stage <= 1) {
     flat_acc = at::zeros({padded}, device_f32);
@@ -237,12 +246,19 @@ Status ZeroOptimizer::EndMicroStep(bool last_of_step) {
   try {
     torch::NoGradGuard no_grad;
     if (z.o.stage <= 1) {
+      // The step's first micro step writes the accumulator, later ones add to it: no pass that
+      // zeroes it between steps.
       for (ZeroTensor& t : z.tensors) {
         at::Tensor& g = t.param.mutable_grad();
-        if (!g.defined()) continue;  // unused in this micro step
-        z.flat_acc.narrow(0, t.flat_offset, t.numel).add_(g.reshape(-1));
+        at::Tensor acc = z.flat_acc.narrow(0, t.flat_offset, t.numel);
+        if (!g.defined()) {  // unused in this micro step
+          if (z.acc_fresh) acc.zero_();
+          continue;
+        }
+        z.acc_fresh ? acc.copy_(g.reshape(-1)) : acc.add_(g.reshape(-1));
         g.reset();  // the flat fp32 buffer holds it now
       }
+      z.acc_fresh = false;
       if (last_of_step) DS_RETURN_IF_ERROR(z.ReduceFlatAccumulator());
       return Status::OK();
     }
@@ -268,6 +284,12 @@ Status ZeroOptimizer::EndMicroStep(bool last_of_step) {
     return Status::IOError(std::string("reducing gradients: ") + e.what_without_backtrace());
   }
   return Status::OK();
+}
+
+void ZeroOptimizer::RestartMicroStep(bool first_of_step) {
+  Impl& z = *impl_;
+  for (ZeroTensor& t : z.tensors) t.param.mutable_grad().reset();
+  z.acc_fresh = first_of_step;
 }
 
 Status ZeroOptimizer::BeginEval() {
@@ -375,42 +397,54 @@ Status ZeroOptimizer::Impl::ReduceFlatAccumulator() {
 
 Status ZeroOptimizer::Impl::PublishFlat() {
   if (o.stage == 0 || !distributed()) {
-    at::Tensor src = master.to(o.device, o.dtype);
-    for (ZeroTensor& t : tensors) {
-      t.param.copy_(src.narrow(0, t.flat_offset - part_begin, t.numel).view(t.shape));
-    }
+    flat_param.narrow(0, part_begin, part_len).copy_(master);
     return Status::OK();
   }
   at::Tensor mine = master.to(o.device, o.dtype);
-  at::Tensor all = at::empty({part_len * o.world_size}, mine.options());
-  DS_RETURN_IF_ERROR(comm()->AllGather(all, mine, "updated weights"));
-  for (ZeroTensor& t : tensors) t.param.copy_(all.narrow(0, t.flat_offset, t.numel).view(t.shape));
-  return Status::OK();
+  return comm()->AllGather(flat_param, mine, "updated weights");
 }
+
+void ZeroOptimizer::SetLearningRate(double lr) { impl_->lr.fill_(lr); }
 
 Result<ZeroStepResult> ZeroOptimizer::Step(double lr, std::optional<double> beta1,
                                            double loss_scale, double clip, bool check_overflow,
                                            bool read_now) {
-  Impl& z = *impl_;
+  SetLearningRate(lr);
+  return impl_->StepWithLr(beta1, loss_scale, clip, check_overflow, read_now);
+}
+
+Result<ZeroStepResult> ZeroOptimizer::DeviceStep(std::optional<double> beta1, double loss_scale,
+                                                 double clip, bool check_overflow) {
+  return impl_->StepWithLr(beta1, loss_scale, clip, check_overflow, /*read_now=*/false);
+}
+
+Result<ZeroStepResult> ZeroOptimizer::Impl::StepWithLr(std::optional<double> beta1,
+                                                       double loss_scale, double clip,
+                                                       bool check_overflow, bool read_now) {
   ZeroStepResult out;
   try {
     torch::NoGradGuard no_grad;
-    if (loss_scale != 1.0) z.grad.mul_(1.0 / loss_scale);
-    // The global norm: stage 0's gradient is whole on every rank; partitions add squares, and
-    // so do the parts of the model on other ranks (tensor and pipeline parallelism).
-    at::Tensor sq = z.SquaredGradNorm();
-    if (z.o.stage > 0 && z.distributed())
-      DS_RETURN_IF_ERROR(z.comm()->AllReduce(sq, "gradient norm"));
-    if (z.o.model_comm != nullptr)
-      DS_RETURN_IF_ERROR(z.o.model_comm->AllReduce(sq, "gradient norm over the model's parts"));
+    // The global norm of the unscaled gradient: stage 0's gradient is whole on every rank;
+    // partitions add squares, and so do the parts of the model on other ranks (tensor and
+    // pipeline parallelism).
+    at::Tensor sq = SquaredGradNorm();
+    if (o.stage > 0 && distributed()) DS_RETURN_IF_ERROR(comm()->AllReduce(sq, "gradient norm"));
+    if (o.model_comm != nullptr)
+      DS_RETURN_IF_ERROR(o.model_comm->AllReduce(sq, "gradient norm over the model's parts"));
     at::Tensor norm = sq.sqrt();
-    // Overflow and clipping as device scalars: Adam skips on `overflow` (found_inf) and the
-    // weights are published either way (unchanged after a skip).
+    if (loss_scale != 1.0) norm.div_(loss_scale);
+    // Overflow as a device scalar: Adam skips on it (found_inf), and the weights are published
+    // either way (unchanged after a skip).
     at::Tensor overflow = check_overflow ? at::isfinite(norm).logical_not().to(at::kFloat)
                                          : at::zeros({1}, norm.options());
+    // What Adam divides the gradient by as it reads it: the loss scale, and 1 / clipping's
+    // coefficient min(1, clip / (norm + 1e-6)). No pass over the gradient of its own.
+    at::Tensor divisor;
     if (clip > 0) {
-      at::Tensor coef = at::clamp_max(clip / (norm + 1e-6), 1.0);
-      z.grad.mul_(at::where(overflow > 0, at::ones_like(coef), coef).to(z.grad.device()));
+      divisor = at::clamp_min((norm + 1e-6) / clip, 1.0);
+      if (loss_scale != 1.0) divisor.mul_(loss_scale);
+    } else if (loss_scale != 1.0) {
+      divisor = at::full({1}, loss_scale, norm.options());
     }
     out.grad_norm_t = norm.reshape({});
     out.overflow_t = overflow.reshape({});
@@ -419,14 +453,17 @@ Result<ZeroStepResult> ZeroOptimizer::Step(double lr, std::optional<double> beta
       out.grad_norm = out.grad_norm_t.item<double>();  // the one host synchronisation of a step
       out.overflow = out.overflow_t.item<float>() > 0;
     }
-    at::Tensor skip = out.overflow_t.to(z.adam_step.device());
-    AdamWStep(z.master, z.grad, z.exp_avg, z.exp_avg_sq, z.adam_step, skip, lr, z.o.adam,
+    const at::Device state = adam_step.device();
+    AdamWStep(master, grad, exp_avg, exp_avg_sq, adam_step, out.overflow_t.to(state), lr,
+              divisor.defined() ? divisor.to(state) : divisor, o.adam,
               beta1.value_or(std::numeric_limits<double>::quiet_NaN()));
     if (!out.read || !out.overflow) {
-      DS_RETURN_IF_ERROR(z.o.stage == 3 ? z.PublishStage3() : z.PublishFlat());
+      DS_RETURN_IF_ERROR(o.stage == 3 ? PublishStage3() : PublishFlat());
     }
-    if (z.flat_acc.defined()) z.flat_acc.zero_();
-    z.grad.zero_();
+    // Stages 0-1 overwrite the gradient at the next step's first micro step; stages 2-3 add
+    // the reduced buckets into it.
+    acc_fresh = true;
+    if (o.stage >= 2) grad.zero_();
   } catch (const c10::Error& e) {
     return Status::IOError(std::string("optimizer step: ") + e.what_without_backtrace());
   }

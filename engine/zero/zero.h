@@ -96,6 +96,10 @@ class ZeroOptimizer {
   // gradients where the stage does (stage 2, 3; stages 0 and 1 on the last micro step).
   Status BeginMicroStep();
   Status EndMicroStep(bool last_of_step);
+  // Stages 0-1: forgets a micro step whose work never ran (a failed CUDA graph capture), so it
+  // can run again: drops the parameters' gradients, and the accumulator is written afresh by the
+  // next micro step if `first_of_step`.
+  void RestartMicroStep(bool first_of_step);
   // Forward passes without gradients (evaluation), stage 3 gathering as for training.
   Status BeginEval();
   Status EndEval();
@@ -107,6 +111,12 @@ class ZeroOptimizer {
   // A host wait in every step would also wait behind a snapshot's device-to-host copies.
   Result<ZeroStepResult> Step(double lr, std::optional<double> beta1, double loss_scale,
                               double clip, bool check_overflow, bool read_now = true);
+  // Step in two parts, for a step captured as a CUDA graph: the learning rate is written to the
+  // device outside the graph (a captured fill would replay the captured value), the rest is
+  // device work only (read_now false) that the graph replays.
+  void SetLearningRate(double lr);
+  Result<ZeroStepResult> DeviceStep(std::optional<double> beta1, double loss_scale, double clip,
+                                    bool check_overflow);
 
   // The whole fp32 master vector in parameter order (all_numel elements), gathered from the
   // ranks: a collective. For tests and saving.

@@ -71,7 +71,14 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   at::Tensor flat_acc;       // stages 0/1: (total | W * part_len) fp32 on the device
   bool grad_in_acc = false;  // stages 0/1: `grad` is this rank's row of flat_acc
   at::Tensor adam_step;      // Adam's step count, a float32 scalar beside the state (AdamWStep)
-  Status sticky;             // the first error raised inside backward()
+  at::Tensor lr;             // the learning rate of the next step, likewise (SetLearningRate)
+  // Stages 0-2: (total | W * part_len) in the training dtype on the device; the model's
+  // parameters are views of it.
+  at::Tensor flat_param;
+  // Stages 0/1: the accumulator holds nothing of the current step yet (the next micro step
+  // writes it rather than adding).
+  bool acc_fresh = true;
+  Status sticky;  // the first error raised inside backward()
 
   // stage 2
   std::vector<GradBucket> buckets;  // in launch order: from the end of the flat vector
@@ -103,6 +110,9 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   Status LaunchReadyBuckets();
   Status ReduceFlatAccumulator();  // stages 0/1, last micro step
   Status PublishFlat();            // stages 0-2: new weights into the model
+  // ZeroOptimizer::Step after the learning rate was set.
+  Result<ZeroStepResult> StepWithLr(std::optional<double> beta1, double loss_scale, double clip,
+                                    bool check_overflow, bool read_now);
 
   // stage3.cc
   Status SetupStage3(const std::vector<at::Tensor>& fp32);
