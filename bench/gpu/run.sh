@@ -89,16 +89,26 @@ for s in "$@"; do
       ;;
     peer-124m | peer-1.3b)
       # Same model, batch and sequence in both; dsrun's bf16 is DeepSpeed's (bf16 weights, fp32
-      # master), the peer's is autocast over fp32 weights (what a PyTorch user writes).
+      # master), the peer's is autocast over fp32 weights (what a PyTorch user writes). dsrun runs
+      # with its steps replayed as CUDA graphs (the default) and eagerly (PEER_GRAPHS), and
+      # profiles 3 more steps of each (the summaries land in $OUT/profile-*.txt).
       step "$s"
       if [[ "$s" == peer-124m ]]; then preset=gpt2-124m mb=8; else preset=gpt-1.3b mb=4; fi
       "$PY" "$ROOT/bench/gpu/gpt_peer.py" --preset "$preset" --seq-len 1024 --micro-batch "$mb" \
-        --modes eager,compile --steps 20 --warmup 5 --json 2>&1 | tee "$OUT/$s-peer.log"
-      "$BUILD/dsrun" bench --config "$ROOT/examples/demo.json" --nproc-per-node 1 --stages 0 \
-        --steps 20 --warmup 5 --json --set "model.preset=$preset" model.seq_len=1024 \
-        "train_micro_batch_size_per_gpu=$mb" bf16.enabled=true checkpoint.enabled=false \
-        "trainer.output_dir=$SCRATCH/$s" 2>&1 | grep -v '^\[rank' | tee "$OUT/$s-dsrun.log"
-      rm -rf "${SCRATCH:?}/$s"
+        --modes "${PEER_MODES:-eager,compile}" --steps 20 --warmup 5 --json 2>&1 |
+        tee "$OUT/$s-peer.log"
+      for graphs in ${PEER_GRAPHS:-auto false}; do
+        "$BUILD/dsrun" bench --config "$ROOT/examples/demo.json" --nproc-per-node 1 --stages 0 \
+          --steps 20 --warmup 5 --json --set "model.preset=$preset" model.seq_len=1024 \
+          "train_micro_batch_size_per_gpu=$mb" bf16.enabled=true checkpoint.enabled=false \
+          "trainer.cuda_graphs=$graphs" "trainer.output_dir=$SCRATCH/$s" \
+          --profile "$SCRATCH/profile" 2>&1 | grep -v '^\[rank' | tee "$OUT/$s-dsrun-graphs-$graphs.log"
+        for p in "$SCRATCH"/profile/*.txt; do
+          [[ -f "$p" ]] && { echo "--- $s graphs=$graphs"; cat "$p"; } >>"$OUT/profile-$s.txt"
+        done
+        cat "$OUT/profile-$s.txt" 2>/dev/null | tail -n 34
+        rm -rf "${SCRATCH:?}/$s" "${SCRATCH:?}/profile"
+      done
       ;;
     ckpt-1.3b)
       # CKPT_CODEC (default bytegroup+zstd), CKPT_CHUNK (checkpoint.chunk_bytes, default 4MiB),

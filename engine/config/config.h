@@ -198,6 +198,10 @@ struct TrainerConfig {
   int64_t eval_iters = 20;      // micro batches per evaluation
   uint64_t seed = 42;
   std::string output_dir = "out";  // logs, metrics.jsonl, TensorBoard events
+  // Replay each step as CUDA graphs (engine/train/step_graphs.cc): "auto" (where the step can
+  // be captured: one GPU rank, ZeRO 0-1 without offload, no fp16), "true" (an error where it
+  // cannot), "false". Off by default until it has been measured on a GPU.
+  std::string cuda_graphs = "false";
 };
 
 // Ours (save_dir ... when_busy) and DeepSpeed's (tag_validation, load_universal,

@@ -136,6 +136,22 @@ void ReadModel(SectionReader& top, ModelConfig* out) {
   m.Finish();
 }
 
+namespace {
+
+// "auto", "true" or "false", where JSON booleans mean what they say (as DeepSpeed's flags are
+// booleans); absent: `def`.
+std::string AutoOrBool(SectionReader& section, std::string_view key, std::string_view def) {
+  if (const auto* v = section.Get(key); v != nullptr && v->is_boolean()) {
+    section.Know(key);
+    const std::string value = v->get<bool>() ? "true" : "false";
+    section.resolved()[std::string(key)] = value;
+    return value;
+  }
+  return section.Choice(key, def, {"auto", "true", "false"}, true);
+}
+
+}  // namespace
+
 // ---- trainer
 
 void ReadTrainer(SectionReader& top, std::optional<int64_t> scheduler_total_steps,
@@ -166,6 +182,7 @@ void ReadTrainer(SectionReader& top, std::optional<int64_t> scheduler_total_step
   out->eval_iters = t.Int("eval_iters", out->eval_iters, 1);
   out->seed = static_cast<uint64_t>(t.Int("seed", static_cast<int64_t>(out->seed), 0));
   out->output_dir = t.String("output_dir", out->output_dir);
+  out->cuda_graphs = AutoOrBool(t, "cuda_graphs", out->cuda_graphs);
   t.Finish();
 }
 
@@ -229,13 +246,7 @@ void ReadCheckpoint(SectionReader& top, CheckpointConfig* out) {
     c.diag()->Error("checkpoint.background_nice must be between 0 and 19 (Linux niceness), got " +
                     std::to_string(out->background_nice));
   }
-  if (const auto* v = c.Get("device_staging"); v != nullptr && v->is_boolean()) {
-    c.Know("device_staging");
-    out->device_staging = v->get<bool>() ? "true" : "false";
-    c.resolved()["device_staging"] = out->device_staging;
-  } else {
-    out->device_staging = c.Choice("device_staging", "auto", {"auto", "true", "false"}, true);
-  }
+  out->device_staging = AutoOrBool(c, "device_staging", out->device_staging);
   // DeepSpeed's. Our checkpoints always hold logical tensors, so every load is what DeepSpeed
   // calls a universal load: load_universal changes nothing.
   out->tag_validation = c.Choice("tag_validation", "WARN", {"IGNORE", "WARN", "FAIL"}, true);

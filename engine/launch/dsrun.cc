@@ -314,6 +314,9 @@ int DsrunMain(int argc, char** argv) {
   bench->add_option("--steps", f.bench_steps, "Steps timed per stage (after the warm-up)");
   bench->add_option("--warmup", f.bench_warmup, "Steps run first and not timed");
   bench->add_flag("--json", f.json, "Also print the table as one JSON line");
+  bench->add_option("--profile", f.bench_profile,
+                    "Profile 3 more steps per row on rank 0: GPU busy time and the top kernels "
+                    "(DIR/profile-<row>.txt) and a Chrome trace (DIR/profile-<row>.trace.json)");
   bench->add_option("--out", f.bench_dir,
                     "Write bench.json, bench.csv and bench.svg (a chart) here");
   AdamBenchOptions adam_opts;
@@ -327,6 +330,7 @@ int DsrunMain(int argc, char** argv) {
   app.add_option("--bench-out", f.bench_out)->group("");
   app.add_option("--bench-warmup-steps", f.bench_warmup)->group("");
   app.add_option("--bench-timed-steps", f.bench_steps)->group("");
+  app.add_option("--bench-profile", f.bench_profile)->group("");
   app.footer(
       "Examples:\n"
       "  dsrun --config examples/demo.json\n"

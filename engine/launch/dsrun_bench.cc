@@ -26,6 +26,8 @@ namespace {
 
 using Json = nlohmann::ordered_json;
 
+constexpr int64_t kProfiledSteps = 3;  // --profile
+
 uint64_t PeakRssBytes() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
@@ -62,7 +64,7 @@ std::string DiskBound(io::Env* env, const DsrunFlags& f, const Json& rows) {
   for (const Json& j : rows) {
     if (!j.contains("save_stored_bytes")) continue;
     stored = j["save_stored_bytes"].get<double>();
-    seconds = j["save_total_s"].get<double>();
+    seconds = j["save_durable_s"].get<double>();
     ranks = j["ranks"].get<int>();
   }
   Overrides o;
@@ -165,6 +167,10 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
   }
   sync();
   const double seconds = static_cast<double>(env->NowMicros() - t0) / 1e6;
+  if (!f.bench_profile.empty()) {  // every rank steps (collectives); rank 0 records
+    DS_RETURN_IF_ERROR(
+        ProfileSteps(env, trainer, kProfiledSteps, rank == 0 ? f.bench_profile : ""));
+  }
   // A checkpoint of the state as it is now, and the step after it: what the save costs training
   // (the save call and that step, less an ordinary step: on a GPU the snapshot's copies overlap
   // the step's forward and backward and its optimizer waits for them), and how long until
@@ -234,16 +240,21 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
   if (secs > 0) j["comm_bandwidth_bps"] = bytes / secs;  // while a collective was in flight
   j["comm"] = comm;
   if (save) {
-    // A synchronous save would stall training for all of total_seconds.
+    // A synchronous save would stall training until durable.
     j["save_stall_s"] = stall;
     if (first_save) j["first_save_stall_s"] = first_stall;
     j["save_snapshot_s"] = save->snapshot_seconds;        // the save call itself
     j["save_copies_done_s"] = save->copies_done_seconds;  // every byte in staging
+    // Durable: the checkpoint and `latest` on disk, what a save is for. The total adds retention
+    // (deleting the checkpoint it replaces with keep_last), which runs after and frees space.
+    j["save_durable_s"] = save->durable_seconds;
     j["save_total_s"] = save->total_seconds;
+    j["save_retention_s"] = save->retention_seconds;
     j["save_logical_bytes"] = save->logical_bytes;
     j["save_stored_bytes"] = save->stored_bytes;
     j["save_stall_per_step"] = stall / step_s;
-    j["save_stall_per_sync_save"] = save->total_seconds > 0 ? stall / save->total_seconds : 0;
+    j["save_stall_per_sync_save"] =
+        save->durable_seconds > 0 ? stall / save->durable_seconds : 0;
   }
   return env->ReplaceFileAtomically(f.bench_out, j.dump());
 }
@@ -326,7 +337,7 @@ void PrintBenchTable(const DsrunFlags& f, const Json& rows) {
               f.config.c_str(), f.nproc_per_node, f.nnodes, static_cast<long long>(f.bench_steps));
   std::printf("%-13s %5s %9s %11s %6s %14s %12s %9s %13s %12s %9s %10s %10s\n", "stage", "ranks",
               "step ms", "tokens/s", "MFU", "state/rank MiB", "peak MiB", "act MiB",
-              "comm MiB/step", "comm ms/step", "comm GB/s", "stall ms", "save ms");
+              "comm MiB/step", "comm ms/step", "comm GB/s", "stall ms", "durable ms");
   for (const Json& j : rows) {
     const auto opt = [&](const char* key, auto format) {
       return j.contains(key) ? format(j[key].get<double>()) : std::string("-");
@@ -340,7 +351,7 @@ void PrintBenchTable(const DsrunFlags& f, const Json& rows) {
         opt("activation_bytes", Mib).c_str(), Mib(j["comm_bytes_per_step"].get<double>()).c_str(),
         j["comm_seconds_per_step"].get<double>() * 1e3,
         opt("comm_bandwidth_bps", [](double b) { return FormatNumber("%.2f", b / 1e9); }).c_str(),
-        opt("save_stall_s", Ms).c_str(), opt("save_total_s", Ms).c_str());
+        opt("save_stall_s", Ms).c_str(), opt("save_durable_s", Ms).c_str());
   }
 }
 
@@ -356,6 +367,13 @@ int RunBench(const DsrunFlags& f) {
   if (f.bench_steps < 1 || f.bench_warmup < 0) {
     std::fprintf(stderr, "dsrun bench: --steps must be at least 1 and --warmup at least 0\n");
     return kExitUsage;
+  }
+  if (!f.bench_profile.empty()) {
+    if (Status s = env->CreateDirs(f.bench_profile); !s.ok()) {
+      std::fprintf(stderr, "dsrun bench: --profile %s: %s\n", f.bench_profile.c_str(),
+                   s.message().c_str());
+      return kExitUsage;
+    }
   }
   Result<std::string> dir = env->MakeTempDir("dsrun-bench-");
   if (!dir.ok()) {
@@ -384,6 +402,11 @@ int RunBench(const DsrunFlags& f) {
     args.insert(args.end(),
                 {"--bench-out", out, "--bench-warmup-steps", std::to_string(f.bench_warmup),
                  "--bench-timed-steps", std::to_string(f.bench_steps)});
+    if (!f.bench_profile.empty()) {  // "profile-<row>", the row's name as in `file`
+      args.insert(args.end(),
+                  {"--bench-profile",
+                   io::JoinPath(f.bench_profile, "profile-" + file.substr(5, file.size() - 10))});
+    }
     Result<LaunchOptions> lo = LaunchOptionsFor(child, args);
     Result<LaunchResult> r = lo.ok() ? LaunchWithProgress(env, *lo, out + ".progress",
                                                           static_cast<uint64_t>(per_case), &bar)

@@ -92,6 +92,7 @@ std::string BenchCsv(const nlohmann::ordered_json& rows) {
                                    "comm_bandwidth_bps",
                                    "save_stall_s",
                                    "first_save_stall_s",
+                                   "save_durable_s",
                                    "save_total_s",
                                    "save_stored_bytes",
                                    "tp",

@@ -59,6 +59,7 @@ struct DsrunFlags {
   bool json = false;
   std::string bench_dir;  // --out: bench.json, bench.csv, bench.svg there
   std::string bench_out;  // set on the ranks `dsrun bench` starts: rank 0 writes its numbers here
+  std::string bench_profile;  // --profile DIR (on the ranks: the files' path and name prefix)
 };
 
 // The ranks' command line (config and overrides, without the launcher's flags), and how to
@@ -76,6 +77,10 @@ std::string RankDevice(const std::string& wanted, int local_rank, int gpus);
 // f.bench_out (step time, tokens/s, memory, collectives per step).
 Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const DsrunFlags& f,
                     int rank);
+// --profile: `steps` more steps under LibTorch's profiler; writes <prefix>.txt (GPU busy time
+// per step against the wall clock, and the kernels that took the most) and <prefix>.trace.json
+// (a Chrome trace). An empty prefix runs the steps unrecorded (the other ranks).
+Status ProfileSteps(io::Env* env, Trainer& trainer, int64_t steps, const std::string& prefix);
 // `dsrun bench`: launches the ranks once per stage and prints the table (and a --json line).
 int RunBench(const DsrunFlags& f);
 // --out DIR: bench.json (what --json prints, indented), bench.csv (a row per stage), bench.svg

@@ -174,6 +174,7 @@ Status Trainer::Impl::Setup() {
 #endif
   DS_ASSIGN_OR_RETURN(schedule, MakeLrSchedule(ScheduleParams(c.scheduler), c.optimizer.lr));
   scaler = std::make_unique<LossScaler>(ScalerOptions(c));
+  DS_RETURN_IF_ERROR(SetupGraphs());
 
   // Data.
   DatasetOptions dopts;
@@ -327,51 +328,36 @@ Status Trainer::Impl::Step() {
   const bool breakdown = c.monitor.wall_clock_breakdown;
   const uint64_t t0 = t.env->NowMicros();
   const double scale = t.scaler->scale();
-  torch::Tensor loss_sum =
-      torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(t.device));
+  const Precision p = c.precision();
+  const bool check = t.ChecksOverflow();
+  const int64_t sched_step = t.step - t.schedule_origin;
+  const double lr = t.schedule->LrForStep(sched_step);
   try {
-    if (t.par.pp > 1) DS_RETURN_IF_ERROR(t.PipelineMicroSteps(scale, loss_sum));
-    for (int64_t micro = 0; micro < (t.par.pp > 1 ? 0 : gas); ++micro) {
-      DS_RETURN_IF_ERROR(t.sampler->Next(t.data.train, &t.batch));
-      auto [x, y] = t.OnDevice(t.batch);
-      DS_RETURN_IF_ERROR(t.zero->BeginMicroStep());
-      torch::Tensor loss;
-      {
-        if (breakdown) t.timer->Start("forward");
-        loss = t.model->loss(x, y);
-        if (breakdown) {
-          if (t.device.is_cuda()) torch::cuda::synchronize();
-          t.timer->Stop("forward");
-        }
+    ZeroStepResult r;
+    torch::Tensor loss_sum;  // of the step's micro batches, on the device
+    if (t.ReplaysGraphs()) {
+      DS_RETURN_IF_ERROR(t.GraphStep(scale, lr, &r, &loss_sum));
+    } else {
+      loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(t.device));
+      if (t.par.pp > 1) DS_RETURN_IF_ERROR(t.PipelineMicroSteps(scale, loss_sum));
+      for (int64_t micro = 0; micro < (t.par.pp > 1 ? 0 : gas); ++micro) {
+        DS_RETURN_IF_ERROR(t.sampler->Next(t.data.train, &t.batch));
+        auto [x, y] = t.OnDevice(t.batch);
+        DS_RETURN_IF_ERROR(t.MicroStep(x, y, scale, micro == gas - 1, loss_sum));
       }
-      if (breakdown) t.timer->Start("backward");
-      // DeepSpeed scales the loss by 1/accumulation (and by the fp16 loss scale).
-      (loss * (scale / static_cast<double>(gas))).backward();
-      DS_RETURN_IF_ERROR(t.zero->EndMicroStep(micro == gas - 1));
+      // The optimizer: unscale, check for overflow (16-bit), clip, Adam, publish the weights.
+      if (breakdown) t.timer->Start("optimizer");
+      t.WaitForSnapshotCopies();  // Adam rewrites what a snapshot may still be copying
+      // fp16's dynamic loss scale needs the overflow before the next step; otherwise the norm
+      // and the overflow are read with the losses (Flush), and the step never waits for the GPU.
+      DS_ASSIGN_OR_RETURN(r, t.zero->Step(lr, t.schedule->Beta1At(sched_step - 1), scale,
+                                          c.gradient_clipping, check, p == Precision::kFp16));
       if (breakdown) {
         if (t.device.is_cuda()) torch::cuda::synchronize();
-        t.timer->Stop("backward");
+        t.timer->Stop("optimizer");
       }
-      loss_sum.add_(loss.detach());
     }
-
-    // The optimizer: unscale, check for overflow (16-bit), clip, Adam, publish the weights.
-    if (breakdown) t.timer->Start("optimizer");
-    const Precision p = c.precision();
-    const bool check = t.ChecksOverflow();
-    const int64_t sched_step = t.step - t.schedule_origin;
-    const double lr = t.schedule->LrForStep(sched_step);
-    t.WaitForSnapshotCopies();  // Adam rewrites what a snapshot may still be copying
-    // fp16's dynamic loss scale needs the overflow before the next step; otherwise the norm and
-    // the overflow are read with the losses (Flush), and the step never waits for the GPU.
-    DS_ASSIGN_OR_RETURN(ZeroStepResult r,
-                        t.zero->Step(lr, t.schedule->Beta1At(sched_step - 1), scale,
-                                     c.gradient_clipping, check, p == Precision::kFp16));
     const bool overflow = r.overflow;
-    if (breakdown) {
-      if (t.device.is_cuda()) torch::cuda::synchronize();
-      t.timer->Stop("optimizer");
-    }
     if (r.read) DS_RETURN_IF_ERROR(t.RecordOverflow(t.step + 1, overflow));
 
     ++t.step;
@@ -402,6 +388,29 @@ Status Trainer::Impl::Step() {
   }
   const int64_t every = std::max<int64_t>(1, c.monitor.steps_per_print);
   if (t.step % every == 0 || t.step == c.trainer.max_steps) DS_RETURN_IF_ERROR(t.Flush());
+  return Status::OK();
+}
+
+Status Trainer::Impl::MicroStep(const torch::Tensor& x, const torch::Tensor& y, double scale,
+                                bool last_of_step, torch::Tensor& loss_sum) {
+  const bool breakdown = config.monitor.wall_clock_breakdown;
+  DS_RETURN_IF_ERROR(zero->BeginMicroStep());
+  if (breakdown) timer->Start("forward");
+  torch::Tensor loss = model->loss(x, y);
+  if (breakdown) {
+    if (device.is_cuda()) torch::cuda::synchronize();
+    timer->Stop("forward");
+    timer->Start("backward");
+  }
+  // DeepSpeed scales the loss by 1/accumulation (and by the fp16 loss scale).
+  const auto gas = static_cast<double>(config.batch.gradient_accumulation_steps);
+  (loss * (scale / gas)).backward();
+  DS_RETURN_IF_ERROR(zero->EndMicroStep(last_of_step));
+  if (breakdown) {
+    if (device.is_cuda()) torch::cuda::synchronize();
+    timer->Stop("backward");
+  }
+  loss_sum.add_(loss.detach());
   return Status::OK();
 }
 

@@ -182,6 +182,23 @@ TEST(DsrunLaunchTest, BenchPrintsATableAndAJsonLinePerStageAndOffload) {
   EXPECT_THAT(r.out, HasSubstr("'cpu' is not an offload setting (use none, optimizer, all)"));
 }
 
+// --profile: rank 0 profiles 3 more steps (the other rank steps with it) and writes a summary
+// and a Chrome trace per row.
+TEST(DsrunLaunchTest, BenchProfilesStepsOnRankZero) {
+  testing::TempDir dir;
+  ShellResult r = Sh(TinyBench(dir, "--stages 0 --steps 1 --warmup 1 --profile " + Q(dir.Join("p")),
+                               "model.n_layer=1 train_micro_batch_size_per_gpu=2"));
+  ASSERT_EQ(r.status, 0) << r.out;
+  DS_ASSERT_OK_AND_ASSIGN(std::string text,
+                          io::Env::Default()->ReadFileToString(dir.Join("p/profile-0.txt")));
+  EXPECT_THAT(text, MatchesRegex("profile: 3 steps; per step: wall [0-9.]+ ms, GPU busy "
+                                 "[0-9.]+ ms (.|\n)*"));
+  EXPECT_THAT(text, HasSubstr("no GPU activity recorded"));  // a CPU run
+  ShellResult trace = Sh("python3 -c " + Q("import json, sys; json.load(open(sys.argv[1]))") + " " +
+                         Q(dir.Join("p/profile-0.trace.json")));
+  EXPECT_EQ(trace.status, 0) << trace.out;
+}
+
 TEST(DsrunLaunchTest, BenchMeasuresTensorAndPipelineLayouts) {
   testing::TempDir dir;
   const std::string cmd = TinyBench(dir, "--stages 1,2 --parallel 1x1,2x1,1x2 --steps 1 --warmup 1",

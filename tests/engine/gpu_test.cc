@@ -12,6 +12,8 @@
 #endif
 
 #include "engine/config/config.h"
+#include "engine/model/gpt.h"
+#include "engine/model/model.h"
 #include "engine/optim/adamw.h"
 #include "engine/runtime_info.h"
 #include "engine/train/trainer.h"
@@ -151,8 +153,8 @@ std::unique_ptr<Trainer> DemoTrainerOnCuda(const std::string& out,
            "trainer.eval_interval=0", "checkpoint.save_interval_steps=0"};
   o.set.insert(o.set.end(), extra.begin(), extra.end());
   o.max_steps = max_steps;
-  Result<Config> c = LoadConfig(
-      io::Env::Default(), io::JoinPath(ds::testing::SourceDir(), "examples/demo.json"), o);
+  Result<Config> c = LoadConfig(io::Env::Default(),
+                                io::JoinPath(ds::testing::SourceDir(), "examples/demo.json"), o);
   EXPECT_TRUE(c.ok()) << c.status().ToString();
   if (!c.ok()) return nullptr;
   TrainerOptions t;
@@ -233,9 +235,112 @@ TEST(GpuTest, SavesOverlappingTrainingHoldTheirStep) {
     DS_ASSERT_OK_AND_ASSIGN(torch::Tensor loaded, second->GatherMaster());
     EXPECT_TRUE(torch::equal(at_save, loaded))
         << (at_save != loaded).sum().item<int64_t>() << " of " << at_save.numel()
-        << " weights differ; the checkpoint holds the later state: "
-        << torch::equal(after, loaded);
+        << " weights differ; the checkpoint holds the later state: " << torch::equal(after, loaded);
   }
+}
+
+// The GPT's loss on 16-bit logits (log-softmax straight to fp32 on the GPU) equals the loss of
+// the logits converted to fp32 first, and so do the gradients.
+TEST(GpuTest, CrossEntropyOf16BitLogitsMatchesFp32) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible";
+  torch::manual_seed(7);
+  auto opts = torch::TensorOptions().device(torch::kCUDA);
+  torch::Tensor targets = torch::randint(1000, {512}, opts.dtype(torch::kLong));
+  torch::Tensor base = (3 * torch::randn({512, 1000}, opts)).to(torch::kBFloat16);
+  torch::Tensor a = base.clone().requires_grad_(true), b = base.clone().requires_grad_(true);
+  torch::Tensor fast = CrossEntropyInFp32(a, targets);
+  torch::Tensor plain =
+      torch::nn::functional::cross_entropy(b.to(torch::kFloat32), targets);  // the reference
+  EXPECT_EQ(fast.scalar_type(), torch::kFloat32);
+  EXPECT_NEAR(fast.item<double>(), plain.item<double>(), 1e-6 * plain.item<double>());
+  fast.backward();
+  plain.backward();
+  // The same fp32 arithmetic rounded to bf16 once: at most one bf16 step (2^-8) apart.
+  torch::Tensor ga = a.grad().to(torch::kFloat32), gb = b.grad().to(torch::kFloat32);
+  EXPECT_LE((ga - gb).abs().max().item<double>(), gb.abs().max().item<double>() / 256);
+}
+
+// A user's model that reads its loss on the host inside the step: a step that cannot be
+// captured as a CUDA graph.
+class HostReadingBigram : public LanguageModel {
+ public:
+  explicit HostReadingBigram(int64_t vocab) : vocab_(vocab) {
+    table_ = register_module("table", torch::nn::Embedding(vocab, vocab));
+  }
+  torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets) override {
+    torch::Tensor l = torch::nn::functional::cross_entropy(
+        table_(idx).view({-1, vocab_}).to(torch::kFloat32), targets.reshape({-1}));
+    last_ = l.item<double>();  // a host synchronisation: not capturable
+    return l;
+  }
+
+ private:
+  int64_t vocab_;
+  double last_ = 0;
+  torch::nn::Embedding table_{nullptr};
+};
+
+// The step replayed as CUDA graphs trains as the eager step does: the same kernels on the same
+// data, so the weights agree to the rounding of the embedding's atomic adds, with one and with
+// several micro batches per step, and with activation checkpointing.
+TEST(GpuTest, CudaGraphStepsTrainLikeEagerSteps) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible";
+  for (const std::vector<std::string>& extra :
+       {std::vector<std::string>{"gradient_accumulation_steps=1"},
+        {"gradient_accumulation_steps=3"},
+        {"gradient_accumulation_steps=2", "model.activation_checkpointing=true",
+         "zero_optimization.stage=1"}}) {
+    SCOPED_TRACE(extra[0] + (extra.size() > 1 ? " " + extra[1] : ""));
+    auto run = [&](const char* graphs, TrainSummary* s) -> torch::Tensor {
+      ds::testing::TempDir out;
+      std::vector<std::string> set = extra;
+      set.push_back(std::string("trainer.cuda_graphs=") + graphs);
+      set.push_back("steps_per_print=4");
+      std::unique_ptr<Trainer> t = DemoTrainerOnCuda(out.path(), set, 12);
+      if (t == nullptr) return torch::Tensor();
+      Result<TrainSummary> r = t->Run();
+      EXPECT_TRUE(r.ok()) << r.status().ToString();
+      if (r.ok()) *s = *r;
+      Result<torch::Tensor> m = t->GatherMaster();
+      return m.ok() ? *m : torch::Tensor();
+    };
+    TrainSummary eager, graphs;
+    torch::Tensor a = run("false", &eager), b = run("true", &graphs);
+    ASSERT_TRUE(a.defined() && b.defined());
+    ASSERT_EQ(a.sizes(), b.sizes());
+    // A stale learning rate or batch, or a lost micro batch, moves the weights by percents.
+    EXPECT_LT(((a - b).norm() / a.norm()).item<double>(), 1e-4);
+    EXPECT_EQ(graphs.steps, 12);
+    EXPECT_NEAR(graphs.last_loss, eager.last_loss, 1e-3 * std::abs(eager.last_loss));
+  }
+}
+
+// A step that cannot be captured: "auto" finishes it eagerly and trains on; "true" stops with
+// the reason and names the key.
+TEST(GpuTest, AStepThatCannotBeCapturedRunsEagerlyOrFailsClearly) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible";
+  RegisterModel(
+      "test-host-reading",
+      [](const ModelConfig& c, uint64_t seed) -> Result<std::shared_ptr<LanguageModel>> {
+        torch::manual_seed(seed);
+        return std::shared_ptr<LanguageModel>(std::make_shared<HostReadingBigram>(c.vocab));
+      });
+  auto run = [](const char* graphs) -> Result<TrainSummary> {
+    ds::testing::TempDir out;
+    std::unique_ptr<Trainer> t = DemoTrainerOnCuda(
+        out.path(), {"model.arch=test-host-reading", std::string("trainer.cuda_graphs=") + graphs},
+        6);
+    if (t == nullptr) return Status::FailedPrecondition("no trainer");
+    return t->Run();
+  };
+  DS_ASSERT_OK_AND_ASSIGN(TrainSummary eager, run("false"));
+  DS_ASSERT_OK_AND_ASSIGN(TrainSummary fallback, run("auto"));
+  EXPECT_EQ(fallback.steps, 6);
+  EXPECT_NEAR(fallback.last_loss, eager.last_loss, 1e-4 * std::abs(eager.last_loss));
+  EXPECT_THAT(run("true"),
+              ds::testing::StatusIs(StatusCode::kFailedPrecondition,
+                                    ::testing::AllOf(::testing::HasSubstr("trainer.cuda_graphs"),
+                                                     ::testing::HasSubstr("capturing step 3"))));
 }
 
 }  // namespace

@@ -244,6 +244,23 @@ TEST_F(TrainerTest, UnknownArchAndMissingGpuAreClearErrors) {
   }
 }
 
+// CUDA graphs asked for where the step cannot be captured: the key and the reason.
+TEST_F(TrainerTest, CudaGraphsWhereTheyCannotRunAreAClearError) {
+  TrainerOptions o;
+  o.device = "cpu";
+  o.corpus_cache_dir = corpus_.path();
+  DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(SmallConfig(out_.path()), {"trainer.cuda_graphs=true"}));
+  EXPECT_THAT(Trainer::Create(io::Env::Default(), c, o),
+              ds::testing::StatusIs(
+                  StatusCode::kInvalidArgument,
+                  AllOf(HasSubstr("trainer.cuda_graphs is true"), HasSubstr("not on a GPU"))));
+  // "auto" trains eagerly there.
+  DS_ASSERT_OK_AND_ASSIGN(Config a, Parse(SmallConfig(out_.path()), {"trainer.cuda_graphs=auto"}));
+  TrainSummary s;
+  ASSERT_NE(Train(a, &s), nullptr);
+  EXPECT_GT(s.steps, 0);
+}
+
 TEST_F(TrainerTest, MissingDataFileNamesThePath) {
   DS_ASSERT_OK_AND_ASSIGN(Config c,
                           Parse(SmallConfig(out_.path()), {"data.path=" + out_.Join("nope.bin")}));

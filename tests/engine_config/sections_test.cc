@@ -466,6 +466,14 @@ TEST(ConfigTrainerDataCheckpointTest, DefaultsAndOurKeys) {
                                    "cfg.json: checkpoint.device_staging 'maybe' is not one of: "
                                    "auto, true, false"));
   cfg.erase("checkpoint");
+  EXPECT_EQ(c.trainer.cuda_graphs, "false");
+  cfg["trainer"] = {{"max_steps", 10}, {"cuda_graphs", true}};
+  DS_ASSERT_OK_AND_ASSIGN(c, Parse(cfg));
+  EXPECT_EQ(c.trainer.cuda_graphs, "true");
+  cfg["trainer"] = {{"max_steps", 10}, {"cuda_graphs", "sometimes"}};
+  EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
+                                   "cfg.json: trainer.cuda_graphs 'sometimes' is not one of: "
+                                   "auto, true, false"));
   cfg["trainer"] = {{"max_steps", 0}};
   EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
                                    "cfg.json: trainer.max_steps must be >= 1, got 0"));

@@ -110,6 +110,20 @@ struct Trainer::Impl {
   std::pair<torch::Tensor, torch::Tensor> OnDevice(Batch& b) const;
   Status EnsureMonitor();
   Status Step();
+  // One micro batch's forward and backward into ZeRO's gradient; its loss added to `loss_sum`.
+  Status MicroStep(const torch::Tensor& x, const torch::Tensor& y, double scale, bool last_of_step,
+                   torch::Tensor& loss_sum);
+  // ---- CUDA graphs (step_graphs.cc): the step captured once and replayed
+  struct StepGraphs;
+  std::shared_ptr<StepGraphs> graphs;     // null: every step runs eagerly
+  std::string GraphsUnsupported() const;  // why this job's step cannot be captured, or ""
+  Status SetupGraphs();                   // per trainer.cuda_graphs
+  bool ReplaysGraphs();                   // this step replays (after a few eager steps)
+  // The step's micro batches and optimizer step through the graphs (capturing each at its first
+  // use); its result and the sum of its losses on the device.
+  Status GraphStep(double scale, double lr, ZeroStepResult* result, torch::Tensor* loss_sum);
+  // After a failed capture: "auto" trains on eagerly, "true" returns the error.
+  Status GraphFailed(const Status& why);
   bool failed = false;  // a step failed: its peers may be gone, and pending steps are moot
   // Reads pending losses (averaged over the ranks when `across_ranks`: a collective), records
   // their steps.
