@@ -285,11 +285,17 @@ void Trainer::Impl::ReapSave(bool wait) {
     last_checkpoint = st.path;
     last_save_stats = st;
     if (options.rank == 0) {
-      char line[256];
+      // Retention (deleting what keep_last and the other rules drop) runs after the checkpoint
+      // is durable, and only frees space: said apart.
+      char line[320], retention[64] = "";
+      if (st.retention_seconds >= 0.005) {
+        std::snprintf(retention, sizeof retention, ", then %.2f s removing older checkpoints",
+                      st.retention_seconds);
+      }
       std::snprintf(line, sizeof line,
-                    "checkpoint %s: %s stored in %.2f s (training waited %.3f s)", st.path.c_str(),
-                    io::FormatBytes(st.stored_bytes).c_str(), st.total_seconds,
-                    st.snapshot_seconds);
+                    "checkpoint %s: %s stored, durable after %.2f s (training waited %.3f s)%s",
+                    st.path.c_str(), io::FormatBytes(st.stored_bytes).c_str(), st.durable_seconds,
+                    st.snapshot_seconds, retention);
       io::LogInfo(line);
     }
     return;

@@ -182,7 +182,7 @@ TEST(GpuTest, CheckpointsFromCudaResumeExactly) {
     ASSERT_TRUE(stats.has_value());
     std::printf("checkpoint from %s: %s, stall %.4f s, durable after %.3f s\n", zero[0].c_str(),
                 io::FormatBytes(stats->logical_bytes).c_str(), stats->snapshot_seconds,
-                stats->total_seconds);
+                stats->durable_seconds);
     first.reset();
     std::unique_ptr<Trainer> second = make(5);
     ASSERT_NE(second, nullptr);
@@ -224,7 +224,7 @@ TEST(GpuTest, SavesOverlappingTrainingHoldTheirStep) {
     ASSERT_TRUE(stats.has_value());
     std::printf("%s: %s, save call %.4f s, copies done after %.4f s, durable after %.3f s\n",
                 staging, io::FormatBytes(stats->logical_bytes).c_str(), stats->snapshot_seconds,
-                stats->copies_done_seconds, stats->total_seconds);
+                stats->copies_done_seconds, stats->durable_seconds);
     first.reset();
     std::unique_ptr<Trainer> second = make();
     ASSERT_NE(second, nullptr);
