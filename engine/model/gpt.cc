@@ -249,10 +249,11 @@ torch::Tensor GptImpl::stage_forward(const torch::Tensor& in, const torch::Tenso
 }
 
 torch::Tensor CrossEntropyInFp32(const torch::Tensor& logits, const torch::Tensor& targets) {
-  if (logits.is_cuda() && logits.scalar_type() != torch::kFloat32) {
-    // The log-softmax reads the 16-bit logits and writes fp32 (as autocast runs it): the same
-    // values as converting first, without an fp32 copy of the logits (B * T * V * 4 bytes)
-    // written and read forward and backward. Not on the CPU, whose kernel cannot.
+  if (logits.is_cuda() && logits.scalar_type() == torch::kFloat16) {
+    // The log-softmax reads the fp16 logits and writes fp32: the same values as converting
+    // first, without an fp32 copy of the logits (B * T * V * 4 bytes) written and read forward
+    // and backward. LibTorch's CUDA kernel does this for fp16 only ("conversion is supported for
+    // Half type only"), its CPU kernel not at all: bf16 converts first.
     return F::nll_loss(at::_log_softmax(logits, 1, /*half_to_float=*/true), targets);
   }
   return F::cross_entropy(logits.to(torch::kFloat32), targets);

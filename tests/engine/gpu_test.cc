@@ -239,25 +239,28 @@ TEST(GpuTest, SavesOverlappingTrainingHoldTheirStep) {
   }
 }
 
-// The GPT's loss on 16-bit logits (log-softmax straight to fp32 on the GPU) equals the loss of
-// the logits converted to fp32 first, and so do the gradients.
+// The GPT's loss on 16-bit logits (fp16: log-softmax straight to fp32 on the GPU; bf16: converted
+// first) equals the loss of the logits converted to fp32 first, and so do the gradients.
 TEST(GpuTest, CrossEntropyOf16BitLogitsMatchesFp32) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible";
   torch::manual_seed(7);
   auto opts = torch::TensorOptions().device(torch::kCUDA);
   torch::Tensor targets = torch::randint(1000, {512}, opts.dtype(torch::kLong));
-  torch::Tensor base = (3 * torch::randn({512, 1000}, opts)).to(torch::kBFloat16);
-  torch::Tensor a = base.clone().requires_grad_(true), b = base.clone().requires_grad_(true);
-  torch::Tensor fast = CrossEntropyInFp32(a, targets);
-  torch::Tensor plain =
-      torch::nn::functional::cross_entropy(b.to(torch::kFloat32), targets);  // the reference
-  EXPECT_EQ(fast.scalar_type(), torch::kFloat32);
-  EXPECT_NEAR(fast.item<double>(), plain.item<double>(), 1e-6 * plain.item<double>());
-  fast.backward();
-  plain.backward();
-  // The same fp32 arithmetic rounded to bf16 once: at most one bf16 step (2^-8) apart.
-  torch::Tensor ga = a.grad().to(torch::kFloat32), gb = b.grad().to(torch::kFloat32);
-  EXPECT_LE((ga - gb).abs().max().item<double>(), gb.abs().max().item<double>() / 256);
+  for (torch::Dtype dtype : {torch::kFloat16, torch::kBFloat16}) {
+    SCOPED_TRACE(dtype == torch::kFloat16 ? "fp16" : "bf16");
+    torch::Tensor base = (3 * torch::randn({512, 1000}, opts)).to(dtype);
+    torch::Tensor a = base.clone().requires_grad_(true), b = base.clone().requires_grad_(true);
+    torch::Tensor fast = CrossEntropyInFp32(a, targets);
+    torch::Tensor plain =
+        torch::nn::functional::cross_entropy(b.to(torch::kFloat32), targets);  // the reference
+    EXPECT_EQ(fast.scalar_type(), torch::kFloat32);
+    EXPECT_NEAR(fast.item<double>(), plain.item<double>(), 1e-6 * plain.item<double>());
+    fast.backward();
+    plain.backward();
+    // The same fp32 arithmetic rounded to 16 bits once: at most one bf16 step (2^-8) apart.
+    torch::Tensor ga = a.grad().to(torch::kFloat32), gb = b.grad().to(torch::kFloat32);
+    EXPECT_LE((ga - gb).abs().max().item<double>(), gb.abs().max().item<double>() / 256);
+  }
 }
 
 // A user's model that reads its loss on the host inside the step: a step that cannot be
