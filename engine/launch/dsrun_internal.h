@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/config/config.h"
@@ -81,6 +82,9 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
 // per step against the wall clock, and the kernels that took the most) and <prefix>.trace.json
 // (a Chrome trace). An empty prefix runs the steps unrecorded (the other ranks).
 Status ProfileSteps(io::Env* env, Trainer& trainer, int64_t steps, const std::string& prefix);
+// The time covered by at least one of `spans` ({begin, end} in ns): overlapping device
+// activities (a copy on a side stream beside a kernel) count once.
+uint64_t BusyNanos(std::vector<std::pair<uint64_t, uint64_t>> spans);
 // `dsrun bench`: launches the ranks once per stage and prints the table (and a --json line).
 int RunBench(const DsrunFlags& f);
 // --out DIR: bench.json (what --json prints, indented), bench.csv (a row per stage), bench.svg

@@ -29,19 +29,6 @@ struct KernelTime {
   int64_t calls = 0;
 };
 
-// The time at least one device activity ran, in ns: overlapping activities (a copy on a side
-// stream beside a kernel) count once.
-uint64_t BusyNs(std::vector<std::pair<uint64_t, uint64_t>> spans) {
-  std::sort(spans.begin(), spans.end());
-  uint64_t busy = 0, end = 0;
-  for (const auto& [b, e] : spans) {
-    if (e <= end) continue;
-    busy += e - std::max(b, end);
-    end = e;
-  }
-  return busy;
-}
-
 std::string Summary(const std::vector<prof::KinetoEvent>& events, int64_t steps, double wall_s) {
   std::map<std::string, KernelTime> by_name;
   std::vector<std::pair<uint64_t, uint64_t>> spans;
@@ -54,7 +41,7 @@ std::string Summary(const std::vector<prof::KinetoEvent>& events, int64_t steps,
   }
   const double per_step = 1.0 / static_cast<double>(steps);
   const double wall_ms = 1e3 * wall_s * per_step;
-  const double busy_ms = 1e-6 * static_cast<double>(BusyNs(spans)) * per_step;
+  const double busy_ms = 1e-6 * static_cast<double>(BusyNanos(spans)) * per_step;
   std::vector<std::pair<std::string, KernelTime>> top(by_name.begin(), by_name.end());
   std::sort(top.begin(), top.end(),
             [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
@@ -67,7 +54,8 @@ std::string Summary(const std::vector<prof::KinetoEvent>& events, int64_t steps,
                 wall_ms > 0 ? 100 * busy_ms / wall_ms : 0.0,
                 static_cast<long long>(static_cast<double>(spans.size()) * per_step));
   out += line;
-  if (spans.empty()) return out + "no GPU activity recorded: the trace holds the host's operators\n";
+  if (spans.empty())
+    return out + "no GPU activity recorded: the trace holds the host's operators\n";
   out += "   ms/step  calls/step  % of busy  kernel\n";
   for (size_t i = 0; i < top.size() && i < 30; ++i) {
     const double ms = 1e-6 * static_cast<double>(top[i].second.ns) * per_step;
@@ -80,6 +68,17 @@ std::string Summary(const std::vector<prof::KinetoEvent>& events, int64_t steps,
 }
 
 }  // namespace
+
+uint64_t BusyNanos(std::vector<std::pair<uint64_t, uint64_t>> spans) {
+  std::sort(spans.begin(), spans.end());
+  uint64_t busy = 0, end = 0;
+  for (const auto& [b, e] : spans) {
+    if (e <= end) continue;  // inside what was counted
+    busy += e - std::max(b, end);
+    end = e;
+  }
+  return busy;
+}
 
 Status ProfileSteps(io::Env* env, Trainer& trainer, int64_t steps, const std::string& prefix) {
   if (prefix.empty()) {

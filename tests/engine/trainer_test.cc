@@ -272,6 +272,16 @@ TEST_F(TrainerTest, MissingDataFileNamesThePath) {
 }
 
 // dsrun's device per rank: each rank of a node on its own GPU unless --device names one.
+// dsrun bench --profile: the GPU's busy time counts overlapping activities once.
+TEST(ProfileTest, BusyTimeCountsOverlapsOnce) {
+  EXPECT_EQ(BusyNanos({}), 0u);
+  EXPECT_EQ(BusyNanos({{10, 20}}), 10u);
+  EXPECT_EQ(BusyNanos({{30, 40}, {10, 20}}), 20u);            // apart, out of order
+  EXPECT_EQ(BusyNanos({{10, 30}, {20, 40}}), 30u);            // overlapping: 10-40
+  EXPECT_EQ(BusyNanos({{10, 50}, {20, 30}, {45, 60}}), 50u);  // one inside, one past the end
+  EXPECT_EQ(BusyNanos({{10, 20}, {20, 25}}), 15u);            // touching
+}
+
 TEST(RankDeviceTest, EachRankTakesItsOwnGpuUnlessOneIsNamed) {
   EXPECT_EQ(RankDevice("", 1, 2), "cuda:1");
   EXPECT_EQ(RankDevice("cuda", 1, 2), "cuda:1");  // was "cuda" for every rank: all on GPU 0
