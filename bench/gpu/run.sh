@@ -161,13 +161,16 @@ for s in "$@"; do
       small 8 "2 gpus, PP 2" --nproc-per-node 2 --set pipeline.stages=2
       }
       [[ "${MGPU_SCALING:-1}" == 0 ]] && continue
-      for run in "1 1" "$n 1,3"; do
-        read -r gpus stages <<<"$run"
+      # The last row: stage 1 with overlap_comm (its buckets reduced during backward); the
+      # others keep each stage's default (DeepSpeed's: on at stage 3 only).
+      for run in "1 1 -" "$n 1,3 -" "$n 1 zero_optimization.overlap_comm=true"; do
+        read -r gpus stages extra <<<"$run"
+        [[ "$extra" == - ]] && extra=steps_per_print=1000000000
         "$BUILD/dsrun" bench --config "$ROOT/examples/demo.json" --nproc-per-node "$gpus" \
           --stages "$stages" --steps 5 --warmup 2 --json --set model.preset=gpt-1.3b \
           model.seq_len=1024 train_micro_batch_size_per_gpu=4 bf16.enabled=true \
-          checkpoint.enabled=false "trainer.output_dir=$SCRATCH/scale" 2>&1 | grep -v '^\[rank' |
-          tee -a "$OUT/mgpu-scaling.log" || echo "scaling on $gpus GPU(s) failed"
+          checkpoint.enabled=false "trainer.output_dir=$SCRATCH/scale" "$extra" 2>&1 |
+          grep -v '^\[rank' | tee -a "$OUT/mgpu-scaling.log" || echo "scaling on $gpus GPU(s) failed"
         rm -rf "${SCRATCH:?}/scale"
       done
       for run in "1 true" "$n false" "$n true"; do

@@ -274,6 +274,7 @@ Status Trainer::Impl::SetupZero() {
   z.gradient_predivide_factor = c.comms.gradient_predivide_factor;
   z.reduce_bucket_size = c.zero.reduce_bucket_size;
   z.overlap_comm = c.zero.overlap_comm;
+  z.pipelined = par.pp > 1;
   z.offload_optimizer = c.zero.offload_optimizer.device == OffloadConfig::Device::kCpu;
   z.offload_param = c.zero.offload_param.device == OffloadConfig::Device::kCpu && c.zero.stage == 3;
   z.pin_memory = c.zero.offload_optimizer.pin_memory;
@@ -394,7 +395,7 @@ Status Trainer::Impl::Step() {
 Status Trainer::Impl::MicroStep(const torch::Tensor& x, const torch::Tensor& y, double scale,
                                 bool last_of_step, torch::Tensor& loss_sum) {
   const bool breakdown = config.monitor.wall_clock_breakdown;
-  DS_RETURN_IF_ERROR(zero->BeginMicroStep());
+  DS_RETURN_IF_ERROR(zero->BeginMicroStep(last_of_step));
   if (breakdown) timer->Start("forward");
   torch::Tensor loss = model->loss(x, y);
   if (breakdown) {

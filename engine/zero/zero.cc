@@ -208,10 +208,14 @@ Status ZeroOptimizer::Impl::SetupFlat(const std::vector<at::Tensor>& fp32) {
     grad_in_acc = state_opts.device() == o.device;
     grad = grad_in_acc ? (o.stage == 0 ? flat_acc : flat_acc.view({W, part_len})[o.rank])
                        : at::zeros({part_len}, state_opts);  // offloaded: the sum is copied over
-    return Status::OK();
+    stage1_buckets =
+        o.stage == 1 && distributed() && o.overlap_comm && !o.pipelined && o.tied.empty();
+    if (!stage1_buckets) return Status::OK();
+    delivered.assign(tensors.size(), false);
+  } else {
+    grad = at::zeros({part_len}, state_opts);  // stage 2: the partition's gradient
   }
-  // Stage 2: the partition's gradient, and buckets cut at partition boundaries.
-  grad = at::zeros({part_len}, state_opts);
+  // Buckets cut at partition boundaries.
   const int64_t bucket = std::max<int64_t>(1, o.reduce_bucket_size);
   for (int64_t r = W - 1; r >= 0; --r) {
     const int64_t lo = std::min(total, r * part_len), hi = std::min(total, (r + 1) * part_len);
@@ -228,8 +232,9 @@ Status ZeroOptimizer::Impl::SetupFlat(const std::vector<at::Tensor>& fp32) {
 
 // ---- micro steps
 
-Status ZeroOptimizer::BeginMicroStep() {
+Status ZeroOptimizer::BeginMicroStep(bool last_of_step) {
   Impl& z = *impl_;
+  z.hooks_live = z.o.stage == 2 || (z.stage1_buckets && last_of_step);
   if (z.o.stage != 3) return Status::OK();
   try {
     DS_RETURN_IF_ERROR(z.EnsureGathered(0));
@@ -245,6 +250,10 @@ Status ZeroOptimizer::EndMicroStep(bool last_of_step) {
   if (!z.sticky.ok()) return z.sticky;
   try {
     torch::NoGradGuard no_grad;
+    if (z.stage1_buckets && z.hooks_live) {  // backward filled (and launched) the buckets
+      z.hooks_live = false;
+      return z.FlushBuckets();
+    }
     if (z.o.stage <= 1) {
       // The step's first micro step writes the accumulator, later ones add to it: no pass that
       // zeroes it between steps.
@@ -262,21 +271,7 @@ Status ZeroOptimizer::EndMicroStep(bool last_of_step) {
       if (last_of_step) DS_RETURN_IF_ERROR(z.ReduceFlatAccumulator());
       return Status::OK();
     }
-    if (z.o.stage == 2) {
-      // Parameters the loss did not reach owe their buckets zeros (buffers start zeroed).
-      for (size_t k = z.next_bucket; k < z.buckets.size(); ++k) {  // those not yet launched
-        GradBucket& b = z.buckets[k];
-        if (!b.buffer.defined()) {
-          b.buffer = at::zeros({b.end - b.begin},
-                               at::TensorOptions().dtype(z.o.comm_dtype).device(z.o.device));
-        }
-        b.arrived = b.end - b.begin;
-      }
-      DS_RETURN_IF_ERROR(z.LaunchReadyBuckets());
-      DS_RETURN_IF_ERROR(z.DrainReductions());
-      z.next_bucket = 0;
-      return Status::OK();
-    }
+    if (z.o.stage == 2) return z.FlushBuckets();
     DS_RETURN_IF_ERROR(z.ReduceUnitGrads(0));
     z.Release(0);
     DS_RETURN_IF_ERROR(z.DrainReductions());
@@ -309,11 +304,23 @@ Status ZeroOptimizer::EndEval() {
 // ---- stage 2: buckets filled by the backward pass
 
 void ZeroOptimizer::Impl::OnGradReady(size_t index) {
+  if (!hooks_live) return;  // stage 1 before the last micro step: EndMicroStep accumulates
   ZeroTensor& t = tensors[index];
   at::Tensor& g = t.param.mutable_grad();
   if (!g.defined()) return;
   torch::NoGradGuard no_grad;
   at::Tensor flat = g.reshape(-1);
+  if (stage1_buckets) {  // the step's sum: the earlier micro steps' and this one's
+    if (!acc_fresh) flat = flat_acc.narrow(0, t.flat_offset, t.numel).add_(flat);
+    delivered[index] = true;
+  }
+  FillBuckets(t, flat);
+  g.reset();
+  Status s = LaunchReadyBuckets();
+  if (!s.ok()) Throw(s);
+}
+
+void ZeroOptimizer::Impl::FillBuckets(const ZeroTensor& t, const at::Tensor& flat) {
   const int64_t lo = t.flat_offset, hi = t.flat_offset + t.numel;
   for (GradBucket& b : buckets) {
     const int64_t s = std::max(lo, b.begin), e = std::min(hi, b.end);
@@ -325,9 +332,31 @@ void ZeroOptimizer::Impl::OnGradReady(size_t index) {
     b.buffer.narrow(0, s - b.begin, e - s).copy_(flat.narrow(0, s - lo, e - s));
     b.arrived += e - s;
   }
-  g.reset();
-  Status s = LaunchReadyBuckets();
-  if (!s.ok()) Throw(s);
+}
+
+Status ZeroOptimizer::Impl::FlushBuckets() {
+  // Stage 1: tensors the last micro batch did not reach still owe the earlier micro steps' sum.
+  for (size_t i = 0; i < delivered.size(); ++i) {
+    if (!delivered[i] && !acc_fresh) {
+      const ZeroTensor& t = tensors[i];
+      FillBuckets(t, flat_acc.narrow(0, t.flat_offset, t.numel));
+    }
+    delivered[i] = false;
+  }
+  // What did not arrive is zeros (buffers start zeroed).
+  for (size_t k = next_bucket; k < buckets.size(); ++k) {  // those not yet launched
+    GradBucket& b = buckets[k];
+    if (!b.buffer.defined()) {
+      b.buffer =
+          at::zeros({b.end - b.begin}, at::TensorOptions().dtype(o.comm_dtype).device(o.device));
+    }
+    b.arrived = b.end - b.begin;
+  }
+  DS_RETURN_IF_ERROR(LaunchReadyBuckets());
+  DS_RETURN_IF_ERROR(DrainReductions());
+  next_bucket = 0;
+  acc_fresh = false;
+  return Status::OK();
 }
 
 Status ZeroOptimizer::Impl::LaunchReadyBuckets() {
@@ -345,9 +374,12 @@ Status ZeroOptimizer::Impl::LaunchReadyBuckets() {
           comm()->ReduceAsync(r.buffer, b.owner, "gradient bucket " + std::to_string(next_bucket)));
     }
     if (b.owner == o.rank) {
+      // Stage 2 adds each micro step's sum into the partition's gradient; stage 1's is the
+      // step's whole sum.
       const int64_t at_part = b.begin - part_begin;
       r.apply = [this, at_part](const at::Tensor& sum) {
-        grad.narrow(0, at_part, sum.numel()).add_(sum.to(grad.options()));
+        at::Tensor to = grad.narrow(0, at_part, sum.numel());
+        o.stage == 1 ? to.copy_(sum) : to.add_(sum.to(grad.options()));
       };
     }
     ++next_bucket;

@@ -31,8 +31,12 @@ struct ZeroOptions {
   at::ScalarType comm_dtype = at::kFloat;  // what gradients travel in
   bool prescale_gradients = false;
   double gradient_predivide_factor = 1.0;
-  int64_t reduce_bucket_size = 500'000'000;   // elements per gradient bucket
-  bool overlap_comm = false;                  // stage 2: reduce buckets while backward runs
+  int64_t reduce_bucket_size = 500'000'000;  // elements per gradient bucket
+  // Stage 2: reduce buckets while backward runs. Stage 1 on several ranks (no pipeline): reduce
+  // the step's gradients in buckets during the last micro batch's backward, as DeepSpeed does,
+  // instead of one reduce-scatter after it.
+  bool overlap_comm = false;
+  bool pipelined = false;  // pipeline stages (1F1B interleaves micro batches' backward passes)
   bool offload_optimizer = false;             // master, moments and gradients on the CPU
   bool offload_param = false;                 // stage 3: parameter partitions on the CPU
   bool pin_memory = true;                     // page-locked CPU buffers (with a GPU)
@@ -94,7 +98,9 @@ class ZeroOptimizer {
   // Around each micro batch's forward and backward: stage 3 gathers the parameters outside the
   // model's units here and frees them in EndMicroStep, which also reduces this micro step's
   // gradients where the stage does (stage 2, 3; stages 0 and 1 on the last micro step).
-  Status BeginMicroStep();
+  // `last_of_step` must be what EndMicroStep will be told (stage 1's buckets need it before
+  // backward).
+  Status BeginMicroStep(bool last_of_step = true);
   Status EndMicroStep(bool last_of_step);
   // Stages 0-1: forgets a micro step whose work never ran (a failed CUDA graph capture), so it
   // can run again: drops the parameters' gradients, and the accumulator is written afresh by the

@@ -80,7 +80,11 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   bool acc_fresh = true;
   Status sticky;  // the first error raised inside backward()
 
-  // stage 2
+  // Stage 2, and stage 1 with overlap_comm on several ranks (`stage1_buckets`: the last micro
+  // step's backward fills the buckets, from the accumulator plus its own gradients).
+  bool stage1_buckets = false;
+  bool hooks_live = false;          // the current micro step's gradients go into buckets
+  std::vector<bool> delivered;      // stage 1: per tensor, its gradient went into the buckets
   std::vector<GradBucket> buckets;  // in launch order: from the end of the flat vector
   size_t next_bucket = 0;           // buckets launch strictly in order, the same on every rank
   std::deque<PendingReduction> reductions;
@@ -107,7 +111,10 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   // zero.cc
   Status SetupFlat(const std::vector<at::Tensor>& fp32);
   void OnGradReady(size_t tensor);  // stage 2 hook; throws after recording `sticky`
+  // Copies `flat` (tensor i's elements, (numel)) into the buckets it overlaps.
+  void FillBuckets(const ZeroTensor& t, const at::Tensor& flat);
   Status LaunchReadyBuckets();
+  Status FlushBuckets();  // the last micro step's end: what did not arrive, then every bucket
   Status ReduceFlatAccumulator();  // stages 0/1, last micro step
   Status PublishFlat();            // stages 0-2: new weights into the model
   // ZeroOptimizer::Step after the learning rate was set.
