@@ -214,6 +214,7 @@ Status ZeroOptimizer::Impl::SetupFlat(const std::vector<at::Tensor>& fp32) {
     delivered.assign(tensors.size(), false);
   } else {
     grad = at::zeros({part_len}, state_opts);  // stage 2: the partition's gradient
+    hooks_live = true;                         // every micro step fills buckets
   }
   // Buckets cut at partition boundaries.
   const int64_t bucket = std::max<int64_t>(1, o.reduce_bucket_size);
@@ -456,9 +457,9 @@ Result<ZeroStepResult> ZeroOptimizer::Impl::StepWithLr(std::optional<double> bet
   ZeroStepResult out;
   try {
     torch::NoGradGuard no_grad;
-    // The global norm of the unscaled gradient: stage 0's gradient is whole on every rank;
-    // partitions add squares, and so do the parts of the model on other ranks (tensor and
-    // pipeline parallelism).
+    // The global norm (of the gradient as it is, loss scale and all; the norm is unscaled
+    // after): stage 0's gradient is whole on every rank; partitions add squares, and so do the
+    // parts of the model on other ranks (tensor and pipeline parallelism).
     at::Tensor sq = SquaredGradNorm();
     if (o.stage > 0 && distributed()) DS_RETURN_IF_ERROR(comm()->AllReduce(sq, "gradient norm"));
     if (o.model_comm != nullptr)
