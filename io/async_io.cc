@@ -30,6 +30,15 @@ IoStats IoStats::operator-(const IoStats& e) const {
           in_flight_micros - e.in_flight_micros, full_micros - e.full_micros};
 }
 
+IoStats& IoStats::operator+=(const IoStats& o) {
+  requests += o.requests;
+  bytes += o.bytes;
+  busy_micros += o.busy_micros;
+  in_flight_micros += o.in_flight_micros;
+  full_micros += o.full_micros;
+  return *this;
+}
+
 uint64_t MonotonicMicros() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
                                    std::chrono::steady_clock::now().time_since_epoch())

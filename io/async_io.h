@@ -38,6 +38,7 @@ struct IoStats {
   uint64_t full_micros = 0;       // time with queue_depth requests in flight (new ones wait)
 
   IoStats operator-(const IoStats& earlier) const;
+  IoStats& operator+=(const IoStats& other);
   double mean_in_flight() const {
     return busy_micros == 0 ? 0.0 : static_cast<double>(in_flight_micros) / busy_micros;
   }

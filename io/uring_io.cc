@@ -109,13 +109,7 @@ class UringIo final : public AsyncIo {
   // busy time counted as if it were the ring's.
   IoStats stats() const override {
     IoStats a = meter_.stats(MonotonicMicros());
-    const IoStats h = helper_->stats();
-    a.requests += h.requests;
-    a.bytes += h.bytes;
-    a.busy_micros += h.busy_micros;
-    a.in_flight_micros += h.in_flight_micros;
-    a.full_micros += h.full_micros;
-    return a;
+    return a += helper_->stats();
   }
 
   void Write(File* file, uint64_t offset, std::span<const std::byte> data,

@@ -4,7 +4,6 @@
 // the kernels that took the most of it. The Chrome trace beside it opens in chrome://tracing
 // or Perfetto.
 #include <torch/csrc/autograd/profiler_kineto.h>
-#include <torch/cuda.h>
 
 #if DS_TORCH_HAS_CUDA
 #include <c10/cuda/CUDAStream.h>

@@ -17,6 +17,11 @@ namespace {
 
 int TagOf(int64_t micro, bool backward) { return static_cast<int>(2 * micro + (backward ? 1 : 0)); }
 
+// Token ids (B, T) of `b` as a tensor over `v`'s memory (no copy).
+torch::Tensor HostIds(std::vector<int64_t>& v, const Batch& b) {
+  return torch::from_blob(v.data(), {b.B, b.T}, torch::TensorOptions().dtype(torch::kLong));
+}
+
 }  // namespace
 
 Comm* Trainer::Impl::DataComm() const { return par.split() ? par.dp_comm.get() : comm.get(); }
@@ -28,14 +33,18 @@ Comm* Trainer::Impl::DataComm() const { return par.split() ? par.dp_comm.get() :
 // memory would wait for everything queued on the GPU, and the next step's launches would start
 // only once the last step's kernels had finished.
 std::pair<torch::Tensor, torch::Tensor> Trainer::Impl::OnDevice(Batch& b) const {
-  auto longs = torch::TensorOptions().dtype(torch::kLong);
   const bool copy_always = par.pp > 1;
   auto copy = [&](std::vector<int64_t>& v) {
-    torch::Tensor host = torch::from_blob(v.data(), {b.B, b.T}, longs);
+    torch::Tensor host = HostIds(v, b);
     if (device.is_cpu()) return copy_always ? host.clone() : host;
     return host.pin_memory().to(device, torch::kLong, /*non_blocking=*/true);
   };
   return {copy(b.inputs), copy(b.targets)};
+}
+
+void Trainer::Impl::CopyBatchTo(Batch& b, torch::Tensor& x, torch::Tensor& y) const {
+  x.copy_(HostIds(b.inputs, b).pin_memory(), /*non_blocking=*/true);
+  y.copy_(HostIds(b.targets, b).pin_memory(), /*non_blocking=*/true);
 }
 
 Status Trainer::Impl::SetupParallel() {

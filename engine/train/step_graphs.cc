@@ -167,13 +167,12 @@ Status Trainer::Impl::GraphStep(double scale, double lr, ZeroStepResult* result,
   bool replay = true;  // false once a capture failed: the rest of the step runs eagerly
   for (int64_t micro = 0; micro < gas; ++micro) {
     DS_RETURN_IF_ERROR(sampler->Next(data.train, &batch));
-    auto [x, y] = OnDevice(batch);
     if (!g.x.defined()) {
-      g.x = torch::empty_like(x);
-      g.y = torch::empty_like(y);
+      auto ids = torch::TensorOptions().dtype(torch::kLong).device(device);
+      g.x = torch::empty({batch.B, batch.T}, ids);
+      g.y = torch::empty({batch.B, batch.T}, ids);
     }
-    g.x.copy_(x, /*non_blocking=*/true);
-    g.y.copy_(y, /*non_blocking=*/true);
+    CopyBatchTo(batch, g.x, g.y);
     const bool last = micro == gas - 1;
     auto run = [&] { return MicroStep(g.x, g.y, scale, last, g.loss_sum); };
     if (!replay) {
@@ -221,8 +220,6 @@ Status Trainer::Impl::GraphStep(double scale, double lr, ZeroStepResult* result,
 }
 
 #else
-
-Status Trainer::Impl::GraphFailed(const Status& why) { return why; }
 
 Status Trainer::Impl::GraphStep(double, double, ZeroStepResult*, torch::Tensor*) {
   return Status::FailedPrecondition("CUDA graphs need a LibTorch with CUDA");

@@ -197,6 +197,12 @@ TEST(DsrunLaunchTest, BenchProfilesStepsOnRankZero) {
   ShellResult trace = Sh("python3 -c " + Q("import json, sys; json.load(open(sys.argv[1]))") + " " +
                          Q(dir.Join("p/profile-0.trace.json")));
   EXPECT_EQ(trace.status, 0) << trace.out;
+  // A folder that cannot be made: named, before any rank starts.
+  ASSERT_TRUE(io::Env::Default()->WriteFileSynced(dir.Join("file"), "x").ok());
+  r = Sh(Q(testing::BuildDir() + "/dsrun") + " bench --config x.json --profile " +
+         Q(dir.Join("file/p")));
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("--profile " + dir.Join("file/p")));
 }
 
 TEST(DsrunLaunchTest, BenchMeasuresTensorAndPipelineLayouts) {

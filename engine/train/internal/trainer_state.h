@@ -108,6 +108,8 @@ struct Trainer::Impl {
   Result<torch::Tensor> PipelineEval(int64_t batches);
   // The micro batch `b` on the device: inputs and targets.
   std::pair<torch::Tensor, torch::Tensor> OnDevice(Batch& b) const;
+  // The same into tensors of its shape on the GPU (the ones CUDA graphs read), without waiting.
+  void CopyBatchTo(Batch& b, torch::Tensor& x, torch::Tensor& y) const;
   Status EnsureMonitor();
   Status Step();
   // One micro batch's forward and backward into ZeRO's gradient; its loss added to `loss_sum`.
