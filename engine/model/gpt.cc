@@ -1,6 +1,8 @@
 #include "engine/model/gpt.h"
 
 #include <ATen/ops/_log_softmax.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <torch/autograd.h>
 #include <torch/nn/functional/activation.h>
@@ -9,7 +11,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string_view>
+
+#if DS_CUDA_KERNELS
+#include <c10/cuda/CUDAStream.h>
+
+#include "engine/model/cross_entropy_kernels.h"
+#endif
 
 namespace ds::engine {
 namespace {
@@ -86,6 +95,70 @@ struct SplitRule {
 constexpr SplitRule kSplitRules[] = {{"attn_c_attn.weight", {0, 3}}, {"attn_c_attn.bias", {0, 3}},
                                      {"mlp_c_fc.weight", {0, 1}},    {"mlp_c_fc.bias", {0, 1}},
                                      {"attn_c_proj.weight", {1, 1}}, {"mlp_c_proj.weight", {1, 1}}};
+
+// cuBLAS runs a product whose rows are not a multiple of 16 bytes with its slowest kernels
+// ("align1": on the H100, sm75 CUTLASS kernels), and GPT-2's vocabulary of 50257 makes every
+// row of the logits, and of their gradient, odd: the head's three products took 15.4 ms of a
+// 41.5 ms GPT-2 124M step (profiled, micro-batch 8). The loss's logits are computed against the
+// tied embedding padded with zero rows to a multiple of 64 and a bias of -inf on the padding, so
+// the padded columns add nothing to the softmax and get no gradient; the model is unchanged.
+constexpr int64_t kLogitsAlign = 64;
+
+torch::Tensor AlignedLogits(const torch::Tensor& h, const torch::Tensor& wte) {
+  const int64_t v = wte.size(0);
+  const int64_t padded = (v + kLogitsAlign - 1) / kLogitsAlign * kLogitsAlign;
+  if (padded == v || !h.is_cuda()) return torch::matmul(h, wte.t());
+  torch::Tensor bias = at::full({padded}, -std::numeric_limits<double>::infinity(), h.options());
+  bias.narrow(0, 0, v).zero_();
+  return at::addmm(bias, h, at::constant_pad_nd(wte, {0, 0, 0, padded - v}).t());
+}
+
+#if DS_CUDA_KERNELS
+// The mean cross-entropy through our kernels (cross_entropy_kernels.h): the logits are read in
+// their own type and never copied to fp32; backward writes their gradient in one pass.
+struct FusedCrossEntropy : public torch::autograd::Function<FusedCrossEntropy> {
+  static cuda::LogitsView View(const torch::Tensor& logits) {
+    cuda::LogitsView v;
+    v.type = logits.scalar_type() == torch::kBFloat16 ? cuda::LogitsType::kBFloat16
+             : logits.scalar_type() == torch::kFloat16 ? cuda::LogitsType::kFloat16
+                                                       : cuda::LogitsType::kFloat32;
+    v.data = logits.data_ptr();
+    v.rows = logits.size(0);
+    v.cols = logits.size(1);
+    v.row_stride = logits.stride(0);
+    return v;
+  }
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor logits,
+                               torch::Tensor targets) {
+    if (logits.stride(1) != 1) logits = logits.contiguous();
+    targets = targets.contiguous();
+    auto f32 = logits.options().dtype(torch::kFloat32);
+    torch::Tensor lse = torch::empty({logits.size(0)}, f32);
+    torch::Tensor loss = torch::empty({logits.size(0)}, f32);
+    const std::string err =
+        cuda::CrossEntropyForward(View(logits), targets.data_ptr<int64_t>(), lse.data_ptr<float>(),
+                                  loss.data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(err.empty(), err);
+    ctx->save_for_backward({logits, targets, lse});
+    return loss.mean();
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto saved = ctx->get_saved_variables();
+    const torch::Tensor& logits = saved[0];
+    // d(mean)/d(loss[r]) = 1 / rows, times the incoming gradient: kept on the device.
+    torch::Tensor scale =
+        (grad_out[0].to(torch::kFloat32) / static_cast<double>(logits.size(0))).contiguous();
+    torch::Tensor grad = torch::empty_like(logits, torch::MemoryFormat::Contiguous);
+    const std::string err = cuda::CrossEntropyBackward(
+        View(logits), saved[1].data_ptr<int64_t>(), saved[2].data_ptr<float>(),
+        scale.data_ptr<float>(), grad.data_ptr(), grad.stride(0),
+        c10::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(err.empty(), err);
+    return {grad, torch::Tensor()};
+  }
+};
+#endif
 
 }  // namespace
 
@@ -244,11 +317,19 @@ torch::Tensor GptImpl::loss(const torch::Tensor& idx, const torch::Tensor& targe
 torch::Tensor GptImpl::stage_forward(const torch::Tensor& in, const torch::Tensor& targets) {
   torch::Tensor x = Blocks(first_stage() ? Embed(in) : in);
   if (!last_stage()) return x;
-  torch::Tensor logits = Head(x).view({-1, o_.vocab});  // (B * T, V)
+  // (B * T, V), or (B * T, V rounded up) with -inf in the added columns on a GPU.
+  torch::Tensor logits = AlignedLogits(ln_f_(x).reshape({-1, x.size(-1)}), wte_->weight);
   return CrossEntropyInFp32(logits, targets.reshape({-1}));
 }
 
 torch::Tensor CrossEntropyInFp32(const torch::Tensor& logits, const torch::Tensor& targets) {
+#if DS_CUDA_KERNELS
+  const auto t = logits.scalar_type();
+  if (logits.is_cuda() && logits.dim() == 2 && targets.scalar_type() == torch::kLong &&
+      (t == torch::kFloat32 || t == torch::kBFloat16 || t == torch::kFloat16)) {
+    return FusedCrossEntropy::apply(logits, targets);
+  }
+#endif
   if (logits.is_cuda() && logits.scalar_type() == torch::kFloat16) {
     // The log-softmax reads the fp16 logits and writes fp32: the same values as converting
     // first, without an fp32 copy of the logits (B * T * V * 4 bytes) written and read forward

@@ -51,7 +51,8 @@ struct GptPlace {
 inline constexpr char kGptTiedEmbedding[] = "wte.weight";
 
 // The mean cross-entropy of `logits` (N, V) against `targets` (N) token ids, computed in fp32
-// whatever the logits' dtype (fp16 on a GPU without an fp32 copy of the logits).
+// whatever the logits' dtype: on a GPU by our fused kernels (cross_entropy_kernels.h) where
+// they were built, which never copy the logits to fp32; logits of -inf count for nothing.
 torch::Tensor CrossEntropyInFp32(const torch::Tensor& logits, const torch::Tensor& targets);
 
 // How the GPT cuts a parameter across tensor-parallel ranks, by its name.

@@ -241,25 +241,91 @@ TEST(GpuTest, SavesOverlappingTrainingHoldTheirStep) {
 
 // The GPT's loss on 16-bit logits (fp16: log-softmax straight to fp32 on the GPU; bf16: converted
 // first) equals the loss of the logits converted to fp32 first, and so do the gradients.
-TEST(GpuTest, CrossEntropyOf16BitLogitsMatchesFp32) {
+// The loss on a GPU runs our fused kernels (engine/model/cross_entropy_kernels.cu where nvcc
+// was found): against LibTorch's cross-entropy of fp32 logits, for each logits type, for rows
+// read 16 bytes at a time (1000 columns) and one by one (1001), with large logits, and with
+// -inf padding columns, which must get a zero gradient.
+TEST(GpuTest, CrossEntropyOnTheGpuMatchesFp32) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible";
   torch::manual_seed(7);
   auto opts = torch::TensorOptions().device(torch::kCUDA);
-  torch::Tensor targets = torch::randint(1000, {512}, opts.dtype(torch::kLong));
-  for (torch::Dtype dtype : {torch::kFloat16, torch::kBFloat16}) {
-    SCOPED_TRACE(dtype == torch::kFloat16 ? "fp16" : "bf16");
-    torch::Tensor base = (3 * torch::randn({512, 1000}, opts)).to(dtype);
-    torch::Tensor a = base.clone().requires_grad_(true), b = base.clone().requires_grad_(true);
-    torch::Tensor fast = CrossEntropyInFp32(a, targets);
-    torch::Tensor plain =
-        torch::nn::functional::cross_entropy(b.to(torch::kFloat32), targets);  // the reference
-    EXPECT_EQ(fast.scalar_type(), torch::kFloat32);
-    EXPECT_NEAR(fast.item<double>(), plain.item<double>(), 1e-6 * plain.item<double>());
-    fast.backward();
+  for (int64_t cols : {1000, 1001}) {
+    for (torch::Dtype dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
+      for (bool padded : {false, true}) {
+        SCOPED_TRACE(std::string(c10::toString(dtype)) + ", " + std::to_string(cols) +
+                     " columns" + (padded ? ", -inf in the last 24" : ""));
+        const int64_t vocab = padded ? cols - 24 : cols;
+        torch::Tensor targets = torch::randint(vocab, {512}, opts.dtype(torch::kLong));
+        targets[0] = vocab - 1;
+        torch::Tensor base = 3 * torch::randn({512, cols}, opts);
+        base[1] += 60;  // a row whose exp() overflows fp32 unless the maximum is taken out
+        if (padded) base.narrow(1, vocab, cols - vocab).fill_(-INFINITY);
+        base = base.to(dtype);
+        torch::Tensor a = base.clone().requires_grad_(true), b = base.clone().requires_grad_(true);
+        torch::Tensor fast = CrossEntropyInFp32(a, targets);
+        torch::Tensor plain = torch::nn::functional::cross_entropy(b.to(torch::kFloat32), targets);
+        EXPECT_EQ(fast.scalar_type(), torch::kFloat32);
+        ASSERT_TRUE(std::isfinite(fast.item<double>()));
+        EXPECT_NEAR(fast.item<double>(), plain.item<double>(), 1e-5 * plain.item<double>());
+        (2 * fast).backward();  // an incoming gradient other than 1
+        (2 * plain).backward();
+        ASSERT_EQ(a.grad().scalar_type(), dtype);
+        // The same fp32 arithmetic rounded to the logits' type once: at most one bf16 step
+        // (2^-8) of the largest apart (fp32 and fp16 closer).
+        torch::Tensor ga = a.grad().to(torch::kFloat32), gb = b.grad().to(torch::kFloat32);
+        ASSERT_TRUE(ga.isfinite().all().item<bool>());
+        EXPECT_LE((ga - gb).abs().max().item<double>(), gb.abs().max().item<double>() / 256);
+        if (padded) {
+          EXPECT_EQ(ga.narrow(1, vocab, cols - vocab).abs().max().item<double>(), 0.0);
+        }
+      }
+    }
+  }
+}
+
+// On a GPU the loss's logits are computed against the tied embedding padded to a multiple of
+// 64 rows with -inf logits on the padding (cuBLAS's aligned kernels): the loss and every
+// gradient must be those of the plain (B * T, V) logits.
+TEST(GpuTest, PaddedHeadLossEqualsThePlainLoss) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible";
+  GptOptions o;
+  o.n_layer = 2;
+  o.n_head = 4;
+  o.d_model = 128;
+  o.seq_len = 64;
+  o.vocab = 1001;  // padded to 1024
+  for (torch::Dtype dtype : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    Gpt gpt(o);
+    gpt->to(torch::kCUDA, dtype);
+    auto opts = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kLong);
+    torch::manual_seed(3);
+    torch::Tensor idx = torch::randint(o.vocab, {4, o.seq_len}, opts);
+    torch::Tensor tgt = torch::randint(o.vocab, {4, o.seq_len}, opts);
+    tgt[0][0] = o.vocab - 1;  // the last real column is not masked
+    torch::Tensor padded = gpt->loss(idx, tgt);
+    padded.backward();
+    std::vector<torch::Tensor> grads;
+    for (const auto& p : gpt->parameters()) {
+      grads.push_back(p.grad().to(torch::kFloat32));
+      p.mutable_grad() = torch::Tensor();
+    }
+    torch::Tensor logits = gpt->forward(idx);  // (B, T, V) through a plain product
+    ASSERT_EQ(logits.size(2), o.vocab);
+    torch::Tensor plain = CrossEntropyInFp32(logits.reshape({-1, o.vocab}), tgt.reshape({-1}));
     plain.backward();
-    // The same fp32 arithmetic rounded to 16 bits once: at most one bf16 step (2^-8) apart.
-    torch::Tensor ga = a.grad().to(torch::kFloat32), gb = b.grad().to(torch::kFloat32);
-    EXPECT_LE((ga - gb).abs().max().item<double>(), gb.abs().max().item<double>() / 256);
+    ASSERT_TRUE(std::isfinite(padded.item<double>()));
+    // Different kernels sum in different orders: agreement to the 16-bit types' rounding.
+    const double tol = dtype == torch::kFloat32 ? 1e-5 : 2e-2;
+    EXPECT_NEAR(padded.item<double>(), plain.item<double>(), tol * plain.item<double>());
+    auto params = gpt->named_parameters();
+    for (size_t i = 0; i < params.size(); ++i) {
+      torch::Tensor want = params[i].value().grad().to(torch::kFloat32);
+      ASSERT_TRUE(grads[i].isfinite().all().item<bool>()) << params[i].key();
+      EXPECT_LE((grads[i] - want).abs().max().item<double>(),
+                tol * std::max(want.abs().max().item<double>(), 1e-3))
+          << params[i].key();
+    }
   }
 }
 
