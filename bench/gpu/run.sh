@@ -106,6 +106,10 @@ for s in "$@"; do
         for p in "$SCRATCH"/profile/*.txt; do
           [[ -f "$p" ]] && { echo "--- $s graphs=$graphs"; cat "$p"; } >>"$OUT/profile-$s.txt"
         done
+        # The eager run's Chrome trace (kernels with the operators that launched them).
+        for t in "$SCRATCH"/profile/*.trace.json; do
+          [[ -f "$t" && "$graphs" == false ]] && gzip -c "$t" >"$OUT/trace-$s.json.gz"
+        done
         cat "$OUT/profile-$s.txt" 2>/dev/null | tail -n 34
         rm -rf "${SCRATCH:?}/$s" "${SCRATCH:?}/profile"
       done
