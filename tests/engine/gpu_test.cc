@@ -316,7 +316,7 @@ TEST(GpuTest, PaddedHeadLossEqualsThePlainLoss) {
     plain.backward();
     ASSERT_TRUE(std::isfinite(padded.item<double>()));
     // Different kernels sum in different orders: agreement to the 16-bit types' rounding.
-    const double tol = dtype == torch::kFloat32 ? 1e-5 : 2e-2;
+    const double tol = dtype == torch::kFloat32 ? 1e-4 : 2e-2;
     EXPECT_NEAR(padded.item<double>(), plain.item<double>(), tol * plain.item<double>());
     auto params = gpt->named_parameters();
     for (size_t i = 0; i < params.size(); ++i) {
