@@ -32,6 +32,8 @@ export DSTRAIN_PYTHON="${DSTRAIN_PYTHON:-/opt/torch/.venv/bin/python3}"
 [[ -d "$ROOT/.deps/root/usr" ]] && export DSTRAIN_DEPS_PREFIX="$ROOT/.deps/root/usr" &&
   export LD_LIBRARY_PATH="$ROOT/.deps/root/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 export DSTRAIN_JOBS="${DSTRAIN_JOBS:-$(nproc)}"
+# nvcc for our own kernels, where the image has it but not on PATH.
+command -v nvcc >/dev/null || { [[ -x /usr/local/cuda/bin/nvcc ]] && export CUDACXX=/usr/local/cuda/bin/nvcc; }
 BUILD="${DSTRAIN_BUILD_DIR:-$ROOT/build}"
 SCRATCH="${DSTRAIN_SCRATCH:-$ROOT/bench-scratch}"  # checkpoints of the benchmarks (not $OUT)
 PY="$DSTRAIN_PYTHON"
@@ -51,7 +53,7 @@ for s in "$@"; do
         echo "build failed; the log is $OUT/build.log"
         exit 1
       fi
-      grep -E '^build.sh' "$OUT/build.log"
+      grep -E '^build.sh|own kernels' "$OUT/build.log"
       ;;
     gpu-tests)
       step gpu-tests
