@@ -33,7 +33,7 @@ export DSTRAIN_PYTHON="${DSTRAIN_PYTHON:-/opt/torch/.venv/bin/python3}"
   export LD_LIBRARY_PATH="$ROOT/.deps/root/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 export DSTRAIN_JOBS="${DSTRAIN_JOBS:-$(nproc)}"
 # nvcc for our own kernels, where the image has it but not on PATH.
-command -v nvcc >/dev/null || { [[ -x /usr/local/cuda/bin/nvcc ]] && export CUDACXX=/usr/local/cuda/bin/nvcc; }
+if ! command -v nvcc >/dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then export CUDACXX=/usr/local/cuda/bin/nvcc; fi
 BUILD="${DSTRAIN_BUILD_DIR:-$ROOT/build}"
 SCRATCH="${DSTRAIN_SCRATCH:-$ROOT/bench-scratch}"  # checkpoints of the benchmarks (not $OUT)
 PY="$DSTRAIN_PYTHON"
