@@ -130,6 +130,10 @@ struct FusedCrossEntropy : public torch::autograd::Function<FusedCrossEntropy> {
   }
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor logits,
                                torch::Tensor targets) {
+    TORCH_CHECK(targets.device() == logits.device() && targets.dim() == 1 &&
+                    targets.size(0) == logits.size(0),
+                "cross-entropy: ", targets.size(0), " targets on ", targets.device(), " for ",
+                logits.size(0), " rows of logits on ", logits.device());
     if (logits.stride(1) != 1) logits = logits.contiguous();
     targets = targets.contiguous();
     auto f32 = logits.options().dtype(torch::kFloat32);
