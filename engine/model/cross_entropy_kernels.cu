@@ -19,13 +19,17 @@ __device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
 template <typename T>
 __device__ __forceinline__ T FromFloat(float v);
 template <>
-__device__ __forceinline__ float FromFloat<float>(float v) { return v; }
+__device__ __forceinline__ float FromFloat<float>(float v) {
+  return v;
+}
 template <>
 __device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 template <>
-__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half_rn(v); }
+__device__ __forceinline__ __half FromFloat<__half>(float v) {
+  return __float2half_rn(v);
+}
 
 // 16 bytes of logits: one load or store instruction.
 template <typename T>
@@ -109,8 +113,7 @@ __global__ void ForwardKernel(const T* __restrict__ logits, int64_t cols, int64_
 template <typename T>
 __global__ void BackwardKernel(const T* logits, int64_t cols, int64_t stride,
                                const int64_t* __restrict__ targets, const float* __restrict__ lse,
-                               const float* __restrict__ scale_ptr, T* grad,
-                               int64_t grad_stride) {
+                               const float* __restrict__ scale_ptr, T* grad, int64_t grad_stride) {
   const int64_t row = blockIdx.x;
   const T* x = logits + row * stride;
   T* g = grad + row * grad_stride;
@@ -179,9 +182,9 @@ std::string CrossEntropyBackward(const LogitsView& l, const int64_t* targets, co
                                                static_cast<float*>(grad), grad_row_stride);
       break;
     case LogitsType::kBFloat16:
-      BackwardKernel<<<grid, kThreads, 0, s>>>(
-          static_cast<const __nv_bfloat16*>(l.data), l.cols, l.row_stride, targets, lse, scale,
-          static_cast<__nv_bfloat16*>(grad), grad_row_stride);
+      BackwardKernel<<<grid, kThreads, 0, s>>>(static_cast<const __nv_bfloat16*>(l.data), l.cols,
+                                               l.row_stride, targets, lse, scale,
+                                               static_cast<__nv_bfloat16*>(grad), grad_row_stride);
       break;
     case LogitsType::kFloat16:
       BackwardKernel<<<grid, kThreads, 0, s>>>(static_cast<const __half*>(l.data), l.cols,

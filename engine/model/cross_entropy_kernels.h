@@ -29,8 +29,8 @@ std::string CrossEntropyForward(const LogitsView& logits, const int64_t* targets
 // grad[r][j] = (exp(x[r][j] - lse[r]) - (j == targets[r])) * *scale, written in the logits'
 // type, rows of `grad_row_stride` elements (grad may be the logits themselves). `scale` is on
 // the device (the loss's incoming gradient over the rows, for the mean), so no host read.
-std::string CrossEntropyBackward(const LogitsView& logits, const int64_t* targets,
-                                 const float* lse, const float* scale, void* grad,
-                                 int64_t grad_row_stride, void* stream);
+std::string CrossEntropyBackward(const LogitsView& logits, const int64_t* targets, const float* lse,
+                                 const float* scale, void* grad, int64_t grad_row_stride,
+                                 void* stream);
 
 }  // namespace ds::engine::cuda

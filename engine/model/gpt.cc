@@ -119,7 +119,7 @@ torch::Tensor AlignedLogits(const torch::Tensor& h, const torch::Tensor& wte) {
 struct FusedCrossEntropy : public torch::autograd::Function<FusedCrossEntropy> {
   static cuda::LogitsView View(const torch::Tensor& logits) {
     cuda::LogitsView v;
-    v.type = logits.scalar_type() == torch::kBFloat16 ? cuda::LogitsType::kBFloat16
+    v.type = logits.scalar_type() == torch::kBFloat16  ? cuda::LogitsType::kBFloat16
              : logits.scalar_type() == torch::kFloat16 ? cuda::LogitsType::kFloat16
                                                        : cuda::LogitsType::kFloat32;
     v.data = logits.data_ptr();
@@ -139,9 +139,9 @@ struct FusedCrossEntropy : public torch::autograd::Function<FusedCrossEntropy> {
     auto f32 = logits.options().dtype(torch::kFloat32);
     torch::Tensor lse = torch::empty({logits.size(0)}, f32);
     torch::Tensor loss = torch::empty({logits.size(0)}, f32);
-    const std::string err =
-        cuda::CrossEntropyForward(View(logits), targets.data_ptr<int64_t>(), lse.data_ptr<float>(),
-                                  loss.data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream());
+    const std::string err = cuda::CrossEntropyForward(View(logits), targets.data_ptr<int64_t>(),
+                                                      lse.data_ptr<float>(), loss.data_ptr<float>(),
+                                                      c10::cuda::getCurrentCUDAStream().stream());
     TORCH_CHECK(err.empty(), err);
     ctx->save_for_backward({logits, targets, lse});
     return loss.mean();

@@ -271,7 +271,8 @@ Status ZeroOptimizer::EndMicroStep(bool last_of_step) {
         grads.push_back(g.reshape(-1));
         g.reset();  // the flat fp32 buffer holds it now (`grads` keeps it until then)
       }
-      if (!accs.empty()) z.acc_fresh ? at::_foreach_copy_(accs, grads) : at::_foreach_add_(accs, grads);
+      if (!accs.empty())
+        z.acc_fresh ? at::_foreach_copy_(accs, grads) : at::_foreach_add_(accs, grads);
       z.acc_fresh = false;
       if (last_of_step) DS_RETURN_IF_ERROR(z.ReduceFlatAccumulator());
       return Status::OK();

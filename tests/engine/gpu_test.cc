@@ -252,8 +252,8 @@ TEST(GpuTest, CrossEntropyOnTheGpuMatchesFp32) {
   for (int64_t cols : {1000, 1001}) {
     for (torch::Dtype dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
       for (bool padded : {false, true}) {
-        SCOPED_TRACE(std::string(c10::toString(dtype)) + ", " + std::to_string(cols) +
-                     " columns" + (padded ? ", -inf in the last 24" : ""));
+        SCOPED_TRACE(std::string(c10::toString(dtype)) + ", " + std::to_string(cols) + " columns" +
+                     (padded ? ", -inf in the last 24" : ""));
         const int64_t vocab = padded ? cols - 24 : cols;
         torch::Tensor targets = torch::randint(vocab, {512}, opts.dtype(torch::kLong));
         targets[0] = vocab - 1;
