@@ -104,7 +104,8 @@ for s in "$@"; do
           --steps 20 --warmup 5 --json --set "model.preset=$preset" model.seq_len=1024 \
           "train_micro_batch_size_per_gpu=$mb" bf16.enabled=true checkpoint.enabled=false \
           "trainer.cuda_graphs=$graphs" "trainer.output_dir=$SCRATCH/$s" \
-          --profile "$SCRATCH/profile" 2>&1 | grep -v '^\[rank' | tee "$OUT/$s-dsrun-graphs-$graphs.log"
+          --profile "$SCRATCH/profile" 2>&1 | grep -E -v '^\[rank [0-9]+\] (step [0-9]|\[)' |
+          tee "$OUT/$s-dsrun-graphs-$graphs.log"  # keeps "steps replay as CUDA graphs" and the like
         for p in "$SCRATCH"/profile/*.txt; do
           [[ -f "$p" ]] && { echo "--- $s graphs=$graphs"; cat "$p"; } >>"$OUT/profile-$s.txt"
         done
