@@ -140,7 +140,14 @@ __global__ void BackwardKernel(const T* logits, int64_t cols, int64_t stride,
   }
 }
 
-std::string Check(const char* what) {
+// Runs `launch(T{})` with T the logits' element type; returns "" or CUDA's error for `what`.
+template <typename Launch>
+std::string Dispatch(LogitsType type, const char* what, Launch&& launch) {
+  switch (type) {
+    case LogitsType::kFloat32: launch(float{}); break;
+    case LogitsType::kBFloat16: launch(__nv_bfloat16{}); break;
+    case LogitsType::kFloat16: launch(__half{}); break;
+  }
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? std::string() : std::string(what) + ": " + cudaGetErrorString(e);
 }
@@ -150,49 +157,25 @@ std::string Check(const char* what) {
 std::string CrossEntropyForward(const LogitsView& l, const int64_t* targets, float* lse,
                                 float* loss, void* stream) {
   if (l.rows == 0) return "";
-  const auto s = static_cast<cudaStream_t>(stream);
-  const auto grid = static_cast<unsigned>(l.rows);
-  switch (l.type) {
-    case LogitsType::kFloat32:
-      ForwardKernel<<<grid, kThreads, 0, s>>>(static_cast<const float*>(l.data), l.cols,
-                                              l.row_stride, targets, lse, loss);
-      break;
-    case LogitsType::kBFloat16:
-      ForwardKernel<<<grid, kThreads, 0, s>>>(static_cast<const __nv_bfloat16*>(l.data), l.cols,
-                                              l.row_stride, targets, lse, loss);
-      break;
-    case LogitsType::kFloat16:
-      ForwardKernel<<<grid, kThreads, 0, s>>>(static_cast<const __half*>(l.data), l.cols,
-                                              l.row_stride, targets, lse, loss);
-      break;
-  }
-  return Check("cross-entropy forward kernel");
+  return Dispatch(l.type, "cross-entropy forward kernel", [&](auto tag) {
+    using T = decltype(tag);
+    ForwardKernel<<<static_cast<unsigned>(l.rows), kThreads, 0,
+                    static_cast<cudaStream_t>(stream)>>>(static_cast<const T*>(l.data), l.cols,
+                                                         l.row_stride, targets, lse, loss);
+  });
 }
 
 std::string CrossEntropyBackward(const LogitsView& l, const int64_t* targets, const float* lse,
                                  const float* scale, void* grad, int64_t grad_row_stride,
                                  void* stream) {
   if (l.rows == 0) return "";
-  const auto s = static_cast<cudaStream_t>(stream);
-  const auto grid = static_cast<unsigned>(l.rows);
-  switch (l.type) {
-    case LogitsType::kFloat32:
-      BackwardKernel<<<grid, kThreads, 0, s>>>(static_cast<const float*>(l.data), l.cols,
-                                               l.row_stride, targets, lse, scale,
-                                               static_cast<float*>(grad), grad_row_stride);
-      break;
-    case LogitsType::kBFloat16:
-      BackwardKernel<<<grid, kThreads, 0, s>>>(static_cast<const __nv_bfloat16*>(l.data), l.cols,
-                                               l.row_stride, targets, lse, scale,
-                                               static_cast<__nv_bfloat16*>(grad), grad_row_stride);
-      break;
-    case LogitsType::kFloat16:
-      BackwardKernel<<<grid, kThreads, 0, s>>>(static_cast<const __half*>(l.data), l.cols,
-                                               l.row_stride, targets, lse, scale,
-                                               static_cast<__half*>(grad), grad_row_stride);
-      break;
-  }
-  return Check("cross-entropy backward kernel");
+  return Dispatch(l.type, "cross-entropy backward kernel", [&](auto tag) {
+    using T = decltype(tag);
+    BackwardKernel<<<static_cast<unsigned>(l.rows), kThreads, 0,
+                     static_cast<cudaStream_t>(stream)>>>(static_cast<const T*>(l.data), l.cols,
+                                                          l.row_stride, targets, lse, scale,
+                                                          static_cast<T*>(grad), grad_row_stride);
+  });
 }
 
 }  // namespace ds::engine::cuda
