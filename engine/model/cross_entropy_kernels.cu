@@ -142,7 +142,10 @@ __global__ void BackwardKernel(const T* logits, int64_t cols, int64_t stride,
 
 // Runs `launch(T{})` with T the logits' element type; returns "" or CUDA's error for `what`.
 template <typename Launch>
-std::string Dispatch(LogitsType type, const char* what, Launch&& launch) {
+std::string Dispatch(LogitsType type, int64_t rows, const char* what, Launch&& launch) {
+  if (rows > 0x7fffffff)
+    return std::string(what) + ": " + std::to_string(rows) +
+           " rows (a block each) exceed CUDA's grid";
   switch (type) {
     case LogitsType::kFloat32: launch(float{}); break;
     case LogitsType::kBFloat16: launch(__nv_bfloat16{}); break;
@@ -157,7 +160,7 @@ std::string Dispatch(LogitsType type, const char* what, Launch&& launch) {
 std::string CrossEntropyForward(const LogitsView& l, const int64_t* targets, float* lse,
                                 float* loss, void* stream) {
   if (l.rows == 0) return "";
-  return Dispatch(l.type, "cross-entropy forward kernel", [&](auto tag) {
+  return Dispatch(l.type, l.rows, "cross-entropy forward kernel", [&](auto tag) {
     using T = decltype(tag);
     ForwardKernel<<<static_cast<unsigned>(l.rows), kThreads, 0,
                     static_cast<cudaStream_t>(stream)>>>(static_cast<const T*>(l.data), l.cols,
@@ -169,7 +172,7 @@ std::string CrossEntropyBackward(const LogitsView& l, const int64_t* targets, co
                                  const float* scale, void* grad, int64_t grad_row_stride,
                                  void* stream) {
   if (l.rows == 0) return "";
-  return Dispatch(l.type, "cross-entropy backward kernel", [&](auto tag) {
+  return Dispatch(l.type, l.rows, "cross-entropy backward kernel", [&](auto tag) {
     using T = decltype(tag);
     BackwardKernel<<<static_cast<unsigned>(l.rows), kThreads, 0,
                      static_cast<cudaStream_t>(stream)>>>(static_cast<const T*>(l.data), l.cols,
