@@ -20,6 +20,7 @@
 #               model's tokens/s on 1 and N GPUs (run with kind nvidia-h100-x2 or larger)
 #   save-bench-16g  `dsckpt bench save` of 16 GB: save and load against the disk's direct-write
 #               and direct-read bound (our io bench: no fio there)
+#   pack        every log under $OUT into $OUT/logs.tgz (the device returns at most 8 files)
 # Make .deps once on the build machine: bench/gpu/fetch_deps.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -196,6 +197,11 @@ for s in "$@"; do
       "$BUILD/dsckpt" bench save --dir "$SCRATCH" --size 16G --repeat 1 --json 2>&1 |
         tee "$OUT/save-bench-16g.log"
       rm -rf "${SCRATCH:?}"
+      ;;
+    pack)
+      # Last: every log under $OUT in one logs.tgz (the device returns at most 8 files).
+      (cd "$OUT" && tar czf /tmp/dstrain-logs.tgz --exclude=logs.tgz . &&
+        find . -mindepth 1 -delete && mv /tmp/dstrain-logs.tgz logs.tgz)
       ;;
     *) echo "unknown step $s" >&2; exit 2 ;;
   esac
