@@ -108,11 +108,11 @@ for s in "$@"; do
           --profile "$SCRATCH/profile" 2>&1 | grep -E -v '^\[rank [0-9]+\] (step [0-9]|\[)' |
           tee "$OUT/$s-dsrun-graphs-$graphs.log"  # keeps "steps replay as CUDA graphs" and the like
         for p in "$SCRATCH"/profile/*.txt; do
-          [[ -f "$p" ]] && { echo "--- $s graphs=$graphs"; cat "$p"; } >>"$OUT/profile-$s.txt"
+          if [[ -f "$p" ]]; then { echo "--- $s graphs=$graphs"; cat "$p"; } >>"$OUT/profile-$s.txt"; fi
         done
         # The eager run's Chrome trace (kernels with the operators that launched them).
         for t in "$SCRATCH"/profile/*.trace.json; do
-          [[ -f "$t" && "$graphs" == false ]] && gzip -c "$t" >"$OUT/trace-$s.json.gz"
+          if [[ -f "$t" && "$graphs" == false ]]; then gzip -c "$t" >"$OUT/trace-$s.json.gz"; fi
         done
         cat "$OUT/profile-$s.txt" 2>/dev/null | tail -n 34
         rm -rf "${SCRATCH:?}/$s" "${SCRATCH:?}/profile"
