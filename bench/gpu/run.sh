@@ -18,6 +18,9 @@
 #               torch.save and DCP (bench/gpu/ckpt_peer.py)
 #   mgpu        several GPUs (NCCL): ZeRO stages, TP 2 and PP 2 against one GPU, and the 1.3B
 #               model's tokens/s on 1 and N GPUs (run with kind nvidia-h100-x2 or larger)
+#   mgpu-ckpt   several GPUs: the 1.3B model's state saved by every rank at once, resumed on
+#               another GPU count, and a run with one rank killed (--max-restarts) against one
+#               without (MGPU_N ranks, default every GPU; MGPU_MODEL: the model's --set items)
 #   save-bench-16g  `dsckpt bench save` of 16 GB: save and load against the disk's direct-write
 #               and direct-read bound (our io bench: no fio there)
 #   pack        every log under $OUT into $OUT/logs.tgz (the device returns at most 8 files)
@@ -188,6 +191,70 @@ for s in "$@"; do
           --reshard "$reshard" --json 2>&1 | grep -E '^fsdp2|^\{|rror' |
           tee -a "$OUT/mgpu-fsdp.log" || echo "fsdp2 on $gpus GPU(s) failed"
       done
+      ;;
+    mgpu-ckpt)
+      # Issue 13's checkpoint runs, all on N ranks (MGPU_N; on a machine without GPUs the ranks
+      # run on the CPU, which tries the script with a small MGPU_MODEL):
+      # 1. the model's full state saved by every rank at once, at stages 1 and 3 (dsrun bench:
+      #    stall, durable, stored bytes against the disk's direct-write bound, measured after);
+      # 2. the last of those checkpoints (stage 3, N ranks) resumed on 1 rank and on N/2: the
+      #    "resumed from" line says the layouts, the bytes read, the time and the rate;
+      # 3. one rank killed with SIGKILL twice in a run with --max-restarts 2 that must finish,
+      #    and its last checkpoint against the same run without a kill (dsckpt diff).
+      step mgpu-ckpt
+      n=${MGPU_N:-$(nvidia-smi -L | wc -l)}
+      # shellcheck disable=SC2206  # MGPU_MODEL holds several items
+      model=(${MGPU_MODEL:-model.preset=gpt-1.3b model.seq_len=1024 train_micro_batch_size_per_gpu=4 bf16.enabled=true})
+      cfg=(--config "$ROOT/examples/demo.json")
+      quiet() { grep -E -v '^\[rank [0-9]+\] (step [0-9]|\[)' | tee -a "$OUT/mgpu-ckpt.log"; }
+      for stage in 1 3; do  # stage 3's checkpoint stays for the resumes
+        rm -rf "${SCRATCH:?}/mc"
+        "$BUILD/dsrun" bench "${cfg[@]}" --nproc-per-node "$n" --stages "$stage" --steps 3 \
+          --warmup 2 --json --set "${model[@]}" checkpoint.keep_last=1 tensorboard.enabled=false \
+          "trainer.output_dir=$SCRATCH/mc" 2>&1 | quiet || echo "saving on $n ranks failed" | quiet
+      done
+      if tag=$(cat "$SCRATCH/mc/checkpoints/latest" 2>/dev/null); then
+        saved=${tag#step-}
+        saved=$((10#${saved%%.*}))
+        for m in $(printf '%s\n' 1 $((n / 2)) | sort -un); do
+          [[ $m -lt $n ]] || continue
+          "$BUILD/dsrun" "${cfg[@]}" --nproc-per-node "$m" --resume latest \
+            --max-steps $((saved + 2)) --set "${model[@]}" zero_optimization.stage=3 \
+            checkpoint.save_interval_steps=0 checkpoint.keep_last=1 tensorboard.enabled=false \
+            trainer.eval_interval=0 "trainer.output_dir=$SCRATCH/mc" 2>&1 |
+            grep -E 'resumed from|trained|rror' | sed "s/^/[resume on $m] /" | quiet ||
+            echo "[resume on $m] failed" | quiet
+        done
+      fi
+      rm -rf "${SCRATCH:?}/mc"
+      small=(--nproc-per-node "$n" --max-steps 200 --set checkpoint.save_interval_steps=10
+        zero_optimization.stage=2 model.n_layer=2 model.d_model=64 tensorboard.enabled=false
+        trainer.eval_interval=0 steps_per_print=1)
+      "$BUILD/dsrun" "${cfg[@]}" "${small[@]}" "trainer.output_dir=$SCRATCH/clean" \
+        >"$OUT/mgpu-kill-clean.log" 2>&1 || echo "[kill] the run without a kill failed" | quiet
+      kill_rank1() {  # the rank process whose environment says RANK=1
+        local p
+        for p in $(pgrep -P "$1"); do
+          if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx RANK=1; then kill -9 "$p"; fi
+        done
+      }
+      wait_for() {  # wait_for <pattern> <log>: at most a minute
+        local _
+        for _ in $(seq 1 1200); do grep -q "$1" "$2" && return 0; sleep 0.05; done
+        return 1
+      }
+      log="$OUT/mgpu-kill.log"
+      "$BUILD/dsrun" "${cfg[@]}" "${small[@]}" "trainer.output_dir=$SCRATCH/faulty" \
+        --max-restarts 2 >"$log" 2>&1 &
+      launcher=$!
+      wait_for 'rank 0\] step 15/' "$log" && kill_rank1 "$launcher"
+      wait_for 'resumed from' "$log" && wait_for 'rank 0\] step 35/' "$log" && kill_rank1 "$launcher"
+      if wait "$launcher"; then rc=0; else rc=$?; fi
+      { echo "exit status $rc"; grep -E 'restart [0-9]+ of|resumed from|trained' "$log"; } |
+        sed 's/^/[kill] /' | quiet
+      "$BUILD/dsckpt" diff --ignore-blobs "$SCRATCH/clean/checkpoints/step-00000200" \
+        "$SCRATCH/faulty/checkpoints/step-00000200" 2>&1 | tail -n 3 | sed 's/^/[kill] diff: /' | quiet
+      rm -rf "${SCRATCH:?}/clean" "${SCRATCH:?}/faulty"
       ;;
     save-bench-16g)
       # The save pipeline alone on 16 GB of synthetic state from host memory: load against the

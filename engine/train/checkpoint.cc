@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <mutex>
@@ -603,7 +604,11 @@ Result<std::string> Trainer::Impl::Load(const std::string& path, const ResumeOpt
     line += "; Adam starts afresh (--no-load-optimizer)";
   if (!r.load_scheduler && !r.module_only)
     line += "; the LR schedule restarts (--no-load-scheduler)";
-  line += "; read " + io::FormatBytes(rs.stored_bytes) + ", every chunk checksummed";
+  char secs[32];
+  std::snprintf(secs, sizeof(secs), "%.2f s", rs.seconds);
+  line += "; read " + io::FormatBytes(rs.stored_bytes) + " in " + secs + " (" +
+          io::FormatRate(rs.seconds > 0 ? static_cast<double>(rs.copied_bytes) / rs.seconds : 0) +
+          " of state), every chunk checksummed";
   return line;
 }
 
