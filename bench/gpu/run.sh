@@ -136,6 +136,19 @@ for s in "$@"; do
           "checkpoint.chunk_bytes=${CKPT_CHUNK:-4MiB}" ${CKPT_SET:-} \
           "trainer.output_dir=$SCRATCH/dsrun" 2>&1 | tee "$OUT/ckpt-dsrun-staging-$staging.log" |
           grep -E -v '^\[rank [0-9]+\] (step|\[)'  # keeps the staging and checkpoint lines
+        # The load: the last checkpoint resumed for one step (CKPT_RESUME=0 skips); the
+        # "resumed from" line gives the read's time and rate.
+        if [[ "${CKPT_RESUME:-1}" == 1 ]] && tag=$(cat "$SCRATCH/dsrun/checkpoints/latest" 2>/dev/null); then
+          saved=${tag#step-}
+          saved=$((10#${saved%%.*}))
+          # shellcheck disable=SC2086  # CKPT_SET holds several items
+          "$BUILD/dsrun" --config "$ROOT/examples/demo.json" --resume latest \
+            --max-steps $((saved + 1)) --set model.preset=gpt-1.3b model.seq_len=1024 \
+            train_micro_batch_size_per_gpu=4 bf16.enabled=true checkpoint.save_interval_steps=0 \
+            trainer.eval_interval=0 tensorboard.enabled=false ${CKPT_SET:-} \
+            "trainer.output_dir=$SCRATCH/dsrun" 2>&1 | grep -E 'resumed from|rror' |
+            tee -a "$OUT/ckpt-dsrun-staging-$staging.log" || echo "resume failed"
+        fi
         rm -rf "${SCRATCH:?}/dsrun"
       done
       [[ "${CKPT_PEERS:-}" == none ]] ||
