@@ -254,9 +254,10 @@ TEST(DsrunLaunchTest, SigtermSavesTheStepExitsSeventyFiveAndResumes) {
   EXPECT_THAT(resumed.out, HasSubstr("resumed from "));
   EXPECT_THAT(resumed.out, HasSubstr("at step " + std::to_string(saved)));
   // How long the read took and its rate (the load bandwidth the GPU runs report).
-  EXPECT_THAT(resumed.out, ::testing::ContainsRegex(
-                               "; read [0-9.]+ [KMG]?i?B in [0-9]+\\.[0-9]{2} s \\([0-9.]+ [kMG]?B/s "
-                               "of state\\), every chunk checksummed"));
+  EXPECT_THAT(resumed.out,
+              ::testing::ContainsRegex(
+                  "; read [0-9.]+ [KMG]?i?B in [0-9]+\\.[0-9]{2} s \\([0-9.]+ [kMG]?B/s "
+                  "of state\\), every chunk checksummed"));
   EXPECT_THAT(resumed.out, HasSubstr("trained " + std::to_string(saved + 10) + " steps"));
 }
 
