@@ -43,6 +43,14 @@ SCRATCH="${DSTRAIN_SCRATCH:-$ROOT/bench-scratch}"  # checkpoints of the benchmar
 PY="$DSTRAIN_PYTHON"
 
 step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
+# The step of the checkpoint `latest` names in the save directory $1 ("step-00000006" or
+# "step-00000006.1" -> 6); fails when there is none.
+latest_step() {
+  local tag
+  tag=$(cat "$1/latest" 2>/dev/null) || return 1
+  tag=${tag#step-}
+  echo $((10#${tag%%.*}))
+}
 
 for s in "$@"; do
   case "$s" in
@@ -138,9 +146,7 @@ for s in "$@"; do
           grep -E -v '^\[rank [0-9]+\] (step|\[)'  # keeps the staging and checkpoint lines
         # The load: the last checkpoint resumed for one step (CKPT_RESUME=0 skips); the
         # "resumed from" line gives the read's time and rate.
-        if [[ "${CKPT_RESUME:-1}" == 1 ]] && tag=$(cat "$SCRATCH/dsrun/checkpoints/latest" 2>/dev/null); then
-          saved=${tag#step-}
-          saved=$((10#${saved%%.*}))
+        if [[ "${CKPT_RESUME:-1}" == 1 ]] && saved=$(latest_step "$SCRATCH/dsrun/checkpoints"); then
           # shellcheck disable=SC2086  # CKPT_SET holds several items
           "$BUILD/dsrun" --config "$ROOT/examples/demo.json" --resume latest \
             --max-steps $((saved + 1)) --set model.preset=gpt-1.3b model.seq_len=1024 \
@@ -226,9 +232,7 @@ for s in "$@"; do
           --warmup 2 --json --set "${model[@]}" checkpoint.keep_last=1 tensorboard.enabled=false \
           "trainer.output_dir=$SCRATCH/mc" 2>&1 | quiet || echo "saving on $n ranks failed" | quiet
       done
-      if tag=$(cat "$SCRATCH/mc/checkpoints/latest" 2>/dev/null); then
-        saved=${tag#step-}
-        saved=$((10#${saved%%.*}))
+      if saved=$(latest_step "$SCRATCH/mc/checkpoints"); then
         for m in $(printf '%s\n' 1 $((n / 2)) | sort -un); do
           [[ $m -lt $n ]] || continue
           "$BUILD/dsrun" "${cfg[@]}" --nproc-per-node "$m" --resume latest \
