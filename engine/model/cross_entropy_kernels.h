@@ -3,7 +3,8 @@
 // log-softmax converts bf16 first, and writes, then reads back, an fp32 copy of the logits
 // forward and of their gradient backward: for GPT-2 124M at 8 x 1024 tokens, 1.6 GB each). These
 // read the logits in their own type, do every sum in fp32, and write the gradient once, in the
-// logits' type. No LibTorch or CUDA header here: engine/model/cross_entropy.cc wraps them.
+// logits' type. No LibTorch or CUDA header here: FusedCrossEntropy in engine/model/gpt.cc wraps
+// them.
 // Thread safety: each call only queues work on `stream`.
 #pragma once
 
