@@ -1,6 +1,7 @@
 #include "io/env.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <random>
 
@@ -14,7 +15,8 @@ Status File::Preallocate(uint64_t size) {
 Result<bool> Env::Exists(const std::string& path) {
   Result<FileInfo> info = Stat(path);
   if (info.ok()) return true;
-  if (info.status().IsNotFound()) return false;
+  // "a/b" where a is a file does not exist either (ENOTDIR).
+  if (info.status().IsNotFound() || info.status().sys_errno() == ENOTDIR) return false;
   return info.status();
 }
 
@@ -48,17 +50,47 @@ Status Env::CreateDirsDurably(const std::string& dir) {
   return Status::OK();
 }
 
-Status Env::RemoveAll(const std::string& path) {
-  Result<FileInfo> info = Stat(path);
-  if (!info.ok()) return info.status().IsNotFound() ? Status::OK() : info.status();
-  if (!info->is_dir) {
-    Status s = RemoveFile(path);
-    return s.IsNotFound() ? Status::OK() : s;
+Status MountPointError(const std::string& dir) {
+  return Status::FailedPrecondition(dir +
+                                    " is a mount point (another filesystem): not removing what "
+                                    "is under it; unmount it first");
+}
+
+namespace {
+
+// Removes `path`, which LinkStat described as `info`, never entering a directory of another
+// filesystem than `device` (nor the root of a bind mount) nor following a link.
+Status RemoveEntry(Env* env, const std::string& path, const FileInfo& info, uint64_t device,
+                   const Env::FileRemovedFn& on_file_removed) {
+  if (info.type != FileType::kDirectory) {
+    Status s = env->RemoveFile(path);  // a link goes as a link
+    if (s.IsNotFound()) return Status::OK();
+    if (s.ok() && on_file_removed) on_file_removed(info.size);
+    return s;
   }
-  DS_ASSIGN_OR_RETURN(std::vector<std::string> names, ListDir(path));
-  for (const std::string& name : names) DS_RETURN_IF_ERROR(RemoveAll(JoinPath(path, name)));
-  Status s = RemoveDir(path);
+  if (info.device != device || info.mount_root) return MountPointError(path);
+  Result<std::vector<std::string>> names = env->ListDir(path);
+  if (!names.ok()) return names.status().IsNotFound() ? Status::OK() : names.status();
+  for (const std::string& name : *names) {
+    const std::string child = JoinPath(path, name);
+    Result<FileInfo> child_info = env->LinkStat(child);
+    if (!child_info.ok() && child_info.status().IsNotFound()) continue;  // gone meanwhile
+    if (!child_info.ok()) return child_info.status();
+    DS_RETURN_IF_ERROR(RemoveEntry(env, child, *child_info, device, on_file_removed));
+  }
+  Status s = env->RemoveDir(path);
   return s.IsNotFound() ? Status::OK() : s;
+}
+
+}  // namespace
+
+Status Env::RemoveAll(const std::string& path, const FileRemovedFn& on_file_removed) {
+  Result<FileInfo> info = LinkStat(path);
+  if (!info.ok()) return info.status().IsNotFound() ? Status::OK() : info.status();
+  // The filesystem of the directory holding `path`: `path` itself may not be a mount point.
+  Result<FileInfo> parent = Stat(DirName(path));
+  if (!parent.ok()) return parent.status().IsNotFound() ? Status::OK() : parent.status();
+  return RemoveEntry(this, path, *info, parent->device, on_file_removed);
 }
 
 Result<std::string> Env::ReadFileToString(const std::string& path) {

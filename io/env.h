@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -33,12 +34,29 @@ struct OpenOptions {
   // direct() tells which one you got. Unaligned requests on a direct file go through the page
   // cache transparently.
   bool direct = false;
+  // Only a regular file: a directory, FIFO, device or socket fails with FailedPrecondition
+  // saying what it is ("x is a FIFO, not a regular file"). The open never blocks (a FIFO with
+  // no writer would) and the check is made on the opened file, not on a name looked up
+  // earlier. For readers of files that must be ours, such as shards.
+  bool regular_only = false;
+};
+
+enum class FileType : uint8_t {
+  kRegular,
+  kDirectory,
+  kSymlink,  // only from LinkStat: Stat follows links
+  kOther,    // a FIFO, a device or a socket
 };
 
 struct FileInfo {
-  uint64_t size = 0;         // bytes
-  bool is_dir = false;
+  uint64_t size = 0;         // bytes; a symbolic link: the length of the path it holds
+  bool is_dir = false;       // type == FileType::kDirectory
   int64_t mtime_micros = 0;  // wall clock, microseconds since the Unix epoch
+  FileType type = FileType::kRegular;
+  uint64_t device = 0;      // the filesystem it is on (st_dev): differs across a mount point
+  bool mount_root = false;  // the root of a mount, a bind mount of the same filesystem too
+                            // (statx); false where the system cannot tell
+  std::string link_target;  // kSymlink: the path the link holds, as written (not resolved)
 };
 
 struct SpaceInfo {
@@ -114,7 +132,11 @@ class Env {
   virtual Status Rename(const std::string& from, const std::string& to) = 0;
   // Hard link; fails with FailedPrecondition when `to` exists.
   virtual Status Link(const std::string& from, const std::string& to) = 0;
+  // Follows symbolic links (stat(2)).
   virtual Result<FileInfo> Stat(const std::string& path) = 0;
+  // Does not follow a link at `path` itself (lstat(2)): a link is reported as kSymlink with its
+  // target. An Env without links (MemEnv) returns what Stat does.
+  virtual Result<FileInfo> LinkStat(const std::string& path) = 0;
 
   // ---- directories. Entries created, renamed or removed in `dir` are durable only after
   // SyncDir(dir): callers say so explicitly, nothing syncs a directory behind their back.
@@ -140,7 +162,17 @@ class Env {
   // mkdir -p, then SyncDir of the parent of every directory it created, so the new directories
   // survive a crash (a checkpoint inside a directory whose own entry was lost is lost too).
   Status CreateDirsDurably(const std::string& dir);
-  Status RemoveAll(const std::string& path);  // rm -rf; a missing path is fine
+  // rm -rf that never leaves `path`: a symbolic link is removed as a link (its target is not
+  // touched), and a mount point (another filesystem, or a bind mount) is neither entered nor
+  // removed from, `path` itself included: FailedPrecondition naming it, with what was removed
+  // before it gone. A missing path is fine,
+  // and so is anything that vanishes meanwhile. `on_file_removed` is told the size of each
+  // file (or link) once it is removed. The default walks with LinkStat, ListDir, RemoveFile and
+  // RemoveDir, so a wrapper sees every step; PosixEnv walks directory descriptors instead, so a
+  // directory swapped for a link during the walk is not followed either.
+  using FileRemovedFn = std::function<void(uint64_t bytes)>;
+  virtual Status RemoveAll(const std::string& path, const FileRemovedFn& on_file_removed);
+  Status RemoveAll(const std::string& path) { return RemoveAll(path, nullptr); }
   Result<std::string> ReadFileToString(const std::string& path);
   // Writes `data` to a fresh file at `path` and fsyncs it (not its directory).
   Status WriteFileSynced(const std::string& path, std::string_view data);
@@ -151,7 +183,7 @@ class Env {
   Result<std::unique_ptr<FileLock>> LockFile(const std::string& path, uint64_t timeout_micros);
 };
 
-// Forwards every call to a target Env; test Envs override what they need.
+// Forwards every call (but RemoveAll) to a target Env; test Envs override what they need.
 class EnvWrapper : public Env {
  public:
   explicit EnvWrapper(Env* target) : target_(target) {}
@@ -169,6 +201,9 @@ class EnvWrapper : public Env {
   }
   Status Link(const std::string& f, const std::string& t) override { return target_->Link(f, t); }
   Result<FileInfo> Stat(const std::string& p) override { return target_->Stat(p); }
+  Result<FileInfo> LinkStat(const std::string& p) override { return target_->LinkStat(p); }
+  // RemoveAll is deliberately not forwarded: Env's own walk goes through this wrapper's calls,
+  // so a fault or counting Env sees (and can fail) every step of it.
   Status CreateDir(const std::string& d) override { return target_->CreateDir(d); }
   Status RemoveDir(const std::string& d) override { return target_->RemoveDir(d); }
   Result<std::vector<std::string>> ListDir(const std::string& d) override {
@@ -189,6 +224,10 @@ class EnvWrapper : public Env {
  private:
   Env* target_;
 };
+
+// What RemoveAll returns when it reaches a directory of another mount ("<dir> is a mount point
+// (another filesystem): ... unmount it first"), for every Env's walk to say it the same way.
+Status MountPointError(const std::string& dir);
 
 // ---- path helpers (pure string functions; no filesystem access)
 std::string JoinPath(std::string_view a, std::string_view b);

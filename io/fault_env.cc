@@ -189,6 +189,10 @@ Result<FileInfo> FaultEnv::Stat(const std::string& path) {
   DS_FAULT_CHECK(kFaultStat, path, false, "stat");
   return target()->Stat(path);
 }
+Result<FileInfo> FaultEnv::LinkStat(const std::string& path) {
+  DS_FAULT_CHECK(kFaultStat, path, false, "lstat");
+  return target()->LinkStat(path);
+}
 Status FaultEnv::CreateDir(const std::string& dir) {
   DS_FAULT_CHECK(kFaultCreateDir, dir, true, "mkdir");
   return target()->CreateDir(dir);

@@ -30,7 +30,7 @@ enum FaultOp : uint32_t {
   kFaultTruncate = 1u << 9,
   kFaultLock = 1u << 10,
   kFaultList = 1u << 11,
-  kFaultStat = 1u << 12,  // stat, statfs
+  kFaultStat = 1u << 12,  // stat, lstat, statfs
   kFaultAll = 0xffffffffu,
 };
 
@@ -78,6 +78,7 @@ class FaultEnv final : public EnvWrapper {
   Status Rename(const std::string& from, const std::string& to) override;
   Status Link(const std::string& from, const std::string& to) override;
   Result<FileInfo> Stat(const std::string& path) override;
+  Result<FileInfo> LinkStat(const std::string& path) override;
   Status CreateDir(const std::string& dir) override;
   Status RemoveDir(const std::string& dir) override;
   Result<std::vector<std::string>> ListDir(const std::string& dir) override;

@@ -269,7 +269,12 @@ Result<std::unique_ptr<File>> MemEnv::OpenFile(const std::string& path,
   DS_ASSIGN_OR_RETURN(Parent p, FindParent(*state_, path));
   auto it = p.dir->entries.find(p.name);
   NodePtr node = it == p.dir->entries.end() ? nullptr : it->second;
-  if (node != nullptr && node->is_dir) return ErrnoStatus("MemEnv: open " + path, EISDIR);
+  if (node != nullptr && node->is_dir) {
+    if (options.regular_only) {
+      return Status::FailedPrecondition(path + " is a directory, not a regular file");
+    }
+    return ErrnoStatus("MemEnv: open " + path, EISDIR);
+  }
   switch (options.mode) {
     case OpenMode::kRead:
       if (node == nullptr) return ErrnoStatus("MemEnv: open " + path, ENOENT);
@@ -351,7 +356,12 @@ Result<FileInfo> MemEnv::Stat(const std::string& path) {
   DS_ASSIGN_OR_RETURN(std::vector<std::string> parts, SplitPath(path));
   NodePtr node = Find(*state_, parts);
   if (node == nullptr) return ErrnoStatus("MemEnv: stat " + path, ENOENT);
-  return FileInfo{node->data.size(), node->is_dir, node->mtime_micros};
+  FileInfo info;
+  info.size = node->data.size();
+  info.is_dir = node->is_dir;
+  info.type = node->is_dir ? FileType::kDirectory : FileType::kRegular;
+  info.mtime_micros = node->mtime_micros;
+  return info;
 }
 
 Status MemEnv::CreateDir(const std::string& dir) {

@@ -38,6 +38,8 @@ class MemEnv final : public Env {
   Status Rename(const std::string& from, const std::string& to) override;
   Status Link(const std::string& from, const std::string& to) override;
   Result<FileInfo> Stat(const std::string& path) override;
+  // MemEnv has no symbolic links: the same as Stat.
+  Result<FileInfo> LinkStat(const std::string& path) override { return Stat(path); }
   Status CreateDir(const std::string& dir) override;
   Status RemoveDir(const std::string& dir) override;
   Result<std::vector<std::string>> ListDir(const std::string& dir) override;

@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,6 +26,149 @@ bool IsAligned(uint64_t offset, const void* addr, size_t len) {
   return offset % kDirectAlignment == 0 && len % kDirectAlignment == 0 &&
          reinterpret_cast<uintptr_t>(addr) % kDirectAlignment == 0;
 }
+
+// "a FIFO", "a directory", ...: what a name is, for messages.
+std::string ModeName(mode_t mode) {
+  if (S_ISREG(mode)) return "a regular file";
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISLNK(mode)) return "a symbolic link";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a regular file";
+}
+
+FileType TypeOf(mode_t mode) {
+  if (S_ISREG(mode)) return FileType::kRegular;
+  if (S_ISDIR(mode)) return FileType::kDirectory;
+  if (S_ISLNK(mode)) return FileType::kSymlink;
+  return FileType::kOther;
+}
+
+// statx of `name` relative to `dirfd` (AT_FDCWD, or an open directory; with AT_EMPTY_PATH and ""
+// the descriptor itself). `flags` adds AT_SYMLINK_NOFOLLOW for lstat. Automounts are not
+// triggered. `path` names the entry in messages.
+Result<FileInfo> StatAt(int dirfd, const char* name, int flags, const std::string& path) {
+  struct statx stx;
+  if (::statx(dirfd, name, flags | AT_NO_AUTOMOUNT,
+              STATX_TYPE | STATX_MODE | STATX_SIZE | STATX_MTIME, &stx) != 0) {
+    return ErrnoStatus("stat " + path, errno);
+  }
+  FileInfo info;
+  info.size = stx.stx_size;
+  info.type = TypeOf(stx.stx_mode);
+  info.is_dir = info.type == FileType::kDirectory;
+  info.mtime_micros =
+      static_cast<int64_t>(stx.stx_mtime.tv_sec) * 1000000 + stx.stx_mtime.tv_nsec / 1000;
+  info.device = makedev(stx.stx_dev_major, stx.stx_dev_minor);
+  info.mount_root = (stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) != 0 &&
+                    (stx.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0;
+  if (info.type == FileType::kSymlink) {
+    std::string target(std::max<size_t>(stx.stx_size, 1) + 1, '\0');
+    ssize_t n = ::readlinkat(dirfd, name, target.data(), target.size());
+    if (n < 0) return ErrnoStatus("read the symbolic link " + path, errno);
+    target.resize(static_cast<size_t>(n));
+    info.link_target = std::move(target);
+  }
+  return info;
+}
+
+// Closes a descriptor at scope exit.
+class FdCloser {
+ public:
+  explicit FdCloser(int fd) : fd_(fd) {}
+  ~FdCloser() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  FdCloser(const FdCloser&) = delete;
+  FdCloser& operator=(const FdCloser&) = delete;
+
+ private:
+  int fd_;
+};
+
+// The names in the open directory `dirfd` (not . and ..), read before anything is removed.
+Result<std::vector<std::string>> ListDirFd(int dirfd, const std::string& path) {
+  int dup = ::fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) return ErrnoStatus("list " + path, errno);
+  DIR* d = ::fdopendir(dup);
+  if (d == nullptr) {
+    int e = errno;
+    ::close(dup);
+    return ErrnoStatus("list " + path, e);
+  }
+  ::rewinddir(d);  // the duplicate shares its offset with `dirfd`
+  std::vector<std::string> names;
+  errno = 0;
+  while (struct dirent* e = ::readdir(d)) {
+    std::string_view name = e->d_name;
+    if (name != "." && name != "..") names.emplace_back(name);
+  }
+  int e = errno;
+  ::closedir(d);
+  if (e != 0) return ErrnoStatus("list " + path, e);
+  return names;
+}
+
+// rm -rf over descriptors: every name is looked up relative to its parent's open descriptor
+// (statx without following, openat O_NOFOLLOW, unlinkat), so nothing reached through a link is
+// removed, not even when a directory is swapped for a link during the walk; and a directory of
+// another mount than `device` (or the root of a bind mount) is refused. Entries that vanish
+// meanwhile are gone already.
+class TreeRemover {
+ public:
+  TreeRemover(uint64_t device, const Env::FileRemovedFn& on_file_removed)
+      : device_(device), on_file_removed_(on_file_removed) {}
+
+  // Removes `name` in the directory `dirfd` (AT_FDCWD: a path), called `dir`/`name` in messages.
+  Status RemoveEntry(int dirfd, const std::string& dir, const std::string& name) {
+    const std::string path = JoinPath(dir, name);
+    // Retried when the entry changes kind between the look and the removal.
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      Result<FileInfo> info = StatAt(dirfd, name.c_str(), AT_SYMLINK_NOFOLLOW, path);
+      if (!info.ok()) return info.status().IsNotFound() ? Status::OK() : info.status();
+      if (info->type != FileType::kDirectory) {
+        if (::unlinkat(dirfd, name.c_str(), 0) == 0) {
+          if (on_file_removed_) on_file_removed_(info->size);
+          return Status::OK();
+        }
+        if (errno == ENOENT) return Status::OK();
+        if (errno == EISDIR) continue;  // became a directory
+        return ErrnoStatus("remove " + path, errno);
+      }
+      if (info->device != device_ || info->mount_root) return MountPointError(path);
+      int fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd < 0) {
+        if (errno == ENOENT) return Status::OK();
+        if (errno == ELOOP || errno == ENOTDIR) continue;  // became a link or a file
+        return ErrnoStatus("open directory " + path, errno);
+      }
+      FdCloser closer(fd);
+      // What was opened, not what was looked at: a mount may have appeared in between.
+      DS_ASSIGN_OR_RETURN(FileInfo opened, StatAt(fd, "", AT_EMPTY_PATH, path));
+      if (opened.device != device_ || opened.mount_root) return MountPointError(path);
+      DS_RETURN_IF_ERROR(RemoveContents(fd, path));
+      if (::unlinkat(dirfd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT) {
+        return ErrnoStatus("remove directory " + path, errno);
+      }
+      return Status::OK();
+    }
+    return Status::IOError(path +
+                           " keeps changing between a file and a directory while it is "
+                           "being removed; stop what writes there and try again");
+  }
+
+ private:
+  Status RemoveContents(int dirfd, const std::string& dir) {
+    DS_ASSIGN_OR_RETURN(std::vector<std::string> names, ListDirFd(dirfd, dir));
+    for (const std::string& name : names) DS_RETURN_IF_ERROR(RemoveEntry(dirfd, dir, name));
+    return Status::OK();
+  }
+
+  uint64_t device_;
+  const Env::FileRemovedFn& on_file_removed_;
+};
 
 class PosixFile final : public File {
  public:
@@ -168,14 +312,35 @@ class PosixEnv final : public Env {
       case OpenMode::kUpdate: flags |= O_RDWR | O_CREAT; break;
     }
     bool direct = options.direct;
-    int fd = ::open(path.c_str(), flags | (direct ? O_DIRECT : 0), 0644);
+    // O_NONBLOCK: opening a FIFO with no writer would wait for one; the file is checked below.
+    const int open_flags = flags | (options.regular_only ? O_NONBLOCK : 0);
+    int fd = ::open(path.c_str(), open_flags | (direct ? O_DIRECT : 0), 0644);
     if (fd < 0 && direct && errno == EINVAL) {  // the filesystem has no O_DIRECT (tmpfs, ...)
       direct = false;
-      fd = ::open(path.c_str(), flags, 0644);
+      fd = ::open(path.c_str(), open_flags, 0644);
     }
     if (fd < 0) {
       if (errno == EEXIST) return Status::FailedPrecondition(path + " already exists");
       return ErrnoStatus("open " + path, errno);
+    }
+    if (options.regular_only) {
+      struct stat st;
+      if (::fstat(fd, &st) != 0) {
+        int e = errno;
+        ::close(fd);
+        return ErrnoStatus("stat " + path, e);
+      }
+      if (!S_ISREG(st.st_mode)) {
+        ::close(fd);
+        return Status::FailedPrecondition(path + " is " + ModeName(st.st_mode) +
+                                          ", not a regular file");
+      }
+      // A regular file ignores O_NONBLOCK; cleared all the same, for what reopens with `flags`.
+      if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+        int e = errno;
+        ::close(fd);
+        return ErrnoStatus("fcntl " + path, e);
+      }
     }
     return std::unique_ptr<File>(std::make_unique<PosixFile>(path, fd, flags, direct));
   }
@@ -221,14 +386,17 @@ class PosixEnv final : public Env {
     return Status::OK();
   }
   Result<FileInfo> Stat(const std::string& path) override {
-    struct stat st;
-    if (::stat(path.c_str(), &st) != 0) return ErrnoStatus("stat " + path, errno);
-    FileInfo info;
-    info.size = static_cast<uint64_t>(st.st_size);
-    info.is_dir = S_ISDIR(st.st_mode);
-    info.mtime_micros = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000 +
-                        st.st_mtim.tv_nsec / 1000;
-    return info;
+    return StatAt(AT_FDCWD, path.c_str(), 0, path);
+  }
+  Result<FileInfo> LinkStat(const std::string& path) override {
+    return StatAt(AT_FDCWD, path.c_str(), AT_SYMLINK_NOFOLLOW, path);
+  }
+  using Env::RemoveAll;
+  Status RemoveAll(const std::string& path, const FileRemovedFn& on_file_removed) override {
+    // The filesystem of the directory holding `path`: `path` itself may not be a mount point.
+    Result<FileInfo> parent = Stat(DirName(path));
+    if (!parent.ok()) return parent.status().IsNotFound() ? Status::OK() : parent.status();
+    return TreeRemover(parent->device, on_file_removed).RemoveEntry(AT_FDCWD, "", path);
   }
   Status CreateDir(const std::string& dir) override {
     if (::mkdir(dir.c_str(), 0755) != 0) {

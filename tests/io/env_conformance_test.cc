@@ -1,6 +1,10 @@
 // One suite, every Env: PosixEnv on a temp directory, MemEnv, and FaultEnv over each (with no
 // rules it must behave exactly like its base).
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
@@ -150,6 +154,51 @@ TEST_P(EnvConformance, DirectoriesListSortedAndRemove) {
   EXPECT_THAT(env_->RemoveFile(P("x")), StatusIs(StatusCode::kNotFound, HasSubstr("x")));
 }
 
+TEST_P(EnvConformance, RemoveAllTellsTheBytesOfEachFileRemoved) {
+  DS_ASSERT_OK(env_->CreateDirs(P("t/a/b")));
+  DS_ASSERT_OK(Write(P("t/one"), "1"));
+  DS_ASSERT_OK(Write(P("t/a/three"), "333"));
+  DS_ASSERT_OK(Write(P("t/a/b/five"), "55555"));
+  std::vector<uint64_t> sizes;
+  DS_ASSERT_OK(env_->RemoveAll(P("t"), [&](uint64_t bytes) { sizes.push_back(bytes); }));
+  std::sort(sizes.begin(), sizes.end());
+  EXPECT_THAT(sizes, ElementsAre(1, 3, 5));
+  DS_ASSERT_OK_AND_ASSIGN(bool exists, env_->Exists(P("t")));
+  EXPECT_FALSE(exists);
+}
+
+TEST_P(EnvConformance, StatAndLinkStatTellTheType) {
+  DS_ASSERT_OK(env_->CreateDir(P("d")));
+  DS_ASSERT_OK(Write(P("f"), "abc"));
+  for (auto stat : {&Env::Stat, &Env::LinkStat}) {
+    DS_ASSERT_OK_AND_ASSIGN(FileInfo d, (env_->*stat)(P("d")));
+    EXPECT_EQ(d.type, FileType::kDirectory);
+    EXPECT_TRUE(d.is_dir);
+    DS_ASSERT_OK_AND_ASSIGN(FileInfo f, (env_->*stat)(P("f")));
+    EXPECT_EQ(f.type, FileType::kRegular);
+    EXPECT_EQ(f.size, 3u);
+    EXPECT_EQ(f.device, d.device);
+    EXPECT_FALSE(f.mount_root);
+    EXPECT_THAT((env_->*stat)(P("none")), StatusIs(StatusCode::kNotFound, HasSubstr("none")));
+  }
+  // "f/x" where f is a file does not exist.
+  DS_ASSERT_OK_AND_ASSIGN(bool exists, env_->Exists(P("f/x")));
+  EXPECT_FALSE(exists);
+}
+
+TEST_P(EnvConformance, RegularOnlyRefusesADirectory) {
+  DS_ASSERT_OK(env_->CreateDir(P("d")));
+  OpenOptions o;
+  o.regular_only = true;
+  EXPECT_THAT(env_->OpenFile(P("d"), o),
+              StatusIs(StatusCode::kFailedPrecondition,
+                       HasSubstr(P("d") + " is a directory, not a regular file")));
+  DS_ASSERT_OK(Write(P("f"), "abc"));
+  DS_ASSERT_OK_AND_ASSIGN(auto f, env_->OpenFile(P("f"), o));
+  DS_ASSERT_OK_AND_ASSIGN(uint64_t size, f->Size());
+  EXPECT_EQ(size, 3u);
+}
+
 TEST_P(EnvConformance, SyncDirAndStatFs) {
   DS_ASSERT_OK(env_->SyncDir(dir_));
   EXPECT_THAT(env_->SyncDir(P("missing")), StatusIs(StatusCode::kNotFound, HasSubstr("missing")));
@@ -201,6 +250,114 @@ INSTANTIATE_TEST_SUITE_P(AllEnvs, EnvConformance,
                            std::replace(n.begin(), n.end(), '-', '_');
                            return n;
                          });
+
+// ---- removal never leaves its root (the real filesystem)
+
+class PosixRemovalTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    DS_ASSERT_OK(env_->CreateDirs(tmp_.Join("target/sub")));
+    DS_ASSERT_OK(env_->WriteFileSynced(tmp_.Join("target/keep"), "keep me"));
+    DS_ASSERT_OK(env_->WriteFileSynced(tmp_.Join("target/sub/keep"), "me too"));
+    DS_ASSERT_OK(env_->CreateDirs(tmp_.Join("tree/inner")));
+    DS_ASSERT_OK(env_->WriteFileSynced(tmp_.Join("tree/inner/file"), "x"));
+  }
+  void Symlink(const std::string& target, const std::string& link) {
+    ASSERT_EQ(::symlink(target.c_str(), link.c_str()), 0) << std::strerror(errno);
+  }
+  void ExpectTargetUntouched() {
+    for (auto [name, contents] :
+         {std::pair{"target/keep", "keep me"}, {"target/sub/keep", "me too"}}) {
+      Result<std::string> got = env_->ReadFileToString(tmp_.Join(name));
+      ASSERT_TRUE(got.ok()) << got.status().ToString();
+      EXPECT_EQ(*got, contents);
+    }
+  }
+  Env* env_ = Env::Default();
+  testing::TempDir tmp_;
+};
+
+TEST_F(PosixRemovalTest, LinkStatSeesTheLinkStatItsTarget) {
+  Symlink("../target", tmp_.Join("tree/link"));
+  DS_ASSERT_OK_AND_ASSIGN(FileInfo link, env_->LinkStat(tmp_.Join("tree/link")));
+  EXPECT_EQ(link.type, FileType::kSymlink);
+  EXPECT_FALSE(link.is_dir);
+  EXPECT_EQ(link.link_target, "../target");
+  EXPECT_EQ(link.size, 9u);
+  DS_ASSERT_OK_AND_ASSIGN(FileInfo target, env_->Stat(tmp_.Join("tree/link")));
+  EXPECT_EQ(target.type, FileType::kDirectory);
+}
+
+TEST_F(PosixRemovalTest, RemoveAllRemovesLinksNotTheirTargets) {
+  Symlink("../../target", tmp_.Join("tree/inner/dir-link"));
+  Symlink(tmp_.Join("target/keep"), tmp_.Join("tree/file-link"));
+  Symlink("nowhere", tmp_.Join("tree/dangling"));
+  std::vector<uint64_t> sizes;
+  DS_ASSERT_OK(env_->RemoveAll(tmp_.Join("tree"), [&](uint64_t b) { sizes.push_back(b); }));
+  DS_ASSERT_OK_AND_ASSIGN(bool exists, env_->Exists(tmp_.Join("tree")));
+  EXPECT_FALSE(exists);
+  std::sort(sizes.begin(), sizes.end());  // the links' own sizes, and the one file
+  EXPECT_THAT(sizes, ElementsAre(1, 7, 12, tmp_.Join("target/keep").size()));
+  ExpectTargetUntouched();
+}
+
+TEST_F(PosixRemovalTest, RemoveAllOfALinkToADirectoryRemovesTheLink) {
+  Symlink("target", tmp_.Join("link"));
+  DS_ASSERT_OK(env_->RemoveAll(tmp_.Join("link")));
+  EXPECT_THAT(env_->LinkStat(tmp_.Join("link")),
+              StatusIs(StatusCode::kNotFound, HasSubstr("link")));
+  ExpectTargetUntouched();
+}
+
+// Env's own walk (what FaultEnv and other wrappers run) keeps the same rules.
+TEST_F(PosixRemovalTest, TheWalkThroughAWrapperRemovesLinksNotTheirTargets) {
+  FaultEnv fault(env_);
+  Symlink("../../target", tmp_.Join("tree/inner/dir-link"));
+  DS_ASSERT_OK(fault.RemoveAll(tmp_.Join("tree")));
+  DS_ASSERT_OK_AND_ASSIGN(bool exists, env_->Exists(tmp_.Join("tree")));
+  EXPECT_FALSE(exists);
+  ExpectTargetUntouched();
+  // ... and the wrapper sees each step: a fault injected on one removal stops it there.
+  DS_ASSERT_OK(env_->CreateDirs(tmp_.Join("tree2/inner")));
+  DS_ASSERT_OK(env_->WriteFileSynced(tmp_.Join("tree2/inner/file"), "x"));
+  fault.AddRule({kFaultRemove, "*/inner/file", 0, 1, FaultKind::kIOError});
+  EXPECT_THAT(fault.RemoveAll(tmp_.Join("tree2")),
+              StatusIs(StatusCode::kIOError, HasSubstr("inner/file")));
+}
+
+// A filesystem mounted inside the tree, seen through a fake: Env's walk stops there.
+class MountedDirEnv : public EnvWrapper {
+ public:
+  MountedDirEnv(Env* target, std::string mount, bool bind)
+      : EnvWrapper(target), mount_(std::move(mount)), bind_(bind) {}
+  Result<FileInfo> LinkStat(const std::string& p) override {
+    DS_ASSIGN_OR_RETURN(FileInfo info, target()->LinkStat(p));
+    if (p == mount_ && bind_) info.mount_root = true;  // a bind mount: same device
+    if (p == mount_ && !bind_) info.device += 1;       // another filesystem
+    return info;
+  }
+
+ private:
+  std::string mount_;
+  bool bind_;
+};
+
+TEST(MountPointTest, RemovalStopsAtAnotherFilesystemOrABindMount) {
+  for (bool bind : {false, true}) {
+    MemEnv mem;
+    DS_ASSERT_OK(mem.CreateDirs("/t/a/mnt/deep"));
+    DS_ASSERT_OK(mem.WriteFileSynced("/t/a/mnt/deep/data", "theirs"));
+    MountedDirEnv env(&mem, "/t/a/mnt", bind);
+    EXPECT_THAT(env.RemoveAll("/t"),
+                StatusIs(StatusCode::kFailedPrecondition,
+                         HasSubstr("/t/a/mnt is a mount point (another filesystem): not removing "
+                                   "what is under it; unmount it first")));
+    EXPECT_THAT(env.RemoveAll("/t/a/mnt"),
+                StatusIs(StatusCode::kFailedPrecondition, HasSubstr("/t/a/mnt is a mount point")));
+    DS_ASSERT_OK_AND_ASSIGN(std::string data, mem.ReadFileToString("/t/a/mnt/deep/data"));
+    EXPECT_EQ(data, "theirs");
+  }
+}
 
 TEST(PathTest, JoinDirBase) {
   EXPECT_EQ(JoinPath("a", "b"), "a/b");
