@@ -77,4 +77,24 @@ void SetLogPrefix(std::string prefix) {
   s.prefix = std::move(prefix);
 }
 
+std::string QuoteForMessage(std::string_view bytes, size_t max_bytes) {
+  std::string out = "'";
+  for (char c : bytes.substr(0, max_bytes)) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '\\' || c == '\'') {
+      out += '\\';
+      out += c;
+    } else if (u >= 0x20 && u < 0x7f) {
+      out += c;
+    } else {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "\\x%02x", u);
+      out += hex;
+    }
+  }
+  out += "'";
+  if (bytes.size() > max_bytes) out += "... (" + std::to_string(bytes.size()) + " bytes)";
+  return out;
+}
+
 }  // namespace ds::io

@@ -24,4 +24,10 @@ void SetLogSink(std::function<void(LogLevel, std::string_view)> sink);
 // Text put in front of every line, e.g. "[rank 3] ".
 void SetLogPrefix(std::string prefix);
 
+// Bytes read from a file, made safe to put in a message: at most `max_bytes` of them, in single
+// quotes, with \\, \' and every byte that is not printable ASCII written \xNN, then, when
+// cut, "... (N bytes)" with N the whole length: 'step-\x00\x01', or 'aaaa'... (52428800 bytes)
+// with max_bytes 4. A NUL cannot end the message early and a huge file is not echoed whole.
+std::string QuoteForMessage(std::string_view bytes, size_t max_bytes = 64);
+
 }  // namespace ds::io

@@ -1,8 +1,9 @@
 #include "io/status.h"
-#include "io/units.h"
 
 #include <cerrno>
 
+#include "io/log.h"
+#include "io/units.h"
 #include "testing/matchers.h"
 
 namespace ds {
@@ -82,6 +83,18 @@ TEST(UnitsTest, ParsesDurations) {
   EXPECT_EQ(*ParseDurationSeconds("2d"), 172800u);
   EXPECT_THAT(ParseDurationSeconds("1y"), StatusIs(StatusCode::kInvalidArgument, HasSubstr("'y'")));
   EXPECT_EQ(FormatRate(2.5e9), "2.50 GB/s");
+}
+
+// What a file holds, quoted in a message: a NUL cannot cut the message, and 50 MB are not echoed.
+TEST(QuoteForMessageTest, EscapesAndCuts) {
+  EXPECT_EQ(io::QuoteForMessage("step-00000100"), "'step-00000100'");
+  EXPECT_EQ(io::QuoteForMessage(std::string("step-\0\x01\n", 8)), "'step-\\x00\\x01\\x0a'");
+  EXPECT_EQ(io::QuoteForMessage("it's a \\"), "'it\\'s a \\\\'");
+  EXPECT_EQ(io::QuoteForMessage("\xff\x7f"), "'\\xff\\x7f'");
+  EXPECT_EQ(io::QuoteForMessage(std::string(50 << 20, 'a'), 4), "'aaaa'... (52428800 bytes)");
+  EXPECT_EQ(io::QuoteForMessage(std::string(64, 'a')), "'" + std::string(64, 'a') + "'");
+  EXPECT_EQ(io::QuoteForMessage(std::string(65, 'a')).size(),
+            66u + std::string("... (65 bytes)").size());
 }
 
 }  // namespace
