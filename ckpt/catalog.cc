@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
+#include <span>
 
 #include "formats/manifest.h"
 #include "io/log.h"
@@ -21,8 +22,8 @@ std::string TagForStep(int64_t step) {
 Status ValidateTag(std::string_view tag) {
   if (tag.empty() || tag.size() > 200 || tag.front() == '.' ||
       tag.find('/') != std::string_view::npos || tag.find('\0') != std::string_view::npos) {
-    return Status::InvalidArgument("'" + std::string(tag) +
-                                   "' cannot be a checkpoint tag: use a plain name (no '/', not "
+    return Status::InvalidArgument(io::QuoteForMessage(tag) +
+                                   " cannot be a checkpoint tag: use a plain name (no '/', not "
                                    "starting with '.', at most 200 bytes)");
   }
   return Status::OK();
@@ -47,6 +48,32 @@ int64_t StepFromTag(const std::string& tag) {
   int64_t step = -1;
   if (tag.rfind("step-", 0) == 0) std::sscanf(tag.c_str() + 5, "%" SCNd64, &step);
   return step;
+}
+
+using io::QuoteForMessage;
+
+// A pointer holds a tag (`latest`) or a small JSON object (`best`): a larger file, or one that is
+// not a regular file (a FIFO would block the read), is not a pointer, and is neither read whole
+// nor echoed. Corruption saying so, with `fix`, the way out.
+constexpr uint64_t kMaxPointerBytes = 4096;
+
+Result<std::string> ReadPointerFile(io::Env* env, const std::string& path, const std::string& fix) {
+  io::OpenOptions options;
+  options.regular_only = true;
+  Result<std::unique_ptr<io::File>> file = env->OpenFile(path, options);
+  if (!file.ok()) {
+    if (file.status().code() != StatusCode::kFailedPrecondition) return file.status();
+    return Status::Corruption(file.status().message() + ": not a pointer; " + fix);
+  }
+  DS_ASSIGN_OR_RETURN(uint64_t size, (*file)->Size());
+  if (size > kMaxPointerBytes) {
+    return Status::Corruption(path + " is " + io::FormatBytes(size) +
+                              ": not a pointer (one holds a checkpoint tag); " + fix);
+  }
+  std::string text(size, '\0');
+  DS_ASSIGN_OR_RETURN(size_t n, (*file)->ReadAt(0, std::as_writable_bytes(std::span(text))));
+  text.resize(n);
+  return text;
 }
 
 std::string Nonce() {
@@ -104,7 +131,9 @@ Result<std::vector<CheckpointEntry>> Catalog::List() {
 }
 
 Result<std::optional<std::string>> Catalog::ReadLatest() {
-  Result<std::string> text = env_->ReadFileToString(io::JoinPath(dir_, kLatestFile));
+  Result<std::string> text =
+      ReadPointerFile(env_, io::JoinPath(dir_, kLatestFile),
+                      "'dsckpt list " + dir_ + "' shows the checkpoints: write one's tag into it");
   if (!text.ok()) {
     if (text.status().IsNotFound()) return std::optional<std::string>();
     return text.status();
@@ -116,7 +145,8 @@ Result<std::optional<std::string>> Catalog::ReadLatest() {
 
 Result<std::optional<BestPointer>> Catalog::ReadBest() {
   const std::string path = io::JoinPath(dir_, kBestFile);
-  Result<std::string> text = env_->ReadFileToString(path);
+  Result<std::string> text =
+      ReadPointerFile(env_, path, "fix it with 'dsckpt best " + dir_ + " --set TAG'");
   if (!text.ok()) {
     if (text.status().IsNotFound()) return std::optional<BestPointer>();
     return text.status();
@@ -153,7 +183,7 @@ Result<std::string> Catalog::Resolve(const std::string& spec) {
     const std::string path = io::JoinPath(dir_, tag);
     DS_ASSIGN_OR_RETURN(bool ok, env_->Exists(io::JoinPath(path, fmt::kManifestFileName)));
     if (!ok) {
-      return Status::NotFound("'" + spec + "' in " + dir_ + " names " + tag +
+      return Status::NotFound("'" + spec + "' in " + dir_ + " names " + QuoteForMessage(tag) +
                               ", which is not a committed checkpoint (removed by hand?); "
                               "'dsckpt list " + dir_ + "' shows what there is");
     }
@@ -203,20 +233,11 @@ Result<bool> Catalog::OfferBest(const std::string& tag, const std::string& metri
 }
 
 Status RemoveTree(io::Env* env, const std::string& path, const RemovalProgress* progress) {
-  Result<io::FileInfo> info = env->Stat(path);
-  if (!info.ok()) return info.status().IsNotFound() ? Status::OK() : info.status();
-  if (!info->is_dir) {
-    Status s = env->RemoveFile(path);
-    if (s.IsNotFound()) return Status::OK();
-    if (s.ok() && progress != nullptr && progress->removed) progress->removed(info->size);
-    return s;
-  }
-  DS_ASSIGN_OR_RETURN(std::vector<std::string> names, env->ListDir(path));
-  for (const std::string& name : names) {
-    DS_RETURN_IF_ERROR(RemoveTree(env, io::JoinPath(path, name), progress));
-  }
-  Status s = env->RemoveDir(path);
-  return s.IsNotFound() ? Status::OK() : s;
+  // Env::RemoveAll removes a link as a link and stops at a mount point: nothing outside `path`
+  // is touched, even when `path` itself is a link (a checkpoint linked in from elsewhere).
+  return env->RemoveAll(path, [progress](uint64_t bytes) {
+    if (progress != nullptr && progress->removed) progress->removed(bytes);
+  });
 }
 
 Status Catalog::RemoveCheckpoint(const CheckpointEntry& e, const RemovalProgress* progress) {

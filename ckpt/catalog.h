@@ -111,7 +111,8 @@ class Catalog {
 };
 
 // rm -rf `path`, telling `progress->removed` the bytes of each file deleted; a missing path is
-// fine.
+// fine. Never leaves `path`: a link is removed as a link, and a mount point below it is refused
+// (Env::RemoveAll).
 Status RemoveTree(io::Env* env, const std::string& path, const RemovalProgress* progress);
 
 // The value of `metric` in a metrics JSON object, if present and numeric.

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "formats/manifest.h"
+#include "io/log.h"
 
 namespace ds::ckpt {
 namespace {
@@ -41,17 +42,52 @@ std::string FormatAge(int64_t micros) {
   return b;
 }
 
-// Bytes of every file under `path`; what vanishes meanwhile counts as nothing.
-uint64_t TreeBytes(io::Env* env, const std::string& path) {
-  Result<io::FileInfo> info = env->Stat(path);
-  if (!info.ok()) return 0;
-  if (!info->is_dir) return info->size;
-  Result<std::vector<std::string>> names = env->ListDir(path);
-  uint64_t total = 0;
-  for (const std::string& n : names.ok() ? *names : std::vector<std::string>()) {
-    total += TreeBytes(env, io::JoinPath(path, n));
+// What removing a tree would free, as Env::RemoveAll removes it.
+struct TreeSize {
+  uint64_t bytes = 0;       // every file under it; a link counts as itself, never its target
+  std::string mount_point;  // the first directory of another mount met (not entered), or empty
+};
+
+// Adds `path` (which LinkStat described as `info`) and what is under it to `size`, never
+// following a link nor entering a directory of another mount than `device` (the save
+// directory's). What vanishes meanwhile counts as nothing.
+void MeasureTree(io::Env* env, const std::string& path, const io::FileInfo& info, uint64_t device,
+                 TreeSize* size) {
+  if (info.type != io::FileType::kDirectory) {
+    size->bytes += info.size;
+    return;
   }
-  return total;
+  if (info.device != device || info.mount_root) {
+    if (size->mount_point.empty()) size->mount_point = path;
+    return;
+  }
+  Result<std::vector<std::string>> names = env->ListDir(path);
+  for (const std::string& n : names.ok() ? *names : std::vector<std::string>()) {
+    const std::string child = io::JoinPath(path, n);
+    Result<io::FileInfo> child_info = env->LinkStat(child);
+    if (child_info.ok()) MeasureTree(env, child, *child_info, device, size);
+  }
+}
+
+TreeSize MeasureTree(io::Env* env, const std::string& path, uint64_t device) {
+  TreeSize size;
+  Result<io::FileInfo> info = env->LinkStat(path);
+  if (info.ok()) MeasureTree(env, path, *info, device, &size);
+  return size;
+}
+
+// Why gc leaves alone a tree that holds a mount point.
+std::string MountPointReason(const std::string& mount_point) {
+  return mount_point +
+         " is a mount point (another filesystem): gc does not remove what is under it; "
+         "unmount it first";
+}
+
+// Why gc leaves alone a link with a name dstrain gives its own files and directories.
+std::string ForeignLinkReason(const io::FileInfo& info) {
+  return "a symbolic link to " + io::QuoteForMessage(info.link_target, 200) +
+         ": dstrain never makes one, so gc leaves it (and its target) alone; remove the link by "
+         "hand if it is not wanted";
 }
 
 // True when another holder has the lock at `path`; our test lock is released at once.
@@ -62,25 +98,27 @@ Result<bool> LockIsHeld(io::Env* env, const std::string& path) {
   return lock.status();
 }
 
-// Size, last write and (when `now` is not 0) writer locks of a .tmp-* or .trash-* directory;
-// only lock files past the starting grace at `now` are tested. NotFound when it vanished
-// meanwhile (committed, or removed by a failed save).
+// Size, last write and (when `now` is not 0) writer locks of a .tmp-* or .trash-* directory
+// `name` of `dir`, whose LinkStat is `info` (a directory) and which lives on `device`; only lock
+// files past the starting grace at `now` are tested. NotFound when it vanished meanwhile
+// (committed, or removed by a failed save).
 Result<TempDirInfo> ProbeTempDir(io::Env* env, const std::string& dir, const std::string& name,
-                                 int64_t now) {
+                                 const io::FileInfo& info, uint64_t device, int64_t now) {
   TempDirInfo t;
   t.name = name;
   t.path = io::JoinPath(dir, name);
-  DS_ASSIGN_OR_RETURN(io::FileInfo info, env->Stat(t.path));
   t.last_write_micros = info.mtime_micros;
+  TreeSize size;
+  if (info.device != device || info.mount_root) size.mount_point = t.path;
   DS_ASSIGN_OR_RETURN(std::vector<std::string> names, env->ListDir(t.path));
   std::vector<std::string> settled;  // lock files old enough to test
   for (const std::string& n : names) {
     const std::string p = io::JoinPath(t.path, n);
-    Result<io::FileInfo> fi = env->Stat(p);
+    Result<io::FileInfo> fi = env->LinkStat(p);
     if (!fi.ok()) continue;  // removed meanwhile
     t.last_write_micros = std::max(t.last_write_micros, fi->mtime_micros);
-    t.bytes += fi->is_dir ? TreeBytes(env, p) : fi->size;
-    if (now == 0 || !IsWriterLockName(n)) continue;
+    MeasureTree(env, p, *fi, device, &size);
+    if (now == 0 || !IsWriterLockName(n) || fi->type != io::FileType::kRegular) continue;
     ++t.lock_files;
     t.newest_lock_micros = std::max(t.newest_lock_micros, fi->mtime_micros);
     if (now - fi->mtime_micros >= kStartingSaveGraceMicros) settled.push_back(p);
@@ -93,6 +131,8 @@ Result<TempDirInfo> ProbeTempDir(io::Env* env, const std::string& dir, const std
       break;
     }
   }
+  t.bytes = size.bytes;
+  t.mount_point = size.mount_point;
   return t;
 }
 
@@ -101,7 +141,9 @@ GcItem DecideTempDir(const TempDirInfo& t, int64_t now, int64_t older_than, bool
   GcItem item{GcKind::kTempDir, t.path, t.bytes, ""};
   const std::string written = "last written " + FormatAge(now - t.last_write_micros) + " ago";
   *remove = false;
-  if (t.live()) {
+  if (!t.mount_point.empty()) {
+    item.reason = MountPointReason(t.mount_point);
+  } else if (t.live()) {
     item.reason = "a save in progress: a live writer holds " + t.held_lock;
   } else if (t.starting(now)) {
     item.reason = t.lock_files > 0 ? "a save may be starting: its newest lock file is " +
@@ -120,53 +162,95 @@ GcItem DecideTempDir(const TempDirInfo& t, int64_t now, int64_t older_than, bool
   return item;
 }
 
-// Entries of committed checkpoint `name` that its manifest does not reference, or (in
-// `unreadable`) the checkpoint itself when its manifest cannot be read.
+// Entries of committed checkpoint `name` that its manifest does not reference (in `removed`,
+// or in `kept` when one holds a mount point), or (in `unreadable`) the checkpoint itself when
+// its manifest cannot be read. `device`: the save directory's filesystem.
 Status FindUnreferenced(io::Env* env, const std::string& dir, const std::string& name,
-                        GcReport* report) {
+                        uint64_t device, GcReport* report) {
   const std::string path = io::JoinPath(dir, name);
   Result<fmt::Manifest> m = fmt::ReadManifest(env, io::JoinPath(path, fmt::kManifestFileName));
   if (!m.ok()) {
     if (m.status().IsNotFound()) return Status::OK();  // not a checkpoint (any more)
     report->unreadable.push_back(
-        {GcKind::kCheckpoint, path, TreeBytes(env, path),
+        {GcKind::kCheckpoint, path, MeasureTree(env, path, device).bytes,
          m.status().message() + " (gc leaves it alone; 'dsckpt verify' tells more)"});
     return Status::OK();
   }
   std::set<std::string> referenced = {fmt::kManifestFileName};
   for (const fmt::FileMeta& f : m->files) referenced.insert(f.name);
-  DS_ASSIGN_OR_RETURN(std::vector<std::string> entries, env->ListDir(path));
-  for (const std::string& e : entries) {
+  Result<std::vector<std::string>> entries = env->ListDir(path);
+  if (!entries.ok()) return entries.status().IsNotFound() ? Status::OK() : entries.status();
+  const std::string why = "not referenced by the manifest of checkpoint " + name;
+  for (const std::string& e : *entries) {
     if (referenced.count(e)) continue;
-    report->removed.push_back({GcKind::kUnreferenced, io::JoinPath(path, e),
-                               TreeBytes(env, io::JoinPath(path, e)),
-                               "not referenced by the manifest of checkpoint " + name});
+    const std::string p = io::JoinPath(path, e);
+    Result<io::FileInfo> info = env->LinkStat(p);
+    if (!info.ok() && info.status().IsNotFound()) continue;  // gone meanwhile
+    if (!info.ok()) return info.status();
+    if (info->type == io::FileType::kSymlink) {
+      report->removed.push_back({GcKind::kUnreferenced, p, info->size,
+                                 "a symbolic link to " +
+                                     io::QuoteForMessage(info->link_target, 200) + ", " + why +
+                                     ": removes the link only, not its target"});
+      continue;
+    }
+    TreeSize size;
+    MeasureTree(env, p, *info, device, &size);
+    if (!size.mount_point.empty()) {
+      report->kept.push_back({GcKind::kUnreferenced, p, size.bytes,
+                              why + ", but " + MountPointReason(size.mount_point)});
+      continue;
+    }
+    report->removed.push_back({GcKind::kUnreferenced, p, size.bytes, why});
   }
   return Status::OK();
 }
 
-// Sorts everything in `dir` into removed / kept / unreadable.
+// A .tmp-* or .trash-* directory: removed, or kept saying why.
+Status PlanTempDir(io::Env* env, const std::string& dir, const std::string& name,
+                   const io::FileInfo& info, uint64_t device, int64_t now, int64_t older_than,
+                   GcReport* r) {
+  const bool temp = StartsWith(name, kTempPrefix);
+  Result<TempDirInfo> t = ProbeTempDir(env, dir, name, info, device, temp ? now : 0);
+  if (!t.ok()) return t.status().IsNotFound() ? Status::OK() : t.status();
+  if (temp) {
+    bool remove = false;
+    GcItem item = DecideTempDir(*t, now, older_than, &remove);
+    (remove ? r->removed : r->kept).push_back(std::move(item));
+  } else if (!t->mount_point.empty()) {
+    r->kept.push_back({GcKind::kTrashDir, t->path, t->bytes, MountPointReason(t->mount_point)});
+  } else {
+    r->removed.push_back(
+        {GcKind::kTrashDir, t->path, t->bytes, "a checkpoint whose removal was cut short"});
+  }
+  return Status::OK();
+}
+
+// Sorts everything in `dir` into removed / kept / unreadable. Nothing is followed through a
+// symbolic link: a link is at most removed as a link.
 Status PlanGc(io::Env* env, const std::string& dir, int64_t now, int64_t older_than, GcReport* r) {
+  DS_ASSIGN_OR_RETURN(io::FileInfo dir_info, env->Stat(dir));
   DS_ASSIGN_OR_RETURN(std::vector<std::string> names, env->ListDir(dir));
   for (const std::string& name : names) {
     const std::string path = io::JoinPath(dir, name);
-    Result<io::FileInfo> info = env->Stat(path);
-    if (!info.ok() && info.status().IsNotFound()) continue;
+    Result<io::FileInfo> info = env->LinkStat(path);
+    if (!info.ok() && info.status().IsNotFound()) continue;  // gone meanwhile
     if (!info.ok()) return info.status();
     const bool temp = StartsWith(name, kTempPrefix), trash = StartsWith(name, kTrashPrefix);
-    if (info->is_dir && (temp || trash)) {
-      Result<TempDirInfo> t = ProbeTempDir(env, dir, name, temp ? now : 0);
-      if (!t.ok() && t.status().IsNotFound()) continue;
-      if (!t.ok()) return t.status();
-      if (trash) {
-        r->removed.push_back(
-            {GcKind::kTrashDir, t->path, t->bytes, "a checkpoint whose removal was cut short"});
-        continue;
-      }
-      bool remove = false;
-      GcItem item = DecideTempDir(*t, now, older_than, &remove);
-      (remove ? r->removed : r->kept).push_back(std::move(item));
-    } else if (!info->is_dir && IsPointerTempName(name)) {
+    const bool link = info->type == io::FileType::kSymlink;
+    if (trash && link) {
+      // Prune renames a checkpoint that is a link (to a directory elsewhere) as it is.
+      r->removed.push_back({GcKind::kTrashDir, path, info->size,
+                            "a symbolic link to " + io::QuoteForMessage(info->link_target, 200) +
+                                " (a linked checkpoint whose removal was cut short): removes the "
+                                "link only, not its target"});
+    } else if (temp && link) {
+      r->kept.push_back({GcKind::kTempDir, path, info->size, ForeignLinkReason(*info)});
+    } else if ((temp || trash) && info->is_dir) {
+      DS_RETURN_IF_ERROR(PlanTempDir(env, dir, name, *info, dir_info.device, now, older_than, r));
+    } else if (IsPointerTempName(name) && link) {
+      r->kept.push_back({GcKind::kPointerTemp, path, info->size, ForeignLinkReason(*info)});
+    } else if (IsPointerTempName(name) && info->type == io::FileType::kRegular) {
       const int64_t age = now - info->mtime_micros;
       const bool remove = age >= older_than;
       GcItem item{GcKind::kPointerTemp, path, info->size,
@@ -174,7 +258,8 @@ Status PlanGc(io::Env* env, const std::string& dir, int64_t now, int64_t older_t
                       (remove ? "" : " (younger than " + FormatAge(older_than) + ")")};
       (remove ? r->removed : r->kept).push_back(std::move(item));
     } else if (info->is_dir && name.front() != '.') {
-      DS_RETURN_IF_ERROR(FindUnreferenced(env, dir, name, r));
+      // A checkpoint linked in from elsewhere is a link here: gc does not look into it.
+      DS_RETURN_IF_ERROR(FindUnreferenced(env, dir, name, dir_info.device, r));
     }
   }
   for (const GcItem& item : r->removed) r->freed_bytes += item.bytes;
@@ -218,6 +303,7 @@ Status CheckSaveDir(io::Env* env, const std::string& dir) {
       return Status::OK();
     }
     if (name.front() == '.') continue;
+    // Exists is false for a file's "child" and for what vanished meanwhile.
     const std::string manifest = io::JoinPath(io::JoinPath(dir, name), fmt::kManifestFileName);
     DS_ASSIGN_OR_RETURN(bool has_manifest, env->Exists(manifest));
     if (has_manifest) return Status::OK();
@@ -245,8 +331,16 @@ Result<SaveDirListing> ListSaveDir(io::Env* env, const std::string& dir, int64_t
   l.dir = dir;
   Catalog catalog(env, dir);
   DS_ASSIGN_OR_RETURN(l.checkpoints, catalog.List());
-  DS_ASSIGN_OR_RETURN(std::optional<std::string> latest, catalog.ReadLatest());
-  l.latest = latest.value_or("");
+  Result<std::optional<std::string>> latest = catalog.ReadLatest();
+  if (latest.ok() && latest->has_value()) {
+    Status valid = ValidateTag(**latest);
+    if (valid.ok()) l.latest = **latest;
+    if (!valid.ok()) l.latest_problem = "latest: " + valid.message();
+  } else if (!latest.ok() && latest.status().IsCorruption()) {
+    l.latest_problem = latest.status().message();
+  } else if (!latest.ok()) {
+    return latest.status();
+  }
   Result<std::optional<BestPointer>> best = catalog.ReadBest();
   if (best.ok()) {
     l.best = *best;
@@ -255,12 +349,17 @@ Result<SaveDirListing> ListSaveDir(io::Env* env, const std::string& dir, int64_t
   } else {
     return best.status();
   }
+  DS_ASSIGN_OR_RETURN(io::FileInfo dir_info, env->Stat(dir));
   DS_ASSIGN_OR_RETURN(std::vector<std::string> names, env->ListDir(dir));
   const int64_t now = now_micros != 0 ? now_micros : env->WallTimeMicros();
   for (const std::string& name : names) {
     const bool temp = StartsWith(name, kTempPrefix), trash = StartsWith(name, kTrashPrefix);
     if (!temp && !trash) continue;
-    Result<TempDirInfo> t = ProbeTempDir(env, dir, name, temp ? now : 0);
+    Result<io::FileInfo> info = env->LinkStat(io::JoinPath(dir, name));
+    if (!info.ok() && info.status().IsNotFound()) continue;  // gone meanwhile
+    if (!info.ok()) return info.status();
+    if (!info->is_dir) continue;  // not ours: dstrain makes directories of these names
+    Result<TempDirInfo> t = ProbeTempDir(env, dir, name, *info, dir_info.device, temp ? now : 0);
     if (!t.ok() && t.status().IsNotFound()) continue;  // committed or removed meanwhile
     if (!t.ok()) return t.status();
     (temp ? l.temp_dirs : l.trash_dirs).push_back(std::move(*t));

@@ -42,6 +42,7 @@ struct TempDirInfo {
   int lock_files = 0;              // .writer-<rank>.lock files in it
   int64_t newest_lock_micros = 0;  // mtime (creation) of the newest of them
   std::string held_lock;           // one a live writer holds (of those past the grace); or empty
+  std::string mount_point;         // a directory of another mount in it: gc leaves it alone
   bool live() const { return !held_lock.empty(); }
   // A writer may be taking its lock: see kStartingSaveGraceMicros.
   bool starting(int64_t now_micros) const {
@@ -53,6 +54,7 @@ struct TempDirInfo {
 struct SaveDirListing {
   std::string dir;
   std::string latest;                        // the tag `latest` names, or empty
+  std::string latest_problem;                // why `latest` cannot be read or used
   std::optional<BestPointer> best;           // absent when there is none, or it cannot be read
   std::string best_problem;                  // why `best` cannot be read
   std::vector<CheckpointEntry> checkpoints;  // by step, then tag
@@ -110,7 +112,8 @@ struct GcItem {
 
 struct GcReport {
   std::vector<GcItem> removed;     // or, on a dry run, would be removed
-  std::vector<GcItem> kept;        // temp dirs and pointer temps that may still be in use
+  std::vector<GcItem> kept;        // temp dirs and pointer temps that may still be in use, and
+                                   // what gc does not remove (links it did not make, mounts)
   std::vector<GcItem> unreadable;  // checkpoints skipped because their manifest cannot be read
   uint64_t freed_bytes = 0;
 };
@@ -119,6 +122,9 @@ struct GcReport {
 // not starting (kStartingSaveGraceMicros) and that nothing was written to for
 // `older_than_micros`; every .trash-* directory; files of committed checkpoints that their
 // manifest does not reference; and pointer temp files older than `older_than_micros`.
+// Nothing outside `dir` is touched: a symbolic link is never followed, and is removed only as a
+// link (an unreferenced one in a checkpoint, a .trash-* one); a .tmp-* or pointer-temp link is
+// not dstrain's and is kept; a tree holding a mount point is kept, saying so.
 Result<GcReport> CollectGarbage(io::Env* env, const std::string& dir, const GcOptions& options);
 
 }  // namespace ds::ckpt

@@ -87,6 +87,9 @@ void PrintListing(const ckpt::SaveDirListing& l, int64_t now) {
               l.checkpoints.size(), io::FormatBytes(total).c_str(),
               l.latest.empty() ? "(none)" : l.latest.c_str(),
               l.best ? BestText(*l.best).c_str() : "(none)");
+  if (!l.latest_problem.empty()) {
+    std::printf("  latest: UNREADABLE: %s\n", l.latest_problem.c_str());
+  }
   if (!l.best_problem.empty()) std::printf("  best: UNREADABLE: %s\n", l.best_problem.c_str());
   if (!l.checkpoints.empty()) {
     std::printf("  %-22s %10s  %-23s %10s  %-11s %s\n", "TAG", "STEP", "CREATED", "SIZE", "POINTER",
@@ -132,6 +135,7 @@ int RunList(const std::string& dir, bool as_json) {
   uint64_t total = 0;
   json j = {{"dir", l->dir},
             {"latest", l->latest.empty() ? json() : json(l->latest)},
+            {"latest_problem", l->latest_problem},
             {"best", l->best ? BestJson(*l->best) : json()},
             {"best_problem", l->best_problem},
             {"checkpoints", json::array()},

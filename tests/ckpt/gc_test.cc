@@ -17,6 +17,7 @@ namespace ds::ckpt {
 namespace {
 
 using ::ds::testing::StatusIs;
+using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::UnorderedElementsAreArray;
@@ -261,6 +262,105 @@ TEST_F(GcTest, OnlySaveDirectoriesAreAccepted) {
   EXPECT_FALSE(*env_.Exists("/empty/.catalog.lock"));
 }
 
+// Makes `victim` vanish just before gc, list or prune first looks at it (after the listing that
+// found it), as a live writer renaming its latest.tmp-* over `latest`, or a failed save removing
+// its temp dir, would. With `looks_before` > 0 it survives that many looks first: planned for
+// removal, then gone before the removal.
+class VanishingEnv : public io::EnvWrapper {
+ public:
+  VanishingEnv(io::Env* target, std::string victim, int looks_before = 0)
+      : EnvWrapper(target), victim_(std::move(victim)), looks_before_(looks_before) {}
+  Result<io::FileInfo> Stat(const std::string& p) override {
+    Look(p);
+    return target()->Stat(p);
+  }
+  Result<io::FileInfo> LinkStat(const std::string& p) override {
+    Look(p);
+    return target()->LinkStat(p);
+  }
+  Result<std::vector<std::string>> ListDir(const std::string& d) override {
+    Look(d);
+    return target()->ListDir(d);
+  }
+  bool vanished() const { return vanished_; }
+
+ private:
+  void Look(const std::string& p) {
+    if (vanished_ || (p != victim_ && p.rfind(victim_ + "/", 0) != 0)) return;
+    if (looks_before_-- > 0) return;
+    vanished_ = target()->RemoveAll(victim_).ok();
+  }
+  std::string victim_;
+  int looks_before_;
+  bool vanished_ = false;
+};
+
+// A save directory with one of everything gc, list and prune look at.
+void Populate(io::Env* env) {
+  Commit(env, "/s", 50, "{}");
+  Commit(env, "/s", 100, "{}");
+  DS_ASSERT_OK(Catalog(env, "/s").SetLatest("step-00000100"));
+  MakeTempDir(env, "/s", ".tmp-step-00000200-dead");
+  MakeTempDir(env, "/s", ".trash-step-00000010-abc", 0);
+  DS_ASSERT_OK(env->CreateDirs("/s/step-00000100/junk"));
+  DS_ASSERT_OK(env->WriteFileSynced("/s/step-00000100/junk/x", "xx"));
+  DS_ASSERT_OK(env->WriteFileSynced("/s/latest.tmp-00000000000000aa", "step-00000100\n"));
+}
+
+class VanishingEntryTest : public ::testing::TestWithParam<int> {};
+
+// The race seen once in 742 cron runs beside a live writer: an entry gc listed is gone when it
+// looks at it, or when it removes it. Gone is what gc wanted; it carries on.
+TEST_P(VanishingEntryTest, GcListAndPruneTakeAVanishedEntryAsGone) {
+  const int looks = GetParam();
+  for (const std::string victim :
+       {"/s/latest.tmp-00000000000000aa", "/s/.tmp-step-00000200-dead",
+        "/s/.tmp-step-00000200-dead/rank-00000.dss", "/s/.trash-step-00000010-abc",
+        "/s/step-00000100/junk", "/s/step-00000100/junk/x"}) {
+    SCOPED_TRACE(victim + ", vanishing after " + std::to_string(looks) + " looks");
+    const int64_t later = io::Env::Default()->WallTimeMicros() + 2 * kHour;
+    {
+      io::MemEnv mem;
+      Populate(&mem);
+      VanishingEnv env(&mem, victim, looks);
+      DS_ASSERT_OK(ListSaveDir(&env, "/s", later).status());
+    }
+    {
+      io::MemEnv mem;
+      Populate(&mem);
+      VanishingEnv env(&mem, victim, looks);
+      GcOptions o;
+      o.older_than_micros = kHour;
+      o.now_micros = later;
+      DS_ASSERT_OK(CollectGarbage(&env, "/s", o).status());
+      EXPECT_TRUE(env.vanished());
+      // What it removed and what vanished are both gone; the checkpoints stay.
+      EXPECT_THAT(Tree(&mem, "/s"),
+                  ElementsAre("/s/.catalog.lock", "/s/latest", "/s/step-00000050",
+                              "/s/step-00000050/manifest.h5", "/s/step-00000050/rank-00000.dss",
+                              "/s/step-00000100", "/s/step-00000100/manifest.h5",
+                              "/s/step-00000100/rank-00000.dss"));
+    }
+  }
+  // Prune: a checkpoint gone while retention looks at it (removed by another prune).
+  {
+    SCOPED_TRACE("/s/step-00000050, vanishing after " + std::to_string(looks) + " looks");
+    io::MemEnv mem;
+    Populate(&mem);
+    VanishingEnv env(&mem, "/s/step-00000050", looks);
+    RetentionPolicy p;
+    p.keep_last = 1;
+    DS_ASSERT_OK(Prune(&env, "/s", p, {}).status());
+    EXPECT_TRUE(env.vanished());
+    EXPECT_FALSE(*mem.Exists("/s/step-00000050"));
+    EXPECT_TRUE(*mem.Exists("/s/step-00000100/manifest.h5"));
+  }
+}
+
+// 0: gone when first looked at after the listing; 1: looked at (planned), then gone before the
+// removal.
+INSTANTIATE_TEST_SUITE_P(Looks, VanishingEntryTest, ::testing::Values(0, 1));
+
 // The real filesystem: --older-than 0s removes what no writer holds once its lock files are
 // past the starting grace.
 TEST(GcRealEnvTest, ZeroThresholdKeepsWhatAWriterHolds) {
@@ -439,6 +539,34 @@ TEST_F(HousekeepingTest, BestIsSetFromTheCheckpointsOwnMetric) {
   EXPECT_THAT(SetBestByHand(&env_, "/s", "step-00000400", "eval_loss", "up"),
               StatusIs(StatusCode::kInvalidArgument, HasSubstr("min or max")));
   EXPECT_EQ((*cat_.ReadBest())->tag, "step-00000400");
+}
+
+// A pointer holds a tag: one of 50 MiB is not echoed (nor read whole), one holding a NUL byte is
+// quoted escaped, and list still shows the rest.
+TEST_F(HousekeepingTest, PointersThatAreNotPointersAreQuotedNotEchoed) {
+  DS_ASSERT_OK(env_.WriteFileSynced("/s/latest", std::string(50 << 20, 'a')));
+  EXPECT_THAT(cat_.ReadLatest(),
+              StatusIs(StatusCode::kCorruption,
+                       AllOf(HasSubstr("/s/latest is 50.0 MiB: not a pointer"),
+                             HasSubstr("'dsckpt list /s' shows the checkpoints"))));
+  DS_ASSERT_OK_AND_ASSIGN(SaveDirListing l, ListSaveDir(&env_, "/s"));
+  EXPECT_EQ(l.latest, "");
+  EXPECT_THAT(l.latest_problem, HasSubstr("is 50.0 MiB: not a pointer"));
+  EXPECT_EQ(l.checkpoints.size(), 6u);
+  DS_ASSERT_OK(env_.WriteFileSynced("/s/latest", std::string("step-\0\x01\n", 8)));
+  DS_ASSERT_OK_AND_ASSIGN(l, ListSaveDir(&env_, "/s"));
+  EXPECT_EQ(l.latest_problem,
+            "latest: 'step-\\x00\\x01' cannot be a checkpoint tag: use a plain name (no '/', "
+            "not starting with '.', at most 200 bytes)");
+  std::string escaped;
+  for (int i = 0; i < 64; ++i) escaped += "\\xff";
+  EXPECT_THAT(ValidateTag(std::string(300, '\xff')),
+              StatusIs(StatusCode::kInvalidArgument,
+                       HasSubstr("'" + escaped + "'... (300 bytes) cannot be a checkpoint tag")));
+  DS_ASSERT_OK(env_.WriteFileSynced("/s/best", std::string(5000, '{')));
+  EXPECT_THAT(cat_.ReadBest(), StatusIs(StatusCode::kCorruption,
+                                        AllOf(HasSubstr("/s/best is 4.9 KiB: not a pointer"),
+                                              HasSubstr("dsckpt best /s --set TAG"))));
 }
 
 TEST_F(HousekeepingTest, ListShowsCheckpointsSavesInProgressAndLeftovers) {

@@ -1,6 +1,8 @@
 // `dsckpt list / best / prune / gc` end to end through the binary: JSON parsed, exit codes for
 // bad directories and missing flags, and every dsckpt command line in docs/operations.md run
 // against a real save directory (so the page cannot rot).
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -227,6 +229,47 @@ TEST_F(DsckptCatalogTest, GcRemovesLeftoversAndLeavesALiveSave) {
   EXPECT_FALSE(*env_->Exists(torn));
   EXPECT_TRUE(*env_->Exists(io::JoinPath(live, "rank-00000.dss")));
   EXPECT_EQ(Cmd("gc", dir_, "--older-than soon").status, 2);
+}
+
+// A link inside a checkpoint (a tokenizer linked to the data directory): the dry run says only
+// the link goes, and gc removes only the link.
+TEST_F(DsckptCatalogTest, GcRemovesALinkAsALinkAndSaysSo) {
+  io::Env* env = io::Env::Default();
+  const std::string data = tmp_.Join("data");
+  DS_ASSERT_OK(env->CreateDirs(data));
+  DS_ASSERT_OK(env->WriteFileSynced(data + "/corpus.bin", "do not lose"));
+  const std::string link = dir_ + "/step-00010000/tokenizer";
+  ASSERT_EQ(::symlink("../../data", link.c_str()), 0);
+  ShellResult dry = Cmd("gc", dir_, "--dry-run");
+  ASSERT_EQ(dry.status, 0) << dry.out;
+  EXPECT_THAT(dry.out, HasSubstr("would remove unreferenced " + link +
+                                 ", 10 B: a symbolic link "
+                                 "to '../../data', not referenced by the manifest of checkpoint "
+                                 "step-00010000: removes the link only, not its target"));
+  EXPECT_TRUE(env->LinkStat(link).ok());
+  ShellResult gc = Cmd("gc", dir_, "--json");
+  ASSERT_EQ(gc.status, 0) << gc.out;
+  EXPECT_EQ(Json(gc)["removed"][0]["path"], link);
+  EXPECT_FALSE(env->LinkStat(link).ok());
+  DS_ASSERT_OK_AND_ASSIGN(std::string corpus, env->ReadFileToString(data + "/corpus.bin"));
+  EXPECT_EQ(corpus, "do not lose");
+}
+
+// A `latest` of 50 MiB, or holding a NUL byte: list says so, quoted and short, and goes on.
+TEST_F(DsckptCatalogTest, ListQuotesALatestThatIsNotAPointer) {
+  io::Env* env = io::Env::Default();
+  DS_ASSERT_OK(env->WriteFileSynced(dir_ + "/latest", std::string(50 << 20, 'x')));
+  ShellResult big = Cmd("list", dir_);
+  ASSERT_EQ(big.status, 0) << big.out.substr(0, 2000);
+  EXPECT_THAT(big.out, HasSubstr("latest: UNREADABLE: " + dir_ +
+                                 "/latest is 50.0 MiB: not a "
+                                 "pointer"));
+  EXPECT_LT(big.out.size(), 4000u);
+  DS_ASSERT_OK(env->WriteFileSynced(dir_ + "/latest", std::string("step-\0\x01\n", 8)));
+  ShellResult nul = Cmd("list", dir_);
+  ASSERT_EQ(nul.status, 0) << nul.out;
+  EXPECT_THAT(nul.out, HasSubstr("latest: UNREADABLE: latest: 'step-\\x00\\x01' cannot be a "
+                                 "checkpoint tag"));
 }
 
 TEST_F(DsckptCatalogTest, ABusySaveDirectoryFailsWithinTheWait) {
