@@ -1,7 +1,10 @@
 #include "ckpt/inspect.h"
 
 #include <algorithm>
+#include <nlohmann/json.hpp>
+#include <optional>
 
+#include "ckpt/catalog.h"
 #include "formats/shard_file.h"
 
 namespace ds::ckpt {
@@ -46,20 +49,30 @@ Result<CheckpointSummary> InspectCheckpoint(io::Env* env, const std::string& dir
       s.largest_tensor_bytes = bytes;
     }
   }
+  // Each shard: there, a regular file, its header valid and of the right rank, its size the
+  // manifest's. Its chunks are not read (that is verify's work).
   for (const fmt::FileMeta& f : m->files) {
-    Result<io::FileInfo> info = env->Stat(io::JoinPath(dir, f.name));
-    if (!info.ok()) {
+    const std::string rank = " (rank " + std::to_string(f.rank) + ")";
+    Result<std::unique_ptr<fmt::ShardReader>> shard =
+        fmt::ShardReader::Open(env, io::JoinPath(dir, f.name), f.rank);
+    if (!shard.ok() && shard.status().IsNotFound()) {
       s.healthy = false;
-      s.problems.push_back(f.name + " (rank " + std::to_string(f.rank) + ") is missing: " +
-                           info.status().message());
+      s.problems.push_back(f.name + rank + " is missing: " + shard.status().message());
       continue;
     }
-    s.file_bytes += info->size;
-    if (info->size != f.size) {
+    if (!shard.ok() && shard.status().IsCorruption()) {
       s.healthy = false;
-      s.problems.push_back(f.name + " has " + std::to_string(info->size) +
+      s.problems.push_back(f.name + rank + ": " + shard.status().message());
+      continue;
+    }
+    if (!shard.ok()) return shard.status();
+    const uint64_t size = (*shard)->file_size();
+    s.file_bytes += size;
+    if (size != f.size) {
+      s.healthy = false;
+      s.problems.push_back(f.name + " has " + std::to_string(size) +
                            " bytes but the manifest says " + std::to_string(f.size) +
-                           (info->size < f.size ? " (truncated)" : " (appended to)"));
+                           (size < f.size ? " (truncated)" : " (appended to)"));
     }
   }
   return s;
@@ -68,17 +81,38 @@ Result<CheckpointSummary> InspectCheckpoint(io::Env* env, const std::string& dir
 Result<SaveDirSummary> InspectSaveDir(io::Env* env, const std::string& dir) {
   SaveDirSummary s;
   s.path = dir;
+  // The pointers, read as the catalog reads them (bounded; what cannot be read is a problem).
+  Catalog catalog(env, dir);
+  Result<std::optional<std::string>> latest = catalog.ReadLatest();
+  if (latest.ok() && latest->has_value()) {
+    if (Status valid = ValidateTag(**latest); valid.ok()) {
+      s.latest = **latest;
+    } else {
+      s.problems.push_back("latest: " + valid.message());
+    }
+  } else if (!latest.ok() && latest.status().IsCorruption()) {
+    s.problems.push_back(latest.status().message());
+  } else if (!latest.ok()) {
+    return latest.status();
+  }
+  Result<std::optional<BestPointer>> best = catalog.ReadBest();
+  if (best.ok() && best->has_value()) {
+    const BestPointer& b = **best;
+    s.best_json =
+        nlohmann::json{{"tag", b.tag}, {"metric", b.metric}, {"value", b.value}, {"mode", b.mode}}
+            .dump();
+  } else if (!best.ok() && best.status().IsCorruption()) {
+    s.problems.push_back(best.status().message());
+  } else if (!best.ok()) {
+    return best.status();
+  }
   DS_ASSIGN_OR_RETURN(std::vector<std::string> names, env->ListDir(dir));
   for (const std::string& name : names) {
     const std::string path = io::JoinPath(dir, name);
-    if (name == "latest" || name == "best") {
-      DS_ASSIGN_OR_RETURN(std::string text, env->ReadFileToString(path));
-      while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-      (name == "latest" ? s.latest : s.best_json) = text;
-      continue;
-    }
-    DS_ASSIGN_OR_RETURN(io::FileInfo info, env->Stat(path));
-    if (!info.is_dir) continue;
+    Result<io::FileInfo> info = env->Stat(path);
+    if (!info.ok() && info.status().IsNotFound()) continue;  // gone meanwhile, or a broken link
+    if (!info.ok()) return info.status();
+    if (!info->is_dir) continue;
     if (name.rfind(".tmp-", 0) == 0) {
       s.in_progress.push_back(name);
       continue;

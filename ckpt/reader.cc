@@ -32,14 +32,28 @@ struct CheckpointReader::Impl {
     if (shards[file] != nullptr) return Status::OK();
     const fmt::FileMeta& f = manifest.files[file];
     const std::string path = io::JoinPath(dir, f.name);
-    DS_ASSIGN_OR_RETURN(shards[file], fmt::ShardReader::Open(env, path, f.rank));
+    // A shard the manifest lists that is missing, or not a regular file, is damage of the
+    // checkpoint (Corruption: --fallback goes back to an earlier one), not an I/O error.
+    Result<std::unique_ptr<fmt::ShardReader>> opened = fmt::ShardReader::Open(env, path, f.rank);
+    if (!opened.ok() && opened.status().IsNotFound()) {
+      const std::string verify = "'dsckpt verify " + dir + "'";
+      return Status::Corruption(
+          "checkpoint " + dir + ": " + f.name + " (rank " + std::to_string(f.rank) +
+          ") is missing, though its manifest lists it (removed by hand? " + verify +
+          " tells what else is damaged; an earlier checkpoint "
+          "may be intact)");
+    }
+    if (!opened.ok()) return opened.status().WithContext("checkpoint " + dir);
+    shards[file] = std::move(*opened);
     if (shards[file]->file_size() < f.size) {
       return Status::Corruption(f.name + " has " + std::to_string(shards[file]->file_size()) +
                                 " bytes but the manifest says " + std::to_string(f.size) +
                                 " (truncated; run 'dsckpt verify " + dir + "')");
     }
-    DS_ASSIGN_OR_RETURN(direct_files[file],
-                        env->OpenFile(path, {io::OpenMode::kRead, options.direct_io}));
+    io::OpenOptions direct;
+    direct.direct = options.direct_io;
+    direct.regular_only = true;
+    DS_ASSIGN_OR_RETURN(direct_files[file], env->OpenFile(path, direct));
     return Status::OK();
   }
 };

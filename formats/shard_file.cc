@@ -348,7 +348,15 @@ Result<std::unique_ptr<ShardReader>> ShardReader::Open(io::Env* env, const std::
                                                        int64_t expected_rank) {
   std::unique_ptr<ShardReader> r(new ShardReader());
   r->path_ = path;
-  DS_ASSIGN_OR_RETURN(r->file_, env->OpenFile(path, {io::OpenMode::kRead}));
+  // Only a regular file, opened without blocking: a FIFO or device in a shard's place would
+  // hang the reader. Such a thing where a shard should be is damage, not an I/O error.
+  io::OpenOptions options;
+  options.regular_only = true;
+  Result<std::unique_ptr<io::File>> file = env->OpenFile(path, options);
+  if (!file.ok() && file.status().code() == StatusCode::kFailedPrecondition) {
+    return Status::Corruption(file.status().message());
+  }
+  DS_ASSIGN_OR_RETURN(r->file_, std::move(file));
   DS_ASSIGN_OR_RETURN(r->file_size_, r->file_->Size());
   std::vector<std::byte> header(kShardHeaderBytes);
   DS_ASSIGN_OR_RETURN(size_t n, r->file_->ReadAt(0, header));

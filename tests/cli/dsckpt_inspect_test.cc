@@ -1,5 +1,7 @@
 // `dsckpt inspect` and `dsckpt verify` end to end, and the Python reader of docs/format.md run
 // against a real checkpoint (so the spec's example cannot rot).
+#include <sys/stat.h>
+
 #include <nlohmann/json.hpp>
 
 #include "bench/fio.h"
@@ -60,6 +62,66 @@ TEST_F(DsckptInspectTest, VerifyExitCodes) {
   nlohmann::json j = nlohmann::json::parse(js.out);
   EXPECT_EQ(j["chunks_damaged"], 1);
   EXPECT_FALSE(j["healthy"].get<bool>());
+}
+
+// A directory or a FIFO where a shard should be is damage (exit 1), found at once: a FIFO with
+// no writer must not block verify (`timeout` turns a hang into status 124).
+TEST_F(DsckptInspectTest, VerifyCallsWhatIsNotAFileInAShardsPlaceDamage) {
+  io::Env* env = io::Env::Default();
+  const std::string shard = io::JoinPath(ckpt_, "rank-00001.dss");
+  DS_ASSERT_OK(env->RemoveFile(shard));
+  DS_ASSERT_OK(env->CreateDir(shard));
+  ShellResult dir = Sh("timeout 10 " + Dsckpt() + " verify " + bench::ShellQuote(ckpt_));
+  EXPECT_EQ(dir.status, 1) << dir.out;
+  EXPECT_THAT(dir.out, HasSubstr("DAMAGED"));
+  EXPECT_THAT(dir.out, HasSubstr(shard + " is a directory, not a regular file"));
+  DS_ASSERT_OK(env->RemoveDir(shard));
+  ASSERT_EQ(::mkfifo(shard.c_str(), 0644), 0);
+  ShellResult fifo = Sh("timeout 10 " + Dsckpt() + " verify " + bench::ShellQuote(ckpt_));
+  EXPECT_EQ(fifo.status, 1) << fifo.out;
+  EXPECT_THAT(fifo.out, HasSubstr(shard + " is a FIFO, not a regular file"));
+  ShellResult inspect = Sh("timeout 10 " + Dsckpt() + " inspect " + bench::ShellQuote(ckpt_));
+  EXPECT_EQ(inspect.status, 1) << inspect.out;
+  EXPECT_THAT(inspect.out, HasSubstr("is a FIFO, not a regular file"));
+}
+
+// inspect reads no chunk, so it never says "healthy": it says what it checked, and that verify
+// reads the rest. A damaged shard header it does see.
+TEST_F(DsckptInspectTest, InspectSaysWhatItCheckedAndWhatNot) {
+  ShellResult text = Sh(Dsckpt() + " inspect " + bench::ShellQuote(ckpt_));
+  ASSERT_EQ(text.status, 0) << text.out;
+  EXPECT_THAT(text.out, HasSubstr("checkpoint " + ckpt_ +
+                                  ": not verified: manifest, shard "
+                                  "headers and sizes ok; chunks not read (run 'dsckpt verify " +
+                                  ckpt_ + "')"));
+  EXPECT_THAT(text.out, ::testing::Not(HasSubstr("healthy")));
+  ShellResult js = Sh(Dsckpt() + " inspect --json " + bench::ShellQuote(ckpt_));
+  ASSERT_EQ(js.status, 0) << js.out;
+  nlohmann::json j = nlohmann::json::parse(js.out);
+  EXPECT_TRUE(j["healthy"].get<bool>());
+  EXPECT_FALSE(j["verified"].get<bool>());
+  EXPECT_THAT(j["checked"].get<std::string>(), HasSubstr("chunks not read"));
+  ShellResult dir = Sh(Dsckpt() + " inspect " + bench::ShellQuote(dir_.path()));
+  ASSERT_EQ(dir.status, 0) << dir.out;
+  EXPECT_THAT(dir.out, HasSubstr("not verified"));
+  EXPECT_THAT(dir.out, HasSubstr("chunks not read"));
+  // A damaged chunk: inspect cannot see it, and does not claim the checkpoint is intact.
+  const fmt::ChunkMeta& c = manifest_.chunks.back();
+  auto f =
+      io::Env::Default()->OpenFile(io::JoinPath(ckpt_, "rank-00002.dss"), {io::OpenMode::kUpdate});
+  ASSERT_TRUE(f.ok());
+  std::byte b[1] = {std::byte{0xff}};
+  ASSERT_TRUE((*f)->WriteAt(c.offset, b).ok());
+  ShellResult chunk = Sh(Dsckpt() + " inspect " + bench::ShellQuote(ckpt_));
+  EXPECT_EQ(chunk.status, 0) << chunk.out;
+  EXPECT_THAT(chunk.out, HasSubstr("not verified"));
+  EXPECT_THAT(chunk.out, ::testing::Not(HasSubstr("healthy")));
+  // A damaged shard header: DAMAGED, exit 1.
+  ASSERT_TRUE((*f)->WriteAt(100, b).ok());
+  ShellResult header = Sh(Dsckpt() + " inspect " + bench::ShellQuote(ckpt_));
+  EXPECT_EQ(header.status, 1) << header.out;
+  EXPECT_THAT(header.out, HasSubstr("DAMAGED"));
+  EXPECT_THAT(header.out, HasSubstr("rank-00002.dss: shard header fails its checksum"));
 }
 
 TEST_F(DsckptInspectTest, InspectCheckpointAndSaveDir) {
