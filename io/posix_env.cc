@@ -88,7 +88,22 @@ class FdCloser {
   int fd_;
 };
 
-// The names in the open directory `dirfd` (not . and ..), read before anything is removed.
+// The names in the open directory stream `d` (not . and ..), sorted; closes it.
+Result<std::vector<std::string>> ReadNames(DIR* d, const std::string& path) {
+  std::vector<std::string> names;
+  errno = 0;
+  while (struct dirent* e = ::readdir(d)) {
+    std::string_view name = e->d_name;
+    if (name != "." && name != "..") names.emplace_back(name);
+  }
+  int e = errno;
+  ::closedir(d);
+  if (e != 0) return ErrnoStatus("list " + path, e);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// The names in the open directory `dirfd`, read before anything is removed.
 Result<std::vector<std::string>> ListDirFd(int dirfd, const std::string& path) {
   int dup = ::fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
   if (dup < 0) return ErrnoStatus("list " + path, errno);
@@ -99,16 +114,7 @@ Result<std::vector<std::string>> ListDirFd(int dirfd, const std::string& path) {
     return ErrnoStatus("list " + path, e);
   }
   ::rewinddir(d);  // the duplicate shares its offset with `dirfd`
-  std::vector<std::string> names;
-  errno = 0;
-  while (struct dirent* e = ::readdir(d)) {
-    std::string_view name = e->d_name;
-    if (name != "." && name != "..") names.emplace_back(name);
-  }
-  int e = errno;
-  ::closedir(d);
-  if (e != 0) return ErrnoStatus("list " + path, e);
-  return names;
+  return ReadNames(d, path);
 }
 
 // rm -rf over descriptors: every name is looked up relative to its parent's open descriptor
@@ -412,17 +418,7 @@ class PosixEnv final : public Env {
   Result<std::vector<std::string>> ListDir(const std::string& dir) override {
     DIR* d = ::opendir(dir.c_str());
     if (d == nullptr) return ErrnoStatus("list " + dir, errno);
-    std::vector<std::string> names;
-    errno = 0;
-    while (struct dirent* e = ::readdir(d)) {
-      std::string_view name = e->d_name;
-      if (name != "." && name != "..") names.emplace_back(name);
-    }
-    int e = errno;
-    ::closedir(d);
-    if (e != 0) return ErrnoStatus("list " + dir, e);
-    std::sort(names.begin(), names.end());
-    return names;
+    return ReadNames(d, dir);
   }
   Status SyncDir(const std::string& dir) override {
     int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -37,6 +37,15 @@ class DsckptInspectTest : public ::testing::Test {
   std::string ckpt_;
   std::vector<testing::TestTensor> tensors_;
   fmt::Manifest manifest_;
+
+  // Overwrites one byte of rank 2's shard file with 0xff.
+  void Damage(uint64_t offset) {
+    auto f = io::Env::Default()->OpenFile(io::JoinPath(ckpt_, "rank-00002.dss"),
+                                          {io::OpenMode::kUpdate});
+    ASSERT_TRUE(f.ok());
+    std::byte b[1] = {std::byte{0xff}};
+    ASSERT_TRUE((*f)->WriteAt(offset, b).ok());
+  }
 };
 
 TEST_F(DsckptInspectTest, VerifyExitCodes) {
@@ -46,13 +55,7 @@ TEST_F(DsckptInspectTest, VerifyExitCodes) {
   ShellResult missing = Sh(Dsckpt() + " verify " + bench::ShellQuote(dir_.Join("nope")));
   EXPECT_EQ(missing.status, 2) << missing.out;
   EXPECT_THAT(missing.out, HasSubstr("does not exist"));
-  // Damage one chunk of rank 2.
-  const fmt::ChunkMeta& c = manifest_.chunks.back();
-  auto f =
-      io::Env::Default()->OpenFile(io::JoinPath(ckpt_, "rank-00002.dss"), {io::OpenMode::kUpdate});
-  ASSERT_TRUE(f.ok());
-  std::byte b[1] = {std::byte{0xff}};
-  ASSERT_TRUE((*f)->WriteAt(c.offset, b).ok());
+  Damage(manifest_.chunks.back().offset);  // one chunk of rank 2
   ShellResult bad = Sh(Dsckpt() + " verify " + bench::ShellQuote(ckpt_));
   EXPECT_EQ(bad.status, 1) << bad.out;
   EXPECT_THAT(bad.out, HasSubstr("of rank-00002.dss"));
@@ -106,18 +109,13 @@ TEST_F(DsckptInspectTest, InspectSaysWhatItCheckedAndWhatNot) {
   EXPECT_THAT(dir.out, HasSubstr("not verified"));
   EXPECT_THAT(dir.out, HasSubstr("chunks not read"));
   // A damaged chunk: inspect cannot see it, and does not claim the checkpoint is intact.
-  const fmt::ChunkMeta& c = manifest_.chunks.back();
-  auto f =
-      io::Env::Default()->OpenFile(io::JoinPath(ckpt_, "rank-00002.dss"), {io::OpenMode::kUpdate});
-  ASSERT_TRUE(f.ok());
-  std::byte b[1] = {std::byte{0xff}};
-  ASSERT_TRUE((*f)->WriteAt(c.offset, b).ok());
+  Damage(manifest_.chunks.back().offset);
   ShellResult chunk = Sh(Dsckpt() + " inspect " + bench::ShellQuote(ckpt_));
   EXPECT_EQ(chunk.status, 0) << chunk.out;
   EXPECT_THAT(chunk.out, HasSubstr("not verified"));
   EXPECT_THAT(chunk.out, ::testing::Not(HasSubstr("healthy")));
   // A damaged shard header: DAMAGED, exit 1.
-  ASSERT_TRUE((*f)->WriteAt(100, b).ok());
+  Damage(100);
   ShellResult header = Sh(Dsckpt() + " inspect " + bench::ShellQuote(ckpt_));
   EXPECT_EQ(header.status, 1) << header.out;
   EXPECT_THAT(header.out, HasSubstr("DAMAGED"));
