@@ -45,90 +45,6 @@ int64_t Manifest::FindBlob(std::string_view name) const {
   return -1;
 }
 
-// ---- the content checksum: every field, in table order, integers as u64 little-endian and
-// strings as their u64 length then their bytes.
-
-namespace {
-
-// Collects the canonical bytes, then hashes them once (a manifest is small).
-class Canon {
- public:
-  void U(uint64_t v) {
-    for (int i = 0; i < 8; ++i) bytes_.push_back(static_cast<char>(v >> (8 * i)));
-  }
-  void S(std::string_view s) {
-    U(s.size());
-    bytes_.append(s);
-  }
-  void V(const std::vector<int64_t>& v) {
-    U(v.size());
-    for (int64_t x : v) U(static_cast<uint64_t>(x));
-  }
-  uint64_t Digest() const { return Xxh64(std::as_bytes(std::span(bytes_.data(), bytes_.size()))); }
-
- private:
-  std::string bytes_;
-};
-
-}  // namespace
-
-uint64_t ManifestContentChecksum(const Manifest& m) {
-  Canon c;
-  const ManifestInfo& i = m.info;
-  c.U(i.format_version);
-  c.S(i.tag);
-  c.U(static_cast<uint64_t>(i.step));
-  c.U(i.world_size);
-  c.U(i.zero_stage);
-  c.U(i.tp_degree);
-  c.U(i.pp_degree);
-  c.U(i.partition_alignment);
-  c.U(static_cast<uint64_t>(i.created_micros));
-  c.S(i.writer_version);
-  c.S(i.config_json);
-  c.S(i.metrics_json);
-  c.U(m.tensors.size());
-  for (const TensorMeta& t : m.tensors) {
-    c.S(t.name);
-    c.S(DTypeName(t.dtype));
-    c.V(t.shape);
-  }
-  c.U(m.slices.size());
-  for (const SliceMeta& s : m.slices) {
-    c.U(s.tensor);
-    c.U(s.rank);
-    c.V(s.box_offset);
-    c.V(s.box_length);
-    c.U(s.flat_begin);
-    c.U(s.flat_end);
-    c.U(s.first_chunk);
-    c.U(s.offset_in_chunk);
-  }
-  c.U(m.files.size());
-  for (const FileMeta& f : m.files) {
-    c.S(f.name);
-    c.U(f.size);
-    c.U(f.rank);
-  }
-  c.U(m.chunks.size());
-  for (const ChunkMeta& k : m.chunks) {
-    c.U(k.file);
-    c.U(k.offset);
-    c.U(k.stored_len);
-    c.U(k.raw_len);
-    c.U(static_cast<uint64_t>(k.codec));
-    c.U(k.elem_size);
-    c.U(k.raw_xxh64);
-    c.U(k.stored_xxh64);
-  }
-  c.U(m.blobs.size());
-  for (const BlobMeta& b : m.blobs) {
-    c.S(b.name);
-    c.S(b.data);
-  }
-  return c.Digest();
-}
-
 // ---- validation
 
 namespace {
@@ -141,8 +57,7 @@ std::string Join(const std::vector<int64_t>& v) {
 
 Status ValidateInfo(const ManifestInfo& i, const std::string& w) {
   if (i.format_version == 0 || i.format_version > kManifestFormatVersion) {
-    return Status::Corruption(w + ": manifest format version " +
-                              std::to_string(i.format_version) +
+    return Status::Corruption(w + ": manifest format version " + std::to_string(i.format_version) +
                               " is not one this dstrain reads (it reads 1 to " +
                               std::to_string(kManifestFormatVersion) +
                               "); written by a newer dstrain? upgrade to read it");
@@ -222,8 +137,8 @@ Status ValidateFilesAndChunks(const Manifest& m, const std::string& w) {
     if (c.codec == Codec::kRaw && c.stored_len != c.raw_len) {
       return Status::Corruption(what + " is stored raw but its stored and raw lengths differ");
     }
-    if (c.offset < kShardHeaderBytes || c.offset % kChunkAlignment != 0 ||
-        c.stored_len > f.size || c.offset > f.size - c.stored_len) {
+    if (c.offset < kShardHeaderBytes || c.offset % kChunkAlignment != 0 || c.stored_len > f.size ||
+        c.offset > f.size - c.stored_len) {
       return Status::Corruption(what + " at offset " + std::to_string(c.offset) + " (" +
                                 std::to_string(c.stored_len) + " bytes) is not inside the " +
                                 std::to_string(f.size) + "-byte file after its header");
@@ -256,8 +171,8 @@ Status ValidateSliceBytes(const Manifest& m, const SliceMeta& s, size_t slice_in
                           std::vector<Segment>* segments) {
   if (nbytes == 0) {
     if (s.first_chunk > m.chunks.size()) {
-      return Status::Corruption(what + " names chunk " + std::to_string(s.first_chunk) +
-                                " of " + std::to_string(m.chunks.size()));
+      return Status::Corruption(what + " names chunk " + std::to_string(s.first_chunk) + " of " +
+                                std::to_string(m.chunks.size()));
     }
     return Status::OK();
   }
@@ -340,8 +255,7 @@ Status ValidateSlices(const Manifest& m, const std::string& w) {
     }
     if (s.box_offset.size() != t.shape.size() || s.box_length.size() != t.shape.size()) {
       return Status::Corruption(what + ": box has " + std::to_string(s.box_offset.size()) +
-                                " dimensions but the tensor has " +
-                                std::to_string(t.shape.size()));
+                                " dimensions but the tensor has " + std::to_string(t.shape.size()));
     }
     for (size_t d = 0; d < t.shape.size(); ++d) {
       if (s.box_offset[d] < 0 || s.box_length[d] < 0 ||
@@ -366,9 +280,8 @@ Status ValidateSlices(const Manifest& m, const std::string& w) {
   // Identical boxes: flat ranges disjoint.
   std::map<uint32_t, std::vector<const std::vector<int64_t>*>> boxes_of;
   for (auto& [key, idx] : by_box) {
-    std::sort(idx.begin(), idx.end(), [&](size_t a, size_t b) {
-      return m.slices[a].flat_begin < m.slices[b].flat_begin;
-    });
+    std::sort(idx.begin(), idx.end(),
+              [&](size_t a, size_t b) { return m.slices[a].flat_begin < m.slices[b].flat_begin; });
     for (size_t k = 1; k < idx.size(); ++k) {
       const SliceMeta &a = m.slices[idx[k - 1]], &b = m.slices[idx[k]];
       if (a.flat_end > b.flat_begin) {
@@ -395,12 +308,10 @@ Status ValidateSlices(const Manifest& m, const std::string& w) {
         }
         if (nd == 0) intersect = true;  // two distinct scalar boxes cannot exist
         if (intersect && !empty) {
-          return Status::Corruption(w + ": tensor '" + m.tensors[tensor].name +
-                                    "': boxes at " +
-                                    Join(std::vector<int64_t>(x.begin(), x.begin() + nd)) +
-                                    " and " +
-                                    Join(std::vector<int64_t>(y.begin(), y.begin() + nd)) +
-                                    " overlap");
+          return Status::Corruption(
+              w + ": tensor '" + m.tensors[tensor].name + "': boxes at " +
+              Join(std::vector<int64_t>(x.begin(), x.begin() + nd)) + " and " +
+              Join(std::vector<int64_t>(y.begin(), y.begin() + nd)) + " overlap");
         }
       }
     }

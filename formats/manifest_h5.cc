@@ -1,14 +1,18 @@
-// The HDF5 side of manifest.h5: building and parsing the file image (the image's in-memory
-// plumbing and its user block are in manifest_image.cc). All HDF5 calls run under one mutex (the
-// library may be built without thread safety) and with HDF5's own error printing off; failures
-// become Status values.
+// The HDF5 side of manifest.h5: building the file (HDF5 image, record, user block), reading it
+// back (the record in format 2; the HDF5 image of format 1, in a child process), and the image's
+// in-memory plumbing and user block in manifest_image.cc. All HDF5 calls run under one mutex
+// (the library may be built without thread safety) and with HDF5's own error printing off;
+// failures become Status values.
 #include <hdf5.h>
 
+#include <cmath>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 
 #include "formats/internal/manifest_image.h"
 #include "formats/manifest.h"
+#include "io/isolated.h"
 
 namespace ds::fmt {
 namespace {
@@ -268,8 +272,8 @@ Status EncodeInto(hid_t f, const Manifest& m) {
   DS_RETURN_IF_ERROR(WriteAttr(root, "zero_stage", H5T_NATIVE_UINT32, &(u32 = i.zero_stage)));
   DS_RETURN_IF_ERROR(WriteAttr(root, "tp_degree", H5T_NATIVE_UINT32, &(u32 = i.tp_degree)));
   DS_RETURN_IF_ERROR(WriteAttr(root, "pp_degree", H5T_NATIVE_UINT32, &(u32 = i.pp_degree)));
-  DS_RETURN_IF_ERROR(WriteAttr(root, "partition_alignment", H5T_NATIVE_UINT64,
-                               &(u64 = i.partition_alignment)));
+  DS_RETURN_IF_ERROR(
+      WriteAttr(root, "partition_alignment", H5T_NATIVE_UINT64, &(u64 = i.partition_alignment)));
   DS_RETURN_IF_ERROR(
       WriteAttr(root, "created_micros", H5T_NATIVE_INT64, &(i64 = i.created_micros)));
   DS_RETURN_IF_ERROR(WriteStrAttr(root, "writer_version", i.writer_version));
@@ -413,10 +417,8 @@ void QuietHdf5() {
   std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });
 }
 
-}  // namespace
-
-Result<std::string> EncodeManifest(const Manifest& m) {
-  DS_RETURN_IF_ERROR(ValidateManifest(m, "manifest to write"));
+// The HDF5 image of `m` with a zeroed user block, cut at HDF5's end of file.
+Result<std::string> BuildHdf5Image(const Manifest& m) {
   std::lock_guard<std::mutex> lock(Hdf5Mutex());
   QuietHdf5();
   ImageSink sink;
@@ -437,29 +439,109 @@ Result<std::string> EncodeManifest(const Manifest& m) {
     DS_RETURN_IF_ERROR(s);
   }
   DS_RETURN_IF_ERROR(TrimToEndOfFile(&sink.image));
-  SealUserBlock(&sink.image);
   return std::move(sink.image);
+}
+
+// Parses a format-1 HDF5 image. The caller holds the HDF5 mutex, or is the isolated child (whose
+// copy of the mutex is locked by the parent's thread and must not be touched).
+Result<Manifest> ParseHdf5Image(std::span<const std::byte> image, const std::string& w) {
+  Manifest m;
+  Hid fapl(H5Pcreate(H5P_FILE_ACCESS));
+  H5_CHECK(H5Pset_fapl_core(fapl.get(), 1 << 20, 0), "HDF5 setup");
+  // HDF5 copies the image (no callbacks given), so `image` may be read-only memory.
+  H5_CHECK(H5Pset_file_image(fapl.get(), const_cast<std::byte*>(image.data()), image.size()),
+           "HDF5 setup");
+  hid_t id = H5Fopen("manifest.h5", H5F_ACC_RDONLY, fapl.get());
+  if (id < 0) {
+    return Status::Corruption(w + ": HDF5 cannot open it (" + Hdf5Error() +
+                              "); the manifest is damaged");
+  }
+  Hid file(id);
+  DS_RETURN_IF_ERROR(DecodeFrom(file.get(), image.size(), &m, w));
+  return m;
+}
+
+// DSTRAIN_MANIFEST_PARSE_TIMEOUT_S: how long a format-1 parse may take (seconds, default 30).
+Result<std::chrono::milliseconds> ParseTimeout() {
+  const char* v = std::getenv("DSTRAIN_MANIFEST_PARSE_TIMEOUT_S");
+  if (v == nullptr || *v == '\0') return std::chrono::milliseconds(30000);
+  char* end = nullptr;
+  const double s = std::strtod(v, &end);
+  if (end == v || *end != '\0' || !std::isfinite(s) || s <= 0 || s > 86400) {
+    return Status::InvalidArgument("DSTRAIN_MANIFEST_PARSE_TIMEOUT_S='" +
+                                   std::string(v).substr(0, 32) +
+                                   "' is not a number of seconds in (0, 86400]");
+  }
+  return std::chrono::milliseconds(static_cast<int64_t>(std::ceil(s * 1000)));
+}
+
+// Format 1: libhdf5 parses the image in a child process (it crashes and hangs on crafted files),
+// which answers with the record; the parent trusts nothing but what its own parser accepts.
+Result<Manifest> DecodeFormat1(std::span<const std::byte> image, const std::string& w) {
+  {
+    // The library's global state is set up here, once, not in every child.
+    std::lock_guard<std::mutex> lock(Hdf5Mutex());
+    QuietHdf5();
+  }
+  io::IsolationLimits limits;
+  DS_ASSIGN_OR_RETURN(limits.timeout, ParseTimeout());
+  limits.memory_bytes = (uint64_t{1} << 30) + 256 * image.size();
+  limits.max_answer_bytes = limits.memory_bytes;
+  limits.hold_across_fork = &Hdf5Mutex();
+  limits.on_failure = [&](const std::string& how) {
+    const bool hang = how.rfind("did not finish", 0) == 0;
+    return Status::Corruption(w + ": the HDF5 library " + how +
+                              " parsing it: the manifest is damaged; an older checkpoint may "
+                              "still be good" +
+                              (hang ? " (DSTRAIN_MANIFEST_PARSE_TIMEOUT_S sets the limit)" : ""));
+  };
+  // Everything the child can fail at is the file's doing (the image is in memory): Corruption.
+  auto parse = [&]() -> Result<std::string> {
+    Result<Manifest> m = ParseHdf5Image(image, w);
+    if (m.ok()) return EncodeManifestRecord(*m);
+    if (m.status().IsCorruption()) return m.status();
+    return Status::Corruption(w + ": HDF5 cannot parse it (" + m.status().message() +
+                              "); the manifest is damaged");
+  };
+  DS_ASSIGN_OR_RETURN(std::string record, io::RunIsolated(parse, limits));
+  return DecodeManifestRecord(std::as_bytes(std::span(record.data(), record.size())), w);
+}
+
+}  // namespace
+
+Result<std::string> EncodeManifest(const Manifest& m) {
+  DS_RETURN_IF_ERROR(ValidateManifest(m, "manifest to write"));
+  Manifest v2 = m;
+  v2.info.format_version = 2;
+  DS_ASSIGN_OR_RETURN(std::string file, BuildHdf5Image(v2));
+  const uint64_t record_offset = file.size();
+  file += EncodeManifestRecord(v2);
+  SealUserBlock(&file, 2, record_offset);
+  return file;
+}
+
+Result<std::string> EncodeManifestV1(const Manifest& m) {
+  DS_RETURN_IF_ERROR(ValidateManifest(m, "manifest to write"));
+  Manifest v1 = m;
+  v1.info.format_version = 1;
+  DS_ASSIGN_OR_RETURN(std::string file, BuildHdf5Image(v1));
+  SealUserBlock(&file, 1, 0);
+  return file;
 }
 
 Result<Manifest> DecodeManifest(std::span<const std::byte> image, std::string_view what) {
   const std::string w(what);
-  DS_RETURN_IF_ERROR(CheckUserBlock(image, w));
+  DS_ASSIGN_OR_RETURN(UserBlock ub, CheckUserBlock(image, w));
   Manifest m;
-  {
-    std::lock_guard<std::mutex> lock(Hdf5Mutex());
-    QuietHdf5();
-    Hid fapl(H5Pcreate(H5P_FILE_ACCESS));
-    H5_CHECK(H5Pset_fapl_core(fapl.get(), 1 << 20, 0), "HDF5 setup");
-    // HDF5 copies the image (no callbacks given), so `image` may be read-only memory.
-    H5_CHECK(H5Pset_file_image(fapl.get(), const_cast<std::byte*>(image.data()), image.size()),
-             "HDF5 setup");
-    hid_t id = H5Fopen("manifest.h5", H5F_ACC_RDONLY, fapl.get());
-    if (id < 0) {
-      return Status::Corruption(w + ": HDF5 cannot open it (" + Hdf5Error() +
-                                "); the manifest is damaged");
+  if (ub.version == 1) {
+    DS_ASSIGN_OR_RETURN(m, DecodeFormat1(image, w));
+  } else {
+    DS_ASSIGN_OR_RETURN(m, DecodeManifestRecord(image.subspan(ub.record_offset), w));
+    if (m.info.format_version != ub.version) {
+      return Status::Corruption(w + ": the manifest's record says format version " +
+                                std::to_string(m.info.format_version) + " but its header says " +
+                                std::to_string(ub.version));
     }
-    Hid file(id);
-    DS_RETURN_IF_ERROR(DecodeFrom(file.get(), image.size(), &m, w));
   }
   DS_RETURN_IF_ERROR(ValidateManifest(m, w));
   return m;

@@ -67,43 +67,63 @@ Status TrimToEndOfFile(std::string* image) {
 }
 
 // The user block (which HDF5 leaves to applications) carries a checksum of everything after
-// it, checked before HDF5 parses a byte: HDF5 itself is not hardened against damaged files.
-void SealUserBlock(std::string* image) {
-  auto* ub = reinterpret_cast<std::byte*>(image->data());
+// it, checked before a byte is parsed; in format 2 it also says where our record lies.
+void SealUserBlock(std::string* file, uint32_t version, uint64_t record_offset) {
+  auto* ub = reinterpret_cast<std::byte*>(file->data());
+  const auto bytes = std::as_bytes(std::span(file->data(), file->size()));
   std::memset(ub, 0, kManifestUserBlockBytes);
   std::memcpy(ub, kManifestMagic, 8);
-  PutU32(ub + 8, kManifestFormatVersion);
-  PutU64(ub + 16, image->size());
-  PutU64(
-      ub + 24,
-      Xxh64(
-          std::as_bytes(std::span(image->data(), image->size())).subspan(kManifestUserBlockBytes)));
+  PutU32(ub + kUserBlockVersionAt, version);
+  PutU64(ub + kUserBlockLengthAt, file->size());
+  if (version >= 2) {
+    PutU64(ub + kUserBlockRecordAt, record_offset);
+    PutU64(ub + kUserBlockRecordLengthAt, file->size() - record_offset);
+    PutU64(ub + kUserBlockRecordChecksumAt, Xxh64(bytes.subspan(record_offset)));
+  }
+  PutU64(ub + kUserBlockChecksumAt, Xxh64(bytes.subspan(kManifestUserBlockBytes)));
 }
 
-Status CheckUserBlock(std::span<const std::byte> image, const std::string& w) {
-  if (image.size() < kManifestUserBlockBytes || std::memcmp(image.data(), kManifestMagic, 8) != 0) {
-    return Status::Corruption(w + ": not a dstrain manifest (" + std::to_string(image.size()) +
+Result<UserBlock> CheckUserBlock(std::span<const std::byte> file, const std::string& w) {
+  if (file.size() < kManifestUserBlockBytes || std::memcmp(file.data(), kManifestMagic, 8) != 0) {
+    return Status::Corruption(w + ": not a dstrain manifest (" + std::to_string(file.size()) +
                               " bytes, no DSTRMANF user block; truncated or overwritten?)");
   }
-  const uint32_t version = GetU32(image.data() + 8);
-  if (version == 0 || version > kManifestFormatVersion) {
-    return Status::Corruption(w + ": manifest format version " + std::to_string(version) +
+  UserBlock ub;
+  ub.version = GetU32(file.data() + kUserBlockVersionAt);
+  if (ub.version == 0 || ub.version > kManifestFormatVersion) {
+    return Status::Corruption(w + ": manifest format version " + std::to_string(ub.version) +
                               " is not one this dstrain reads (it reads 1 to " +
                               std::to_string(kManifestFormatVersion) +
                               "); written by a newer dstrain? upgrade to read it");
   }
-  const uint64_t length = GetU64(image.data() + 16);
-  if (length != image.size()) {
-    return Status::Corruption(w + ": the manifest has " + std::to_string(image.size()) +
+  const uint64_t length = GetU64(file.data() + kUserBlockLengthAt);
+  if (length != file.size()) {
+    return Status::Corruption(w + ": the manifest has " + std::to_string(file.size()) +
                               " bytes but its header says " + std::to_string(length) +
-                              (image.size() < length ? " (truncated)" : " (appended to)"));
+                              (file.size() < length ? " (truncated)" : " (appended to)"));
   }
-  if (GetU64(image.data() + 24) != Xxh64(image.subspan(kManifestUserBlockBytes))) {
+  if (GetU64(file.data() + kUserBlockChecksumAt) != Xxh64(file.subspan(kManifestUserBlockBytes))) {
     return Status::Corruption(w +
                               ": the manifest fails its checksum (damaged); an older "
                               "checkpoint may still be good: 'dsckpt list'");
   }
-  return Status::OK();
+  if (ub.version == 1) return ub;
+  ub.record_offset = GetU64(file.data() + kUserBlockRecordAt);
+  ub.record_length = GetU64(file.data() + kUserBlockRecordLengthAt);
+  if (ub.record_offset < kManifestUserBlockBytes || ub.record_offset > file.size() ||
+      ub.record_length != file.size() - ub.record_offset) {
+    return Status::Corruption(w + ": the manifest's header places its record at byte " +
+                              std::to_string(ub.record_offset) + " (" +
+                              std::to_string(ub.record_length) +
+                              " bytes), not between the 512-byte header and the end of the " +
+                              std::to_string(file.size()) + "-byte file (damaged)");
+  }
+  if (GetU64(file.data() + kUserBlockRecordChecksumAt) != Xxh64(file.subspan(ub.record_offset))) {
+    return Status::Corruption(w +
+                              ": the manifest's record fails its checksum (damaged); an older "
+                              "checkpoint may still be good: 'dsckpt list'");
+  }
+  return ub;
 }
 
 }  // namespace ds::fmt

@@ -1,10 +1,12 @@
-// manifest.h5: round trips, what h5py and h5dump see, and every rule of ValidateManifest.
+// manifest.h5: round trips, what h5py and h5dump see, and every rule of ValidateManifest
+// (the two format versions and crafted files: manifest_file_test.cc).
 #include "formats/manifest.h"
 
 #include <functional>
 #include <nlohmann/json.hpp>
 
 #include "bench/fio.h"
+#include "formats/sample_manifest.h"
 #include "io/mem_env.h"
 #include "testing/matchers.h"
 #include "testing/paths.h"
@@ -16,32 +18,7 @@ using ::ds::testing::StatusIs;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 
-// Two ranks: a ZeRO-partitioned fp32 tensor, a bf16 tensor split in row blocks (tensor
-// parallel), and an int64 scalar, each in its own chunk.
-Manifest Sample() {
-  Manifest m;
-  m.info.tag = "step-00000100";
-  m.info.step = 100;
-  m.info.world_size = 2;
-  m.info.zero_stage = 2;
-  m.info.tp_degree = 2;
-  m.info.created_micros = 1700000000000000;
-  m.info.writer_version = "dstrain test";
-  m.info.config_json = R"({"train_batch_size": 8})";
-  m.info.metrics_json = R"({"loss": 2.5})";
-  m.tensors = {{"master/w", DType::kF32, {4, 6}},
-               {"model/emb", DType::kBF16, {8, 3}},
-               {"step", DType::kI64, {}}};
-  m.files = {{"rank-00000.dss", 16384, 0}, {"rank-00001.dss", 12288, 1}};
-  m.chunks = {{0, 4096, 52, 52, Codec::kRaw, 4, 1, 2},   {0, 8192, 24, 24, Codec::kRaw, 2, 3, 4},
-              {0, 12288, 8, 8, Codec::kRaw, 8, 5, 6},    {1, 4096, 44, 44, Codec::kRaw, 4, 7, 8},
-              {1, 8192, 20, 24, Codec::kZstd, 2, 9, 10}};
-  m.slices = {{0, 0, {0, 0}, {4, 6}, 0, 13, 0, 0},  {0, 1, {0, 0}, {4, 6}, 13, 24, 3, 0},
-              {1, 0, {0, 0}, {4, 3}, 0, 12, 1, 0},  {1, 1, {4, 0}, {4, 3}, 0, 12, 4, 0},
-              {2, 0, {}, {}, 0, 1, 2, 0}};
-  m.blobs = {{"scheduler", R"({"last_lr": 0.0003})"}, {"rng/rank-00000", std::string("\0\1\2", 3)}};
-  return m;
-}
+Manifest Sample() { return testing::SampleManifest(); }
 
 std::span<const std::byte> Bytes(const std::string& s) {
   return std::as_bytes(std::span(s.data(), s.size()));
@@ -74,7 +51,8 @@ TEST(ManifestTest, ThroughEnvAndEmptyTables) {
   DS_ASSERT_OK(WriteManifest(&env, "/manifest.h5", m));
   DS_ASSERT_OK_AND_ASSIGN(Manifest back, ReadManifest(&env, "/manifest.h5"));
   EXPECT_TRUE(SameManifest(m, back));
-  EXPECT_THAT(ReadManifest(&env, "/missing.h5"), StatusIs(StatusCode::kNotFound, HasSubstr("missing")));
+  EXPECT_THAT(ReadManifest(&env, "/missing.h5"),
+              StatusIs(StatusCode::kNotFound, HasSubstr("missing")));
 }
 
 TEST(ManifestTest, H5pyAndH5dumpReadItNaturally) {
@@ -110,10 +88,10 @@ out = {
 }
 print(json.dumps(out))
 )PY";
-  std::optional<std::string> out = bench::RunCapture(
-      python + " -c " + bench::ShellQuote(script) + " " +
-          bench::ShellQuote(dir.Join("manifest.h5")) + " 2>&1",
-      &status);
+  std::optional<std::string> out =
+      bench::RunCapture(python + " -c " + bench::ShellQuote(script) + " " +
+                            bench::ShellQuote(dir.Join("manifest.h5")) + " 2>&1",
+                        &status);
   ASSERT_TRUE(out.has_value()) << "python failed with status " << status;
   nlohmann::json j = nlohmann::json::parse(*out);
   EXPECT_EQ(j["tag"], "step-00000100");
@@ -138,13 +116,16 @@ struct Breakage {
 
 TEST(ManifestValidationTest, EveryRuleNamesWhatIsWrong) {
   const std::vector<Breakage> cases = {
-      {"newer format", [](Manifest& m) { m.info.format_version = 2; },
-       "manifest format version 2 is not one this dstrain reads (it reads 1 to 1)"},
+      {"newer format", [](Manifest& m) { m.info.format_version = 3; },
+       "manifest format version 3 is not one this dstrain reads (it reads 1 to 2)"},
       {"world size", [](Manifest& m) { m.info.world_size = 0; }, "world size 0 is invalid"},
       {"stage", [](Manifest& m) { m.info.zero_stage = 4; }, "ZeRO stage 4 is invalid"},
       {"duplicate tensor", [](Manifest& m) { m.tensors[1].name = "master/w"; },
        "tensor 'master/w' is listed twice"},
-      {"negative dim", [](Manifest& m) { m.tensors[0].shape = {4, -6}; },
+      {"negative dim",
+       [](Manifest& m) {
+         m.tensors[0].shape = {4, -6};
+       },
        "tensor 'master/w' has an invalid shape [4, -6]"},
       {"too many dims", [](Manifest& m) { m.tensors[2].shape = std::vector<int64_t>(9, 1); },
        "tensor 'step' has 9 dimensions (at most 8)"},
@@ -176,26 +157,47 @@ TEST(ManifestValidationTest, EveryRuleNamesWhatIsWrong) {
        "slice of 'master/w' from rank 3: rank is not below the world size 2"},
       {"box dims", [](Manifest& m) { m.slices[2].box_offset = {0}; },
        "slice of 'model/emb' from rank 0: box has 1 dimensions but the tensor has 2"},
-      {"box outside", [](Manifest& m) { m.slices[3].box_offset = {5, 0}; },
+      {"box outside",
+       [](Manifest& m) {
+         m.slices[3].box_offset = {5, 0};
+       },
        "box offset [5, 0] length [4, 3] is outside the shape [8, 3]"},
       {"flat range", [](Manifest& m) { m.slices[1].flat_end = 25; },
        "flat range [13, 25) is outside its box of 24 elements"},
-      {"overlap", [](Manifest& m) { m.slices[1].flat_begin = 12; m.chunks[3].raw_len = 48;
-                                    m.chunks[3].stored_len = 48; },
+      {"overlap",
+       [](Manifest& m) {
+         m.slices[1].flat_begin = 12;
+         m.chunks[3].raw_len = 48;
+         m.chunks[3].stored_len = 48;
+       },
        "tensor 'master/w': slices of ranks 0 and 1 overlap in elements [12, 13)"},
       {"coverage", [](Manifest& m) { m.slices[1].flat_end = 23; },
        "tensor 'master/w': slices hold 23 of its 24 elements"},
-      {"boxes overlap", [](Manifest& m) { m.slices[3].box_offset = {3, 0}; },
+      {"boxes overlap",
+       [](Manifest& m) {
+         m.slices[3].box_offset = {3, 0};
+       },
        "tensor 'model/emb': boxes at [0, 0] and [3, 0] overlap"},
-      {"shared chunk bytes", [](Manifest& m) { m.chunks[0].raw_len = 48; m.chunks[0].stored_len = 48; },
+      {"shared chunk bytes",
+       [](Manifest& m) {
+         m.chunks[0].raw_len = 48;
+         m.chunks[0].stored_len = 48;
+       },
        "slices of 'master/w' (rank 0) and 'model/emb' (rank 0) claim the same bytes of chunk 1 "
        "of rank-00000.dss"},
-      {"chunks too short", [](Manifest& m) { m.chunks[2].raw_len = 4; m.chunks[2].stored_len = 4; },
+      {"chunks too short",
+       [](Manifest& m) {
+         m.chunks[2].raw_len = 4;
+         m.chunks[2].stored_len = 4;
+       },
        "slice of 'step' from rank 0 needs 8 bytes but its chunks end 4 bytes short"},
       {"slice in other rank's file", [](Manifest& m) { m.slices[0].first_chunk = 3; },
        "slice of 'master/w' from rank 0 lives in rank-00001.dss of rank 1"},
-      {"element size", [](Manifest& m) { m.chunks[4].codec = Codec::kByteGroupZstd;
-                                         m.chunks[4].elem_size = 4; },
+      {"element size",
+       [](Manifest& m) {
+         m.chunks[4].codec = Codec::kByteGroupZstd;
+         m.chunks[4].elem_size = 4;
+       },
        "has 2-byte elements but chunk 4 of rank-00001.dss groups 4-byte elements"},
       {"duplicate blob", [](Manifest& m) { m.blobs[1].name = "scheduler"; },
        "blob 'scheduler' is empty-named or listed twice"},
@@ -218,9 +220,9 @@ TEST(ManifestDecodeTest, DamagedImagesAreRefused) {
   EXPECT_THAT(DecodeManifest(Bytes(image + "x"), "m.h5"),
               StatusIs(StatusCode::kCorruption, HasSubstr("(appended to)")));
   std::string newer = image;
-  newer[8] = 2;
+  newer[8] = 3;
   EXPECT_THAT(DecodeManifest(Bytes(newer), "m.h5"),
-              StatusIs(StatusCode::kCorruption, HasSubstr("manifest format version 2")));
+              StatusIs(StatusCode::kCorruption, HasSubstr("manifest format version 3")));
   EXPECT_THAT(DecodeManifest(Bytes(image.substr(0, image.size() / 2)), "m.h5"),
               StatusIs(StatusCode::kCorruption, HasSubstr("m.h5")));
   // Change the bytes of a string that lives in the tables' storage: the content checksum (or
