@@ -12,6 +12,7 @@
 #include "ckpt/tensor_files.h"
 #include "testing/matchers.h"
 #include "testing/paths.h"
+#include "testing/python.h"
 #include "testing/shell.h"
 
 namespace ds {
@@ -198,13 +199,7 @@ TEST_F(DsckptExportTest, ExportBadInputLeavesNothingBehind) {
 // bytes (computed there and here) match the reference conversion of the saved state.
 TEST_F(DsckptExportTest, HuggingFaceSafetensorsLoadsTheExport) {
   const std::string python = testing::Python();
-  int status = 0;
-  if (python.empty() ||
-      !bench::RunCapture(python + " -c 'import safetensors, numpy, torch' >/dev/null 2>&1",
-                         &status)) {
-    GTEST_SKIP() << "no Python with safetensors, numpy and torch (DSTRAIN_PYTHON; pip install -r "
-                    "requirements.txt)";
-  }
+  DS_SKIP_OR_FAIL_WITHOUT_PYTHON("safetensors, numpy, torch");
   const std::string ckpt = Save(state_, {3, 2, 1}, "s");
   const std::string script = R"(
 import sys, json, numpy as np, torch, safetensors, safetensors.torch

@@ -9,6 +9,7 @@
 #include "testing/checkpoint_builder.h"
 #include "testing/matchers.h"
 #include "testing/paths.h"
+#include "testing/python.h"
 #include "testing/shell.h"
 
 namespace ds {
@@ -144,10 +145,7 @@ TEST_F(DsckptInspectTest, InspectCheckpointAndSaveDir) {
 TEST_F(DsckptInspectTest, FormatDocPythonExampleReadsTheCheckpoint) {
   const std::string python = testing::Python();
   int status = 0;
-  if (python.empty() ||
-      !bench::RunCapture(python + " -c 'import h5py, numpy' 2>/dev/null", &status)) {
-    GTEST_SKIP() << "no Python with h5py and numpy (DSTRAIN_PYTHON)";
-  }
+  DS_SKIP_OR_FAIL_WITHOUT_PYTHON("h5py, numpy");
   auto doc = io::Env::Default()->ReadFileToString(testing::SourceDir() + "/docs/format.md");
   ASSERT_TRUE(doc.ok());
   size_t begin = doc->find("```python\n");

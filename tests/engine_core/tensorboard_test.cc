@@ -8,6 +8,7 @@
 #include "io/mem_env.h"
 #include "testing/matchers.h"
 #include "testing/paths.h"
+#include "testing/python.h"
 
 namespace ds::engine {
 namespace {
@@ -73,10 +74,7 @@ TEST(TensorBoardTest, SessionStartEventBytes) {
 TEST(TensorBoardTest, TensorBoardsOwnReaderReadsIt) {
   const std::string python = testing::Python();
   int status = 0;
-  if (python.empty() ||
-      !bench::RunCapture(python + " -c 'import tensorboard' 2>/dev/null", &status)) {
-    GTEST_SKIP() << "no Python with tensorboard (DSTRAIN_PYTHON)";
-  }
+  DS_SKIP_OR_FAIL_WITHOUT_PYTHON("tensorboard");
   testing::TempDir dir;
   {
     DS_ASSERT_OK_AND_ASSIGN(auto w, TensorBoardWriter::Open(io::Env::Default(), dir.Join("tb")));

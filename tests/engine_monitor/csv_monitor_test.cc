@@ -11,6 +11,7 @@
 #include "engine_monitor/monitor_test_util.h"
 #include "io/mem_env.h"
 #include "testing/paths.h"
+#include "testing/python.h"
 
 namespace ds::engine {
 namespace {
@@ -142,9 +143,7 @@ TEST(MonitorCsvTest, PythonFloatRepr) {
 TEST(MonitorCsvTest, PythonFloatReprMatchesPython) {
   const std::string python = ds::testing::Python();
   int status = 0;
-  if (python.empty() || !bench::RunCapture(python + " -c 'pass' 2>/dev/null", &status)) {
-    GTEST_SKIP() << "no Python (DSTRAIN_PYTHON)";
-  }
+  DS_SKIP_OR_FAIL_WITHOUT_PYTHON("");
   std::mt19937_64 rng(20240520);
   std::vector<double> values;
   for (int i = 0; i < 2000; ++i) {

@@ -8,6 +8,7 @@
 #include "engine_monitor/monitor_test_util.h"
 #include "io/mem_env.h"
 #include "testing/paths.h"
+#include "testing/python.h"
 
 namespace ds::engine {
 namespace {
@@ -253,7 +254,7 @@ TEST(MonitorTest, ReadsProcessMemoryWhenTheCallerGivesNone) {
 }
 
 // Runs `script` (which prints one JSON object) with TensorBoard's EventAccumulator on `dir`;
-// nullopt, with the test skipped, where there is no Python with tensorboard.
+// nullopt where there is no Python with tensorboard (the caller skips, or fails in CI).
 std::optional<nlohmann::json> EventAccumulatorSays(const std::string& dir, const char* script) {
   const std::string python = ds::testing::Python();
   int status = 0;
@@ -297,7 +298,10 @@ print(json.dumps({"tags": sorted(acc.Tags()["scalars"]), "n": len(loss),
                   "first": [loss[0].step, loss[0].value], "last": [loss[-1].step, loss[-1].value],
                   "eval": [ev[0].step, ev[0].value]}))
 )PY");
-  if (!j) GTEST_SKIP() << "no Python with tensorboard (DSTRAIN_PYTHON)";
+  if (!j) {  // EventAccumulatorSays found no tensorboard: a skip, or in CI a failure
+    DS_SKIP_OR_FAIL_WITHOUT_PYTHON("tensorboard");
+    FAIL() << "EventAccumulatorSays found no tensorboard, but it imports now";
+  }
   EXPECT_EQ((*j)["tags"],
             nlohmann::json({"Train/Samples/eval_loss", "Train/Samples/eval_tokens",
                             "Train/Samples/loss_scale", "Train/Samples/lr",
@@ -336,7 +340,10 @@ TEST(MonitorTest, TensorBoardShowsTheResumedRunsPoints) {
 loss = acc.Scalars("Train/Samples/train_loss")
 print(json.dumps({"points": [[e.step, e.value] for e in loss]}))
 )PY");
-  if (!j) GTEST_SKIP() << "no Python with tensorboard (DSTRAIN_PYTHON)";
+  if (!j) {  // EventAccumulatorSays found no tensorboard: a skip, or in CI a failure
+    DS_SKIP_OR_FAIL_WITHOUT_PYTHON("tensorboard");
+    FAIL() << "EventAccumulatorSays found no tensorboard, but it imports now";
+  }
   nlohmann::json want = nlohmann::json::array();
   for (int64_t step = 1; step <= 18; ++step) {
     want.push_back({16 * step, (step <= 15 ? 0.0 : 100.0) + static_cast<double>(step)});

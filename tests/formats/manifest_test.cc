@@ -10,6 +10,7 @@
 #include "io/mem_env.h"
 #include "testing/matchers.h"
 #include "testing/paths.h"
+#include "testing/python.h"
 
 namespace ds::fmt {
 namespace {
@@ -67,9 +68,7 @@ TEST(ManifestTest, H5pyAndH5dumpReadItNaturally) {
     EXPECT_THAT(*dump, HasSubstr("\"master/w\""));
     EXPECT_THAT(*dump, HasSubstr("bytegroup_zstd"));  // the codec enum's names are visible
   }
-  if (python.empty() || !bench::RunCapture(python + " -c 'import h5py' 2>/dev/null", &status)) {
-    GTEST_SKIP() << "no Python with h5py (DSTRAIN_PYTHON)";
-  }
+  DS_SKIP_OR_FAIL_WITHOUT_PYTHON("h5py");
   const char* script = R"PY(
 import h5py, json, sys
 f = h5py.File(sys.argv[1], "r")

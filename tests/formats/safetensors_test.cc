@@ -13,6 +13,7 @@
 #include "io/mem_env.h"
 #include "testing/matchers.h"
 #include "testing/paths.h"
+#include "testing/python.h"
 
 namespace ds::fmt {
 namespace {
@@ -586,21 +587,10 @@ std::optional<std::string> RunPython(const std::string& script, const std::strin
   return out->substr(0, tail);
 }
 
-// Skips the test unless the build found a Python with safetensors, numpy and torch.
-#define DS_SKIP_WITHOUT_PYTHON_SAFETENSORS()                                              \
-  do {                                                                                    \
-    if (testing::Python().empty()) {                                                      \
-      GTEST_SKIP() << "no Python with safetensors: set DSTRAIN_PYTHON or create .venv";   \
-    }                                                                                     \
-    int status = 0;                                                                       \
-    if (!bench::RunCapture(                                                               \
-            testing::Python() + " -c 'import safetensors, numpy, torch' >/dev/null 2>&1", \
-            &status)) {                                                                   \
-      GTEST_SKIP() << testing::Python()                                                   \
-                   << " cannot import safetensors, numpy and torch (pip install -r "      \
-                      "requirements.txt)";                                                \
-    }                                                                                     \
-  } while (0)
+// Skips the test (fails it in CI) unless the build found a Python with safetensors, numpy and
+// torch.
+#define DS_SKIP_WITHOUT_PYTHON_SAFETENSORS() \
+  DS_SKIP_OR_FAIL_WITHOUT_PYTHON("safetensors, numpy, torch")
 
 // Prints "name dtype [shape] hex" per tensor of a dict of torch tensors or numpy arrays.
 constexpr const char* kPrintTensors = R"(
