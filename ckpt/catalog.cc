@@ -7,6 +7,7 @@
 #include <random>
 #include <set>
 #include <span>
+#include <tuple>
 
 #include "formats/manifest.h"
 #include "io/log.h"
@@ -153,8 +154,10 @@ Result<std::optional<BestPointer>> Catalog::ReadBest() {
   }
   nlohmann::json j = nlohmann::json::parse(*text, nullptr, false);
   if (j.is_discarded() || !j.is_object() || !j.contains("tag") || !j["tag"].is_string()) {
-    return Status::Corruption(path + " is not a best-checkpoint pointer (expected JSON with "
-                              "\"tag\"); fix it with 'dsckpt best " + dir_ + " --set TAG'");
+    return Status::Corruption(path +
+                              " is not a best-checkpoint pointer (expected JSON with "
+                              "\"tag\"); fix it with 'dsckpt best " +
+                              dir_ + " --set TAG'");
   }
   BestPointer b;
   b.tag = j["tag"].get<std::string>();
@@ -164,17 +167,64 @@ Result<std::optional<BestPointer>> Catalog::ReadBest() {
   return std::optional<BestPointer>(b);
 }
 
-Result<std::string> Catalog::Resolve(const std::string& spec) {
-  if (spec == "latest" || spec == "best") {
+Result<std::string> Catalog::ResolveLatest(std::string* note) {
+  Result<std::vector<CheckpointEntry>> listed = List();
+  if (!listed.ok() && !listed.status().IsNotFound()) return listed.status();
+  const std::vector<CheckpointEntry> all =
+      listed.ok() ? std::move(*listed) : std::vector<CheckpointEntry>();
+  // What the pointer names, and why it cannot be used as it is.
+  std::string problem;
+  const CheckpointEntry* named = nullptr;
+  Result<std::optional<std::string>> pointer = ReadLatest();
+  if (!pointer.ok()) {
+    problem = "'latest' cannot be read (" + pointer.status().message() + ")";
+  } else if (!pointer->has_value()) {
+    problem = "there is no 'latest' pointer";
+  } else {
+    for (const CheckpointEntry& e : all) {
+      if (e.tag == **pointer) named = &e;
+    }
+    if (named == nullptr) {
+      problem =
+          "'latest' names " + QuoteForMessage(**pointer) + ", which is not a committed checkpoint";
+    }
+  }
+  // The most recently committed checkpoint that reads (by its manifest's creation time, then
+  // step: a run resumed from an older state writes lower steps later).
+  const CheckpointEntry* newest = nullptr;
+  for (const CheckpointEntry& e : all) {
+    if (!e.problem.empty()) continue;
+    if (newest == nullptr ||
+        std::tie(e.created_micros, e.step) >= std::tie(newest->created_micros, newest->step)) {
+      newest = &e;
+    }
+  }
+  if (named != nullptr) {
+    // A damaged one is still what the pointer names: loading it reports the damage, and
+    // --fallback goes back from there.
+    if (!named->problem.empty() || newest == nullptr || newest == named ||
+        newest->created_micros <= named->created_micros) {
+      return named->path;
+    }
+    problem = "'latest' names " + named->tag + " but " + newest->tag +
+              " was committed after it (the pointer's update failed: a full disk?)";
+  }
+  if (newest == nullptr && !all.empty()) newest = &all.back();  // all damaged: let Load say so
+  if (newest == nullptr) {
+    return Status::NotFound("no checkpoint to resume in " + dir_ +
+                            ": it holds no committed checkpoint (" + problem + ")");
+  }
+  if (note != nullptr) {
+    *note = problem + ": using " + newest->tag + ", the newest committed checkpoint of " + dir_;
+  }
+  return newest->path;
+}
+
+Result<std::string> Catalog::Resolve(const std::string& spec, std::string* note) {
+  if (spec == "latest") return ResolveLatest(note);
+  if (spec == "best") {
     std::string tag;
-    if (spec == "latest") {
-      DS_ASSIGN_OR_RETURN(std::optional<std::string> latest, ReadLatest());
-      if (!latest) {
-        return Status::NotFound("no checkpoint to resume in " + dir_ + ": it has no 'latest' "
-                                "pointer (nothing was committed there yet)");
-      }
-      tag = *latest;
-    } else {
+    {
       DS_ASSIGN_OR_RETURN(std::optional<BestPointer> best, ReadBest());
       if (!best) return Status::NotFound(dir_ + " has no 'best' pointer");
       tag = best->tag;
@@ -185,7 +235,8 @@ Result<std::string> Catalog::Resolve(const std::string& spec) {
     if (!ok) {
       return Status::NotFound("'" + spec + "' in " + dir_ + " names " + QuoteForMessage(tag) +
                               ", which is not a committed checkpoint (removed by hand?); "
-                              "'dsckpt list " + dir_ + "' shows what there is");
+                              "'dsckpt list " +
+                              dir_ + "' shows what there is");
     }
     return path;
   }
@@ -222,9 +273,8 @@ Result<bool> Catalog::OfferBest(const std::string& tag, const std::string& metri
   DS_ASSIGN_OR_RETURN(std::optional<BestPointer> cur, ReadBest());
   bool better = true;
   if (cur && cur->metric == metric && cur->mode == mode) {
-    DS_ASSIGN_OR_RETURN(bool exists,
-                        env_->Exists(io::JoinPath(io::JoinPath(dir_, cur->tag),
-                                                  fmt::kManifestFileName)));
+    DS_ASSIGN_OR_RETURN(bool exists, env_->Exists(io::JoinPath(io::JoinPath(dir_, cur->tag),
+                                                               fmt::kManifestFileName)));
     if (exists) better = mode == "min" ? value < cur->value : value > cur->value;
   }
   if (!better) return false;
@@ -263,6 +313,7 @@ Result<RetentionResult> Catalog::ApplyRetention(const RetentionPolicy& p, bool d
   std::set<std::string> protect;  // never removed
   if (latest) protect.insert(*latest);
   if (best) protect.insert(best->tag);
+  protect.insert(p.protect_tags.begin(), p.protect_tags.end());
   std::set<std::string> keep = protect;
   const size_t n = all.size();
   if (p.keep_last > 0) {

@@ -47,12 +47,16 @@ struct BestPointer {
 };
 
 struct RetentionPolicy {
-  uint32_t keep_last = 0;     // newest N by step (0: no limit from this rule)
-  uint32_t keep_best = 0;     // best K by `best_metric`
-  int64_t keep_every = 0;     // every checkpoint whose step is a multiple of this
-  uint64_t max_bytes = 0;     // total size cap (0: none); the oldest unprotected go first
-  std::string best_metric;    // e.g. "eval_loss"
+  uint32_t keep_last = 0;   // newest N by step (0: no limit from this rule)
+  uint32_t keep_best = 0;   // best K by `best_metric`
+  int64_t keep_every = 0;   // every checkpoint whose step is a multiple of this
+  uint64_t max_bytes = 0;   // total size cap (0: none); the oldest unprotected go first
+  std::string best_metric;  // e.g. "eval_loss"
   std::string best_mode = "min";
+  // Never removed, whatever the rules say: a run protects the checkpoints that are newer than
+  // the one it resumed from (or, started fresh, every one there was), so that a run started
+  // from an older state never deletes a newer one it did not write.
+  std::vector<std::string> protect_tags;
   bool any() const { return keep_last || keep_best || keep_every || max_bytes; }
 };
 
@@ -82,8 +86,12 @@ class Catalog {
   Result<std::optional<BestPointer>> ReadBest();
 
   // "latest", "best", a tag of this directory, or a path to a checkpoint directory -> its path.
-  // Errors say what was looked for and where.
-  Result<std::string> Resolve(const std::string& spec);
+  // Errors say what was looked for and where. "latest" is the newest committed checkpoint:
+  // what the `latest` pointer names, unless the pointer is missing, unreadable, names no
+  // committed checkpoint, or a checkpoint was committed after the one it names (its update
+  // failed: a full disk after the commit); then the most recently committed one that reads,
+  // and `note` (when given) says why. NotFound only when there is no committed checkpoint.
+  Result<std::string> Resolve(const std::string& spec, std::string* note = nullptr);
 
   // Takes the catalog lock (waiting up to `timeout_micros`).
   Result<std::unique_ptr<io::FileLock>> Lock(uint64_t timeout_micros);
@@ -106,6 +114,8 @@ class Catalog {
   Status RemoveCheckpoint(const CheckpointEntry& entry, const RemovalProgress* progress = nullptr);
 
  private:
+  Result<std::string> ResolveLatest(std::string* note);
+
   io::Env* env_;
   std::string dir_;
 };

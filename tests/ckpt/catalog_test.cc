@@ -24,8 +24,9 @@ void Commit(io::Env* env, const std::string& dir, int64_t step, double eval_loss
   m.info.metrics_json = "{\"eval_loss\": " + std::to_string(eval_loss) + "}";
   ASSERT_TRUE(fmt::WriteManifest(env, io::JoinPath(path, fmt::kManifestFileName), m).ok());
   if (extra_bytes) {
-    ASSERT_TRUE(env->WriteFileSynced(io::JoinPath(path, "rank-00000.dss"),
-                                     std::string(extra_bytes, 'x')).ok());
+    ASSERT_TRUE(
+        env->WriteFileSynced(io::JoinPath(path, "rank-00000.dss"), std::string(extra_bytes, 'x'))
+            .ok());
   }
 }
 
@@ -49,12 +50,65 @@ TEST(CatalogTest, ResolveWhatUsersName) {
   EXPECT_EQ(*cat.Resolve("/s/step-00000200"), "/s/step-00000200");
   EXPECT_THAT(cat.Resolve("step-3"),
               StatusIs(StatusCode::kNotFound, HasSubstr("neither step-3 nor /s/step-3")));
+  // A pointer naming what is not committed: the newest committed checkpoint, and why.
   DS_ASSERT_OK(env.WriteFileSynced("/s/latest", "step-00000999\n"));
-  EXPECT_THAT(cat.Resolve("latest"),
-              StatusIs(StatusCode::kNotFound, HasSubstr("names step-00000999, which is not a "
-                                                        "committed checkpoint")));
+  std::string note;
+  EXPECT_EQ(*cat.Resolve("latest", &note), "/s/step-00000200");
+  EXPECT_THAT(note, HasSubstr("names 'step-00000999', which is not a committed checkpoint: "
+                              "using step-00000200"));
   DS_ASSERT_OK(env.WriteFileSynced("/s/best", "not json"));
   EXPECT_THAT(cat.ReadBest(), StatusIs(StatusCode::kCorruption, HasSubstr("dsckpt best")));
+}
+
+// `latest` missing, stale (a checkpoint committed after the one it names: its update failed
+// on a full disk) or unreadable: "latest" is still the newest committed checkpoint.
+TEST(CatalogTest, LatestFindsTheNewestCommittedCheckpointWhenThePointerFails) {
+  io::MemEnv env;
+  Catalog cat(&env, "/s");
+  auto commit_at = [&](int64_t step, int64_t created) {
+    const std::string path = io::JoinPath("/s", TagForStep(step));
+    ASSERT_TRUE(env.CreateDirs(path).ok());
+    fmt::Manifest m;
+    m.info.tag = TagForStep(step);
+    m.info.step = step;
+    m.info.created_micros = created;
+    ASSERT_TRUE(fmt::WriteManifest(&env, io::JoinPath(path, fmt::kManifestFileName), m).ok());
+  };
+  commit_at(300, 1000);  // an older run's, beyond the step a later run resumed from
+  commit_at(100, 2000);
+  commit_at(200, 3000);  // committed last, but `latest` was not updated
+  DS_ASSERT_OK(cat.SetLatest("step-00000100"));
+  std::string note;
+  EXPECT_EQ(*cat.Resolve("latest", &note), "/s/step-00000200");
+  EXPECT_THAT(note, HasSubstr("'latest' names step-00000100 but step-00000200 was committed "
+                              "after it"));
+  DS_ASSERT_OK(cat.SetLatest("step-00000200"));  // up to date: no note
+  note.clear();
+  EXPECT_EQ(*cat.Resolve("latest", &note), "/s/step-00000200");
+  EXPECT_EQ(note, "");
+  DS_ASSERT_OK(env.RemoveFile("/s/latest"));
+  EXPECT_EQ(*cat.Resolve("latest", &note), "/s/step-00000200");
+  EXPECT_THAT(note, HasSubstr("there is no 'latest' pointer: using step-00000200"));
+  DS_ASSERT_OK(env.WriteFileSynced("/s/latest", std::string("step-\0\x01", 7)));
+  EXPECT_EQ(*cat.Resolve("latest", &note), "/s/step-00000200");
+  EXPECT_THAT(note, HasSubstr("'step-\\x00\\x01'"));
+  // A damaged newest one is skipped for the newest that reads.
+  DS_ASSERT_OK(env.WriteFileSynced("/s/step-00000200/manifest.h5", "garbage"));
+  EXPECT_EQ(*cat.Resolve("latest", &note), "/s/step-00000100");
+}
+
+TEST(CatalogTest, RetentionNeverRemovesProtectedTags) {
+  io::MemEnv env;
+  Catalog cat(&env, "/s");
+  for (int64_t step : {100, 200, 300, 400}) Commit(&env, "/s", step, 1.0);
+  DS_ASSERT_OK(cat.SetLatest("step-00000400"));
+  RetentionPolicy p;
+  p.keep_last = 1;
+  p.protect_tags = {"step-00000200"};
+  DS_ASSERT_OK_AND_ASSIGN(RetentionResult r, cat.ApplyRetention(p, /*dry_run=*/false));
+  EXPECT_THAT(Tags(r.removed), ::testing::ElementsAre("step-00000100", "step-00000300"));
+  DS_ASSERT_OK_AND_ASSIGN(std::vector<CheckpointEntry> left, cat.List());
+  EXPECT_THAT(Tags(left), ::testing::ElementsAre("step-00000200", "step-00000400"));
 }
 
 TEST(CatalogTest, BestMovesOnlyWhenTheMetricImproves) {
@@ -99,13 +153,25 @@ TEST(CatalogTest, RetentionTable) {
       {"keep every 300", every300, "step-00000600", nullptr, {tag(300), tag(600)}},
       {"best 2 by eval_loss", best2, "step-00000600", nullptr, {tag(200), tag(400), tag(600)}},
       {"last 2 + every 300", mixed, "step-00000600", nullptr, {tag(300), tag(500), tag(600)}},
-      {"latest points at an old one", last2, "step-00000100", nullptr,
+      {"latest points at an old one",
+       last2,
+       "step-00000100",
+       nullptr,
        {tag(100), tag(500), tag(600)}},
-      {"best is protected", last2, "step-00000600", "step-00000200",
+      {"best is protected",
+       last2,
+       "step-00000600",
+       "step-00000200",
        {tag(200), tag(500), tag(600)}},
-      {"size cap drops the oldest", size, "step-00000600", "step-00000100",
+      {"size cap drops the oldest",
+       size,
+       "step-00000600",
+       "step-00000100",
        {tag(100), tag(500), tag(600)}},
-      {"no policy keeps everything", none, "step-00000600", nullptr,
+      {"no policy keeps everything",
+       none,
+       "step-00000600",
+       nullptr,
        {tag(100), tag(200), tag(300), tag(400), tag(500), tag(600)}},
   };
   const double losses[] = {3.0, 1.0, 2.5, 1.5, 2.0, 2.2};  // steps 100..600
