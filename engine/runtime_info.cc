@@ -5,6 +5,9 @@
 
 #include "engine/torch_compat.h"
 
+#if DS_TORCH_HAS_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
 #ifdef USE_C10D_NCCL
 #include <torch/csrc/distributed/c10d/NCCLUtils.hpp>
 #endif
@@ -28,6 +31,19 @@ RuntimeInfo QueryRuntime() {
   info.cuda_available = torch::cuda::is_available();
   info.gpu_count = info.cuda_available ? static_cast<int>(torch::cuda::device_count()) : 0;
   return info;
+}
+
+uint64_t GpuMemoryBytes(int index) {
+#if DS_TORCH_HAS_CUDA
+  if (!torch::cuda::is_available() || index < 0 ||
+      index >= static_cast<int>(torch::cuda::device_count())) {
+    return 0;
+  }
+  return static_cast<uint64_t>(at::cuda::getDeviceProperties(index)->totalGlobalMem);
+#else
+  (void)index;
+  return 0;
+#endif
 }
 
 std::string DescribeRuntime(const RuntimeInfo& i) {

@@ -3,6 +3,7 @@
 // Thread safety: QueryRuntime may be called from any thread.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace ds::engine {
@@ -19,5 +20,7 @@ struct RuntimeInfo {
 
 RuntimeInfo QueryRuntime();
 std::string DescribeRuntime(const RuntimeInfo& info);  // one line per item
+// Total memory of GPU `index` in bytes; 0 without CUDA or without that GPU.
+uint64_t GpuMemoryBytes(int index);
 
 }  // namespace ds::engine

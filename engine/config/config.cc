@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "engine/config/sections.h"
+#include "io/units.h"
 
 namespace ds::engine {
 
@@ -14,6 +15,46 @@ namespace {
 using internal::Diagnostics;
 using internal::SectionReader;
 using nlohmann::json;
+
+// A DeepSpeed config is a few levels deep; the limit keeps a crafted one (150,000 levels) from
+// exhausting the stack of anything that walks the parsed tree.
+constexpr int kMaxJsonDepth = 64;
+constexpr uint64_t kMaxConfigBytes = 16 << 20;
+
+// OK when no array or object in `text` nests deeper than kMaxJsonDepth; strings and comments
+// are skipped, so brackets inside them do not count.
+Status CheckJsonDepth(std::string_view text, std::string_view source) {
+  int depth = 0, line = 1;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '\n') {
+      ++line;
+    } else if (c == '"') {
+      for (++i; i < text.size() && text[i] != '"'; ++i) {
+        if (text[i] == '\\') ++i;
+        if (i < text.size() && text[i] == '\n') ++line;
+      }
+    } else if (c == '/' && i + 1 < text.size() && text[i + 1] == '/') {
+      while (i < text.size() && text[i] != '\n') ++i;
+      --i;  // the newline is counted above
+    } else if (c == '/' && i + 1 < text.size() && text[i + 1] == '*') {
+      for (i += 2; i + 1 < text.size() && !(text[i] == '*' && text[i + 1] == '/'); ++i) {
+        if (text[i] == '\n') ++line;
+      }
+      ++i;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxJsonDepth) {
+        return Status::InvalidArgument(std::string(source) + ": line " + std::to_string(line) +
+                                       ": nested more than " + std::to_string(kMaxJsonDepth) +
+                                       " levels deep (a DeepSpeed config has a few): is it the "
+                                       "right file?");
+      }
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return Status::OK();
+}
 
 // Parses JSON, refusing duplicate keys (DeepSpeed does: dict_raise_error_on_duplicate_keys;
 // nlohmann would keep the last silently). Comments are allowed.
@@ -46,6 +87,7 @@ Result<json> ParseJsonText(std::string_view text, std::string_view source) {
     }
     return true;
   };
+  DS_RETURN_IF_ERROR(CheckJsonDepth(text, source));
   json root;
   try {
     root = json::parse(text.begin(), text.end(), callback, /*allow_exceptions=*/true,
@@ -198,6 +240,7 @@ Status ApplySetOverride(std::string_view assignment, json* root) {
     start = dot + 1;
   }
   // JSON when it parses (numbers, true, null, [0.9,0.95], {"device":"cpu"}), else a string.
+  DS_RETURN_IF_ERROR(CheckJsonDepth(text, what));
   json value = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (value.is_discarded()) value = std::string(text);
   return SetPath(root, path, std::move(value), what);
@@ -273,6 +316,13 @@ Result<Config> ParseConfig(std::string_view json_text, const Overrides& override
 }
 
 Result<Config> LoadConfig(io::Env* env, const std::string& path, const Overrides& overrides) {
+  DS_ASSIGN_OR_RETURN(io::FileInfo info, env->Stat(path));
+  if (info.is_dir) return Status::InvalidArgument(path + " is a directory, not a JSON config");
+  if (info.size > kMaxConfigBytes) {
+    return Status::InvalidArgument(path + " is " + io::FormatBytes(info.size) +
+                                   ": a DeepSpeed config is a few KB (at most " +
+                                   io::FormatBytes(kMaxConfigBytes) + "); is it the right file?");
+  }
   DS_ASSIGN_OR_RETURN(std::string text, env->ReadFileToString(path));
   return ParseConfig(text, overrides, path);
 }

@@ -230,6 +230,9 @@ struct CheckpointConfig {
   // Niceness of those threads (0-19): training's own threads come first for the CPU (kernel
   // launches on a GPU, the step itself on the CPU) while a save runs in the background.
   int background_nice = 10;
+  // Saves that may fail in a row before training stops with an error (0: never stop); the
+  // final save failing always ends the run with an error. dstrain's own key.
+  int64_t max_failed_saves = 3;
   // DeepSpeed's
   std::string tag_validation = "WARN";  // "IGNORE", "WARN", "FAIL"
   bool load_universal = false;

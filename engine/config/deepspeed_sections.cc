@@ -3,6 +3,7 @@
 // ops/adam), scheduler (runtime/lr_schedules.py), monitors (monitor/config.py, profiling/), and
 // the keys dstrain accepts without acting on them. ZeRO is in zero_section.cc.
 #include <cmath>
+#include <optional>
 
 #include "engine/config/sections.h"
 
@@ -35,6 +36,19 @@ namespace {
 
 std::string Str(int64_t v) { return std::to_string(v); }
 
+// Samples per step, per rank or in all: far beyond any real batch, small enough that the
+// products below and the data loader's arithmetic cannot overflow.
+constexpr int64_t kMaxBatchValue = int64_t{1} << 24;
+
+// a * b * c, or nullopt when it overflows int64.
+std::optional<int64_t> Product(int64_t a, int64_t b, int64_t c) {
+  int64_t ab = 0, abc = 0;
+  if (__builtin_mul_overflow(a, b, &ab) || __builtin_mul_overflow(ab, c, &abc)) {
+    return std::nullopt;
+  }
+  return abc;
+}
+
 // A value the user must give: absent or "auto" is an error saying how to give it.
 bool Required(SectionReader& r, std::string_view key, std::string_view needed_by) {
   r.Know(key);
@@ -64,14 +78,21 @@ void ReadBatch(SectionReader& top, int64_t world_size, BatchConfig* out) {
   };
   Given tbs{"train_batch_size"}, micro{"train_micro_batch_size_per_gpu"},
       gas{"gradient_accumulation_steps"};
+  // All three are known before any is checked: an invalid one must not make another look
+  // like an unknown key.
+  for (Given* g : {&tbs, &micro, &gas}) top.Know(g->key);
   for (Given* g : {&tbs, &micro, &gas}) {
-    top.Know(g->key);
     const json* v = top.Get(g->key);
     g->is_auto = IsAuto(v);
     if (v == nullptr || g->is_auto) continue;
     g->value = AsInteger(*v);
     if (!g->value || *g->value <= 0) {
       d->Error(std::string(g->key) + " must be a positive integer, got " + Show(*v));
+      return;
+    }
+    if (*g->value > kMaxBatchValue) {
+      d->Error(std::string(g->key) + " is " + Str(*g->value) + ": at most " + Str(kMaxBatchValue) +
+               " (samples per step; lower " + g->key + ")");
       return;
     }
   }
@@ -100,7 +121,15 @@ void ReadBatch(SectionReader& top, int64_t world_size, BatchConfig* out) {
   } else if (tbs.value && gas.value) {
     if (!divide(gas, &micro, times_world(gas))) return;
   } else if (micro.value && gas.value) {
-    tbs.value = *micro.value * *gas.value * w;
+    tbs.value = Product(*micro.value, *gas.value, w);
+    if (!tbs.value || *tbs.value > kMaxBatchValue) {
+      d->Error("train_micro_batch_size_per_gpu (" + Str(*micro.value) +
+               ") * gradient_accumulation_steps (" + Str(*gas.value) + ") * data-parallel size (" +
+               Str(w) + ") is more than " + Str(kMaxBatchValue) +
+               " samples per step: lower train_micro_batch_size_per_gpu or "
+               "gradient_accumulation_steps");
+      return;
+    }
     why = "train_micro_batch_size_per_gpu * gradient_accumulation_steps * data-parallel size";
   } else if (tbs.value) {
     // DeepSpeed: no accumulation, the whole batch split over the ranks.
@@ -113,7 +142,13 @@ void ReadBatch(SectionReader& top, int64_t world_size, BatchConfig* out) {
     why = "DeepSpeed's rule when only train_batch_size is given";
   } else if (micro.value) {
     gas.value = 1;
-    tbs.value = *micro.value * w;
+    tbs.value = Product(*micro.value, 1, w);
+    if (!tbs.value || *tbs.value > kMaxBatchValue) {
+      d->Error("train_micro_batch_size_per_gpu (" + Str(*micro.value) + ") * data-parallel size (" +
+               Str(w) + ") is more than " + Str(kMaxBatchValue) +
+               " samples per step: lower train_micro_batch_size_per_gpu");
+      return;
+    }
     why = "DeepSpeed's rule when only train_micro_batch_size_per_gpu is given";
   } else if (micro.is_auto) {
     d->Error(
@@ -131,10 +166,13 @@ void ReadBatch(SectionReader& top, int64_t world_size, BatchConfig* out) {
         "gradient_accumulation_steps alone is not enough)");
     return;
   }
-  if (*tbs.value != *micro.value * *gas.value * w) {
+  if (Product(*micro.value, *gas.value, w) != tbs.value) {
     d->Error("train_batch_size (" + Str(*tbs.value) + ") != train_micro_batch_size_per_gpu (" +
              Str(*micro.value) + ") * gradient_accumulation_steps (" + Str(*gas.value) +
-             ") * data-parallel size (" + Str(w) + ") = " + Str(*micro.value * *gas.value * w));
+             ") * data-parallel size (" + Str(w) + ")" +
+             (Product(*micro.value, *gas.value, w)
+                  ? " = " + Str(*Product(*micro.value, *gas.value, w))
+                  : std::string(" overflows")));
     return;
   }
   for (Given* g : {&tbs, &micro, &gas}) {

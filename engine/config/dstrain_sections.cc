@@ -92,6 +92,15 @@ uint64_t ByteSize(SectionReader& r, std::string_view key, uint64_t def) {
 
 // ---- model
 
+int64_t ModelSizeLimit(std::string_view key) {
+  if (key == "n_layer") return 10'000;
+  if (key == "n_head") return 4'096;
+  if (key == "d_model") return int64_t{1} << 17;
+  if (key == "seq_len") return int64_t{1} << 22;
+  if (key == "vocab") return int64_t{1} << 24;  // token ids are stored in 32 bits
+  return INT64_MAX;
+}
+
 void ReadModel(SectionReader& top, ModelConfig* out) {
   SectionReader m = top.Child("model");
   const char* kSizes[] = {"n_layer", "n_head", "d_model", "seq_len", "vocab"};
@@ -129,6 +138,20 @@ void ReadModel(SectionReader& top, ModelConfig* out) {
   out->seq_len = m.Int("seq_len", base.seq_len, 1);
   out->vocab = m.Int("vocab", base.vocab, 1);
   out->activation_checkpointing = m.Bool("activation_checkpointing", false);
+  // Far beyond any model trained today, and small enough that parameter counts and memory
+  // estimates cannot overflow; what does not fit the machine is refused later, by memory.
+  const std::pair<const char*, int64_t> limits[] = {{"n_layer", out->n_layer},
+                                                    {"n_head", out->n_head},
+                                                    {"d_model", out->d_model},
+                                                    {"seq_len", out->seq_len},
+                                                    {"vocab", out->vocab}};
+  for (const auto& [key, value] : limits) {
+    const int64_t max = ModelSizeLimit(key);
+    if (m.diag()->ok() && value > max) {
+      m.diag()->Error("model." + std::string(key) + " is " + std::to_string(value) + ": at most " +
+                      std::to_string(max) + " (lower model." + key + ")");
+    }
+  }
   if (m.diag()->ok() && out->d_model % out->n_head != 0) {
     m.diag()->Error("model.d_model (" + std::to_string(out->d_model) +
                     ") must be a multiple of model.n_head (" + std::to_string(out->n_head) + ")");
@@ -242,6 +265,7 @@ void ReadCheckpoint(SectionReader& top, CheckpointConfig* out) {
   out->encode_threads =
       static_cast<uint32_t>(std::min<int64_t>(c.Int("encode_threads", 0, 0), 4096));
   out->background_nice = static_cast<int>(c.Int("background_nice", out->background_nice, 0));
+  out->max_failed_saves = c.Int("max_failed_saves", out->max_failed_saves, 0);
   if (c.diag()->ok() && out->background_nice > 19) {
     c.diag()->Error("checkpoint.background_nice must be between 0 and 19 (Linux niceness), got " +
                     std::to_string(out->background_nice));

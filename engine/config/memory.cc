@@ -111,4 +111,49 @@ std::string FormatMemoryTable(const Config& config) {
   return out;
 }
 
+Status CheckMemoryFits(const Config& config, const MachineMemory& machine) {
+  const MemoryEstimate e = EstimateMemory(config.model, config.batch.data_parallel_size,
+                                          config.zero, config.precision(), config.parallel);
+  const uint64_t ranks = static_cast<uint64_t>(std::max(machine.ranks_per_host, 1));
+  const bool on_cpu = machine.device_bytes == 0;
+  // On the CPU the device is the host: everything shares its memory.
+  const uint64_t host_need = ranks * (e.host + (on_cpu ? e.device_total() : 0));
+  std::string where;
+  uint64_t need = 0, have = 0;
+  if (machine.host_bytes > 0 && host_need > machine.host_bytes) {
+    where = "host memory (" + std::to_string(ranks) + " rank(s) on this host" +
+            (on_cpu ? ", training on the CPU" : ", offloaded state") + ")";
+    need = host_need;
+    have = machine.host_bytes;
+  } else if (!on_cpu && e.device_total() > machine.device_bytes) {
+    where = "memory of " + machine.device_name;
+    need = e.device_total();
+    have = machine.device_bytes;
+  } else {
+    return Status::OK();
+  }
+  const ModelConfig& m = config.model;
+  std::string sizes = "model.n_layer " + std::to_string(m.n_layer) + ", model.d_model " +
+                      std::to_string(m.d_model) + ", model.vocab " + std::to_string(m.vocab);
+  std::string ways = "lower the model's size (" + sizes + ")";
+  if (config.zero.stage < 3) {
+    ways += ", raise zero_optimization.stage (now " + std::to_string(config.zero.stage) +
+            ") and train on more ranks";
+  } else {
+    ways += ", train on more ranks";
+  }
+  if (!on_cpu && config.zero.stage >= 1 &&
+      config.zero.offload_optimizer.device != OffloadConfig::Device::kCpu) {
+    ways += ", or offload the optimizer (zero_optimization.offload_optimizer.device: cpu)";
+  }
+  return Status::InvalidArgument(
+      "the model does not fit: " + std::to_string(ParametersOnLargestRank(m, config.parallel)) +
+      " parameters need " + io::FormatBytes(need) + " of model state at ZeRO stage " +
+      std::to_string(config.zero.stage) +
+      " (weights, gradients, optimizer; activations come on "
+      "top), but the " +
+      where + " is " + io::FormatBytes(have) + ": " + ways +
+      ". 'dsrun --config ... --dry-run' prints the memory table");
+}
+
 }  // namespace ds::engine

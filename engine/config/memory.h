@@ -41,4 +41,18 @@ MemoryEstimate EstimateMemory(const ModelConfig& model, int64_t world_size, cons
 // and offload settings), the configured stage marked with '*', for dsrun --dry-run.
 std::string FormatMemoryTable(const Config& config);
 
+// The memory a rank may use: on the device it trains on (0 when that is the host) and on the
+// host, shared by `ranks_per_host` ranks.
+struct MachineMemory {
+  uint64_t device_bytes = 0;  // one GPU's memory; 0: training on the CPU
+  uint64_t host_bytes = 0;    // the host's physical memory
+  int ranks_per_host = 1;
+  std::string device_name = "cpu";  // for messages
+};
+
+// OK when the model state of the configured stage (EstimateMemory) fits `machine`;
+// InvalidArgument otherwise, with the need, what there is, and the keys that change it. Only
+// the model state is counted (activations come on top), so what it refuses cannot train.
+Status CheckMemoryFits(const Config& config, const MachineMemory& machine);
+
 }  // namespace ds::engine

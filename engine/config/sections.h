@@ -13,6 +13,8 @@ namespace ds::engine::internal {
 
 // dstrain's own sections (dstrain_sections.cc)
 void ReadModel(SectionReader& top, ModelConfig* out);
+// The largest value model.<key> may take (n_layer, n_head, d_model, seq_len, vocab).
+int64_t ModelSizeLimit(std::string_view key);
 // `scheduler_total_steps`: scheduler.params.total_num_steps when it is a number, which gives
 // trainer.max_steps when that is not set.
 void ReadTrainer(SectionReader& top, std::optional<int64_t> scheduler_total_steps,

@@ -365,5 +365,65 @@ TEST(ConfigJsonTest, TheResolvedConfigParsesBackToItself) {
   EXPECT_THAT(second.warnings, ElementsAre());
 }
 
+// Sizes are bounded with messages naming the key, before anything multiplies them.
+TEST(ConfigBoundsTest, ModelAndBatchSizesHaveLimitsThatNameTheKey) {
+  json cfg = Base();
+  cfg["model"] = {
+      {"n_layer", 1e9}, {"n_head", 4}, {"d_model", 64}, {"seq_len", 64}, {"vocab", 256}};
+  EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
+                                   HasSubstr("model.n_layer is 1000000000: at most 10000")));
+  cfg["model"]["n_layer"] = 2;
+  cfg["model"]["vocab"] = int64_t{1} << 30;
+  EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
+                                   HasSubstr("model.vocab is 1073741824: at most 16777216")));
+  cfg = Base();
+  cfg.erase("train_batch_size");
+  cfg["train_micro_batch_size_per_gpu"] = int64_t{1} << 62;
+  EXPECT_THAT(Parse(cfg),
+              StatusIs(StatusCode::kInvalidArgument,
+                       HasSubstr("train_micro_batch_size_per_gpu is 4611686018427387904: at most "
+                                 "16777216")));
+  // Each within its bound, the product beyond: refused, not overflowed.
+  cfg["train_micro_batch_size_per_gpu"] = int64_t{1} << 20;
+  cfg["gradient_accumulation_steps"] = int64_t{1} << 20;
+  EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
+                                   HasSubstr("is more than 16777216 samples per step")));
+}
+
+TEST(ConfigBoundsTest, AnInvalidBatchKeyDoesNotMakeTheOthersUnknown) {
+  json cfg = Base();
+  cfg.erase("train_batch_size");
+  cfg["train_micro_batch_size_per_gpu"] = -1;
+  cfg["gradient_accumulation_steps"] = 2;
+  Result<Config> c = Parse(cfg);
+  EXPECT_THAT(c, StatusIs(StatusCode::kInvalidArgument,
+                          HasSubstr("train_micro_batch_size_per_gpu must be a positive integer")));
+  EXPECT_THAT(c.status().message(), ::testing::Not(HasSubstr("unknown key")));
+}
+
+TEST(ConfigBoundsTest, NestingIsLimitedInTheFileAndInSet) {
+  std::string deep = "{\"a\": " + std::string(150000, '[') + std::string(150000, ']') + "}";
+  EXPECT_THAT(ParseConfig(deep, {}, "deep.json"),
+              StatusIs(StatusCode::kInvalidArgument,
+                       HasSubstr("deep.json: line 1: nested more than 64 levels deep")));
+  // Brackets inside strings and comments do not count.
+  json cfg = Base();
+  cfg["trainer"]["output_dir"] = std::string(100, '[');
+  std::string text = "// " + std::string(100, '{') + "\n" + cfg.dump();
+  EXPECT_THAT(ParseConfig(text, {}, "ok.json"), IsOk());
+  Overrides o;
+  o.set = {"x=" + std::string(70, '[')};
+  EXPECT_THAT(Parse(Base(), o),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("nested more than 64 levels deep")));
+}
+
+TEST(ConfigBoundsTest, AHugeFileIsNotAConfig) {
+  ::ds::testing::TempDir dir;
+  const std::string path = dir.Join("big.json");
+  DS_ASSERT_OK(io::Env::Default()->WriteFileSynced(path, std::string(17 << 20, ' ')));
+  EXPECT_THAT(LoadConfig(io::Env::Default(), path, {}),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("big.json is 17.0 MiB")));
+}
+
 }  // namespace
 }  // namespace ds::engine

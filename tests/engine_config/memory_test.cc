@@ -7,6 +7,9 @@
 namespace ds::engine {
 namespace {
 
+using ::ds::testing::IsOk;
+using ::ds::testing::StatusIs;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 ModelConfig Preset(std::string_view name) {
@@ -104,6 +107,39 @@ TEST(ConfigMemoryTest, TableForDryRun) {
                                "data-parallel size 4"));
   EXPECT_THAT(table, HasSubstr("  1*  "));
   EXPECT_THAT(table, HasSubstr("  3   "));
+}
+
+// What the model state needs against what the machine has: fits, the GPU too small, the host
+// too small for several CPU ranks, and offloaded state against the host.
+TEST(ConfigMemoryTest, CheckMemoryFitsNamesWhereAndTheKeysToChange) {
+  json cfg = Base();
+  cfg["model"] = {{"preset", "gpt2-124m"}};
+  DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(cfg));
+  // fp32, stage 0, one rank: 124,439,808 x (4 weights + 4 grads + 12 optimizer) = 2.32 GiB.
+  const uint64_t need = 124'439'808ull * 20;
+  MachineMemory gpu{.device_bytes = need, .host_bytes = 1ull << 40, .device_name = "cuda:0"};
+  EXPECT_THAT(CheckMemoryFits(c, gpu), IsOk());
+  gpu.device_bytes = need - 1;
+  EXPECT_THAT(CheckMemoryFits(c, gpu),
+              StatusIs(StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("124439808 parameters need 2.3 GiB of model state at ZeRO "
+                                       "stage 0"),
+                             HasSubstr("the memory of cuda:0 is 2.3 GiB"),
+                             HasSubstr("model.n_layer 12, model.d_model 768"),
+                             HasSubstr("raise zero_optimization.stage (now 0)"))));
+  // On the CPU every rank of the host shares its memory.
+  MachineMemory cpu{.device_bytes = 0, .host_bytes = 2 * need, .ranks_per_host = 2};
+  EXPECT_THAT(CheckMemoryFits(c, cpu), IsOk());
+  cpu.ranks_per_host = 3;
+  EXPECT_THAT(CheckMemoryFits(c, cpu),
+              StatusIs(StatusCode::kInvalidArgument,
+                       HasSubstr("host memory (3 rank(s) on this host, training on the CPU)")));
+  // Offloaded optimizer state counts against the host, not the GPU.
+  cfg["zero_optimization"] = {{"stage", 2}, {"offload_optimizer", {{"device", "cpu"}}}};
+  DS_ASSERT_OK_AND_ASSIGN(Config off, Parse(cfg));
+  MachineMemory small_host{.device_bytes = 1ull << 40, .host_bytes = 1ull << 30};
+  EXPECT_THAT(CheckMemoryFits(off, small_host),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("offloaded state")));
 }
 
 }  // namespace
