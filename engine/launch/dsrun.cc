@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <thread>
 
+#include "ckpt/catalog.h"
 #include "engine/config/config.h"
 #include "engine/config/memory.h"
 #include "engine/launch/dist_env.h"
@@ -45,11 +46,56 @@ std::string RankDevice(const std::string& wanted, int local_rank, int gpus) {
   return wanted;
 }
 
+namespace {
+
+// 288 GB: the largest memory of one GPU on sale (NVIDIA B300).
+constexpr uint64_t kLargestGpuBytes = uint64_t{288} << 30;
+
+MachineMemory MachineMemoryFor(const std::string& device, int gpus, int local_rank,
+                               int ranks_per_host) {
+  MachineMemory m;
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  m.host_bytes = pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * page : 0;
+  m.ranks_per_host = std::max(ranks_per_host, 1);
+  int index = -1;
+  if ((device.empty() || device == "cuda") && gpus > 0) {
+    index = local_rank % gpus;
+  } else if (device.rfind("cuda:", 0) == 0) {
+    index = std::atoi(device.c_str() + 5);
+  }
+  if (index >= 0) {
+    m.device_bytes = GpuMemoryBytes(index);
+    m.device_name = "cuda:" + std::to_string(index);
+  }
+  return m;
+}
+
+}  // namespace
+
 int CudaDeviceCount() {
   return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0;
 }
 
 namespace {
+
+// A run started without --resume beside committed checkpoints would begin at step 0, cut
+// metrics.jsonl and let retention eat what it should have resumed: refused, naming the ways on.
+Status RefuseFreshStartBesideCheckpoints(io::Env* env, const std::string& save_dir) {
+  Result<bool> exists = env->Exists(save_dir);
+  if (!exists.ok() || !*exists) return Status::OK();  // nothing there (or the save says why)
+  ckpt::Catalog catalog(env, save_dir);
+  Result<std::vector<ckpt::CheckpointEntry>> all = catalog.List();
+  if (!all.ok())
+    return Status(all.status().code(),
+                  all.status().message() + " (listing " + save_dir + " before a fresh start)");
+  if (all->empty()) return Status::OK();
+  return Status::FailedPrecondition(
+      save_dir + " already holds " + std::to_string(all->size()) +
+      " committed checkpoint(s), the newest " + all->back().tag +
+      ": resume with --resume latest (launch scripts: --resume latest --resume-if-any), or "
+      "start from step 0 beside them with --fresh-start (this run then deletes none of them), "
+      "or set checkpoint.save_dir to another directory");
+}
 
 int Fail(int code, const std::string& who, const Status& s) {
   // Collectives name their rank themselves.
@@ -82,14 +128,29 @@ int RunRank(const DsrunFlags& f) {
       io::LogWarning(f.config + ": accepted but not implemented (no effect): " + keys);
     }
   }
-  if (f.dry_run) {
-    std::printf("%s\n\n%s", config->resolved.dump(2).c_str(), FormatMemoryTable(*config).c_str());
-    std::printf("\n%s: the config resolves; drop --dry-run to train\n", f.config.c_str());
-    return 0;
-  }
   TrainerOptions topts;
   topts.device = f.device;
   const int gpus = topts.device.empty() || topts.device == "cuda" ? CudaDeviceCount() : 0;
+  MachineMemory machine = MachineMemoryFor(
+      f.device, gpus, dist->local_rank,
+      f.dry_run && dist->source == "single" ? f.nproc_per_node : dist->local_world_size);
+  if (f.dry_run && gpus == 0 && f.device.empty()) {
+    // No GPU here and none named: this is a login node planning a GPU job. Check what no GPU
+    // could hold; the host that will train is not this one.
+    machine.device_bytes = kLargestGpuBytes;
+    machine.device_name = "the largest GPU made (no GPU here; --device cpu checks this host)";
+    machine.host_bytes = 0;
+  }
+  const Status fits = CheckMemoryFits(*config, machine);
+  if (f.dry_run) {
+    std::printf("%s\n\n%s", config->resolved.dump(2).c_str(), FormatMemoryTable(*config).c_str());
+    if (!fits.ok())
+      return Fail(kExitUsage, who, Status(fits.code(), f.config + ": " + fits.message()));
+    std::printf("\n%s: the config resolves; drop --dry-run to train\n", f.config.c_str());
+    return 0;
+  }
+  if (!fits.ok())
+    return Fail(kExitUsage, who, Status(fits.code(), f.config + ": " + fits.message()));
   if (gpus > 0 && dist->local_world_size > gpus) {
     return Fail(
         kExitUsage, who,
@@ -106,6 +167,11 @@ int RunRank(const DsrunFlags& f) {
   topts.backend = f.backend;
   topts.stop_requested = [] { return g_stop_signal.load() != 0; };
   InstallStopHandlers();
+  if (f.resume.empty() && f.bench_out.empty() && config->checkpoint.enabled && !f.fresh_start) {
+    if (Status s = RefuseFreshStartBesideCheckpoints(env, CheckpointDir(*config)); !s.ok()) {
+      return Fail(kExitUsage, who, s);
+    }
+  }
   Result<std::unique_ptr<Trainer>> trainer = Trainer::Create(env, *config, topts);
   if (!trainer.ok()) return Fail(kExitUsage, who, trainer.status());
   if (!f.resume.empty()) {
@@ -212,6 +278,7 @@ std::vector<std::string> RankArgs(const DsrunFlags& f) {
   if (f.load_module_only) a.push_back("--load-module-only");
   if (f.fallback) a.push_back("--fallback");
   if (f.resume_if_any) a.push_back("--resume-if-any");
+  if (f.fresh_start) a.push_back("--fresh-start");
   for (const std::string& s : f.set) a.insert(a.end(), {"--set", s});
   if (f.max_steps) a.insert(a.end(), {"--max-steps", std::to_string(*f.max_steps)});
   if (f.seed) a.insert(a.end(), {"--seed", std::to_string(*f.seed)});
@@ -235,6 +302,7 @@ int RunLauncher(const DsrunFlags& f) {
       run.resume = "latest";
       run.resume_if_any = true;
       run.load_module_only = run.no_load_optimizer = run.no_load_scheduler = run.fallback = false;
+      run.fresh_start = false;
     }
     Result<LaunchOptions> lo = LaunchOptionsFor(run, RankArgs(run));
     if (!lo.ok()) return Fail(kExitUsage, "", lo.status());
@@ -284,6 +352,9 @@ int DsrunMain(int argc, char** argv) {
                "A damaged checkpoint: resume from the newest older one that loads");
   app.add_flag("--resume-if-any", f.resume_if_any,
                "With --resume: start fresh when there is no checkpoint yet (for launch scripts)");
+  app.add_flag("--fresh-start", f.fresh_start,
+               "Start at step 0 although checkpoint.save_dir holds committed checkpoints "
+               "(they are kept: this run's retention deletes none of them)");
   app.add_option(
       "--max-restarts", f.max_restarts,
       "When a rank dies, restart all ranks from the latest checkpoint, up to this many times");

@@ -42,6 +42,9 @@ struct DsrunFlags {
   bool load_module_only = false;
   bool fallback = false;
   bool resume_if_any = false;  // set by the launcher's restarts: no checkpoint yet is fine
+  // Start at step 0 although checkpoint.save_dir holds committed checkpoints (kept: this run's
+  // retention never deletes them). Without it such a start is refused.
+  bool fresh_start = false;
   int max_restarts = 0;
   // The launcher (torchrun's and DeepSpeed's spellings).
   int nproc_per_node = 1;

@@ -227,6 +227,23 @@ Status Trainer::Impl::CreateWriter() {
   w.retention.max_bytes = k.max_bytes;
   w.retention.best_metric = k.best_metric;
   w.retention.best_mode = k.best_mode;
+  if (options.rank == 0 && w.retention.any()) {
+    // Checkpoints of later steps than this run started after were not written by it (an
+    // older run's, or what --fresh-start began beside): its retention keeps them.
+    ckpt::Catalog catalog(env, save_dir);
+    Result<std::vector<ckpt::CheckpointEntry>> there = catalog.List();
+    if (!there.ok() && !there.status().IsNotFound()) return there.status();
+    for (const ckpt::CheckpointEntry& e :
+         there.ok() ? *there : std::vector<ckpt::CheckpointEntry>()) {
+      if (e.step > started_after_step) w.retention.protect_tags.push_back(e.tag);
+    }
+    if (!w.retention.protect_tags.empty()) {
+      io::LogInfo("retention keeps the " + std::to_string(w.retention.protect_tags.size()) +
+                  " checkpoint(s) of " + save_dir + " after step " +
+                  std::to_string(started_after_step) + " that this run did not write (from " +
+                  w.retention.protect_tags.front() + ")");
+    }
+  }
   w.best_metric = k.best_metric;
   w.best_mode = k.best_mode;
 #if DS_TORCH_HAS_CUDA
@@ -283,7 +300,10 @@ void Trainer::Impl::ReapSave(bool wait) {
   in_flight.reset();
   if (s.ok()) {
     ++saves;
+    failed_in_a_row = 0;
     last_checkpoint = st.path;
+    committed_path = st.path;
+    committed_step = in_flight_step;
     last_save_stats = st;
     if (options.rank == 0) {
       // Retention (deleting what keep_last and the other rules drop) runs after the checkpoint
@@ -301,11 +321,43 @@ void Trainer::Impl::ReapSave(bool wait) {
     }
     return;
   }
+  NoteFailedSave(in_flight_step, s);
+}
+
+void Trainer::Impl::NoteFailedSave(int64_t at_step, const Status& s) {
   ++failed_saves;
+  ++failed_in_a_row;
+  last_save_error = s.message();
+  const int64_t max = config.checkpoint.max_failed_saves;
   io::LogWarning(
-      "rank " + std::to_string(options.rank) + ": checkpoint of step " +
-      std::to_string(in_flight_step) + " failed: " + s.message() + FreeSpace() +
-      ". Training goes on; the next save tries again, and committed checkpoints are untouched");
+      "rank " + std::to_string(options.rank) + ": checkpoint of step " + std::to_string(at_step) +
+      " failed: " + s.message() + FreeSpace() +
+      ". Committed checkpoints are untouched; training goes on and the next save "
+      "tries again (" +
+      std::to_string(failed_in_a_row) + " failed in a row" +
+      (max > 0 ? "; training stops at checkpoint.max_failed_saves = " + std::to_string(max) : "") +
+      ")");
+}
+
+Status Trainer::Impl::CheckSavesFailing(bool final) const {
+  const int64_t max = config.checkpoint.max_failed_saves;
+  const bool final_failed = final && failed_in_a_row > 0;
+  if (!final_failed && (max == 0 || failed_in_a_row < max)) return Status::OK();
+  const std::string what =
+      final_failed ? "the final checkpoint (step " + std::to_string(step) + ") failed"
+                   : std::to_string(failed_in_a_row) +
+                         " checkpoint saves in a row failed (checkpoint.max_failed_saves: " +
+                         std::to_string(max) + ")";
+  const std::string lost = committed_step >= 0
+                               ? "the newest committed checkpoint is " + committed_path +
+                                     " (step " + std::to_string(committed_step) + "): steps " +
+                                     std::to_string(committed_step + 1) + "-" +
+                                     std::to_string(step) + " are not saved"
+                               : "no checkpoint holds this run's state: steps 1-" +
+                                     std::to_string(step) + " are not saved";
+  return Status::IOError(what + ", the last with: " + last_save_error + FreeSpace() + "; " + lost +
+                         ". Fix the cause (free space on " + save_dir +
+                         "?) and resume with --resume latest");
 }
 
 Status Trainer::Impl::Save(const std::string& reason) {
@@ -326,7 +378,27 @@ Status Trainer::Impl::Save(const std::string& reason) {
     }
   }
   ReapSave(/*wait=*/true);  // the previous save: the writer takes one at a time
-  if (writer == nullptr) DS_RETURN_IF_ERROR(CreateWriter());
+  if (config.checkpoint.max_failed_saves > 0) {
+    // Stop on every rank or none: any rank that has seen too many failures stops them all.
+    const int64_t max = config.checkpoint.max_failed_saves;
+    if (comm != nullptr) {
+      torch::Tensor n = torch::tensor({failed_in_a_row >= max ? 1.0f : 0.0f},
+                                      torch::TensorOptions().dtype(torch::kFloat32).device(device));
+      DS_RETURN_IF_ERROR(comm->AllReduce(n, "failed save flags"));
+      if (n.cpu().item<float>() > 0 && failed_in_a_row < max) {
+        failed_in_a_row = max;
+        if (last_save_error.empty()) last_save_error = "another rank's save failed";
+      }
+    }
+    DS_RETURN_IF_ERROR(CheckSavesFailing(/*final=*/false));
+  }
+  auto failed = [&](const Status& s) {
+    NoteFailedSave(step, Status(s.code(), "it did not start (" + reason + "): " + s.message()));
+    return Status::OK();
+  };
+  if (writer == nullptr) {
+    if (Status s = CreateWriter(); !s.ok()) return failed(s);
+  }
   ckpt::SaveRequest r;
   r.step = step;
   r.zero_stage = static_cast<uint32_t>(config.zero.stage);
@@ -337,13 +409,6 @@ Status Trainer::Impl::Save(const std::string& reason) {
   Json metrics = {{"loss", recent_loss}};
   if (last_eval && last_eval_step == step) metrics["eval_loss"] = *last_eval;  // never a stale one
   r.metrics_json = metrics.dump();
-  auto failed = [&](const Status& s) {
-    ++failed_saves;
-    io::LogWarning("rank " + std::to_string(options.rank) + ": checkpoint of step " +
-                   std::to_string(step) + " (" + reason + ") did not start: " + s.message() +
-                   FreeSpace() + "; training goes on, the next save tries again");
-    return Status::OK();
-  };
   if (Status s = writer->Begin(r); !s.ok()) return failed(s);
 #if DS_TORCH_HAS_CUDA
   if (device.is_cuda() && !snapshot_copies)
@@ -460,7 +525,9 @@ std::optional<ckpt::SaveStats> Trainer::last_save() const { return impl_->last_s
 Result<std::string> Trainer::Resume(const ResumeOptions& r) {
   Impl& t = *impl_;
   ckpt::Catalog catalog(t.env, t.save_dir);
-  Result<std::string> path = catalog.Resolve(r.from);
+  std::string note;
+  Result<std::string> path = catalog.Resolve(r.from, &note);
+  if (!note.empty() && t.options.rank == 0) io::LogWarning("--resume " + r.from + ": " + note);
   if (!path.ok()) {
     if (r.if_any && path.status().code() == StatusCode::kNotFound) {
       return std::string("no checkpoint in " + t.save_dir + " yet: starting fresh");
@@ -581,6 +648,11 @@ Result<std::string> Trainer::Impl::Load(const std::string& path, const ResumeOpt
     }
   }
   last_saved_step = step;
+  if (!r.module_only) {
+    started_after_step = step;
+    committed_step = step;
+    committed_path = path;
+  }
   first_loss.reset();
   const fmt::ManifestInfo& info = m.info;
   std::string line = "resumed from " + path + " at step " + std::to_string(step);

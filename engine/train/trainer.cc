@@ -601,6 +601,9 @@ Result<TrainSummary> Trainer::Run() {
   // Rank 0 hosts the store the other ranks learn a save's outcome from: it may not exit first.
   if (t.comm != nullptr) DS_RETURN_IF_ERROR(t.comm->Barrier("end of training"));
   DS_RETURN_IF_ERROR(t.monitor->Sync());
+  // A run whose last state is not on disk has not succeeded (a stop request's save is the
+  // preemption's business: dsrun says what was saved).
+  if (!s.preempted && c.checkpoint.enabled) DS_RETURN_IF_ERROR(t.CheckSavesFailing(/*final=*/true));
   s.steps = t.step;
   s.skipped_steps = t.skipped;
   s.first_loss = t.first_loss.value_or(0);

@@ -152,7 +152,16 @@ struct Trainer::Impl {
   uint64_t last_save_us = 0;
   double last_stall_s = -1;  // the last snapshot's stall, for the next step's metrics
   int64_t saves = 0, failed_saves = 0;
-  std::string last_checkpoint;
+  int64_t failed_in_a_row = 0;  // checkpoint.max_failed_saves stops training after so many
+  std::string last_save_error;  // the newest failure's message
+  std::string last_checkpoint;  // the newest checkpoint this run committed
+  // The newest checkpoint this run's state is in: the one it resumed from, then each it
+  // committed (-1 and empty: none yet). What a failure loses is the steps after it.
+  int64_t committed_step = -1;
+  std::string committed_path;
+  // The step this run resumed from, -1 when it started fresh: retention never deletes a
+  // checkpoint of a later step that was there before this run (ckpt::RetentionPolicy).
+  int64_t started_after_step = -1;
   std::optional<ckpt::SaveStats> last_save_stats;
   // On a GPU a snapshot's device-to-host copies run on a side stream and overlap the next
   // forward and backward; the next optimizer step waits for them (checkpoint.cc).
@@ -167,6 +176,10 @@ struct Trainer::Impl {
   // Snapshots now, commits in the background; a failure to save is logged, not returned.
   Status Save(const std::string& reason);
   void ReapSave(bool wait);  // reports a finished save (waits for it when `wait`)
+  void NoteFailedSave(int64_t at_step, const Status& s);
+  // An error once checkpoint.max_failed_saves saves failed in a row (or, `final`, when the
+  // last save failed), naming what is lost since the newest committed checkpoint.
+  Status CheckSavesFailing(bool final) const;
   // Makes the device's next work wait until the last snapshot's copies are done: call before
   // anything writes the master weights or Adam's moments.
   void WaitForSnapshotCopies();
