@@ -103,7 +103,8 @@ Result<bool> LockIsHeld(io::Env* env, const std::string& path) {
 // files past the starting grace at `now` are tested. NotFound when it vanished meanwhile
 // (committed, or removed by a failed save).
 Result<TempDirInfo> ProbeTempDir(io::Env* env, const std::string& dir, const std::string& name,
-                                 const io::FileInfo& info, uint64_t device, int64_t now) {
+                                 const io::FileInfo& info, uint64_t device, int64_t now,
+                                 int64_t grace = kStartingSaveGraceMicros) {
   TempDirInfo t;
   t.name = name;
   t.path = io::JoinPath(dir, name);
@@ -121,7 +122,7 @@ Result<TempDirInfo> ProbeTempDir(io::Env* env, const std::string& dir, const std
     if (now == 0 || !IsWriterLockName(n) || fi->type != io::FileType::kRegular) continue;
     ++t.lock_files;
     t.newest_lock_micros = std::max(t.newest_lock_micros, fi->mtime_micros);
-    if (now - fi->mtime_micros >= kStartingSaveGraceMicros) settled.push_back(p);
+    if (now - fi->mtime_micros >= grace) settled.push_back(p);
   }
   for (const std::string& p : settled) {
     Result<bool> held = LockIsHeld(env, p);
@@ -137,7 +138,8 @@ Result<TempDirInfo> ProbeTempDir(io::Env* env, const std::string& dir, const std
 }
 
 // Whether gc removes the temp directory `t`, and why.
-GcItem DecideTempDir(const TempDirInfo& t, int64_t now, int64_t older_than, bool* remove) {
+GcItem DecideTempDir(const TempDirInfo& t, int64_t now, int64_t older_than, int64_t grace,
+                     bool* remove) {
   GcItem item{GcKind::kTempDir, t.path, t.bytes, ""};
   const std::string written = "last written " + FormatAge(now - t.last_write_micros) + " ago";
   *remove = false;
@@ -145,11 +147,11 @@ GcItem DecideTempDir(const TempDirInfo& t, int64_t now, int64_t older_than, bool
     item.reason = MountPointReason(t.mount_point);
   } else if (t.live()) {
     item.reason = "a save in progress: a live writer holds " + t.held_lock;
-  } else if (t.starting(now)) {
+  } else if (t.starting(now, grace)) {
     item.reason = t.lock_files > 0 ? "a save may be starting: its newest lock file is " +
                                          FormatAge(now - t.newest_lock_micros) + " old"
                                    : "a save may be starting: no writer lock file yet, " + written;
-    item.reason += " (lock files are tested once " + FormatAge(kStartingSaveGraceMicros) + " old)";
+    item.reason += " (lock files are tested once " + FormatAge(grace) + " old)";
   } else if (now - t.last_write_micros < older_than) {
     item.reason =
         "no live writer, but " + written + " (younger than " + FormatAge(older_than) + ")";
@@ -208,14 +210,15 @@ Status FindUnreferenced(io::Env* env, const std::string& dir, const std::string&
 
 // A .tmp-* or .trash-* directory: removed, or kept saying why.
 Status PlanTempDir(io::Env* env, const std::string& dir, const std::string& name,
-                   const io::FileInfo& info, uint64_t device, int64_t now, int64_t older_than,
+                   const io::FileInfo& info, uint64_t device, int64_t now, const GcOptions& o,
                    GcReport* r) {
   const bool temp = StartsWith(name, kTempPrefix);
-  Result<TempDirInfo> t = ProbeTempDir(env, dir, name, info, device, temp ? now : 0);
+  Result<TempDirInfo> t =
+      ProbeTempDir(env, dir, name, info, device, temp ? now : 0, o.starting_grace_micros);
   if (!t.ok()) return t.status().IsNotFound() ? Status::OK() : t.status();
   if (temp) {
     bool remove = false;
-    GcItem item = DecideTempDir(*t, now, older_than, &remove);
+    GcItem item = DecideTempDir(*t, now, o.older_than_micros, o.starting_grace_micros, &remove);
     (remove ? r->removed : r->kept).push_back(std::move(item));
   } else if (!t->mount_point.empty()) {
     r->kept.push_back({GcKind::kTrashDir, t->path, t->bytes, MountPointReason(t->mount_point)});
@@ -228,7 +231,8 @@ Status PlanTempDir(io::Env* env, const std::string& dir, const std::string& name
 
 // Sorts everything in `dir` into removed / kept / unreadable. Nothing is followed through a
 // symbolic link: a link is at most removed as a link.
-Status PlanGc(io::Env* env, const std::string& dir, int64_t now, int64_t older_than, GcReport* r) {
+Status PlanGc(io::Env* env, const std::string& dir, int64_t now, const GcOptions& o, GcReport* r) {
+  const int64_t older_than = o.older_than_micros;
   DS_ASSIGN_OR_RETURN(io::FileInfo dir_info, env->Stat(dir));
   DS_ASSIGN_OR_RETURN(std::vector<std::string> names, env->ListDir(dir));
   for (const std::string& name : names) {
@@ -238,6 +242,7 @@ Status PlanGc(io::Env* env, const std::string& dir, int64_t now, int64_t older_t
     if (!info.ok()) return info.status();
     const bool temp = StartsWith(name, kTempPrefix), trash = StartsWith(name, kTrashPrefix);
     const bool link = info->type == io::FileType::kSymlink;
+    if (o.temp_dirs_only && !(temp && info->is_dir)) continue;
     if (trash && link) {
       // Prune renames a checkpoint that is a link (to a directory elsewhere) as it is.
       r->removed.push_back({GcKind::kTrashDir, path, info->size,
@@ -247,7 +252,7 @@ Status PlanGc(io::Env* env, const std::string& dir, int64_t now, int64_t older_t
     } else if (temp && link) {
       r->kept.push_back({GcKind::kTempDir, path, info->size, ForeignLinkReason(*info)});
     } else if ((temp || trash) && info->is_dir) {
-      DS_RETURN_IF_ERROR(PlanTempDir(env, dir, name, *info, dir_info.device, now, older_than, r));
+      DS_RETURN_IF_ERROR(PlanTempDir(env, dir, name, *info, dir_info.device, now, o, r));
     } else if (IsPointerTempName(name) && link) {
       r->kept.push_back({GcKind::kPointerTemp, path, info->size, ForeignLinkReason(*info)});
     } else if (IsPointerTempName(name) && info->type == io::FileType::kRegular) {
@@ -431,7 +436,7 @@ Result<GcReport> CollectGarbage(io::Env* env, const std::string& dir, const GcOp
                       LockSaveDir(catalog, options.lock_wait_micros));
   const int64_t now = options.now_micros != 0 ? options.now_micros : env->WallTimeMicros();
   GcReport r;
-  DS_RETURN_IF_ERROR(PlanGc(env, dir, now, options.older_than_micros, &r));
+  DS_RETURN_IF_ERROR(PlanGc(env, dir, now, options, &r));
   if (options.dry_run || r.removed.empty()) return r;
   if (options.progress.start) options.progress.start(r.freed_bytes);
   std::set<std::string> parents;  // directories whose entries changed
@@ -442,6 +447,19 @@ Result<GcReport> CollectGarbage(io::Env* env, const std::string& dir, const GcOp
   }
   for (const std::string& p : parents) DS_RETURN_IF_ERROR(env->SyncDir(p));
   return r;
+}
+
+Result<GcReport> ReclaimAbandonedSaves(io::Env* env, const std::string& dir,
+                                       uint64_t lock_wait_micros) {
+  if (!CheckSaveDir(env, dir).ok()) return GcReport{};  // nothing saved there yet
+  GcOptions o;
+  o.older_than_micros = 0;
+  // The instant between a writer creating its lock file and locking it: lock files older than
+  // this are tested, and a lock no process holds belongs to a save that died.
+  o.starting_grace_micros = 5'000'000;
+  o.temp_dirs_only = true;
+  o.lock_wait_micros = lock_wait_micros;
+  return CollectGarbage(env, dir, o);
 }
 
 }  // namespace ds::ckpt

@@ -45,9 +45,8 @@ struct TempDirInfo {
   std::string mount_point;         // a directory of another mount in it: gc leaves it alone
   bool live() const { return !held_lock.empty(); }
   // A writer may be taking its lock: see kStartingSaveGraceMicros.
-  bool starting(int64_t now_micros) const {
-    return now_micros - (lock_files > 0 ? newest_lock_micros : last_write_micros) <
-           kStartingSaveGraceMicros;
+  bool starting(int64_t now_micros, int64_t grace_micros = kStartingSaveGraceMicros) const {
+    return now_micros - (lock_files > 0 ? newest_lock_micros : last_write_micros) < grace_micros;
   }
 };
 
@@ -88,6 +87,10 @@ Result<RetentionResult> Prune(io::Env* env, const std::string& dir, const Retent
 
 struct GcOptions {
   int64_t older_than_micros = 3600'000'000;  // abandoned temp dirs and pointer temp files
+  // How long a temp directory's writer may take to lock its lock file (see
+  // kStartingSaveGraceMicros); shorter only where no save of the caller's can be starting.
+  int64_t starting_grace_micros = kStartingSaveGraceMicros;
+  bool temp_dirs_only = false;  // only .tmp-* directories (ReclaimAbandonedSaves)
   bool dry_run = false;
   int64_t now_micros = 0;  // wall clock, microseconds since the epoch; 0: the Env's clock
   uint64_t lock_wait_micros = kDefaultLockWaitMicros;
@@ -126,5 +129,13 @@ struct GcReport {
 // link (an unreferenced one in a checkpoint, a .trash-* one); a .tmp-* or pointer-temp link is
 // not dstrain's and is kept; a tree holding a mount point is kept, saying so.
 Result<GcReport> CollectGarbage(io::Env* env, const std::string& dir, const GcOptions& options);
+
+// What a run does at its start, before its first save (the engine's rank 0): removes the
+// .tmp-* directories of saves that killed runs left, i.e. those whose writer locks no live
+// process holds, with a grace of seconds instead of gc's minute (no save of this run can be
+// starting yet; another job's live save holds its locks and is kept). Nothing else is touched.
+// OK with an empty report when `dir` is not a save directory yet.
+Result<GcReport> ReclaimAbandonedSaves(io::Env* env, const std::string& dir,
+                                       uint64_t lock_wait_micros = 10'000'000);
 
 }  // namespace ds::ckpt

@@ -22,6 +22,7 @@
 #include <optional>
 
 #include "ckpt/catalog.h"
+#include "ckpt/gc.h"
 #include "ckpt/reader.h"
 #include "engine/train/internal/trainer_state.h"
 #include "io/log.h"
@@ -184,6 +185,19 @@ void Trainer::Impl::WaitForSnapshotCopies() {
 Status Trainer::Impl::SetupCheckpoints() {
   save_dir = CheckpointDir(config);
   last_save_us = env->NowMicros();
+  if (options.rank == 0 && config.checkpoint.enabled) {
+    // Saves that killed runs left half written (.tmp-*) are reclaimed now, before this run's
+    // first save could be starting; a live save of another job holds its locks and stays.
+    Result<ckpt::GcReport> r = ckpt::ReclaimAbandonedSaves(env, save_dir);
+    if (!r.ok()) {
+      io::LogWarning("not reclaiming abandoned saves in " + save_dir + ": " + r.status().message());
+    } else if (!r->removed.empty()) {
+      io::LogInfo("reclaimed " + std::to_string(r->removed.size()) +
+                  " save(s) that killed runs "
+                  "left in " +
+                  save_dir + " (" + io::FormatBytes(r->freed_bytes) + ")");
+    }
+  }
   return Status::OK();
 }
 

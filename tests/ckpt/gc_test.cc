@@ -92,6 +92,43 @@ class GcTest : public ::testing::Test {
   io::MemEnv env_;
 };
 
+// The env as seen `later` microseconds after the files were written.
+class LaterEnv : public io::EnvWrapper {
+ public:
+  LaterEnv(io::Env* target, int64_t later) : io::EnvWrapper(target), later_(later) {}
+  int64_t WallTimeMicros() override { return target()->WallTimeMicros() + later_; }
+
+ private:
+  int64_t later_;
+};
+
+// What a run does at its start: the saves killed runs left (no live lock, lock files past a
+// few seconds) go; a live save, a save that is starting, trash and pointer temps stay.
+TEST_F(GcTest, ARunReclaimsOnlyTheTempDirsOfDeadSavesAtItsStart) {
+  const std::string dead = MakeTempDir(&env_, "/s", ".tmp-step-00000200-dead", 2);
+  const std::string live = MakeTempDir(&env_, "/s", ".tmp-step-00000200-live", 0);
+  DS_ASSERT_OK_AND_ASSIGN(auto held, env_.TryLockFile(io::JoinPath(live, ".writer-0.lock")));
+  const std::string trash = MakeTempDir(&env_, "/s", ".trash-step-00000050-x", 0);
+  DS_ASSERT_OK(env_.WriteFileSynced("/s/latest.tmp-0123", "step-00000100\n"));
+  {
+    // Seconds after the kill: a writer may still be between creating its lock file and
+    // locking it, as far as anyone can tell: nothing goes yet.
+    DS_ASSERT_OK_AND_ASSIGN(GcReport r, ReclaimAbandonedSaves(&env_, "/s"));
+    EXPECT_TRUE(r.removed.empty());
+  }
+  LaterEnv later(&env_, 6 * kSecond);
+  DS_ASSERT_OK_AND_ASSIGN(GcReport r, ReclaimAbandonedSaves(&later, "/s"));
+  EXPECT_THAT(Paths(r.removed), ElementsAre(dead));
+  EXPECT_FALSE(*env_.Exists(dead));
+  EXPECT_TRUE(*env_.Exists(io::JoinPath(live, "rank-00000.dss")));
+  EXPECT_TRUE(*env_.Exists(io::JoinPath(trash, "rank-00000.dss")));
+  EXPECT_TRUE(*env_.Exists("/s/latest.tmp-0123"));
+  EXPECT_TRUE(*env_.Exists("/s/step-00000100/rank-00000.dss"));
+  // Not a save directory (yet): nothing to do, no error.
+  DS_ASSERT_OK_AND_ASSIGN(GcReport none, ReclaimAbandonedSaves(&env_, "/nothing-here"));
+  EXPECT_TRUE(none.removed.empty());
+}
+
 TEST_F(GcTest, ALiveSaveIsKeptHoweverOld) {
   const std::string tmp = MakeTempDir(&env_, "/s", ".tmp-step-00000200-live", 0);
   DS_ASSERT_OK_AND_ASSIGN(auto held, env_.TryLockFile(io::JoinPath(tmp, ".writer-0.lock")));

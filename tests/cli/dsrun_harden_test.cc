@@ -211,5 +211,25 @@ TEST_F(DsrunRunTest, FallbackSkipsACheckpointWhoseShardIsMissingOrADirectory) {
   EXPECT_THAT(r.out, HasSubstr("fell back from the damaged " + Ckpt(15)));
 }
 
+// A save killed half way leaves .tmp-<tag>-<nonce>/ with a lock file no process holds: the
+// next run's rank 0 reclaims it at start; a save dir of another live job is not touched.
+TEST_F(DsrunRunTest, ARunReclaimsTheHalfWrittenSavesOfKilledRuns) {
+  ShellResult r = Sh(Run("--max-steps 5"));
+  ASSERT_EQ(r.status, 0) << r.out;
+  const std::string torn = io::JoinPath(Ckpts(), ".tmp-step-00000010-0123456789abcdef");
+  ASSERT_TRUE(io::Env::Default()->CreateDirs(torn).ok());
+  std::ofstream(io::JoinPath(torn, "rank-00000.dss")) << std::string(1 << 20, 'x');
+  std::ofstream(io::JoinPath(torn, ".writer-0.lock"));
+  ASSERT_EQ(
+      Sh("touch -d '1 hour ago' " + Q(io::JoinPath(torn, ".writer-0.lock")) + " " + Q(torn)).status,
+      0);
+  r = Sh(Run("--max-steps 5 --resume latest"));
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_THAT(r.out,
+              HasSubstr("reclaimed 1 save(s) that killed runs left in " + Ckpts() + " (1.0 MiB)"));
+  EXPECT_FALSE(Exists(torn));
+  EXPECT_TRUE(Exists(Ckpt(5)));
+}
+
 }  // namespace
 }  // namespace ds
