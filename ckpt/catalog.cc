@@ -111,16 +111,24 @@ Result<std::vector<CheckpointEntry>> Catalog::List() {
       e.metrics_json = m->info.metrics_json;
     } else if (m.status().IsNotFound()) {
       continue;
-    } else if (m.status().code() == StatusCode::kCorruption) {
-      e.problem = m.status().message();
     } else {
-      return m.status();
+      // Damaged, or unreadable for another reason (an I/O error): listed with its problem, so
+      // that one bad checkpoint never stops list, prune or gc for the whole directory.
+      e.problem = m.status().message();
+    }
+    // Bytes as removal would free them: a checkpoint linked in from elsewhere is one link, and
+    // a link inside one is the link, never what it points to.
+    Result<io::FileInfo> self = env_->LinkStat(path);
+    if (self.ok() && self->type == io::FileType::kSymlink) {
+      e.bytes = self->size;
+      out.push_back(std::move(e));
+      continue;
     }
     Result<std::vector<std::string>> files = env_->ListDir(path);
     if (!files.ok() && files.status().IsNotFound()) continue;
     if (!files.ok()) return files.status();
     for (const std::string& f : *files) {
-      Result<io::FileInfo> fi = env_->Stat(io::JoinPath(path, f));
+      Result<io::FileInfo> fi = env_->LinkStat(io::JoinPath(path, f));
       if (fi.ok()) e.bytes += fi->size;
     }
     out.push_back(std::move(e));
