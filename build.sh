@@ -25,7 +25,7 @@ DEBIAN_PACKAGES=(
   build-essential cmake pkg-config python3 python3-venv ca-certificates
   libgloo-dev libhdf5-dev libzstd-dev liburing-dev libcli11-dev nlohmann-json3-dev
   libxxhash-dev libgtest-dev libgmock-dev libbenchmark-dev
-  fio hdf5-tools clang libclang-rt-14-dev
+  fio hdf5-tools clang libclang-rt-14-dev ccache ninja-build
 )
 
 say() { printf 'build.sh: %s\n' "$*"; }
@@ -119,9 +119,14 @@ build() {
   user_gave_torch || setup_venv
   configure
   say "building ($JOBS jobs)${DSTRAIN_BUILD_TARGETS:+: $DSTRAIN_BUILD_TARGETS}"
+  local start=$SECONDS
   # DSTRAIN_BUILD_TARGETS (e.g. "dsrun dsckpt"): only these, for quick runs elsewhere.
   # shellcheck disable=SC2086  # a list of target names
   cmake --build "$BUILD" -j "$JOBS" ${DSTRAIN_BUILD_TARGETS:+--target $DSTRAIN_BUILD_TARGETS}
+  say "the build took $((SECONDS - start)) s$(command -v ccache >/dev/null &&
+    printf '; ccache, all builds so far: %s' "$(ccache --print-stats 2>/dev/null |
+      awk -F'\t' '$1 == "direct_cache_hit" || $1 == "preprocessed_cache_hit" {h += $2}
+                  $1 == "cache_miss" {m = $2} END {printf "%d hits, %d misses", h, m}')")"
 }
 
 run_tests() {
@@ -130,7 +135,13 @@ run_tests() {
   [[ -n "${DSTRAIN_TEST_LABELS:-}" && "${DSTRAIN_TEST_LABELS}" != "all" ]] &&
     label_args=(-L "$DSTRAIN_TEST_LABELS")
   cd "$BUILD"
-  ctest --output-on-failure -j "$JOBS" "${label_args[@]}"
+  local start=$SECONDS rc=0
+  ctest --output-on-failure -j "$JOBS" "${label_args[@]}" || rc=$?
+  say "ctest took $((SECONDS - start)) s; the slowest tests (seconds, from CTestCostData.txt):"
+  # Lines "name runs seconds" up to the '---' that starts the failed list.
+  awk '/^---/ {exit} NF == 3 {printf "  %8.1f  %s\n", $3, $1}' \
+    Testing/Temporary/CTestCostData.txt 2>/dev/null | sort -rn | head -n 15 || true
+  return "$rc"
 }
 
 run_demo() {
@@ -159,7 +170,8 @@ run_demo() {
 
 case "${1:-build}" in
   build) build ;;
-  demo) build && run_demo ;;
+  # The demo needs only the two programs, not the tests and fuzzers (a first run on 2 cores).
+  demo) DSTRAIN_BUILD_TARGETS="${DSTRAIN_BUILD_TARGETS:-dsrun dsckpt}" build && run_demo ;;
   test) build && run_tests ;;
   -h|--help|help) usage ;;
   *) usage ;;
