@@ -12,6 +12,7 @@
 #include "formats/sample_manifest.h"
 #include "testing/matchers.h"
 #include "testing/paths.h"
+#include "testing/python.h"
 
 namespace ds::fmt {
 namespace {
@@ -186,10 +187,7 @@ TEST(ManifestFileTest, Format2OpensInH5dumpAndH5pyLikeFormat1) {
     EXPECT_THAT(d2, HasSubstr("DATASET \"slices\""));
     EXPECT_EQ(d1, d2);
   }
-  if (testing::Python().empty() ||
-      !bench::RunCapture(testing::Python() + " -c 'import h5py' 2>/dev/null", &status)) {
-    GTEST_SKIP() << "no Python with h5py (DSTRAIN_PYTHON)";
-  }
+  DS_SKIP_OR_FAIL_WITHOUT_PYTHON("h5py");
   const char* script = R"PY(
 import h5py, json, sys
 f = h5py.File(sys.argv[1], "r")
