@@ -1,6 +1,7 @@
 // Tests that need a GPU (label `gpu`): they skip with a message where none is visible, so CI
 // (no GPU) only proves they compile and link.
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -18,6 +19,7 @@
 #include "engine/runtime_info.h"
 #include "engine/train/trainer.h"
 #include "io/units.h"
+#include "tests/engine/stalled_collective.h"
 #include "tests/testing/matchers.h"
 #include "tests/testing/paths.h"
 
@@ -410,6 +412,50 @@ TEST(GpuTest, AStepThatCannotBeCapturedRunsEagerlyOrFailsClearly) {
               ds::testing::StatusIs(StatusCode::kFailedPrecondition,
                                     ::testing::AllOf(::testing::HasSubstr("trainer.cuda_graphs"),
                                                      ::testing::HasSubstr("capturing step 3"))));
+}
+
+// comms.timeout_s over NCCL: rank 1 (GPU 1) stays away from an all-reduce for twice the
+// timeout, then joins it late; rank 0's (GPU 0) wait ends at the timeout with an error naming
+// the operation, the limit and rank 1, as over Gloo (comm_timeout_test.cc). Comm sets
+// TORCH_NCCL_BLOCKING_WAIT: without it NCCL's watchdog would abort the process instead.
+TEST(GpuTest, NcclCollectiveARankDoesNotJoinEndsAtTheTimeoutNamingTheRank) {
+#ifndef USE_C10D_NCCL
+  GTEST_SKIP() << "LibTorch was built without NCCL";
+#else
+  const int gpus = torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0;
+  if (gpus < 2) {
+    GTEST_SKIP() << "needs 2 GPUs, " << gpus
+                 << " visible: the NCCL timeout path was compiled and linked only (the same path "
+                    "over Gloo runs in comm_timeout_test)";
+  }
+  testing::StallOptions o;
+  o.backend = "nccl";
+  o.cuda = true;
+  o.timeout_s = 3;
+  o.stall_s = 6;
+  o.late_join = true;
+  o.on_thread_start = [](int rank) { c10::cuda::set_device(static_cast<c10::DeviceIndex>(rank)); };
+  o.make_tensor = [](int rank) {
+    return torch::ones({1024}, torch::TensorOptions().device(torch::Device(
+                                   torch::kCUDA, static_cast<c10::DeviceIndex>(rank))));
+  };
+  testing::StalledCollective r = testing::RunStalledCollective(o);
+  DS_ASSERT_OK(r.setup);
+  EXPECT_THAT(
+      r.status,
+      ds::testing::StatusIs(
+          StatusCode::kUnavailable,
+          ::testing::AllOf(::testing::HasSubstr("rank 0: all_reduce of"),
+                           ::testing::HasSubstr("(nccl) of the stalled payload timed out "
+                                                "after 3 s"),
+                           ::testing::HasSubstr("rank 1 is alive but 1 collective(s) behind"))));
+  std::printf(
+      "the stalled NCCL all_reduce returned after %.2f s (timeout 3 s); rank 1's late "
+      "join: %s\n",
+      r.seconds, r.late.ToString().c_str());
+  EXPECT_GE(r.seconds, 2.9);
+  EXPECT_LT(r.seconds, 3 + 3.0);
+#endif
 }
 
 }  // namespace
