@@ -1,15 +1,18 @@
 // Checkpoints from the engine: N steps, save, resume, N more equals 2N straight bit for bit at
-// every stage and world size (fp32 and bf16); a checkpoint resumes at another world size and
-// stage; a model that does not match, a missing or damaged checkpoint are clear errors (with
-// --fallback going back to an older one); a save that hits a full disk lets training go on and
-// the next save succeeds.
+// every stage and world size (fp32 and bf16; fp16 with the loss scaler's state mid-flight); a
+// checkpoint resumes at another world size and stage; a model that does not match, a missing or
+// damaged checkpoint are clear errors (with --fallback going back to an older one); a save that
+// hits a full disk lets training go on and the next save succeeds.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <atomic>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "ckpt/catalog.h"
+#include "ckpt/reader.h"
 #include "engine/train/trainer.h"
 #include "io/fault_env.h"
 #include "tests/engine/rank_threads.h"
@@ -236,6 +239,97 @@ TEST_F(ResumeTest, AFullDiskFailsOneSaveAndTrainingGoesOn) {
   DS_ASSERT_OK_AND_ASSIGN(std::optional<std::string> latest, catalog.ReadLatest());
   ASSERT_TRUE(latest.has_value());
   EXPECT_EQ(*latest, "step-00000006");
+}
+
+// The JSON blob trainer/state of a checkpoint (the step, the loss scaler, the sampler, ...).
+nlohmann::json TrainerState(const std::string& checkpoint) {
+  Result<std::unique_ptr<ckpt::CheckpointReader>> reader =
+      ckpt::CheckpointReader::Open(io::Env::Default(), checkpoint);
+  EXPECT_TRUE(reader.ok()) << reader.status().ToString();
+  if (!reader.ok()) return nullptr;
+  Result<std::string> blob = (*reader)->ReadBlob("trainer/state");
+  EXPECT_TRUE(blob.ok()) << blob.status().ToString();
+  return blob.ok() ? nlohmann::json::parse(*blob) : nullptr;
+}
+
+// Each step's training loss in <output_dir>/metrics.jsonl, by step.
+std::map<int64_t, double> LossesByStep(const std::string& output_dir) {
+  std::map<int64_t, double> out;
+  Result<std::string> text =
+      io::Env::Default()->ReadFileToString(io::JoinPath(output_dir, "metrics.jsonl"));
+  EXPECT_TRUE(text.ok()) << text.status().ToString();
+  std::istringstream lines(text.ok() ? *text : "");
+  for (std::string line; std::getline(lines, line);) {
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("loss") && j["loss"].is_number() && j.contains("step"))
+      out[j["step"].get<int64_t>()] = j["loss"].get<double>();
+  }
+  return out;
+}
+
+// fp16 with DeepSpeed's dynamic loss scaler: a scale of 2^20 overflows at first (hysteresis 2:
+// the first overflow only uses up one delay, each later one halves the scale) until the
+// gradients fit (2^17 on one rank, 2^16 on two), and a window of 2 doubles it after 2 clean
+// steps. Saved at step 6, the scaler is mid-window with its hysteresis used up (one rank:
+// scale 2^17, iteration 6, last overflow 3, hysteresis left 1) and Adam has taken steps.
+// Resumed from there, the scaler's state in every later checkpoint, the skipped steps, every
+// later step's loss and the final weights equal a run that never stopped, bit for bit.
+TEST_F(ResumeTest, Fp16ResumeKeepsTheLossScalersStateBitForBit) {
+  const std::vector<std::string> fp16 = {"fp16.enabled=true", "fp16.initial_scale_power=20",
+                                         "fp16.loss_scale_window=2", "fp16.hysteresis=2"};
+  for (auto [world, stage] : {std::pair{1, 0}, std::pair{2, 2}}) {
+    SCOPED_TRACE("world " + std::to_string(world) + ", stage " + std::to_string(stage));
+    std::vector<std::string> set = fp16;
+    set.push_back("zero_optimization.stage=" + std::to_string(stage));
+    ds::testing::TempDir straight_dir, split_dir;
+    auto config = [&](const ds::testing::TempDir& dir, int64_t steps) {
+      nlohmann::json j = Config(dir.path(), steps);
+      j["checkpoint"]["save_interval_steps"] = 1;  // every step's state, to compare
+      return j;
+    };
+    std::vector<RankRun> straight = Run(world, config(straight_dir, 12), set);
+    ASSERT_RANKS_OK(straight);
+    std::vector<RankRun> first = Run(world, config(split_dir, 6), set);
+    ASSERT_RANKS_OK(first);
+    auto checkpoint = [](const ds::testing::TempDir& dir, int64_t step) {
+      return dir.Join("checkpoints/" + ckpt::TagForStep(step));
+    };
+    // The state the resume starts from is not the scaler's initial one.
+    const nlohmann::json at6 = TrainerState(checkpoint(split_dir, 6));
+    ASSERT_TRUE(at6.is_object());
+    const nlohmann::json& ls = at6["loss_scaler"];
+    std::printf("world %d: loss scaler at step 6: %s, %lld skipped\n", world, ls.dump().c_str(),
+                static_cast<long long>(at6["skipped"].get<int64_t>()));
+    EXPECT_NE(ls["scale"].get<double>(), 1 << 20) << ls;
+    EXPECT_GE(ls["last_overflow_iteration"].get<int64_t>(), 0) << ls;
+    EXPECT_GT(at6["skipped"].get<int64_t>(), 0);
+    EXPECT_EQ(ls, TrainerState(checkpoint(straight_dir, 6))["loss_scaler"]);
+
+    std::vector<RankRun> second = Run(world, config(split_dir, 12), set, testing::ResumeFrom());
+    ASSERT_RANKS_OK(second);
+    EXPECT_THAT(second[0].resumed, HasSubstr("at step 6"));
+    bool scaler_moved_after_resume = false;
+    for (int64_t step = 7; step <= 12; ++step) {
+      const nlohmann::json a = TrainerState(checkpoint(straight_dir, step));
+      const nlohmann::json b = TrainerState(checkpoint(split_dir, step));
+      EXPECT_EQ(b["loss_scaler"], a["loss_scaler"]) << "step " << step;
+      EXPECT_EQ(b["skipped"], a["skipped"]) << "step " << step;
+      EXPECT_EQ(b["adam_steps"], a["adam_steps"]) << "step " << step;
+      scaler_moved_after_resume |= a["loss_scaler"]["scale"] != ls["scale"];
+    }
+    EXPECT_TRUE(scaler_moved_after_resume) << "the scale never changed after step 6";
+    const std::map<int64_t, double> want = LossesByStep(straight_dir.path());
+    const std::map<int64_t, double> got = LossesByStep(split_dir.path());
+    for (int64_t step = 7; step <= 12; ++step) {
+      ASSERT_TRUE(want.count(step) && got.count(step)) << "no loss for step " << step;
+      EXPECT_EQ(got.at(step), want.at(step)) << "step " << step;
+    }
+    EXPECT_EQ(second[0].summary.last_loss, straight[0].summary.last_loss);
+    for (int r = 0; r < world; ++r) {
+      EXPECT_TRUE(torch::equal(second[static_cast<size_t>(r)].master, straight[0].master))
+          << "rank " << r;
+    }
+  }
 }
 
 }  // namespace
