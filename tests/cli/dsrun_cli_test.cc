@@ -85,12 +85,13 @@ TEST(DsrunCliTest, TrainsAFewStepsAndAnUnregisteredArchIsAUsageError) {
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_THAT(r.out, HasSubstr("trained 3 steps on cpu"));
 
-  r = Sh(Dsrun() + " --config " + Demo() + " --max-steps 3 --set " + Q(out) +
+  r = Sh(Dsrun() + " --config " + Demo() + " --max-steps 3 --fresh-start --set " + Q(out) +
          " model.arch=bigram-mlp");
   EXPECT_EQ(r.status, 2) << r.out;
   EXPECT_THAT(r.out, HasSubstr("model.arch 'bigram-mlp' is not a registered model"));
 
-  r = Sh(Dsrun() + " --config " + Demo() + " --device cuda:7 --max-steps 1 --set " + Q(out));
+  r = Sh(Dsrun() + " --config " + Demo() + " --device cuda:7 --max-steps 1 --fresh-start --set " +
+         Q(out));
   if (r.out.find("no GPU is visible") != std::string::npos) {
     EXPECT_EQ(r.status, 2) << r.out;
   }

@@ -85,6 +85,8 @@ ip link add "$VETH_A" type veth peer name "$VETH_B" 2>"$TMP/err" ||
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 secs() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
 
+# Each node has its own output directory; the checkpoints of a run live where both nodes see them,
+# as on a cluster's shared filesystem (a save is one directory that every rank writes into).
 # start_node NS NODE_RANK PORT MAX_STEPS LOG: starts dsrun in the background, in a subshell that
 # stays outside NS (`|| exit` keeps bash from exec'ing into dsrun) and whose stderr takes the
 # shell's "Killed" notice when NS's processes are killed; the subshell's pid in $!.
@@ -97,7 +99,8 @@ start_node() {
     --set model.n_layer=1 model.d_model=32 model.n_head=2 model.seq_len=32 \
     train_micro_batch_size_per_gpu=4 zero_optimization.stage=2 \
     "comms.timeout_s=$TIMEOUT_S" steps_per_print=5 trainer.eval_interval=0 \
-    "trainer.output_dir=$TMP/$log.out" >>"$TMP/$log" 2>&1 || exit $?) 2>/dev/null &
+    "trainer.output_dir=$TMP/$log.out" "checkpoint.save_dir=$TMP/${log%%.*}.checkpoints" \
+    >>"$TMP/$log" 2>&1 || exit $?) 2>/dev/null &
 }
 
 # wait_exit PID LIMIT_S: the exit code of PID, or 124 if it still runs after LIMIT_S seconds.

@@ -74,6 +74,8 @@ class ZeroTest : public ::testing::Test {
       RankResult& res = out[static_cast<size_t>(r)];
       nlohmann::json mine = j;
       mine["trainer"]["output_dir"] = dirs[static_cast<size_t>(r)].path();
+      // A save is one directory every rank writes into (the final save must commit).
+      mine["checkpoint"]["save_dir"] = dirs[0].Join("checkpoints");
       Result<std::unique_ptr<Trainer>> t =
           testing::MakeRankTrainer(mine, set, world, r, port, corpus_.path());
       if (!t.ok()) {
