@@ -4,8 +4,9 @@
 // by exactly one rank as ckpt::PartitionForRank says for the stage):
 //   master/<p>, optim/exp_avg/<p>, optim/exp_avg_sq/<p>
 // The weights in the training precision are not stored: they are the master rounded. Blobs:
-//   trainer/state         (rank 0) JSON: step, Adam's step count, skipped steps, the loss
-//                         scaler, the sampler's position, the schedule's origin
+//   trainer/state         (rank 0) JSON, engine/train/state_blob.h: step, Adam's step count,
+//                         skipped steps, the loss scaler, the sampler's position, the
+//                         schedule's origin
 //   rng/rank-<r>          (each rank) LibTorch's CPU generator state
 // and the manifest carries the resolved config and {"loss", "eval_loss"} for `best`.
 // Resuming reads the slices this rank holds in its *current* layout, whatever layout wrote them.
@@ -25,6 +26,7 @@
 #include "ckpt/gc.h"
 #include "ckpt/reader.h"
 #include "engine/train/internal/trainer_state.h"
+#include "engine/train/state_blob.h"
 #include "io/log.h"
 #include "io/units.h"
 
@@ -274,21 +276,16 @@ Status Trainer::Impl::CreateWriter() {
 }
 
 std::string Trainer::Impl::StateJson() const {
-  const LossScalerState& s = scaler->state();
-  const SamplerState d = sampler->state();
-  Json j = {{"step", step},
-            {"adam_steps", zero->adam_steps()},
-            {"skipped", skipped},
-            {"schedule_origin", schedule_origin},
-            {"loss_scaler",
-             {{"scale", s.scale},
-              {"iteration", s.iteration},
-              {"last_overflow_iteration", s.last_overflow_iteration},
-              {"hysteresis_left", s.hysteresis_left}}},
-            {"sampler", d.Serialize()},
-            {"world_size", options.world_size},
-            {"zero_stage", config.zero.stage}};
-  return j.dump();
+  TrainerState s;
+  s.step = step;
+  s.adam_steps = zero->adam_steps();
+  s.skipped = skipped;
+  s.schedule_origin = schedule_origin;
+  s.loss_scaler = scaler->state();
+  s.sampler = sampler->state().Serialize();
+  s.world_size = options.world_size;
+  s.zero_stage = config.zero.stage;
+  return s.ToJson();
 }
 
 // Every split tensor of the whole model (all stages: rank 0 writes it), for dsckpt reshard.
@@ -468,7 +465,7 @@ Status Trainer::Impl::Save(const std::string& reason) {
     }
   }
   if (options.rank == 0) {
-    if (Status st = writer->AddBlob("trainer/state", StateJson()); !st.ok()) return failed(st);
+    if (Status st = writer->AddBlob(kTrainerStateBlob, StateJson()); !st.ok()) return failed(st);
     if (Status st = writer->AddBlob(ckpt::kTpSplitsBlob, TpSplitsJson()); !st.ok())
       return failed(st);
   }
@@ -620,12 +617,19 @@ Result<std::string> Trainer::Impl::Load(const std::string& path, const ResumeOpt
     host.push_back(h);
   }
   DS_ASSIGN_OR_RETURN(ckpt::ReadStats rs, reader->Read(requests));
-  Json state;
+  // Everything read is checked before anything is changed: a damaged blob leaves the trainer
+  // as it was (and --fallback can go on to an older checkpoint).
+  TrainerState state;
+  SamplerState sampler_state;
+  std::optional<at::Tensor> rng_state;
   if (!r.module_only) {
-    DS_ASSIGN_OR_RETURN(std::string blob, reader->ReadBlob("trainer/state"));
-    state = Json::parse(blob, nullptr, /*allow_exceptions=*/false);
-    if (state.is_discarded() || !state.contains("step")) {
-      return Status::Corruption(path + ": blob trainer/state is not the trainer's state");
+    DS_ASSIGN_OR_RETURN(std::string blob, reader->ReadBlob(kTrainerStateBlob));
+    DS_ASSIGN_OR_RETURN(state, TrainerState::FromJson(blob, path));
+    DS_ASSIGN_OR_RETURN(sampler_state, SamplerState::Deserialize(state.sampler));
+    if (Result<std::string> rng = reader->ReadBlob("rng/rank-" + std::to_string(options.rank));
+        rng.ok()) {
+      rng_state = at::empty({static_cast<int64_t>(rng->size())}, at::kByte);
+      std::memcpy(rng_state->data_ptr(), rng->data(), rng->size());
     }
   }
   try {
@@ -641,24 +645,21 @@ Result<std::string> Trainer::Impl::Load(const std::string& path, const ResumeOpt
   }
   DS_RETURN_IF_ERROR(zero->Publish());
   if (!r.module_only) {
-    DS_ASSIGN_OR_RETURN(SamplerState ss,
-                        SamplerState::Deserialize(state["sampler"].get<std::string>()));
-    DS_RETURN_IF_ERROR(sampler->Restore(ss)) << "while resuming from " << path;
-    step = state["step"].get<int64_t>();
-    skipped = state.value("skipped", int64_t{0});
-    zero->set_adam_steps(optimizer ? state["adam_steps"].get<int64_t>() : 0);
-    schedule_origin = r.load_scheduler ? state.value("schedule_origin", int64_t{0}) : step;
-    const Json& ls = state["loss_scaler"];
-    scaler->Restore({ls["scale"].get<double>(), ls["iteration"].get<int64_t>(),
-                     ls["last_overflow_iteration"].get<int64_t>(),
-                     ls["hysteresis_left"].get<int64_t>()});
-    if (Result<std::string> rng = reader->ReadBlob("rng/rank-" + std::to_string(options.rank));
-        rng.ok()) {
-      at::Tensor s = at::empty({static_cast<int64_t>(rng->size())}, at::kByte);
-      std::memcpy(s.data_ptr(), rng->data(), rng->size());
+    DS_RETURN_IF_ERROR(sampler->Restore(sampler_state)) << "while resuming from " << path;
+    step = state.step;
+    skipped = state.skipped;
+    zero->set_adam_steps(optimizer ? state.adam_steps : 0);
+    schedule_origin = r.load_scheduler ? state.schedule_origin : step;
+    scaler->Restore(state.loss_scaler);
+    if (rng_state) {
       at::Generator gen = at::detail::getDefaultCPUGenerator();
       std::lock_guard<std::mutex> lock(gen.mutex());
-      gen.set_state(s);
+      try {
+        gen.set_state(*rng_state);
+      } catch (const c10::Error& e) {
+        return Status::Corruption(path + ": blob rng/rank-" + std::to_string(options.rank) +
+                                  " is not a generator state (" + e.what_without_backtrace() + ")");
+      }
     }
   }
   last_saved_step = step;
