@@ -54,8 +54,7 @@ constexpr uint64_t kLargestGpuBytes = uint64_t{288} << 30;
 MachineMemory MachineMemoryFor(const std::string& device, int gpus, int local_rank,
                                int ranks_per_host) {
   MachineMemory m;
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  m.host_bytes = pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * page : 0;
+  m.host_bytes = PhysicalMemoryBytes();
   m.ranks_per_host = std::max(ranks_per_host, 1);
   int index = -1;
   if ((device.empty() || device == "cuda") && gpus > 0) {
@@ -324,7 +323,7 @@ int RunLauncher(const DsrunFlags& f) {
 
 }  // namespace
 
-int DsrunMain(int argc, char** argv) {
+int DsrunMain(int argc, char** argv, const DsrunTools& tools) {
   CLI::App app{"dsrun: train with ZeRO from a DeepSpeed JSON config"};
   app.fallthrough();
   DsrunFlags f;
@@ -427,7 +426,7 @@ int DsrunMain(int argc, char** argv) {
     std::printf("dsrun %s\n%s", DSTRAIN_VERSION, DescribeRuntime(QueryRuntime()).c_str());
     return 0;
   }
-  if (doctor->parsed()) return RunDoctor(f);
+  if (doctor->parsed()) return RunDoctor(f, tools);
   if (adam->parsed()) return RunAdamBenchCommand(adam_opts, f.json);
   if (f.config.empty()) {
     std::fputs(app.help().c_str(), stderr);
@@ -445,7 +444,7 @@ int DsrunMain(int argc, char** argv) {
     Status s = ApplyHostfile(io::Env::Default(), &f);
     if (!s.ok()) return Fail(kExitUsage, "", s);
   }
-  if (bench->parsed()) return RunBench(f);
+  if (bench->parsed()) return RunBench(f, tools);
   Result<DistEnv> dist = DistEnvFromEnvironment();
   const bool inside_a_job = dist.ok() && dist->source != "single";
   if (!inside_a_job && !f.dry_run && (f.nproc_per_node > 1 || f.nnodes > 1)) return RunLauncher(f);

@@ -4,8 +4,34 @@
 // Exit codes: 0 trained (or the dry run passed), 2 a usage or config error, 1 training failed.
 #pragma once
 
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "io/env.h"
+#include "io/status.h"
+
 namespace ds::engine {
 
-int DsrunMain(int argc, char** argv);
+// How fast the disk under a directory takes sequential direct writes and reads.
+struct DiskSpeed {
+  std::string backend;   // the async I/O backend measured ("uring", "pwrite")
+  bool direct = false;   // the file really was opened with O_DIRECT
+  double write_bps = 0;  // bytes per second, until fsynced
+  double read_bps = 0;
+  double fio_write_bps = 0;  // fio's direct io_uring writes beside ours; 0: fio did not run
+};
+
+// What the program around DsrunMain lends the engine. Disk measurement lives with the
+// benchmarks (bench/, with fio as its peer), which the engine does not include: dsrun's main
+// (cli/dsrun_main.cc) passes it; without it `dsrun doctor` and `dsrun bench` say the disk was
+// not measured.
+struct DsrunTools {
+  std::function<Result<DiskSpeed>(io::Env* env, const std::string& dir, uint64_t bytes,
+                                  bool with_fio)>
+      measure_disk;
+};
+
+int DsrunMain(int argc, char** argv, const DsrunTools& tools = {});
 
 }  // namespace ds::engine

@@ -15,7 +15,6 @@
 #include <sstream>
 #include <thread>
 
-#include "bench/io_bench.h"
 #include "engine/launch/dsrun_internal.h"
 #include "engine/train/trainer.h"
 #include "io/progress.h"
@@ -58,7 +57,8 @@ std::string Ms(double seconds) { return FormatNumber("%.1f", seconds * 1e3); }
 // The disk's direct-write bound where the checkpoints went (our io benchmark, and fio when it is
 // installed), against what the saves achieved: every rank's stored bytes over the time to
 // durable. Empty when no save was measured or the config cannot be read here.
-std::string DiskBound(io::Env* env, const DsrunFlags& f, const Json& rows) {
+std::string DiskBound(io::Env* env, const DsrunFlags& f, const DsrunTools& tools,
+                      const Json& rows) {
   double stored = 0, seconds = 0;
   int ranks = 1;
   for (const Json& j : rows) {
@@ -72,16 +72,14 @@ std::string DiskBound(io::Env* env, const DsrunFlags& f, const Json& rows) {
   Result<Config> c = LoadConfig(env, f.config, o);
   if (stored <= 0 || seconds <= 0 || !c.ok()) return "";
   const std::string save_dir = CheckpointDir(*c);
-  bench::IoBenchOptions io;
-  io.dir = save_dir;
-  io.size_bytes =
+  const uint64_t bytes =
       std::clamp<uint64_t>(static_cast<uint64_t>(stored * ranks), 64 << 20, uint64_t{2} << 30);
-  io.repeat = 1;
-  Result<bench::IoBenchReport> r = bench::RunIoBench(env, io);
-  if (!r.ok() || r->backends.empty())
-    return "disk bound: not measured (" + r.status().message() + ")\n";
+  Result<DiskSpeed> r = tools.measure_disk
+                            ? tools.measure_disk(env, save_dir, bytes, /*with_fio=*/true)
+                            : Status::Unavailable("this program measures no disk (dsrun does)");
+  if (!r.ok()) return "disk bound: not measured (" + r.status().message() + ")\n";
   const double achieved = stored * ranks / seconds;
-  const bench::IoBackendResult& b = r->backends[0];
+  const DiskSpeed& b = *r;
   char line[512];
   std::snprintf(
       line, sizeof line,
@@ -91,8 +89,8 @@ std::string DiskBound(io::Env* env, const DsrunFlags& f, const Json& rows) {
       io::FormatBytes(static_cast<uint64_t>(achieved)).c_str(), save_dir.c_str(),
       io::FormatBytes(static_cast<uint64_t>(b.write_bps)).c_str(), b.backend.c_str(),
       b.direct ? ", O_DIRECT" : "", b.write_bps > 0 ? achieved / b.write_bps : 0.0,
-      r->fio.ran
-          ? (", fio " + io::FormatBytes(static_cast<uint64_t>(r->fio.write_bps)) + "/s").c_str()
+      b.fio_write_bps > 0
+          ? (", fio " + io::FormatBytes(static_cast<uint64_t>(b.fio_write_bps)) + "/s").c_str()
           : "");
   return line;
 }
@@ -253,8 +251,7 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
     j["save_logical_bytes"] = save->logical_bytes;
     j["save_stored_bytes"] = save->stored_bytes;
     j["save_stall_per_step"] = stall / step_s;
-    j["save_stall_per_sync_save"] =
-        save->durable_seconds > 0 ? stall / save->durable_seconds : 0;
+    j["save_stall_per_sync_save"] = save->durable_seconds > 0 ? stall / save->durable_seconds : 0;
   }
   return env->ReplaceFileAtomically(f.bench_out, j.dump());
 }
@@ -357,7 +354,7 @@ void PrintBenchTable(const DsrunFlags& f, const Json& rows) {
 
 }  // namespace
 
-int RunBench(const DsrunFlags& f) {
+int RunBench(const DsrunFlags& f, const DsrunTools& tools) {
   io::Env* env = io::Env::Default();
   Result<std::vector<BenchCase>> cases = BenchCases(f);
   if (!cases.ok()) {
@@ -429,7 +426,7 @@ int RunBench(const DsrunFlags& f) {
   }
   bar.Finish();
   (void)env->RemoveAll(*dir);
-  const std::string disk = DiskBound(env, f, rows);
+  const std::string disk = DiskBound(env, f, tools, rows);
   PrintBenchTable(f, rows);
   if (!disk.empty()) std::printf("%s", disk.c_str());
   Json all = {{"bench", "dsrun_zero_stages"},       {"config", f.config},

@@ -6,7 +6,6 @@
 #include <cstdlib>
 #include <thread>
 
-#include "bench/io_bench.h"
 #include "engine/comm/comm.h"
 #include "engine/config/memory.h"
 #include "engine/launch/dsrun_internal.h"
@@ -44,7 +43,7 @@ void CheckRuntime(std::vector<Check>* out, bool want_gpu) {
   }
 }
 
-void CheckStorage(io::Env* env, const Config& c, std::vector<Check>* out) {
+void CheckStorage(io::Env* env, const Config& c, const DsrunTools& tools, std::vector<Check>* out) {
   const std::string dir = CheckpointDir(c);
   if (Status s = env->CreateDirs(dir); !s.ok()) {
     Add(out, "save dir", "fail",
@@ -68,17 +67,14 @@ void CheckStorage(io::Env* env, const Config& c, std::vector<Check>* out) {
     (void)(*f)->Close();
   }
   (void)env->RemoveFile(probe);
-  bench::IoBenchOptions b;
-  b.dir = dir;
-  b.size_bytes = 256 << 20;
-  b.repeat = 1;
-  b.run_fio = false;
-  Result<bench::IoBenchReport> r = bench::RunIoBench(env, b);
-  if (r.ok() && !r->backends.empty()) {
-    const double w = r->backends[0].write_bps;
+  Result<DiskSpeed> r = tools.measure_disk
+                            ? tools.measure_disk(env, dir, 256 << 20, /*with_fio=*/false)
+                            : Status::Unavailable("this program measures no disk (dsrun does)");
+  if (r.ok()) {
+    const double w = r->write_bps;
     Add(out, "disk bandwidth", w >= 500e6 ? "pass" : "warn",
         io::FormatBytes(static_cast<uint64_t>(w)) + "/s direct writes, " +
-            io::FormatBytes(static_cast<uint64_t>(r->backends[0].read_bps)) + "/s reads in " + dir +
+            io::FormatBytes(static_cast<uint64_t>(r->read_bps)) + "/s reads in " + dir +
             (w >= 500e6
                  ? ""
                  : ": saves of large models will take long; use a faster disk for save_dir"));
@@ -172,7 +168,7 @@ void CheckEnvironment(std::vector<Check>* out) {
 
 }  // namespace
 
-int RunDoctor(const DsrunFlags& f) {
+int RunDoctor(const DsrunFlags& f, const DsrunTools& tools) {
   io::Env* env = io::Env::Default();
   std::vector<Check> checks;
   bool want_gpu = false;
@@ -189,7 +185,7 @@ int RunDoctor(const DsrunFlags& f) {
   }
   want_gpu = f.device.rfind("cuda", 0) == 0;
   CheckRuntime(&checks, want_gpu);
-  if (config.ok()) CheckStorage(env, *config, &checks);
+  if (config.ok()) CheckStorage(env, *config, tools, &checks);
   CheckGloo(&checks);
   CheckEnvironment(&checks);
   bool failed = false;

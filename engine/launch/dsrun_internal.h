@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine/config/config.h"
+#include "engine/launch/dsrun.h"
 #include "engine/launch/launcher.h"
 #include "engine/optim/adam_bench.h"
 #include "io/env.h"
@@ -89,7 +90,7 @@ Status ProfileSteps(io::Env* env, Trainer& trainer, int64_t steps, const std::st
 // activities (a copy on a side stream beside a kernel) count once.
 uint64_t BusyNanos(std::vector<std::pair<uint64_t, uint64_t>> spans);
 // `dsrun bench`: launches the ranks once per stage and prints the table (and a --json line).
-int RunBench(const DsrunFlags& f);
+int RunBench(const DsrunFlags& f, const DsrunTools& tools);
 // --out DIR: bench.json (what --json prints, indented), bench.csv (a row per stage), bench.svg
 // (step time and model state per rank as bar charts).
 std::string BenchCsv(const nlohmann::ordered_json& rows);
@@ -100,6 +101,6 @@ Status WriteBenchFiles(io::Env* env, const std::string& dir, const nlohmann::ord
 // `dsrun bench adam`: the CPU Adam table (and a --json line); 1 when the run fails.
 int RunAdamBenchCommand(const AdamBenchOptions& options, bool json);
 // `dsrun doctor [--config F]`: a pass / warn / fail table of what a job here needs; 1 on a fail.
-int RunDoctor(const DsrunFlags& f);
+int RunDoctor(const DsrunFlags& f, const DsrunTools& tools);
 
 }  // namespace ds::engine
