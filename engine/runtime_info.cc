@@ -2,6 +2,7 @@
 
 #include <ATen/Context.h>
 #include <torch/cuda.h>
+#include <unistd.h>
 
 #include "engine/torch_compat.h"
 
@@ -31,6 +32,11 @@ RuntimeInfo QueryRuntime() {
   info.cuda_available = torch::cuda::is_available();
   info.gpu_count = info.cuda_available ? static_cast<int>(torch::cuda::device_count()) : 0;
   return info;
+}
+
+uint64_t PhysicalMemoryBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
 }
 
 uint64_t GpuMemoryBytes(int index) {

@@ -20,6 +20,8 @@ struct RuntimeInfo {
 
 RuntimeInfo QueryRuntime();
 std::string DescribeRuntime(const RuntimeInfo& info);  // one line per item
+// This host's physical memory in bytes; 0 where the system does not say.
+uint64_t PhysicalMemoryBytes();
 // Total memory of GPU `index` in bytes; 0 without CUDA or without that GPU.
 uint64_t GpuMemoryBytes(int index);
 

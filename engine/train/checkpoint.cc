@@ -12,7 +12,6 @@
 // Resuming reads the slices this rank holds in its *current* layout, whatever layout wrote them.
 #include <ATen/ATen.h>
 #include <torch/torch.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -25,6 +24,7 @@
 #include "ckpt/catalog.h"
 #include "ckpt/gc.h"
 #include "ckpt/reader.h"
+#include "engine/runtime_info.h"
 #include "engine/train/internal/trainer_state.h"
 #include "engine/train/state_blob.h"
 #include "io/log.h"
@@ -213,8 +213,8 @@ uint64_t Trainer::Impl::AutoStagingBytes(uint64_t chunk_bytes) const {
   state *= 3 * sizeof(float);
   const uint64_t chunks = state / chunk_bytes + 1;
   const uint64_t want = state + chunks * 4096 + 2 * chunk_bytes;
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  const uint64_t half = pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * page / 2 : want;
+  const uint64_t host = PhysicalMemoryBytes();
+  const uint64_t half = host > 0 ? host / 2 : want;
   return std::max<uint64_t>(2 * chunk_bytes, std::min(want, half));
 }
 
