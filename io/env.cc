@@ -2,8 +2,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
-#include <random>
 
 namespace ds::io {
 
@@ -121,10 +119,7 @@ Status Env::WriteFileSynced(const std::string& path, std::string_view data) {
 Status Env::ReplaceFileAtomically(const std::string& path, std::string_view data) {
   // The temporary name is unique per call so two writers never share one temp file; the loser
   // of a race simply renames second.
-  static thread_local std::mt19937_64 rng(std::random_device{}());
-  char suffix[32];
-  std::snprintf(suffix, sizeof suffix, ".tmp-%016llx", static_cast<unsigned long long>(rng()));
-  std::string tmp = path + suffix;
+  const std::string tmp = path + ".tmp-" + NewNonce();
   Status s = WriteFileSynced(tmp, data);
   if (s.ok()) s = Rename(tmp, path);
   if (!s.ok()) {

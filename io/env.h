@@ -1,6 +1,7 @@
 // Env: every operating-system service dstrain uses (files, directories, locks, free space, the
-// clock) behind one interface, so tests can swap in MemEnv (a crash-modelling filesystem in
-// memory) or FaultEnv (injected errors) without touching the code under test.
+// clock, the host's name, memory and environment variables, fresh names) behind one interface,
+// so tests can swap in MemEnv (a crash-modelling filesystem in memory) or FaultEnv (injected
+// errors) without touching the code under test.
 // Thread safety: every Env is safe for concurrent use; a File allows concurrent ReadAt/WriteAt
 // on disjoint ranges, and needs external synchronisation for Sync, Truncate and Close.
 #pragma once
@@ -9,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -156,6 +158,18 @@ class Env {
   virtual int64_t WallTimeMicros() = 0;   // since the Unix epoch
   virtual void SleepForMicros(uint64_t micros) = 0;
 
+  // ---- the host, and fresh names
+  // 16 lower-case hex digits ("3f09a1c2d4e5b6a7"), 64 fresh random bits on every call, for the
+  // names of temporary files and directories: two calls (any threads, any processes) give the
+  // same one with probability 2^-64.
+  virtual std::string NewNonce() = 0;
+  // This host's name (gethostname); "localhost" where the system does not say.
+  virtual std::string HostName() = 0;
+  // This host's physical memory in bytes; 0 where the system does not say.
+  virtual uint64_t PhysicalMemoryBytes() = 0;
+  // The process's environment variable `name`; nullopt when unset ("" when set but empty).
+  virtual std::optional<std::string> GetEnvVar(const std::string& name) = 0;
+
   // ---- conveniences built on the calls above (so wrappers see every step)
   Result<bool> Exists(const std::string& path);
   Status CreateDirs(const std::string& dir);  // mkdir -p; existing directories are fine
@@ -176,7 +190,7 @@ class Env {
   Result<std::string> ReadFileToString(const std::string& path);
   // Writes `data` to a fresh file at `path` and fsyncs it (not its directory).
   Status WriteFileSynced(const std::string& path, std::string_view data);
-  // Replaces `path` atomically and durably: write `path.tmp-<pid-ish nonce>`, fsync, rename,
+  // Replaces `path` atomically and durably: write `path.tmp-<NewNonce()>`, fsync, rename,
   // SyncDir(parent). A crash leaves either the old or the new contents, never a mix.
   Status ReplaceFileAtomically(const std::string& path, std::string_view data);
   // Waits up to `timeout_micros` for the lock, polling.
@@ -220,6 +234,12 @@ class EnvWrapper : public Env {
   uint64_t NowMicros() override { return target_->NowMicros(); }
   int64_t WallTimeMicros() override { return target_->WallTimeMicros(); }
   void SleepForMicros(uint64_t m) override { target_->SleepForMicros(m); }
+  std::string NewNonce() override { return target_->NewNonce(); }
+  std::string HostName() override { return target_->HostName(); }
+  uint64_t PhysicalMemoryBytes() override { return target_->PhysicalMemoryBytes(); }
+  std::optional<std::string> GetEnvVar(const std::string& name) override {
+    return target_->GetEnvVar(name);
+  }
 
  private:
   Env* target_;

@@ -5,7 +5,8 @@
 //   - a directory keeps the entries it had at its last SyncDir(); names created, renamed or
 //     removed since are undone (a rename is undone in the directory that was not synced).
 // Handles opened before a crash fail afterwards (the process that held them is dead), and all
-// locks are released. The clock is the real one.
+// locks are released. The clock and the host (its name, memory, environment variables, nonces)
+// are the real ones.
 // Thread safety: every call may come from any thread (one mutex inside).
 #pragma once
 
@@ -50,6 +51,12 @@ class MemEnv final : public Env {
   uint64_t NowMicros() override { return Env::Default()->NowMicros(); }
   int64_t WallTimeMicros() override { return Env::Default()->WallTimeMicros(); }
   void SleepForMicros(uint64_t micros) override { Env::Default()->SleepForMicros(micros); }
+  std::string NewNonce() override { return Env::Default()->NewNonce(); }
+  std::string HostName() override { return Env::Default()->HostName(); }
+  uint64_t PhysicalMemoryBytes() override { return Env::Default()->PhysicalMemoryBytes(); }
+  std::optional<std::string> GetEnvVar(const std::string& name) override {
+    return Env::Default()->GetEnvVar(name);
+  }
 
   struct State;  // the tree, shared with open handles
 

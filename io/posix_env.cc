@@ -12,8 +12,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cinttypes>
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <random>
 #include <thread>
 
 #include "io/env.h"
@@ -306,6 +309,35 @@ class PosixFileLock final : public FileLock {
   int fd_;
 };
 
+// NewNonce's draws: one generator for the process, its whole state seeded from the kernel's
+// entropy (std::random_device), and seeded afresh in a forked child so that parent and child
+// never draw the same names.
+class NonceSource {
+ public:
+  std::string Next() {
+    uint64_t bits;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (const pid_t pid = ::getpid(); pid != seeded_for_) {
+        std::random_device entropy;
+        std::seed_seq seed{entropy(), entropy(), entropy(), entropy(),
+                           entropy(), entropy(), entropy(), entropy()};
+        rng_.seed(seed);
+        seeded_for_ = pid;
+      }
+      bits = rng_();
+    }
+    char text[17];
+    std::snprintf(text, sizeof text, "%016" PRIx64, bits);
+    return text;
+  }
+
+ private:
+  std::mutex mu_;
+  pid_t seeded_for_ = 0;  // the process the generator was seeded in; 0: not yet
+  std::mt19937_64 rng_;
+};
+
 class PosixEnv final : public Env {
  public:
   Result<std::unique_ptr<File>> OpenFile(const std::string& path,
@@ -438,8 +470,8 @@ class PosixEnv final : public Env {
     return info;
   }
   Result<std::string> MakeTempDir(std::string_view prefix) override {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl = JoinPath(base != nullptr && *base != '\0' ? base : "/tmp",
+    const std::optional<std::string> base = GetEnvVar("TMPDIR");
+    std::string tmpl = JoinPath(base.has_value() && !base->empty() ? *base : "/tmp",
                                 std::string(prefix) + "XXXXXX");
     if (::mkdtemp(tmpl.data()) == nullptr) return ErrnoStatus("mkdtemp " + tmpl, errno);
     return tmpl;
@@ -469,6 +501,26 @@ class PosixEnv final : public Env {
   void SleepForMicros(uint64_t micros) override {
     std::this_thread::sleep_for(std::chrono::microseconds(micros));
   }
+
+  std::string NewNonce() override { return nonces_.Next(); }
+  std::string HostName() override {
+    char name[256] = {};  // POSIX: HOST_NAME_MAX is 255 at most; truncated names stay terminated
+    if (::gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "localhost";
+    return name;
+  }
+  uint64_t PhysicalMemoryBytes() override {
+    const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page)
+                                 : 0;
+  }
+  std::optional<std::string> GetEnvVar(const std::string& name) override {
+    const char* value = std::getenv(name.c_str());
+    if (value == nullptr) return std::nullopt;
+    return std::string(value);
+  }
+
+ private:
+  NonceSource nonces_;
 };
 
 }  // namespace
