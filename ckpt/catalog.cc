@@ -4,7 +4,6 @@
 #include <cinttypes>
 #include <cstdio>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <set>
 #include <span>
 #include <tuple>
@@ -75,13 +74,6 @@ Result<std::string> ReadPointerFile(io::Env* env, const std::string& path, const
   DS_ASSIGN_OR_RETURN(size_t n, (*file)->ReadAt(0, std::as_writable_bytes(std::span(text))));
   text.resize(n);
   return text;
-}
-
-std::string Nonce() {
-  static thread_local std::mt19937_64 rng(std::random_device{}());
-  char buf[20];
-  std::snprintf(buf, sizeof buf, "%016" PRIx64, rng());
-  return buf;
 }
 
 }  // namespace
@@ -300,7 +292,7 @@ Status RemoveTree(io::Env* env, const std::string& path, const RemovalProgress* 
 
 Status Catalog::RemoveCheckpoint(const CheckpointEntry& e, const RemovalProgress* progress) {
   // Step 1: rename out of the namespace of checkpoints (atomic), and make that durable.
-  const std::string trash = io::JoinPath(dir_, kTrashPrefix + e.tag + "-" + Nonce());
+  const std::string trash = io::JoinPath(dir_, kTrashPrefix + e.tag + "-" + env_->NewNonce());
   DS_RETURN_IF_ERROR(env_->Rename(e.path, trash)) << "removing checkpoint " << e.tag;
   DS_RETURN_IF_ERROR(env_->SyncDir(dir_));
   // Step 2: delete. A crash here leaves a .trash-* directory for gc.

@@ -2,11 +2,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cinttypes>
 #include <cstring>
 #include <map>
 #include <mutex>
-#include <random>
 
 #include "ckpt/commit.h"
 #include "ckpt/partition.h"
@@ -20,13 +18,6 @@
 
 namespace ds::ckpt {
 namespace {
-
-std::string Nonce() {
-  static thread_local std::mt19937_64 rng(std::random_device{}());
-  char buf[20];
-  std::snprintf(buf, sizeof buf, "%016" PRIx64, rng());
-  return buf;
-}
 
 fmt::Codec MostCommonCodec(const fmt::Manifest& m) {
   std::map<fmt::Codec, uint64_t> bytes;
@@ -291,7 +282,7 @@ Result<ReshardResult> Reshard(io::Env* env, const std::string& src, const Reshar
   }
 
   // Output: one shard writer per target rank, in a temp dir that gc can tell is live.
-  const std::string temp = io::JoinPath(save_dir, kTempPrefix + tag + "-" + Nonce());
+  const std::string temp = io::JoinPath(save_dir, kTempPrefix + tag + "-" + env->NewNonce());
   DS_RETURN_IF_ERROR(env->CreateDir(temp));
   bool committed = false;
   auto cleanup = [&](Status s) {

@@ -1,10 +1,7 @@
 // CheckpointWriter: Begin, slices and blobs, and the snapshot (the part training waits for).
 // The background part is in ckpt/commit.cc.
-#include <cinttypes>
-#include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
-#include <random>
 
 #include "ckpt/writer_impl.h"
 #include "io/log.h"
@@ -42,13 +39,6 @@ void SaveHandle::Finish(Status s, SaveStats stats) {
 // ---- construction
 
 namespace {
-
-std::string Nonce() {
-  static thread_local std::mt19937_64 rng(std::random_device{}());
-  char buf[20];
-  std::snprintf(buf, sizeof buf, "%016" PRIx64, rng());
-  return buf;
-}
 
 Status ValidateOptions(const WriterOptions& o) {
   if (o.save_dir.empty()) return Status::InvalidArgument("checkpoint save_dir is empty");
@@ -180,7 +170,7 @@ Status CheckpointWriter::StartSave(SaveState& s) {
   if (options_.rank == 0) {
     DS_RETURN_IF_ERROR(w.env->CreateDirsDurably(options_.save_dir))
         << "creating the checkpoint directory " << options_.save_dir;
-    tmp_name = kTempPrefix + s.tag + "-" + Nonce();
+    tmp_name = kTempPrefix + s.tag + "-" + w.env->NewNonce();
     s.temp_dir = io::JoinPath(options_.save_dir, tmp_name);
     DS_RETURN_IF_ERROR(w.env->CreateDir(s.temp_dir)) << "starting save " << s.tag;
     DS_RETURN_IF_ERROR(w.store->Set(tmp_key, tmp_name));

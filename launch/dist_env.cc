@@ -1,4 +1,4 @@
-#include "engine/launch/dist_env.h"
+#include "launch/dist_env.h"
 
 #include <cctype>
 #include <charconv>
@@ -6,7 +6,7 @@
 #include <map>
 #include <optional>
 
-namespace ds::engine {
+namespace ds::launch {
 namespace {
 
 constexpr int kDefaultMasterPort = 29500;  // torchrun's default
@@ -376,4 +376,4 @@ Result<std::vector<Host>> ParseHostfile(std::string_view text, std::string_view 
   return hosts;
 }
 
-}  // namespace ds::engine
+}  // namespace ds::launch

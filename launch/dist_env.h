@@ -11,7 +11,7 @@
 
 #include "io/status.h"
 
-namespace ds::engine {
+namespace ds::launch {
 
 struct DistEnv {
   int rank = 0;              // global rank in [0, world_size)
@@ -65,4 +65,4 @@ struct Host {
 // `path` is only used in messages.
 Result<std::vector<Host>> ParseHostfile(std::string_view text, std::string_view path);
 
-}  // namespace ds::engine
+}  // namespace ds::launch

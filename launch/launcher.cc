@@ -11,7 +11,7 @@
 // Ranks stay in the launcher's process group, so a terminal's Ctrl-C reaches them directly; a
 // signal the kernel sent (si_code SI_KERNEL: the terminal) is therefore not forwarded again. A
 // signal sent to the whole group with kill(1) reaches the ranks twice, as with torchrun.
-#include "engine/launch/launcher.h"
+#include "launch/launcher.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -34,7 +34,7 @@
 
 extern char** environ;  // NOLINT: the launcher's environment, which the ranks inherit
 
-namespace ds::engine {
+namespace ds::launch {
 namespace {
 
 constexpr int kExitCannotExecute = 127;  // what shells report for a program they cannot run
@@ -608,4 +608,4 @@ Result<int> PickFreePort() {
   return static_cast<int>(ntohs(addr.sin_port));
 }
 
-}  // namespace ds::engine
+}  // namespace ds::launch

@@ -11,7 +11,7 @@
 #include "io/env.h"
 #include "io/status.h"
 
-namespace ds::engine {
+namespace ds::launch {
 
 struct LaunchOptions {
   // The rank program and its arguments. argv[0] is a path, executed as given (no PATH search).
@@ -69,4 +69,4 @@ Result<LaunchResult> Launch(io::Env* env, const LaunchOptions& options);
 // process may take it before rank 0 binds it; torchrun accepts the same race.
 Result<int> PickFreePort();
 
-}  // namespace ds::engine
+}  // namespace ds::launch

@@ -13,12 +13,12 @@
 #include "ckpt/catalog.h"
 #include "engine/config/config.h"
 #include "engine/config/memory.h"
-#include "engine/launch/dist_env.h"
 #include "engine/launch/dsrun_internal.h"
-#include "engine/launch/launcher.h"
 #include "engine/runtime_info.h"
 #include "engine/train/trainer.h"
 #include "io/log.h"
+#include "launch/dist_env.h"
+#include "launch/launcher.h"
 
 namespace ds::engine {
 namespace {
@@ -107,7 +107,7 @@ int Fail(int code, const std::string& who, const Status& s) {
 
 int RunRank(const DsrunFlags& f) {
   io::Env* env = io::Env::Default();
-  Result<DistEnv> dist = DistEnvFromEnvironment();
+  Result<launch::DistEnv> dist = launch::DistEnvFromEnvironment();
   if (!dist.ok()) return Fail(kExitUsage, "", dist.status());
   const std::string who = dist->world_size > 1 ? "rank " + std::to_string(dist->rank) + ": " : "";
   Overrides o;
@@ -220,8 +220,8 @@ int RunRank(const DsrunFlags& f) {
 // ranks, the first host is the master, and this host's place is found by its name.
 Status ApplyHostfile(io::Env* env, DsrunFlags* f) {
   DS_ASSIGN_OR_RETURN(std::string text, env->ReadFileToString(f->hostfile));
-  DS_ASSIGN_OR_RETURN(std::vector<Host> hosts, ParseHostfile(text, f->hostfile));
-  for (const Host& h : hosts) {
+  DS_ASSIGN_OR_RETURN(std::vector<launch::Host> hosts, launch::ParseHostfile(text, f->hostfile));
+  for (const launch::Host& h : hosts) {
     if (h.slots != hosts[0].slots) {
       return Status::InvalidArgument(f->hostfile + ": every host needs the same slots (" +
                                      hosts[0].name + " has " + std::to_string(hosts[0].slots) +
@@ -248,9 +248,9 @@ Status ApplyHostfile(io::Env* env, DsrunFlags* f) {
 
 }  // namespace
 
-Result<LaunchOptions> LaunchOptionsFor(const DsrunFlags& f,
-                                       const std::vector<std::string>& rank_args) {
-  LaunchOptions lo;
+Result<launch::LaunchOptions> LaunchOptionsFor(const DsrunFlags& f,
+                                               const std::vector<std::string>& rank_args) {
+  launch::LaunchOptions lo;
   lo.argv = {"/proc/self/exe"};
   lo.argv.insert(lo.argv.end(), rank_args.begin(), rank_args.end());
   lo.nproc_per_node = f.nproc_per_node;
@@ -303,9 +303,9 @@ int RunLauncher(const DsrunFlags& f) {
       run.load_module_only = run.no_load_optimizer = run.no_load_scheduler = run.fallback = false;
       run.fresh_start = false;
     }
-    Result<LaunchOptions> lo = LaunchOptionsFor(run, RankArgs(run));
+    Result<launch::LaunchOptions> lo = LaunchOptionsFor(run, RankArgs(run));
     if (!lo.ok()) return Fail(kExitUsage, "", lo.status());
-    Result<LaunchResult> r = Launch(io::Env::Default(), *lo);
+    Result<launch::LaunchResult> r = launch::Launch(io::Env::Default(), *lo);
     if (!r.ok()) return Fail(kExitTrainingFailed, "", r.status());
     if (!Restartable(r->exit_code) || attempt >= f.max_restarts) {
       if (r->exit_code != 0 && f.max_restarts > 0 && attempt >= f.max_restarts) {
@@ -445,7 +445,7 @@ int DsrunMain(int argc, char** argv, const DsrunTools& tools) {
     if (!s.ok()) return Fail(kExitUsage, "", s);
   }
   if (bench->parsed()) return RunBench(f, tools);
-  Result<DistEnv> dist = DistEnvFromEnvironment();
+  Result<launch::DistEnv> dist = launch::DistEnvFromEnvironment();
   const bool inside_a_job = dist.ok() && dist->source != "single";
   if (!inside_a_job && !f.dry_run && (f.nproc_per_node > 1 || f.nnodes > 1)) return RunLauncher(f);
   return RunRank(f);

@@ -98,13 +98,13 @@ std::string DiskBound(io::Env* env, const DsrunFlags& f, const DsrunTools& tools
 // Launch, drawing the progress rank 0 reports in `progress_file` (units done this launch) on
 // `bar` while the ranks run; afterwards the bar stands at `units` whatever the ranks did (no
 // saves when checkpoints are off, a failure). The bar shows only on a terminal.
-Result<LaunchResult> LaunchWithProgress(io::Env* env, const LaunchOptions& options,
-                                        const std::string& progress_file, uint64_t units,
-                                        io::Progress* bar) {
+Result<launch::LaunchResult> LaunchWithProgress(io::Env* env, const launch::LaunchOptions& options,
+                                                const std::string& progress_file, uint64_t units,
+                                                io::Progress* bar) {
   std::atomic<bool> finished{false};
-  Result<LaunchResult> result = Status::Unavailable("not launched");
+  Result<launch::LaunchResult> result = Status::Unavailable("not launched");
   std::thread launcher([&] {
-    result = Launch(env, options);
+    result = launch::Launch(env, options);
     finished = true;
   });
   uint64_t shown = 0;
@@ -404,10 +404,11 @@ int RunBench(const DsrunFlags& f, const DsrunTools& tools) {
                   {"--bench-profile",
                    io::JoinPath(f.bench_profile, "profile-" + file.substr(5, file.size() - 10))});
     }
-    Result<LaunchOptions> lo = LaunchOptionsFor(child, args);
-    Result<LaunchResult> r = lo.ok() ? LaunchWithProgress(env, *lo, out + ".progress",
-                                                          static_cast<uint64_t>(per_case), &bar)
-                                     : Result<LaunchResult>(lo.status());
+    Result<launch::LaunchOptions> lo = LaunchOptionsFor(child, args);
+    Result<launch::LaunchResult> r =
+        lo.ok()
+            ? LaunchWithProgress(env, *lo, out + ".progress", static_cast<uint64_t>(per_case), &bar)
+            : Result<launch::LaunchResult>(lo.status());
     Result<std::string> text = r.ok() && r->exit_code == 0
                                    ? env->ReadFileToString(out)
                                    : Result<std::string>(Status::IOError("no result"));

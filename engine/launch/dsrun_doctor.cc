@@ -9,10 +9,10 @@
 #include "engine/comm/comm.h"
 #include "engine/config/memory.h"
 #include "engine/launch/dsrun_internal.h"
-#include "engine/launch/launcher.h"
 #include "engine/runtime_info.h"
 #include "io/async_io.h"
 #include "io/units.h"
+#include "launch/launcher.h"
 
 namespace ds::engine {
 namespace {
@@ -97,7 +97,7 @@ void CheckStorage(io::Env* env, const Config& c, const DsrunTools& tools, std::v
 
 // Two ranks of this process (threads) meet through a TCPStore and all-reduce over Gloo.
 void CheckGloo(std::vector<Check>* out) {
-  Result<int> port = PickFreePort();
+  Result<int> port = launch::PickFreePort();
   if (!port.ok()) {
     Add(out, "gloo all-reduce", "fail", port.status().message());
     return;

@@ -12,9 +12,9 @@
 
 #include "engine/config/config.h"
 #include "engine/launch/dsrun.h"
-#include "engine/launch/launcher.h"
 #include "engine/optim/adam_bench.h"
 #include "io/env.h"
+#include "launch/launcher.h"
 
 namespace ds::engine {
 
@@ -70,8 +70,8 @@ struct DsrunFlags {
 // The ranks' command line (config and overrides, without the launcher's flags), and how to
 // start them.
 std::vector<std::string> RankArgs(const DsrunFlags& f);
-Result<LaunchOptions> LaunchOptionsFor(const DsrunFlags& f,
-                                       const std::vector<std::string>& rank_args);
+Result<launch::LaunchOptions> LaunchOptionsFor(const DsrunFlags& f,
+                                               const std::vector<std::string>& rank_args);
 
 int CudaDeviceCount();
 // The device a rank trains on: `wanted` (--device) as given, except that none or a bare "cuda"

@@ -12,14 +12,14 @@
 #include <thread>
 #include <vector>
 
-#include "engine/launch/launcher.h"
 #include "engine/train/trainer.h"
+#include "launch/launcher.h"
 
 namespace ds::engine::testing {
 
 // Runs fn(rank, port) for every rank at once and waits for all.
 inline void RunRanks(int world, const std::function<void(int rank, int port)>& fn) {
-  Result<int> port_or = PickFreePort();
+  Result<int> port_or = launch::PickFreePort();
   ASSERT_TRUE(port_or.ok()) << port_or.status().ToString();
   const int port = *port_or;
   std::vector<std::thread> ranks;

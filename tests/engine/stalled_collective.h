@@ -14,7 +14,7 @@
 #include <thread>
 
 #include "engine/comm/comm.h"
-#include "engine/launch/launcher.h"
+#include "launch/launcher.h"
 
 namespace ds::engine::testing {
 
@@ -39,7 +39,7 @@ struct StallOptions {
 
 inline StalledCollective RunStalledCollective(const StallOptions& so) {
   StalledCollective out;
-  Result<int> port = PickFreePort();
+  Result<int> port = launch::PickFreePort();
   if (!port.ok()) {
     out.setup = port.status();
     return out;

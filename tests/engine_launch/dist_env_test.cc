@@ -1,14 +1,14 @@
 // Where a rank sits in the job, read from torchrun's and SLURM's variables exactly as they set
 // them; every bad or partial setting is an error naming the variable and its value; SLURM's
 // compressed node lists and DeepSpeed's hostfiles parse, and their damage is named.
-#include "engine/launch/dist_env.h"
+#include "launch/dist_env.h"
 
 #include <map>
 #include <string>
 
 #include "testing/matchers.h"
 
-namespace ds::engine {
+namespace ds::launch {
 namespace {
 
 using ::ds::testing::StatusIs;
@@ -342,4 +342,4 @@ TEST(HostfileTest, DamageIsNamedWithPathAndLine) {
 }
 
 }  // namespace
-}  // namespace ds::engine
+}  // namespace ds::launch

@@ -2,7 +2,7 @@
 // variables; output arrives as whole prefixed lines; one failing rank stops the others at once
 // (SIGKILL after the grace period for one that ignores SIGTERM); signals are forwarded; a program
 // that cannot be executed is reported like a shell does (127).
-#include "engine/launch/launcher.h"
+#include "launch/launcher.h"
 
 #include <netinet/in.h>
 #include <signal.h>
@@ -17,7 +17,7 @@
 
 #include "testing/matchers.h"
 
-namespace ds::engine {
+namespace ds::launch {
 namespace {
 
 using ::ds::testing::StatusIs;
@@ -278,4 +278,4 @@ TEST(PickFreePortTest, ReturnsAPortThatCanBeBound) {
 }
 
 }  // namespace
-}  // namespace ds::engine
+}  // namespace ds::launch
