@@ -14,6 +14,7 @@
 
 #include "engine/config/config.h"
 #include "engine/optim/adamw.h"
+#include "engine/zero/piece.h"
 #include "io/status.h"
 
 namespace ds::engine {
@@ -66,15 +67,6 @@ struct ZeroStepResult {
   double grad_norm = 0;    // global, before clipping (only read with clipping or overflow checks)
   at::Tensor grad_norm_t;  // float32 scalars on the device
   at::Tensor overflow_t;   // 1: skipped
-};
-
-// A range of one parameter's flattened elements in this rank's optimizer buffers: elements
-// [begin, end) of tensor `tensor` sit at [offset, offset + end - begin) of master(), exp_avg()
-// and exp_avg_sq().
-struct ZeroPiece {
-  int tensor = 0;
-  int64_t begin = 0, end = 0;
-  int64_t offset = 0;
 };
 
 // Bytes this rank holds for the model state right now, by kind.
