@@ -4,8 +4,10 @@
 # `dsrun bench` (bench/gpu/run.sh zero-bench) is held against on one GPU: same model, same
 # micro-batch, same sequence length, same FLOPs-per-token formula, so tokens/s and MFU compare.
 # The step is nanoGPT's recipe at its best settings: fp32 parameters, bf16 autocast around forward
-# and loss, fused AdamW, TF32 matmuls, random token batches made on the device (data is not what we
-# measure), no host sync inside the step.
+# and loss, fused AdamW, TF32 matmuls, the embedding (and so the tied head) padded to a multiple of
+# 64 rows (nanoGPT's vocab_size=50304 for GPT-2's 50257; --no-pad-vocab keeps 50257), random token
+# batches drawn from the real vocabulary and made on the device (data is not what we measure), no
+# host sync inside the step. FLOPs per token count the real vocabulary, as dsrun's do.
 #
 # On the GPU machine (from the repository root):
 #   /opt/torch/.venv/bin/python3 bench/gpu/gpt_peer.py --preset gpt2-124m --micro-batch 8 \
@@ -30,8 +32,9 @@ class GptConfig:
     n_layer: int
     n_head: int
     d_model: int
-    vocab: int
+    vocab: int  # tokens the data can hold (GPT-2: 50257)
     seq_len: int
+    vocab_padded: int  # rows of the embedding and the tied head: vocab rounded up (nanoGPT: 50304)
 
 
 # (n_layer, n_head, d_model, vocab), as dstrain's model presets.
@@ -42,13 +45,18 @@ PRESETS = {
 }
 
 
-def make_config(preset: str, seq_len: int) -> GptConfig:
+def make_config(preset: str, seq_len: int, pad_vocab_to: int = 1) -> GptConfig:
+    # pad_vocab_to 1 (the default, for ckpt_peer.py and fsdp_peer.py): the embedding has exactly
+    # `vocab` rows, as dstrain's parameters and checkpoints do.
     n_layer, n_head, d_model, vocab = PRESETS[preset]
-    return GptConfig(n_layer, n_head, d_model, vocab, seq_len)
+    padded = -(-vocab // pad_vocab_to) * pad_vocab_to
+    return GptConfig(n_layer, n_head, d_model, vocab, seq_len, padded)
 
 
 # ---------------------------------------------------------------------------------------------
 # The model: gpt.cc's, module for module. No dropout, no lm_head (the output is tied to wte).
+# With vocab_padded > vocab the padding rows are ordinary parameters, as in nanoGPT: no token
+# selects them, and the loss pushes their logits down.
 
 
 class Block(nn.Module):
@@ -83,7 +91,7 @@ class GPT(nn.Module):
     def __init__(self, cfg: GptConfig):
         super().__init__()
         self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab, cfg.d_model)  # (V, C), also the output projection
+        self.wte = nn.Embedding(cfg.vocab_padded, cfg.d_model)  # (Vp, C), also the output head
         self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model)  # (seq_len, C)
         nn.init.normal_(self.wte.weight, 0.0, 0.02)
         nn.init.normal_(self.wpe.weight, 0.0, 0.01)
@@ -96,14 +104,22 @@ class GPT(nn.Module):
         x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
         for block in self.h:
             x = block(x)
-        logits = F.linear(self.ln_f(x), self.wte.weight)  # (B, T, V)
+        logits = F.linear(self.ln_f(x), self.wte.weight)  # (B, T, Vp)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
 
+    def counted_parameters(self) -> int:
+        # The parameters dstrain's GPT has, less wpe (a lookup): the padding rows are left out.
+        cfg = self.cfg
+        padding = (cfg.vocab_padded - cfg.vocab) * cfg.d_model
+        return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel() - padding
+
     def flops_per_token(self) -> float:
-        # As GptImpl::flops_per_token: 6N for the matmuls (N without wpe, which is a lookup) plus
-        # the attention scores and values, 12 * L * C * T.
-        n = sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
-        return 6.0 * n + 12.0 * self.cfg.n_layer * self.cfg.d_model * self.cfg.seq_len
+        # As GptImpl::flops_per_token: 6N for the matmuls plus the attention scores and values,
+        # 12 * L * C * T, with N counted on the real vocabulary, so that a padded peer and dsrun
+        # share one formula and their MFU ratio is their tokens/s ratio. (nanoGPT's estimate_mfu
+        # counts its 50304 rows: 0.03% more FLOPs at 124M, 0.007% at 1.3B.)
+        attention = 12.0 * self.cfg.n_layer * self.cfg.d_model * self.cfg.seq_len
+        return 6.0 * self.counted_parameters() + attention
 
 
 def build_model(cfg: GptConfig, device: torch.device, seed: int = 1337) -> GPT:
@@ -140,7 +156,7 @@ def run_mode(mode: str, cfg: GptConfig, args, device: torch.device) -> dict:
     B, T = args.micro_batch, cfg.seq_len
 
     def step() -> torch.Tensor:
-        idx = torch.randint(cfg.vocab, (B, T), device=device)  # (B, T) token ids
+        idx = torch.randint(cfg.vocab, (B, T), device=device)  # (B, T) token ids, real ones only
         targets = torch.randint(cfg.vocab, (B, T), device=device)  # (B, T)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
             loss = step_model(idx, targets)
@@ -208,23 +224,32 @@ def main() -> None:
     p.add_argument("--modes", default="eager,compile", help="from eager,compile,compile-max")
     p.add_argument("--peak-flops", type=float, default=989e12,
                    help="the device's dense bf16 FLOP/s (default: H100 SXM)")
+    p.add_argument("--pad-vocab-to", type=int, default=64,
+                   help="round the embedding's rows up to a multiple of this (nanoGPT: 64, "
+                        "GPT-2's 50257 -> 50304); targets stay below the real vocabulary")
+    p.add_argument("--no-pad-vocab", dest="pad_vocab_to", action="store_const", const=1,
+                   help="keep the embedding at the real vocabulary (50257 rows for GPT-2)")
     p.add_argument("--json", action="store_true", help="end with one line of JSON")
     args = p.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     unknown = set(modes) - {"eager", "compile", "compile-max"}
     if unknown or args.steps < 1:
         p.error(f"unknown modes {sorted(unknown)}" if unknown else "--steps must be at least 1")
+    if args.pad_vocab_to < 1:
+        p.error("--pad-vocab-to must be at least 1")
 
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    cfg = make_config(args.preset, args.seq_len)
+    cfg = make_config(args.preset, args.seq_len, args.pad_vocab_to)
     with torch.device("meta"):  # shapes only: no memory, no init time
-        params = sum(p.numel() for p in GPT(cfg).parameters()) - cfg.seq_len * cfg.d_model
+        meta = GPT(cfg)
+        params, flops_per_token = meta.counted_parameters(), meta.flops_per_token()
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    print(f"gpt_peer: {args.preset} ({params / 1e6:.1f}M parameters without wpe), "
-          f"micro-batch {args.micro_batch} x {args.seq_len} tokens, {gpu or device}, "
-          f"torch {torch.__version__}")
+    padding = (f"padded to {cfg.vocab_padded}" if cfg.vocab_padded != cfg.vocab else "unpadded")
+    print(f"gpt_peer: {args.preset} ({params / 1e6:.1f}M parameters without wpe and padding), "
+          f"vocab {cfg.vocab} {padding}, micro-batch {args.micro_batch} x {args.seq_len} tokens, "
+          f"{gpu or device}, torch {torch.__version__}")
 
     rows = []
     for mode in modes:
@@ -239,7 +264,8 @@ def main() -> None:
         print(json.dumps({
             "bench": "gpt_peer", "preset": args.preset, "device": str(device),
             "torch": torch.__version__, "gpu": gpu, "micro_batch": args.micro_batch,
-            "seq_len": args.seq_len, "params": params, "rows": rows,
+            "seq_len": args.seq_len, "params": params, "vocab": cfg.vocab,
+            "vocab_padded": cfg.vocab_padded, "flops_per_token": flops_per_token, "rows": rows,
         }))
 
 

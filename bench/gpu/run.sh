@@ -12,10 +12,12 @@
 #   zero-bench  dsrun bench: ZeRO stages 0-3 (and offload) for GPT-2 124M on one GPU
 #   offload-bench  only the offload rows of zero-bench
 #   adam-bench  dsrun bench adam: the offload CPU Adam against torch's CPU AdamW (124M elements)
-#   peer-124m   GPT-2 124M: dsrun against the same model in PyTorch eager and torch.compile
-#   peer-1.3b   the same for the ~1.3B model (gpt-1.3b at seq 1024)
-#   ckpt-1.3b   the ~1.3B model's full training state: dsrun's save (stall, durable) against
-#               torch.save and DCP (bench/gpu/ckpt_peer.py)
+#   peer-124m   GPT-2 124M: dsrun against the same model in PyTorch eager and torch.compile,
+#               at micro-batch 8 and 16 (PEER_BATCHES)
+#   peer-1.3b   the same for the ~1.3B model (gpt-1.3b at seq 1024), at micro-batch 4 and 16
+#   ckpt-1.3b   the ~1.3B model's full training state: dsrun's save (stall, durable) with and
+#               without checkpoint.device_staging, against torch.save and DCP
+#               (bench/gpu/ckpt_peer.py)
 #   mgpu        several GPUs (NCCL): ZeRO stages, TP 2 and PP 2 against one GPU, and the 1.3B
 #               model's tokens/s on 1 and N GPUs (run with kind nvidia-h100-x2 or larger)
 #   mgpu-ckpt   several GPUs: the 1.3B model's state saved by every rank at once, resumed on
@@ -103,36 +105,54 @@ for s in "$@"; do
       ;;
     peer-124m | peer-1.3b)
       # Same model, batch and sequence in both; dsrun's bf16 is DeepSpeed's (bf16 weights, fp32
-      # master), the peer's is autocast over fp32 weights (what a PyTorch user writes). dsrun runs
-      # with its steps replayed as CUDA graphs (the default) and eagerly (PEER_GRAPHS), and
-      # profiles 3 more steps of each (the summaries land in $OUT/profile-*.txt).
-      step "$s"
-      if [[ "$s" == peer-124m ]]; then preset=gpt2-124m mb=8; else preset=gpt-1.3b mb=4; fi
-      "$PY" "$ROOT/bench/gpu/gpt_peer.py" --preset "$preset" --seq-len 1024 --micro-batch "$mb" \
-        --modes "${PEER_MODES:-eager,compile}" --steps 20 --warmup 5 --json 2>&1 |
-        tee "$OUT/$s-peer.log"
-      for graphs in ${PEER_GRAPHS:-auto false}; do
-        "$BUILD/dsrun" bench --config "$ROOT/examples/demo.json" --nproc-per-node 1 --stages 0 \
-          --steps 20 --warmup 5 --json --set "model.preset=$preset" model.seq_len=1024 \
-          "train_micro_batch_size_per_gpu=$mb" bf16.enabled=true checkpoint.enabled=false \
-          "trainer.cuda_graphs=$graphs" "trainer.output_dir=$SCRATCH/$s" \
-          --profile "$SCRATCH/profile" 2>&1 | grep -E -v '^\[rank [0-9]+\] (step [0-9]|\[)' |
-          tee "$OUT/$s-dsrun-graphs-$graphs.log"  # keeps "steps replay as CUDA graphs" and the like
-        for p in "$SCRATCH"/profile/*.txt; do
-          if [[ -f "$p" ]]; then { echo "--- $s graphs=$graphs"; cat "$p"; } >>"$OUT/profile-$s.txt"; fi
+      # master), the peer's is autocast over fp32 weights with the vocabulary padded to 50304 as
+      # nanoGPT does (what a PyTorch user writes; PEER_ARGS=--no-pad-vocab keeps 50257). For each
+      # micro-batch of PEER_BATCHES (default 124M: "8 16", 1.3B: "4 16"), the peer runs its
+      # PEER_MODES, then dsrun with trainer.cuda_graphs auto and false (PEER_GRAPHS), each
+      # profiling 3 more steps. Logs: $OUT/<step>-mb<B>-peer.log, <step>-mb<B>-dsrun-graphs-<g>.log,
+      # profile-<step>-mb<B>.txt, trace-<step>-mb<B>.json.gz (the eager run's Chrome trace). A
+      # batch that does not fit is a row that says so (the peer's "error", dsrun's "failed"), not
+      # the end of the step.
+      if [[ "$s" == peer-124m ]]; then preset=gpt2-124m batches="8 16"
+      else preset=gpt-1.3b batches="4 16"; fi
+      for mb in ${PEER_BATCHES:-$batches}; do
+        step "$s micro-batch $mb"
+        log="$OUT/$s-mb$mb"
+        # shellcheck disable=SC2086  # PEER_ARGS holds several items
+        "$PY" "$ROOT/bench/gpu/gpt_peer.py" --preset "$preset" --seq-len 1024 --micro-batch "$mb" \
+          --modes "${PEER_MODES:-eager,compile}" --steps 20 --warmup 5 --json ${PEER_ARGS:-} 2>&1 |
+          tee "$log-peer.log" || echo "[$s mb=$mb] gpt_peer.py failed" | tee -a "$log-peer.log"
+        for graphs in ${PEER_GRAPHS:-auto false}; do
+          "$BUILD/dsrun" bench --config "$ROOT/examples/demo.json" --nproc-per-node 1 --stages 0 \
+            --steps 20 --warmup 5 --json --set "model.preset=$preset" model.seq_len=1024 \
+            "train_micro_batch_size_per_gpu=$mb" bf16.enabled=true checkpoint.enabled=false \
+            "trainer.cuda_graphs=$graphs" "trainer.output_dir=$SCRATCH/$s" \
+            --profile "$SCRATCH/profile" 2>&1 | grep -E -v '^\[rank [0-9]+\] (step [0-9]|\[)' |
+            tee "$log-dsrun-graphs-$graphs.log" ||  # keeps "steps replay as CUDA graphs" and such
+            echo "[$s mb=$mb graphs=$graphs] dsrun bench failed" |
+            tee -a "$log-dsrun-graphs-$graphs.log"
+          prof="$OUT/profile-$s-mb$mb.txt"
+          for p in "$SCRATCH"/profile/*.txt; do
+            if [[ -f "$p" ]]; then { echo "--- $s mb=$mb graphs=$graphs"; cat "$p"; } >>"$prof"; fi
+          done
+          for t in "$SCRATCH"/profile/*.trace.json; do  # the eager run's Chrome trace
+            [[ -f "$t" && "$graphs" == false ]] || continue
+            gzip -c "$t" >"$OUT/trace-$s-mb$mb.json.gz"
+          done
+          if [[ -f "$prof" ]]; then tail -n 34 "$prof"; fi
+          rm -rf "${SCRATCH:?}/$s" "${SCRATCH:?}/profile"
         done
-        # The eager run's Chrome trace (kernels with the operators that launched them).
-        for t in "$SCRATCH"/profile/*.trace.json; do
-          if [[ -f "$t" && "$graphs" == false ]]; then gzip -c "$t" >"$OUT/trace-$s.json.gz"; fi
-        done
-        cat "$OUT/profile-$s.txt" 2>/dev/null | tail -n 34
-        rm -rf "${SCRATCH:?}/$s" "${SCRATCH:?}/profile"
       done
       ;;
     ckpt-1.3b)
-      # CKPT_CODEC (default bytegroup+zstd), CKPT_CHUNK (checkpoint.chunk_bytes, default 4MiB),
-      # CKPT_STAGING (checkpoint.device_staging values, default "auto false") and CKPT_PEERS (default all of ckpt_peer.py's but the process-based
-      # async one) keep a call within the device's time; CKPT_SET: more --set items for dsrun.
+      # dsrun's save is measured once per checkpoint.device_staging value in CKPT_STAGING
+      # (default "auto false"): auto stages the state (fp32 master and both moments, 14.7 GiB at
+      # 1.3B) in a second GPU buffer, false copies it to the host directly, so the two logs,
+      # ckpt-dsrun-staging-<value>.log, give the stall with and without that GPU memory (and
+      # each run's peak). CKPT_CODEC (default bytegroup+zstd), CKPT_CHUNK (checkpoint.chunk_bytes,
+      # default 4MiB), CKPT_RESUME=0 (no load) and CKPT_PEERS (default all of ckpt_peer.py's but
+      # the process-based async one; none: no peer) keep a call within the device's time;
+      # CKPT_SET: more --set items for dsrun.
       step ckpt-1.3b
       mkdir -p "$SCRATCH" && df -h "$SCRATCH" | tee "$OUT/ckpt-disk.log"
       for staging in ${CKPT_STAGING:-auto false}; do
@@ -143,7 +163,9 @@ for s in "$@"; do
           "checkpoint.codec=${CKPT_CODEC:-bytegroup+zstd}" "checkpoint.device_staging=$staging" \
           "checkpoint.chunk_bytes=${CKPT_CHUNK:-4MiB}" ${CKPT_SET:-} \
           "trainer.output_dir=$SCRATCH/dsrun" 2>&1 | tee "$OUT/ckpt-dsrun-staging-$staging.log" |
-          grep -E -v '^\[rank [0-9]+\] (step|\[)'  # keeps the staging and checkpoint lines
+          grep -E -v '^\[rank [0-9]+\] (step|\[)' ||  # keeps the staging and checkpoint lines
+          echo "[ckpt-1.3b staging=$staging] dsrun bench failed" |
+          tee -a "$OUT/ckpt-dsrun-staging-$staging.log"
         # The load: the last checkpoint resumed for one step (CKPT_RESUME=0 skips); the
         # "resumed from" line gives the read's time and rate.
         if [[ "${CKPT_RESUME:-1}" == 1 ]] && saved=$(latest_step "$SCRATCH/dsrun/checkpoints"); then

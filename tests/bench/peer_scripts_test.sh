@@ -2,6 +2,9 @@
 # Smoke test of the PyTorch peer benchmarks (bench/gpu/gpt_peer.py, ckpt_peer.py, and fsdp_peer.py
 # on 2 CPU ranks with Gloo) on the CPU with the tiny preset: each runs end to end and its last
 # line is the JSON the benchmark report reads. No timing is asserted; a mode or peer that errors fails the test.
+# gpt_peer.py also runs with its vocabulary padded (tiny's 256 is already a multiple of the
+# default 64, so --pad-vocab-to 96: 288 rows) and with --no-pad-vocab after it: the padded size
+# is reported and the FLOPs per token, counted on the real vocabulary, do not move.
 #   tests/bench/peer_scripts_test.sh PYTHON SRC_DIR
 # Exit 0 on success, 1 on failure, 77 (skip) when PYTHON has no torch.
 set -euo pipefail
@@ -33,15 +36,19 @@ run() {
   cat "$WORK/$name.out"
 }
 
-run gpt "$SRC/bench/gpu/gpt_peer.py" --preset tiny --seq-len 32 --micro-batch 2 --device cpu \
-  --steps 2 --warmup 1 --modes eager --json
+gpt_args=("$SRC/bench/gpu/gpt_peer.py" --preset tiny --seq-len 32 --micro-batch 2 --device cpu
+  --steps 2 --warmup 1 --modes eager --json)
+run gpt "${gpt_args[@]}"
+run gpt-padded "${gpt_args[@]}" --pad-vocab-to 96
+run gpt-unpadded "${gpt_args[@]}" --pad-vocab-to 96 --no-pad-vocab
 run ckpt "$SRC/bench/gpu/ckpt_peer.py" --preset tiny --seq-len 32 --device cpu \
   --dir "$WORK/ckpt" --peers torch_save,dcp,dcp_async --json
 run fsdp -m torch.distributed.run --standalone --nproc-per-node 2 "$SRC/bench/gpu/fsdp_peer.py" \
   --preset tiny --seq-len 32 --micro-batch 2 --steps 2 --warmup 1 --json
 
 # The checks name the script, the row and the key, so a failure says what to look at.
-"$PYTHON" - "$WORK/gpt.out" "$WORK/ckpt.out" "$WORK/fsdp.out" <<'EOF'
+"$PYTHON" - "$WORK/gpt.out" "$WORK/ckpt.out" "$WORK/fsdp.out" "$WORK/gpt-padded.out" \
+  "$WORK/gpt-unpadded.out" <<'EOF'
 import json
 import sys
 
@@ -71,13 +78,25 @@ def check_rows(name, doc, top_keys, row_keys, want_rows):
     return rows
 
 
-gpt = last_json(sys.argv[1], "gpt_peer.py")
-rows = check_rows("gpt_peer.py", gpt,
-                  ["bench", "preset", "device", "torch", "gpu", "micro_batch", "seq_len",
-                   "params", "rows"],
-                  ["mode", "step_ms", "tokens_per_s", "mfu", "peak_bytes"], ["eager"])
-if not rows[0]["tokens_per_s"] > 0:
-    sys.exit(f"FAIL: gpt_peer.py: eager tokens_per_s is {rows[0]['tokens_per_s']}")
+gpt_keys = ["bench", "preset", "device", "torch", "gpu", "micro_batch", "seq_len", "params",
+            "vocab", "vocab_padded", "flops_per_token", "rows"]
+gpt_runs = {}
+for path, name, want_padded in [(sys.argv[1], "gpt_peer.py", 256),
+                                (sys.argv[4], "gpt_peer.py --pad-vocab-to 96", 288),
+                                (sys.argv[5], "gpt_peer.py --pad-vocab-to 96 --no-pad-vocab", 256)]:
+    gpt = last_json(path, name)
+    rows = check_rows(name, gpt, gpt_keys, ["mode", "step_ms", "tokens_per_s", "mfu", "peak_bytes"],
+                      ["eager"])
+    if not rows[0]["tokens_per_s"] > 0:
+        sys.exit(f"FAIL: {name}: eager tokens_per_s is {rows[0]['tokens_per_s']}")
+    if (gpt["vocab"], gpt["vocab_padded"]) != (256, want_padded):
+        sys.exit(f"FAIL: {name}: vocab {gpt['vocab']} padded to {gpt['vocab_padded']}, "
+                 f"expected 256 padded to {want_padded}")
+    gpt_runs[name] = gpt
+counted = {(g["params"], g["flops_per_token"]) for g in gpt_runs.values()}
+if len(counted) != 1:
+    sys.exit(f"FAIL: gpt_peer.py: padding changed the counted parameters or FLOPs per token: "
+             f"{sorted(counted)}")
 
 ckpt = last_json(sys.argv[2], "ckpt_peer.py")
 rows = check_rows("ckpt_peer.py", ckpt,
