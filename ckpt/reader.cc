@@ -76,6 +76,7 @@ Result<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(io::Env* env,
   io::AsyncIoOptions aio;
   aio.backend = options.io_backend;
   aio.queue_depth = options.io_queue_depth;
+  aio.env = env;
   DS_ASSIGN_OR_RETURN(impl->aio, io::OpenAsyncIo(aio));
   impl->decoders = std::make_unique<io::ThreadPool>(
       options.threads == 0 ? io::HardwareThreads() : options.threads);

@@ -86,6 +86,7 @@ Result<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(io::Env* env,
   io::AsyncIoOptions aio;
   aio.backend = o.io_backend;
   aio.queue_depth = o.io_queue_depth;
+  aio.env = env;
   DS_ASSIGN_OR_RETURN(impl->aio, io::OpenAsyncIo(aio));
   const unsigned threads = o.encode_threads == 0 ? io::HardwareThreads() : o.encode_threads;
   impl->encoders = std::make_unique<io::ThreadPool>(threads, o.encode_nice);

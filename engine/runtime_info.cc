@@ -2,9 +2,9 @@
 
 #include <ATen/Context.h>
 #include <torch/cuda.h>
-#include <unistd.h>
 
 #include "engine/torch_compat.h"
+#include "io/env.h"
 
 #if DS_TORCH_HAS_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -34,10 +34,7 @@ RuntimeInfo QueryRuntime() {
   return info;
 }
 
-uint64_t PhysicalMemoryBytes() {
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
-}
+uint64_t PhysicalMemoryBytes() { return io::Env::Default()->PhysicalMemoryBytes(); }
 
 uint64_t GpuMemoryBytes(int index) {
 #if DS_TORCH_HAS_CUDA

@@ -20,7 +20,8 @@ struct RuntimeInfo {
 
 RuntimeInfo QueryRuntime();
 std::string DescribeRuntime(const RuntimeInfo& info);  // one line per item
-// This host's physical memory in bytes; 0 where the system does not say.
+// This host's physical memory in bytes; 0 where the system does not say. The real host's
+// (io::Env::Default()); code holding an Env asks it: env->PhysicalMemoryBytes().
 uint64_t PhysicalMemoryBytes();
 // Total memory of GPU `index` in bytes; 0 without CUDA or without that GPU.
 uint64_t GpuMemoryBytes(int index);

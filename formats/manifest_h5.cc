@@ -9,9 +9,11 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "formats/internal/manifest_image.h"
 #include "formats/manifest.h"
+#include "io/env.h"
 #include "io/isolated.h"
 
 namespace ds::fmt {
@@ -462,14 +464,16 @@ Result<Manifest> ParseHdf5Image(std::span<const std::byte> image, const std::str
 }
 
 // DSTRAIN_MANIFEST_PARSE_TIMEOUT_S: how long a format-1 parse may take (seconds, default 30).
+// DecodeManifest takes bytes, not an Env: the variable is read from the process's own.
 Result<std::chrono::milliseconds> ParseTimeout() {
-  const char* v = std::getenv("DSTRAIN_MANIFEST_PARSE_TIMEOUT_S");
-  if (v == nullptr || *v == '\0') return std::chrono::milliseconds(30000);
+  const std::optional<std::string> text =
+      io::Env::Default()->GetEnvVar("DSTRAIN_MANIFEST_PARSE_TIMEOUT_S");
+  if (!text.has_value() || text->empty()) return std::chrono::milliseconds(30000);
+  const char* v = text->c_str();
   char* end = nullptr;
   const double s = std::strtod(v, &end);
   if (end == v || *end != '\0' || !std::isfinite(s) || s <= 0 || s > 86400) {
-    return Status::InvalidArgument("DSTRAIN_MANIFEST_PARSE_TIMEOUT_S='" +
-                                   std::string(v).substr(0, 32) +
+    return Status::InvalidArgument("DSTRAIN_MANIFEST_PARSE_TIMEOUT_S='" + text->substr(0, 32) +
                                    "' is not a number of seconds in (0, 86400]");
   }
   return std::chrono::milliseconds(static_cast<int64_t>(std::ceil(s * 1000)));

@@ -5,8 +5,8 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <cstdlib>
 #include <mutex>
+#include <optional>
 
 #include "io/log.h"
 #include "io/thread_pool.h"
@@ -155,9 +155,10 @@ Result<std::unique_ptr<AsyncIo>> OpenAsyncIo(const AsyncIoOptions& options) {
   std::string choice = options.backend;
   std::string source = "asked for by the caller";
   if (choice.empty()) {
-    const char* env = std::getenv("DSTRAIN_IO_BACKEND");
-    if (env != nullptr && *env != '\0') {
-      choice = env;
+    Env* env = options.env != nullptr ? options.env : Env::Default();
+    const std::optional<std::string> asked = env->GetEnvVar("DSTRAIN_IO_BACKEND");
+    if (asked.has_value() && !asked->empty()) {
+      choice = *asked;
       source = "DSTRAIN_IO_BACKEND=" + choice;
     }
   }

@@ -25,6 +25,7 @@ struct AsyncIoOptions {
   unsigned queue_depth = 32;  // requests in flight; Write/Read block beyond it
   unsigned threads = 4;       // pwrite backend: worker threads
   std::string backend;        // "uring", "pwrite", or empty: DSTRAIN_IO_BACKEND, else probe
+  Env* env = nullptr;         // where DSTRAIN_IO_BACKEND is read; null: Env::Default()
 };
 
 // What an AsyncIo's requests did, counted since it was opened; the difference of two readings

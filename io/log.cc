@@ -1,9 +1,11 @@
 #include "io/log.h"
 
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <mutex>
+#include <optional>
+#include <string>
+
+#include "io/env.h"
 
 namespace ds::io {
 namespace {
@@ -14,12 +16,12 @@ struct LogState {
   std::function<void(LogLevel, std::string_view)> sink;
   std::string prefix;
 
+  // The process's one log has no Env of its own to ask: the real environment's DSTRAIN_LOG.
   static LogLevel LevelFromEnvironment() {
-    const char* v = std::getenv("DSTRAIN_LOG");
-    if (v == nullptr) return LogLevel::kInfo;
-    if (std::strcmp(v, "debug") == 0) return LogLevel::kDebug;
-    if (std::strcmp(v, "warning") == 0) return LogLevel::kWarning;
-    if (std::strcmp(v, "error") == 0) return LogLevel::kError;
+    const std::optional<std::string> v = Env::Default()->GetEnvVar("DSTRAIN_LOG");
+    if (v == "debug") return LogLevel::kDebug;
+    if (v == "warning") return LogLevel::kWarning;
+    if (v == "error") return LogLevel::kError;
     return LogLevel::kInfo;
   }
 };

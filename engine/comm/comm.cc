@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <sstream>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -115,9 +116,10 @@ std::string LocalAddressTowards(const std::string& host, int port) {
 // GLOO_SOCKET_IFNAME names the interface, as for torch.distributed; else the one that routes
 // to the master.
 std::shared_ptr<::gloo::transport::Device> GlooDevice(const CommOptions& o) {
-  if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
-      ifname != nullptr && *ifname != '\0') {
-    return c10d::ProcessGroupGloo::createDeviceForInterface(ifname);
+  // CommOptions carries no Env: the variable comes from the process's own environment.
+  if (const std::optional<std::string> ifname = io::Env::Default()->GetEnvVar("GLOO_SOCKET_IFNAME");
+      ifname.has_value() && !ifname->empty()) {
+    return c10d::ProcessGroupGloo::createDeviceForInterface(*ifname);
   }
   const std::string local = LocalAddressTowards(o.master_addr, o.master_port);
   return local.empty() ? c10d::ProcessGroupGloo::createDefaultDevice()

@@ -140,11 +140,9 @@ TensorBoardWriter::~TensorBoardWriter() {
 Result<std::unique_ptr<TensorBoardWriter>> TensorBoardWriter::Open(io::Env* env,
                                                                    const std::string& dir) {
   DS_RETURN_IF_ERROR(env->CreateDirs(dir)) << "creating the TensorBoard directory " << dir;
-  char host[256] = "localhost";
-  ::gethostname(host, sizeof host - 1);
   const std::string name = "events.out.tfevents." +
-                           std::to_string(env->WallTimeMicros() / 1000000) + "." + host + "." +
-                           std::to_string(::getpid()) + ".dstrain";
+                           std::to_string(env->WallTimeMicros() / 1000000) + "." + env->HostName() +
+                           "." + std::to_string(::getpid()) + ".dstrain";
   const std::string path = io::JoinPath(dir, name);
   DS_ASSIGN_OR_RETURN(std::unique_ptr<io::File> f, env->OpenFile(path, {io::OpenMode::kTruncate}));
   std::unique_ptr<TensorBoardWriter> w(new TensorBoardWriter(env, path, std::move(f)));

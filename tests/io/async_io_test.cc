@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -205,6 +206,36 @@ TEST(AsyncIoTest, ForcingTheFallbackWorksAndSaysSo) {
   ASSERT_TRUE(probed.ok());
   std::string why;
   EXPECT_EQ((*probed)->backend(), ProbeIoUring(&why) ? "uring" : "pwrite");
+}
+
+// The variable is read through the Env the caller passes, not from the process behind its back.
+class BackendVariableEnv : public EnvWrapper {
+ public:
+  BackendVariableEnv(Env* target, std::string backend)
+      : EnvWrapper(target), backend_(std::move(backend)) {}
+  std::optional<std::string> GetEnvVar(const std::string& name) override {
+    if (name == "DSTRAIN_IO_BACKEND") return backend_;
+    return EnvWrapper::GetEnvVar(name);
+  }
+
+ private:
+  std::string backend_;
+};
+
+TEST(AsyncIoTest, TheBackendVariableIsReadThroughTheGivenEnv) {
+  ::unsetenv("DSTRAIN_IO_BACKEND");
+  BackendVariableEnv pwrite(Env::Default(), "pwrite");
+  AsyncIoOptions opts;
+  opts.env = &pwrite;
+  Result<std::unique_ptr<AsyncIo>> io = OpenAsyncIo(opts);
+  ASSERT_TRUE(io.ok()) << io.status().ToString();
+  EXPECT_EQ((*io)->backend(), "pwrite");
+  EXPECT_EQ((*io)->reason(), "DSTRAIN_IO_BACKEND=pwrite");
+  BackendVariableEnv bogus(Env::Default(), "bogus");
+  opts.env = &bogus;
+  EXPECT_THAT(OpenAsyncIo(opts), StatusIs(StatusCode::kInvalidArgument,
+                                          HasSubstr("unknown io backend 'bogus' "
+                                                    "(DSTRAIN_IO_BACKEND=bogus)")));
 }
 
 TEST(AsyncIoTest, RegisteredBuffersAreUsedTransparently) {
