@@ -7,7 +7,10 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "io/env.h"
@@ -241,6 +244,47 @@ TEST_P(EnvConformance, ClockMovesForward) {
   env_->SleepForMicros(2000);
   EXPECT_GE(env_->NowMicros() - t0, 2000u);
   EXPECT_GT(env_->WallTimeMicros(), int64_t{1600000000} * 1000000);  // after 2020
+}
+
+TEST_P(EnvConformance, NoncesAreFreshHexOnEveryCallAndThread) {
+  constexpr int kThreads = 4, kPerThread = 500;
+  std::vector<std::vector<std::string>> drawn(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([this, &drawn, t] {
+      for (int i = 0; i < kPerThread; ++i) drawn[t].push_back(env_->NewNonce());
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  std::set<std::string> distinct;
+  for (const std::vector<std::string>& some : drawn) {
+    for (const std::string& n : some) {
+      EXPECT_EQ(n.size(), 16u) << n;
+      EXPECT_EQ(n.find_first_not_of("0123456789abcdef"), std::string::npos) << n;
+      distinct.insert(n);
+    }
+  }
+  EXPECT_EQ(distinct.size(), size_t{kThreads * kPerThread});
+}
+
+// Every Env here answers for the real host, as the real one does.
+TEST_P(EnvConformance, TheHostsNameAndMemory) {
+  EXPECT_FALSE(env_->HostName().empty());
+  EXPECT_EQ(env_->HostName(), Env::Default()->HostName());
+  EXPECT_GT(env_->PhysicalMemoryBytes(), 0u);
+  EXPECT_EQ(env_->PhysicalMemoryBytes(), Env::Default()->PhysicalMemoryBytes());
+}
+
+TEST_P(EnvConformance, EnvironmentVariablesSetEmptyAndUnset) {
+  ASSERT_EQ(::setenv("DSTRAIN_ENV_TEST_SET", "a value", 1), 0);
+  ASSERT_EQ(::setenv("DSTRAIN_ENV_TEST_EMPTY", "", 1), 0);
+  ASSERT_EQ(::unsetenv("DSTRAIN_ENV_TEST_UNSET"), 0);
+  EXPECT_EQ(env_->GetEnvVar("DSTRAIN_ENV_TEST_SET"), "a value");
+  EXPECT_EQ(env_->GetEnvVar("DSTRAIN_ENV_TEST_EMPTY"), "");
+  EXPECT_EQ(env_->GetEnvVar("DSTRAIN_ENV_TEST_UNSET"), std::nullopt);
+  ::unsetenv("DSTRAIN_ENV_TEST_SET");
+  ::unsetenv("DSTRAIN_ENV_TEST_EMPTY");
+  EXPECT_EQ(env_->GetEnvVar("DSTRAIN_ENV_TEST_SET"), std::nullopt);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllEnvs, EnvConformance,
