@@ -1,10 +1,11 @@
 // Resharding: the target layout is what a direct save at that layout writes, round trips are
-// bit-exact, every source chunk is read once, and bad requests change nothing.
+// bit-exact, every source chunk is read once, and bad requests and failures change nothing.
 #include "ckpt/reshard.h"
 
 #include "ckpt/catalog.h"
 #include "ckpt/save_util.h"
 #include "ckpt/verify.h"
+#include "io/fault_env.h"
 #include "io/mem_env.h"
 #include "testing/matchers.h"
 
@@ -147,6 +148,44 @@ TEST(ReshardTest, BadRequestsChangeNothing) {
   Catalog cat(&env, "/c");
   DS_ASSERT_OK_AND_ASSIGN(auto latest, cat.ReadLatest());
   EXPECT_EQ(latest, "step-00000001");
+}
+
+// Names temp dirs with one known nonce, so a test can aim faults at the temp dir.
+class FixedNonceEnv : public io::EnvWrapper {
+ public:
+  using EnvWrapper::EnvWrapper;
+  std::string NewNonce() override { return "00000000000000aa"; }
+};
+
+// Every step that touches the temp dir (creating and locking it, each shard's open, writes,
+// syncs and truncation, the manifest, the lock's removal, the rename) fails in turn: the
+// reshard reports that failure and leaves the checkpoint directory as it found it.
+TEST(ReshardTest, AFailureAtAnyStepInItsTempDirLeavesNothingBehind) {
+  const auto state = SampleState();
+  io::MemEnv mem;
+  InProcessStore store;
+  ASSERT_TRUE(SaveAll(&mem, state, {2, 1, 1}, 1, TestWriterOptions("/c"), &store).status[0].ok());
+  const std::string src = "/c/step-00000001";
+  DS_ASSERT_OK_AND_ASSIGN(auto before, mem.ListDir("/c"));
+  FixedNonceEnv named(&mem);
+  uint64_t failures = 0;
+  for (uint64_t skip = 0;; ++skip) {
+    io::FaultEnv env(&named);
+    env.AddRule({.path_glob = "/c/.tmp-step-00000001-w3s1-00000000000000aa*", .skip = skip});
+    Result<ReshardResult> r = Reshard(&env, src, To(3, 1));
+    if (env.injected_count() == 0) {  // past the last step: nothing failed
+      DS_ASSERT_OK(r.status());
+      break;
+    }
+    ++failures;
+    EXPECT_THAT(r.status(), StatusIs(StatusCode::kIOError, HasSubstr("injected fault")))
+        << "failing step " << skip;
+    DS_ASSERT_OK_AND_ASSIGN(auto after, mem.ListDir("/c"));
+    EXPECT_EQ(after, before) << "failing step " << skip << ": " << r.status().ToString();
+  }
+  std::printf("reshard temp-dir steps failed in turn: %llu\n",
+              static_cast<unsigned long long>(failures));
+  EXPECT_GT(failures, 10u);
 }
 
 // Memory bounded by --memory whatever the model's size: reshard_memory_test.cc (its own binary,
