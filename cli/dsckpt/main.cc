@@ -5,7 +5,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "cli/dsckpt_commands.h"
+#include "cli/dsckpt/commands.h"
 #include "io/log.h"
 
 namespace {

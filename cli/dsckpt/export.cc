@@ -11,7 +11,7 @@
 #include "ckpt/diff.h"
 #include "ckpt/export.h"
 #include "ckpt/inspect.h"
-#include "cli/dsckpt_commands.h"
+#include "cli/dsckpt/commands.h"
 #include "io/progress.h"
 #include "io/units.h"
 

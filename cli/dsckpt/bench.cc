@@ -7,7 +7,7 @@
 #include "bench/save_bench.h"
 
 #include <unistd.h>
-#include "cli/dsckpt_commands.h"
+#include "cli/dsckpt/commands.h"
 #include "io/units.h"
 
 namespace ds::cli {

@@ -8,7 +8,7 @@
 #include "ckpt/catalog.h"
 #include "ckpt/inspect.h"
 #include "ckpt/reshard.h"
-#include "cli/dsckpt_commands.h"
+#include "cli/dsckpt/commands.h"
 #include "io/progress.h"
 #include "io/units.h"
 

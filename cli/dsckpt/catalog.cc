@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ckpt/gc.h"
-#include "cli/dsckpt_commands.h"
+#include "cli/dsckpt/commands.h"
 #include "io/progress.h"
 #include "io/units.h"
 

@@ -4,7 +4,7 @@
 
 #include "ckpt/inspect.h"
 #include "ckpt/verify.h"
-#include "cli/dsckpt_commands.h"
+#include "cli/dsckpt/commands.h"
 #include "io/units.h"
 
 namespace ds::cli {
