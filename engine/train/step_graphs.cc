@@ -20,7 +20,9 @@
 
 #include <map>
 
-#include "engine/train/internal/trainer_state.h"
+#include "engine/train/checkpoint_agent.h"
+#include "engine/train/internal/step_parts.h"
+#include "engine/torch_status.h"
 #include "io/log.h"
 
 #if DS_TORCH_HAS_CUDA
@@ -37,60 +39,23 @@ constexpr int64_t kEagerSteps = 2;  // before the first capture
 
 }  // namespace
 
-struct Trainer::Impl::StepGraphs {
-  int64_t eager_steps = 0;  // run so far
-  torch::Tensor x, y;       // (B, T) token ids: the micro batch the micro graphs read
-  torch::Tensor loss_sum;   // float32 scalar the micro graphs add their losses into
-  ZeroStepResult result;    // the optimizer graph's outputs (device scalars it rewrites)
-#if DS_TORCH_HAS_CUDA
-  // Micro graphs by kind: 2 * (first of the step) + (last of the step).
-  std::map<int, std::unique_ptr<at::cuda::CUDAGraph>> micro;
-  std::unique_ptr<at::cuda::CUDAGraph> optimizer;
-  at::cuda::MempoolId_t pool{0, 0};  // shared by every graph once the first has one
-#endif
-};
-
-std::string Trainer::Impl::GraphsUnsupported() const {
-  const Config& c = config;
-  if (!device.is_cuda()) return "training is not on a GPU";
+std::string GraphsUnsupported(const StepContext& c, bool momentum_cycles) {
+  const Config& cfg = *c.config;
+  if (!c.device.is_cuda()) return "training is not on a GPU";
 #if !DS_TORCH_HAS_CUDA
   return "this LibTorch has no CUDA";
 #endif
-  if (options.world_size > 1) return "more than one rank (collectives are not captured)";
-  if (c.zero.stage > 1) return "ZeRO stage " + std::to_string(c.zero.stage) + " (0 and 1 only)";
-  if (c.zero.offload_optimizer.device != OffloadConfig::Device::kNone ||
-      c.zero.offload_param.device != OffloadConfig::Device::kNone)
+  if (c.par->dp * c.par->tp * c.par->pp > 1)
+    return "more than one rank (collectives are not captured)";
+  if (cfg.zero.stage > 1) return "ZeRO stage " + std::to_string(cfg.zero.stage) + " (0 and 1 only)";
+  if (cfg.zero.offload_optimizer.device != OffloadConfig::Device::kNone ||
+      cfg.zero.offload_param.device != OffloadConfig::Device::kNone)
     return "offloading (the step runs on the host in part)";
-  if (c.precision() == Precision::kFp16)
+  if (cfg.precision() == Precision::kFp16)
     return "fp16 (the loss scaler reads each step's overflow on the host)";
-  if (schedule->Beta1At(0).has_value()) return "the scheduler cycles momentum";
-  if (c.monitor.wall_clock_breakdown) return "wall_clock_breakdown (it times each phase)";
+  if (momentum_cycles) return "the scheduler cycles momentum";
+  if (cfg.monitor.wall_clock_breakdown) return "wall_clock_breakdown (it times each phase)";
   return "";
-}
-
-Status Trainer::Impl::SetupGraphs() {
-  const std::string& mode = config.trainer.cuda_graphs;
-  if (mode == "false") return Status::OK();
-  const std::string why_not = GraphsUnsupported();
-  if (why_not.empty()) {
-    graphs = std::make_shared<StepGraphs>();
-    if (options.rank == 0) io::LogInfo("steps replay as CUDA graphs (trainer.cuda_graphs)");
-    return Status::OK();
-  }
-  if (mode == "true") {
-    return Status::InvalidArgument(
-        "trainer.cuda_graphs is true, but this step cannot be captured: " + why_not +
-        " (set it to \"auto\" or false)");
-  }
-  if (device.is_cuda() && options.rank == 0) io::LogInfo("steps run eagerly: " + why_not);
-  return Status::OK();
-}
-
-bool Trainer::Impl::ReplaysGraphs() {
-  if (graphs == nullptr) return false;
-  if (graphs->eager_steps >= kEagerSteps) return true;
-  ++graphs->eager_steps;
-  return false;
 }
 
 #if DS_TORCH_HAS_CUDA
@@ -118,9 +83,7 @@ Status Capture(at::cuda::CUDAGraph& graph, at::cuda::MempoolId_t pool, c10::Devi
       capturing = false;
       graph.capture_end();
     } catch (const std::exception& e) {
-      const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
-      status =
-          Status::FailedPrecondition(c10_error ? c10_error->what_without_backtrace() : e.what());
+      status = Status::FailedPrecondition(TorchMessage(e));
       if (capturing) {
         try {
           graph.capture_end();  // ends the stream's capture; fails for a capture gone bad
@@ -135,95 +98,128 @@ Status Capture(at::cuda::CUDAGraph& graph, at::cuda::MempoolId_t pool, c10::Devi
   return status;
 }
 
-}  // namespace
+class GraphRunner : public StepRunner {
+ public:
+  explicit GraphRunner(const StepContext& c) : c_(c), eager_(MakeEagerRunner(c)) {}
 
-Status Trainer::Impl::GraphFailed(const Status& why) {
-  if (config.trainer.cuda_graphs == "true") {
+  Status Run(const StepParams& p, StepOutcome* out) override {
+    if (eager_steps_ < kEagerSteps || given_up_) {
+      ++eager_steps_;
+      return eager_->Run(p, out);
+    }
+    return Replay(p, out);
+  }
+  Result<at::Tensor> EvalSum(const EvalBatches& eval, int64_t batches) override {
+    return eager_->EvalSum(eval, batches);
+  }
+  const char* kind() const override { return given_up_ ? "eager" : "graphs"; }
+
+ private:
+  Status Replay(const StepParams& p, StepOutcome* out);
+  // After a failed capture: "auto" trains on eagerly, "true" returns the error.
+  Status Failed(const Status& why, int64_t step);
+
+  StepContext c_;
+  std::unique_ptr<StepRunner> eager_;  // the first kEagerSteps steps, and all after a failure
+  int64_t eager_steps_ = 0;
+  bool given_up_ = false;
+  torch::Tensor x_, y_;    // (B, T) token ids: the micro batch the micro graphs read
+  torch::Tensor loss_sum_; // float32 scalar the micro graphs add their losses into
+  ZeroStepResult result_;  // the optimizer graph's outputs (device scalars it rewrites)
+  // Micro graphs by kind: 2 * (first of the step) + (last of the step).
+  std::map<int, std::unique_ptr<at::cuda::CUDAGraph>> micro_;
+  std::unique_ptr<at::cuda::CUDAGraph> optimizer_;
+  at::cuda::MempoolId_t pool_{0, 0};  // shared by every graph once the first has one
+  Batch batch_;
+};
+
+Status GraphRunner::Failed(const Status& why, int64_t at) {
+  if (c_.config->trainer.cuda_graphs == "true") {
     return Status::FailedPrecondition("trainer.cuda_graphs is true, but capturing step " +
-                                      std::to_string(step + 1) + " failed: " + why.message() +
+                                      std::to_string(at) + " failed: " + why.message() +
                                       " (set it to \"auto\" or false)");
   }
-  if (options.rank == 0) {
-    io::LogWarning("steps run eagerly from step " + std::to_string(step + 1) +
+  if (c_.rank == 0) {
+    io::LogWarning("steps run eagerly from step " + std::to_string(at) +
                    " on: capturing the step as a CUDA graph failed: " + why.message());
   }
-  graphs.reset();
+  given_up_ = true;
   return Status::OK();
 }
 
-Status Trainer::Impl::GraphStep(double scale, double lr, ZeroStepResult* result,
-                                torch::Tensor* loss_sum) {
-  StepGraphs& g = *graphs;
-  std::shared_ptr<StepGraphs> keep = graphs;  // GraphFailed drops `graphs`
-  const c10::DeviceIndex index = device.has_index() ? device.index() : c10::cuda::current_device();
-  const Config& c = config;
-  const int64_t gas = c.batch.gradient_accumulation_steps;
-  if (!g.loss_sum.defined()) {
+Status GraphRunner::Replay(const StepParams& p, StepOutcome* out) {
+  const c10::DeviceIndex index =
+      c_.device.has_index() ? c_.device.index() : c10::cuda::current_device();
+  if (!loss_sum_.defined()) {
     // The eager pool's cached blocks go back, so the graphs' pool can use that memory.
     c10::cuda::CUDACachingAllocator::emptyCache();
-    g.loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
+    loss_sum_ = ZeroScalar(c_);
   }
-  g.loss_sum.zero_();  // the last step's sum was read (divided) before this
+  loss_sum_.zero_();  // the last step's sum was read (divided) before this
   bool replay = true;  // false once a capture failed: the rest of the step runs eagerly
-  for (int64_t micro = 0; micro < gas; ++micro) {
-    DS_RETURN_IF_ERROR(sampler->Next(data.train, &batch));
-    if (!g.x.defined()) {
-      auto ids = torch::TensorOptions().dtype(torch::kLong).device(device);
-      g.x = torch::empty({batch.B, batch.T}, ids);
-      g.y = torch::empty({batch.B, batch.T}, ids);
+  for (int64_t micro = 0; micro < p.micro_batches; ++micro) {
+    DS_RETURN_IF_ERROR(c_.sampler->Next(c_.data->train, &batch_));
+    if (!x_.defined()) {
+      auto ids = torch::TensorOptions().dtype(torch::kLong).device(c_.device);
+      x_ = torch::empty({batch_.B, batch_.T}, ids);
+      y_ = torch::empty({batch_.B, batch_.T}, ids);
     }
-    CopyBatchTo(batch, g.x, g.y);
-    const bool last = micro == gas - 1;
-    auto run = [&] { return MicroStep(g.x, g.y, scale, last, g.loss_sum); };
+    CopyBatchTo(batch_, x_, y_);
+    const bool last = micro == p.micro_batches - 1;
+    auto run = [&] { return MicroStep(c_, p, x_, y_, last, loss_sum_); };
     if (!replay) {
       DS_RETURN_IF_ERROR(run());
       continue;
     }
-    std::unique_ptr<at::cuda::CUDAGraph>& graph = g.micro[(micro == 0 ? 2 : 0) + (last ? 1 : 0)];
+    std::unique_ptr<at::cuda::CUDAGraph>& graph = micro_[(micro == 0 ? 2 : 0) + (last ? 1 : 0)];
     if (graph == nullptr) {
       graph = std::make_unique<at::cuda::CUDAGraph>();
-      if (Status s = Capture(*graph, g.pool, index, run); !s.ok()) {
+      if (Status s = Capture(*graph, pool_, index, run); !s.ok()) {
         // Nothing captured ran: this micro step starts again, eagerly.
-        zero->RestartMicroStep(/*first_of_step=*/micro == 0);
-        DS_RETURN_IF_ERROR(GraphFailed(s));
+        c_.zero->RestartMicroStep(/*first_of_step=*/micro == 0);
+        DS_RETURN_IF_ERROR(Failed(s, p.step));
         replay = false;
         DS_RETURN_IF_ERROR(run());
         continue;
       }
-      if (g.pool.first == 0 && g.pool.second == 0) g.pool = graph->pool();
+      if (pool_.first == 0 && pool_.second == 0) pool_ = graph->pool();
     }
     graph->replay();
   }
-  *loss_sum = g.loss_sum;  // read (divided by gas) before the next step zeroes it
+  out->loss_sum = loss_sum_;  // read (divided) before the next step zeroes it
 
-  WaitForSnapshotCopies();  // Adam rewrites what a snapshot may still be copying
-  zero->SetLearningRate(lr);
+  c_.checkpoints->WaitForSnapshotCopies();  // Adam rewrites what a snapshot may still be copying
+  c_.zero->SetLearningRate(p.lr);
   auto optimize = [&]() -> Status {
-    DS_ASSIGN_OR_RETURN(
-        g.result, zero->DeviceStep(std::nullopt, scale, c.gradient_clipping, ChecksOverflow()));
+    DS_ASSIGN_OR_RETURN(result_,
+                        c_.zero->DeviceStep(std::nullopt, p.loss_scale, p.clip, p.check_overflow));
     return Status::OK();
   };
-  if (replay && g.optimizer == nullptr) {
-    g.optimizer = std::make_unique<at::cuda::CUDAGraph>();
-    if (Status s = Capture(*g.optimizer, g.pool, index, optimize); !s.ok()) {
-      DS_RETURN_IF_ERROR(GraphFailed(s));
+  if (replay && optimizer_ == nullptr) {
+    optimizer_ = std::make_unique<at::cuda::CUDAGraph>();
+    if (Status s = Capture(*optimizer_, pool_, index, optimize); !s.ok()) {
+      DS_RETURN_IF_ERROR(Failed(s, p.step));
       replay = false;
     }
   }
   if (replay) {
-    g.optimizer->replay();
+    optimizer_->replay();
   } else {
     DS_RETURN_IF_ERROR(optimize());
   }
-  *result = g.result;
+  out->result = result_;
   return Status::OK();
+}
+
+}  // namespace
+
+std::unique_ptr<StepRunner> MakeGraphRunner(const StepContext& c) {
+  return std::make_unique<GraphRunner>(c);
 }
 
 #else
 
-Status Trainer::Impl::GraphStep(double, double, ZeroStepResult*, torch::Tensor*) {
-  return Status::FailedPrecondition("CUDA graphs need a LibTorch with CUDA");
-}
+std::unique_ptr<StepRunner> MakeGraphRunner(const StepContext& c) { return MakeEagerRunner(c); }
 
 #endif
 

@@ -1,3 +1,8 @@
+// The training loop of one rank (trainer.h), as owned parts: the step runner (where the step
+// happens: step_runner.h), the ZeRO optimizer (engine/zero), the checkpoint agent (where a tensor
+// leaves for disk: checkpoint_agent.h), and the metrics window (metrics_window.h). This file sets
+// them up from the config and runs the loop: micro batches and optimizer step, metrics, maybe an
+// evaluation, maybe a save.
 #include "engine/train/trainer.h"
 
 #include <torch/cuda.h>
@@ -14,7 +19,12 @@
 #include "engine/monitor/monitor.h"
 #include "engine/optim/adamw.h"
 #include "engine/torch_compat.h"
-#include "engine/train/internal/trainer_state.h"
+#include "engine/torch_status.h"
+#include "engine/train/checkpoint_agent.h"
+#include "engine/train/metrics_window.h"
+#include "engine/train/parallel.h"
+#include "engine/train/state_plan.h"
+#include "engine/train/step_runner.h"
 #include "engine/zero/zero.h"
 #include "io/log.h"
 
@@ -104,15 +114,82 @@ Result<torch::Device> PickDevice(const std::string& wanted) {
 
 }  // namespace
 
+
+struct Trainer::Impl {
+  io::Env* env = nullptr;
+  Config config;
+  TrainerOptions options;
+  torch::Device device{torch::kCPU};
+  torch::Dtype dtype = torch::kFloat32;
+  std::string device_name;  // "cpu", or what CUDA calls the GPU ("NVIDIA H100 80GB HBM3")
+
+  // The parts, in the order they are made (and the reverse of the order they go).
+  std::unique_ptr<Comm> comm;  // with world_size > 1
+  ParallelState par;
+  std::shared_ptr<LanguageModel> model;
+  std::vector<TensorPlace> places;  // per parameter, in ZeRO's order
+  std::unique_ptr<ZeroOptimizer> zero;
+  std::vector<ParamSlot> slots;
+  std::unique_ptr<CheckpointAgent> checkpoints;
+  std::unique_ptr<LrSchedule> schedule;
+  std::unique_ptr<LossScaler> scaler;
+  Dataset data;
+  std::optional<Sampler> sampler;
+  std::optional<EvalBatches> eval;
+  std::unique_ptr<StepTimer> timer;
+  std::unique_ptr<StepRunner> runner;
+  std::optional<MetricsWindow> metrics;
+  std::unique_ptr<Monitor> monitor;  // opened at the first step (EnsureMonitor)
+
+  int64_t step = 0;  // optimizer steps done
+  int64_t skipped = 0;
+  int64_t schedule_origin = 0;      // the LR schedule runs at step - schedule_origin
+  std::optional<double> last_eval;  // at last_eval_step
+  int64_t last_eval_step = -1;
+  bool failed = false;  // a step failed: its peers may be gone, and pending steps are moot
+
+  Status Setup();
+  Status Connect();  // the world's communicator
+  Status SetupZero();
+  Status SetupCheckpoints();
+  Status SetupData();
+  Status SetupRunner();
+  void LogModel() const;
+  Status EnsureMonitor();
+
+  Status Step();
+  StepParams ParamsFor(int64_t next_step) const;
+  // Reads the window's losses (averaged over the ranks when `across_ranks`: a collective) and
+  // records its steps.
+  Status Flush(bool across_ranks = true);
+  // Counts a skipped step and tells the loss scaler.
+  Status RecordOverflow(int64_t at_step, bool overflow);
+  bool ChecksOverflow() const;  // fp16, or bf16 with check_grad_overflow: overflows skip steps
+  MemoryStats Memory() const;
+  Comm* DataComm() const { return par.split() ? par.dp_comm.get() : comm.get(); }
+  // Ranks whose losses are the job's: the last stage's (all of them without pipelining).
+  int LossRanks() const { return options.world_size / par.pp; }
+
+  // Whether to save now (interval or minutes) and whether to stop (stop_requested): every rank
+  // gets the same answer (one small all-reduce when a rank could disagree).
+  Result<std::pair<bool, bool>> SaveOrStopNow();
+  Status Save(const std::string& reason);
+  TrainerState StateNow() const;
+  Status Apply(const Restored& restored, const ResumeOptions& r);
+};
+
 Trainer::Trainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Trainer::~Trainer() {
-  impl_->ReapSave(/*wait=*/true);
-  if (impl_->monitor != nullptr) {
-    Status s = impl_->failed ? Status::OK() : impl_->Flush(/*across_ranks=*/false);
-    if (s.ok()) s = impl_->monitor->Close();
+  Impl& t = *impl_;
+  if (t.checkpoints != nullptr) t.checkpoints->Reap(/*wait=*/true);
+  if (t.monitor != nullptr) {
+    Status s = t.failed ? Status::OK() : t.Flush(/*across_ranks=*/false);
+    if (s.ok()) s = t.monitor->Close();
     if (!s.ok()) io::LogWarning("closing the monitor: " + s.ToString());
   }
-  impl_->zero.reset();  // detaches from the model before the model goes
+  t.runner.reset();
+  t.checkpoints.reset();
+  t.zero.reset();  // detaches from the model before the model goes
 }
 
 int64_t Trainer::step() const { return impl_->step; }
@@ -135,8 +212,13 @@ std::map<std::string, CollectiveStats> Trainer::comm_stats() const {
 }
 std::string Trainer::device_name() const { return impl_->device.str(); }
 std::optional<double> Trainer::mfu(double tokens_per_s) const {
-  return ModelFlopsUtilization(impl_->flops_per_token, tokens_per_s, impl_->device_name,
+  return ModelFlopsUtilization(impl_->model->flops_per_token(), tokens_per_s, impl_->device_name,
                                impl_->options.world_size);
+}
+Status Trainer::SaveCheckpoint(const std::string& reason) { return impl_->Save(reason); }
+void Trainer::WaitForSaves() { impl_->checkpoints->Reap(/*wait=*/true); }
+std::optional<ckpt::SaveStats> Trainer::last_save() const {
+  return impl_->checkpoints->last_save_stats();
 }
 
 Result<std::unique_ptr<Trainer>> Trainer::Create(io::Env* env, const Config& config,
@@ -149,6 +231,8 @@ Result<std::unique_ptr<Trainer>> Trainer::Create(io::Env* env, const Config& con
   return std::unique_ptr<Trainer>(new Trainer(std::move(impl)));
 }
 
+// ---- set-up
+
 Status Trainer::Impl::Setup() {
   const Config& c = config;
   DS_ASSIGN_OR_RETURN(device, PickDevice(options.device));
@@ -156,79 +240,37 @@ Status Trainer::Impl::Setup() {
   if (dtype == torch::kFloat16 && device.is_cpu()) {
     io::LogWarning("fp16 on the CPU is slow and not what fp16 is for; use bf16 or fp32 there");
   }
-
-  // The model, in the training precision, and the optimizer that owns its weights.
-  DS_RETURN_IF_ERROR(Connect());
-  DS_RETURN_IF_ERROR(SetupParallel());
-  if (model == nullptr) {  // a model split across ranks is made by SetupParallel
-    DS_ASSIGN_OR_RETURN(model, MakeModel(c.model, c.trainer.seed));
-  }
-  DS_RETURN_IF_ERROR(SetupZero());
-  DS_RETURN_IF_ERROR(SetupCheckpoints());
-  flops_per_token = model->flops_per_token();
   device_name = "cpu";
 #if DS_TORCH_HAS_CUDA
   if (device.is_cuda()) {
     device_name = at::cuda::getDeviceProperties(device.index() < 0 ? 0 : device.index())->name;
   }
 #endif
+  // The model, in the training precision, and the optimizer that owns its weights.
+  DS_RETURN_IF_ERROR(Connect());
+  DS_RETURN_IF_ERROR(SetupParallel(c, options.rank, options.world_size, comm.get(), &par));
+  if (par.gpt != nullptr) {
+    model = par.gpt;  // this rank's part of a model split across ranks
+  } else {
+    DS_ASSIGN_OR_RETURN(model, MakeModel(c.model, c.trainer.seed));
+  }
+  DS_RETURN_IF_ERROR(SetupZero());
+  DS_RETURN_IF_ERROR(SetupCheckpoints());
   DS_ASSIGN_OR_RETURN(schedule, MakeLrSchedule(ScheduleParams(c.scheduler), c.optimizer.lr));
   scaler = std::make_unique<LossScaler>(ScalerOptions(c));
-  DS_RETURN_IF_ERROR(SetupGraphs());
-
-  // Data.
-  DatasetOptions dopts;
-  dopts.vocab = c.model.vocab;
-  const std::string cache = options.corpus_cache_dir.empty()
-                                ? io::JoinPath(c.trainer.output_dir, "data")
-                                : options.corpus_cache_dir;
-  dopts.default_corpus_path = io::JoinPath(cache, "default-corpus.txt");
-  DS_RETURN_IF_ERROR(env->CreateDirs(cache));
-  DS_ASSIGN_OR_RETURN(data, OpenDataset(env, c.data, dopts));
-  // Tensor-parallel ranks and pipeline stages of a replica read the same batches.
-  BatchShape shape{c.batch.micro_batch_per_gpu, c.model.seq_len, par.dp_rank, par.dp};
-  DS_ASSIGN_OR_RETURN(Sampler s, Sampler::Create(data.train.size(), shape, c.trainer.seed));
-  sampler.emplace(std::move(s));
-  if (data.eval.size() > 0 && c.trainer.eval_interval > 0) {
-    Result<EvalBatches> e = EvalBatches::Create(data.eval.size(), shape, c.trainer.eval_iters);
-    if (e.ok()) {
-      eval.emplace(std::move(*e));
-    } else {
-      io::LogWarning("no evaluation: " + e.status().message());
-    }
-  }
-
+  DS_RETURN_IF_ERROR(SetupData());
   timer = std::make_unique<StepTimer>(env);
-  if (options.rank == 0) {
-    const ModelConfig& g = c.model;
-    io::LogInfo("model: " + g.arch + " " + std::to_string(g.n_layer) + " layers, " +
-                std::to_string(g.n_head) + " heads, d_model " + std::to_string(g.d_model) +
-                ", seq " + std::to_string(g.seq_len) + ", vocab " + std::to_string(g.vocab) + ": " +
-                std::to_string(par.gpt ? par.gpt->parameter_count() : zero->numel()) +
-                " parameters" +
-                (par.split() ? " (" + std::to_string(zero->numel()) + " on this rank)" : "") +
-                ", " + std::string(PrecisionName(c.precision())) + " on " + device.str() +
-                ", ZeRO stage " + std::to_string(c.zero.stage) + " over " + std::to_string(par.dp) +
-                (par.dp == 1 ? " rank" : " ranks") +
-                (par.split() ? " (x " + std::to_string(par.tp) + "-way tensor parallel x " +
-                                   std::to_string(par.pp) + " pipeline stages)"
-                             : ""));
-    io::LogInfo(data.Describe());
-  }
-  return Status::OK();
-}
-
-// Opened at the first step, evaluation or flush, not at set-up: a resumed run keeps the metrics
-// of the steps before the one it resumes from.
-Status Trainer::Impl::EnsureMonitor() {
-  if (monitor != nullptr) return Status::OK();
-  MonitorOptions mo;
-  mo.config = config.monitor;
-  mo.output_dir = config.trainer.output_dir;
-  mo.rank = options.rank;
-  mo.max_steps = config.trainer.max_steps;
-  mo.resume_step = step;
-  DS_ASSIGN_OR_RETURN(monitor, Monitor::Open(env, mo));
+  DS_RETURN_IF_ERROR(SetupRunner());
+  MetricsWindowOptions mo;
+  mo.env = env;
+  mo.on_gpu = !device.is_cpu();
+  mo.flops_per_token = model->flops_per_token();
+  mo.device_name = device_name;
+  mo.world_size = options.world_size;
+  mo.loss_ranks = LossRanks();
+  mo.norm_known = c.gradient_clipping > 0 || ChecksOverflow();
+  metrics.emplace(std::move(mo));
+  if (options.rank == 0) LogModel();
   return Status::OK();
 }
 
@@ -256,7 +298,7 @@ Status Trainer::Impl::SetupZero() {
   z.rank = par.dp_rank;
   z.world_size = par.dp;
   z.comm = DataComm();
-  FindPlaces();
+  places = FindPlaces(*model, par);
   if (par.split()) {
     z.model_comm = par.model_comm.get();
     for (size_t i = 0; i < places.size(); ++i) {
@@ -296,6 +338,100 @@ Status Trainer::Impl::SetupZero() {
   return Status::OK();
 }
 
+Status Trainer::Impl::SetupCheckpoints() {
+  CheckpointAgentOptions a;
+  a.env = env;
+  a.config = &config;
+  a.rank = options.rank;
+  a.world_size = options.world_size;
+  a.tp = par.tp;
+  a.pp = par.pp;
+  a.comm = comm.get();
+  a.device = device;
+  a.zero = zero.get();
+  a.plan = StatePlan(places, par.tp, par.tp_rank);
+  // Every split tensor of the whole model (all stages: rank 0 writes it), for dsckpt reshard.
+  if (auto* gpt = dynamic_cast<GptImpl*>(model.get()))
+    a.tp_splits = StatePlan::BufferSplits(gpt->tp_splits());
+  checkpoints = std::make_unique<CheckpointAgent>(std::move(a));
+  checkpoints->ReclaimAbandonedSaves();
+  return Status::OK();
+}
+
+Status Trainer::Impl::SetupData() {
+  const Config& c = config;
+  DatasetOptions dopts;
+  dopts.vocab = c.model.vocab;
+  const std::string cache = options.corpus_cache_dir.empty()
+                                ? io::JoinPath(c.trainer.output_dir, "data")
+                                : options.corpus_cache_dir;
+  dopts.default_corpus_path = io::JoinPath(cache, "default-corpus.txt");
+  DS_RETURN_IF_ERROR(env->CreateDirs(cache));
+  DS_ASSIGN_OR_RETURN(data, OpenDataset(env, c.data, dopts));
+  // Tensor-parallel ranks and pipeline stages of a replica read the same batches.
+  BatchShape shape{c.batch.micro_batch_per_gpu, c.model.seq_len, par.dp_rank, par.dp};
+  DS_ASSIGN_OR_RETURN(Sampler s, Sampler::Create(data.train.size(), shape, c.trainer.seed));
+  sampler.emplace(std::move(s));
+  if (data.eval.size() > 0 && c.trainer.eval_interval > 0) {
+    Result<EvalBatches> e = EvalBatches::Create(data.eval.size(), shape, c.trainer.eval_iters);
+    if (e.ok()) {
+      eval.emplace(std::move(*e));
+    } else {
+      io::LogWarning("no evaluation: " + e.status().message());
+    }
+  }
+  return Status::OK();
+}
+
+Status Trainer::Impl::SetupRunner() {
+  StepContext sc;
+  sc.config = &config;
+  sc.rank = options.rank;
+  sc.device = device;
+  sc.dtype = dtype;
+  sc.model = model.get();
+  sc.zero = zero.get();
+  sc.sampler = &*sampler;
+  sc.data = &data;
+  sc.timer = timer.get();
+  sc.par = &par;
+  sc.checkpoints = checkpoints.get();
+  DS_ASSIGN_OR_RETURN(runner, MakeStepRunner(sc, schedule->Beta1At(0).has_value()));
+  return Status::OK();
+}
+
+void Trainer::Impl::LogModel() const {
+  const Config& c = config;
+  const ModelConfig& g = c.model;
+  io::LogInfo("model: " + g.arch + " " + std::to_string(g.n_layer) + " layers, " +
+              std::to_string(g.n_head) + " heads, d_model " + std::to_string(g.d_model) +
+              ", seq " + std::to_string(g.seq_len) + ", vocab " + std::to_string(g.vocab) + ": " +
+              std::to_string(par.gpt ? par.gpt->parameter_count() : zero->numel()) +
+              " parameters" +
+              (par.split() ? " (" + std::to_string(zero->numel()) + " on this rank)" : "") + ", " +
+              std::string(PrecisionName(c.precision())) + " on " + device.str() +
+              ", ZeRO stage " + std::to_string(c.zero.stage) + " over " + std::to_string(par.dp) +
+              (par.dp == 1 ? " rank" : " ranks") +
+              (par.split() ? " (x " + std::to_string(par.tp) + "-way tensor parallel x " +
+                                 std::to_string(par.pp) + " pipeline stages)"
+                           : ""));
+  io::LogInfo(data.Describe());
+}
+
+// Opened at the first step, evaluation or flush, not at set-up: a resumed run keeps the metrics
+// of the steps before the one it resumes from.
+Status Trainer::Impl::EnsureMonitor() {
+  if (monitor != nullptr) return Status::OK();
+  MonitorOptions mo;
+  mo.config = config.monitor;
+  mo.output_dir = config.trainer.output_dir;
+  mo.rank = options.rank;
+  mo.max_steps = config.trainer.max_steps;
+  mo.resume_step = step;
+  DS_ASSIGN_OR_RETURN(monitor, Monitor::Open(env, mo));
+  return Status::OK();
+}
+
 MemoryStats Trainer::Impl::Memory() const {
   MemoryStats m;
   if (zero != nullptr) m.model_state_bytes = zero->Memory().total();
@@ -321,97 +457,58 @@ Status Trainer::Step() {
   return s;
 }
 
-Status Trainer::Impl::Step() {
-  Impl& t = *this;
-  DS_RETURN_IF_ERROR(EnsureMonitor());
-  const Config& c = t.config;
-  const int64_t gas = c.batch.gradient_accumulation_steps;
-  const bool breakdown = c.monitor.wall_clock_breakdown;
-  const uint64_t t0 = t.env->NowMicros();
-  const double scale = t.scaler->scale();
-  const Precision p = c.precision();
-  const bool check = t.ChecksOverflow();
-  const int64_t sched_step = t.step - t.schedule_origin;
-  const double lr = t.schedule->LrForStep(sched_step);
-  try {
-    ZeroStepResult r;
-    torch::Tensor loss_sum;  // of the step's micro batches, on the device
-    if (t.ReplaysGraphs()) {
-      DS_RETURN_IF_ERROR(t.GraphStep(scale, lr, &r, &loss_sum));
-    } else {
-      loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(t.device));
-      if (t.par.pp > 1) DS_RETURN_IF_ERROR(t.PipelineMicroSteps(scale, loss_sum));
-      for (int64_t micro = 0; micro < (t.par.pp > 1 ? 0 : gas); ++micro) {
-        DS_RETURN_IF_ERROR(t.sampler->Next(t.data.train, &t.batch));
-        auto [x, y] = t.OnDevice(t.batch);
-        DS_RETURN_IF_ERROR(t.MicroStep(x, y, scale, micro == gas - 1, loss_sum));
-      }
-      // The optimizer: unscale, check for overflow (16-bit), clip, Adam, publish the weights.
-      if (breakdown) t.timer->Start("optimizer");
-      t.WaitForSnapshotCopies();  // Adam rewrites what a snapshot may still be copying
-      // fp16's dynamic loss scale needs the overflow before the next step; otherwise the norm
-      // and the overflow are read with the losses (Flush), and the step never waits for the GPU.
-      DS_ASSIGN_OR_RETURN(r, t.zero->Step(lr, t.schedule->Beta1At(sched_step - 1), scale,
-                                          c.gradient_clipping, check, p == Precision::kFp16));
-      if (breakdown) {
-        if (t.device.is_cuda()) torch::cuda::synchronize();
-        t.timer->Stop("optimizer");
-      }
-    }
-    const bool overflow = r.overflow;
-    if (r.read) DS_RETURN_IF_ERROR(t.RecordOverflow(t.step + 1, overflow));
-
-    ++t.step;
-    StepMetrics m;
-    m.step = t.step;
-    m.samples = t.step * c.batch.train_batch_size;
-    m.lr = lr;
-    if (p == Precision::kFp16) m.loss_scale = scale;
-    m.tokens = c.batch.train_batch_size * c.model.seq_len;
-    m.skipped = overflow;
-    if (r.read && (check || c.gradient_clipping > 0)) m.grad_norm = r.grad_norm;
-    if (t.last_stall_s >= 0) {  // the last checkpoint's snapshot, which this step waited for
-      m.extras["save_stall_s"] = t.last_stall_s;
-      t.last_stall_s = -1;
-    }
-    if (breakdown) t.timer->TakeInto(&m);
-    m.step_time_s = static_cast<double>(t.env->NowMicros() - t0) / 1e6;
-    t.pending.push_back(m);
-    t.pending_loss.push_back(loss_sum / static_cast<double>(gas));
-    t.pending_unread.push_back(r.read ? torch::Tensor()
-                                      : torch::stack({r.grad_norm_t, r.overflow_t}));
-  } catch (const std::exception& e) {
-    // A collective that failed inside backward() is reported as the Status it was.
-    if (!t.zero->error().ok()) return t.zero->error();
-    const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
-    return Status::IOError("training step " + std::to_string(t.step + 1) + " on " + t.device.str() +
-                           ": " + (c10_error ? c10_error->what_without_backtrace() : e.what()));
-  }
-  const int64_t every = std::max<int64_t>(1, c.monitor.steps_per_print);
-  if (t.step % every == 0 || t.step == c.trainer.max_steps) DS_RETURN_IF_ERROR(t.Flush());
-  return Status::OK();
+StepParams Trainer::Impl::ParamsFor(int64_t next_step) const {
+  const Config& c = config;
+  const int64_t sched_step = next_step - 1 - schedule_origin;
+  StepParams p;
+  p.step = next_step;
+  p.micro_batches = c.batch.gradient_accumulation_steps;
+  p.loss_scale = scaler->scale();
+  p.lr = schedule->LrForStep(sched_step);
+  p.beta1 = schedule->Beta1At(sched_step - 1);
+  p.clip = c.gradient_clipping;
+  p.check_overflow = ChecksOverflow();
+  p.read_now = c.precision() == Precision::kFp16;
+  return p;
 }
 
-Status Trainer::Impl::MicroStep(const torch::Tensor& x, const torch::Tensor& y, double scale,
-                                bool last_of_step, torch::Tensor& loss_sum) {
-  const bool breakdown = config.monitor.wall_clock_breakdown;
-  DS_RETURN_IF_ERROR(zero->BeginMicroStep(last_of_step));
-  if (breakdown) timer->Start("forward");
-  torch::Tensor loss = model->loss(x, y);
-  if (breakdown) {
-    if (device.is_cuda()) torch::cuda::synchronize();
-    timer->Stop("forward");
-    timer->Start("backward");
+// The loop's body: micro batches and the optimizer step (the runner), then the step's metrics,
+// kept on the device until the window is flushed.
+Status Trainer::Impl::Step() {
+  DS_RETURN_IF_ERROR(EnsureMonitor());
+  const Config& c = config;
+  const uint64_t t0 = env->NowMicros();
+  const StepParams p = ParamsFor(step + 1);
+  StepOutcome out;
+  try {
+    DS_RETURN_IF_ERROR(runner->Run(p, &out));
+  } catch (const std::exception& e) {
+    // A collective that failed inside backward() is reported as the Status it was.
+    if (!zero->error().ok()) return zero->error();
+    return TorchError(e, "training step " + std::to_string(p.step) + " on " + device.str());
   }
-  // DeepSpeed scales the loss by 1/accumulation (and by the fp16 loss scale).
-  const auto gas = static_cast<double>(config.batch.gradient_accumulation_steps);
-  (loss * (scale / gas)).backward();
-  DS_RETURN_IF_ERROR(zero->EndMicroStep(last_of_step));
-  if (breakdown) {
-    if (device.is_cuda()) torch::cuda::synchronize();
-    timer->Stop("backward");
-  }
-  loss_sum.add_(loss.detach());
+  const ZeroStepResult& r = out.result;
+  if (r.read) DS_RETURN_IF_ERROR(RecordOverflow(p.step, r.overflow));
+  ++step;
+
+  StepMetrics m;
+  m.step = step;
+  m.samples = step * c.batch.train_batch_size;
+  m.lr = p.lr;
+  if (c.precision() == Precision::kFp16) m.loss_scale = p.loss_scale;
+  m.tokens = c.batch.train_batch_size * c.model.seq_len;
+  m.skipped = r.overflow;
+  if (r.read && (p.check_overflow || p.clip > 0)) m.grad_norm = r.grad_norm;
+  // The last checkpoint's snapshot, which this step waited for.
+  if (const double stall = checkpoints->TakeStall(); stall >= 0) m.extras["save_stall_s"] = stall;
+  if (c.monitor.wall_clock_breakdown) timer->TakeInto(&m);
+  m.step_time_s = static_cast<double>(env->NowMicros() - t0) / 1e6;
+  DS_RETURN_IF_ERROR(TorchCall("recording step " + std::to_string(step), [&] {
+    metrics->Add(m, out.loss_sum / static_cast<double>(p.micro_batches),
+                 r.read ? torch::Tensor() : torch::stack({r.grad_norm_t, r.overflow_t}));
+  }));
+  const int64_t every = std::max<int64_t>(1, c.monitor.steps_per_print);
+  if (step % every == 0 || step == c.trainer.max_steps) DS_RETURN_IF_ERROR(Flush());
   return Status::OK();
 }
 
@@ -428,75 +525,15 @@ Status Trainer::Impl::RecordOverflow(int64_t at_step, bool overflow) {
   return Status::OK();
 }
 
-// The norms and overflow flags the pending steps left on the device (one copy for all).
-Status Trainer::Impl::ReadDeferredSteps() {
-  std::vector<torch::Tensor> unread;
-  for (const torch::Tensor& u : pending_unread) {
-    if (u.defined()) unread.push_back(u);
-  }
-  if (unread.empty()) {
-    pending_unread.clear();
-    return Status::OK();
-  }
-  torch::Tensor values = torch::stack(unread).to(torch::kCPU, torch::kFloat64);
-  const double* v = values.data_ptr<double>();
-  const bool norm_known = config.gradient_clipping > 0 || ChecksOverflow();
-  size_t k = 0;
-  for (size_t i = 0; i < pending_unread.size() && i < pending.size(); ++i) {
-    if (!pending_unread[i].defined()) continue;
-    StepMetrics& m = pending[i];
-    m.skipped = v[2 * k + 1] > 0;
-    if (norm_known) m.grad_norm = v[2 * k];
-    DS_RETURN_IF_ERROR(RecordOverflow(m.step, m.skipped));
-    ++k;
-  }
-  pending_unread.clear();
-  return Status::OK();
-}
-
 Status Trainer::Impl::Flush(bool across_ranks) {
   DS_RETURN_IF_ERROR(EnsureMonitor());
-  if (pending.empty()) return Status::OK();
-  DS_RETURN_IF_ERROR(ReadDeferredSteps());
-  if (!across_ranks && !par.last_stage()) {
-    // Only the last pipeline stage computes losses: without a collective there is none to record.
-    pending.clear();
-    pending_loss.clear();
-    return Status::OK();
-  }
-  torch::Tensor losses = torch::stack(pending_loss);
-  if (comm != nullptr && across_ranks) {  // the step's loss: the mean over every rank's batches
-    DS_RETURN_IF_ERROR(comm->AllReduce(losses, "training losses"));
-    losses.div_(LossRanks());  // other pipeline stages add zeros
-  }
-  losses = losses.to(torch::kCPU, torch::kFloat64);
-  const double* l = losses.data_ptr<double>();
-  const uint64_t now = env->NowMicros();
-  if (!device.is_cpu() && window_start_us > 0) {
-    const double each =
-        static_cast<double>(now - window_start_us) / 1e6 / static_cast<double>(pending.size());
-    for (StepMetrics& m : pending) m.step_time_s = each;
-  }
-  window_start_us = now;
-  double sum = 0;
-  MemoryStats mem = Memory();
-  for (size_t i = 0; i < pending.size(); ++i) {
-    StepMetrics& m = pending[i];
-    m.loss = l[i];
-    sum += l[i];
-    if (!first_loss) first_loss = l[i];
-    m.memory = mem;
-    const double tps = m.step_time_s > 0 ? static_cast<double>(m.tokens) / m.step_time_s : 0;
-    if (auto mfu = ModelFlopsUtilization(flops_per_token, tps, device_name, options.world_size)) {
-      m.mfu = *mfu;
-    }
-    DS_RETURN_IF_ERROR(monitor->RecordStep(m));
-  }
-  recent_loss = sum / static_cast<double>(pending.size());
-  pending.clear();
-  pending_loss.clear();
-  return Status::OK();
+  // Only the last pipeline stage computes losses: without a collective there is none to record.
+  return metrics->Flush(*monitor, across_ranks ? comm.get() : nullptr,
+                        across_ranks || par.last_stage(), Memory(),
+                        [this](int64_t at, bool overflow) { return RecordOverflow(at, overflow); });
 }
+
+// ---- evaluation
 
 Result<std::optional<double>> Trainer::Evaluate() {
   Impl& t = *impl_;
@@ -504,29 +541,13 @@ Result<std::optional<double>> Trainer::Evaluate() {
   torch::NoGradGuard no_grad;
   DS_RETURN_IF_ERROR(t.zero->BeginEval());
   t.model->eval();
-  torch::Tensor sum =
-      torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(t.device));
-  Batch b;
-  try {
-    if (t.par.pp > 1) {
-      Result<torch::Tensor> s = t.PipelineEval(t.eval->num_batches());
-      if (!s.ok()) {
-        t.model->train();
-        return s.status();
-      }
-      sum = *s;
-    }
-    for (int64_t i = 0; i < (t.par.pp > 1 ? 0 : t.eval->num_batches()); ++i) {
-      DS_RETURN_IF_ERROR(t.eval->Read(t.data.eval, i, &b));
-      auto [x, y] = t.OnDevice(b);
-      sum.add_(t.model->loss(x, y).to(torch::kFloat64));
-    }
-  } catch (const c10::Error& e) {
-    t.model->train();
-    return Status::IOError(std::string("evaluation on ") + t.device.str() + ": " +
-                           e.what_without_backtrace());
-  }
+  torch::Tensor sum;
+  Status s = TorchCall("evaluation on " + t.device.str(), [&]() -> Status {
+    DS_ASSIGN_OR_RETURN(sum, t.runner->EvalSum(*t.eval, t.eval->num_batches()));
+    return Status::OK();
+  });
   t.model->train();
+  DS_RETURN_IF_ERROR(s);
   DS_RETURN_IF_ERROR(t.zero->EndEval());
   if (t.comm != nullptr) {  // every rank evaluated its share of the batches
     torch::Tensor f32 = sum.to(torch::kFloat32).reshape({1});
@@ -536,7 +557,7 @@ Result<std::optional<double>> Trainer::Evaluate() {
   const double loss = sum.item<double>() / static_cast<double>(t.eval->num_batches());
   t.last_eval = loss;
   t.last_eval_step = t.step;
-  t.window_start_us = t.env->NowMicros();  // evaluation time is not a training step's
+  t.metrics->RestartClock();  // evaluation time is not a training step's
   EvalMetrics m;
   m.step = t.step;
   m.samples = t.step * t.config.batch.train_batch_size;
@@ -548,14 +569,12 @@ Result<std::optional<double>> Trainer::Evaluate() {
   return std::optional<double>(loss);
 }
 
+// ---- checkpoints (checkpoint_agent.h saves and loads)
+
 Result<std::pair<bool, bool>> Trainer::Impl::SaveOrStopNow() {
   const CheckpointConfig& k = config.checkpoint;
-  const bool by_steps = k.save_interval_steps > 0 && step % k.save_interval_steps == 0;
-  const bool by_time = k.save_interval_minutes > 0 &&
-                       env->NowMicros() - last_save_us >=
-                           static_cast<uint64_t>(k.save_interval_minutes) * 60'000'000;
   bool stop = options.stop_requested && options.stop_requested();
-  bool save = k.enabled && (by_steps || by_time);
+  bool save = checkpoints->Due(step);
   // Clocks and signals differ between ranks: agree (any rank's yes is everyone's).
   if (comm != nullptr && (options.stop_requested || (k.enabled && k.save_interval_minutes > 0))) {
     torch::Tensor flags =
@@ -569,6 +588,53 @@ Result<std::pair<bool, bool>> Trainer::Impl::SaveOrStopNow() {
   return std::make_pair(save || (stop && k.enabled), stop);
 }
 
+TrainerState Trainer::Impl::StateNow() const {
+  TrainerState s;
+  s.step = step;
+  s.adam_steps = zero->adam_steps();
+  s.skipped = skipped;
+  s.schedule_origin = schedule_origin;
+  s.loss_scaler = scaler->state();
+  s.sampler = sampler->state().Serialize();
+  s.world_size = options.world_size;
+  s.zero_stage = config.zero.stage;
+  return s;
+}
+
+Status Trainer::Impl::Save(const std::string& reason) {
+  DS_RETURN_IF_ERROR(Flush());  // the checkpoint's loss is this step's
+  SavePoint point;
+  point.step = step;
+  point.state = StateNow();
+  point.loss = metrics->recent_loss();
+  if (last_eval && last_eval_step == step) point.eval_loss = last_eval;  // never a stale one
+  return checkpoints->Save(point, reason);
+}
+
+Result<std::string> Trainer::Resume(const ResumeOptions& r) {
+  Impl& t = *impl_;
+  DS_ASSIGN_OR_RETURN(Restored restored, t.checkpoints->Resume(r, t.step));
+  DS_RETURN_IF_ERROR(t.Apply(restored, r));
+  return restored.line;
+}
+
+Status Trainer::Impl::Apply(const Restored& restored, const ResumeOptions& r) {
+  if (restored.path.empty()) return Status::OK();  // nothing to resume from (--resume-if-any)
+  if (restored.state) {
+    const TrainerState& s = *restored.state;
+    DS_RETURN_IF_ERROR(sampler->Restore(restored.sampler))
+        << "while resuming from " << restored.path;
+    step = s.step;
+    skipped = s.skipped;
+    schedule_origin = r.load_scheduler ? s.schedule_origin : step;
+    scaler->Restore(s.loss_scaler);
+  }
+  metrics->ForgetFirstLoss();
+  return Status::OK();
+}
+
+// ---- the loop
+
 Result<TrainSummary> Trainer::Run() {
   Impl& t = *impl_;
   const Config& c = t.config;
@@ -576,7 +642,7 @@ Result<TrainSummary> Trainer::Run() {
   s.device = t.device.str();
   const uint64_t t0 = t.env->NowMicros();
   const int64_t start = t.step;
-  t.window_start_us = t0;
+  t.metrics->RestartClock();
   while (t.step < c.trainer.max_steps) {
     DS_RETURN_IF_ERROR(Step());
     // Evaluate before a save of the same step, so the checkpoint's metrics (and `best`) are
@@ -595,22 +661,23 @@ Result<TrainSummary> Trainer::Run() {
     }
   }
   DS_RETURN_IF_ERROR(t.Flush());
-  if (!s.preempted && c.checkpoint.enabled && t.last_saved_step != t.step)
+  CheckpointAgent& k = *t.checkpoints;
+  if (!s.preempted && c.checkpoint.enabled && k.last_saved_step() != t.step)
     DS_RETURN_IF_ERROR(t.Save("final"));
-  t.ReapSave(/*wait=*/true);
+  k.Reap(/*wait=*/true);
   // Rank 0 hosts the store the other ranks learn a save's outcome from: it may not exit first.
   if (t.comm != nullptr) DS_RETURN_IF_ERROR(t.comm->Barrier("end of training"));
   DS_RETURN_IF_ERROR(t.monitor->Sync());
   // A run whose last state is not on disk has not succeeded (a stop request's save is the
   // preemption's business: dsrun says what was saved).
-  if (!s.preempted && c.checkpoint.enabled) DS_RETURN_IF_ERROR(t.CheckSavesFailing(/*final=*/true));
+  if (!s.preempted && c.checkpoint.enabled) DS_RETURN_IF_ERROR(k.CheckFailing(t.step, /*final=*/true));
   s.steps = t.step;
   s.skipped_steps = t.skipped;
-  s.first_loss = t.first_loss.value_or(0);
-  s.last_loss = t.recent_loss;
-  s.saves = t.saves;
-  s.failed_saves = t.failed_saves;
-  s.last_checkpoint = t.last_checkpoint;
+  s.first_loss = t.metrics->first_loss().value_or(0);
+  s.last_loss = t.metrics->recent_loss();
+  s.saves = k.saves();
+  s.failed_saves = k.failed_saves();
+  s.last_checkpoint = k.last_checkpoint();
   s.seconds = static_cast<double>(t.env->NowMicros() - t0) / 1e6;
   s.tokens_per_s =
       s.seconds > 0
