@@ -1,6 +1,6 @@
 // The model API of the trainer: any torch::nn::Module that maps token ids to a next-token loss.
 // The built-in GPT is registered as "gpt"; a program registers its own model under a name, sets
-// `model.arch` to that name in its config, and calls DsrunMain (engine/launch/dsrun.h):
+// `model.arch` to that name in its config, and calls DsrunMain (cli/dsrun/dsrun.h):
 //
 //   class Bigram : public ds::engine::LanguageModel { ... };
 //   int main(int argc, char** argv) {

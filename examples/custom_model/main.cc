@@ -11,7 +11,7 @@
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
 
-#include "engine/launch/dsrun.h"
+#include "cli/dsrun/dsrun.h"
 #include "engine/model/model.h"
 
 namespace {

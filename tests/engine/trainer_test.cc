@@ -13,7 +13,6 @@
 #include <sstream>
 
 #include "engine/core/tensorboard.h"
-#include "engine/launch/dsrun_internal.h"
 #include "engine/model/model.h"
 #include "tests/testing/matchers.h"
 
@@ -269,27 +268,6 @@ TEST_F(TrainerTest, MissingDataFileNamesThePath) {
   Result<std::unique_ptr<Trainer>> t = Trainer::Create(io::Env::Default(), c, o);
   ASSERT_FALSE(t.ok());
   EXPECT_THAT(t.status().message(), HasSubstr("nope.bin"));
-}
-
-// dsrun's device per rank: each rank of a node on its own GPU unless --device names one.
-// dsrun bench --profile: the GPU's busy time counts overlapping activities once.
-TEST(ProfileTest, BusyTimeCountsOverlapsOnce) {
-  EXPECT_EQ(BusyNanos({}), 0u);
-  EXPECT_EQ(BusyNanos({{10, 20}}), 10u);
-  EXPECT_EQ(BusyNanos({{30, 40}, {10, 20}}), 20u);            // apart, out of order
-  EXPECT_EQ(BusyNanos({{10, 30}, {20, 40}}), 30u);            // overlapping: 10-40
-  EXPECT_EQ(BusyNanos({{10, 50}, {20, 30}, {45, 60}}), 50u);  // one inside, one past the end
-  EXPECT_EQ(BusyNanos({{10, 20}, {20, 25}}), 15u);            // touching
-}
-
-TEST(RankDeviceTest, EachRankTakesItsOwnGpuUnlessOneIsNamed) {
-  EXPECT_EQ(RankDevice("", 1, 2), "cuda:1");
-  EXPECT_EQ(RankDevice("cuda", 1, 2), "cuda:1");  // was "cuda" for every rank: all on GPU 0
-  EXPECT_EQ(RankDevice("cuda", 3, 2), "cuda:1");
-  EXPECT_EQ(RankDevice("cuda:0", 1, 2), "cuda:0");
-  EXPECT_EQ(RankDevice("cpu", 1, 2), "cpu");
-  EXPECT_EQ(RankDevice("", 0, 0), "");          // no GPU: the trainer picks the CPU
-  EXPECT_EQ(RankDevice("cuda", 0, 0), "cuda");  // and says no GPU is visible
 }
 
 }  // namespace

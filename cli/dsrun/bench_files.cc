@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "engine/launch/dsrun_internal.h"
+#include "cli/dsrun/internal.h"
 
 namespace ds::engine {
 namespace {

@@ -14,7 +14,7 @@
 #include <map>
 #include <vector>
 
-#include "engine/launch/dsrun_internal.h"
+#include "cli/dsrun/internal.h"
 #include "engine/train/trainer.h"
 
 namespace ds::engine {

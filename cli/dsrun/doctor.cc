@@ -6,9 +6,9 @@
 #include <cstdlib>
 #include <thread>
 
+#include "cli/dsrun/internal.h"
 #include "engine/comm/comm.h"
 #include "engine/config/memory.h"
-#include "engine/launch/dsrun_internal.h"
 #include "engine/runtime_info.h"
 #include "io/async_io.h"
 #include "io/units.h"

@@ -9,7 +9,7 @@
 
 #include "io/status.h"
 
-namespace ds::engine {
+namespace ds::bench {
 
 struct AdamBenchOptions {
   int64_t elements = 100'000'000;  // fp32 parameters in the buffer (400 MB per buffer, 4 buffers)
@@ -37,4 +37,4 @@ Result<AdamBenchReport> RunAdamBench(const AdamBenchOptions& options);
 std::string AdamBenchTable(const AdamBenchReport& report);
 std::string AdamBenchJson(const AdamBenchReport& report);
 
-}  // namespace ds::engine
+}  // namespace ds::bench

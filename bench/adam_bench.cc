@@ -1,4 +1,4 @@
-#include "engine/optim/adam_bench.h"
+#include "bench/adam_bench.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -13,7 +13,7 @@
 #include "engine/optim/adamw.h"
 #include "io/env.h"
 
-namespace ds::engine {
+namespace ds::bench {
 namespace {
 
 // The hyper-parameters of a GPT run (nanoGPT's), the same for every row.
@@ -57,8 +57,9 @@ std::unique_ptr<torch::optim::AdamW> TorchAdamW(const Buffers& b) {
 }
 
 void OurStep(const Buffers& b, int64_t step, bool fused) {
-  AdamWOptions o{kBeta1, kBeta2, kEps, kDecay, /*adam_w_mode=*/true, /*bias_correction=*/true};
-  AdamWStep(b.param, b.grad, b.exp_avg, b.exp_avg_sq, step, kLr, o, std::nan(""), fused);
+  engine::AdamWOptions o{
+      kBeta1, kBeta2, kEps, kDecay, /*adam_w_mode=*/true, /*bias_correction=*/true};
+  engine::AdamWStep(b.param, b.grad, b.exp_avg, b.exp_avg_sq, step, kLr, o, std::nan(""), fused);
 }
 
 std::string CpuModel() {
@@ -155,4 +156,4 @@ std::string AdamBenchJson(const AdamBenchReport& r) {
   return j.dump();
 }
 
-}  // namespace ds::engine
+}  // namespace ds::bench

@@ -1,4 +1,4 @@
-#include "engine/launch/dsrun.h"
+#include "cli/dsrun/dsrun.h"
 
 #include <torch/cuda.h>
 #include <unistd.h>
@@ -11,9 +11,9 @@
 #include <thread>
 
 #include "ckpt/catalog.h"
+#include "cli/dsrun/internal.h"
 #include "engine/config/config.h"
 #include "engine/config/memory.h"
-#include "engine/launch/dsrun_internal.h"
 #include "engine/runtime_info.h"
 #include "engine/train/trainer.h"
 #include "io/log.h"
@@ -389,7 +389,7 @@ int DsrunMain(int argc, char** argv, const DsrunTools& tools) {
                     "(DIR/profile-<row>.txt) and a Chrome trace (DIR/profile-<row>.trace.json)");
   bench->add_option("--out", f.bench_dir,
                     "Write bench.json, bench.csv and bench.svg (a chart) here");
-  AdamBenchOptions adam_opts;
+  bench::AdamBenchOptions adam_opts;
   CLI::App* adam = bench->add_subcommand(
       "adam", "Measure the CPU Adam step of ZeRO-Offload against torch's CPU AdamW");
   adam->add_option("--elements", adam_opts.elements, "fp32 parameters (default 100000000)");

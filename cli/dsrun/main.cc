@@ -1,7 +1,7 @@
-// dsrun: train with ZeRO from a DeepSpeed JSON config (engine/launch/dsrun.h). The program
-// lends the engine what lives beside it: the disk measurement of bench/ (doctor, bench).
+// dsrun: train with ZeRO from a DeepSpeed JSON config (cli/dsrun/dsrun.h). The program lends
+// DsrunMain the disk measurement of bench/ (doctor, bench).
 #include "bench/io_bench.h"
-#include "engine/launch/dsrun.h"
+#include "cli/dsrun/dsrun.h"
 
 namespace {
 

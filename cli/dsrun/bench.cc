@@ -15,7 +15,7 @@
 #include <sstream>
 #include <thread>
 
-#include "engine/launch/dsrun_internal.h"
+#include "cli/dsrun/internal.h"
 #include "engine/train/trainer.h"
 #include "io/progress.h"
 #include "io/units.h"
@@ -446,14 +446,14 @@ int RunBench(const DsrunFlags& f, const DsrunTools& tools) {
   return rc;
 }
 
-int RunAdamBenchCommand(const AdamBenchOptions& options, bool json) {
-  Result<AdamBenchReport> r = RunAdamBench(options);
+int RunAdamBenchCommand(const bench::AdamBenchOptions& options, bool json) {
+  Result<bench::AdamBenchReport> r = bench::RunAdamBench(options);
   if (!r.ok()) {
     std::fprintf(stderr, "%s\n", r.status().message().c_str());
     return r.status().code() == StatusCode::kInvalidArgument ? kExitUsage : kExitTrainingFailed;
   }
-  std::fputs(AdamBenchTable(*r).c_str(), stdout);
-  if (json) std::printf("%s\n", AdamBenchJson(*r).c_str());
+  std::fputs(bench::AdamBenchTable(*r).c_str(), stdout);
+  if (json) std::printf("%s\n", bench::AdamBenchJson(*r).c_str());
   return 0;
 }
 

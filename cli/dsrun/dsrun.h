@@ -22,10 +22,10 @@ struct DiskSpeed {
   double fio_write_bps = 0;  // fio's direct io_uring writes beside ours; 0: fio did not run
 };
 
-// What the program around DsrunMain lends the engine. Disk measurement lives with the
-// benchmarks (bench/, with fio as its peer), which the engine does not include: dsrun's main
-// (cli/dsrun_main.cc) passes it; without it `dsrun doctor` and `dsrun bench` say the disk was
-// not measured.
+// What the program around DsrunMain lends it. Disk measurement lives with the storage
+// benchmarks (bench/, with fio as its peer): dsrun's main (cli/dsrun/main.cc) passes it, and a
+// program built on DsrunMain links them only if it passes it too; without it `dsrun doctor` and
+// `dsrun bench` say the disk was not measured.
 struct DsrunTools {
   std::function<Result<DiskSpeed>(io::Env* env, const std::string& dir, uint64_t bytes,
                                   bool with_fio)>

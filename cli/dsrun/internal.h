@@ -1,5 +1,5 @@
-// dsrun's pieces shared by dsrun.cc (the command line, one rank, the launcher) and
-// dsrun_bench.cc (`dsrun bench`). Not a public API.
+// dsrun's pieces shared by dsrun.cc (the command line, one rank, the launcher), bench.cc
+// (`dsrun bench`), doctor.cc and profile.cc. Not a public API.
 // Thread safety: the main thread only.
 #pragma once
 
@@ -10,9 +10,9 @@
 #include <utility>
 #include <vector>
 
+#include "bench/adam_bench.h"
+#include "cli/dsrun/dsrun.h"
 #include "engine/config/config.h"
-#include "engine/launch/dsrun.h"
-#include "engine/optim/adam_bench.h"
 #include "io/env.h"
 #include "launch/launcher.h"
 
@@ -99,7 +99,7 @@ std::string FormatNumber(const char* format, double v);
 std::string BenchSvg(const nlohmann::ordered_json& rows, const std::string& title);
 Status WriteBenchFiles(io::Env* env, const std::string& dir, const nlohmann::ordered_json& all);
 // `dsrun bench adam`: the CPU Adam table (and a --json line); 1 when the run fails.
-int RunAdamBenchCommand(const AdamBenchOptions& options, bool json);
+int RunAdamBenchCommand(const bench::AdamBenchOptions& options, bool json);
 // `dsrun doctor [--config F]`: a pass / warn / fail table of what a job here needs; 1 on a fail.
 int RunDoctor(const DsrunFlags& f, const DsrunTools& tools);
 
