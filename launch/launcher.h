@@ -1,5 +1,7 @@
 // dsrun's local launcher: starts this node's ranks with torchrun's environment variables, copies
 // their output with a "[rank N] " prefix, stops them all when one fails, and forwards signals.
+// It reaches the OS outside io::Env on purpose: fork and exec, signals, pipes, the environment the
+// ranks inherit, and a socket for PickFreePort are processes and network, which Env does not model.
 // Thread safety: one Launch per process at a time (it owns SIGINT, SIGTERM and SIGCHLD while it
 // runs; a second concurrent call fails); PickFreePort may be called from any thread.
 #pragma once

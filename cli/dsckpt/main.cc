@@ -2,10 +2,10 @@
 // Exit codes: 0 ok, 1 found a problem or a difference, 2 usage or I/O error.
 #include <CLI/CLI.hpp>
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 
 #include "cli/dsckpt/commands.h"
+#include "io/env.h"
 #include "io/log.h"
 
 namespace {
@@ -38,9 +38,7 @@ int main(int argc, char** argv) {
   ds::cli::AddExportCommands(app, ctx);
   ds::cli::AddBenchCommands(app, ctx);
   // Parse only, run nothing: tests/docs/docs_commands_test.py checks the commands in the docs.
-  if (const char* check = std::getenv("DSTRAIN_CHECK_ARGS"); check && std::string(check) == "1") {
-    DropCallbacks(app);
-  }
+  if (ds::io::Env::Default()->GetEnvVar("DSTRAIN_CHECK_ARGS") == "1") DropCallbacks(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -3,7 +3,6 @@
 #include <torch/torch.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <thread>
 
 #include "cli/dsrun/internal.h"
@@ -135,11 +134,8 @@ void CheckGloo(std::vector<Check>* out) {
       right ? "two ranks on 127.0.0.1 met and summed" : "the sum was wrong: report this");
 }
 
-void CheckEnvironment(std::vector<Check>* out) {
-  auto get = [](const char* n) -> std::string {
-    const char* v = std::getenv(n);
-    return v == nullptr ? "" : v;
-  };
+void CheckEnvironment(io::Env* env, std::vector<Check>* out) {
+  auto get = [env](const char* n) { return env->GetEnvVar(n).value_or(""); };
   if (get("NCCL_NVLS_ENABLE") != "0") {
     Add(out, "NCCL_NVLS_ENABLE", "warn",
         "not 0: NCCL may try NVLink SHARP multicast, which fails where it is not allowed; export "
@@ -187,7 +183,7 @@ int RunDoctor(const DsrunFlags& f, const DsrunTools& tools) {
   CheckRuntime(&checks, want_gpu);
   if (config.ok()) CheckStorage(env, *config, tools, &checks);
   CheckGloo(&checks);
-  CheckEnvironment(&checks);
+  CheckEnvironment(env, &checks);
   bool failed = false;
   std::printf("%-22s %-5s %s\n", "check", "", "found, and what to do");
   for (const Check& c : checks) {

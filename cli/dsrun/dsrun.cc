@@ -1,7 +1,6 @@
 #include "cli/dsrun/dsrun.h"
 
 #include <torch/cuda.h>
-#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
@@ -233,13 +232,12 @@ Status ApplyHostfile(io::Env* env, DsrunFlags* f) {
   if (!f->nproc_given) f->nproc_per_node = hosts[0].slots;
   if (f->master_addr.empty()) f->master_addr = hosts[0].name;
   if (f->node_rank < 0) {
-    char name[256] = {};
-    ::gethostname(name, sizeof name - 1);
+    const std::string name = env->HostName();
     for (size_t i = 0; i < hosts.size(); ++i) {
       if (hosts[i].name == name) f->node_rank = static_cast<int>(i);
     }
     if (f->node_rank < 0) {
-      return Status::InvalidArgument(f->hostfile + ": this host ('" + std::string(name) +
+      return Status::InvalidArgument(f->hostfile + ": this host ('" + name +
                                      "') is not listed; pass --node-rank to say which line it is");
     }
   }
@@ -260,7 +258,7 @@ Result<launch::LaunchOptions> LaunchOptionsFor(const DsrunFlags& f,
   lo.master_port = f.master_port;
   if (lo.master_port == 0 && lo.nnodes > 1) lo.master_port = 29500;  // every node must agree
   // Like torchrun: ranks sharing a CPU split its cores instead of each taking all of them.
-  if (std::getenv("OMP_NUM_THREADS") == nullptr && f.nproc_per_node > 1) {
+  if (!io::Env::Default()->GetEnvVar("OMP_NUM_THREADS") && f.nproc_per_node > 1) {
     const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
     lo.extra_env.emplace_back(
         "OMP_NUM_THREADS",
@@ -418,9 +416,7 @@ int DsrunMain(int argc, char** argv, const DsrunTools& tools) {
     return rc == 0 ? 0 : kExitUsage;
   }
   // Parse only, run nothing: tests/docs/docs_commands_test.py checks the commands in the docs.
-  if (const char* check = std::getenv("DSTRAIN_CHECK_ARGS"); check && std::string(check) == "1") {
-    return 0;
-  }
+  if (io::Env::Default()->GetEnvVar("DSTRAIN_CHECK_ARGS") == "1") return 0;
   f.nproc_given = nproc->count() > 0;
   if (f.version) {
     std::printf("dsrun %s\n%s", DSTRAIN_VERSION, DescribeRuntime(QueryRuntime()).c_str());
