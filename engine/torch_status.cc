@@ -5,8 +5,10 @@
 namespace ds::engine {
 
 std::string TorchMessage(const std::exception& e) {
-  if (const auto* c = dynamic_cast<const c10::Error*>(&e)) return c->what_without_backtrace();
-  return e.what();
+  const auto* c = dynamic_cast<const c10::Error*>(&e);
+  std::string m = c != nullptr ? c->what_without_backtrace() : e.what();
+  // c10d's errors carry the C++ frames after this line even without the backtrace.
+  return m.substr(0, m.find("\nException raised from"));
 }
 
 Status TorchError(const std::exception& e, std::string_view what, StatusCode code) {

@@ -17,6 +17,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "ckpt/kv_store.h"
+#include "engine/torch_status.h"
 #include "io/env.h"
 #include "io/units.h"
 
@@ -36,14 +37,6 @@ std::chrono::milliseconds Millis(double seconds) {
 uint64_t Bytes(const at::Tensor& t) { return static_cast<uint64_t>(t.numel()) * t.element_size(); }
 
 uint64_t NowMicros() { return io::Env::Default()->NowMicros(); }
-
-// An exception's message without LibTorch's C++ backtrace.
-std::string Message(const std::exception& e) {
-  const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
-  std::string m = c10_error != nullptr ? c10_error->what_without_backtrace() : e.what();
-  const size_t trace = m.find("\nException raised from");
-  return m.substr(0, trace);
-}
 
 std::string Seconds(double s) {
   char buf[32];
@@ -170,7 +163,7 @@ Result<std::unique_ptr<Comm>> Comm::Connect(const CommOptions& o) {
   } catch (const std::exception& e) {
     return Status::Unavailable(
         "rank " + std::to_string(o.rank) + ": cannot " + (o.rank == 0 ? "host" : "reach") +
-        " the rendezvous store at " + where + " (" + Message(e) +
+        " the rendezvous store at " + where + " (" + TorchMessage(e) +
         "); check MASTER_ADDR/MASTER_PORT, that no other job uses the port, and that rank 0 runs");
   }
   DS_RETURN_IF_ERROR(c->CreateBackend(o));
@@ -204,7 +197,7 @@ Status Comm::CreateBackend(const CommOptions& o) {
     return Status::Unavailable("rank " + std::to_string(o.rank) + ": setting up " + backend_name_ +
                                (group_.empty() ? "" : " group " + group_) + " with " +
                                RankList(o.world_size) + " through " + where + " failed within " +
-                               Seconds(o.timeout_s) + ": " + Message(e));
+                               Seconds(o.timeout_s) + ": " + TorchMessage(e));
   }
   return Status::OK();
 }
@@ -329,7 +322,7 @@ Result<CommHandle> Comm::Issue(const std::string& op, const std::string& what, u
     h.comm_ = nullptr;
     return Status::Unavailable("rank " + std::to_string(GlobalRank(rank())) + ": " +
                                Describe(op, bytes) + " of " + what +
-                               " failed to start: " + Message(e));
+                               " failed to start: " + TorchMessage(e));
   }
   return h;
 }
@@ -344,7 +337,7 @@ Status Comm::Complete(CommHandle& h) {
     if (options_.time_collectives && options_.cuda) c10::cuda::getCurrentCUDAStream().synchronize();
 #endif
   } catch (const std::exception& e) {
-    std::string m = Message(e);
+    std::string m = TorchMessage(e);
     const bool timed_out =
         m.find("imeout") != std::string::npos || m.find("imed out") != std::string::npos;
     std::string who = DiagnoseFailure(timed_out);
@@ -462,7 +455,7 @@ class C10dKeyValueStore final : public ckpt::KeyValueStore {
       return Status::OK();
     } catch (const std::exception& e) {
       return Status::Unavailable("the rendezvous store (rank 0) failed to " + what + ": " +
-                                 Message(e));
+                                 TorchMessage(e));
     }
   }
   c10::intrusive_ptr<c10d::Store> store_;

@@ -154,7 +154,7 @@ std::string UnknownKeyMessage(const Diagnostics::Unknown& u, const Diagnostics& 
 // Checks that need two sections (DeepSpeed's _do_error_check).
 void CheckAcrossSections(const json& resolved, const ZeroConfig& zero, Diagnostics* d) {
   if (!d->ok()) return;
-  bool zero_on = zero.stage >= 1;
+  const bool zero_on = zero.Stage().partitions_optimizer();
   if (resolved["fp16"].value("fp16_master_weights_and_grads", false) && !zero_on) {
     d->Error("fp16.fp16_master_weights_and_grads needs zero_optimization.stage 1, 2 or 3");
   } else if (resolved["bf16"].value("bf16_master_weights_and_grads", false) && !zero_on) {
@@ -194,9 +194,9 @@ void CheckParallelism(const Config& c, Diagnostics* d) {
   } else if (p.pp > c.model.n_layer) {
     d->Error(pp + " is more than model.n_layer (" + std::to_string(c.model.n_layer) +
              "): each stage needs at least one block");
-  } else if (p.tp > 1 && c.zero.stage > 2) {
+  } else if (p.tp > 1 && c.zero.Stage().partitions_parameters()) {
     d->Error(tp + " works with zero_optimization.stage 0, 1 or 2, not 3");
-  } else if (p.pp > 1 && c.zero.stage > 1) {
+  } else if (p.pp > 1 && c.zero.Stage().partitions_gradients()) {
     d->Error(pp + " works with zero_optimization.stage 0 or 1, not " +
              std::to_string(c.zero.stage) +
              " (as in DeepSpeed: gradients are accumulated over "

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "io/env.h"
+#include "engine/config/zero_stage.h"
 #include "io/status.h"
 
 namespace ds::engine {
@@ -115,6 +116,11 @@ struct OffloadConfig {
 // zero_optimization: the keys dstrain implements (the rest are in Config::resolved).
 struct ZeroConfig {
   int stage = 0;  // 0 off; 1 optimizer state; 2 + gradients; 3 + parameters are partitioned
+  // What `stage` partitions (checked when the config is read: ZeroStage::Of).
+  ZeroStage Stage() const {
+    Result<ZeroStage> s = ZeroStage::Of(stage);
+    return s.ok() ? *s : ZeroStage();
+  }
   bool contiguous_gradients = true;
   bool reduce_scatter = true;
   int64_t reduce_bucket_size = 500'000'000;  // elements

@@ -53,21 +53,23 @@ MemoryEstimate EstimateMemory(const ModelConfig& model, int64_t world_size, cons
   // stages 0 and 1, this rank's partition at stages 2 and 3.
   constexpr uint64_t kOptimizerBytes = 12, kGradBytes = 4;
 
+  const ZeroStage stage = zero.Stage();
   MemoryEstimate e;
-  e.stage = zero.stage;
-  e.params = weight_bytes * (zero.stage >= 3 ? shard : p);
-  e.grads = kGradBytes * (zero.stage >= 2 ? shard : p);
-  e.optimizer = kOptimizerBytes * (zero.stage >= 1 ? shard : p);
-  if (zero.stage >= 3) {
+  e.stage = stage.number();
+  e.params = weight_bytes * (stage.partitions_parameters() ? shard : p);
+  e.grads = kGradBytes * (stage.partitions_gradients() ? shard : p);
+  e.optimizer = kOptimizerBytes * (stage.partitions_optimizer() ? shard : p);
+  if (stage.partitions_parameters()) {
     e.gathered = weight_bytes * static_cast<uint64_t>(LargestGatheredParameters(model));
   }
-  if (zero.stage >= 1 && zero.offload_optimizer.device == OffloadConfig::Device::kCpu) {
+  if (stage.partitions_optimizer() &&
+      zero.offload_optimizer.device == OffloadConfig::Device::kCpu) {
     // The master, the moments and the gradient partition (at stage 1, besides the accumulator).
     e.host += e.optimizer + kGradBytes * shard;
     e.optimizer = 0;
-    if (zero.stage >= 2) e.grads = 0;
+    if (stage.partitions_gradients()) e.grads = 0;
   }
-  if (zero.stage >= 3 && zero.offload_param.device == OffloadConfig::Device::kCpu) {
+  if (stage.partitions_parameters() && zero.offload_param.device == OffloadConfig::Device::kCpu) {
     e.host += e.params;
     e.params = 0;
   }
@@ -136,13 +138,13 @@ Status CheckMemoryFits(const Config& config, const MachineMemory& machine) {
   std::string sizes = "model.n_layer " + std::to_string(m.n_layer) + ", model.d_model " +
                       std::to_string(m.d_model) + ", model.vocab " + std::to_string(m.vocab);
   std::string ways = "lower the model's size (" + sizes + ")";
-  if (config.zero.stage < 3) {
+  if (!config.zero.Stage().partitions_parameters()) {
     ways += ", raise zero_optimization.stage (now " + std::to_string(config.zero.stage) +
             ") and train on more ranks";
   } else {
     ways += ", train on more ranks";
   }
-  if (!on_cpu && config.zero.stage >= 1 &&
+  if (!on_cpu && config.zero.Stage().partitions_optimizer() &&
       config.zero.offload_optimizer.device != OffloadConfig::Device::kCpu) {
     ways += ", or offload the optimizer (zero_optimization.offload_optimizer.device: cpu)";
   }

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "engine/config/sections.h"
+#include "engine/config/zero_stage.h"
 
 namespace ds::engine::internal {
 
@@ -26,7 +27,7 @@ const std::pair<const char*, const char*> kZeroAliases[] = {
     {"stage3_allgather_sequential", "allgather_sequential"},
 };
 
-OffloadConfig ReadOffload(SectionReader& z, std::string_view key, bool is_param, int stage) {
+OffloadConfig ReadOffload(SectionReader& z, std::string_view key, bool is_param, ZeroStage stage) {
   SectionReader r = z.Child(key);
   OffloadConfig out;
   std::string device = r.Choice("device", "none", {"none", "cpu", "nvme"}, false);
@@ -49,7 +50,7 @@ OffloadConfig ReadOffload(SectionReader& z, std::string_view key, bool is_param,
     double cores = r.Number("cpuadam_cores_perc", 0.8, Use::kIgnored);
     if (r.diag()->ok() && !(ratio >= 0 && ratio <= 1)) {
       r.diag()->Error(r.KeyPath("ratio") + " must be in [0, 1], got " + ShowNumber(ratio));
-    } else if (r.diag()->ok() && ratio < 1 && stage != 3) {
+    } else if (r.diag()->ok() && ratio < 1 && !stage.partitions_parameters()) {
       r.diag()->Error(r.KeyPath("ratio") + " < 1 (partial offload) needs stage 3, as in DeepSpeed");
     } else if (r.diag()->ok() && !(cores >= 0 && cores <= 1)) {
       r.diag()->Error(r.KeyPath("cpuadam_cores_perc") + " must be in [0, 1], got " +
@@ -104,9 +105,11 @@ void ReadZero(SectionReader& top, const ModelConfig& model, ZeroConfig* out) {
   }
   for (const auto& [key, alias] : kZeroAliases) z.Alias(key, alias);
 
-  out->stage = static_cast<int>(z.Int("stage", 0, 0));
-  if (d->ok() && out->stage > 3) {
-    d->Error("zero_optimization.stage must be 0, 1, 2 or 3, got " + std::to_string(out->stage));
+  const int64_t stage = z.Int("stage", 0, 0);
+  if (Result<ZeroStage> valid = ZeroStage::Of(stage); !valid.ok()) {
+    if (d->ok()) d->Error(valid.status().message());
+  } else {
+    out->stage = valid->number();
   }
   out->contiguous_gradients = z.Bool("contiguous_gradients", true);
   out->reduce_scatter = z.Bool("reduce_scatter", true);
@@ -124,7 +127,7 @@ void ReadZero(SectionReader& top, const ModelConfig& model, ZeroConfig* out) {
   z.Bool("use_multi_rank_bucket_allreduce", true, Use::kIgnored);
   out->allgather_partitions = z.Bool("allgather_partitions", true);
   out->allgather_bucket_size = z.Int("allgather_bucket_size", 500'000'000, 0);
-  out->overlap_comm = z.Bool("overlap_comm", out->stage == 3);  // DeepSpeed: on at stage 3
+  out->overlap_comm = z.Bool("overlap_comm", out->Stage().partitions_parameters());  // DeepSpeed: on at stage 3
   bool grad_norm = z.Bool("compute_grad_norm", true, Use::kIgnored);
   if (d->ok() && !grad_norm && out->stage != 1 && out->stage != 2) {
     d->Error("zero_optimization.compute_grad_norm=false is supported only with ZeRO stage 1 or 2");
@@ -140,12 +143,14 @@ void ReadZero(SectionReader& top, const ModelConfig& model, ZeroConfig* out) {
             " is deprecated and has no effect: use offload_optimizer.pin_memory or "
             "offload_param.pin_memory");
   }
-  out->offload_param = ReadOffload(z, "offload_param", true, out->stage);
-  out->offload_optimizer = ReadOffload(z, "offload_optimizer", false, out->stage);
-  if (out->offload_param.device == OffloadConfig::Device::kCpu && out->stage != 3) {
+  out->offload_param = ReadOffload(z, "offload_param", true, out->Stage());
+  out->offload_optimizer = ReadOffload(z, "offload_optimizer", false, out->Stage());
+  if (out->offload_param.device == OffloadConfig::Device::kCpu &&
+      !out->Stage().partitions_parameters()) {
     d->Warn("zero_optimization.offload_param has no effect below stage 3 (as in DeepSpeed)");
   }
-  if (out->offload_optimizer.device == OffloadConfig::Device::kCpu && out->stage == 0) {
+  if (out->offload_optimizer.device == OffloadConfig::Device::kCpu &&
+      !out->Stage().partitions_optimizer()) {
     d->Warn("zero_optimization.offload_optimizer has no effect at stage 0 (as in DeepSpeed)");
   }
   z.Opaque("zenflow");

@@ -4,6 +4,7 @@
 #include <mutex>
 
 #include "engine/model/gpt.h"
+#include "engine/torch_status.h"
 
 namespace ds::engine {
 namespace {
@@ -73,11 +74,8 @@ Result<std::shared_ptr<LanguageModel>> MakeModel(const ModelConfig& config, uint
                                      "' returned no model");
     }
     return m;
-  } catch (const c10::Error& e) {
-    return Status::InvalidArgument("building model '" + config.arch +
-                                   "': " + e.what_without_backtrace());
   } catch (const std::exception& e) {
-    return Status::InvalidArgument("building model '" + config.arch + "': " + e.what());
+    return TorchError(e, "building model '" + config.arch + "'", StatusCode::kInvalidArgument);
   }
 }
 
@@ -98,9 +96,8 @@ Result<std::shared_ptr<GptImpl>> MakeGptPart(const ModelConfig& config, uint64_t
   std::lock_guard<std::mutex> lock(BuildMutex());
   try {
     return std::make_shared<GptImpl>(GptOptionsOf(config, seed), std::move(place));
-  } catch (const c10::Error& e) {
-    return Status::InvalidArgument(std::string("building this rank's part of the GPT: ") +
-                                   e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return TorchError(e, "building this rank's part of the GPT", StatusCode::kInvalidArgument);
   }
 }
 

@@ -47,7 +47,8 @@ std::string GraphsUnsupported(const StepContext& c, bool momentum_cycles) {
 #endif
   if (c.par->dp * c.par->tp * c.par->pp > 1)
     return "more than one rank (collectives are not captured)";
-  if (cfg.zero.stage > 1) return "ZeRO stage " + std::to_string(cfg.zero.stage) + " (0 and 1 only)";
+  if (cfg.zero.Stage().partitions_gradients())
+    return "ZeRO stage " + std::to_string(cfg.zero.stage) + " (0 and 1 only)";
   if (cfg.zero.offload_optimizer.device != OffloadConfig::Device::kNone ||
       cfg.zero.offload_param.device != OffloadConfig::Device::kNone)
     return "offloading (the step runs on the host in part)";

@@ -318,7 +318,8 @@ Status Trainer::Impl::SetupZero() {
   z.overlap_comm = c.zero.overlap_comm;
   z.pipelined = par.pp > 1;
   z.offload_optimizer = c.zero.offload_optimizer.device == OffloadConfig::Device::kCpu;
-  z.offload_param = c.zero.offload_param.device == OffloadConfig::Device::kCpu && c.zero.stage == 3;
+  z.offload_param = c.zero.offload_param.device == OffloadConfig::Device::kCpu &&
+                    c.zero.Stage().partitions_parameters();
   z.pin_memory = c.zero.offload_optimizer.pin_memory;
   z.prefetch_elements = c.zero.stage3_prefetch_bucket_size;
   z.persistence_threshold = c.zero.stage3_param_persistence_threshold;

@@ -23,6 +23,7 @@
 #include <limits>
 
 #include "ckpt/partition.h"
+#include "engine/torch_status.h"
 #include "engine/zero/internal/zero_state.h"
 
 namespace ds::engine {
@@ -107,11 +108,9 @@ Result<std::unique_ptr<ZeroOptimizer>> ZeroOptimizer::Create(std::shared_ptr<Lan
     return Status::InvalidArgument("ZeRO over " + std::to_string(o.world_size) +
                                    " ranks needs a communicator");
   }
-  if (o.stage < 0 || o.stage > 3) {
-    return Status::InvalidArgument("zero_optimization.stage " + std::to_string(o.stage) +
-                                   " does not exist (use 0, 1, 2 or 3)");
-  }
-  const bool host_state = o.offload_optimizer && o.stage > 0;
+  DS_ASSIGN_OR_RETURN(z->stage, ZeroStage::Of(o.stage));
+  const ZeroStage stage = z->stage;
+  const bool host_state = o.offload_optimizer && stage.partitions_optimizer();
   const bool pin = host_state && o.pin_memory && o.device.is_cuda();
   z->state_opts = at::TensorOptions()
                       .dtype(at::kFloat)
@@ -139,16 +138,16 @@ Result<std::unique_ptr<ZeroOptimizer>> ZeroOptimizer::Create(std::shared_ptr<Lan
     z->model->to(o.device, o.dtype);
     size_t i = 0;
     for (const auto& p : z->model->named_parameters()) z->tensors[i++].param = p.value();
-    DS_RETURN_IF_ERROR(o.stage == 3 ? z->SetupStage3(fp32) : z->SetupFlat(fp32));
+    DS_RETURN_IF_ERROR(stage.partitions_parameters() ? z->SetupStage3(fp32) : z->SetupFlat(fp32));
     z->exp_avg = at::zeros({z->part_len}, z->state_opts);
     z->exp_avg_sq = at::zeros({z->part_len}, z->state_opts);
     z->adam_step = at::zeros({}, z->state_opts.pinned_memory(false));
     z->lr = at::zeros({}, z->state_opts.pinned_memory(false));
-  } catch (const c10::Error& e) {
-    return Status::IOError("setting up ZeRO stage " + std::to_string(o.stage) + " on " +
-                           o.device.str() + ": " + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return TorchError(e, "setting up ZeRO stage " + std::to_string(o.stage) + " on " +
+                             o.device.str());
   }
-  if (!z->o.tied.empty() && (z->o.stage > 1 || z->o.tied_comm == nullptr)) {
+  if (!z->o.tied.empty() && (stage.partitions_gradients() || z->o.tied_comm == nullptr)) {
     return Status::InvalidArgument("ZeRO: tied gradients need stage 0 or 1 and a communicator");
   }
   if (!o.in_norm.empty() && o.in_norm.size() != z->tensors.size()) {
@@ -186,12 +185,12 @@ at::Tensor ZeroOptimizer::Impl::SquaredGradNorm() const {
 
 Status ZeroOptimizer::Impl::SetupFlat(const std::vector<at::Tensor>& fp32) {
   const int64_t W = o.world_size;
-  part_len = o.stage == 0
+  part_len = !stage.partitions_optimizer()
                  ? total
                  : static_cast<int64_t>(ckpt::PartitionLength(
                        static_cast<uint64_t>(total), static_cast<uint32_t>(W), o.alignment));
-  part_begin = o.stage == 0 ? 0 : part_len * o.rank;
-  const int64_t padded = o.stage == 0 ? total : part_len * W;
+  part_begin = stage.partitions_optimizer() ? part_len * o.rank : 0;
+  const int64_t padded = stage.partitions_optimizer() ? part_len * W : total;
   at::Tensor full = at::zeros({padded}, fp32[0].options());
   full.narrow(0, 0, total).copy_(at::cat(fp32));
   master =
@@ -203,13 +202,14 @@ Status ZeroOptimizer::Impl::SetupFlat(const std::vector<at::Tensor>& fp32) {
     t.param.set_data(flat_param.narrow(0, t.flat_offset, t.numel).view(t.shape));
   }
   auto device_f32 = at::TensorOptions().dtype(at::kFloat).device(o.device);
-  if (o.stage <= 1) {
+  if (!stage.partitions_gradients()) {
     flat_acc = at::zeros({padded}, device_f32);
     grad_in_acc = state_opts.device() == o.device;
-    grad = grad_in_acc ? (o.stage == 0 ? flat_acc : flat_acc.view({W, part_len})[o.rank])
+    grad = grad_in_acc ? (stage.partitions_optimizer() ? flat_acc.view({W, part_len})[o.rank] : flat_acc)
                        : at::zeros({part_len}, state_opts);  // offloaded: the sum is copied over
     stage1_buckets =
-        o.stage == 1 && distributed() && o.overlap_comm && !o.pipelined && o.tied.empty();
+        stage.partitions_optimizer() && distributed() && o.overlap_comm && !o.pipelined &&
+        o.tied.empty();
     if (!stage1_buckets) return Status::OK();
     delivered.assign(tensors.size(), false);
   } else {
@@ -235,13 +235,14 @@ Status ZeroOptimizer::Impl::SetupFlat(const std::vector<at::Tensor>& fp32) {
 
 Status ZeroOptimizer::BeginMicroStep(bool last_of_step) {
   Impl& z = *impl_;
-  z.hooks_live = z.o.stage == 2 || (z.stage1_buckets && last_of_step);
-  if (z.o.stage != 3) return Status::OK();
+  z.hooks_live = (z.stage.partitions_gradients() && !z.stage.partitions_parameters()) ||
+                 (z.stage1_buckets && last_of_step);
+  if (!z.stage.partitions_parameters()) return Status::OK();
   try {
     DS_RETURN_IF_ERROR(z.EnsureGathered(0));
     z.Prefetch(1);
-  } catch (const c10::Error& e) {
-    return Status::IOError(std::string("gathering parameters: ") + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return TorchError(e, "gathering parameters");
   }
   return Status::OK();
 }
@@ -255,7 +256,7 @@ Status ZeroOptimizer::EndMicroStep(bool last_of_step) {
       z.hooks_live = false;
       return z.FlushBuckets();
     }
-    if (z.o.stage <= 1) {
+    if (!z.stage.partitions_gradients()) {
       // The step's first micro step writes the accumulator, later ones add to it: no pass that
       // zeroes it between steps. The writes are one multi-tensor copy (it converts bf16 to fp32
       // on its fast path), not one copy kernel per parameter (about 150 at GPT-2 124M).
@@ -277,12 +278,12 @@ Status ZeroOptimizer::EndMicroStep(bool last_of_step) {
       if (last_of_step) DS_RETURN_IF_ERROR(z.ReduceFlatAccumulator());
       return Status::OK();
     }
-    if (z.o.stage == 2) return z.FlushBuckets();
+    if (!z.stage.partitions_parameters()) return z.FlushBuckets();  // stage 2
     DS_RETURN_IF_ERROR(z.ReduceUnitGrads(0));
     z.Release(0);
     DS_RETURN_IF_ERROR(z.DrainReductions());
-  } catch (const c10::Error& e) {
-    return Status::IOError(std::string("reducing gradients: ") + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return TorchError(e, "reducing gradients");
   }
   return Status::OK();
 }
@@ -294,16 +295,16 @@ void ZeroOptimizer::RestartMicroStep(bool first_of_step) {
 }
 
 Status ZeroOptimizer::BeginEval() {
-  if (impl_->o.stage != 3) return Status::OK();
+  if (!impl_->stage.partitions_parameters()) return Status::OK();
   try {
     return impl_->EnsureGathered(0);
-  } catch (const c10::Error& e) {
-    return Status::IOError(std::string("gathering parameters: ") + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return TorchError(e, "gathering parameters");
   }
 }
 
 Status ZeroOptimizer::EndEval() {
-  if (impl_->o.stage == 3) impl_->Release(0);
+  if (impl_->stage.partitions_parameters()) impl_->Release(0);
   return impl_->sticky;
 }
 
@@ -385,7 +386,7 @@ Status ZeroOptimizer::Impl::LaunchReadyBuckets() {
       const int64_t at_part = b.begin - part_begin;
       r.apply = [this, at_part](const at::Tensor& sum) {
         at::Tensor to = grad.narrow(0, at_part, sum.numel());
-        o.stage == 1 ? to.copy_(sum) : to.add_(sum.to(grad.options()));
+        stage.partitions_gradients() ? to.add_(sum.to(grad.options())) : to.copy_(sum);
       };
     }
     ++next_bucket;
@@ -403,20 +404,21 @@ Status ZeroOptimizer::Impl::ReduceFlatAccumulator() {
     DS_RETURN_IF_ERROR(o.tied_comm->AllReduce(g, "tied gradient of " + t.name));
   }
   if (!distributed()) {
-    if (o.stage == 1 && !grad_in_acc) grad.copy_(flat_acc.narrow(0, 0, part_len));
+    if (stage.partitions_optimizer() && !grad_in_acc) grad.copy_(flat_acc.narrow(0, 0, part_len));
     return Status::OK();
   }
   const int64_t W = o.world_size;
-  const int64_t bucket = std::max<int64_t>(1, o.reduce_bucket_size / (o.stage == 0 ? 1 : W));
-  const int64_t columns = o.stage == 0 ? total : part_len;
-  at::Tensor rows = o.stage == 0 ? flat_acc.view({1, total}) : flat_acc.view({W, part_len});
+  const bool partitioned = stage.partitions_optimizer();
+  const int64_t bucket = std::max<int64_t>(1, o.reduce_bucket_size / (partitioned ? W : 1));
+  const int64_t columns = partitioned ? part_len : total;
+  at::Tensor rows = partitioned ? flat_acc.view({W, part_len}) : flat_acc.view({1, total});
   for (int64_t c = 0, k = 0; c < columns; c += bucket, ++k) {
     const int64_t n = std::min(bucket, columns - c);
     const std::string what = "gradient bucket " + std::to_string(k);
     at::Tensor send = rows.narrow(1, c, n).to(o.comm_dtype).contiguous();  // (rows, n)
     PreScale(send);
     PendingReduction r;
-    if (o.stage == 0) {
+    if (!partitioned) {
       DS_RETURN_IF_ERROR(comm()->AllReduce(send, what));
       PostScale(send);
       flat_acc.narrow(0, c, n).copy_(send.view({n}));
@@ -434,7 +436,7 @@ Status ZeroOptimizer::Impl::ReduceFlatAccumulator() {
 // ---- the optimizer step
 
 Status ZeroOptimizer::Impl::PublishFlat() {
-  if (o.stage == 0 || !distributed()) {
+  if (!stage.partitions_optimizer() || !distributed()) {
     flat_param.narrow(0, part_begin, part_len).copy_(master);
     return Status::OK();
   }
@@ -466,7 +468,8 @@ Result<ZeroStepResult> ZeroOptimizer::Impl::StepWithLr(std::optional<double> bet
     // after): stage 0's gradient is whole on every rank; partitions add squares, and so do the
     // parts of the model on other ranks (tensor and pipeline parallelism).
     at::Tensor sq = SquaredGradNorm();
-    if (o.stage > 0 && distributed()) DS_RETURN_IF_ERROR(comm()->AllReduce(sq, "gradient norm"));
+    if (stage.partitions_optimizer() && distributed())
+      DS_RETURN_IF_ERROR(comm()->AllReduce(sq, "gradient norm"));
     if (o.model_comm != nullptr)
       DS_RETURN_IF_ERROR(o.model_comm->AllReduce(sq, "gradient norm over the model's parts"));
     at::Tensor norm = sq.sqrt();
@@ -496,14 +499,14 @@ Result<ZeroStepResult> ZeroOptimizer::Impl::StepWithLr(std::optional<double> bet
               divisor.defined() ? divisor.to(state) : divisor, o.adam,
               beta1.value_or(std::numeric_limits<double>::quiet_NaN()));
     if (!out.read || !out.overflow) {
-      DS_RETURN_IF_ERROR(o.stage == 3 ? PublishStage3() : PublishFlat());
+      DS_RETURN_IF_ERROR(stage.partitions_parameters() ? PublishStage3() : PublishFlat());
     }
     // Stages 0-1 overwrite the gradient at the next step's first micro step; stages 2-3 add
     // the reduced buckets into it.
     acc_fresh = true;
-    if (o.stage >= 2) grad.zero_();
-  } catch (const c10::Error& e) {
-    return Status::IOError(std::string("optimizer step: ") + e.what_without_backtrace());
+    if (stage.partitions_gradients()) grad.zero_();
+  } catch (const std::exception& e) {
+    return TorchError(e, "optimizer step");
   }
   return out;
 }
@@ -535,7 +538,7 @@ std::vector<ZeroPiece> ZeroOptimizer::SavePieces() const {
     const ZeroTensor& t = z.tensors[r.tensor];
     ZeroPiece p{static_cast<int>(r.tensor), static_cast<int64_t>(r.begin),
                 static_cast<int64_t>(r.end), 0};
-    p.offset = z.o.stage == 3 ? t.part_offset + p.begin - t.piece * z.o.rank
+    p.offset = z.stage.partitions_parameters() ? t.part_offset + p.begin - t.piece * z.o.rank
                               : t.flat_offset + p.begin - z.part_begin;
     out.push_back(p);
   }
@@ -543,7 +546,7 @@ std::vector<ZeroPiece> ZeroOptimizer::SavePieces() const {
 }
 
 std::vector<ZeroPiece> ZeroOptimizer::HeldPieces() const {
-  if (impl_->o.stage != 0) return SavePieces();
+  if (impl_->stage.partitions_optimizer()) return SavePieces();
   std::vector<ZeroPiece> out;
   for (size_t i = 0; i < impl_->tensors.size(); ++i) {
     const ZeroTensor& t = impl_->tensors[i];
@@ -567,17 +570,17 @@ Status ZeroOptimizer::Publish() {
   Impl& z = *impl_;
   try {
     torch::NoGradGuard no_grad;
-    return z.o.stage == 3 ? z.PublishStage3() : z.PublishFlat();
-  } catch (const c10::Error& e) {
-    return Status::IOError(std::string("publishing loaded weights: ") + e.what_without_backtrace());
+    return z.stage.partitions_parameters() ? z.PublishStage3() : z.PublishFlat();
+  } catch (const std::exception& e) {
+    return TorchError(e, "publishing loaded weights");
   }
 }
 
 Result<at::Tensor> ZeroOptimizer::GatherMaster() {
   Impl& z = *impl_;
   try {
-    if (z.o.stage == 3) return z.GatherStage3Master();
-    if (z.o.stage == 0 || !z.distributed())
+    if (z.stage.partitions_parameters()) return z.GatherStage3Master();
+    if (!z.stage.partitions_optimizer() || !z.distributed())
       // A blocking copy: a non-blocking one from a GPU lands in pinned memory *later*, and the
       // caller reads the result at once.
       return z.master.narrow(0, 0, z.total).to(at::kCPU, /*non_blocking=*/false, /*copy=*/true);
@@ -585,9 +588,8 @@ Result<at::Tensor> ZeroOptimizer::GatherMaster() {
     at::Tensor all = at::empty({z.part_len * z.o.world_size}, mine.options());
     DS_RETURN_IF_ERROR(z.comm()->AllGather(all, mine, "master weights"));
     return all.narrow(0, 0, z.total).to(at::kCPU);
-  } catch (const c10::Error& e) {
-    return Status::IOError(std::string("gathering the master weights: ") +
-                           e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return TorchError(e, "gathering the master weights");
   }
 }
 
@@ -599,7 +601,7 @@ ModelStateBytes ZeroOptimizer::Memory() const {
     *field += n;
     if (t.defined() && t.is_cpu() && z.o.device.is_cuda()) m.on_host += n;
   };
-  if (z.o.stage == 3) {
+  if (z.stage.partitions_parameters()) {
     add(&m.params, z.param_part);
     for (const ZeroTensor& t : z.tensors) {
       if (t.fresh) m.params += static_cast<uint64_t>(t.numel) * t.param.element_size();

@@ -57,6 +57,7 @@ struct PendingGather {
 
 struct ZeroOptimizer::Impl : public UnitRunner {
   ZeroOptions o;
+  ZeroStage stage;  // o.stage, checked once at Create: what this rank partitions
   std::shared_ptr<LanguageModel> model;
   std::vector<ZeroTensor> tensors;
   int64_t total = 0;       // parameters' elements
