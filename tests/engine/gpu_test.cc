@@ -19,7 +19,7 @@
 #include "engine/runtime_info.h"
 #include "engine/train/trainer.h"
 #include "io/units.h"
-#include "tests/engine/stalled_collective.h"
+#include "tests/engine/testing/stalled_collective.h"
 #include "tests/testing/matchers.h"
 #include "tests/testing/paths.h"
 

@@ -4,7 +4,7 @@
 #   pip download --no-deps deepspeed==0.19.8 -d /tmp/dswheel && tar xzf ... -C /tmp/dswheel
 #   pip install --target /tmp/dsoracle pydantic hjson py-cpuinfo psutil packaging tqdm msgpack
 #   PYTHONPATH=/tmp/dsoracle:/tmp/dswheel/deepspeed-0.19.8 .venv/bin/python \
-#       tests/engine_config/deepspeed_config_oracle.py
+#       tests/engine/config/deepspeed_config_oracle.py
 import json
 import logging
 

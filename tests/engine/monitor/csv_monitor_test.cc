@@ -8,10 +8,10 @@
 #include <random>
 
 #include "bench/fio.h"
-#include "engine_monitor/monitor_test_util.h"
 #include "io/mem_env.h"
 #include "testing/paths.h"
 #include "testing/python.h"
+#include "tests/engine/monitor/monitor_test_util.h"
 
 namespace ds::engine {
 namespace {

@@ -1,7 +1,7 @@
 // The probes: StepTimer on a clock the test moves, process memory from the real /proc (and the
 // error where there is none), tokens/s and MFU.
-#include "engine_monitor/monitor_test_util.h"
 #include "io/mem_env.h"
+#include "tests/engine/monitor/monitor_test_util.h"
 
 namespace ds::engine {
 namespace {

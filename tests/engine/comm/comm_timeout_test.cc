@@ -4,7 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "tests/engine/stalled_collective.h"
+#include "tests/engine/testing/stalled_collective.h"
 #include "tests/testing/matchers.h"
 
 namespace ds::engine {

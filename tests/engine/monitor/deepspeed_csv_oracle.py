@@ -4,7 +4,7 @@
 # emits (runtime/engine.py: lr, loss_scale, elapsed_time_ms_*; runtime/pipe/engine.py:
 # train_loss, eval_loss), at x = global_samples. A development aid, not run by CI:
 #   pip download --no-deps deepspeed==0.19.8 -d /tmp/dswheel && tar xzf ... -C /tmp/dswheel
-#   python3 tests/engine_monitor/deepspeed_csv_oracle.py
+#   python3 tests/engine/monitor/deepspeed_csv_oracle.py
 import importlib.util
 import json
 import os

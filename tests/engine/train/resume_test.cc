@@ -15,7 +15,7 @@
 #include "ckpt/reader.h"
 #include "engine/train/trainer.h"
 #include "io/fault_env.h"
-#include "tests/engine/rank_threads.h"
+#include "tests/engine/testing/rank_threads.h"
 #include "tests/testing/matchers.h"
 
 namespace ds::engine {

@@ -17,7 +17,7 @@
 
 #include "engine/model/model.h"
 #include "engine/train/trainer.h"
-#include "tests/engine/rank_threads.h"
+#include "tests/engine/testing/rank_threads.h"
 #include "tests/testing/matchers.h"
 
 namespace ds::engine {

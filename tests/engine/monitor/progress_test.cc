@@ -2,8 +2,8 @@
 // means over the steps since the previous line, and when the monitor prints it.
 #include "engine/monitor/internal/progress.h"
 
-#include "engine_monitor/monitor_test_util.h"
 #include "io/mem_env.h"
+#include "tests/engine/monitor/monitor_test_util.h"
 
 namespace ds::engine {
 namespace {

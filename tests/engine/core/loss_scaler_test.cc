@@ -1,6 +1,6 @@
 // DeepSpeed's dynamic loss scaler: the scale after each step equals what DeepSpeed 0.19.8's own
 // DynamicLossScaler computes for the same overflow sequence (tables from
-// tests/engine_core/deepspeed_loss_scale_oracle.py), overflow skips the step, and the state
+// tests/engine/core/deepspeed_loss_scale_oracle.py), overflow skips the step, and the state
 // survives a checkpoint.
 #include "engine/core/loss_scaler.h"
 

@@ -24,7 +24,7 @@
 #include "ckpt/reshard.h"
 #include "engine/config/memory.h"
 #include "engine/train/trainer.h"
-#include "tests/engine/rank_threads.h"
+#include "tests/engine/testing/rank_threads.h"
 #include "tests/testing/matchers.h"
 
 namespace ds::engine {

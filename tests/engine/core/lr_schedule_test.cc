@@ -1,5 +1,5 @@
 // DeepSpeed's schedules: values at chosen steps equal those DeepSpeed 0.19.8 itself computes
-// (the table comes from tests/engine_core/deepspeed_lr_oracle.py, which runs DeepSpeed's
+// (the table comes from tests/engine/core/deepspeed_lr_oracle.py, which runs DeepSpeed's
 // lr_schedules.py), and bad parameters are refused by name.
 #include "engine/core/lr_schedule.h"
 

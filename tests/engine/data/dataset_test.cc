@@ -5,9 +5,9 @@
 #include <vector>
 
 #include "engine/data/sampler.h"
-#include "engine_data/data_test_util.h"
 #include "io/mem_env.h"
 #include "testing/matchers.h"
+#include "tests/engine/data/data_test_util.h"
 
 namespace ds::engine {
 namespace {

@@ -1,4 +1,4 @@
-// Shared by the engine_config tests: the smallest config ParseConfig accepts, and a parse with
+// Shared by the engine's config tests: the smallest config ParseConfig accepts, and a parse with
 // "cfg.json" as the source name.
 #pragma once
 

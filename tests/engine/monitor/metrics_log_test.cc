@@ -9,9 +9,9 @@
 
 #include <functional>
 
-#include "engine_monitor/monitor_test_util.h"
 #include "io/fault_env.h"
 #include "io/mem_env.h"
+#include "tests/engine/monitor/monitor_test_util.h"
 
 namespace ds::engine {
 namespace {

@@ -6,9 +6,9 @@
 
 #include <vector>
 
-#include "engine_data/data_test_util.h"
 #include "io/mem_env.h"
 #include "testing/matchers.h"
+#include "tests/engine/data/data_test_util.h"
 
 namespace ds::engine {
 namespace {

@@ -26,7 +26,7 @@
 #include "engine/config/memory.h"
 #include "engine/model/model.h"
 #include "engine/train/trainer.h"
-#include "tests/engine/rank_threads.h"
+#include "tests/engine/testing/rank_threads.h"
 #include "tests/testing/matchers.h"
 
 namespace ds::engine {
