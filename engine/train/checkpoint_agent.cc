@@ -66,6 +66,40 @@ Result<bool> AnyRank(Comm* comm, const c10::Device& device, bool mine, const std
   return flag.cpu().item<float>() > 0;
 }
 
+// What a resume loaded, for the log: where from, at which step, from which layout into which,
+// what was left out, and how fast it read.
+std::string ResumeLine(const std::string& path, int64_t step, const fmt::ManifestInfo& info,
+                       const ckpt::ReadStats& rs, const ResumeOptions& r, int world_size,
+                       int zero_stage, int tp, int pp) {
+  const bool optimizer = r.load_optimizer && !r.module_only;
+  std::string line = "resumed from " + path + " at step " + std::to_string(step);
+  if (info.world_size != static_cast<uint32_t>(world_size) ||
+      info.zero_stage != static_cast<uint32_t>(zero_stage) ||
+      info.tp_degree != static_cast<uint32_t>(tp) || info.pp_degree != static_cast<uint32_t>(pp)) {
+    auto parallel = [](uint32_t t, uint32_t p) {
+      return t * p > 1 ? ", TP " + std::to_string(t) + " x PP " + std::to_string(p) : "";
+    };
+    line += " (saved by " + std::to_string(info.world_size) + " rank(s) at ZeRO stage " +
+            std::to_string(info.zero_stage) + parallel(info.tp_degree, info.pp_degree) +
+            ", loaded into " + std::to_string(world_size) + " at stage " +
+            std::to_string(zero_stage) +
+            parallel(static_cast<uint32_t>(tp), static_cast<uint32_t>(pp)) +
+            ": each rank read its own slices, no reshard needed)";
+  }
+  if (r.module_only)
+    line += "; weights only (--load-module-only): a fresh run from them";
+  else if (!optimizer)
+    line += "; Adam starts afresh (--no-load-optimizer)";
+  if (!r.load_scheduler && !r.module_only)
+    line += "; the LR schedule restarts (--no-load-scheduler)";
+  char secs[32];
+  std::snprintf(secs, sizeof(secs), "%.2f s", rs.seconds);
+  line += "; read " + io::FormatBytes(rs.stored_bytes) + " in " + secs + " (" +
+          io::FormatRate(rs.seconds > 0 ? static_cast<double>(rs.copied_bytes) / rs.seconds : 0) +
+          " of state), every chunk checksummed";
+  return line;
+}
+
 }  // namespace
 
 // The side stream of a snapshot's device-to-host copies, the event recorded after them, and
@@ -125,6 +159,7 @@ struct CheckpointAgent::Impl {
   Result<bool> SkipBecauseBusy(int64_t step, const std::string& reason);
   Status StopIfFailing(int64_t step);
   std::vector<at::Tensor> SnapshotSources();
+  void WaitForCopies();  // WaitForSnapshotCopies
   Status AddState(const std::vector<at::Tensor>& buffers);
   Status AddBlobs(const TrainerState& state);
   Result<ckpt::SaveStats> Snapshot();
@@ -414,12 +449,13 @@ std::vector<at::Tensor> CheckpointAgent::Impl::SnapshotSources() {
 #endif
 }
 
-void CheckpointAgent::WaitForSnapshotCopies() {
+void CheckpointAgent::WaitForSnapshotCopies() { impl_->WaitForCopies(); }
+
+void CheckpointAgent::Impl::WaitForCopies() {
 #if DS_TORCH_HAS_CUDA
-  Impl& a = *impl_;
-  if (a.copies && a.copies->pending) {
-    a.copies->done.block(c10::cuda::getCurrentCUDAStream(CudaIndex(a.o.device)));
-    a.copies->pending = false;
+  if (copies && copies->pending) {
+    copies->done.block(c10::cuda::getCurrentCUDAStream(CudaIndex(o.device)));
+    copies->pending = false;
   }
 #endif
 }
@@ -577,13 +613,7 @@ Result<Restored> CheckpointAgent::Resume(const ResumeOptions& r, int64_t step) {
 
 Result<Restored> CheckpointAgent::Impl::Load(const std::string& path, const ResumeOptions& r,
                                              int64_t step) {
-  // Loading rewrites the state a snapshot may still be copying.
-#if DS_TORCH_HAS_CUDA
-  if (copies && copies->pending) {
-    copies->done.block(c10::cuda::getCurrentCUDAStream(CudaIndex(o.device)));
-    copies->pending = false;
-  }
-#endif
+  WaitForCopies();  // loading rewrites the state a snapshot may still be copying
   DS_ASSIGN_OR_RETURN(std::unique_ptr<ckpt::CheckpointReader> reader,
                       ckpt::CheckpointReader::Open(o.env, path, ckpt::ReaderOptions()));
   const fmt::Manifest& m = reader->manifest();
@@ -656,34 +686,7 @@ Result<Restored> CheckpointAgent::Impl::Load(const std::string& path, const Resu
   }
   last_saved_step = step;
 
-  const fmt::ManifestInfo& info = m.info;
-  std::string& line = out.line;
-  line = "resumed from " + path + " at step " + std::to_string(step);
-  if (info.world_size != static_cast<uint32_t>(o.world_size) ||
-      info.zero_stage != static_cast<uint32_t>(config.zero.stage) ||
-      info.tp_degree != static_cast<uint32_t>(o.tp) ||
-      info.pp_degree != static_cast<uint32_t>(o.pp)) {
-    auto parallel = [](uint32_t tp, uint32_t pp) {
-      return tp * pp > 1 ? ", TP " + std::to_string(tp) + " x PP " + std::to_string(pp) : "";
-    };
-    line += " (saved by " + std::to_string(info.world_size) + " rank(s) at ZeRO stage " +
-            std::to_string(info.zero_stage) + parallel(info.tp_degree, info.pp_degree) +
-            ", loaded into " + std::to_string(o.world_size) + " at stage " +
-            std::to_string(config.zero.stage) +
-            parallel(static_cast<uint32_t>(o.tp), static_cast<uint32_t>(o.pp)) +
-            ": each rank read its own slices, no reshard needed)";
-  }
-  if (r.module_only)
-    line += "; weights only (--load-module-only): a fresh run from them";
-  else if (!optimizer)
-    line += "; Adam starts afresh (--no-load-optimizer)";
-  if (!r.load_scheduler && !r.module_only)
-    line += "; the LR schedule restarts (--no-load-scheduler)";
-  char secs[32];
-  std::snprintf(secs, sizeof(secs), "%.2f s", rs.seconds);
-  line += "; read " + io::FormatBytes(rs.stored_bytes) + " in " + secs + " (" +
-          io::FormatRate(rs.seconds > 0 ? static_cast<double>(rs.copied_bytes) / rs.seconds : 0) +
-          " of state), every chunk checksummed";
+  out.line = ResumeLine(path, step, m.info, rs, r, o.world_size, config.zero.stage, o.tp, o.pp);
   return out;
 }
 
