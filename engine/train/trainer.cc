@@ -8,16 +8,12 @@
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
-#include <cmath>
-#include <limits>
-
 #include "engine/core/loss_scaler.h"
 #include "engine/core/lr_schedule.h"
 #include "engine/data/dataset.h"
 #include "engine/data/sampler.h"
 #include "engine/model/model.h"
 #include "engine/monitor/monitor.h"
-#include "engine/optim/adamw.h"
 #include "engine/torch_compat.h"
 #include "engine/torch_status.h"
 #include "engine/train/checkpoint_agent.h"
