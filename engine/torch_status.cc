@@ -11,9 +11,25 @@ std::string TorchMessage(const std::exception& e) {
   return m.substr(0, m.find("\nException raised from"));
 }
 
+bool IsOutOfMemory(const std::exception& e) {
+  if (dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr) return true;
+  // LibTorch's CPU allocator reports a failed allocation as a plain c10::Error.
+  const auto* c = dynamic_cast<const c10::Error*>(&e);
+  return c != nullptr &&
+         std::string_view(c->what_without_backtrace())
+                 .find("DefaultCPUAllocator: can't allocate memory") != std::string_view::npos;
+}
+
+bool IsOutOfMemory(const Status& s) {
+  return s.code() == StatusCode::kFailedPrecondition &&
+         s.message().find(kOutOfMemoryAdvice) != std::string::npos;
+}
+
 Status TorchError(const std::exception& e, std::string_view what, StatusCode code) {
-  if (dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr) {
+  std::string message = TorchMessage(e);
+  if (IsOutOfMemory(e)) {
     code = StatusCode::kFailedPrecondition;
+    message += kOutOfMemoryAdvice;
   } else if (dynamic_cast<const c10::DistError*>(&e) != nullptr) {
     code = StatusCode::kUnavailable;
   } else if (dynamic_cast<const c10::ValueError*>(&e) != nullptr ||
@@ -21,12 +37,6 @@ Status TorchError(const std::exception& e, std::string_view what, StatusCode cod
              dynamic_cast<const c10::IndexError*>(&e) != nullptr ||
              dynamic_cast<const c10::NotImplementedError*>(&e) != nullptr) {
     code = StatusCode::kInvalidArgument;
-  }
-  std::string message = TorchMessage(e);
-  if (code == StatusCode::kFailedPrecondition &&
-      dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr) {
-    message += " (out of memory: lower train_micro_batch_size_per_gpu, raise the ZeRO stage, or "
-               "offload; dsrun --dry-run estimates what fits)";
   }
   return Status(code, std::string(what) + ": " + message);
 }

@@ -2,8 +2,8 @@
 // engine returns Status everywhere, so every call into LibTorch that can fail for a reason the
 // user causes or the machine has (out of memory, a dead peer, a bad tensor) goes through here.
 // The code follows from what was thrown:
-//   c10::OutOfMemoryError              -> kFailedPrecondition (the job needs less memory: a
-//                                         smaller micro batch, offload, a higher ZeRO stage)
+//   c10::OutOfMemoryError, or the      -> kFailedPrecondition (the job needs less memory: a
+//   CPU allocator's failed allocation     smaller micro batch, offload, a higher ZeRO stage)
 //   c10::DistError and its kinds       -> kUnavailable (a peer did not answer or went away)
 //   c10::ValueError, TypeError,
 //   IndexError, NotImplementedError    -> kInvalidArgument (a tensor or model that does not fit)
@@ -23,6 +23,16 @@ namespace ds::engine {
 
 // The exception's message, without LibTorch's C++ backtrace.
 std::string TorchMessage(const std::exception& e);
+
+// What TorchError adds to an out-of-memory error's message.
+inline constexpr char kOutOfMemoryAdvice[] =
+    " (out of memory: lower train_micro_batch_size_per_gpu, raise the ZeRO stage, or offload; "
+    "dsrun --dry-run estimates what fits)";
+
+// A failed allocation: c10::OutOfMemoryError (CUDA), or the CPU allocator's c10::Error. And a
+// Status TorchError made of one.
+bool IsOutOfMemory(const std::exception& e);
+bool IsOutOfMemory(const Status& s);
 
 // "<what>: <message>" with the code the exception calls for (above).
 Status TorchError(const std::exception& e, std::string_view what,

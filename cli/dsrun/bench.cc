@@ -130,6 +130,9 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
                     int rank) {
   const bool cuda = trainer.device_name().rfind("cuda", 0) == 0;
   (void)cuda;
+  // What building the model and the state took (the high-water marks before any step).
+  const uint64_t init_peak_rss = PeakRssBytes();
+  const std::optional<uint64_t> init_gpu_peak = trainer.memory().gpu_peak_bytes;
   // The training stream only: a device-wide sync would also wait for a snapshot's copies to the
   // host, which run beside training on their own stream.
   auto sync = [&] {
@@ -190,6 +193,11 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
       (i == 0 ? first_save : save) = trainer.last_save();
     }
   }
+  // Every rank's own memory, for `dsrun bench` to report the largest.
+  Json mine = {{"init_peak_rss_bytes", init_peak_rss}, {"peak_rss_bytes", PeakRssBytes()}};
+  if (init_gpu_peak) mine["init_gpu_peak_bytes"] = *init_gpu_peak;
+  DS_RETURN_IF_ERROR(
+      env->ReplaceFileAtomically(f.bench_out + ".rank-" + std::to_string(rank), mine.dump()));
   if (rank != 0) return Status::OK();
   const double steps = static_cast<double>(f.bench_steps);
   Json j;
@@ -329,18 +337,35 @@ Result<std::vector<BenchCase>> BenchCases(const DsrunFlags& f) {
   return out;
 }
 
+// The largest of the ranks' memory figures (the files of the ranks on this node): host peaks
+// at init (model and state built, before any step) and at the end, and the GPU's at init.
+void AddRankMemory(io::Env* env, const std::string& out, int ranks, Json* row) {
+  for (int r = 0; r < ranks; ++r) {
+    Result<std::string> text = env->ReadFileToString(out + ".rank-" + std::to_string(r));
+    if (!text.ok()) continue;  // a rank on another node
+    const Json m = Json::parse(*text, nullptr, /*allow_exceptions=*/false);
+    if (!m.is_object()) continue;
+    for (const char* key : {"init_peak_rss_bytes", "peak_rss_bytes", "init_gpu_peak_bytes"}) {
+      if (!m.contains(key)) continue;
+      const std::string max_key = std::string("max_rank_") + key;
+      (*row)[max_key] = std::max(row->value(max_key, uint64_t{0}), m[key].get<uint64_t>());
+    }
+  }
+}
+
 void PrintBenchTable(const DsrunFlags& f, const Json& rows) {
   std::printf("\nZeRO stages: %s, %d rank(s) per node x %d node(s), %lld timed steps each\n",
               f.config.c_str(), f.nproc_per_node, f.nnodes, static_cast<long long>(f.bench_steps));
-  std::printf("%-13s %5s %9s %11s %6s %14s %12s %9s %13s %12s %9s %10s %10s\n", "stage", "ranks",
-              "step ms", "tokens/s", "MFU", "state/rank MiB", "peak MiB", "act MiB",
-              "comm MiB/step", "comm ms/step", "comm GB/s", "stall ms", "durable ms");
+  std::printf("%-13s %5s %9s %11s %6s %14s %12s %9s %13s %12s %9s %10s %10s %13s %13s\n", "stage",
+              "ranks", "step ms", "tokens/s", "MFU", "state/rank MiB", "peak MiB", "act MiB",
+              "comm MiB/step", "comm ms/step", "comm GB/s", "stall ms", "durable ms",
+              "init rss MiB", "max rss MiB");
   for (const Json& j : rows) {
     const auto opt = [&](const char* key, auto format) {
       return j.contains(key) ? format(j[key].get<double>()) : std::string("-");
     };
     std::printf(
-        "%-13s %5d %9.1f %11.0f %6s %14s %12s %9s %13s %12.1f %9s %10s %10s\n",
+        "%-13s %5d %9.1f %11.0f %6s %14s %12s %9s %13s %12.1f %9s %10s %10s %13s %13s\n",
         j.value("case", std::to_string(j["stage"].get<int>())).c_str(), j["ranks"].get<int>(),
         j["step_s"].get<double>() * 1e3, j["tokens_per_s"].get<double>(),
         opt("mfu", Percent).c_str(), Mib(j["model_state_bytes"].get<double>()).c_str(),
@@ -348,8 +373,13 @@ void PrintBenchTable(const DsrunFlags& f, const Json& rows) {
         opt("activation_bytes", Mib).c_str(), Mib(j["comm_bytes_per_step"].get<double>()).c_str(),
         j["comm_seconds_per_step"].get<double>() * 1e3,
         opt("comm_bandwidth_bps", [](double b) { return FormatNumber("%.2f", b / 1e9); }).c_str(),
-        opt("save_stall_s", Ms).c_str(), opt("save_durable_s", Ms).c_str());
+        opt("save_stall_s", Ms).c_str(), opt("save_durable_s", Ms).c_str(),
+        opt("max_rank_init_peak_rss_bytes", Mib).c_str(),
+        opt("max_rank_peak_rss_bytes", Mib).c_str());
   }
+  std::printf(
+      "init rss, max rss: the largest rank's host high-water mark once its model and "
+      "state were built, and at the end\n");
 }
 
 }  // namespace
@@ -421,6 +451,7 @@ int RunBench(const DsrunFlags& f, const DsrunTools& tools) {
       continue;
     }
     Json row = Json::parse(*text);
+    AddRankMemory(env, out, f.nproc_per_node * f.nnodes, &row);
     row["case"] = bc.Label();
     row["offload"] = bc.offload;
     rows.push_back(std::move(row));

@@ -113,6 +113,116 @@ std::string FormatMemoryTable(const Config& config) {
   return out;
 }
 
+uint64_t ActivationBytes(const Config& config, bool recomputed, bool on_gpu) {
+  const ModelConfig& m = config.model;
+  const ParallelConfig& par = config.parallel;
+  const uint64_t e = config.precision() == Precision::kFp32 ? 4 : 2;  // bytes per value
+  const uint64_t tokens = static_cast<uint64_t>(config.batch.micro_batch_per_gpu * m.seq_len);
+  const uint64_t c = static_cast<uint64_t>(m.d_model);
+  const uint64_t tp = static_cast<uint64_t>(std::max<int64_t>(par.tp, 1));
+  const uint64_t pp = static_cast<uint64_t>(std::max<int64_t>(par.pp, 1));
+  const uint64_t layers = (static_cast<uint64_t>(m.n_layer) + pp - 1) / pp;
+  const uint64_t layer = tokens * c * (5 + 12 / tp) * e;  // one layer's saved values
+  uint64_t bytes = recomputed ? layers * tokens * c * e + layer : layers * layer;
+  bytes += tokens * c * e;  // the embedding's output
+  // The head: the logits and their gradient (fp32 log-softmax and its gradient on the CPU).
+  bytes += tokens * static_cast<uint64_t>(m.vocab) * (on_gpu ? 2 * e : e + 8);
+  return bytes * (pp > 1 ? pp : 1);
+}
+
+MemoryNeed NeedOf(const Config& config, const ZeroConfig& zero, bool on_gpu) {
+  const MemoryEstimate e = EstimateMemory(config.model, config.batch.data_parallel_size, zero,
+                                          config.precision(), config.parallel);
+  const bool recomputed =
+      config.model.activation_checkpointing || zero.Stage().partitions_parameters();
+  MemoryNeed n;
+  n.zero = zero;
+  n.setting = "stage " + std::to_string(zero.stage);
+  if (zero.offload_optimizer.device == OffloadConfig::Device::kCpu) {
+    n.setting += " + offload_optimizer cpu";
+  }
+  if (zero.offload_param.device == OffloadConfig::Device::kCpu) n.setting += " + offload_param cpu";
+  const uint64_t device = e.device_total() + ActivationBytes(config, recomputed, on_gpu);
+  n.device = on_gpu ? device : 0;
+  n.host = e.host + (on_gpu ? 0 : device);
+  return n;
+}
+
+std::vector<MemoryNeed> SettingsByCost(const Config& config, bool on_gpu) {
+  std::vector<MemoryNeed> out;
+  ZeroConfig z = config.zero;
+  z.offload_optimizer.device = OffloadConfig::Device::kNone;
+  z.offload_param.device = OffloadConfig::Device::kNone;
+  for (int stage = 0; stage <= 3; ++stage) {
+    z.stage = stage;
+    out.push_back(NeedOf(config, z, on_gpu));
+  }
+  if (!on_gpu) return out;  // offloading to the host one trains on moves nothing
+  z.offload_optimizer.device = OffloadConfig::Device::kCpu;
+  for (int stage : {2, 3}) {
+    z.stage = stage;
+    out.push_back(NeedOf(config, z, on_gpu));
+  }
+  z.offload_param.device = OffloadConfig::Device::kCpu;
+  out.push_back(NeedOf(config, z, on_gpu));
+  return out;
+}
+
+std::string MemoryAdvice(const Config& config, const MachineMemory& machine) {
+  const bool on_gpu = machine.device_bytes > 0;
+  const uint64_t ranks = static_cast<uint64_t>(std::max(machine.ranks_per_host, 1));
+  const double usable = 0.92;
+  auto fits = [&](const MemoryNeed& n) {
+    return (!on_gpu || static_cast<double>(n.device) <= usable * machine.device_bytes) &&
+           (machine.host_bytes == 0 ||
+            static_cast<double>(ranks * n.host) <= usable * machine.host_bytes);
+  };
+  const auto gib = [](uint64_t b) { return io::FormatBytes(b); };
+  std::string out;
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "Activations per micro batch (%lld x %lld tokens): %s as it is, %s with "
+                "activation checkpointing (stage 3 recomputes every unit: the latter)\n",
+                static_cast<long long>(config.batch.micro_batch_per_gpu),
+                static_cast<long long>(config.model.seq_len),
+                gib(ActivationBytes(config, false, on_gpu)).c_str(),
+                gib(ActivationBytes(config, true, on_gpu)).c_str());
+  out += line;
+  out +=
+      "At start-up a rank holds its model state only (partitioned construction: no rank builds "
+      "the whole model), plus one tensor's initial values in fp32 on the host\n";
+  std::snprintf(
+      line, sizeof line, "Per rank while training, on %s%s, host %s shared by %llu rank(s):\n",
+      machine.device_name.c_str(), on_gpu ? (" (" + gib(machine.device_bytes) + ")").c_str() : "",
+      machine.host_bytes > 0 ? gib(machine.host_bytes).c_str() : "(not this one)",
+      static_cast<unsigned long long>(ranks));
+  out += line;
+  std::snprintf(line, sizeof line, "  %-52s %12s %12s  %s\n", "setting", "device", "host", "fits");
+  out += line;
+  const std::vector<MemoryNeed> settings = SettingsByCost(config, on_gpu);
+  const MemoryNeed* cheapest = nullptr;
+  for (const MemoryNeed& n : settings) {
+    const bool ok = fits(n);
+    if (ok && cheapest == nullptr) cheapest = &n;
+    std::snprintf(line, sizeof line, "  %-52s %12s %12s  %s\n", n.setting.c_str(),
+                  on_gpu ? gib(n.device).c_str() : "-", gib(n.host).c_str(), ok ? "yes" : "no");
+    out += line;
+  }
+  if (cheapest == nullptr) {
+    return out + "No setting fits: lower train_micro_batch_size_per_gpu (now " +
+           std::to_string(config.batch.micro_batch_per_gpu) +
+           "), turn on model.activation_checkpointing, train on more ranks, or a smaller model\n";
+  }
+  out += "Cheapest setting that fits: " + cheapest->setting + ": ";
+  if (on_gpu) {
+    out += gib(cheapest->device) + " of " + gib(machine.device_bytes) + " per GPU, ";
+  }
+  out += machine.host_bytes > 0
+             ? gib(ranks * cheapest->host) + " of " + gib(machine.host_bytes) + " host\n"
+             : gib(ranks * cheapest->host) + " of host memory (not checked: not this machine)\n";
+  return out;
+}
+
 Status CheckMemoryFits(const Config& config, const MachineMemory& machine) {
   const MemoryEstimate e = EstimateMemory(config.model, config.batch.data_parallel_size,
                                           config.zero, config.precision(), config.parallel);

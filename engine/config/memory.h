@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "engine/config/config.h"
 
@@ -49,6 +50,36 @@ struct MachineMemory {
   int ranks_per_host = 1;
   std::string device_name = "cpu";  // for messages
 };
+
+// Activations one rank keeps for backward over one micro batch (bytes), on the rank holding the
+// most layers: per layer 17 values per token and channel in the training precision (5 whole and
+// 12 cut by tensor parallelism: layer-norm inputs and outputs, q, k, v, attention's output, the
+// MLP's two 4C-wide tensors), or with `recomputed` (activation checkpointing, and always at
+// stage 3, which reruns every unit in backward) 1 per layer plus one layer's 17; the embedding's
+// output; the head's logits and their gradient (on the CPU also the fp32 log-softmax pair). A
+// pipeline's first stage holds `pp` micro batches at once (1F1B). docs/config.md derives it.
+uint64_t ActivationBytes(const Config& config, bool recomputed, bool on_gpu);
+
+// What one setting of ZeRO needs per rank while training: the model state (EstimateMemory),
+// stage 3's largest gathered unit and the activations on the device (on the CPU, everything is
+// host memory), and the offloaded state on the host.
+struct MemoryNeed {
+  std::string setting;  // "stage 3 + offload_param cpu"
+  ZeroConfig zero;
+  uint64_t device = 0;  // bytes per rank; 0 when training on the CPU
+  uint64_t host = 0;    // bytes per rank
+};
+MemoryNeed NeedOf(const Config& config, const ZeroConfig& zero, bool on_gpu);
+
+// The settings dsrun weighs, cheapest (fastest) first: stages 0-3, then stage 2 and 3 with the
+// optimizer offloaded, then stage 3 with the parameters too (on the CPU: stages 0-3 only).
+std::vector<MemoryNeed> SettingsByCost(const Config& config, bool on_gpu);
+
+// For --dry-run and an out-of-memory step: activations with and without checkpointing, what
+// each setting needs against `machine`, and the cheapest one that fits (or that none does).
+// A setting fits when its device bytes are at most 92% of the GPU's (the CUDA context and the
+// allocator's slack) and the host bytes of all `ranks_per_host` ranks at most 92% of the host's.
+std::string MemoryAdvice(const Config& config, const MachineMemory& machine);
 
 // OK when the model state of the configured stage (EstimateMemory) fits `machine`;
 // InvalidArgument otherwise, with the need, what there is, and the keys that change it. Only

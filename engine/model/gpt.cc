@@ -8,12 +8,14 @@
 #include <torch/autograd.h>
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/functional/loss.h>
-#include <torch/nn/init.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string_view>
+#include <tuple>
+
+#include "engine/model/param_init.h"
 
 #if DS_CUDA_KERNELS
 #include <c10/cuda/CUDAStream.h>
@@ -165,6 +167,17 @@ struct FusedCrossEntropy : public torch::autograd::Function<FusedCrossEntropy> {
 };
 #endif
 
+// GPT-2's initialisation, by parameter name.
+InitSpec GptInitSpec(const GptOptions& o, const std::string& name) {
+  if (EndsWith(name, ".bias")) return InitSpec::Constant(0);
+  if (name.rfind("ln_f.", 0) == 0 || name.find(".ln_") != std::string::npos)
+    return InitSpec::Constant(1);  // layer norms' weights
+  if (name == "wpe.weight") return InitSpec::Normal(0, 0.01);
+  if (EndsWith(name, "c_proj.weight"))  // residual projections: 1/sqrt(2L)
+    return InitSpec::Normal(0, 0.02 / std::sqrt(2.0 * static_cast<double>(o.n_layer)));
+  return InitSpec::Normal(0, 0.02);
+}
+
 }  // namespace
 
 ckpt::TpSplit GptTpSplit(const std::string& name) {
@@ -181,45 +194,70 @@ std::pair<int64_t, int64_t> GptStageBlocks(int64_t n_layer, int64_t pp, int64_t 
   return {first, first + base + (stage < extra ? 1 : 0)};
 }
 
-BlockImpl::BlockImpl(const GptOptions& o, int64_t layer, const GptPlace* place)
+ParamsImpl::ParamsImpl(torch::Tensor w, torch::Tensor b) {
+  weight = register_parameter("weight", std::move(w));
+  if (b.defined()) bias = register_parameter("bias", std::move(b));
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> GptParameterShapes(const GptOptions& o) {
+  const int64_t c = o.d_model;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out = {{"wte.weight", {o.vocab, c}},
+                                                                   {"wpe.weight", {o.seq_len, c}}};
+  for (int64_t l = 0; l < o.n_layer; ++l) {
+    const std::string h = "h" + std::to_string(l) + ".";
+    for (const auto& [layer, rows, cols] :
+         std::vector<std::tuple<const char*, int64_t, int64_t>>{{"ln_1", c, 0},
+                                                                {"attn_c_attn", 3 * c, c},
+                                                                {"attn_c_proj", c, c},
+                                                                {"ln_2", c, 0},
+                                                                {"mlp_c_fc", 4 * c, c},
+                                                                {"mlp_c_proj", c, 4 * c}}) {
+      out.push_back({h + layer + ".weight",
+                     cols == 0 ? std::vector<int64_t>{rows} : std::vector<int64_t>{rows, cols}});
+      out.push_back({h + layer + ".bias", {rows}});
+    }
+  }
+  out.push_back({"ln_f.weight", {c}});
+  out.push_back({"ln_f.bias", {c}});
+  return out;
+}
+
+BlockImpl::BlockImpl(const GptOptions& o, int64_t layer, const GptPlace* place,
+                     const ParamMaker& make)
     : place_(place), n_head_(o.n_head / place->tp) {
   const int64_t c = o.d_model, tp = place->tp;
-  ln_1_ = register_module("ln_1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c})));
-  c_attn_ = register_module("attn_c_attn", torch::nn::Linear(c, 3 * c / tp));
-  attn_proj_ = register_module("attn_c_proj", torch::nn::Linear(c / tp, c));
-  ln_2_ = register_module("ln_2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c})));
-  c_fc_ = register_module("mlp_c_fc", torch::nn::Linear(c, 4 * c / tp));
-  mlp_proj_ = register_module("mlp_c_proj", torch::nn::Linear(4 * c / tp, c));
-  if (!place->whole()) return;  // a split model copies its weights from the whole one
-  // GPT-2: N(0, 0.02) weights, zero biases, and residual projections scaled by 1/sqrt(2L).
-  torch::NoGradGuard no_grad;
-  const double residual_std = 0.02 / std::sqrt(2.0 * static_cast<double>(o.n_layer));
-  for (auto* lin : {&c_attn_, &c_fc_}) {
-    torch::nn::init::normal_((*lin)->weight, 0.0, 0.02);
-    torch::nn::init::zeros_((*lin)->bias);
-  }
-  for (auto* lin : {&attn_proj_, &mlp_proj_}) {
-    torch::nn::init::normal_((*lin)->weight, 0.0, residual_std);
-    torch::nn::init::zeros_((*lin)->bias);
-  }
-  (void)layer;
+  const std::string h = "h" + std::to_string(layer) + ".";
+  auto layer_params = [&](const char* name, std::vector<int64_t> weight, int64_t bias) {
+    return register_module(name, Params(make(h + name + ".weight", std::move(weight)),
+                                        make(h + name + ".bias", {bias})));
+  };
+  ln_1_ = layer_params("ln_1", {c}, c);
+  c_attn_ = layer_params("attn_c_attn", {3 * c / tp, c}, 3 * c / tp);
+  attn_proj_ = layer_params("attn_c_proj", {c, c / tp}, c);
+  ln_2_ = layer_params("ln_2", {c}, c);
+  c_fc_ = layer_params("mlp_c_fc", {4 * c / tp, c}, 4 * c / tp);
+  mlp_proj_ = layer_params("mlp_c_proj", {c, 4 * c / tp}, c);
 }
 
 // x W^T + b through ATen's linear, not the C++ frontend's Linear module: the module's
 // functional form multiplies, then adds the bias to a 3-D product as a separate broadcast kernel
 // (on the H100, 4 per layer and 5% of GPT-2 124M's step), where ATen flattens to one addmm that
 // adds the bias in the GEMM's epilogue.
-static torch::Tensor Affine(const torch::nn::Linear& lin, const torch::Tensor& x) {
+static torch::Tensor Affine(const Params& lin, const torch::Tensor& x) {
   return at::linear(x, lin->weight, lin->bias);
+}
+
+static torch::Tensor Norm(const Params& ln, const torch::Tensor& x) {
+  return at::layer_norm(x, {x.size(-1)}, ln->weight, ln->bias, /*eps=*/1e-5);
 }
 
 torch::Tensor BlockImpl::ColumnInput(const torch::Tensor& x) {
   return place_->tp == 1 ? x : ColumnParallelInput::apply(x, reinterpret_cast<int64_t>(place_));
 }
 
-torch::Tensor BlockImpl::RowParallel(torch::nn::Linear& lin, const torch::Tensor& in) {
+torch::Tensor BlockImpl::RowParallel(const Params& lin, const torch::Tensor& in) {
   if (place_->tp == 1) return Affine(lin, in);
-  return RowParallelSum::apply(F::linear(in, lin->weight), reinterpret_cast<int64_t>(place_)) +
+  return RowParallelSum::apply(at::linear(in, lin->weight), reinterpret_cast<int64_t>(place_)) +
          lin->bias;
 }
 
@@ -228,14 +266,14 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x) {
   const int64_t B = x.size(0), T = x.size(1), hs = x.size(2) / (n_head_ * place_->tp);
   const int64_t C = n_head_ * hs;
   // Attention: q, k, v each (B, nh, T, hs).
-  auto qkv = Affine(c_attn_, ColumnInput(ln_1_(x))).split(C, 2);
+  auto qkv = Affine(c_attn_, ColumnInput(Norm(ln_1_, x))).split(C, 2);
   auto heads = [&](const torch::Tensor& t) { return t.view({B, T, n_head_, hs}).transpose(1, 2); };
   torch::Tensor y = at::scaled_dot_product_attention(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]),
                                                      /*attn_mask=*/{}, /*dropout_p=*/0.0,
                                                      /*is_causal=*/true);
   torch::Tensor h = x + RowParallel(attn_proj_, y.transpose(1, 2).contiguous().view({B, T, C}));
   // MLP with GPT-2's tanh-approximated GELU.
-  return h + RowParallel(mlp_proj_, F::gelu(Affine(c_fc_, ColumnInput(ln_2_(h))),
+  return h + RowParallel(mlp_proj_, F::gelu(Affine(c_fc_, ColumnInput(Norm(ln_2_, h))),
                                             F::GELUFuncOptions().approximate("tanh")));
 }
 
@@ -245,51 +283,71 @@ GptImpl::GptImpl(const GptOptions& o, GptPlace place) : o_(o), place_(std::move(
               "GPT of ", o.n_layer, " layers and ", o.n_head, " heads cannot be split ", place_.tp,
               "-way tensor-parallel over ", place_.pp, " pipeline stages");
   TORCH_CHECK(place_.tp == 1 || place_.tp_all_reduce, "tensor parallelism needs tp_all_reduce");
-  std::shared_ptr<GptImpl> whole;
-  if (!place_.whole()) whole = std::make_shared<GptImpl>(o);  // the weights to take parts of
-  torch::manual_seed(o.seed);
-  if (first_stage() || last_stage()) {
-    wte_ = register_module("wte", torch::nn::Embedding(o.vocab, o.d_model));
-  }
-  if (first_stage()) wpe_ = register_module("wpe", torch::nn::Embedding(o.seq_len, o.d_model));
-  if (place_.whole()) {
-    torch::NoGradGuard no_grad;
-    torch::nn::init::normal_(wte_->weight, 0.0, 0.02);
-    torch::nn::init::normal_(wpe_->weight, 0.0, 0.01);
-  }
+  const ParamMaker make = [this](const std::string& name, std::vector<int64_t> shape) {
+    return MakeParam(name, std::move(shape));
+  };
+  const int64_t c = o.d_model;
+  if (first_stage() || last_stage())
+    wte_ = register_module("wte", Params(make("wte.weight", {o.vocab, c}), torch::Tensor()));
+  if (first_stage())
+    wpe_ = register_module("wpe", Params(make("wpe.weight", {o.seq_len, c}), torch::Tensor()));
   const auto [first, last] = GptStageBlocks(o.n_layer, place_.pp, place_.stage);
   first_block_ = first;
   for (int64_t l = first; l < last; ++l) {
-    blocks_.push_back(register_module("h" + std::to_string(l), Block(o, l, &place_)));
+    blocks_.push_back(register_module("h" + std::to_string(l), Block(o, l, &place_, make)));
   }
-  if (last_stage()) {
-    ln_f_ = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model})));
-  }
-  if (whole) {
-    CopyFromWhole(*whole);
-    whole_parameters_ = whole->parameter_count();
-  } else {
-    for (const auto& p : parameters()) whole_parameters_ += p.numel();
+  if (last_stage())
+    ln_f_ = register_module("ln_f", Params(make("ln_f.weight", {c}), make("ln_f.bias", {c})));
+  for (const auto& [name, shape] : GptParameterShapes(o)) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    whole_parameters_ += n;
   }
 }
 
-void GptImpl::CopyFromWhole(GptImpl& whole) {
-  torch::NoGradGuard no_grad;
-  auto from = whole.named_parameters();
-  for (auto& p : named_parameters()) {
-    const torch::Tensor& global = from[p.key()];
-    const std::vector<int64_t> shape = global.sizes().vec();
-    const ckpt::TpSplit split = GptTpSplit(p.key());
-    std::vector<torch::Tensor> pieces;
-    for (const ckpt::TpBox& box : ckpt::TpBoxes(shape, split, static_cast<uint32_t>(place_.tp),
-                                                static_cast<uint32_t>(place_.tp_rank))) {
-      torch::Tensor t = global;
-      for (size_t d = 0; d < shape.size(); ++d)
-        t = t.narrow(static_cast<int64_t>(d), box.offset[d], box.length[d]);
-      pieces.push_back(t);
-    }
-    p.value().copy_(torch::cat(pieces, std::max(split.dim, 0)));
+// ---- initial values
+
+torch::Tensor GptImpl::MakeParam(const std::string& name, std::vector<int64_t> shape) {
+  shapes_[name] = shape;
+  if (o_.deferred) return ShapeOnly(shape);
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  // A tensor of its own (a view would stay one, as far as autograd knows, after set_data).
+  return at::empty(shape, at::kFloat).copy_(PartOfWhole(name, shape, 0, n).view(shape));
+}
+
+torch::Tensor GptImpl::InitialValues(const std::string& name, int64_t begin, int64_t end) const {
+  auto it = shapes_.find(name);
+  TORCH_CHECK(it != shapes_.end(), "the GPT has no parameter ", name);
+  return PartOfWhole(name, it->second, begin, end);
+}
+
+// Elements [begin, end) of this rank's part (of `shape`) of the whole model's parameter `name`.
+torch::Tensor GptImpl::PartOfWhole(const std::string& name, const std::vector<int64_t>& shape,
+                                   int64_t begin, int64_t end) const {
+  const InitSpec spec = GptInitSpec(o_, name);
+  const ckpt::TpSplit split = GptTpSplit(name);
+  if (split.dim < 0 || place_.tp == 1) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return InitRange(spec, o_.seed, name, n, begin, end);
   }
+  // A tensor-parallel part: the whole parameter (one tensor, not the model), then this rank's
+  // boxes of it.
+  std::vector<int64_t> whole_shape = shape;
+  whole_shape[static_cast<size_t>(split.dim)] *= place_.tp;
+  int64_t n = 1;
+  for (int64_t d : whole_shape) n *= d;
+  torch::Tensor whole = InitRange(spec, o_.seed, name, n, 0, n).view(whole_shape);
+  std::vector<torch::Tensor> pieces;
+  for (const ckpt::TpBox& box : ckpt::TpBoxes(whole_shape, split, static_cast<uint32_t>(place_.tp),
+                                              static_cast<uint32_t>(place_.tp_rank))) {
+    torch::Tensor t = whole;
+    for (size_t d = 0; d < whole_shape.size(); ++d)
+      t = t.narrow(static_cast<int64_t>(d), box.offset[d], box.length[d]);
+    pieces.push_back(t);
+  }
+  return torch::cat(pieces, split.dim).reshape({-1}).narrow(0, begin, end - begin).contiguous();
 }
 
 torch::Tensor GptImpl::Embed(const torch::Tensor& idx) {
@@ -298,7 +356,7 @@ torch::Tensor GptImpl::Embed(const torch::Tensor& idx) {
               o_.seq_len);
   torch::Tensor pos =
       torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(idx.device()));
-  return wte_(idx) + wpe_(pos);  // (B, T, C)
+  return at::embedding(wte_->weight, idx) + at::embedding(wpe_->weight, pos);  // (B, T, C)
 }
 
 torch::Tensor GptImpl::Blocks(torch::Tensor x) {
@@ -314,13 +372,10 @@ torch::Tensor GptImpl::Blocks(torch::Tensor x) {
   return x;
 }
 
-torch::Tensor GptImpl::Head(const torch::Tensor& x) {
-  return torch::matmul(ln_f_(x), wte_->weight.t());  // tied output embedding: (B, T, V)
-}
-
 torch::Tensor GptImpl::forward(const torch::Tensor& idx) {
   TORCH_CHECK(place_.pp == 1, "forward() runs the whole model: use stage_forward with stages");
-  return Head(Blocks(Embed(idx)));
+  // Tied output embedding: (B, T, V).
+  return torch::matmul(Norm(ln_f_, Blocks(Embed(idx))), wte_->weight.t());
 }
 
 torch::Tensor GptImpl::loss(const torch::Tensor& idx, const torch::Tensor& targets) {
@@ -331,7 +386,7 @@ torch::Tensor GptImpl::stage_forward(const torch::Tensor& in, const torch::Tenso
   torch::Tensor x = Blocks(first_stage() ? Embed(in) : in);
   if (!last_stage()) return x;
   // (B * T, V), or (B * T, V rounded up) with -inf in the added columns on a GPU.
-  torch::Tensor logits = AlignedLogits(ln_f_(x).reshape({-1, x.size(-1)}), wte_->weight);
+  torch::Tensor logits = AlignedLogits(Norm(ln_f_, x).reshape({-1, x.size(-1)}), wte_->weight);
   return CrossEntropyInFp32(logits, targets.reshape({-1}));
 }
 

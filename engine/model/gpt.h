@@ -9,18 +9,19 @@
 // over the tensor-parallel group; embeddings and layer norms are whole on every rank. With
 // pipeline parallelism a rank holds a contiguous run of blocks; the first stage also the
 // embeddings, the last the final layer norm and a copy of the (tied) token embedding. A split
-// model starts from exactly the weights of the whole one with the same seed.
+// model starts from exactly the weights of the whole one with the same seed: every parameter's
+// initial values are a function of the seed and its name (param_init.h), so no rank builds more
+// than its part, and inside a DeferredInit scope none builds any (ZeRO gives them storage).
 // Thread safety: a module is used by one training thread.
 #pragma once
 
-#include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/linear.h>
-#include <torch/nn/modules/normalization.h>
+#include <torch/nn/module.h>
 
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "ckpt/tp_layout.h"
 #include "engine/model/model.h"
@@ -35,6 +36,8 @@ struct GptOptions {
   int64_t vocab = 256;
   bool activation_checkpointing = false;
   uint64_t seed = 1234;  // initialisation
+  // Parameters as ShapeOnly placeholders whose values InitialValues gives (DeferredInit sets it).
+  bool deferred = false;
 };
 
 // This rank's part of the model (the defaults: the whole model).
@@ -59,21 +62,37 @@ torch::Tensor CrossEntropyInFp32(const torch::Tensor& logits, const torch::Tenso
 ckpt::TpSplit GptTpSplit(const std::string& parameter_name);
 // The blocks of pipeline stage `stage`: [first, last).
 std::pair<int64_t, int64_t> GptStageBlocks(int64_t n_layer, int64_t pp, int64_t stage);
+// Every parameter of the whole GPT (all stages, no tensor-parallel cut), in model order: names
+// and shapes.
+std::vector<std::pair<std::string, std::vector<int64_t>>> GptParameterShapes(const GptOptions& o);
+
+// One layer's parameters and nothing else (weight, and bias unless undefined): the GPT's layers
+// are plain ATen calls on them, so that the tensors can be placeholders until ZeRO fills them.
+class ParamsImpl : public torch::nn::Module {
+ public:
+  ParamsImpl(torch::Tensor weight, torch::Tensor bias);
+  torch::Tensor weight, bias;
+};
+TORCH_MODULE(Params);
+
+// Makes a parameter: its name in the whole model and its shape on this rank.
+using ParamMaker = std::function<torch::Tensor(const std::string&, std::vector<int64_t>)>;
+
 class BlockImpl : public torch::nn::Module {
  public:
-  BlockImpl(const GptOptions& o, int64_t layer, const GptPlace* place);
+  BlockImpl(const GptOptions& o, int64_t layer, const GptPlace* place, const ParamMaker& make);
   torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
 
  private:
   // A row-parallel projection: this rank's partial product, summed over the group, plus bias.
-  torch::Tensor RowParallel(torch::nn::Linear& lin, const torch::Tensor& in);
+  torch::Tensor RowParallel(const Params& lin, const torch::Tensor& in);
   // The input of a column-parallel layer (its gradient is summed over the group).
   torch::Tensor ColumnInput(const torch::Tensor& x);
 
   const GptPlace* place_;
   int64_t n_head_;  // heads on this rank
-  torch::nn::LayerNorm ln_1_{nullptr}, ln_2_{nullptr};
-  torch::nn::Linear c_attn_{nullptr}, attn_proj_{nullptr}, c_fc_{nullptr}, mlp_proj_{nullptr};
+  Params ln_1_{nullptr}, ln_2_{nullptr};
+  Params c_attn_{nullptr}, attn_proj_{nullptr}, c_fc_{nullptr}, mlp_proj_{nullptr};
 };
 TORCH_MODULE(Block);
 
@@ -101,21 +120,29 @@ class GptImpl : public LanguageModel {
   // Training FLOPs per token (6N plus attention's 12 * L * C * T), for MFU.
   double flops_per_token() const override;
   std::vector<std::string> unit_prefixes() const override;  // the blocks: "h0.", "h1.", ...
+  bool deferred() const override { return o_.deferred; }
+  // GPT-2's initialisation (N(0, 0.02) weights, residual projections scaled by 1/sqrt(2L),
+  // wpe N(0, 0.01), zero biases, unit layer norms), drawn per name (param_init.h), of this
+  // rank's part of the parameter.
+  torch::Tensor InitialValues(const std::string& name, int64_t begin, int64_t end) const override;
 
  private:
   torch::Tensor Embed(const torch::Tensor& idx);
   torch::Tensor Blocks(torch::Tensor x);
-  torch::Tensor Head(const torch::Tensor& x);  // final layer norm and tied output embedding
-  // A split model: takes its parameters' values from the whole model's.
-  void CopyFromWhole(GptImpl& whole);
+  // A parameter of this rank's shape: a placeholder when deferred, else its initial values.
+  torch::Tensor MakeParam(const std::string& name, std::vector<int64_t> shape);
+  torch::Tensor PartOfWhole(const std::string& name, const std::vector<int64_t>& shape,
+                            int64_t begin, int64_t end) const;
 
   GptOptions o_;
   GptPlace place_;
   int64_t first_block_ = 0;
   int64_t whole_parameters_ = 0;
-  torch::nn::Embedding wte_{nullptr}, wpe_{nullptr};
+  Params wte_{nullptr}, wpe_{nullptr};
   std::vector<Block> blocks_;
-  torch::nn::LayerNorm ln_f_{nullptr};
+  Params ln_f_{nullptr};
+  // This rank's shape of each parameter, by name: ZeRO-3 empties the tensors themselves.
+  std::map<std::string, std::vector<int64_t>> shapes_;
 };
 TORCH_MODULE(Gpt);
 

@@ -34,7 +34,24 @@ Registry& TheRegistry() {
   return *r;
 }
 
+thread_local bool deferring = false;
+
 }  // namespace
+
+DeferredInit::DeferredInit() : outer_(deferring) { deferring = true; }
+DeferredInit::~DeferredInit() { deferring = outer_; }
+bool DeferredInit::Active() { return deferring; }
+
+torch::Tensor LanguageModel::InitialValues(const std::string& name, int64_t begin,
+                                           int64_t end) const {
+  const torch::Tensor* p = named_parameters().find(name);
+  TORCH_CHECK(p != nullptr, "the model has no parameter ", name);
+  torch::NoGradGuard no_grad;
+  return p->detach()
+      .reshape({-1})
+      .narrow(0, begin, end - begin)
+      .to(torch::kCPU, torch::kFloat, false, /*copy=*/true);
+}
 
 void RegisterModel(const std::string& name, ModelFactory factory) {
   Registry& r = TheRegistry();
@@ -88,6 +105,7 @@ GptOptions GptOptionsOf(const ModelConfig& c, uint64_t seed) {
   g.vocab = c.vocab;
   g.activation_checkpointing = c.activation_checkpointing;
   g.seed = seed;
+  g.deferred = DeferredInit::Active();
   return g;
 }
 

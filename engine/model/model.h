@@ -55,6 +55,17 @@ class LanguageModel : public torch::nn::Module {
   virtual std::vector<std::string> unit_prefixes() const { return {}; }
   void set_unit_runner(UnitRunner* runner) { unit_runner_ = runner; }
 
+  // Partitioned construction (DeepSpeed's zero.Init). Built inside a DeferredInit scope, a model
+  // that supports it registers its parameters as ShapeOnly placeholders (param_init.h) and
+  // returns true here; the trainer gives them storage and asks InitialValues for the ranges
+  // each rank keeps (ZeRO-3: its partition), or for none (a resumed run). A model that does
+  // not is built whole on every rank and then partitioned, as before.
+  virtual bool deferred() const { return false; }
+  // Elements [begin, end) of parameter `name` (as named_parameters() names it) at
+  // initialisation: an (end - begin) fp32 tensor on the CPU, the same whichever ranges are
+  // asked for. By default, the parameter's current values.
+  virtual torch::Tensor InitialValues(const std::string& name, int64_t begin, int64_t end) const;
+
  protected:
   torch::Tensor RunUnit(int unit, const torch::Tensor& x,
                         std::function<torch::Tensor(const torch::Tensor&)> fn) {
@@ -66,6 +77,20 @@ class LanguageModel : public torch::nn::Module {
 
  private:
   UnitRunner* unit_runner_ = nullptr;
+};
+
+// While one lives, models built on this thread defer their initial values where they can
+// (LanguageModel::deferred). Scopes nest.
+class DeferredInit {
+ public:
+  DeferredInit();
+  ~DeferredInit();
+  DeferredInit(const DeferredInit&) = delete;
+  DeferredInit& operator=(const DeferredInit&) = delete;
+  static bool Active();
+
+ private:
+  bool outer_;
 };
 
 // Builds a model of `config`'s sizes, initialised from `seed` (the same seed gives the same

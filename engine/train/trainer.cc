@@ -8,12 +8,14 @@
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
+#include "engine/config/memory.h"
 #include "engine/core/loss_scaler.h"
 #include "engine/core/lr_schedule.h"
 #include "engine/data/dataset.h"
 #include "engine/data/sampler.h"
 #include "engine/model/model.h"
 #include "engine/monitor/monitor.h"
+#include "engine/runtime_info.h"
 #include "engine/torch_compat.h"
 #include "engine/torch_status.h"
 #include "engine/train/checkpoint_agent.h"
@@ -33,8 +35,6 @@
 namespace ds::engine {
 
 // ---- configuration mapped onto the engine's parts
-
-
 
 struct Trainer::Impl {
   io::Env* env = nullptr;
@@ -142,13 +142,34 @@ std::optional<ckpt::SaveStats> Trainer::last_save() const {
   return impl_->checkpoints->last_save_stats();
 }
 
+namespace {
+
+// An out-of-memory error, with what a rank needs at each ZeRO setting against this machine and
+// the cheapest setting that fits (as dsrun --dry-run prints it); any other status as it is.
+Status WithMemoryAdvice(io::Env* env, const Config& config, const TrainerOptions& options,
+                        const torch::Device& device, const Status& s) {
+  if (!IsOutOfMemory(s)) return s;
+  MachineMemory m;
+  m.host_bytes = env->PhysicalMemoryBytes();
+  m.ranks_per_host = options.ranks_per_host;
+  if (device.is_cuda()) {
+    const int index = device.index() < 0 ? 0 : device.index();
+    m.device_bytes = GpuMemoryBytes(index);
+    m.device_name = device.str();
+  }
+  return Status(s.code(), s.message() + "\n" + FormatMemoryTable(config) + MemoryAdvice(config, m));
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Trainer>> Trainer::Create(io::Env* env, const Config& config,
                                                  const TrainerOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->env = env;
   impl->config = config;
   impl->options = options;
-  DS_RETURN_IF_ERROR(impl->Setup());
+  Status s = impl->Setup();
+  DS_RETURN_IF_ERROR(WithMemoryAdvice(env, config, options, impl->device, s));
   return std::unique_ptr<Trainer>(new Trainer(std::move(impl)));
 }
 
@@ -169,11 +190,16 @@ Status Trainer::Impl::Setup() {
 #endif
   // The model, in the training precision, and the optimizer that owns its weights.
   DS_RETURN_IF_ERROR(Connect());
-  DS_RETURN_IF_ERROR(SetupParallel(c, options.rank, options.world_size, comm.get(), &par));
-  if (par.gpt != nullptr) {
-    model = par.gpt;  // this rank's part of a model split across ranks
-  } else {
-    DS_ASSIGN_OR_RETURN(model, MakeModel(c.model, c.trainer.seed));
+  {
+    // Partitioned construction: a model that can defer its values holds none until ZeRO gives
+    // each rank its part (engine/model/model.h).
+    DeferredInit deferred;
+    DS_RETURN_IF_ERROR(SetupParallel(c, options.rank, options.world_size, comm.get(), &par));
+    if (par.gpt != nullptr) {
+      model = par.gpt;  // this rank's part of a model split across ranks
+    } else {
+      DS_ASSIGN_OR_RETURN(model, MakeModel(c.model, c.trainer.seed));
+    }
   }
   DS_RETURN_IF_ERROR(SetupZero());
   DS_RETURN_IF_ERROR(SetupCheckpoints());
@@ -214,8 +240,9 @@ Status Trainer::Impl::Connect() {
 
 Status Trainer::Impl::SetupZero() {
   places = FindPlaces(*model, par);
-  DS_ASSIGN_OR_RETURN(
-      zero, ZeroOptimizer::Create(model, ZeroOptionsOf(config, par, DataComm(), places, device, dtype)));
+  ZeroOptions zo = ZeroOptionsOf(config, par, DataComm(), places, device, dtype);
+  zo.defer_values = options.will_resume;  // Resume draws them only if nothing is loaded
+  DS_ASSIGN_OR_RETURN(zero, ZeroOptimizer::Create(model, zo));
   int64_t offset = 0;
   for (const auto& p : model->named_parameters()) {
     slots.push_back({p.key(), p.value(), offset, p.value().numel()});
@@ -290,13 +317,12 @@ void Trainer::Impl::LogModel() const {
   const Config& c = config;
   const ModelConfig& g = c.model;
   io::LogInfo("model: " + g.arch + " " + std::to_string(g.n_layer) + " layers, " +
-              std::to_string(g.n_head) + " heads, d_model " + std::to_string(g.d_model) +
-              ", seq " + std::to_string(g.seq_len) + ", vocab " + std::to_string(g.vocab) + ": " +
-              std::to_string(par.gpt ? par.gpt->parameter_count() : zero->numel()) +
-              " parameters" +
+              std::to_string(g.n_head) + " heads, d_model " + std::to_string(g.d_model) + ", seq " +
+              std::to_string(g.seq_len) + ", vocab " + std::to_string(g.vocab) + ": " +
+              std::to_string(par.gpt ? par.gpt->parameter_count() : zero->numel()) + " parameters" +
               (par.split() ? " (" + std::to_string(zero->numel()) + " on this rank)" : "") + ", " +
-              std::string(PrecisionName(c.precision())) + " on " + device.str() +
-              ", ZeRO stage " + std::to_string(c.zero.stage) + " over " + std::to_string(par.dp) +
+              std::string(PrecisionName(c.precision())) + " on " + device.str() + ", ZeRO stage " +
+              std::to_string(c.zero.stage) + " over " + std::to_string(par.dp) +
               (par.dp == 1 ? " rank" : " ranks") +
               (par.split() ? " (x " + std::to_string(par.tp) + "-way tensor parallel x " +
                                  std::to_string(par.pp) + " pipeline stages)"
@@ -340,7 +366,7 @@ MemoryStats Trainer::Impl::Memory() const {
 Status Trainer::Step() {
   Status s = impl_->Step();
   if (!s.ok()) impl_->failed = true;
-  return s;
+  return WithMemoryAdvice(impl_->env, impl_->config, impl_->options, impl_->device, s);
 }
 
 StepParams Trainer::Impl::ParamsFor(int64_t next_step) const {
@@ -361,6 +387,7 @@ StepParams Trainer::Impl::ParamsFor(int64_t next_step) const {
 // The loop's body: micro batches and the optimizer step (the runner), then the step's metrics,
 // kept on the device until the window is flushed.
 Status Trainer::Impl::Step() {
+  DS_RETURN_IF_ERROR(zero->Initialize());  // will_resume without a Resume(): draw them now
   DS_RETURN_IF_ERROR(EnsureMonitor());
   const Config& c = config;
   const uint64_t t0 = env->NowMicros();
@@ -424,6 +451,7 @@ Status Trainer::Impl::Flush(bool across_ranks) {
 Result<std::optional<double>> Trainer::Evaluate() {
   Impl& t = *impl_;
   if (!t.eval) return std::optional<double>();
+  DS_RETURN_IF_ERROR(t.zero->Initialize());
   torch::NoGradGuard no_grad;
   DS_RETURN_IF_ERROR(t.zero->BeginEval());
   t.model->eval();
@@ -488,6 +516,7 @@ TrainerState Trainer::Impl::StateNow() const {
 }
 
 Status Trainer::Impl::Save(const std::string& reason) {
+  DS_RETURN_IF_ERROR(zero->Initialize());
   DS_RETURN_IF_ERROR(Flush());  // the checkpoint's loss is this step's
   SavePoint point;
   point.step = step;
@@ -501,6 +530,7 @@ Result<std::string> Trainer::Resume(const ResumeOptions& r) {
   Impl& t = *impl_;
   DS_ASSIGN_OR_RETURN(Restored restored, t.checkpoints->Resume(r, t.step));
   DS_RETURN_IF_ERROR(t.Apply(restored, r));
+  DS_RETURN_IF_ERROR(t.zero->Initialize());  // nothing was loaded: the initial weights now
   return restored.line;
 }
 
@@ -556,7 +586,8 @@ Result<TrainSummary> Trainer::Run() {
   DS_RETURN_IF_ERROR(t.monitor->Sync());
   // A run whose last state is not on disk has not succeeded (a stop request's save is the
   // preemption's business: dsrun says what was saved).
-  if (!s.preempted && c.checkpoint.enabled) DS_RETURN_IF_ERROR(k.CheckFailing(t.step, /*final=*/true));
+  if (!s.preempted && c.checkpoint.enabled)
+    DS_RETURN_IF_ERROR(k.CheckFailing(t.step, /*final=*/true));
   s.steps = t.step;
   s.skipped_steps = t.skipped;
   s.first_loss = t.metrics->first_loss().value_or(0);

@@ -39,6 +39,12 @@ struct TrainerOptions {
   std::function<bool()> stop_requested;
   // Where the default corpus is cached when data.path is "builtin" ("": <output_dir>/data).
   std::string corpus_cache_dir;
+  // Resume() follows Create(): the initial weights are drawn only if it finds no checkpoint (a
+  // model with deferred values, such as the built-in GPT), never to be overwritten at once.
+  bool will_resume = false;
+  // Ranks sharing this host's memory (the local world size): for the advice an out-of-memory
+  // error comes with.
+  int ranks_per_host = 1;
 };
 
 struct TrainSummary {

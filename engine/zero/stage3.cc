@@ -91,7 +91,7 @@ Status ZeroOptimizer::Impl::SetupStage3(const std::vector<at::Tensor>& fp32) {
     t.persistent = t.numel <= o.persistence_threshold;
   }
   master = at::zeros({part_len}, state_opts);
-  for (size_t i = 0; i < tensors.size(); ++i) {
+  for (size_t i = 0; i < fp32.size(); ++i) {  // none when deferred: Initialize fills it
     const ZeroTensor& t = tensors[i];
     at::Tensor padded = at::zeros({t.piece * W}, fp32[i].options());
     padded.narrow(0, 0, t.numel).copy_(fp32[i]);
@@ -104,7 +104,12 @@ Status ZeroOptimizer::Impl::SetupStage3(const std::vector<at::Tensor>& fp32) {
                         .pinned_memory(host && o.pin_memory && o.device.is_cuda());
   param_part = master.to(param_opts, /*non_blocking=*/false, /*copy=*/true);
   grad = at::zeros({part_len}, state_opts);
-  for (int u = 0; u < static_cast<int>(units.size()); ++u) {
+  if (fp32.empty()) {
+    // Deferred: the placeholders hold nothing; every tensor is gathered at its first use.
+    const at::Tensor empty = at::empty({0}, at::TensorOptions().dtype(o.dtype).device(o.device));
+    for (ZeroTensor& t : tensors) t.param.set_data(empty);
+  }
+  for (int u = 0; u < static_cast<int>(units.size()) && !fp32.empty(); ++u) {
     for (int i : units[u]) {
       tensors[i].fresh = true;  // the model holds rank 0's weights: until the first step, current
       live_elements += tensors[i].numel;

@@ -117,35 +117,10 @@ Result<std::unique_ptr<ZeroOptimizer>> ZeroOptimizer::Create(std::shared_ptr<Lan
                       .device(host_state ? at::kCPU : o.device)
                       .pinned_memory(pin);
   try {
-    // Every rank starts from rank 0's weights, as DeepSpeed's engine broadcasts them.
-    std::vector<at::Tensor> fp32;
-    int64_t offset = 0;
-    for (const auto& p : z->model->named_parameters()) {
-      ZeroTensor t;
-      t.name = p.key();
-      t.shape = p.value().sizes().vec();
-      t.numel = p.value().numel();
-      t.flat_offset = offset;
-      offset += t.numel;
-      at::Tensor v = p.value().detach().to(o.device, at::kFloat).reshape(-1).contiguous();
-      if (z->distributed())
-        DS_RETURN_IF_ERROR(z->comm()->Broadcast(v, 0, "initial weights of " + t.name));
-      fp32.push_back(v);
-      z->tensors.push_back(std::move(t));
-    }
-    z->total = offset;
-    if (z->tensors.empty()) return Status::InvalidArgument("the model has no parameters to train");
-    z->model->to(o.device, o.dtype);
-    size_t i = 0;
-    for (const auto& p : z->model->named_parameters()) z->tensors[i++].param = p.value();
-    DS_RETURN_IF_ERROR(stage.partitions_parameters() ? z->SetupStage3(fp32) : z->SetupFlat(fp32));
-    z->exp_avg = at::zeros({z->part_len}, z->state_opts);
-    z->exp_avg_sq = at::zeros({z->part_len}, z->state_opts);
-    z->adam_step = at::zeros({}, z->state_opts.pinned_memory(false));
-    z->lr = at::zeros({}, z->state_opts.pinned_memory(false));
+    DS_RETURN_IF_ERROR(z->deferred() ? z->TakeDeferredModel() : z->TakeBuiltModel());
   } catch (const std::exception& e) {
-    return TorchError(e, "setting up ZeRO stage " + std::to_string(o.stage) + " on " +
-                             o.device.str());
+    return TorchError(e,
+                      "setting up ZeRO stage " + std::to_string(o.stage) + " on " + o.device.str());
   }
   if (!z->o.tied.empty() && (stage.partitions_gradients() || z->o.tied_comm == nullptr)) {
     return Status::InvalidArgument("ZeRO: tied gradients need stage 0 or 1 and a communicator");
@@ -158,8 +133,88 @@ Result<std::unique_ptr<ZeroOptimizer>> ZeroOptimizer::Create(std::shared_ptr<Lan
   Impl* raw = z.get();
   std::unique_ptr<ZeroOptimizer> out(new ZeroOptimizer(std::move(z)));
   raw->FindNormRuns(out->HeldPieces());
+  if (raw->values_pending && !o.defer_values) DS_RETURN_IF_ERROR(out->Initialize());
   return out;
 }
+
+// A model built whole on every rank (fp32 on the CPU): every rank starts from rank 0's weights,
+// as DeepSpeed's engine broadcasts them, and then keeps what its stage keeps.
+Status ZeroOptimizer::Impl::TakeBuiltModel() {
+  std::vector<at::Tensor> fp32;
+  int64_t offset = 0;
+  for (const auto& p : model->named_parameters()) {
+    ZeroTensor t;
+    t.name = p.key();
+    t.shape = p.value().sizes().vec();
+    t.numel = p.value().numel();
+    t.flat_offset = offset;
+    offset += t.numel;
+    at::Tensor v = p.value().detach().to(o.device, at::kFloat).reshape(-1).contiguous();
+    if (distributed()) DS_RETURN_IF_ERROR(comm()->Broadcast(v, 0, "initial weights of " + t.name));
+    fp32.push_back(v);
+    tensors.push_back(std::move(t));
+  }
+  total = offset;
+  if (tensors.empty()) return Status::InvalidArgument("the model has no parameters to train");
+  model->to(o.device, o.dtype);
+  size_t i = 0;
+  for (const auto& p : model->named_parameters()) tensors[i++].param = p.value();
+  DS_RETURN_IF_ERROR(stage.partitions_parameters() ? SetupStage3(fp32) : SetupFlat(fp32));
+  AllocateMoments();
+  return Status::OK();
+}
+
+// A model built with placeholders (LanguageModel::deferred): no rank ever holds more than its
+// stage keeps. The values come later, each rank's own (Initialize) or from a checkpoint.
+Status ZeroOptimizer::Impl::TakeDeferredModel() {
+  if (!model->buffers().empty()) {
+    return Status::InvalidArgument(
+        "a model with deferred initial values cannot have buffers (it has " +
+        std::to_string(model->buffers().size()) + ")");
+  }
+  int64_t offset = 0;
+  for (const auto& p : model->named_parameters()) {
+    ZeroTensor t;
+    t.name = p.key();
+    t.param = p.value();
+    t.shape = p.value().sizes().vec();
+    t.numel = p.value().numel();
+    t.flat_offset = offset;
+    offset += t.numel;
+    tensors.push_back(std::move(t));
+  }
+  total = offset;
+  if (tensors.empty()) return Status::InvalidArgument("the model has no parameters to train");
+  DS_RETURN_IF_ERROR(stage.partitions_parameters() ? SetupStage3({}) : SetupFlat({}));
+  AllocateMoments();
+  values_pending = true;
+  return Status::OK();
+}
+
+void ZeroOptimizer::Impl::AllocateMoments() {
+  exp_avg = at::zeros({part_len}, state_opts);
+  exp_avg_sq = at::zeros({part_len}, state_opts);
+  adam_step = at::zeros({}, state_opts.pinned_memory(false));
+  lr = at::zeros({}, state_opts.pinned_memory(false));
+}
+
+Status ZeroOptimizer::Initialize() {
+  Impl& z = *impl_;
+  if (!z.values_pending) return Status::OK();
+  try {
+    torch::NoGradGuard no_grad;
+    for (const ZeroPiece& p : HeldPieces()) {
+      const ZeroTensor& t = z.tensors[static_cast<size_t>(p.tensor)];
+      z.master.narrow(0, p.offset, p.end - p.begin)
+          .copy_(z.model->InitialValues(t.name, p.begin, p.end));
+    }
+  } catch (const std::exception& e) {
+    return TorchError(e, "making the initial weights");
+  }
+  return Publish();
+}
+
+bool ZeroOptimizer::initialized() const { return !impl_->values_pending; }
 
 void ZeroOptimizer::Impl::FindNormRuns(const std::vector<ZeroPiece>& held) {
   if (std::all_of(o.in_norm.begin(), o.in_norm.end(), [](bool b) { return b; })) return;
@@ -191,13 +246,18 @@ Status ZeroOptimizer::Impl::SetupFlat(const std::vector<at::Tensor>& fp32) {
                        static_cast<uint64_t>(total), static_cast<uint32_t>(W), o.alignment));
   part_begin = stage.partitions_optimizer() ? part_len * o.rank : 0;
   const int64_t padded = stage.partitions_optimizer() ? part_len * W : total;
-  at::Tensor full = at::zeros({padded}, fp32[0].options());
-  full.narrow(0, 0, total).copy_(at::cat(fp32));
-  master =
-      full.narrow(0, part_begin, part_len).to(state_opts, /*non_blocking=*/false, /*copy=*/true);
   // The model's parameters become views of one flat buffer in the training dtype, laid out as
   // the master vector: publishing new weights is one copy (or one all-gather) into it.
-  flat_param = full.to(o.device, o.dtype);
+  if (fp32.empty()) {  // deferred: Initialize or a checkpoint fills the master, then publishes
+    master = at::zeros({part_len}, state_opts);
+    flat_param = at::zeros({padded}, at::TensorOptions().dtype(o.dtype).device(o.device));
+  } else {
+    at::Tensor full = at::zeros({padded}, fp32[0].options());
+    full.narrow(0, 0, total).copy_(at::cat(fp32));
+    master =
+        full.narrow(0, part_begin, part_len).to(state_opts, /*non_blocking=*/false, /*copy=*/true);
+    flat_param = full.to(o.device, o.dtype);
+  }
   for (ZeroTensor& t : tensors) {
     t.param.set_data(flat_param.narrow(0, t.flat_offset, t.numel).view(t.shape));
   }
@@ -205,11 +265,11 @@ Status ZeroOptimizer::Impl::SetupFlat(const std::vector<at::Tensor>& fp32) {
   if (!stage.partitions_gradients()) {
     flat_acc = at::zeros({padded}, device_f32);
     grad_in_acc = state_opts.device() == o.device;
-    grad = grad_in_acc ? (stage.partitions_optimizer() ? flat_acc.view({W, part_len})[o.rank] : flat_acc)
-                       : at::zeros({part_len}, state_opts);  // offloaded: the sum is copied over
-    stage1_buckets =
-        stage.partitions_optimizer() && distributed() && o.overlap_comm && !o.pipelined &&
-        o.tied.empty();
+    grad = grad_in_acc
+               ? (stage.partitions_optimizer() ? flat_acc.view({W, part_len})[o.rank] : flat_acc)
+               : at::zeros({part_len}, state_opts);  // offloaded: the sum is copied over
+    stage1_buckets = stage.partitions_optimizer() && distributed() && o.overlap_comm &&
+                     !o.pipelined && o.tied.empty();
     if (!stage1_buckets) return Status::OK();
     delivered.assign(tensors.size(), false);
   } else {
@@ -539,7 +599,7 @@ std::vector<ZeroPiece> ZeroOptimizer::SavePieces() const {
     ZeroPiece p{static_cast<int>(r.tensor), static_cast<int64_t>(r.begin),
                 static_cast<int64_t>(r.end), 0};
     p.offset = z.stage.partitions_parameters() ? t.part_offset + p.begin - t.piece * z.o.rank
-                              : t.flat_offset + p.begin - z.part_begin;
+                                               : t.flat_offset + p.begin - z.part_begin;
     out.push_back(p);
   }
   return out;
@@ -568,6 +628,7 @@ uint64_t ZeroOptimizer::alignment() const { return impl_->o.alignment; }
 
 Status ZeroOptimizer::Publish() {
   Impl& z = *impl_;
+  z.values_pending = false;  // the master holds the weights now (a checkpoint's or Initialize's)
   try {
     torch::NoGradGuard no_grad;
     return z.stage.partitions_parameters() ? z.PublishStage3() : z.PublishFlat();

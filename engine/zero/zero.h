@@ -46,6 +46,9 @@ struct ZeroOptions {
   int64_t max_live_elements = 1'000'000'000;  // stage 3: no prefetch beyond this many gathered
   uint64_t alignment = 16;                    // elements; partitions start at multiples of it
   AdamWOptions adam;
+  // A deferred model (LanguageModel::deferred): leave the weights unmade until Initialize() or
+  // a checkpoint's Publish() (a resumed run never draws initial values it would overwrite).
+  bool defer_values = false;
   // Tensor and pipeline parallelism: rank and world_size above are the data-parallel ones, and
   // `comm` the data-parallel group. `model_comm` joins the ranks holding the other parts of
   // this replica (their squares add up to the global gradient norm); `in_norm` (per parameter,
@@ -83,9 +86,17 @@ class ZeroOptimizer {
   // Takes over `model`'s parameters, still fp32 on the CPU as the factory made them: with
   // several ranks they become rank 0's (a broadcast), the fp32 master copy is taken, and the
   // model moves to `device` in `dtype`; stage 3 then frees all but this rank's partition.
+  // A deferred model's placeholders instead get storage for this rank's part only, and (unless
+  // options.defer_values) each rank draws the initial values of its part: no rank holds the
+  // whole model at any time.
   static Result<std::unique_ptr<ZeroOptimizer>> Create(std::shared_ptr<LanguageModel> model,
                                                        const ZeroOptions& options);
   ~ZeroOptimizer();
+
+  // A deferred model's initial values into this rank's part of the state, then published: a
+  // collective at stages 1-3 on several ranks. Does nothing once the weights are there.
+  Status Initialize();
+  bool initialized() const;
 
   // Around each micro batch's forward and backward: stage 3 gathers the parameters outside the
   // model's units here and frees them in EndMicroStep, which also reduces this micro step's

@@ -109,7 +109,15 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   Status CompleteOldestReduction();
   Status DrainReductions();
 
+  // The model's values are still to come (a deferred model before Initialize or a load).
+  bool values_pending = false;
+  bool deferred() const { return model->deferred(); }
+
   // zero.cc
+  Status TakeBuiltModel();     // a model built whole: its weights (rank 0's) become the state
+  Status TakeDeferredModel();  // placeholders: storage for this rank's part, values later
+  void AllocateMoments();
+  // fp32: every parameter's values (flat, on the device), or none for a deferred model.
   Status SetupFlat(const std::vector<at::Tensor>& fp32);
   void OnGradReady(size_t tensor);  // stage 2 hook; throws after recording `sticky`
   // Copies `flat` (tensor i's elements, (numel)) into the buckets it overlaps.
@@ -123,7 +131,7 @@ struct ZeroOptimizer::Impl : public UnitRunner {
                                     bool check_overflow, bool read_now);
 
   // stage3.cc
-  Status SetupStage3(const std::vector<at::Tensor>& fp32);
+  Status SetupStage3(const std::vector<at::Tensor>& fp32);  // fp32 as for SetupFlat
   Status IssueGather(int unit);
   Status EnsureGathered(int unit);
   void Release(int unit);

@@ -142,5 +142,56 @@ TEST(ConfigMemoryTest, CheckMemoryFitsNamesWhereAndTheKeysToChange) {
               StatusIs(StatusCode::kInvalidArgument, HasSubstr("offloaded state")));
 }
 
+// Activations by hand for the demo preset (C 128, L 4, T 128, V 256) at micro batch 2, bf16:
+// 256 tokens; a layer keeps 17 values per token and channel (tp 1): 256 * 128 * 17 * 2 bytes.
+TEST(ConfigMemoryTest, ActivationsPerMicroBatchByHand) {
+  json cfg = Base();
+  cfg["model"] = {{"preset", "demo"}};
+  cfg["bf16"] = {{"enabled", true}};
+  cfg["train_micro_batch_size_per_gpu"] = 2;
+  DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(cfg));
+  const uint64_t tokens = 256, layer = tokens * 128 * 17 * 2, embed = tokens * 128 * 2;
+  EXPECT_EQ(ActivationBytes(c, false, true), 4 * layer + embed + tokens * 256 * 4);
+  // Checkpointed: each layer's input, and one layer recomputed at a time.
+  EXPECT_EQ(ActivationBytes(c, true, true),
+            4 * tokens * 128 * 2 + layer + embed + tokens * 256 * 4);
+  // The CPU's cross-entropy keeps fp32 log-probabilities and their gradient besides.
+  EXPECT_EQ(ActivationBytes(c, false, false), 4 * layer + embed + tokens * 256 * (2 + 8));
+  // Tensor parallelism cuts 12 of the 17.
+  DS_ASSERT_OK_AND_ASSIGN(Config tp, Parse(cfg, {.world_size = 2}));
+  tp.parallel.tp = 2;
+  EXPECT_EQ(ActivationBytes(tp, false, true),
+            4 * tokens * 128 * (5 + 6) * 2 + embed + tokens * 256 * 4);
+}
+
+// The cheapest setting that fits one 80 GiB GPU and a 128 GiB host, by model size (bf16, one
+// rank): 16 bytes a parameter of state at stage 0, 2 on the GPU and 16 on the host once the
+// optimizer is offloaded.
+TEST(ConfigMemoryTest, AdviceNamesTheCheapestSettingThatFits) {
+  MachineMemory h100{
+      .device_bytes = 80ull << 30, .host_bytes = 128ull << 30, .device_name = "cuda:0"};
+  auto advice = [&](int64_t layers) {
+    json cfg = Base();
+    cfg["model"] = {{"n_layer", layers}, {"n_head", 32},   {"d_model", 4096},
+                    {"seq_len", 1024},   {"vocab", 50304}, {"activation_checkpointing", true}};
+    cfg["bf16"] = {{"enabled", true}};
+    cfg["train_micro_batch_size_per_gpu"] = 1;
+    Result<Config> c = Parse(cfg);
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    return c.ok() ? MemoryAdvice(*c, h100) : std::string();
+  };
+  // 8 layers: 1.8B parameters, 27 GiB of state at stage 0.
+  EXPECT_THAT(advice(8), HasSubstr("Cheapest setting that fits: stage 0: "));
+  // 24 layers: 5.0B, 75 GiB at stage 0 (over 92% of 80); the optimizer offloaded: 9.4 GiB on
+  // the GPU, 75 GiB of host.
+  EXPECT_THAT(advice(24),
+              HasSubstr("Cheapest setting that fits: stage 2 + offload_optimizer cpu: "));
+  // 60 layers: 12.3B: 183 GiB of host for the offloaded state.
+  EXPECT_THAT(advice(60), HasSubstr("No setting fits"));
+  const std::string table = advice(24);
+  EXPECT_THAT(table, HasSubstr("with activation checkpointing"));
+  EXPECT_THAT(table, HasSubstr("stage 3 + offload_optimizer cpu + offload_param cpu"));
+}
+
 }  // namespace
 }  // namespace ds::engine

@@ -75,5 +75,45 @@ TEST(GptTest, Bf16ForwardAndBackward) {
   EXPECT_TRUE(std::isfinite(loss.item<float>()));
 }
 
+// Partitioned construction: a deferred GPT holds placeholders and gives, for any range of any
+// parameter, exactly the built model's values; a tensor-parallel part, built without the whole
+// model, holds exactly the whole's slices.
+TEST(GptTest, DeferredValuesAndTensorParallelPartsEqualTheBuiltWholeModel) {
+  Gpt built(Small());
+  GptOptions o = Small();
+  o.deferred = true;
+  Gpt deferred(o);
+  auto whole = built->named_parameters();
+  auto placeholders = deferred->named_parameters();
+  ASSERT_EQ(whole.size(), placeholders.size());
+  for (const auto& p : whole) {
+    const torch::Tensor flat = p.value().detach().reshape({-1});
+    const int64_t n = flat.numel();
+    EXPECT_EQ(placeholders[p.key()].sizes(), p.value().sizes()) << p.key();
+    EXPECT_EQ(placeholders[p.key()].storage().nbytes(), sizeof(float)) << p.key();
+    EXPECT_TRUE(torch::equal(deferred->InitialValues(p.key(), 0, n), flat)) << p.key();
+    EXPECT_TRUE(torch::equal(deferred->InitialValues(p.key(), n / 3, n - 1),
+                             flat.narrow(0, n / 3, n - 1 - n / 3)))
+        << p.key();
+  }
+  GptPlace place;
+  place.tp = 2;
+  place.tp_rank = 1;
+  place.tp_all_reduce = [](torch::Tensor&) {};
+  Gpt part(Small(), place);
+  for (const auto& p : part->named_parameters()) {
+    const torch::Tensor& w = whole[p.key()];
+    const ckpt::TpSplit split = GptTpSplit(p.key());
+    std::vector<torch::Tensor> boxes;
+    for (const ckpt::TpBox& box : ckpt::TpBoxes(w.sizes().vec(), split, 2, 1)) {
+      torch::Tensor t = w;
+      for (size_t d = 0; d < box.offset.size(); ++d)
+        t = t.narrow(static_cast<int64_t>(d), box.offset[d], box.length[d]);
+      boxes.push_back(t);
+    }
+    EXPECT_TRUE(torch::equal(p.value(), torch::cat(boxes, std::max(split.dim, 0)))) << p.key();
+  }
+}
+
 }  // namespace
 }  // namespace ds::engine

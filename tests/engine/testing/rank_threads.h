@@ -28,11 +28,10 @@ inline void RunRanks(int world, const std::function<void(int rank, int port)>& f
 }
 
 // Rank `rank` of `world`: `j` with `set` applied, trained on the CPU, rendezvous on `port`.
-inline Result<std::unique_ptr<Trainer>> MakeRankTrainer(const nlohmann::json& j,
-                                                        const std::vector<std::string>& set,
-                                                        int world, int rank, int port,
-                                                        const std::string& corpus_dir,
-                                                        io::Env* env = io::Env::Default()) {
+// `will_resume`: as dsrun --resume says it (TrainerOptions::will_resume).
+inline Result<std::unique_ptr<Trainer>> MakeRankTrainer(
+    const nlohmann::json& j, const std::vector<std::string>& set, int world, int rank, int port,
+    const std::string& corpus_dir, io::Env* env = io::Env::Default(), bool will_resume = false) {
   Overrides o;
   o.set = set;
   o.world_size = world;
@@ -43,6 +42,7 @@ inline Result<std::unique_ptr<Trainer>> MakeRankTrainer(const nlohmann::json& j,
   to.world_size = world;
   to.master_port = port;
   to.corpus_cache_dir = corpus_dir;
+  to.will_resume = will_resume;
   return Trainer::Create(env, c, to);
 }
 

@@ -13,6 +13,7 @@
 
 #include "ckpt/catalog.h"
 #include "ckpt/reader.h"
+#include "engine/model/gpt.h"
 #include "engine/train/trainer.h"
 #include "io/fault_env.h"
 #include "tests/engine/testing/rank_threads.h"
@@ -62,8 +63,9 @@ class ResumeTest : public ::testing::Test {
     std::vector<RankRun> out(static_cast<size_t>(world));
     testing::RunRanks(world, [&](int r, int port) {
       RankRun& res = out[static_cast<size_t>(r)];
-      Result<std::unique_ptr<Trainer>> t =
-          testing::MakeRankTrainer(j, set, world, r, port, corpus_.path(), env);
+      // As dsrun --resume does: the initial weights are drawn only if nothing is loaded.
+      Result<std::unique_ptr<Trainer>> t = testing::MakeRankTrainer(
+          j, set, world, r, port, corpus_.path(), env, /*will_resume=*/resume.has_value());
       if (!t.ok()) {
         res.status = t.status();
         return;
@@ -92,6 +94,52 @@ class ResumeTest : public ::testing::Test {
   static ds::testing::TempDir corpus_;
 };
 ds::testing::TempDir ResumeTest::corpus_;
+
+// The built-in GPT, counting the initial values it is asked for.
+std::atomic<int64_t> g_initial_values_drawn{0};
+class CountingGpt : public GptImpl {
+ public:
+  using GptImpl::GptImpl;
+  torch::Tensor InitialValues(const std::string& name, int64_t begin, int64_t end) const override {
+    g_initial_values_drawn += end - begin;
+    return GptImpl::InitialValues(name, begin, end);
+  }
+};
+
+// A resumed run never draws initial weights that the checkpoint would overwrite (the 1.3B
+// model spent most of its start-up there); one that finds nothing to resume draws them and
+// trains as a fresh run does.
+TEST_F(ResumeTest, AResumedRunDrawsNoInitialWeightsAndOneWithNothingToLoadDoesAsAFreshRun) {
+  RegisterModel(
+      "test-counting-gpt",
+      [](const ModelConfig& c, uint64_t seed) -> Result<std::shared_ptr<LanguageModel>> {
+        return std::shared_ptr<LanguageModel>(std::make_shared<CountingGpt>(GptOptionsOf(c, seed)));
+      });
+  ds::testing::TempDir dir;
+  const std::vector<std::string> set = {"model.arch=test-counting-gpt",
+                                        "zero_optimization.stage=3"};
+  g_initial_values_drawn = 0;
+  std::vector<RankRun> first = Run(2, Config(dir.Join("a"), 3), set);
+  ASSERT_RANKS_OK(first);
+  EXPECT_GT(g_initial_values_drawn.load(), 0);
+
+  g_initial_values_drawn = 0;
+  std::vector<RankRun> resumed = Run(2, Config(dir.Join("a"), 5), set, testing::ResumeFrom());
+  ASSERT_RANKS_OK(resumed);
+  EXPECT_THAT(resumed[0].resumed, HasSubstr("step 3"));
+  EXPECT_EQ(g_initial_values_drawn.load(), 0) << "a resumed run drew initial weights";
+
+  // --resume-if-any with no checkpoint: a fresh run, drawn after the search found nothing.
+  ResumeOptions if_any = testing::ResumeFrom();
+  if_any.if_any = true;
+  std::vector<RankRun> fresh = Run(2, Config(dir.Join("b"), 3), set, if_any);
+  ASSERT_RANKS_OK(fresh);
+  EXPECT_GT(g_initial_values_drawn.load(), 0);
+  for (size_t r = 0; r < 2; ++r) {
+    EXPECT_EQ(fresh[r].summary.first_loss, first[r].summary.first_loss) << "rank " << r;
+    EXPECT_TRUE(torch::equal(fresh[r].master, first[r].master)) << "rank " << r;
+  }
+}
 
 TEST_F(ResumeTest, StopAndResumeEqualsTrainingStraightThroughAtEveryStageAndWorldSize) {
   struct Case {

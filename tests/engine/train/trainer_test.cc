@@ -222,6 +222,40 @@ TEST_F(TrainerTest, ARegisteredModelTrains) {
   EXPECT_LT(s.last_loss, s.first_loss - 0.5);
 }
 
+// A bigram whose loss asks for 4 PiB: the allocator's real failure, in the middle of a step.
+class Greedy : public Bigram {
+ public:
+  using Bigram::Bigram;
+  torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets) override {
+    return Bigram::loss(idx, targets) + torch::zeros({int64_t{1} << 50}).sum();
+  }
+};
+
+// Out of memory in a step: no LibTorch trace, but what the rank needs at each ZeRO setting and
+// the cheapest one that fits this machine, as dsrun --dry-run says it.
+TEST_F(TrainerTest, OutOfMemoryInAStepComesWithTheMemoryTableAndAdvice) {
+  RegisterModel("test-greedy",
+                [](const ModelConfig& c, uint64_t seed) -> Result<std::shared_ptr<LanguageModel>> {
+                  torch::manual_seed(seed);
+                  return std::shared_ptr<LanguageModel>(std::make_shared<Greedy>(c.vocab));
+                });
+  DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(SmallConfig(out_.path()), {"model.arch=test-greedy"}));
+  TrainerOptions o;
+  o.device = "cpu";
+  o.corpus_cache_dir = corpus_.path();
+  DS_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Trainer> t, Trainer::Create(io::Env::Default(), c, o));
+  const Status s = t->Step();
+  EXPECT_THAT(s, ds::testing::StatusIs(
+                     StatusCode::kFailedPrecondition,
+                     AllOf(HasSubstr("training step 1 on cpu"),
+                           HasSubstr("DefaultCPUAllocator: can't allocate memory"),
+                           HasSubstr("out of memory: lower train_micro_batch_size_per_gpu"),
+                           HasSubstr("Model states per rank"), HasSubstr("Activations per micro"),
+                           HasSubstr("Cheapest setting that fits: stage 0"))))
+      << s.message();
+  EXPECT_EQ(s.message().find("Exception raised from"), std::string::npos) << s.message();
+}
+
 TEST_F(TrainerTest, UnknownArchAndMissingGpuAreClearErrors) {
   DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(SmallConfig(out_.path()), {"model.arch=llama"}));
   TrainerOptions o;
