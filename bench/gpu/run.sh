@@ -12,6 +12,10 @@
 #   zero-bench  dsrun bench: ZeRO stages 0-3 (and offload) for GPT-2 124M on one GPU
 #   offload-bench  only the offload rows of zero-bench
 #   adam-bench  dsrun bench adam: the offload CPU Adam against torch's CPU AdamW (124M elements)
+#   ds-install  DeepSpeed's wheels (.deps/deepspeed, from ../shared/wheels/deepspeed) into /tmp/ds
+#   offload-peer  dsrun bench against DeepSpeed (bench/gpu/ds_peer.py) with the optimizer (stage
+#               2) and everything (stage 3) offloaded, GPT-2 124M and 1.3B
+#   restart-1.3b  time from launch to the first resumed step, dsrun against DeepSpeed (1.3B)
 #   peer-124m   GPT-2 124M: dsrun against the same model in PyTorch eager and torch.compile,
 #               at micro-batch 8 and 16 (PEER_BATCHES)
 #   peer-1.3b   the same for the ~1.3B model (gpt-1.3b at seq 1024), at micro-batch 4 and 16
@@ -98,6 +102,66 @@ for s in "$@"; do
         grep -v '^\[rank' | tee "$OUT/zero-bench.log"
       "$BUILD/dsrun" bench "${common[@]}" --stages 2,3 --offload optimizer,all 2>&1 |
         grep -v '^\[rank' | tee "$OUT/zero-bench-offload.log"
+      ;;
+    offload-peer)
+      # dsrun bench and DeepSpeed (bench/gpu/ds_peer.py) on the same GPT, card and settings, in
+      # bf16 at micro-batch 8: stage 2 with the optimizer offloaded and stage 3 with parameters
+      # too, for GPT-2 124M and the 1.3B model (OFFLOAD_PRESETS). Needs DeepSpeed's wheels
+      # installed at $DS_PATH (default /tmp/ds; see ds-install). Logs: $OUT/offload-<preset>-*.log.
+      for preset in ${OFFLOAD_PRESETS:-gpt2-124m gpt-1.3b}; do
+        step "offload-peer $preset"
+        "$BUILD/dsrun" bench --config "$ROOT/examples/demo.json" --nproc-per-node 1 --stages 2,3 \
+          --offload optimizer,all --steps 10 --warmup 3 --json --set "model.preset=$preset" \
+          model.seq_len=1024 train_micro_batch_size_per_gpu=8 bf16.enabled=true \
+          checkpoint.enabled=false "trainer.output_dir=$SCRATCH/offload" 2>&1 |
+          grep -v '^\[rank' | tee "$OUT/offload-$preset-dsrun.log" || echo "dsrun bench failed"
+        for c in "2 optimizer" "3 all"; do
+          set -- $c
+          PYTHONPATH="${DS_PATH:-/tmp/ds}" "$PY" "$ROOT/bench/gpu/ds_peer.py" --preset "$preset" \
+            --micro-batch 8 --stage "$1" --offload "$2" --steps 10 --warmup 3 --json 2>&1 |
+            grep -v -E '^\[|^W[0-9]|INFO' | tee "$OUT/offload-$preset-ds-stage$1-$2.log" ||
+            echo "ds_peer stage $1 $2 failed"
+        done
+      done
+      ;;
+    restart-1.3b)
+      # Time to the first resumed step: the 1.3B model's state (stage 1, bf16) saved, the page
+      # cache dropped where the machine lets us, then a fresh process from launch to its first
+      # step done (the process's wall time: dsrun ends right after it), against DeepSpeed doing
+      # the same with its own checkpoint (ds_peer.py --save, then --resume). Logs:
+      # $OUT/restart-*.log.
+      step restart-1.3b
+      r="$SCRATCH/restart" && rm -rf "$r" && mkdir -p "$r"
+      rcfg=(--config "$ROOT/examples/demo.json" --set model.preset=gpt-1.3b model.seq_len=1024
+        train_micro_batch_size_per_gpu=4 bf16.enabled=true zero_optimization.stage=1
+        steps_per_print=1 trainer.eval_interval=0 "trainer.output_dir=$r/dsrun")
+      "$BUILD/dsrun" "${rcfg[@]}" --max-steps 3 2>&1 | grep -E 'durable|rror' |
+        tee "$OUT/restart-dsrun-save.log"
+      PYTHONPATH="${DS_PATH:-/tmp/ds}" "$PY" "$ROOT/bench/gpu/ds_peer.py" --preset gpt-1.3b \
+        --micro-batch 4 --stage 1 --steps 2 --warmup 1 --save "$r/ds" --json 2>&1 |
+        tail -3 | tee "$OUT/restart-ds-save.log"
+      sync; (echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null && echo "page cache dropped" ||
+        echo "page cache NOT dropped (not permitted here)"
+      t0=$(date +%s.%N)
+      "$BUILD/dsrun" "${rcfg[@]}" --resume latest --max-steps 4 --set checkpoint.enabled=false \
+        2>&1 | grep -E 'resumed from|step 4/|rror' | tee "$OUT/restart-dsrun.log"
+      echo "dsrun: launch to first resumed step done and exit: $(echo "$(date +%s.%N) - $t0" | bc) s" |
+        tee -a "$OUT/restart-dsrun.log"
+      sync; (echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null || true
+      t0=$(date +%s.%N)
+      PYTHONPATH="${DS_PATH:-/tmp/ds}" "$PY" "$ROOT/bench/gpu/ds_peer.py" --preset gpt-1.3b \
+        --micro-batch 4 --stage 1 --resume "$r/ds" --t0 "$t0" --json 2>&1 | tail -4 |
+        tee "$OUT/restart-ds.log"
+      echo "DeepSpeed: launch to exit: $(echo "$(date +%s.%N) - $t0" | bc) s" | tee -a "$OUT/restart-ds.log"
+      rm -rf "$r"
+      ;;
+    ds-install)
+      # DeepSpeed's wheels (carried in .deps/deepspeed from ../shared/wheels/deepspeed) into
+      # $DS_PATH, for the peers above.
+      step ds-install
+      "$PY" -m pip install --quiet --no-index --no-deps --target "${DS_PATH:-/tmp/ds}" \
+        "$ROOT"/.deps/deepspeed/*.whl 2>&1 | tail -3
+      PYTHONPATH="${DS_PATH:-/tmp/ds}" "$PY" -c 'import deepspeed; print("deepspeed", deepspeed.__version__)'
       ;;
     adam-bench)
       step adam-bench

@@ -46,6 +46,28 @@ run ckpt "$SRC/bench/gpu/ckpt_peer.py" --preset tiny --seq-len 32 --device cpu \
 run fsdp -m torch.distributed.run --standalone --nproc-per-node 2 "$SRC/bench/gpu/fsdp_peer.py" \
   --preset tiny --seq-len 32 --micro-batch 2 --steps 2 --warmup 1 --json
 
+# DeepSpeed's peer (bench/gpu/ds_peer.py) where this Python has DeepSpeed (PYTHONPATH may name
+# it): stage 2 on the CPU (DS_ACCELERATOR=cpu, Gloo), a save, then a resume timed to its first
+# step. Without DeepSpeed it says so and the rest of the test stands.
+if "$PYTHON" -c 'import deepspeed' 2>/dev/null; then
+  ds_args=("$SRC/bench/gpu/ds_peer.py" --preset tiny --seq-len 32 --micro-batch 2 --stage 2
+    --device cpu --json)
+  DS_ACCELERATOR=cpu run ds "${ds_args[@]}" --steps 2 --warmup 1 --save "$WORK/ds"
+  DS_ACCELERATOR=cpu run ds-resume "${ds_args[@]}" --resume "$WORK/ds" --t0 "$(date +%s.%N)"
+  "$PYTHON" - "$WORK/ds.out" "$WORK/ds-resume.out" <<'EOF2'
+import json
+import sys
+train = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+resume = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
+if not (train.get("tokens_per_s", 0) > 0 and "save_s" in train):
+    sys.exit(f"FAIL: ds_peer.py: {train}")
+if not (resume.get("first_step_done_s", 0) >= resume.get("load_s", -1) >= 0):
+    sys.exit(f"FAIL: ds_peer.py --resume: {resume}")
+EOF2
+else
+  echo "ds_peer.py: not run ($PYTHON has no deepspeed; PYTHONPATH may name one)"
+fi
+
 # The checks name the script, the row and the key, so a failure says what to look at.
 "$PYTHON" - "$WORK/gpt.out" "$WORK/ckpt.out" "$WORK/fsdp.out" "$WORK/gpt-padded.out" \
   "$WORK/gpt-unpadded.out" <<'EOF'
