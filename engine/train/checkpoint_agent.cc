@@ -191,8 +191,7 @@ void CheckpointAgent::ReclaimAbandonedSaves() {
   // first save could be starting; a live save of another job holds its locks and stays.
   Result<ckpt::GcReport> r = ckpt::ReclaimAbandonedSaves(a.o.env, a.save_dir);
   if (!r.ok()) {
-    io::LogWarning("not reclaiming abandoned saves in " + a.save_dir + ": " +
-                   r.status().message());
+    io::LogWarning("not reclaiming abandoned saves in " + a.save_dir + ": " + r.status().message());
   } else if (!r->removed.empty()) {
     io::LogInfo("reclaimed " + std::to_string(r->removed.size()) +
                 " save(s) that killed runs left in " + a.save_dir + " (" +
@@ -395,8 +394,7 @@ Status CheckpointAgent::Save(const SavePoint& point, const std::string& reason) 
   Reap(/*wait=*/true);  // the previous save: the writer takes one at a time
   DS_RETURN_IF_ERROR(a.StopIfFailing(point.step));
   if (Status s = a.SaveNow(point, reason); !s.ok()) {
-    a.NoteFailed(point.step,
-                 Status(s.code(), "it did not start (" + reason + "): " + s.message()));
+    a.NoteFailed(point.step, Status(s.code(), "it did not start (" + reason + "): " + s.message()));
   }
   return Status::OK();
 }
@@ -427,9 +425,9 @@ std::vector<at::Tensor> CheckpointAgent::Impl::SnapshotSources() {
         for (const at::Tensor& t : live) c.device_stage.push_back(at::empty_like(t));
       } catch (const c10::Error& e) {
         c.device_stage.clear();
-        io::LogWarning("rank " + std::to_string(o.rank) + ": checkpoint.device_staging: " +
-                       io::FormatBytes(need) + " of GPU memory could not be had (" +
-                       TorchMessage(e) +
+        io::LogWarning("rank " + std::to_string(o.rank) +
+                       ": checkpoint.device_staging: " + io::FormatBytes(need) +
+                       " of GPU memory could not be had (" + TorchMessage(e) +
                        "); snapshots copy to the host directly (set it to false to not try)");
       }
     }
@@ -474,10 +472,11 @@ Status CheckpointAgent::Impl::AddState(const std::vector<at::Tensor>& buffers) {
       s.box_length = slice.box_length;
       s.flat_begin = slice.flat_begin;
       s.flat_end = slice.flat_end;
-      at::Tensor src = buffers[static_cast<size_t>(b)].narrow(0, slice.buffer_offset, slice.numel());
+      at::Tensor src =
+          buffers[static_cast<size_t>(b)].narrow(0, slice.buffer_offset, slice.numel());
       if (src.is_cpu()) {
-        s.source.host = std::span<const std::byte>(static_cast<const std::byte*>(src.data_ptr()),
-                                                   src.nbytes());
+        s.source.host =
+            std::span<const std::byte>(static_cast<const std::byte*>(src.data_ptr()), src.nbytes());
       } else {
 #if DS_TORCH_HAS_CUDA
         s.source.fill = [src, side = copies->stream](uint64_t offset, std::span<std::byte> dst) {
@@ -611,6 +610,23 @@ Result<Restored> CheckpointAgent::Resume(const ResumeOptions& r, int64_t step) {
                                             a.save_dir + " loads either");
 }
 
+namespace {
+
+// Zeroes the elements of `buffer` that none of `slices` covers (padding).
+void ZeroWhereNoSlice(at::Tensor& buffer, std::vector<StateSlice> slices) {
+  std::sort(slices.begin(), slices.end(), [](const StateSlice& a, const StateSlice& b) {
+    return a.buffer_offset < b.buffer_offset;
+  });
+  int64_t covered = 0;  // elements [0, covered) are covered or zeroed
+  for (const StateSlice& s : slices) {
+    if (s.buffer_offset > covered) buffer.narrow(0, covered, s.buffer_offset - covered).zero_();
+    covered = std::max(covered, s.buffer_offset + s.numel());
+  }
+  if (covered < buffer.numel()) buffer.narrow(0, covered, buffer.numel() - covered).zero_();
+}
+
+}  // namespace
+
 Result<Restored> CheckpointAgent::Impl::Load(const std::string& path, const ResumeOptions& r,
                                              int64_t step) {
   WaitForCopies();  // loading rewrites the state a snapshot may still be copying
@@ -627,7 +643,10 @@ Result<Restored> CheckpointAgent::Impl::Load(const std::string& path, const Resu
   std::vector<at::Tensor> host;
   std::vector<ckpt::ReadRequest> requests;
   for (int b = 0; b < buffers; ++b) {
-    at::Tensor h = at::zeros({targets[b].numel()}, at::kFloat);
+    // Not zero-filled first (1.3B: 15.6 GB of writes): the reads fill every slice, and only
+    // the partition padding no slice covers is zeroed.
+    at::Tensor h = at::empty({targets[b].numel()}, at::kFloat);
+    ZeroWhereNoSlice(h, slices);
     for (const StateSlice& slice : slices) {
       ckpt::ReadRequest q;
       q.slice.tensor = o.plan.TensorName(b, slice.tensor);
