@@ -270,7 +270,8 @@ Result<Config> ParseConfig(std::string_view json_text, const Overrides& override
   Diagnostics d;
   d.source = source;
   SectionReader top(&d, "", &root);
-  internal::ReadOtherDeepSpeedKeys(top, &c.parallel);  // first: refuses keys DeepSpeed removed
+  internal::ReadOtherDeepSpeedKeys(top, &c.parallel,
+                                   &c.zero);  // first: refuses keys DeepSpeed removed
   internal::ReadModel(top, &c.model);
   internal::ReadTrainer(top, PeekSchedulerTotalSteps(root), &c.trainer);
   internal::ReadData(top, &c.data);

@@ -11,8 +11,8 @@
 #include <string_view>
 #include <vector>
 
-#include "io/env.h"
 #include "engine/config/zero_stage.h"
+#include "io/env.h"
 #include "io/status.h"
 
 namespace ds::engine {
@@ -108,9 +108,12 @@ struct SchedulerConfig {
 std::string_view SchedulerTypeName(SchedulerConfig::Type t);  // DeepSpeed's spelling; "none"
 
 struct OffloadConfig {
-  enum class Device : uint8_t { kNone, kCpu, kNvme };  // kNvme is refused (not built)
+  // kNvme: offload_optimizer only (stages 1-3); offload_param's is refused (not built yet).
+  enum class Device : uint8_t { kNone, kCpu, kNvme };
   Device device = Device::kNone;
   bool pin_memory = true;
+  std::string nvme_path;     // kNvme: the directory the swap files go under
+  int64_t buffer_count = 4;  // kNvme: host buffers of each swap stream (DeepSpeed's default 4)
 };
 
 // zero_optimization: the keys dstrain implements (the rest are in Config::resolved).
@@ -125,12 +128,16 @@ struct ZeroConfig {
   bool reduce_scatter = true;
   int64_t reduce_bucket_size = 500'000'000;  // elements
   bool allgather_partitions = true;
-  int64_t allgather_bucket_size = 500'000'000;       // elements
-  bool overlap_comm = false;                         // DeepSpeed's default: true at stage 3 only
-  OffloadConfig offload_optimizer;                   // stages 1-3
-  OffloadConfig offload_param;                       // stage 3 only
-  int64_t sub_group_size = 1'000'000'000;            // elements
-  int64_t stage3_prefetch_bucket_size = 50'000'000;  // elements
+  int64_t allgather_bucket_size = 500'000'000;  // elements
+  bool overlap_comm = false;                    // DeepSpeed's default: true at stage 3 only
+  OffloadConfig offload_optimizer;              // stages 1-3
+  // The top-level `aio` section, for NVMe offload: the swap files stream through the host in
+  // chunks of block_size * queue_depth bytes.
+  int64_t aio_block_size = 1'048'576;  // bytes
+  int64_t aio_queue_depth = 8;
+  OffloadConfig offload_param;                           // stage 3 only
+  int64_t sub_group_size = 1'000'000'000;                // elements
+  int64_t stage3_prefetch_bucket_size = 50'000'000;      // elements
   int64_t stage3_param_persistence_threshold = 100'000;  // elements
   int64_t stage3_max_live_parameters = 1'000'000'000;    // elements
   int64_t stage3_max_reuse_distance = 1'000'000'000;     // elements

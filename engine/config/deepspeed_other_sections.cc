@@ -119,7 +119,7 @@ void ReadMonitor(SectionReader& top, MonitorConfig* out) {
   out->wall_clock_breakdown = out->wall_clock_breakdown || profiler;
 }
 
-void ReadOtherDeepSpeedKeys(SectionReader& top, ParallelConfig* parallel) {
+void ReadOtherDeepSpeedKeys(SectionReader& top, ParallelConfig* parallel, ZeroConfig* zero) {
   Diagnostics* d = top.diag();
   for (const Removed& r : kRemovedKeys) {
     top.Know(r.key);
@@ -211,8 +211,10 @@ void ReadOtherDeepSpeedKeys(SectionReader& top, ParallelConfig* parallel) {
   types.Finish();
 
   SectionReader aio = top.Child("aio");
-  aio.Int("block_size", 1'048'576, 0, Use::kIgnored);
-  aio.Int("queue_depth", 8, 0, Use::kIgnored);
+  // NVMe offload reads and writes its swap files in chunks of block_size * queue_depth bytes;
+  // the rest of the section is DeepSpeed's async I/O engine's (ours is io_uring, io::Env).
+  zero->aio_block_size = aio.Int("block_size", 1'048'576, 4);
+  zero->aio_queue_depth = aio.Int("queue_depth", 8, 1);
   aio.Int("intra_op_parallelism", 1, 0, Use::kIgnored);
   aio.Bool("single_submit", false, Use::kIgnored);
   aio.Bool("overlap_events", true, Use::kIgnored);

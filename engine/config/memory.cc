@@ -63,9 +63,12 @@ MemoryEstimate EstimateMemory(const ModelConfig& model, int64_t world_size, cons
     e.gathered = weight_bytes * static_cast<uint64_t>(LargestGatheredParameters(model));
   }
   if (stage.partitions_optimizer() &&
-      zero.offload_optimizer.device == OffloadConfig::Device::kCpu) {
-    // The master, the moments and the gradient partition (at stage 1, besides the accumulator).
-    e.host += e.optimizer + kGradBytes * shard;
+      zero.offload_optimizer.device != OffloadConfig::Device::kNone) {
+    // The master, the moments and the gradient partition (at stage 1, besides the accumulator);
+    // with NVMe the first three in its swap files, the gradients on the host.
+    const bool nvme = zero.offload_optimizer.device == OffloadConfig::Device::kNvme;
+    e.host += (nvme ? 0 : e.optimizer) + kGradBytes * shard;
+    e.nvme += nvme ? e.optimizer : 0;
     e.optimizer = 0;
     if (stage.partitions_gradients()) e.grads = 0;
   }
@@ -138,13 +141,16 @@ MemoryNeed NeedOf(const Config& config, const ZeroConfig& zero, bool on_gpu) {
   MemoryNeed n;
   n.zero = zero;
   n.setting = "stage " + std::to_string(zero.stage);
-  if (zero.offload_optimizer.device == OffloadConfig::Device::kCpu) {
-    n.setting += " + offload_optimizer cpu";
+  if (zero.offload_optimizer.device != OffloadConfig::Device::kNone) {
+    n.setting += zero.offload_optimizer.device == OffloadConfig::Device::kNvme
+                     ? " + offload_optimizer nvme"
+                     : " + offload_optimizer cpu";
   }
   if (zero.offload_param.device == OffloadConfig::Device::kCpu) n.setting += " + offload_param cpu";
   const uint64_t device = e.device_total() + ActivationBytes(config, recomputed, on_gpu);
   n.device = on_gpu ? device : 0;
   n.host = e.host + (on_gpu ? 0 : device);
+  n.nvme = e.nvme;
   return n;
 }
 
@@ -164,6 +170,8 @@ std::vector<MemoryNeed> SettingsByCost(const Config& config, bool on_gpu) {
     out.push_back(NeedOf(config, z, on_gpu));
   }
   z.offload_param.device = OffloadConfig::Device::kCpu;
+  out.push_back(NeedOf(config, z, on_gpu));
+  z.offload_optimizer.device = OffloadConfig::Device::kNvme;
   out.push_back(NeedOf(config, z, on_gpu));
   return out;
 }
@@ -197,15 +205,17 @@ std::string MemoryAdvice(const Config& config, const MachineMemory& machine) {
       machine.host_bytes > 0 ? gib(machine.host_bytes).c_str() : "(not this one)",
       static_cast<unsigned long long>(ranks));
   out += line;
-  std::snprintf(line, sizeof line, "  %-52s %12s %12s  %s\n", "setting", "device", "host", "fits");
+  std::snprintf(line, sizeof line, "  %-52s %12s %12s %12s  %s\n", "setting", "device", "host",
+                "nvme", "fits");
   out += line;
   const std::vector<MemoryNeed> settings = SettingsByCost(config, on_gpu);
   const MemoryNeed* cheapest = nullptr;
   for (const MemoryNeed& n : settings) {
     const bool ok = fits(n);
     if (ok && cheapest == nullptr) cheapest = &n;
-    std::snprintf(line, sizeof line, "  %-52s %12s %12s  %s\n", n.setting.c_str(),
-                  on_gpu ? gib(n.device).c_str() : "-", gib(n.host).c_str(), ok ? "yes" : "no");
+    std::snprintf(line, sizeof line, "  %-52s %12s %12s %12s  %s\n", n.setting.c_str(),
+                  on_gpu ? gib(n.device).c_str() : "-", gib(n.host).c_str(),
+                  n.nvme > 0 ? gib(n.nvme).c_str() : "-", ok ? "yes" : "no");
     out += line;
   }
   if (cheapest == nullptr) {

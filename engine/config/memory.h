@@ -28,6 +28,7 @@ struct MemoryEstimate {  // bytes, per rank
   uint64_t optimizer = 0;  // fp32 master weights (fp16/bf16 only) + Adam's two fp32 moments
   uint64_t gathered = 0;   // stage 3: the largest unit's weights, gathered whole
   uint64_t host = 0;       // what CPU offload moves to host memory
+  uint64_t nvme = 0;       // what NVMe offload moves to its swap files
   uint64_t device_total() const { return params + grads + optimizer + gathered; }
 };
 
@@ -68,11 +69,13 @@ struct MemoryNeed {
   ZeroConfig zero;
   uint64_t device = 0;  // bytes per rank; 0 when training on the CPU
   uint64_t host = 0;    // bytes per rank
+  uint64_t nvme = 0;    // bytes per rank
 };
 MemoryNeed NeedOf(const Config& config, const ZeroConfig& zero, bool on_gpu);
 
 // The settings dsrun weighs, cheapest (fastest) first: stages 0-3, then stage 2 and 3 with the
-// optimizer offloaded, then stage 3 with the parameters too (on the CPU: stages 0-3 only).
+// optimizer offloaded, then stage 3 with the parameters too, then that with the optimizer on
+// NVMe instead (on the CPU: stages 0-3 only). NVMe's disk is not checked.
 std::vector<MemoryNeed> SettingsByCost(const Config& config, bool on_gpu);
 
 // For --dry-run and an out-of-memory step: activations with and without checkpointing, what

@@ -35,6 +35,6 @@ void ReadMonitor(SectionReader& top, MonitorConfig* out);
 // flops_profiler, comms_logger, pipeline, tensor_parallel, ...), and the ones DeepSpeed itself
 // now refuses. The tensor-parallel and pipeline degrees go to `parallel` (dp is left to the
 // caller).
-void ReadOtherDeepSpeedKeys(SectionReader& top, ParallelConfig* parallel);
+void ReadOtherDeepSpeedKeys(SectionReader& top, ParallelConfig* parallel, ZeroConfig* zero);
 
 }  // namespace ds::engine::internal

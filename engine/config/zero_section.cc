@@ -31,13 +31,28 @@ OffloadConfig ReadOffload(SectionReader& z, std::string_view key, bool is_param,
   SectionReader r = z.Child(key);
   OffloadConfig out;
   std::string device = r.Choice("device", "none", {"none", "cpu", "nvme"}, false);
-  out.device = device == "cpu" ? OffloadConfig::Device::kCpu : OffloadConfig::Device::kNone;
-  if (device == "nvme" && r.diag()->ok()) {
-    r.diag()->Error(r.KeyPath("device") + " 'nvme': nvme offload is not built; use cpu or none");
-  }
-  r.Any("nvme_path", nullptr, Use::kIgnored);
-  r.Int("buffer_count", is_param ? 5 : 4, 0, Use::kIgnored);
+  out.device = device == "cpu"    ? OffloadConfig::Device::kCpu
+               : device == "nvme" ? OffloadConfig::Device::kNvme
+                                  : OffloadConfig::Device::kNone;
+  const bool nvme = device == "nvme";
+  const json path = r.Any("nvme_path", nullptr, nvme ? Use::kImplemented : Use::kIgnored);
+  out.buffer_count =
+      r.Int("buffer_count", is_param ? 5 : 4, 1, nvme ? Use::kImplemented : Use::kIgnored);
   out.pin_memory = r.Bool("pin_memory", true);
+  if (nvme && r.diag()->ok()) {
+    if (is_param) {
+      r.diag()->Error(r.KeyPath("device") +
+                      " 'nvme': parameters on NVMe are not built yet (the optimizer state is: "
+                      "offload_optimizer.device nvme); use cpu for the parameters");
+    } else if (!stage.partitions_optimizer()) {
+      r.diag()->Error(r.KeyPath("device") + " 'nvme' needs ZeRO stage 1-3 (as in DeepSpeed)");
+    } else if (!path.is_string() || path.get<std::string>().empty()) {
+      r.diag()->Error(r.KeyPath("nvme_path") +
+                      " must name a directory on the NVMe disk when device is 'nvme'");
+    } else {
+      out.nvme_path = path.get<std::string>();
+    }
+  }
   if (is_param) {
     r.Int("buffer_size", 100'000'000, 0, Use::kIgnored);
     r.Int("max_in_cpu", 1'000'000'000, 0, Use::kIgnored);
@@ -127,7 +142,8 @@ void ReadZero(SectionReader& top, const ModelConfig& model, ZeroConfig* out) {
   z.Bool("use_multi_rank_bucket_allreduce", true, Use::kIgnored);
   out->allgather_partitions = z.Bool("allgather_partitions", true);
   out->allgather_bucket_size = z.Int("allgather_bucket_size", 500'000'000, 0);
-  out->overlap_comm = z.Bool("overlap_comm", out->Stage().partitions_parameters());  // DeepSpeed: on at stage 3
+  out->overlap_comm =
+      z.Bool("overlap_comm", out->Stage().partitions_parameters());  // DeepSpeed: on at stage 3
   bool grad_norm = z.Bool("compute_grad_norm", true, Use::kIgnored);
   if (d->ok() && !grad_norm && out->stage != 1 && out->stage != 2) {
     d->Error("zero_optimization.compute_grad_norm=false is supported only with ZeRO stage 1 or 2");

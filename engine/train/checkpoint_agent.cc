@@ -403,6 +403,7 @@ Status CheckpointAgent::Save(const SavePoint& point, const std::string& reason) 
 // in GPU memory, made now on the compute stream: training then waits only for a device-to-device
 // copy, and the copy to the host reads the stage while later steps run.
 std::vector<at::Tensor> CheckpointAgent::Impl::SnapshotSources() {
+  if (o.zero->swapped()) return {};  // AddState reads the swap files
   std::vector<at::Tensor> live = {o.zero->master(), o.zero->exp_avg(), o.zero->exp_avg_sq()};
 #if DS_TORCH_HAS_CUDA
   if (!live[0].is_cuda()) return live;  // offloaded: the state is on the host already
@@ -472,6 +473,21 @@ Status CheckpointAgent::Impl::AddState(const std::vector<at::Tensor>& buffers) {
       s.box_length = slice.box_length;
       s.flat_begin = slice.flat_begin;
       s.flat_end = slice.flat_end;
+      if (o.zero->swapped()) {
+        // From the NVMe swap files, read as the writer asks for each part (during Snapshot,
+        // which returns before the next optimizer step rewrites them).
+        s.source.fill = [zero = o.zero, b, at = slice.buffer_offset](uint64_t offset,
+                                                                     std::span<std::byte> dst) {
+          if (offset % sizeof(float) != 0 || dst.size() % sizeof(float) != 0) {
+            return Status::InvalidArgument("a swapped slice is read by whole floats");
+          }
+          return zero->ReadState(
+              b, at + static_cast<int64_t>(offset / sizeof(float)),
+              std::span<float>(reinterpret_cast<float*>(dst.data()), dst.size() / sizeof(float)));
+        };
+        DS_RETURN_IF_ERROR(writer->AddSlice(std::move(s)));
+        continue;
+      }
       at::Tensor src =
           buffers[static_cast<size_t>(b)].narrow(0, slice.buffer_offset, slice.numel());
       if (src.is_cpu()) {
@@ -612,6 +628,25 @@ Result<Restored> CheckpointAgent::Resume(const ResumeOptions& r, int64_t step) {
 
 namespace {
 
+// The loaded buffers into the NVMe swap files; without the optimizer's, zero moments.
+Status WriteSwappedState(ZeroOptimizer* zero, const std::vector<at::Tensor>& host, bool optimizer) {
+  for (size_t b = 0; b < host.size(); ++b) {
+    DS_RETURN_IF_ERROR(zero->WriteState(
+        static_cast<int>(b), 0,
+        std::span<const float>(host[b].data_ptr<float>(), static_cast<size_t>(host[b].numel()))));
+  }
+  if (optimizer) return Status::OK();
+  const int64_t n = zero->state_numel();
+  const std::vector<float> zeros(static_cast<size_t>(std::min<int64_t>(n, 1 << 22)), 0.0f);
+  for (int b = 1; b < 3; ++b) {
+    for (int64_t at = 0; at < n; at += static_cast<int64_t>(zeros.size())) {
+      const size_t len = static_cast<size_t>(std::min<int64_t>(zeros.size(), n - at));
+      DS_RETURN_IF_ERROR(zero->WriteState(b, at, std::span<const float>(zeros.data(), len)));
+    }
+  }
+  return Status::OK();
+}
+
 // Zeroes the elements of `buffer` that none of `slices` covers (padding).
 void ZeroWhereNoSlice(at::Tensor& buffer, std::vector<StateSlice> slices) {
   std::sort(slices.begin(), slices.end(), [](const StateSlice& a, const StateSlice& b) {
@@ -645,7 +680,7 @@ Result<Restored> CheckpointAgent::Impl::Load(const std::string& path, const Resu
   for (int b = 0; b < buffers; ++b) {
     // Not zero-filled first (1.3B: 15.6 GB of writes): the reads fill every slice, and only
     // the partition padding no slice covers is zeroed.
-    at::Tensor h = at::empty({targets[b].numel()}, at::kFloat);
+    at::Tensor h = at::empty({o.zero->state_numel()}, at::kFloat);
     ZeroWhereNoSlice(h, slices);
     for (const StateSlice& slice : slices) {
       ckpt::ReadRequest q;
@@ -677,14 +712,18 @@ Result<Restored> CheckpointAgent::Impl::Load(const std::string& path, const Resu
       std::memcpy(rng_state->data_ptr(), rng->data(), rng->size());
     }
   }
-  DS_RETURN_IF_ERROR(TorchCall("placing the loaded state on " + o.device.str(), [&] {
-    torch::NoGradGuard no_grad;
-    for (size_t b = 0; b < host.size(); ++b) targets[b].copy_(host[b]);
-    if (!optimizer) {
-      o.zero->exp_avg().zero_();
-      o.zero->exp_avg_sq().zero_();
-    }
-  }));
+  if (o.zero->swapped()) {
+    DS_RETURN_IF_ERROR(WriteSwappedState(o.zero, host, optimizer));
+  } else {
+    DS_RETURN_IF_ERROR(TorchCall("placing the loaded state on " + o.device.str(), [&] {
+      torch::NoGradGuard no_grad;
+      for (size_t b = 0; b < host.size(); ++b) targets[b].copy_(host[b]);
+      if (!optimizer) {
+        o.zero->exp_avg().zero_();
+        o.zero->exp_avg_sq().zero_();
+      }
+    }));
+  }
   DS_RETURN_IF_ERROR(o.zero->Publish());
   if (out.state) {
     o.zero->set_adam_steps(optimizer ? out.state->adam_steps : 0);

@@ -4,6 +4,10 @@
 #include <torch/cuda.h>
 #include <torch/types.h>
 
+#include <algorithm>
+
+#include "engine/zero/swap.h"
+
 namespace ds::engine {
 
 LrScheduleParams ScheduleParamsOf(const SchedulerConfig& s) {
@@ -105,7 +109,13 @@ ZeroOptions ZeroOptionsOf(const Config& c, const ParallelState& par, Comm* data_
   z.reduce_bucket_size = c.zero.reduce_bucket_size;
   z.overlap_comm = c.zero.overlap_comm;
   z.pipelined = par.pp > 1;
-  z.offload_optimizer = c.zero.offload_optimizer.device == OffloadConfig::Device::kCpu;
+  z.offload_optimizer = c.zero.offload_optimizer.device != OffloadConfig::Device::kNone;
+  if (c.zero.offload_optimizer.device == OffloadConfig::Device::kNvme) {
+    z.nvme_path = c.zero.offload_optimizer.nvme_path;
+    // One job's restarts share a swap directory (and reclaim a killed run's); jobs never do.
+    z.nvme_job = SwapJobName(CheckpointDir(c));
+    z.swap_chunk = std::max<int64_t>(1, c.zero.aio_block_size * c.zero.aio_queue_depth / 4);
+  }
   z.offload_param = c.zero.offload_param.device == OffloadConfig::Device::kCpu &&
                     c.zero.Stage().partitions_parameters();
   z.pin_memory = c.zero.offload_optimizer.pin_memory;

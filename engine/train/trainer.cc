@@ -242,6 +242,7 @@ Status Trainer::Impl::SetupZero() {
   places = FindPlaces(*model, par);
   ZeroOptions zo = ZeroOptionsOf(config, par, DataComm(), places, device, dtype);
   zo.defer_values = options.will_resume;  // Resume draws them only if nothing is loaded
+  zo.env = env;                            // NVMe offload's swap files
   DS_ASSIGN_OR_RETURN(zero, ZeroOptimizer::Create(model, zo));
   int64_t offset = 0;
   for (const auto& p : model->named_parameters()) {

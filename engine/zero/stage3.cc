@@ -90,7 +90,8 @@ Status ZeroOptimizer::Impl::SetupStage3(const std::vector<at::Tensor>& fp32) {
     units[t.unit].push_back(static_cast<int>(i));
     t.persistent = t.numel <= o.persistence_threshold;
   }
-  master = at::zeros({part_len}, state_opts);
+  // Swapped and deferred: no master here at all (Initialize writes it to the swap files).
+  if (!swapping() || !fp32.empty()) master = at::zeros({part_len}, state_opts);
   for (size_t i = 0; i < fp32.size(); ++i) {  // none when deferred: Initialize fills it
     const ZeroTensor& t = tensors[i];
     at::Tensor padded = at::zeros({t.piece * W}, fp32[i].options());
@@ -102,7 +103,8 @@ Status ZeroOptimizer::Impl::SetupStage3(const std::vector<at::Tensor>& fp32) {
                         .dtype(o.dtype)
                         .device(host ? at::kCPU : o.device)
                         .pinned_memory(host && o.pin_memory && o.device.is_cuda());
-  param_part = master.to(param_opts, /*non_blocking=*/false, /*copy=*/true);
+  param_part = master.defined() ? master.to(param_opts, /*non_blocking=*/false, /*copy=*/true)
+                                : at::zeros({part_len}, param_opts);
   grad = at::zeros({part_len}, state_opts);
   if (fp32.empty()) {
     // Deferred: the placeholders hold nothing; every tensor is gathered at its first use.
@@ -257,7 +259,11 @@ Status ZeroOptimizer::Impl::ReduceUnitGrads(int unit) {
 }
 
 Status ZeroOptimizer::Impl::PublishStage3() {
-  param_part.copy_(master);
+  if (swapping()) {
+    DS_RETURN_IF_ERROR(CopyMasterInto(param_part));
+  } else {
+    param_part.copy_(master);
+  }
   for (ZeroTensor& t : tensors) {
     // Persistent parameters keep their (now old) weights until their unit is gathered again.
     if (t.fresh) live_elements -= t.numel;
@@ -268,7 +274,8 @@ Status ZeroOptimizer::Impl::PublishStage3() {
 
 Result<at::Tensor> ZeroOptimizer::Impl::GatherStage3Master() {
   const int64_t W = o.world_size;
-  at::Tensor mine = master.to(o.device);
+  DS_ASSIGN_OR_RETURN(const at::Tensor master_now, MasterNow());
+  at::Tensor mine = master_now.to(o.device);
   at::Tensor all = mine;
   if (distributed()) {
     all = at::empty({part_len * W}, mine.options());

@@ -161,7 +161,7 @@ Status ZeroOptimizer::Impl::TakeBuiltModel() {
   for (const auto& p : model->named_parameters()) tensors[i++].param = p.value();
   DS_RETURN_IF_ERROR(stage.partitions_parameters() ? SetupStage3(fp32) : SetupFlat(fp32));
   AllocateMoments();
-  return Status::OK();
+  return swapping() ? OpenSwap() : Status::OK();
 }
 
 // A model built with placeholders (LanguageModel::deferred): no rank ever holds more than its
@@ -188,12 +188,14 @@ Status ZeroOptimizer::Impl::TakeDeferredModel() {
   DS_RETURN_IF_ERROR(stage.partitions_parameters() ? SetupStage3({}) : SetupFlat({}));
   AllocateMoments();
   values_pending = true;
-  return Status::OK();
+  return swapping() ? OpenSwap() : Status::OK();
 }
 
 void ZeroOptimizer::Impl::AllocateMoments() {
-  exp_avg = at::zeros({part_len}, state_opts);
-  exp_avg_sq = at::zeros({part_len}, state_opts);
+  if (!swapping()) {  // swapped: fresh swap files read as zeros
+    exp_avg = at::zeros({part_len}, state_opts);
+    exp_avg_sq = at::zeros({part_len}, state_opts);
+  }
   adam_step = at::zeros({}, state_opts.pinned_memory(false));
   lr = at::zeros({}, state_opts.pinned_memory(false));
 }
@@ -205,8 +207,13 @@ Status ZeroOptimizer::Initialize() {
     torch::NoGradGuard no_grad;
     for (const ZeroPiece& p : HeldPieces()) {
       const ZeroTensor& t = z.tensors[static_cast<size_t>(p.tensor)];
-      z.master.narrow(0, p.offset, p.end - p.begin)
-          .copy_(z.model->InitialValues(t.name, p.begin, p.end));
+      at::Tensor values = z.model->InitialValues(t.name, p.begin, p.end).contiguous();
+      if (z.swapping()) {
+        DS_RETURN_IF_ERROR(WriteState(
+            0, p.offset, std::span<const float>(values.data_ptr<float>(), values.numel())));
+      } else {
+        z.master.narrow(0, p.offset, p.end - p.begin).copy_(values);
+      }
     }
   } catch (const std::exception& e) {
     return TorchError(e, "making the initial weights");
@@ -249,7 +256,7 @@ Status ZeroOptimizer::Impl::SetupFlat(const std::vector<at::Tensor>& fp32) {
   // The model's parameters become views of one flat buffer in the training dtype, laid out as
   // the master vector: publishing new weights is one copy (or one all-gather) into it.
   if (fp32.empty()) {  // deferred: Initialize or a checkpoint fills the master, then publishes
-    master = at::zeros({part_len}, state_opts);
+    if (!swapping()) master = at::zeros({part_len}, state_opts);
     flat_param = at::zeros({padded}, at::TensorOptions().dtype(o.dtype).device(o.device));
   } else {
     at::Tensor full = at::zeros({padded}, fp32[0].options());
@@ -497,10 +504,17 @@ Status ZeroOptimizer::Impl::ReduceFlatAccumulator() {
 
 Status ZeroOptimizer::Impl::PublishFlat() {
   if (!stage.partitions_optimizer() || !distributed()) {
+    if (swapping()) return CopyMasterInto(flat_param.narrow(0, part_begin, part_len));
     flat_param.narrow(0, part_begin, part_len).copy_(master);
     return Status::OK();
   }
-  at::Tensor mine = master.to(o.device, o.dtype);
+  at::Tensor mine;
+  if (swapping()) {
+    mine = at::empty({part_len}, at::TensorOptions().dtype(o.dtype).device(o.device));
+    DS_RETURN_IF_ERROR(CopyMasterInto(mine));
+  } else {
+    mine = master.to(o.device, o.dtype);
+  }
   return comm()->AllGather(flat_param, mine, "updated weights");
 }
 
@@ -555,9 +569,14 @@ Result<ZeroStepResult> ZeroOptimizer::Impl::StepWithLr(std::optional<double> bet
       out.overflow = out.overflow_t.item<float>() > 0;
     }
     const at::Device state = adam_step.device();
-    AdamWStep(master, grad, exp_avg, exp_avg_sq, adam_step, out.overflow_t.to(state), lr,
-              divisor.defined() ? divisor.to(state) : divisor, o.adam,
-              beta1.value_or(std::numeric_limits<double>::quiet_NaN()));
+    if (swapping()) {
+      DS_RETURN_IF_ERROR(SwappedAdamStep(out.overflow_t.to(state),
+                                         divisor.defined() ? divisor.to(state) : divisor, beta1));
+    } else {
+      AdamWStep(master, grad, exp_avg, exp_avg_sq, adam_step, out.overflow_t.to(state), lr,
+                divisor.defined() ? divisor.to(state) : divisor, o.adam,
+                beta1.value_or(std::numeric_limits<double>::quiet_NaN()));
+    }
     if (!out.read || !out.overflow) {
       DS_RETURN_IF_ERROR(stage.partitions_parameters() ? PublishStage3() : PublishFlat());
     }
@@ -641,11 +660,12 @@ Result<at::Tensor> ZeroOptimizer::GatherMaster() {
   Impl& z = *impl_;
   try {
     if (z.stage.partitions_parameters()) return z.GatherStage3Master();
+    DS_ASSIGN_OR_RETURN(const at::Tensor master, z.MasterNow());
     if (!z.stage.partitions_optimizer() || !z.distributed())
       // A blocking copy: a non-blocking one from a GPU lands in pinned memory *later*, and the
       // caller reads the result at once.
-      return z.master.narrow(0, 0, z.total).to(at::kCPU, /*non_blocking=*/false, /*copy=*/true);
-    at::Tensor mine = z.master.to(z.o.device);
+      return master.narrow(0, 0, z.total).to(at::kCPU, /*non_blocking=*/false, /*copy=*/true);
+    at::Tensor mine = master.to(z.o.device);
     at::Tensor all = at::empty({z.part_len * z.o.world_size}, mine.options());
     DS_RETURN_IF_ERROR(z.comm()->AllGather(all, mine, "master weights"));
     return all.narrow(0, 0, z.total).to(at::kCPU);
@@ -676,6 +696,7 @@ ModelStateBytes ZeroOptimizer::Memory() const {
   add(&m.optimizer, z.master);
   add(&m.optimizer, z.exp_avg);
   add(&m.optimizer, z.exp_avg_sq);
+  if (z.swap != nullptr) m.on_nvme = z.swap->bytes();
   return m;
 }
 

@@ -9,12 +9,14 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "engine/config/config.h"
 #include "engine/optim/adamw.h"
 #include "engine/zero/piece.h"
+#include "io/env.h"
 #include "io/status.h"
 
 namespace ds::engine {
@@ -38,7 +40,15 @@ struct ZeroOptions {
   // instead of one reduce-scatter after it.
   bool overlap_comm = false;
   bool pipelined = false;  // pipeline stages (1F1B interleaves micro batches' backward passes)
-  bool offload_optimizer = false;             // master, moments and gradients on the CPU
+  bool offload_optimizer = false;  // master, moments and gradients on the CPU
+  // offload_optimizer on NVMe (ZeRO-Infinity): the master and both moments live in swap files
+  // under nvme_path (engine/zero/swap.h), streamed through host buffers of swap_chunk elements
+  // for each optimizer step; the gradient partition stays on the host (offload_optimizer must
+  // be true too). Empty: in memory.
+  std::string nvme_path;
+  std::string nvme_job;                       // SwapJobName of the job
+  io::Env* env = nullptr;                     // the swap files' Env
+  int64_t swap_chunk = int64_t{1} << 24;      // elements (64 MiB of fp32 per buffer)
   bool offload_param = false;                 // stage 3: parameter partitions on the CPU
   bool pin_memory = true;                     // page-locked CPU buffers (with a GPU)
   int64_t prefetch_elements = 50'000'000;     // stage 3: gather the next unit ahead
@@ -78,6 +88,7 @@ struct ModelStateBytes {
   uint64_t grads = 0;      // gradient accumulators
   uint64_t optimizer = 0;  // fp32 master and both moments
   uint64_t on_host = 0;    // the part of the above in CPU memory while training on a GPU
+  uint64_t on_nvme = 0;    // the optimizer state in NVMe swap files (not in `optimizer`)
   uint64_t total() const { return params + grads + optimizer; }
 };
 
@@ -142,9 +153,17 @@ class ZeroOptimizer {
   std::vector<ZeroPiece> SavePieces() const;
   // This rank's fp32 optimizer buffers (partition_numel elements each), read and written by
   // checkpoints; after writing them, Publish() makes the model's weights match.
+  // Undefined while the state is swapped to NVMe (swapped()): use ReadState / WriteState.
   at::Tensor master() const;
   at::Tensor exp_avg() const;
   at::Tensor exp_avg_sq() const;
+  // Where the three buffers (0 master, 1 exp_avg, 2 exp_avg_sq; state_numel() elements each)
+  // live: in memory, or (offload_optimizer nvme) in swap files. Read and write ranges of them
+  // either way; after writing the master, Publish().
+  bool swapped() const;
+  int64_t state_numel() const;
+  Status ReadState(int buffer, int64_t begin, std::span<float> out) const;
+  Status WriteState(int buffer, int64_t begin, std::span<const float> data);
   int64_t adam_steps() const;  // waits for the device's count
   void set_adam_steps(int64_t steps);
   Status Publish();

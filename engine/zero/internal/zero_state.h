@@ -13,6 +13,7 @@
 
 #include "engine/comm/comm.h"
 #include "engine/model/model.h"
+#include "engine/zero/swap.h"
 #include "engine/zero/zero.h"
 
 namespace ds::engine {
@@ -111,6 +112,17 @@ struct ZeroOptimizer::Impl : public UnitRunner {
 
   // The model's values are still to come (a deferred model before Initialize or a load).
   bool values_pending = false;
+  // offload_optimizer nvme: master, exp_avg and exp_avg_sq live here (the tensors undefined).
+  std::unique_ptr<SwapSpace> swap;
+  bool swapping() const { return !o.nvme_path.empty(); }
+  Status OpenSwap();  // moves a built master (and zero moments) into the swap files
+  // The master partition, read from the swap files when swapped (a host copy: tests, gathers).
+  Result<at::Tensor> MasterNow() const;
+  // Stages 1-3 swapped: Adam over the partition chunk by chunk (read, update, write back).
+  Status SwappedAdamStep(const at::Tensor& skip, const at::Tensor& divisor,
+                         std::optional<double> beta1);
+  // The master's chunks into `dst` (the partition in the training dtype, on the device).
+  Status CopyMasterInto(const at::Tensor& dst) const;
   bool deferred() const { return model->deferred(); }
 
   // zero.cc

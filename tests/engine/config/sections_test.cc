@@ -244,12 +244,27 @@ TEST(ConfigZeroTest, ReadsStagesOffloadAndDeepSpeedsAliases) {
   EXPECT_THAT(c.warnings, IsEmpty());
 }
 
-TEST(ConfigZeroTest, RefusesNvmeAndBadStages) {
+TEST(ConfigZeroTest, NvmeOffloadOfTheOptimizerNeedsAPathAndAStageAndBadStagesAreRefused) {
   json cfg = Base();
   cfg["zero_optimization"] = {{"stage", 2}, {"offload_optimizer", {{"device", "nvme"}}}};
   EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
-                                   "cfg.json: zero_optimization.offload_optimizer.device 'nvme': "
-                                   "nvme offload is not built; use cpu or none"));
+                                   "cfg.json: zero_optimization.offload_optimizer.nvme_path must "
+                                   "name a directory on the NVMe disk when device is 'nvme'"));
+  cfg["zero_optimization"]["offload_optimizer"]["nvme_path"] = "/local_nvme";
+  cfg["zero_optimization"]["offload_optimizer"]["buffer_count"] = 2;
+  DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(cfg));
+  EXPECT_EQ(c.zero.offload_optimizer.device, OffloadConfig::Device::kNvme);
+  EXPECT_EQ(c.zero.offload_optimizer.nvme_path, "/local_nvme");
+  EXPECT_EQ(c.zero.offload_optimizer.buffer_count, 2);
+  cfg["zero_optimization"]["stage"] = 0;
+  EXPECT_THAT(Parse(cfg),
+              StatusIs(StatusCode::kInvalidArgument,
+                       HasSubstr("offload_optimizer.device 'nvme' needs ZeRO stage 1-3")));
+  cfg["zero_optimization"] = {
+      {"stage", 3}, {"offload_param", {{"device", "nvme"}, {"nvme_path", "/local_nvme"}}}};
+  EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
+                                   HasSubstr("offload_param.device 'nvme': parameters on NVMe "
+                                             "are not built yet")));
   cfg["zero_optimization"] = {{"stage", 4}};
   EXPECT_THAT(Parse(cfg),
               StatusIs(StatusCode::kInvalidArgument,

@@ -22,6 +22,7 @@
 namespace ds::engine {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 struct RankRun {
@@ -202,6 +203,87 @@ TEST_F(ResumeTest, ACheckpointResumesAtAnotherWorldSizeAndStage) {
       Run(1, Config(dir.path(), 6), {"zero_optimization.stage=0"}, testing::ResumeFrom());
   ASSERT_RANKS_OK(more);
   EXPECT_LT(more[0].summary.last_loss, saved[0].summary.first_loss);
+}
+
+// NVMe offload: the state is saved from the swap files and resumed into them at another world
+// size and stage (and out of them into memory), bit for bit; straight through equals saved and
+// resumed, swapped or not.
+TEST_F(ResumeTest, NvmeOffloadedStateSavesAndResumesAtAnotherWorldSizeAndStageBitExact) {
+  ds::testing::TempDir dir, nvme;
+  auto swapped = [&](int stage) {
+    return std::vector<std::string>{"zero_optimization.stage=" + std::to_string(stage),
+                                    "zero_optimization.offload_optimizer.device=nvme",
+                                    "zero_optimization.offload_optimizer.nvme_path=" + nvme.path(),
+                                    "aio.block_size=4096", "aio.queue_depth=2"};
+  };
+  // 2 steps on 2 ranks at stage 2, swapped; the same in memory.
+  std::vector<RankRun> saved = Run(2, Config(dir.Join("a"), 2), swapped(2));
+  ASSERT_RANKS_OK(saved);
+  std::vector<RankRun> in_memory = Run(2, Config(dir.Join("b"), 2), {"zero_optimization.stage=2"});
+  ASSERT_RANKS_OK(in_memory);
+  EXPECT_TRUE(torch::equal(saved[0].master, in_memory[0].master));
+  // Into 4 ranks at stage 3, swapped, at the saved step: the saved weights.
+  std::vector<RankRun> four = Run(4, Config(dir.Join("a"), 2), swapped(3), testing::ResumeFrom());
+  ASSERT_RANKS_OK(four);
+  EXPECT_THAT(four[0].resumed,
+              HasSubstr("saved by 2 rank(s) at ZeRO stage 2, loaded into 4 at stage 3"));
+  EXPECT_TRUE(torch::equal(four[0].master, saved[0].master));
+  // On to step 4 from each checkpoint, swapped and in memory: the same weights (the moments
+  // came through the swap files whole, or Adam's steps would differ).
+  std::vector<RankRun> on = Run(4, Config(dir.Join("a"), 4), swapped(3), testing::ResumeFrom());
+  std::vector<RankRun> on_memory =
+      Run(4, Config(dir.Join("b"), 4), {"zero_optimization.stage=3"}, testing::ResumeFrom());
+  ASSERT_RANKS_OK(on);
+  ASSERT_RANKS_OK(on_memory);
+  EXPECT_TRUE(torch::equal(on[0].master, on_memory[0].master));
+  EXPECT_FALSE(torch::equal(on[0].master, saved[0].master));
+  // Out of the swap files into memory on one rank: the weights they were saved with.
+  std::vector<RankRun> one =
+      Run(1, Config(dir.Join("a"), 4), {"zero_optimization.stage=0"}, testing::ResumeFrom());
+  ASSERT_RANKS_OK(one);
+  EXPECT_TRUE(torch::equal(one[0].master, on[0].master));
+  DS_ASSERT_OK_AND_ASSIGN(std::vector<std::string> left, io::Env::Default()->ListDir(nvme.path()));
+  EXPECT_TRUE(left.empty()) << "swap files left behind";
+}
+
+// A swap that fails mid-run (EIO on the moments' file) stops training with the rank, the file
+// and the elements named, and the last committed checkpoint stays whole and resumes.
+TEST_F(ResumeTest, AFailedSwapStopsTrainingNamingTheFileAndLeavesTheCheckpointWhole) {
+  ds::testing::TempDir dir, nvme;
+  io::FaultEnv env(io::Env::Default());
+  const std::vector<std::string> set = {
+      "zero_optimization.stage=2",
+      "zero_optimization.offload_optimizer.device=nvme",
+      "zero_optimization.offload_optimizer.nvme_path=" + nvme.path(),
+      "checkpoint.save_interval_steps=1",
+      "aio.block_size=4096",
+      "aio.queue_depth=1"};
+  std::vector<RankRun> failed(1);
+  testing::RunRanks(1, [&](int r, int port) {
+    Result<std::unique_ptr<Trainer>> t =
+        testing::MakeRankTrainer(Config(dir.path(), 5), set, 1, r, port, corpus_.path(), &env);
+    if (!t.ok()) {
+      failed[0].status = t.status();
+      return;
+    }
+    for (int i = 0; i < 2; ++i) {
+      if (Status s = (*t)->Step(); !s.ok()) failed[0].status = s;
+    }
+    DS_EXPECT_OK((*t)->SaveCheckpoint("test"));
+    (*t)->WaitForSaves();
+    // The third step's writes of exp_avg fail (each step writes it in several chunks).
+    env.AddRule({.ops = io::kFaultWrite, .path_glob = "*/exp_avg.swap", .skip = 0, .count = -1});
+    failed[0].status = (*t)->Step();
+    env.ClearRules();
+  });
+  EXPECT_THAT(failed[0].status,
+              ds::testing::StatusIs(StatusCode::kIOError,
+                                    AllOf(HasSubstr("rank 0: writing exp_avg elements ["),
+                                          HasSubstr("/rank-0/exp_avg.swap"),
+                                          HasSubstr("the committed checkpoints are untouched"))));
+  std::vector<RankRun> resumed = Run(1, Config(dir.path(), 3), set, testing::ResumeFrom());
+  ASSERT_RANKS_OK(resumed);
+  EXPECT_THAT(resumed[0].resumed, HasSubstr("at step 2"));
 }
 
 TEST_F(ResumeTest, BadResumesAreClearErrors) {

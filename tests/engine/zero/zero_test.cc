@@ -107,6 +107,7 @@ TEST_F(ZeroTest, EveryStageAndWorldSizeTrainsLikeOneProcess) {
     int stage;
     bool offload;
     bool overlap = false;  // stage 1: buckets reduced during the last micro batch's backward
+    bool nvme = false;     // the optimizer state in swap files, streamed in 1024-float chunks
   };
   std::vector<Case> cases;
   for (int world : {1, 2, 4}) {
@@ -115,7 +116,9 @@ TEST_F(ZeroTest, EveryStageAndWorldSizeTrainsLikeOneProcess) {
     cases.push_back({world, 3, true});
     cases.push_back({world, 1, false, true});
     cases.push_back({world, 1, true, true});
+    for (int stage : {1, 2, 3}) cases.push_back({world, stage, true, false, true});
   }
+  ds::testing::TempDir nvme;
   // The reference: one process reading the world's micro batches at once, at stage 0.
   std::map<int, RankResult> reference;
   for (int world : {1, 2, 4}) {
@@ -125,12 +128,18 @@ TEST_F(ZeroTest, EveryStageAndWorldSizeTrainsLikeOneProcess) {
   }
   for (const Case& k : cases) {
     SCOPED_TRACE("world " + std::to_string(k.world) + ", stage " + std::to_string(k.stage) +
-                 (k.offload ? ", CPU offload" : "") + (k.overlap ? ", overlap_comm" : ""));
+                 (k.offload ? (k.nvme ? ", NVMe offload" : ", CPU offload") : "") +
+                 (k.overlap ? ", overlap_comm" : ""));
     std::vector<std::string> set = {"zero_optimization.stage=" + std::to_string(k.stage)};
     if (k.overlap) set.push_back("zero_optimization.overlap_comm=true");
     if (k.offload) {
-      set.push_back("zero_optimization.offload_optimizer.device=cpu");
+      set.push_back("zero_optimization.offload_optimizer.device=" +
+                    std::string(k.nvme ? "nvme" : "cpu"));
       if (k.stage == 3) set.push_back("zero_optimization.offload_param.device=cpu");
+    }
+    if (k.nvme) {
+      set.insert(set.end(), {"zero_optimization.offload_optimizer.nvme_path=" + nvme.path(),
+                             "aio.block_size=4096", "aio.queue_depth=1"});
     }
     std::vector<RankResult> got = Train(k.world, BaseConfig(2), set);
     const RankResult& ref = reference[k.world];
@@ -152,7 +161,14 @@ TEST_F(ZeroTest, EveryStageAndWorldSizeTrainsLikeOneProcess) {
       }
       // Training moved the weights away from where they started.
       EXPECT_LT(g.summary.last_loss, g.summary.first_loss);
+      if (k.nvme) {
+        EXPECT_GT(g.memory.on_nvme, 0u) << "rank " << r;
+      }
     }
+    // The swap files are gone with the run.
+    DS_ASSERT_OK_AND_ASSIGN(std::vector<std::string> left,
+                            io::Env::Default()->ListDir(nvme.path()));
+    EXPECT_TRUE(left.empty()) << left.size() << " entries left in " << nvme.path();
   }
 }
 
