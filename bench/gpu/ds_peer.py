@@ -65,6 +65,12 @@ def build_engine(args, cfg, device):
             model = GPT(cfg)
     else:
         model = GPT(cfg).to(device)
+    if args.activation_checkpointing:  # as dsrun's model.activation_checkpointing: per block
+        import torch.utils.checkpoint as checkpoint
+
+        for block in model.h:
+            block.forward = (lambda f: lambda x: checkpoint.checkpoint(f, x, use_reentrant=False))(
+                block.forward)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                            config=config)
     return engine
@@ -95,6 +101,8 @@ def main() -> None:
     p.add_argument("--n-layer", type=int, help="override the preset's layers (capacity runs)")
     p.add_argument("--d-model", type=int, help="override the preset's width (heads: d_model/128)")
     p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each block in backward (torch.utils.checkpoint)")
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--stage", type=int, default=2, choices=[0, 1, 2, 3])
     p.add_argument("--offload", default="none", choices=["none", "optimizer", "all"])

@@ -16,6 +16,8 @@
 #   offload-peer  dsrun bench against DeepSpeed (bench/gpu/ds_peer.py) with the optimizer (stage
 #               2) and everything (stage 3) offloaded, GPT-2 124M and 1.3B
 #   restart-1.3b  time from launch to the first resumed step, dsrun against DeepSpeed (1.3B)
+#   capacity    the largest GPT that trains on this GPU per ZeRO/offload setting, dsrun and
+#               DeepSpeed (CAPACITY_SETTINGS, CAPACITY_D, CAPACITY_START)
 #   peer-124m   GPT-2 124M: dsrun against the same model in PyTorch eager and torch.compile,
 #               at micro-batch 8 and 16 (PEER_BATCHES)
 #   peer-1.3b   the same for the ~1.3B model (gpt-1.3b at seq 1024), at micro-batch 4 and 16
@@ -154,6 +156,61 @@ for s in "$@"; do
         tee "$OUT/restart-ds.log"
       echo "DeepSpeed: launch to exit: $(echo "$(date +%s.%N) - $t0" | bc) s" | tee -a "$OUT/restart-ds.log"
       rm -rf "$r"
+      ;;
+    capacity)
+      # The largest GPT along the 1.3B shape (d_model CAPACITY_D, default 2048; heads of 128;
+      # seq 1024; micro-batch 1; bf16; activation checkpointing) that trains 2 steps on this
+      # GPU, per setting of CAPACITY_SETTINGS ("stage:offload" items; offload none, optimizer,
+      # all or nvme), for dsrun and for DeepSpeed (ds_peer.py; not for nvme: DeepSpeed's NVMe
+      # offload needs its async_io op, built against libaio). Layers double from
+      # CAPACITY_START (default 24) while the run trains, then bisect. Each probe's JSON and
+      # the verdicts go to $OUT/capacity-<who>-<setting>.log; dsrun's --dry-run advice for the
+      # largest that trained is in capacity-dryrun-<setting>.log.
+      d=${CAPACITY_D:-2048}
+      probe() {  # who stage offload layers -> exit 0 when it trained
+        local who=$1 st=$2 off=$3 L=$4 log="$OUT/capacity-$1-$2-$3.log"
+        echo "--- $who stage $st offload $off n_layer $L (d_model $d)" >>"$log"
+        if [[ $who == dsrun ]]; then
+          timeout 900 "$BUILD/dsrun" bench --config "$ROOT/examples/demo.json" --nproc-per-node 1 \
+            --stages "$st" --offload "$off" --steps 2 --warmup 1 --json --nvme-path "$SCRATCH" \
+            --set model.preset=null "model.n_layer=$L" "model.d_model=$d" \
+            "model.n_head=$((d / 128))" model.seq_len=1024 model.vocab=50257 \
+            train_micro_batch_size_per_gpu=1 bf16.enabled=true model.activation_checkpointing=true \
+            checkpoint.enabled=false "trainer.output_dir=$SCRATCH/capacity" 2>&1 |
+            grep -E '^\{"bench"|rror|memory' >>"$log"
+          tail -1 "$log" | grep -q '"rows":\[{'
+        else
+          PYTHONPATH="${DS_PATH:-/tmp/ds}" timeout 900 "$PY" "$ROOT/bench/gpu/ds_peer.py" \
+            --preset gpt-1.3b --n-layer "$L" --d-model "$d" --micro-batch 1 --stage "$st" \
+            --offload "$off" --steps 2 --warmup 1 --activation-checkpointing --json 2>&1 |
+            grep -E '^\{"bench"|Error' >>"$log"
+          tail -1 "$log" | grep -q '"tokens_per_s"'
+        fi
+      }
+      for setting in ${CAPACITY_SETTINGS:-0:none 2:optimizer 3:all}; do
+        st=${setting%%:*} off=${setting##*:}
+        for who in dsrun ds; do
+          [[ $who == ds && $off == nvme ]] && continue
+          step "capacity $who stage $st offload $off"
+          lo=0 hi=0 L=${CAPACITY_START:-24}
+          while probe "$who" "$st" "$off" "$L"; do lo=$L; L=$((L * 2)); [[ $L -gt 512 ]] && break; done
+          hi=$L
+          while [[ $((hi - lo)) -gt $(( (lo / 8) > 1 ? lo / 8 : 1 )) ]]; do
+            L=$(((lo + hi) / 2))
+            if probe "$who" "$st" "$off" "$L"; then lo=$L; else hi=$L; fi
+          done
+          echo "capacity $who stage $st offload $off: largest n_layer that trained $lo (d_model $d)" |
+            tee -a "$OUT/capacity-summary.log"
+          if [[ $who == dsrun && $lo -gt 0 ]]; then
+            "$BUILD/dsrun" --config "$ROOT/examples/demo.json" --dry-run --set model.preset=null \
+              "model.n_layer=$lo" "model.d_model=$d" "model.n_head=$((d / 128))" model.seq_len=1024 \
+              model.vocab=50257 train_micro_batch_size_per_gpu=1 bf16.enabled=true \
+              model.activation_checkpointing=true "zero_optimization.stage=$st" \
+              >"$OUT/capacity-dryrun-$st-$off.log" 2>&1 || true
+          fi
+        done
+      done
+      rm -rf "${SCRATCH:?}/capacity"
       ;;
     ds-install)
       # DeepSpeed's wheels (carried in .deps/deepspeed from ../shared/wheels/deepspeed) into

@@ -205,7 +205,8 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
   j["ranks"] = config.parallel.dp * config.parallel.tp * config.parallel.pp;
   j["tp"] = config.parallel.tp;
   j["pp"] = config.parallel.pp;
-  j["offload_optimizer"] = config.zero.offload_optimizer.device == OffloadConfig::Device::kCpu;
+  j["offload_optimizer"] = config.zero.offload_optimizer.device != OffloadConfig::Device::kNone;
+  j["optimizer_on_nvme"] = config.zero.offload_optimizer.device == OffloadConfig::Device::kNvme;
   j["step_s"] = seconds / steps;
   j["tokens_per_s"] =
       static_cast<double>(config.batch.train_batch_size * config.model.seq_len) * steps / seconds;
@@ -213,6 +214,7 @@ Status MeasureSteps(io::Env* env, Trainer& trainer, const Config& config, const 
   const ModelStateBytes m = trainer.model_state();
   j["model_state_bytes"] = m.total();
   j["model_state_on_host_bytes"] = m.on_host;
+  j["model_state_on_nvme_bytes"] = m.on_nvme;
   j["params_bytes"] = m.params;
   j["grads_bytes"] = m.grads;
   j["optimizer_bytes"] = m.optimizer;
@@ -274,9 +276,10 @@ struct BenchCase {
   int tp = 1, pp = 1;
   std::string Label() const {
     return std::to_string(stage) +
-           (offload == "none"  ? ""
-            : offload == "all" ? "+all"
-                               : "+opt") +
+           (offload == "none"   ? ""
+            : offload == "all"  ? "+all"
+            : offload == "nvme" ? "+nvme"
+                                : "+opt") +
            (tp * pp > 1 ? "/tp" + std::to_string(tp) + "pp" + std::to_string(pp) : "");
   }
 };
@@ -309,9 +312,10 @@ Result<std::vector<BenchCase>> BenchCases(const DsrunFlags& f) {
   std::vector<std::string> offloads;
   std::stringstream in(f.bench_offload);
   for (std::string item; std::getline(in, item, ',');) {
-    if (item != "none" && item != "optimizer" && item != "all") {
+    if (item != "none" && item != "optimizer" && item != "all" && item != "nvme") {
       return Status::InvalidArgument("--offload '" + f.bench_offload + "': '" + item +
-                                     "' is not an offload setting (use none, optimizer, all)");
+                                     "' is not an offload setting (use none, optimizer, all, "
+                                     "nvme)");
     }
     offloads.push_back(item);
   }
@@ -421,7 +425,14 @@ int RunBench(const DsrunFlags& f, const DsrunTools& tools) {
     child.set.push_back("zero_optimization.stage=" + std::to_string(bc.stage));
     child.set.push_back("tensor_parallel.autotp_size=" + std::to_string(bc.tp));
     child.set.push_back("pipeline.stages=" + std::to_string(bc.pp));
-    if (bc.offload != "none") child.set.push_back("zero_optimization.offload_optimizer.device=cpu");
+    if (bc.offload == "nvme") {
+      child.set.push_back("zero_optimization.offload_optimizer.device=nvme");
+      child.set.push_back("zero_optimization.offload_optimizer.nvme_path=" +
+                          (f.bench_nvme_path.empty() ? *dir : f.bench_nvme_path));
+      if (bc.stage == 3) child.set.push_back("zero_optimization.offload_param.device=cpu");
+    } else if (bc.offload != "none") {
+      child.set.push_back("zero_optimization.offload_optimizer.device=cpu");
+    }
     if (bc.offload == "all") child.set.push_back("zero_optimization.offload_param.device=cpu");
     child.set.push_back("steps_per_print=1000000000");  // the table is the output
     child.max_steps = f.bench_warmup + f.bench_steps;

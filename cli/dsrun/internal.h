@@ -57,7 +57,8 @@ struct DsrunFlags {
   std::string hostfile;
   // dsrun bench
   std::string stages = "0,1,2,3";
-  std::string bench_offload = "none";  // none,optimizer,all: a row per stage and setting
+  std::string bench_offload = "none";  // none,optimizer,all,nvme: a row per stage and setting
+  std::string bench_nvme_path;         // --offload nvme: where the swap files go ("": a temp dir)
   std::string bench_parallel = "1x1";  // TPxPP layouts: a row per stage and layout
   int64_t bench_steps = 10;
   int64_t bench_warmup = 3;

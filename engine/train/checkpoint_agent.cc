@@ -165,6 +165,10 @@ struct CheckpointAgent::Impl {
   Result<ckpt::SaveStats> Snapshot();
   Status SaveNow(const SavePoint& point, const std::string& reason);
   Result<Restored> Load(const std::string& path, const ResumeOptions& r, int64_t step);
+  void AppendRequests(int b, const std::vector<StateSlice>& slices, int64_t lo, int64_t hi,
+                      float* dst, std::vector<ckpt::ReadRequest>* out) const;
+  Result<ckpt::ReadStats> StreamIntoSwap(ckpt::CheckpointReader& reader,
+                                         const std::vector<StateSlice>& slices, int buffers);
 };
 
 CheckpointAgent::CheckpointAgent(CheckpointAgentOptions options)
@@ -628,14 +632,8 @@ Result<Restored> CheckpointAgent::Resume(const ResumeOptions& r, int64_t step) {
 
 namespace {
 
-// The loaded buffers into the NVMe swap files; without the optimizer's, zero moments.
-Status WriteSwappedState(ZeroOptimizer* zero, const std::vector<at::Tensor>& host, bool optimizer) {
-  for (size_t b = 0; b < host.size(); ++b) {
-    DS_RETURN_IF_ERROR(zero->WriteState(
-        static_cast<int>(b), 0,
-        std::span<const float>(host[b].data_ptr<float>(), static_cast<size_t>(host[b].numel()))));
-  }
-  if (optimizer) return Status::OK();
+// Without the optimizer's state: zero moments in the NVMe swap files.
+Status ZeroSwappedMoments(ZeroOptimizer* zero) {
   const int64_t n = zero->state_numel();
   const std::vector<float> zeros(static_cast<size_t>(std::min<int64_t>(n, 1 << 22)), 0.0f);
   for (int b = 1; b < 3; ++b) {
@@ -660,7 +658,63 @@ void ZeroWhereNoSlice(at::Tensor& buffer, std::vector<StateSlice> slices) {
   if (covered < buffer.numel()) buffer.narrow(0, covered, buffer.numel() - covered).zero_();
 }
 
+// Requests for the elements [lo, hi) of buffer `b` (in the partition's order) that `slices`
+// cover, landing at dst[element - lo].
+void AppendStateRequests(const StatePlan& plan, int b, const std::vector<StateSlice>& slices,
+                         int64_t lo, int64_t hi, float* dst, std::vector<ckpt::ReadRequest>* out) {
+  for (const StateSlice& slice : slices) {
+    const int64_t s = std::max(lo, slice.buffer_offset);
+    const int64_t e = std::min(hi, slice.buffer_offset + slice.numel());
+    if (s >= e) continue;
+    ckpt::ReadRequest q;
+    q.slice.tensor = plan.TensorName(b, slice.tensor);
+    q.slice.box_offset = slice.box_offset;
+    q.slice.box_length = slice.box_length;
+    q.slice.flat_begin = slice.flat_begin + static_cast<uint64_t>(s - slice.buffer_offset);
+    q.slice.flat_end = slice.flat_begin + static_cast<uint64_t>(e - slice.buffer_offset);
+    q.dst = std::span<std::byte>(reinterpret_cast<std::byte*>(dst + (s - lo)),
+                                 static_cast<size_t>(e - s) * sizeof(float));
+    out->push_back(std::move(q));
+  }
+}
+
 }  // namespace
+
+void CheckpointAgent::Impl::AppendRequests(int b, const std::vector<StateSlice>& slices, int64_t lo,
+                                           int64_t hi, float* dst,
+                                           std::vector<ckpt::ReadRequest>* out) const {
+  AppendStateRequests(o.plan, b, slices, lo, hi, dst, out);
+}
+
+// The checkpoint's slices into the NVMe swap files, a window of the partition at a time (host
+// memory: one window, not the partition).
+Result<ckpt::ReadStats> CheckpointAgent::Impl::StreamIntoSwap(ckpt::CheckpointReader& reader,
+                                                              const std::vector<StateSlice>& slices,
+                                                              int buffers) {
+  const int64_t n = o.zero->state_numel();
+  const int64_t window = std::max<int64_t>(1, std::min<int64_t>(n, int64_t{1} << 22));
+  std::vector<float> buf(static_cast<size_t>(window));
+  ckpt::ReadStats total;
+  for (int b = 0; b < buffers; ++b) {
+    for (int64_t lo = 0; lo < n; lo += window) {
+      const int64_t hi = std::min(n, lo + window);
+      std::fill(buf.begin(), buf.begin() + (hi - lo), 0.0f);  // padding no slice covers
+      std::vector<ckpt::ReadRequest> requests;
+      AppendRequests(b, slices, lo, hi, buf.data(), &requests);
+      if (!requests.empty()) {
+        DS_ASSIGN_OR_RETURN(ckpt::ReadStats rs, reader.Read(requests));
+        total.chunks_read += rs.chunks_read;
+        total.stored_bytes += rs.stored_bytes;
+        total.raw_bytes += rs.raw_bytes;
+        total.copied_bytes += rs.copied_bytes;
+        total.seconds += rs.seconds;
+      }
+      DS_RETURN_IF_ERROR(o.zero->WriteState(
+          b, lo, std::span<const float>(buf.data(), static_cast<size_t>(hi - lo))));
+    }
+  }
+  return total;
+}
 
 Result<Restored> CheckpointAgent::Impl::Load(const std::string& path, const ResumeOptions& r,
                                              int64_t step) {
@@ -673,30 +727,26 @@ Result<Restored> CheckpointAgent::Impl::Load(const std::string& path, const Resu
   DS_RETURN_IF_ERROR(o.plan.CheckMatches(m, buffers, path));
   // This rank's slices, in its current layout, into host buffers first, so that a read that
   // fails half way (a damaged chunk) leaves the trainer's state as it was.
+  // (Swapped to NVMe: streamed into the swap files window by window instead; the files hold no
+  // state worth keeping across a failed load, which ends the run or falls back to another.)
   const at::Tensor targets[] = {o.zero->master(), o.zero->exp_avg(), o.zero->exp_avg_sq()};
   const std::vector<StateSlice> slices = o.plan.LoadSlices(o.zero->HeldPieces());
   std::vector<at::Tensor> host;
-  std::vector<ckpt::ReadRequest> requests;
-  for (int b = 0; b < buffers; ++b) {
-    // Not zero-filled first (1.3B: 15.6 GB of writes): the reads fill every slice, and only
-    // the partition padding no slice covers is zeroed.
-    at::Tensor h = at::empty({o.zero->state_numel()}, at::kFloat);
-    ZeroWhereNoSlice(h, slices);
-    for (const StateSlice& slice : slices) {
-      ckpt::ReadRequest q;
-      q.slice.tensor = o.plan.TensorName(b, slice.tensor);
-      q.slice.box_offset = slice.box_offset;
-      q.slice.box_length = slice.box_length;
-      q.slice.flat_begin = slice.flat_begin;
-      q.slice.flat_end = slice.flat_end;
-      q.dst = std::span<std::byte>(
-          reinterpret_cast<std::byte*>(h.data_ptr<float>() + slice.buffer_offset),
-          static_cast<size_t>(slice.numel()) * sizeof(float));
-      requests.push_back(std::move(q));
+  ckpt::ReadStats rs;
+  if (o.zero->swapped()) {
+    DS_ASSIGN_OR_RETURN(rs, StreamIntoSwap(*reader, slices, buffers));
+  } else {
+    std::vector<ckpt::ReadRequest> requests;
+    for (int b = 0; b < buffers; ++b) {
+      // Not zero-filled first (1.3B: 15.6 GB of writes): the reads fill every slice, and only
+      // the partition padding no slice covers is zeroed.
+      at::Tensor h = at::empty({o.zero->state_numel()}, at::kFloat);
+      ZeroWhereNoSlice(h, slices);
+      AppendRequests(b, slices, 0, h.numel(), h.data_ptr<float>(), &requests);
+      host.push_back(h);
     }
-    host.push_back(h);
+    DS_ASSIGN_OR_RETURN(rs, reader->Read(requests));
   }
-  DS_ASSIGN_OR_RETURN(ckpt::ReadStats rs, reader->Read(requests));
   // Everything read is checked before anything is changed: a damaged blob leaves the trainer
   // as it was (and --fallback can go on to an older checkpoint).
   Restored out;
@@ -713,7 +763,7 @@ Result<Restored> CheckpointAgent::Impl::Load(const std::string& path, const Resu
     }
   }
   if (o.zero->swapped()) {
-    DS_RETURN_IF_ERROR(WriteSwappedState(o.zero, host, optimizer));
+    if (!optimizer) DS_RETURN_IF_ERROR(ZeroSwappedMoments(o.zero));
   } else {
     DS_RETURN_IF_ERROR(TorchCall("placing the loaded state on " + o.device.str(), [&] {
       torch::NoGradGuard no_grad;
