@@ -1,12 +1,15 @@
 // The optimizer state on NVMe (offload_optimizer.device nvme, ZeRO-Infinity): this rank's fp32
 // master and both Adam moments live in swap files (swap.h) instead of tensors, and each optimizer
 // step streams them through host buffers of `swap_chunk` elements: read the three chunks, run
-// Adam on them with the chunk of the (host) gradient partition, write them back. Publishing the
-// new weights reads the master again chunk by chunk into the parameters. What it costs per step:
+// Adam on them with the chunk of the (host) gradient partition, write them back, the reads of the
+// next chunk and the writes of the last overlapping Adam's work on this one. Publishing the new
+// weights reads the master again chunk by chunk into the parameters. What it costs per step:
 // 16 bytes read and 12 written per parameter of the partition. Checkpoints read the files
 // (ReadState) and a resume writes them (WriteState).
 #include <ATen/ATen.h>
 
+#include <functional>
+#include <future>
 #include <limits>
 
 #include "engine/optim/adamw.h"
@@ -74,24 +77,58 @@ Status ZeroOptimizer::Impl::SwappedAdamStep(const at::Tensor& skip, const at::Te
                                             std::optional<double> beta1) {
   const int64_t chunk =
       std::min(std::max<int64_t>(o.swap_chunk, 1), std::max<int64_t>(part_len, 1));
-  at::Tensor bufs[3];
-  for (at::Tensor& b : bufs) b = at::empty({chunk}, at::kFloat);
+  // Two slots of three buffers: while Adam updates chunk k in one, the other is written back
+  // (chunk k - 1) and then refilled (chunk k + 1) on a thread of its own. A slot's future is its
+  // I/O in flight; it is waited for before the slot is touched (and, by its destructor, before
+  // the buffers go away on an early return).
+  struct Slot {
+    at::Tensor buf[3];
+    std::future<Status> io;
+  };
+  auto span_of = [&](Slot& s, int b, int64_t n) { return Floats(s.buf[b].narrow(0, 0, n)); };
+  auto read = [&](Slot& s, int64_t c, int64_t n) -> Status {
+    for (int b = 0; b < 3; ++b) DS_RETURN_IF_ERROR(swap->Read(b, c, span_of(s, b, n)));
+    return Status::OK();
+  };
+  auto write = [&](Slot& s, int64_t c, int64_t n) -> Status {
+    for (int b = 0; b < 3; ++b) DS_RETURN_IF_ERROR(swap->Write(b, c, span_of(s, b, n)));
+    return Status::OK();
+  };
+  // Declared after the lambdas its I/O runs: destroyed (its I/O waited for) before them.
+  Slot slots[2];
+  for (Slot& s : slots) {
+    for (at::Tensor& b : s.buf) b = at::empty({chunk}, at::kFloat);
+  }
+  auto length = [&](int64_t c) { return std::min(chunk, part_len - c); };
   // Adam advances its step count on every call: each chunk starts from the count before the
   // step, and the count after one chunk is the step's.
   const at::Tensor before = adam_step.clone();
   at::Tensor after = before;
-  for (int64_t c = 0; c < part_len; c += chunk) {
-    const int64_t n = std::min(chunk, part_len - c);
-    at::Tensor part[3];
-    for (int b = 0; b < 3; ++b) {
-      part[b] = bufs[b].narrow(0, 0, n);
-      DS_RETURN_IF_ERROR(swap->Read(b, c, Floats(part[b])));
+  Status failed;
+  if (part_len > 0)
+    slots[0].io = std::async(std::launch::async, read, std::ref(slots[0]), 0, length(0));
+  for (int64_t c = 0, k = 0; c < part_len; c += chunk, ++k) {
+    Slot& cur = slots[k % 2];
+    Slot& next = slots[(k + 1) % 2];
+    const int64_t n = length(c);
+    if (Status s = cur.io.get(); !s.ok()) return s;  // chunk k is in
+    if (c + chunk < part_len) {
+      if (next.io.valid()) DS_RETURN_IF_ERROR(next.io.get());  // chunk k - 1 is written
+      next.io = std::async(std::launch::async, read, std::ref(next), c + chunk, length(c + chunk));
     }
     after = before.clone();
-    AdamWStep(part[0], grad.narrow(0, c, n), part[1], part[2], after, skip, lr, divisor, o.adam,
+    AdamWStep(cur.buf[0].narrow(0, 0, n), grad.narrow(0, c, n), cur.buf[1].narrow(0, 0, n),
+              cur.buf[2].narrow(0, 0, n), after, skip, lr, divisor, o.adam,
               beta1.value_or(std::numeric_limits<double>::quiet_NaN()));
-    for (int b = 0; b < 3; ++b) DS_RETURN_IF_ERROR(swap->Write(b, c, Floats(part[b])));
+    cur.io = std::async(std::launch::async, write, std::ref(cur), c, n);
   }
+  for (Slot& s : slots) {
+    if (s.io.valid()) {
+      Status st = s.io.get();
+      if (failed.ok()) failed = st;
+    }
+  }
+  DS_RETURN_IF_ERROR(failed);
   adam_step.copy_(after);
   return Status::OK();
 }
