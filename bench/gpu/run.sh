@@ -16,6 +16,8 @@
 #   offload-peer  dsrun bench against DeepSpeed (bench/gpu/ds_peer.py) with the optimizer (stage
 #               2) and everything (stage 3) offloaded, GPT-2 124M and 1.3B
 #   restart-1.3b  time from launch to the first resumed step, dsrun against DeepSpeed (1.3B)
+#   large-model examples/large_model_stage3.json (13B, ZeRO-3, full offload) for a few steps, the
+#               optimizer on the CPU and then on NVMe (LARGE_SET scales it)
 #   capacity    the largest GPT that trains on this GPU per ZeRO/offload setting, dsrun and
 #               DeepSpeed (CAPACITY_SETTINGS, CAPACITY_D, CAPACITY_START)
 #   peer-124m   GPT-2 124M: dsrun against the same model in PyTorch eager and torch.compile,
@@ -211,6 +213,24 @@ for s in "$@"; do
         done
       done
       rm -rf "${SCRATCH:?}/capacity"
+      ;;
+    large-model)
+      # The seed's third scenario as written (examples/large_model_stage3.json: 13B, ZeRO-3,
+      # optimizer and parameters offloaded to the CPU) on this one GPU, for LARGE_STEPS (default
+      # 3) steps on the built-in corpus and 1 micro batch a step, then the same with the optimizer
+      # on NVMe under $SCRATCH. LARGE_SET: more --set items (e.g. model.n_layer=20 to scale it
+      # down to what this card and host hold). Logs: $OUT/large-model-*.log.
+      for opt in cpu nvme; do
+        step "large-model optimizer on $opt"
+        # shellcheck disable=SC2086  # LARGE_SET holds several items
+        timeout 1200 "$BUILD/dsrun" --config "$ROOT/examples/large_model_stage3.json" \
+          --max-steps "${LARGE_STEPS:-3}" --set data.path=builtin gradient_accumulation_steps=1 \
+          steps_per_print=1 trainer.eval_interval=0 checkpoint.enabled=false \
+          "trainer.output_dir=$SCRATCH/large" "zero_optimization.offload_optimizer.device=$opt" \
+          "zero_optimization.offload_optimizer.nvme_path=$SCRATCH" ${LARGE_SET:-} 2>&1 |
+          tee "$OUT/large-model-$opt.log" | grep -E 'model:|step [0-9]+/|trained|rror|memory' || true
+      done
+      rm -rf "${SCRATCH:?}/large"
       ;;
     ds-install)
       # DeepSpeed's wheels (carried in .deps/deepspeed from ../shared/wheels/deepspeed) into
