@@ -29,7 +29,7 @@ struct UnitFunction : public torch::autograd::Function<UnitFunction> {
     const int u = static_cast<int>(unit);
     Status s = z->EnsureGathered(u);
     if (!s.ok()) z->Throw(s);
-    z->Prefetch(u + 1);
+    z->Prefetch(u + 1, +1);
     at::Tensor y;
     {
       torch::NoGradGuard no_grad;
@@ -45,7 +45,7 @@ struct UnitFunction : public torch::autograd::Function<UnitFunction> {
     const int u = static_cast<int>(ctx->saved_data["unit"].toInt());
     Status s = z->EnsureGathered(u);
     if (!s.ok()) z->Throw(s);
-    z->Prefetch(u - 1);
+    z->Prefetch(u - 1, -1);
     at::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
     {
       torch::AutoGradMode enable(true);
@@ -168,13 +168,33 @@ Status ZeroOptimizer::Impl::EnsureGathered(int unit) {
   return Status::OK();
 }
 
-void ZeroOptimizer::Impl::Prefetch(int unit) {
-  if (o.prefetch_elements <= 0 || unit < 0 || unit >= static_cast<int>(units.size())) return;
-  int64_t wanted = 0;
-  for (int i : units[unit]) wanted += tensors[i].fresh ? 0 : tensors[i].numel;
-  if (live_elements + wanted > o.max_live_elements) return;
-  Status s = IssueGather(unit);
-  if (!s.ok()) Throw(s);
+void ZeroOptimizer::Impl::Prefetch(int unit, int direction) {
+  if (o.prefetch_elements <= 0) return;
+  // What is gathered or on its way already counts against stage3_max_live_parameters.
+  int64_t in_flight = 0;
+  for (const auto& g : gathers) {
+    if (g) in_flight += g->in.numel() * o.world_size;
+  }
+  // Units ahead, in the order they will run, while their stale elements fit
+  // stage3_prefetch_bucket_size (the next unit always, as DeepSpeed fetches at least it).
+  int64_t budget = o.prefetch_elements;
+  for (int u = unit; u >= 0 && u < static_cast<int>(units.size()); u += direction) {
+    if (gathers[u]) {
+      budget -= gathers[u]->in.numel() * o.world_size;
+      continue;
+    }
+    int64_t wanted = 0;
+    for (int i : units[u]) wanted += tensors[i].fresh ? 0 : tensors[i].numel;
+    if (wanted == 0) continue;
+    if ((u != unit && wanted > budget) ||
+        live_elements + in_flight + wanted > o.max_live_elements) {
+      return;
+    }
+    Status s = IssueGather(u);
+    if (!s.ok()) Throw(s);
+    budget -= wanted;
+    in_flight += wanted;
+  }
 }
 
 void ZeroOptimizer::Impl::Release(int unit) {
@@ -197,7 +217,7 @@ at::Tensor ZeroOptimizer::Impl::Run(int model_unit, const at::Tensor& x,
   if (!torch::GradMode::is_enabled()) {  // evaluation: no backward pass will come
     Status s = EnsureGathered(u);
     if (!s.ok()) Throw(s);
-    Prefetch(u + 1);
+    Prefetch(u + 1, +1);
     at::Tensor y = unit_fns[u](x);
     Release(u);
     return y;

@@ -307,7 +307,7 @@ Status ZeroOptimizer::BeginMicroStep(bool last_of_step) {
   if (!z.stage.partitions_parameters()) return Status::OK();
   try {
     DS_RETURN_IF_ERROR(z.EnsureGathered(0));
-    z.Prefetch(1);
+    z.Prefetch(1, +1);
   } catch (const std::exception& e) {
     return TorchError(e, "gathering parameters");
   }

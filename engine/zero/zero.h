@@ -51,7 +51,7 @@ struct ZeroOptions {
   int64_t swap_chunk = int64_t{1} << 24;      // elements (64 MiB of fp32 per buffer)
   bool offload_param = false;                 // stage 3: parameter partitions on the CPU
   bool pin_memory = true;                     // page-locked CPU buffers (with a GPU)
-  int64_t prefetch_elements = 50'000'000;     // stage 3: gather the next unit ahead
+  int64_t prefetch_elements = 50'000'000;     // stage 3: elements gathered ahead of use
   int64_t persistence_threshold = 100'000;    // stage 3: smaller parameters stay gathered
   int64_t max_live_elements = 1'000'000'000;  // stage 3: no prefetch beyond this many gathered
   uint64_t alignment = 16;                    // elements; partitions start at multiples of it

@@ -152,7 +152,9 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   Result<at::Tensor> GatherStage3Master();
   at::Tensor Run(int unit, const at::Tensor& x,
                  std::function<at::Tensor(const at::Tensor&)> fn) override;
-  void Prefetch(int unit);
+  // Issues the gathers of the units from `unit` on, stepping by `direction` (+1 forward, -1
+  // backward), within stage3_prefetch_bucket_size and stage3_max_live_parameters.
+  void Prefetch(int unit, int direction);
   [[noreturn]] void Throw(const Status& s);  // records `sticky` and throws into autograd
 };
 

@@ -40,8 +40,9 @@ nlohmann::json Stage3Row(const std::string& out_dir, int64_t layers, int64_t d, 
          " train_micro_batch_size_per_gpu=1 gradient_accumulation_steps=1 bf16.enabled=false"
          " fp16.enabled=false checkpoint.enabled=false tensorboard.enabled=false"
          " trainer.eval_interval=0 zero_optimization.stage3_param_persistence_threshold=0"
-         " trainer.output_dir=" +
-         Q(out_dir));
+         " zero_optimization.stage3_prefetch_bucket_size=" +
+         std::to_string(12 * d * d + 13 * d) +  // one unit ahead (the default is 50M: all of it)
+         " trainer.output_dir=" + Q(out_dir));
   EXPECT_EQ(r.status, 0) << r.out;
   const size_t at = r.out.rfind("{\"bench\"");
   if (r.status != 0 || at == std::string::npos) return {};
