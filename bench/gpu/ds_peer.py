@@ -6,6 +6,11 @@
 # with ninja on first use), bf16 on a GPU as dsrun's bench runs it, and at stage 3 the model built
 # under deepspeed.zero.Init (partitioned construction, DeepSpeed at its best for large models).
 #
+# At stage 3, zero.Init partitions each submodule as its constructor returns, so gpt_peer's
+# re-initialisation of finished submodules (GPT-2's N(0, 0.02)) reaches empty tensors and they keep
+# PyTorch's default initialisation: the first loss is higher (~43 on the tiny preset), the
+# step's cost is the same.
+#
 # Reports step time, tokens/s, the GPU's peak and the process's peak host memory (--json: one
 # line). With --save DIR it saves a checkpoint after the timed steps; with --resume DIR it loads
 # the checkpoint there and runs one step, and reports the load's time and the time from
