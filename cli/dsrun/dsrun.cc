@@ -327,8 +327,8 @@ int RunLauncher(const DsrunFlags& f) {
 
 // Host buffers of 1 MiB and more straight from mmap, and back to the OS when freed. glibc's
 // threshold otherwise rises (to 32 MiB) each time such a buffer is freed, after which they come
-// from its heaps and stay resident once freed: measured, a ZeRO-3 rank of 4 (50M parameters,
-// fp32 on the CPU) peaked 224 MiB higher during its steps, 93% above its partitioned state.
+// from its heaps and stay resident once freed (measured once, before this was set: a ZeRO-3
+// rank of 4, 50M parameters in fp32 on the CPU, peaked 224 MiB higher during its steps).
 // A user's MALLOC_MMAP_THRESHOLD_ wins.
 static void KeepLargeBuffersMapped() {
   if (io::Env::Default()->GetEnvVar("MALLOC_MMAP_THRESHOLD_")) return;

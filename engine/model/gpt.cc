@@ -13,8 +13,8 @@
 #include <cmath>
 #include <limits>
 #include <string_view>
-#include <tuple>
 
+#include "engine/config/memory.h"
 #include "engine/model/param_init.h"
 
 #if DS_CUDA_KERNELS
@@ -199,29 +199,6 @@ ParamsImpl::ParamsImpl(torch::Tensor w, torch::Tensor b) {
   if (b.defined()) bias = register_parameter("bias", std::move(b));
 }
 
-std::vector<std::pair<std::string, std::vector<int64_t>>> GptParameterShapes(const GptOptions& o) {
-  const int64_t c = o.d_model;
-  std::vector<std::pair<std::string, std::vector<int64_t>>> out = {{"wte.weight", {o.vocab, c}},
-                                                                   {"wpe.weight", {o.seq_len, c}}};
-  for (int64_t l = 0; l < o.n_layer; ++l) {
-    const std::string h = "h" + std::to_string(l) + ".";
-    for (const auto& [layer, rows, cols] :
-         std::vector<std::tuple<const char*, int64_t, int64_t>>{{"ln_1", c, 0},
-                                                                {"attn_c_attn", 3 * c, c},
-                                                                {"attn_c_proj", c, c},
-                                                                {"ln_2", c, 0},
-                                                                {"mlp_c_fc", 4 * c, c},
-                                                                {"mlp_c_proj", c, 4 * c}}) {
-      out.push_back({h + layer + ".weight",
-                     cols == 0 ? std::vector<int64_t>{rows} : std::vector<int64_t>{rows, cols}});
-      out.push_back({h + layer + ".bias", {rows}});
-    }
-  }
-  out.push_back({"ln_f.weight", {c}});
-  out.push_back({"ln_f.bias", {c}});
-  return out;
-}
-
 BlockImpl::BlockImpl(const GptOptions& o, int64_t layer, const GptPlace* place,
                      const ParamMaker& make)
     : place_(place), n_head_(o.n_head / place->tp) {
@@ -298,11 +275,12 @@ GptImpl::GptImpl(const GptOptions& o, GptPlace place) : o_(o), place_(std::move(
   }
   if (last_stage())
     ln_f_ = register_module("ln_f", Params(make("ln_f.weight", {c}), make("ln_f.bias", {c})));
-  for (const auto& [name, shape] : GptParameterShapes(o)) {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    whole_parameters_ += n;
-  }
+  ModelConfig whole;  // the config's formula: the whole model, whatever this rank holds
+  whole.n_layer = o.n_layer;
+  whole.d_model = o.d_model;
+  whole.seq_len = o.seq_len;
+  whole.vocab = o.vocab;
+  whole_parameters_ = ModelParameterCount(whole);
 }
 
 // ---- initial values

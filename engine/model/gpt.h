@@ -62,9 +62,6 @@ torch::Tensor CrossEntropyInFp32(const torch::Tensor& logits, const torch::Tenso
 ckpt::TpSplit GptTpSplit(const std::string& parameter_name);
 // The blocks of pipeline stage `stage`: [first, last).
 std::pair<int64_t, int64_t> GptStageBlocks(int64_t n_layer, int64_t pp, int64_t stage);
-// Every parameter of the whole GPT (all stages, no tensor-parallel cut), in model order: names
-// and shapes.
-std::vector<std::pair<std::string, std::vector<int64_t>>> GptParameterShapes(const GptOptions& o);
 
 // One layer's parameters and nothing else (weight, and bias unless undefined): the GPT's layers
 // are plain ATen calls on them, so that the tensors can be placeholders until ZeRO fills them.

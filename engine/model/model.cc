@@ -44,6 +44,10 @@ bool DeferredInit::Active() { return deferring; }
 
 torch::Tensor LanguageModel::InitialValues(const std::string& name, int64_t begin,
                                            int64_t end) const {
+  // A deferred model's parameters are placeholders: their values are not here to give.
+  TORCH_CHECK_VALUE(!deferred(), "parameter ", name,
+                    ": the model defers its initial values (deferred() is true) but does not "
+                    "give them: override LanguageModel::InitialValues");
   const torch::Tensor* p = named_parameters().find(name);
   TORCH_CHECK(p != nullptr, "the model has no parameter ", name);
   torch::NoGradGuard no_grad;

@@ -63,7 +63,7 @@ class LanguageModel : public torch::nn::Module {
   virtual bool deferred() const { return false; }
   // Elements [begin, end) of parameter `name` (as named_parameters() names it) at
   // initialisation: an (end - begin) fp32 tensor on the CPU, the same whichever ranges are
-  // asked for. By default, the parameter's current values.
+  // asked for. By default, the parameter's current values (a deferred model must override it).
   virtual torch::Tensor InitialValues(const std::string& name, int64_t begin, int64_t end) const;
 
  protected:

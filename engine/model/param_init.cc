@@ -7,20 +7,16 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <span>
 #include <string_view>
+
+#include "formats/chunk_codec.h"
 
 namespace ds::engine {
 namespace {
 
-// FNV-1a: a name's hash that is the same in every build (std::hash is not).
-uint64_t NameHash(std::string_view name) {
-  uint64_t h = 1469598103934665603ull;
-  for (char c : name) {
-    h ^= static_cast<unsigned char>(c);
-    h *= 1099511628211ull;
-  }
-  return h;
-}
+// A name's hash that is the same in every build (std::hash is not): the checksum's xxh64.
+uint64_t NameHash(std::string_view name) { return fmt::Xxh64(std::as_bytes(std::span(name))); }
 
 // splitmix64's finaliser: spreads nearby inputs (block k, k + 1) over the whole seed space.
 uint64_t Mix(uint64_t x) {

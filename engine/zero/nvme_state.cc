@@ -1,11 +1,11 @@
 // The optimizer state on NVMe (offload_optimizer.device nvme, ZeRO-Infinity): this rank's fp32
 // master and both Adam moments live in swap files (swap.h) instead of tensors, and each optimizer
 // step streams them through host buffers of `swap_chunk` elements: read the three chunks, run
-// Adam on them with the chunk of the (host) gradient partition, write them back, the reads of the
-// next chunk and the writes of the last overlapping Adam's work on this one. Publishing the new
-// weights reads the master again chunk by chunk into the parameters. What it costs per step:
-// 16 bytes read and 12 written per parameter of the partition. Checkpoints read the files
-// (ReadState) and a resume writes them (WriteState).
+// Adam on them with the chunk of the (host) gradient partition, copy the new master chunk into
+// the parameters and write the three back, the reads of the next chunk and the writes of the
+// last overlapping Adam's work on this one. What it costs per step: 12 bytes read and 12 written
+// per parameter of the partition. After a load or Initialize, publishing reads the master chunk
+// by chunk. Checkpoints read the files (ReadState) and a resume writes them (WriteState).
 #include <ATen/ATen.h>
 
 #include <functional>
@@ -59,9 +59,12 @@ Result<at::Tensor> ZeroOptimizer::Impl::MasterNow() const {
   return out;
 }
 
+int64_t ZeroOptimizer::Impl::SwapChunk() const {
+  return std::min(std::max<int64_t>(o.swap_chunk, 1), std::max<int64_t>(part_len, 1));
+}
+
 Status ZeroOptimizer::Impl::CopyMasterInto(const at::Tensor& dst) const {
-  const int64_t chunk =
-      std::min(std::max<int64_t>(o.swap_chunk, 1), std::max<int64_t>(part_len, 1));
+  const int64_t chunk = SwapChunk();
   const bool pin = o.pin_memory && o.device.is_cuda();
   at::Tensor buf = at::empty({chunk}, at::TensorOptions().dtype(at::kFloat).pinned_memory(pin));
   for (int64_t c = 0; c < part_len; c += chunk) {
@@ -74,9 +77,9 @@ Status ZeroOptimizer::Impl::CopyMasterInto(const at::Tensor& dst) const {
 }
 
 Status ZeroOptimizer::Impl::SwappedAdamStep(const at::Tensor& skip, const at::Tensor& divisor,
-                                            std::optional<double> beta1) {
-  const int64_t chunk =
-      std::min(std::max<int64_t>(o.swap_chunk, 1), std::max<int64_t>(part_len, 1));
+                                            std::optional<double> beta1,
+                                            const at::Tensor& publish) {
+  const int64_t chunk = SwapChunk();
   // Two slots of three buffers: while Adam updates chunk k in one, the other is written back
   // (chunk k - 1) and then refilled (chunk k + 1) on a thread of its own. A slot's future is its
   // I/O in flight; it is waited for before the slot is touched (and, by its destructor, before
@@ -121,6 +124,7 @@ Status ZeroOptimizer::Impl::SwappedAdamStep(const at::Tensor& skip, const at::Te
               cur.buf[2].narrow(0, 0, n), after, skip, lr, divisor, o.adam,
               beta1.value_or(std::numeric_limits<double>::quiet_NaN()));
     cur.io = std::async(std::launch::async, write, std::ref(cur), c, n);
+    publish.narrow(0, c, n).copy_(cur.buf[0].narrow(0, 0, n));  // both only read the buffer
   }
   for (Slot& s : slots) {
     if (s.io.valid()) {

@@ -278,20 +278,6 @@ Status ZeroOptimizer::Impl::ReduceUnitGrads(int unit) {
   return LaunchReduction(std::move(r));
 }
 
-Status ZeroOptimizer::Impl::PublishStage3() {
-  if (swapping()) {
-    DS_RETURN_IF_ERROR(CopyMasterInto(param_part));
-  } else {
-    param_part.copy_(master);
-  }
-  for (ZeroTensor& t : tensors) {
-    // Persistent parameters keep their (now old) weights until their unit is gathered again.
-    if (t.fresh) live_elements -= t.numel;
-    t.fresh = false;
-  }
-  return Status::OK();
-}
-
 Result<at::Tensor> ZeroOptimizer::Impl::GatherStage3Master() {
   const int64_t W = o.world_size;
   DS_ASSIGN_OR_RETURN(const at::Tensor master_now, MasterNow());

@@ -1,7 +1,9 @@
 #include "engine/zero/swap.h"
 
 #include <cstdio>
+#include <span>
 
+#include "formats/chunk_codec.h"
 #include "io/log.h"
 #include "io/units.h"
 
@@ -10,15 +12,11 @@ namespace {
 
 constexpr char kSwapSuffix[] = ".swap";
 
-// FNV-1a, printed as 16 hex digits: the same in every build.
+// The checksum's xxh64 of `s`, as 16 hex digits: the same in every build.
 std::string Hex64(std::string_view s) {
-  uint64_t h = 1469598103934665603ull;
-  for (char c : s) {
-    h ^= static_cast<unsigned char>(c);
-    h *= 1099511628211ull;
-  }
   char out[17];
-  std::snprintf(out, sizeof out, "%016llx", static_cast<unsigned long long>(h));
+  std::snprintf(out, sizeof out, "%016llx",
+                static_cast<unsigned long long>(fmt::Xxh64(std::as_bytes(std::span(s)))));
   return out;
 }
 

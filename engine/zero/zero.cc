@@ -139,23 +139,31 @@ Result<std::unique_ptr<ZeroOptimizer>> ZeroOptimizer::Create(std::shared_ptr<Lan
 
 // A model built whole on every rank (fp32 on the CPU): every rank starts from rank 0's weights,
 // as DeepSpeed's engine broadcasts them, and then keeps what its stage keeps.
-Status ZeroOptimizer::Impl::TakeBuiltModel() {
-  std::vector<at::Tensor> fp32;
+Status ZeroOptimizer::Impl::ListTensors() {
   int64_t offset = 0;
   for (const auto& p : model->named_parameters()) {
     ZeroTensor t;
     t.name = p.key();
+    t.param = p.value();
     t.shape = p.value().sizes().vec();
     t.numel = p.value().numel();
     t.flat_offset = offset;
     offset += t.numel;
-    at::Tensor v = p.value().detach().to(o.device, at::kFloat).reshape(-1).contiguous();
-    if (distributed()) DS_RETURN_IF_ERROR(comm()->Broadcast(v, 0, "initial weights of " + t.name));
-    fp32.push_back(v);
     tensors.push_back(std::move(t));
   }
   total = offset;
   if (tensors.empty()) return Status::InvalidArgument("the model has no parameters to train");
+  return Status::OK();
+}
+
+Status ZeroOptimizer::Impl::TakeBuiltModel() {
+  DS_RETURN_IF_ERROR(ListTensors());
+  std::vector<at::Tensor> fp32;
+  for (const ZeroTensor& t : tensors) {
+    at::Tensor v = t.param.detach().to(o.device, at::kFloat).reshape(-1).contiguous();
+    if (distributed()) DS_RETURN_IF_ERROR(comm()->Broadcast(v, 0, "initial weights of " + t.name));
+    fp32.push_back(v);
+  }
   model->to(o.device, o.dtype);
   size_t i = 0;
   for (const auto& p : model->named_parameters()) tensors[i++].param = p.value();
@@ -172,19 +180,7 @@ Status ZeroOptimizer::Impl::TakeDeferredModel() {
         "a model with deferred initial values cannot have buffers (it has " +
         std::to_string(model->buffers().size()) + ")");
   }
-  int64_t offset = 0;
-  for (const auto& p : model->named_parameters()) {
-    ZeroTensor t;
-    t.name = p.key();
-    t.param = p.value();
-    t.shape = p.value().sizes().vec();
-    t.numel = p.value().numel();
-    t.flat_offset = offset;
-    offset += t.numel;
-    tensors.push_back(std::move(t));
-  }
-  total = offset;
-  if (tensors.empty()) return Status::InvalidArgument("the model has no parameters to train");
+  DS_RETURN_IF_ERROR(ListTensors());
   DS_RETURN_IF_ERROR(stage.partitions_parameters() ? SetupStage3({}) : SetupFlat({}));
   AllocateMoments();
   values_pending = true;
@@ -207,21 +203,16 @@ Status ZeroOptimizer::Initialize() {
     torch::NoGradGuard no_grad;
     for (const ZeroPiece& p : HeldPieces()) {
       const ZeroTensor& t = z.tensors[static_cast<size_t>(p.tensor)];
-      at::Tensor values = z.model->InitialValues(t.name, p.begin, p.end).contiguous();
-      if (z.swapping()) {
-        DS_RETURN_IF_ERROR(WriteState(
-            0, p.offset, std::span<const float>(values.data_ptr<float>(), values.numel())));
-      } else {
-        z.master.narrow(0, p.offset, p.end - p.begin).copy_(values);
-      }
+      const at::Tensor values = z.model->InitialValues(t.name, p.begin, p.end).contiguous();
+      DS_RETURN_IF_ERROR(WriteState(
+          0, p.offset,
+          std::span<const float>(values.data_ptr<float>(), static_cast<size_t>(values.numel()))));
     }
   } catch (const std::exception& e) {
     return TorchError(e, "making the initial weights");
   }
   return Publish();
 }
-
-bool ZeroOptimizer::initialized() const { return !impl_->values_pending; }
 
 void ZeroOptimizer::Impl::FindNormRuns(const std::vector<ZeroPiece>& held) {
   if (std::all_of(o.in_norm.begin(), o.in_norm.end(), [](bool b) { return b; })) return;
@@ -502,20 +493,36 @@ Status ZeroOptimizer::Impl::ReduceFlatAccumulator() {
 
 // ---- the optimizer step
 
-Status ZeroOptimizer::Impl::PublishFlat() {
+at::Tensor ZeroOptimizer::Impl::PublishTarget() {
+  if (stage.partitions_parameters()) return param_part;
   if (!stage.partitions_optimizer() || !distributed()) {
-    if (swapping()) return CopyMasterInto(flat_param.narrow(0, part_begin, part_len));
-    flat_param.narrow(0, part_begin, part_len).copy_(master);
+    return flat_param.narrow(0, part_begin, part_len);
+  }
+  return at::empty({part_len}, at::TensorOptions().dtype(o.dtype).device(o.device));
+}
+
+Status ZeroOptimizer::Impl::PublishFrom(const at::Tensor& target) {
+  if (stage.partitions_parameters()) {
+    for (ZeroTensor& t : tensors) {
+      // Persistent parameters keep their (now old) weights until their unit is gathered again.
+      if (t.fresh) live_elements -= t.numel;
+      t.fresh = false;
+    }
     return Status::OK();
   }
-  at::Tensor mine;
-  if (swapping()) {
-    mine = at::empty({part_len}, at::TensorOptions().dtype(o.dtype).device(o.device));
-    DS_RETURN_IF_ERROR(CopyMasterInto(mine));
-  } else {
-    mine = master.to(o.device, o.dtype);
-  }
+  if (!stage.partitions_optimizer() || !distributed()) return Status::OK();  // in place already
+  at::Tensor mine = target;  // a handle: the collective takes non-const ones
   return comm()->AllGather(flat_param, mine, "updated weights");
+}
+
+Status ZeroOptimizer::Impl::PublishMaster() {
+  const at::Tensor target = PublishTarget();
+  if (swapping()) {
+    DS_RETURN_IF_ERROR(CopyMasterInto(target));
+  } else {
+    target.copy_(master);
+  }
+  return PublishFrom(target);
 }
 
 void ZeroOptimizer::SetLearningRate(double lr) { impl_->lr.fill_(lr); }
@@ -569,16 +576,19 @@ Result<ZeroStepResult> ZeroOptimizer::Impl::StepWithLr(std::optional<double> bet
       out.overflow = out.overflow_t.item<float>() > 0;
     }
     const at::Device state = adam_step.device();
+    const bool publish = !out.read || !out.overflow;  // a skipped step changed no weight
     if (swapping()) {
+      // The new weights go into the model chunk by chunk as Adam makes them, not read back.
+      const at::Tensor target = PublishTarget();
       DS_RETURN_IF_ERROR(SwappedAdamStep(out.overflow_t.to(state),
-                                         divisor.defined() ? divisor.to(state) : divisor, beta1));
+                                         divisor.defined() ? divisor.to(state) : divisor, beta1,
+                                         target));
+      if (publish) DS_RETURN_IF_ERROR(PublishFrom(target));
     } else {
       AdamWStep(master, grad, exp_avg, exp_avg_sq, adam_step, out.overflow_t.to(state), lr,
                 divisor.defined() ? divisor.to(state) : divisor, o.adam,
                 beta1.value_or(std::numeric_limits<double>::quiet_NaN()));
-    }
-    if (!out.read || !out.overflow) {
-      DS_RETURN_IF_ERROR(stage.partitions_parameters() ? PublishStage3() : PublishFlat());
+      if (publish) DS_RETURN_IF_ERROR(PublishMaster());
     }
     // Stages 0-1 overwrite the gradient at the next step's first micro step; stages 2-3 add
     // the reduced buckets into it.
@@ -650,7 +660,7 @@ Status ZeroOptimizer::Publish() {
   z.values_pending = false;  // the master holds the weights now (a checkpoint's or Initialize's)
   try {
     torch::NoGradGuard no_grad;
-    return z.stage.partitions_parameters() ? z.PublishStage3() : z.PublishFlat();
+    return z.PublishMaster();
   } catch (const std::exception& e) {
     return TorchError(e, "publishing loaded weights");
   }

@@ -118,14 +118,24 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   Status OpenSwap();  // moves a built master (and zero moments) into the swap files
   // The master partition, read from the swap files when swapped (a host copy: tests, gathers).
   Result<at::Tensor> MasterNow() const;
-  // Stages 1-3 swapped: Adam over the partition chunk by chunk (read, update, write back).
+  // Swapped: elements per chunk of the partition streamed through host memory.
+  int64_t SwapChunk() const;
+  // Stages 1-3 swapped: Adam over the partition chunk by chunk (read, update, write back), each
+  // updated chunk of the master also copied into `publish` (PublishTarget()).
   Status SwappedAdamStep(const at::Tensor& skip, const at::Tensor& divisor,
-                         std::optional<double> beta1);
+                         std::optional<double> beta1, const at::Tensor& publish);
   // The master's chunks into `dst` (the partition in the training dtype, on the device).
   Status CopyMasterInto(const at::Tensor& dst) const;
+  // Publishing new weights. The tensor this rank's partition goes into, in the training dtype:
+  // stage 3's param_part; at stages 0-2 its slot of flat_param, or (several ranks, partitioned
+  // optimizer) a buffer that PublishFrom all-gathers into flat_param.
+  at::Tensor PublishTarget();
+  Status PublishFrom(const at::Tensor& target);  // once `target` holds the new weights
+  Status PublishMaster();                        // the master (in memory or swapped) into the model
   bool deferred() const { return model->deferred(); }
 
   // zero.cc
+  Status ListTensors();        // `tensors` and `total` from the model's parameters, in order
   Status TakeBuiltModel();     // a model built whole: its weights (rank 0's) become the state
   Status TakeDeferredModel();  // placeholders: storage for this rank's part, values later
   void AllocateMoments();
@@ -137,7 +147,6 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   Status LaunchReadyBuckets();
   Status FlushBuckets();  // the last micro step's end: what did not arrive, then every bucket
   Status ReduceFlatAccumulator();  // stages 0/1, last micro step
-  Status PublishFlat();            // stages 0-2: new weights into the model
   // ZeroOptimizer::Step after the learning rate was set.
   Result<ZeroStepResult> StepWithLr(std::optional<double> beta1, double loss_scale, double clip,
                                     bool check_overflow, bool read_now);
@@ -148,7 +157,6 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   Status EnsureGathered(int unit);
   void Release(int unit);
   Status ReduceUnitGrads(int unit);
-  Status PublishStage3();
   Result<at::Tensor> GatherStage3Master();
   at::Tensor Run(int unit, const at::Tensor& x,
                  std::function<at::Tensor(const at::Tensor&)> fn) override;

@@ -256,6 +256,40 @@ TEST_F(TrainerTest, OutOfMemoryInAStepComesWithTheMemoryTableAndAdvice) {
   EXPECT_EQ(s.message().find("Exception raised from"), std::string::npos) << s.message();
 }
 
+// A model that says it defers its initial values must give them and hold no buffers: either
+// mistake is a clear error when the trainer is made, never training from placeholders.
+class DeferringBigram : public Bigram {
+ public:
+  DeferringBigram(int64_t vocab, bool with_buffer) : Bigram(vocab) {
+    if (with_buffer) register_buffer("counts", torch::zeros({vocab}));
+  }
+  bool deferred() const override { return true; }
+};
+
+TEST_F(TrainerTest, ADeferringModelWithoutValuesOrWithBuffersIsAClearError) {
+  for (bool with_buffer : {false, true}) {
+    const std::string arch = with_buffer ? "test-deferring-buffer" : "test-deferring";
+    RegisterModel(
+        arch,
+        [with_buffer](const ModelConfig& c, uint64_t) -> Result<std::shared_ptr<LanguageModel>> {
+          return std::shared_ptr<LanguageModel>(
+              std::make_shared<DeferringBigram>(c.vocab, with_buffer));
+        });
+    DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(SmallConfig(out_.path()), {"model.arch=" + arch}));
+    TrainerOptions o;
+    o.device = "cpu";
+    o.corpus_cache_dir = corpus_.path();
+    const ::testing::Matcher<std::string> says =
+        with_buffer ? ::testing::Matcher<std::string>(
+                          HasSubstr("a model with deferred initial values cannot have buffers "
+                                    "(it has 1)"))
+                    : AllOf(HasSubstr("making the initial weights: parameter table.weight"),
+                            HasSubstr("override LanguageModel::InitialValues"));
+    EXPECT_THAT(Trainer::Create(io::Env::Default(), c, o),
+                ds::testing::StatusIs(StatusCode::kInvalidArgument, says));
+  }
+}
+
 TEST_F(TrainerTest, UnknownArchAndMissingGpuAreClearErrors) {
   DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(SmallConfig(out_.path()), {"model.arch=llama"}));
   TrainerOptions o;
