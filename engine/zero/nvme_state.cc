@@ -71,7 +71,7 @@ Status ZeroOptimizer::Impl::CopyMasterInto(const at::Tensor& dst) const {
     const int64_t n = std::min(chunk, part_len - c);
     at::Tensor part = buf.narrow(0, 0, n);
     DS_RETURN_IF_ERROR(swap->Read(0, c, Floats(part)));
-    dst.narrow(0, c, n).copy_(part);  // blocking: the buffer is read again next
+    CopyToModel(part, dst.narrow(0, c, n));  // done with `part` when it returns
   }
   return Status::OK();
 }
@@ -124,7 +124,7 @@ Status ZeroOptimizer::Impl::SwappedAdamStep(const at::Tensor& skip, const at::Te
               cur.buf[2].narrow(0, 0, n), after, skip, lr, divisor, o.adam,
               beta1.value_or(std::numeric_limits<double>::quiet_NaN()));
     cur.io = std::async(std::launch::async, write, std::ref(cur), c, n);
-    publish.narrow(0, c, n).copy_(cur.buf[0].narrow(0, 0, n));  // both only read the buffer
+    CopyToModel(cur.buf[0].narrow(0, 0, n), publish.narrow(0, c, n));  // both only read it
   }
   for (Slot& s : slots) {
     if (s.io.valid()) {

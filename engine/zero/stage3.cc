@@ -74,6 +74,7 @@ Status ZeroOptimizer::Impl::SetupStage3(const std::vector<at::Tensor>& fp32) {
   units.assign(prefixes.size() + 1, {});
   unit_fns.assign(units.size(), nullptr);
   gathers.resize(units.size());
+  unit_reduced.assign(units.size(), false);
   part_len = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     ZeroTensor& t = tensors[i];
@@ -128,14 +129,26 @@ Status ZeroOptimizer::Impl::IssueGather(int unit) {
   if (unit < 0 || unit >= static_cast<int>(units.size()) || gathers[unit]) return Status::OK();
   auto g = std::make_unique<PendingGather>();
   std::vector<at::Tensor> pieces;
+  bool adjacent = true;  // the pieces are one run of the partition
+  int64_t next = -1;
   for (int i : units[unit]) {
-    if (tensors[i].fresh) continue;
+    const ZeroTensor& t = tensors[i];
+    if (t.fresh) continue;
     g->tensors.push_back(i);
-    pieces.push_back(param_part.narrow(0, tensors[i].part_offset, tensors[i].piece));
+    pieces.push_back(param_part.narrow(0, t.part_offset, t.piece));
+    adjacent = adjacent && (next < 0 || t.part_offset == next);
+    next = t.part_offset + t.piece;
   }
   if (g->tensors.empty()) return Status::OK();
   torch::NoGradGuard no_grad;
-  g->in = at::cat(pieces).to(o.device, /*non_blocking=*/true);
+  if (adjacent && param_part.is_cpu() && !o.device.is_cpu()) {
+    // Offloaded parameters: straight from the page-locked partition, a copy that does not
+    // hold up the host (at::cat would first make a pageable one).
+    const int64_t first = tensors[g->tensors.front()].part_offset;
+    g->in = param_part.narrow(0, first, next - first).to(o.device, /*non_blocking=*/true);
+  } else {
+    g->in = at::cat(pieces).to(o.device, /*non_blocking=*/true);
+  }
   if (distributed()) {
     g->out = at::empty({g->in.numel() * o.world_size}, g->in.options());
     DS_ASSIGN_OR_RETURN(
@@ -269,6 +282,27 @@ Status ZeroOptimizer::Impl::ReduceUnitGrads(int unit) {
   }
   std::vector<int64_t> pieces;
   for (int i : units[unit]) pieces.push_back(tensors[i].piece);
+  if (grad_sink) {
+    unit_reduced[static_cast<size_t>(unit)] = true;
+    // Offloaded: one transfer per run of tensors adjacent in the partition (a unit's tensors
+    // are), straight into `grad`.
+    struct Run {
+      int64_t column, offset, n;
+    };
+    std::vector<Run> runs;
+    for (size_t k = 0; k < places.size(); ++k) {
+      const auto [column, offset] = places[k];
+      if (!runs.empty() && offset == runs.back().offset + runs.back().n) {
+        runs.back().n += pieces[k];  // columns are adjacent too: they follow tensor order
+      } else {
+        runs.push_back({column, offset, pieces[k]});
+      }
+    }
+    r.apply = [this, runs](const at::Tensor& sum) {
+      for (const Run& run : runs) SendGrad(sum.narrow(0, run.column, run.n), run.offset);
+    };
+    return LaunchReduction(std::move(r));
+  }
   r.apply = [this, places, pieces](const at::Tensor& sum) {
     at::Tensor f32 = sum.to(grad.options());
     for (size_t k = 0; k < places.size(); ++k) {

@@ -111,12 +111,21 @@ Result<std::unique_ptr<ZeroOptimizer>> ZeroOptimizer::Create(std::shared_ptr<Lan
   DS_ASSIGN_OR_RETURN(z->stage, ZeroStage::Of(o.stage));
   const ZeroStage stage = z->stage;
   const bool host_state = o.offload_optimizer && stage.partitions_optimizer();
-  const bool pin = host_state && o.pin_memory && o.device.is_cuda();
+  // Stages 2-3 move offloaded state through page-locked staging (GradSink, Uploader): the
+  // state itself needs no pinning (LibTorch's pinned allocator would round each buffer up to a
+  // power of two). Stage 1 copies its reduced gradient straight into a pinned `grad`.
+  const bool staged = host_state && stage.partitions_gradients();
+  const bool pin = host_state && !staged && o.pin_memory && o.device.is_cuda();
   z->state_opts = at::TensorOptions()
                       .dtype(at::kFloat)
                       .device(host_state ? at::kCPU : o.device)
                       .pinned_memory(pin);
   try {
+    if (staged) {
+      constexpr int64_t kSlot = int64_t{1} << 24;  // elements: 32 MiB a slot in bf16
+      z->grad_sink = std::make_unique<GradSink>(o.device, kSlot, /*slots=*/4);
+      z->uploader = std::make_unique<Uploader>(o.device, kSlot);
+    }
     DS_RETURN_IF_ERROR(z->deferred() ? z->TakeDeferredModel() : z->TakeBuiltModel());
   } catch (const std::exception& e) {
     return TorchError(e,
@@ -336,10 +345,28 @@ Status ZeroOptimizer::EndMicroStep(bool last_of_step) {
       if (last_of_step) DS_RETURN_IF_ERROR(z.ReduceFlatAccumulator());
       return Status::OK();
     }
-    if (!z.stage.partitions_parameters()) return z.FlushBuckets();  // stage 2
+    if (!z.stage.partitions_parameters()) {  // stage 2: the buckets cover the partition
+      DS_RETURN_IF_ERROR(z.FlushBuckets());
+      z.grad_fresh = false;
+      return Status::OK();
+    }
     DS_RETURN_IF_ERROR(z.ReduceUnitGrads(0));
     z.Release(0);
     DS_RETURN_IF_ERROR(z.DrainReductions());
+    if (z.grad_sink) {
+      // A unit whose backward did not run sent nothing: in a step's first micro step its
+      // gradient is zero, not the last step's.
+      for (size_t u = 0; u < z.units.size(); ++u) {
+        if (!z.unit_reduced[u] && z.grad_fresh) {
+          for (int i : z.units[u]) {
+            const ZeroTensor& t = z.tensors[static_cast<size_t>(i)];
+            z.grad_sink->Zero(z.grad.narrow(0, t.part_offset, t.piece));
+          }
+        }
+        z.unit_reduced[u] = false;
+      }
+      z.grad_fresh = false;
+    }
   } catch (const std::exception& e) {
     return TorchError(e, "reducing gradients");
   }
@@ -443,6 +470,7 @@ Status ZeroOptimizer::Impl::LaunchReadyBuckets() {
       // step's whole sum.
       const int64_t at_part = b.begin - part_begin;
       r.apply = [this, at_part](const at::Tensor& sum) {
+        if (grad_sink) return SendGrad(sum, at_part);  // offloaded (stage 2)
         at::Tensor to = grad.narrow(0, at_part, sum.numel());
         stage.partitions_gradients() ? to.add_(sum.to(grad.options())) : to.copy_(sum);
       };
@@ -493,6 +521,18 @@ Status ZeroOptimizer::Impl::ReduceFlatAccumulator() {
 
 // ---- the optimizer step
 
+void ZeroOptimizer::Impl::SendGrad(const at::Tensor& src, int64_t offset) {
+  grad_sink->Send(src, grad.narrow(0, offset, src.numel()), /*add=*/!grad_fresh);
+}
+
+void ZeroOptimizer::Impl::CopyToModel(const at::Tensor& src, const at::Tensor& dst) const {
+  if (uploader) {
+    uploader->Upload(src, dst);
+  } else {
+    dst.copy_(src);
+  }
+}
+
 at::Tensor ZeroOptimizer::Impl::PublishTarget() {
   if (stage.partitions_parameters()) return param_part;
   if (!stage.partitions_optimizer() || !distributed()) {
@@ -520,7 +560,7 @@ Status ZeroOptimizer::Impl::PublishMaster() {
   if (swapping()) {
     DS_RETURN_IF_ERROR(CopyMasterInto(target));
   } else {
-    target.copy_(master);
+    CopyToModel(master, target);
   }
   return PublishFrom(target);
 }
@@ -545,6 +585,7 @@ Result<ZeroStepResult> ZeroOptimizer::Impl::StepWithLr(std::optional<double> bet
   ZeroStepResult out;
   try {
     torch::NoGradGuard no_grad;
+    if (grad_sink) DS_RETURN_IF_ERROR(grad_sink->Drain());  // every gradient is in `grad`
     // The global norm (of the gradient as it is, loss scale and all; the norm is unscaled
     // after): stage 0's gradient is whole on every rank; partitions add squares, and so do the
     // parts of the model on other ranks (tensor and pipeline parallelism).
@@ -593,7 +634,11 @@ Result<ZeroStepResult> ZeroOptimizer::Impl::StepWithLr(std::optional<double> bet
     // Stages 0-1 overwrite the gradient at the next step's first micro step; stages 2-3 add
     // the reduced buckets into it.
     acc_fresh = true;
-    if (stage.partitions_gradients()) grad.zero_();
+    if (grad_sink) {
+      grad_fresh = true;  // the next micro step writes `grad` afresh: no pass zeroing it
+    } else if (stage.partitions_gradients()) {
+      grad.zero_();
+    }
   } catch (const std::exception& e) {
     return TorchError(e, "optimizer step");
   }

@@ -18,6 +18,7 @@
 #include "engine/optim/adamw.h"
 #include "engine/runtime_info.h"
 #include "engine/train/trainer.h"
+#include "engine/zero/internal/host_link.h"
 #include "io/units.h"
 #include "tests/engine/testing/stalled_collective.h"
 #include "tests/testing/matchers.h"
@@ -141,6 +142,32 @@ TEST(GpuTest, ZeroStagesAndOffloadAgreeOnCuda) {
       EXPECT_GE(mem.on_host, mem.optimizer);  // master and moments live in host memory
     }
   }
+}
+
+// Offloaded state's staging (engine/zero/internal/host_link.h): gradients sent down in more
+// slots' worth than there are slots land in order (write, then add, then zero), converted from
+// bf16; weights go up into bf16 exactly as a direct conversion would make them.
+TEST(GpuTest, OffloadStagingKeepsOrderAndValues) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible";
+  const auto cuda = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  GradSink sink(torch::Device(torch::kCUDA, 0), /*slot_elements=*/1000, /*slots=*/2);
+  torch::Tensor host = torch::full({5003}, 7.0f);
+  torch::Tensor a = torch::randn({5003}, cuda), b = torch::randn({5003}, cuda);
+  sink.Send(a, host, /*add=*/false);
+  sink.Send(b * 1, host, /*add=*/true);  // a temporary: freed at once, copied first
+  sink.Zero(host.narrow(0, 10, 20));
+  DS_ASSERT_OK(sink.Drain());
+  torch::Tensor want = a.cpu().to(torch::kFloat) + b.cpu().to(torch::kFloat);
+  want.narrow(0, 10, 20).zero_();
+  EXPECT_TRUE(torch::equal(host, want));
+
+  Uploader up(torch::Device(torch::kCUDA, 0), /*slot_elements=*/1000);
+  torch::Tensor w = torch::randn({4321});
+  const torch::Tensor want_d = w.to(torch::kBFloat16);
+  torch::Tensor d = torch::empty({4321}, cuda);
+  up.Upload(w, d);
+  w.fill_(0);  // the host buffer is free once Upload returns
+  EXPECT_TRUE(torch::equal(d.cpu(), want_d));
 }
 
 // A checkpoint written from the GPU (device-to-host copies into page-locked staging) and read

@@ -13,6 +13,7 @@
 
 #include "engine/comm/comm.h"
 #include "engine/model/model.h"
+#include "engine/zero/internal/host_link.h"
 #include "engine/zero/swap.h"
 #include "engine/zero/zero.h"
 
@@ -109,6 +110,18 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   Status LaunchReduction(PendingReduction r);  // queues; completes old ones past the window
   Status CompleteOldestReduction();
   Status DrainReductions();
+
+  // Offloaded state on a GPU (stages 2-3): gradients stream into `grad` through grad_sink as
+  // backward reduces them (the first micro step of a step writes, later ones add:
+  // grad_fresh), and new weights go up through `uploader` (internal/host_link.h). Null without.
+  std::unique_ptr<GradSink> grad_sink;
+  std::unique_ptr<Uploader> uploader;
+  bool grad_fresh = true;
+  std::vector<bool> unit_reduced;  // stage 3 with grad_sink: per unit, reduced this micro step
+  // `grad`'s [offset, offset + src.numel()) = src (the first micro step) or += src.
+  void SendGrad(const at::Tensor& src, int64_t offset);
+  // Copies host fp32 `src` into `dst` (the training dtype, on the device or the host).
+  void CopyToModel(const at::Tensor& src, const at::Tensor& dst) const;
 
   // The model's values are still to come (a deferred model before Initialize or a load).
   bool values_pending = false;
