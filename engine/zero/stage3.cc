@@ -11,6 +11,8 @@
 // Parameters outside every unit (embeddings, the final norm) are gathered for the whole micro
 // step. Parameters under stage3_param_persistence_threshold elements stay gathered.
 #include <ATen/ATen.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/autograd.h>
 
 #include "ckpt/partition.h"
@@ -141,21 +143,38 @@ Status ZeroOptimizer::Impl::IssueGather(int unit) {
   }
   if (g->tensors.empty()) return Status::OK();
   torch::NoGradGuard no_grad;
+  std::optional<c10::StreamGuard> on_side;
   if (adjacent && param_part.is_cpu() && !o.device.is_cpu()) {
-    // Offloaded parameters: straight from the page-locked partition, a copy that does not
-    // hold up the host (at::cat would first make a pageable one).
+    // Offloaded parameters: straight from the page-locked partition (at::cat would first make
+    // a pageable copy), on a side stream, so the upload overlaps the units running before this
+    // one. The buffers belong to the compute stream; the side stream starts after the work
+    // queued there so far (which may still read memory these buffers reuse).
+    c10::impl::VirtualGuardImpl device(o.device.type());
+    const c10::Stream compute = device.getStream(o.device);
+    if (!upload_stream) upload_stream = device.getStreamFromGlobalPool(o.device);
     const int64_t first = tensors[g->tensors.front()].part_offset;
-    g->in = param_part.narrow(0, first, next - first).to(o.device, /*non_blocking=*/true);
+    g->in = at::empty({next - first}, at::TensorOptions().dtype(o.dtype).device(o.device));
+    if (distributed()) g->out = at::empty({g->in.numel() * o.world_size}, g->in.options());
+    c10::Event queued(o.device.type());
+    queued.record(compute);
+    queued.block(*upload_stream);
+    on_side.emplace(*upload_stream);
+    g->in.copy_(param_part.narrow(0, first, next - first), /*non_blocking=*/true);
   } else {
     g->in = at::cat(pieces).to(o.device, /*non_blocking=*/true);
   }
   if (distributed()) {
-    g->out = at::empty({g->in.numel() * o.world_size}, g->in.options());
+    // Issued on the side stream when uploading: the collective waits for the upload.
+    if (!g->out.defined()) g->out = at::empty({g->in.numel() * o.world_size}, g->in.options());
     DS_ASSIGN_OR_RETURN(
         g->handle,
         comm()->AllGatherAsync(g->out, g->in, "parameters of unit " + std::to_string(unit)));
   } else {
     g->out = g->in;
+  }
+  if (on_side) {
+    g->uploaded.emplace(o.device.type());
+    g->uploaded->record(*upload_stream);
   }
   gathers[unit] = std::move(g);
   return Status::OK();
@@ -166,6 +185,10 @@ Status ZeroOptimizer::Impl::EnsureGathered(int unit) {
   std::unique_ptr<PendingGather> g = std::move(gathers[unit]);
   if (!g) return Status::OK();
   DS_RETURN_IF_ERROR(g->handle.Wait());
+  if (g->uploaded) {
+    c10::impl::VirtualGuardImpl device(o.device.type());
+    g->uploaded->block(device.getStream(o.device));
+  }
   torch::NoGradGuard no_grad;
   const int64_t U = g->in.numel();
   at::Tensor rows = g->out.view({o.world_size, U});

@@ -4,10 +4,13 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Event.h>
+#include <c10/core/Stream.h>
 
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -55,6 +58,9 @@ struct PendingGather {
   CommHandle handle;
   at::Tensor in, out;        // (U) and (W * U) in the training dtype on the device
   std::vector<int> tensors;  // in the order of their columns
+  // Offloaded parameters: `in` is uploaded on the side stream; the compute stream waits for
+  // this before using the unit.
+  std::optional<c10::Event> uploaded;
 };
 
 struct ZeroOptimizer::Impl : public UnitRunner {
@@ -98,6 +104,7 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   std::vector<std::function<at::Tensor(const at::Tensor&)>> unit_fns;
   std::vector<std::unique_ptr<PendingGather>> gathers;  // per unit, null when none in flight
   int64_t live_elements = 0;                            // gathered parameter elements
+  std::optional<c10::Stream> upload_stream;  // offloaded parameters' uploads (a GPU's side stream)
 
   Comm* comm() const { return o.comm; }
   void FindNormRuns(const std::vector<ZeroPiece>& held);
