@@ -642,6 +642,7 @@ Result<Restored> CheckpointAgent::Impl::Load(const std::string& path, const Resu
   // state worth keeping across a failed load, which ends the run or falls back to another.)
   const at::Tensor targets[] = {o.zero->master(), o.zero->exp_avg(), o.zero->exp_avg_sq()};
   const std::vector<StateSlice> slices = o.plan.LoadSlices(o.zero->HeldPieces());
+  const bool direct = !o.zero->swapped() && o.zero->values_pending() && targets[0].is_cpu();
   std::vector<at::Tensor> host;
   ckpt::ReadStats rs;
   if (o.zero->swapped()) {
@@ -650,8 +651,10 @@ Result<Restored> CheckpointAgent::Impl::Load(const std::string& path, const Resu
     std::vector<ckpt::ReadRequest> requests;
     for (int b = 0; b < buffers; ++b) {
       // Not zero-filled first (1.3B: 15.6 GB of writes): the reads fill every slice, and only
-      // the partition padding no slice covers is zeroed.
-      at::Tensor h = at::empty({o.zero->state_numel()}, at::kFloat);
+      // the partition padding no slice covers is zeroed. State offloaded to host memory that
+      // holds nothing yet (a resumed run's first load) is read into directly: a second copy
+      // of it would double the host memory a large offloaded model needs.
+      at::Tensor h = direct ? targets[b] : at::empty({o.zero->state_numel()}, at::kFloat);
       ZeroWhereNoSlice(h, slices);
       AppendStateRequests(o.plan, b, slices, 0, h.numel(), h.data_ptr<float>(), &requests);
       host.push_back(h);
@@ -678,7 +681,7 @@ Result<Restored> CheckpointAgent::Impl::Load(const std::string& path, const Resu
   } else {
     DS_RETURN_IF_ERROR(TorchCall("placing the loaded state on " + o.device.str(), [&] {
       torch::NoGradGuard no_grad;
-      for (size_t b = 0; b < host.size(); ++b) targets[b].copy_(host[b]);
+      for (size_t b = 0; b < host.size() && !direct; ++b) targets[b].copy_(host[b]);
       if (!optimizer) {
         o.zero->exp_avg().zero_();
         o.zero->exp_avg_sq().zero_();

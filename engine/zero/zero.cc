@@ -205,6 +205,8 @@ void ZeroOptimizer::Impl::AllocateMoments() {
   lr = at::zeros({}, state_opts.pinned_memory(false));
 }
 
+bool ZeroOptimizer::values_pending() const { return impl_->values_pending; }
+
 Status ZeroOptimizer::Initialize() {
   Impl& z = *impl_;
   if (!z.values_pending) return Status::OK();

@@ -107,6 +107,9 @@ class ZeroOptimizer {
   // A deferred model's initial values into this rank's part of the state, then published: a
   // collective at stages 1-3 on several ranks. Does nothing once the weights are there.
   Status Initialize();
+  // The weights are still to come (a deferred model before Initialize or a load): the state
+  // holds nothing worth keeping.
+  bool values_pending() const;
 
   // Around each micro batch's forward and backward: stage 3 gathers the parameters outside the
   // model's units here and frees them in EndMicroStep, which also reduces this micro step's
