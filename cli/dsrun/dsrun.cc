@@ -344,6 +344,12 @@ int DsrunMain(int argc, char** argv, const DsrunTools& tools) {
                  "DeepSpeed JSON config (with our model/data/trainer sections)");
   app.add_option("--set", f.set, "Override a key: --set optimizer.params.lr=3e-4 (repeatable)")
       ->take_all();
+  std::string model_name, dataset_path;
+  app.add_option("--model_name,--model-name", model_name,
+                 "A Hugging Face model folder (config.json, model.safetensors) to train: "
+                 "model.hf_path (Llama, Mistral, Qwen2)");
+  app.add_option("--dataset_path,--dataset-path", dataset_path,
+                 "The training data: data.path (tokens: .bin; text: .txt)");
   app.add_option("--max-steps", f.max_steps, "Optimizer steps to train (trainer.max_steps)");
   app.add_option("--seed", f.seed, "Seed (trainer.seed)");
   app.add_option("--device", f.device,
@@ -433,6 +439,9 @@ int DsrunMain(int argc, char** argv, const DsrunTools& tools) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : kExitUsage;
   }
+  // The seed's flags, as the keys they stand for (before --set, which can still override).
+  if (!dataset_path.empty()) f.set.insert(f.set.begin(), "data.path=" + dataset_path);
+  if (!model_name.empty()) f.set.insert(f.set.begin(), "model.hf_path=" + model_name);
   // Parse only, run nothing: tests/docs/docs_commands_test.py checks the commands in the docs.
   if (io::Env::Default()->GetEnvVar("DSTRAIN_CHECK_ARGS") == "1") return 0;
   f.nproc_given = nproc->count() > 0;

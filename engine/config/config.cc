@@ -5,6 +5,7 @@
 #include <set>
 #include <utility>
 
+#include "engine/config/hf_model.h"
 #include "engine/config/sections.h"
 #include "io/units.h"
 
@@ -325,7 +326,23 @@ Result<Config> LoadConfig(io::Env* env, const std::string& path, const Overrides
                                    io::FormatBytes(kMaxConfigBytes) + "); is it the right file?");
   }
   DS_ASSIGN_OR_RETURN(std::string text, env->ReadFileToString(path));
-  return ParseConfig(text, overrides, path);
+  DS_ASSIGN_OR_RETURN(Config c, ParseConfig(text, overrides, path));
+  if (!c.model.hf_path.empty()) {
+    // A Hugging Face folder's model: its sizes, for the estimates and the data's vocabulary.
+    DS_ASSIGN_OR_RETURN(const HfModelSpec hf, ReadHfModel(env, c.model.hf_path));
+    c.model.n_layer = hf.n_layer;
+    c.model.n_head = hf.n_head;
+    c.model.d_model = hf.hidden;
+    c.model.vocab = hf.vocab;
+    c.model.hf_parameters = hf.parameter_count();
+    if (c.model.seq_len > hf.max_positions) {
+      return Status::InvalidArgument(path + ": model.seq_len (" + std::to_string(c.model.seq_len) +
+                                     ") is longer than the model's max_position_embeddings (" +
+                                     std::to_string(hf.max_positions) + ") in " +
+                                     io::JoinPath(c.model.hf_path, "config.json"));
+    }
+  }
+  return c;
 }
 
 std::string CheckpointDir(const Config& config) {

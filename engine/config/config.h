@@ -186,6 +186,11 @@ struct ModelConfig {
   // Which registered model to build (engine/model/model.h): "gpt", the built-in, or a name a
   // program registered with RegisterModel before it called DsrunMain.
   std::string arch = "gpt";
+  // A Hugging Face model folder (config.json, model.safetensors; dsrun --model_name): the
+  // family it names is built ("hf"), its sizes read from there by LoadConfig, its weights from
+  // there (engine/config/hf_model.h). "": the sizes above.
+  std::string hf_path;
+  int64_t hf_parameters = 0;  // the folder's model's parameters (LoadConfig), else 0
 };
 // "demo", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1558m", "gpt-1.3b" (docs/config.md).
 std::vector<std::string> ModelPresetNames();

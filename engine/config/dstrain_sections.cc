@@ -110,8 +110,19 @@ void ReadModel(SectionReader& top, ModelConfig* out) {
         "), or give model.n_layer, n_head, d_model, seq_len and vocab");
   }
   ModelConfig base;
+  const std::string hf_path = m.String("hf_path", "");
   std::string preset = m.String("preset", "");
-  if (!preset.empty()) {
+  if (!hf_path.empty()) {
+    // Sizes come from the folder's config.json (LoadConfig); only the sequence is ours.
+    base.arch = "hf";
+    base.seq_len = 1024;
+    for (const char* key : {"preset", "n_layer", "n_head", "d_model", "vocab"}) {
+      if (m.Has(key)) {
+        m.diag()->Error("model." + std::string(key) + " is set beside model.hf_path: the " +
+                        "folder's config.json gives the model's sizes (remove model." + key + ")");
+      }
+    }
+  } else if (!preset.empty()) {
     Result<ModelConfig> p = ModelPreset(preset);
     if (p.ok()) {
       base = *p;
@@ -131,13 +142,18 @@ void ReadModel(SectionReader& top, ModelConfig* out) {
     }
   }
   *out = base;
-  out->arch = m.String("arch", "gpt");
+  out->hf_path = hf_path;
+  out->arch = m.String("arch", base.arch.empty() ? "gpt" : base.arch);
+  out->seq_len = m.Int("seq_len", base.seq_len, 1);
+  out->activation_checkpointing = m.Bool("activation_checkpointing", false);
+  if (!hf_path.empty()) {
+    m.Finish();
+    return;
+  }
   out->n_layer = m.Int("n_layer", base.n_layer, 1);
   out->n_head = m.Int("n_head", base.n_head, 1);
   out->d_model = m.Int("d_model", base.d_model, 1);
-  out->seq_len = m.Int("seq_len", base.seq_len, 1);
   out->vocab = m.Int("vocab", base.vocab, 1);
-  out->activation_checkpointing = m.Bool("activation_checkpointing", false);
   // Far beyond any model trained today, and small enough that parameter counts and memory
   // estimates cannot overflow; what does not fit the machine is refused later, by memory.
   const std::pair<const char*, int64_t> limits[] = {{"n_layer", out->n_layer},

@@ -8,6 +8,7 @@
 namespace ds::engine {
 
 int64_t ModelParameterCount(const ModelConfig& m) {
+  if (m.hf_parameters > 0) return m.hf_parameters;  // a Hugging Face folder's family
   const int64_t c = m.d_model;
   const int64_t block = 2 * c                // ln_1 weight, bias
                         + 3 * c * c + 3 * c  // attention qkv (C, 3C) + bias

@@ -4,6 +4,7 @@
 #include <mutex>
 
 #include "engine/model/gpt.h"
+#include "engine/model/llama.h"
 #include "engine/torch_status.h"
 
 namespace ds::engine {
@@ -18,6 +19,23 @@ Result<std::shared_ptr<LanguageModel>> MakeGpt(const ModelConfig& c, uint64_t se
   return std::shared_ptr<LanguageModel>(std::make_shared<GptImpl>(GptOptionsOf(c, seed)));
 }
 
+// A Hugging Face folder's model (model.hf_path): its family, its sizes, its weights.
+Result<std::shared_ptr<LanguageModel>> MakeHf(const ModelConfig& c, uint64_t seed) {
+  if (c.hf_path.empty()) {
+    return Status::InvalidArgument(
+        "model.arch \"hf\" needs model.hf_path (or dsrun --model_name): a Hugging Face model "
+        "folder");
+  }
+  DS_ASSIGN_OR_RETURN(HfModelSpec spec, ReadHfModel(io::Env::Default(), c.hf_path));
+  LlamaOptions o;
+  o.spec = std::move(spec);
+  o.seq_len = c.seq_len;
+  o.activation_checkpointing = c.activation_checkpointing;
+  o.seed = seed;
+  o.deferred = DeferredInit::Active();
+  return std::shared_ptr<LanguageModel>(std::make_shared<LlamaImpl>(std::move(o)));
+}
+
 // Factories draw from LibTorch's global generator after seeding it: two models built at once
 // (ranks as threads of one process) would interleave their draws.
 std::mutex& BuildMutex() {
@@ -29,6 +47,7 @@ Registry& TheRegistry() {
   static Registry* r = [] {
     auto* reg = new Registry;
     reg->factories["gpt"] = MakeGpt;
+    reg->factories["hf"] = MakeHf;
     return reg;
   }();
   return *r;

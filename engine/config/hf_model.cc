@@ -1,0 +1,234 @@
+#include "engine/config/hf_model.h"
+
+#include <nlohmann/json.hpp>
+
+#include <set>
+#include <string_view>
+
+namespace ds::engine {
+namespace {
+
+using nlohmann::json;
+
+// The architectures built on Llama's blocks, and what each adds.
+struct Family {
+  const char* architecture;
+  const char* model_type;
+};
+constexpr Family kLlamaLike[] = {{"LlamaForCausalLM", "llama"},
+                                 {"MistralForCausalLM", "mistral"},
+                                 {"Qwen2ForCausalLM", "qwen2"}};
+
+class Reader {
+ public:
+  Reader(const json& j, std::string file) : j_(j), file_(std::move(file)) {}
+
+  Status error() const { return error_; }
+
+  void Fail(const std::string& key, const std::string& what) {
+    if (error_.ok()) error_ = Status::InvalidArgument(file_ + ": " + key + " " + what);
+  }
+
+  const json* Get(const json& in, const std::string& key) const {
+    auto it = in.find(key);
+    return it == in.end() || it->is_null() ? nullptr : &*it;
+  }
+
+  int64_t Int(const std::string& key, int64_t def, bool required = false) {
+    const json* v = Get(j_, key);
+    if (v == nullptr) {
+      if (required) Fail(key, "is missing: a Hugging Face config.json gives it");
+      return def;
+    }
+    if (!v->is_number_integer() || v->get<int64_t>() < 1) {
+      Fail(key, "must be a positive integer, not " + v->dump());
+      return def;
+    }
+    return v->get<int64_t>();
+  }
+
+  double Number(const json& in, const std::string& key, double def) {
+    const json* v = Get(in, key);
+    if (v == nullptr) return def;
+    if (!v->is_number()) {
+      Fail(key, "must be a number, not " + v->dump());
+      return def;
+    }
+    return v->get<double>();
+  }
+
+  bool Bool(const std::string& key, bool def) {
+    const json* v = Get(j_, key);
+    if (v == nullptr) return def;
+    if (!v->is_boolean()) {
+      Fail(key, "must be true or false, not " + v->dump());
+      return def;
+    }
+    return v->get<bool>();
+  }
+
+  std::string String(const json& in, const std::string& key, const std::string& def) {
+    const json* v = Get(in, key);
+    if (v == nullptr) return def;
+    if (!v->is_string()) {
+      Fail(key, "must be a string, not " + v->dump());
+      return def;
+    }
+    return v->get<std::string>();
+  }
+
+  const json& root() const { return j_; }
+
+ private:
+  const json& j_;
+  std::string file_;
+  Status error_;
+};
+
+void ReadRope(Reader& r, HfRope* rope) {
+  const json& j = r.root();
+  // transformers 5 writes rope_parameters (theta inside); earlier versions rope_theta and
+  // rope_scaling (its kind under "type" or "rope_type").
+  const json* params = r.Get(j, "rope_parameters");
+  const json* scaling = params != nullptr ? params : r.Get(j, "rope_scaling");
+  const std::string key = params != nullptr ? "rope_parameters" : "rope_scaling";
+  rope->theta = r.Number(j, "rope_theta", 10000.0);
+  if (scaling == nullptr) return;
+  if (!scaling->is_object()) return r.Fail(key, "must be an object, not " + scaling->dump());
+  rope->theta = r.Number(*scaling, "rope_theta", rope->theta);
+  rope->type = r.String(*scaling, "rope_type", r.String(*scaling, "type", "default"));
+  if (rope->type != "default" && rope->type != "linear" && rope->type != "llama3") {
+    return r.Fail(key + ".rope_type",
+                  "'" + rope->type +
+                      "' is not supported (default, linear and llama3 are): this model's "
+                      "positions would be wrong");
+  }
+  rope->factor = r.Number(*scaling, "factor", 1.0);
+  rope->low_freq_factor = r.Number(*scaling, "low_freq_factor", 1.0);
+  rope->high_freq_factor = r.Number(*scaling, "high_freq_factor", 4.0);
+  rope->original_max_positions = static_cast<int64_t>(
+      r.Number(*scaling, "original_max_position_embeddings", 8192));
+  if (rope->factor <= 0) r.Fail(key + ".factor", "must be positive");
+  if (rope->type == "llama3" && rope->high_freq_factor <= rope->low_freq_factor) {
+    r.Fail(key + ".high_freq_factor", "must be more than low_freq_factor");
+  }
+}
+
+// The weights: model.safetensors, or the shards the index lists.
+Status FindWeights(io::Env* env, HfModelSpec* s) {
+  const std::string single = io::JoinPath(s->dir, "model.safetensors");
+  const std::string index = io::JoinPath(s->dir, "model.safetensors.index.json");
+  DS_ASSIGN_OR_RETURN(const bool sharded, env->Exists(index));
+  if (sharded) {
+    DS_ASSIGN_OR_RETURN(std::string text, env->ReadFileToString(index));
+    json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") ||
+        !j["weight_map"].is_object()) {
+      return Status::InvalidArgument(index + ": not a safetensors index (a JSON object with a "
+                                     "\"weight_map\" of tensor name -> file)");
+    }
+    for (const auto& [name, file] : j["weight_map"].items()) {
+      if (!file.is_string() || file.get<std::string>().find('/') != std::string::npos) {
+        return Status::InvalidArgument(index + ": weight_map[\"" + name +
+                                       "\"] must name a file in the folder, not " + file.dump());
+      }
+      s->weight_files[name] = io::JoinPath(s->dir, file.get<std::string>());
+    }
+    return Status::OK();
+  }
+  DS_ASSIGN_OR_RETURN(const bool one_file, env->Exists(single));
+  if (one_file) s->weight_files["*"] = single;  // every name: one file
+  return Status::OK();
+}
+
+}  // namespace
+
+int64_t HfModelSpec::parameter_count() const {
+  const int64_t q = n_head * head_dim, kv = n_kv_head * head_dim;
+  int64_t per_layer = hidden * q + 2 * hidden * kv + q * hidden  // attention
+                      + 3 * hidden * intermediate                // SwiGLU
+                      + 2 * hidden;                              // two RMSNorms
+  if (attention_bias) per_layer += q + 2 * kv + hidden;
+  if (qkv_bias) per_layer += q + 2 * kv;
+  if (mlp_bias) per_layer += 2 * intermediate + hidden;
+  return n_layer * per_layer + vocab * hidden * (tie_embeddings ? 1 : 2) + hidden;
+}
+
+Result<HfModelSpec> ReadHfModel(io::Env* env, const std::string& dir) {
+  HfModelSpec s;
+  s.dir = dir;
+  const std::string file = io::JoinPath(dir, "config.json");
+  DS_ASSIGN_OR_RETURN(const bool has_config, env->Exists(file));
+  if (!has_config) {
+    return Status::NotFound(file + " does not exist: --model_name / model.hf_path names a "
+                            "Hugging Face model folder (config.json and model.safetensors)");
+  }
+  DS_ASSIGN_OR_RETURN(std::string text, env->ReadFileToString(file));
+  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return Status::InvalidArgument(file + " is not a JSON object");
+  }
+  Reader r(j, file);
+  const std::string model_type = r.String(j, "model_type", "");
+  if (const json* a = r.Get(j, "architectures"); a != nullptr && a->is_array() && !a->empty() &&
+                                                  (*a)[0].is_string()) {
+    s.architecture = (*a)[0].get<std::string>();
+  }
+  for (const Family& f : kLlamaLike) {
+    if (s.architecture == f.architecture || (s.architecture.empty() && model_type == f.model_type))
+      s.family = "llama";
+  }
+  if (s.family.empty()) {
+    std::string known;
+    for (const Family& f : kLlamaLike) known += (known.empty() ? "" : ", ") + std::string(f.architecture);
+    return Status::InvalidArgument(file + ": architectures [\"" + s.architecture +
+                                   "\"] (model_type '" + model_type +
+                                   "') is not a family dstrain builds (" + known + ")");
+  }
+  // What Llama's blocks cannot do: refused by name rather than trained wrongly.
+  if (r.String(j, "hidden_act", "silu") != "silu") {
+    r.Fail("hidden_act", "'" + r.String(j, "hidden_act", "") + "' is not supported (silu is)");
+  }
+  for (const char* key : {"num_local_experts", "num_experts", "moe_intermediate_size"}) {
+    if (r.Get(j, key) != nullptr) r.Fail(key, "is set: mixture-of-experts models are not built");
+  }
+  const bool sliding =
+      model_type == "qwen2" ? r.Bool("use_sliding_window", false) : r.Get(j, "sliding_window") != nullptr;
+  if (sliding) {
+    r.Fail(model_type == "qwen2" ? "use_sliding_window" : "sliding_window",
+           "is set: sliding-window attention is not built (remove it to attend to the whole "
+           "sequence)");
+  }
+  if (const json* tp = r.Get(j, "pretraining_tp"); tp != nullptr && *tp != json(1)) {
+    r.Fail("pretraining_tp", "must be 1 (the sliced-matmul reference path is not built)");
+  }
+  s.vocab = r.Int("vocab_size", 0, true);
+  s.hidden = r.Int("hidden_size", 0, true);
+  s.intermediate = r.Int("intermediate_size", 0, true);
+  s.n_layer = r.Int("num_hidden_layers", 0, true);
+  s.n_head = r.Int("num_attention_heads", 0, true);
+  s.n_kv_head = r.Int("num_key_value_heads", s.n_head);
+  s.head_dim = r.Int("head_dim", s.n_head > 0 ? s.hidden / s.n_head : 0);
+  s.max_positions = r.Int("max_position_embeddings", 2048);
+  s.rms_eps = r.Number(j, "rms_norm_eps", 1e-6);
+  s.initializer_range = r.Number(j, "initializer_range", 0.02);
+  s.tie_embeddings = r.Bool("tie_word_embeddings", false);  // the default of all three
+  s.attention_bias = r.Bool("attention_bias", false);
+  s.mlp_bias = r.Bool("mlp_bias", false);
+  s.qkv_bias = model_type == "qwen2";  // Qwen2's q, k and v have biases, its o_proj none
+  ReadRope(r, &s.rope);
+  DS_RETURN_IF_ERROR(r.error());
+  if (s.n_head % s.n_kv_head != 0) {
+    return Status::InvalidArgument(file + ": num_attention_heads (" + std::to_string(s.n_head) +
+                                   ") must be a multiple of num_key_value_heads (" +
+                                   std::to_string(s.n_kv_head) + ")");
+  }
+  if (s.head_dim % 2 != 0) {
+    return Status::InvalidArgument(file + ": head_dim (" + std::to_string(s.head_dim) +
+                                   ") must be even (rotary embeddings rotate pairs)");
+  }
+  DS_RETURN_IF_ERROR(FindWeights(env, &s));
+  return s;
+}
+
+}  // namespace ds::engine

@@ -1,0 +1,57 @@
+// A Hugging Face model folder (`config.json`, and `model.safetensors` or the shards a
+// `model.safetensors.index.json` lists), read without LibTorch: what the config loader needs for
+// sizes and the model families (engine/model/llama.h) need to build and fill the model.
+// Families: LlamaForCausalLM and the models that share its blocks (Mistral without a sliding
+// window, Qwen2, SmolLM). A key the family cannot honour is refused, naming it.
+// Thread safety: pure functions.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "io/env.h"
+#include "io/status.h"
+
+namespace ds::engine {
+
+struct HfRope {
+  double theta = 10000.0;
+  std::string type = "default";  // "default", "linear" or "llama3"
+  double factor = 1.0;
+  double low_freq_factor = 1.0;    // llama3
+  double high_freq_factor = 4.0;   // llama3
+  int64_t original_max_positions = 8192;  // llama3
+};
+
+struct HfModelSpec {
+  std::string dir;
+  std::string architecture;  // "LlamaForCausalLM", "Qwen2ForCausalLM", ...
+  std::string family;        // "llama"
+  int64_t vocab = 0;
+  int64_t hidden = 0;
+  int64_t intermediate = 0;
+  int64_t n_layer = 0;
+  int64_t n_head = 0;
+  int64_t n_kv_head = 0;
+  int64_t head_dim = 0;
+  int64_t max_positions = 0;
+  double rms_eps = 1e-6;
+  double initializer_range = 0.02;
+  HfRope rope;
+  bool tie_embeddings = false;
+  bool attention_bias = false;  // q, k, v and o projections (Llama's attention_bias)
+  bool qkv_bias = false;        // q, k and v only (Qwen2)
+  bool mlp_bias = false;
+  // Each weight's safetensors file (a path), by Hugging Face name, or under "*" the one file
+  // that holds them all; empty: no weights in the folder (a random initialisation as
+  // transformers makes one from config.json).
+  std::map<std::string, std::string> weight_files;
+  // Parameters of the whole model.
+  int64_t parameter_count() const;
+};
+
+// Reads `dir`/config.json and finds the weights. Errors name the file and the key.
+Result<HfModelSpec> ReadHfModel(io::Env* env, const std::string& dir);
+
+}  // namespace ds::engine

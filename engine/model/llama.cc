@@ -1,0 +1,292 @@
+#include "engine/model/llama.h"
+
+#include <ATen/ops/linear.h>
+#include <ATen/ops/scaled_dot_product_attention.h>
+#include <torch/autograd.h>
+
+#include <cmath>
+#include <numbers>
+#include <span>
+
+#include "engine/model/param_init.h"
+#include "formats/dtype_convert.h"
+#include "formats/safetensors.h"
+#include "io/env.h"
+
+namespace ds::engine {
+namespace {
+
+// Activation checkpointing of one layer: run without keeping activations, again in backward.
+struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x,
+                               torch::Tensor cos, torch::Tensor sin, int64_t layer_ptr) {
+    ctx->save_for_backward({x, cos, sin});
+    ctx->saved_data["layer"] = layer_ptr;
+    torch::NoGradGuard no_grad;
+    return reinterpret_cast<LlamaLayerImpl*>(layer_ptr)->forward(x, cos, sin);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto* layer = reinterpret_cast<LlamaLayerImpl*>(ctx->saved_data["layer"].toInt());
+    auto saved = ctx->get_saved_variables();
+    torch::Tensor x = saved[0].detach().requires_grad_(true);
+    torch::Tensor y;
+    {
+      torch::AutoGradMode enable(true);
+      y = layer->forward(x, saved[1], saved[2]);
+    }
+    torch::autograd::backward({y}, {grad_out[0]});
+    return {x.grad(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// transformers' LlamaRMSNorm: in fp32, then back to the input's dtype, times the weight.
+torch::Tensor RmsNorm(const Params& n, const torch::Tensor& x, double eps) {
+  const torch::Tensor f = x.to(torch::kFloat);
+  const torch::Tensor normed = f * torch::rsqrt(f.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return n->weight * normed.to(x.scalar_type());
+}
+
+torch::Tensor Linear(const Params& p, const torch::Tensor& x) {
+  return at::linear(x, p->weight, p->bias);
+}
+
+torch::Tensor RotateHalf(const torch::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+// A holder module (no parameters of its own) registered under `name`, so that parameter names
+// are transformers' dotted paths.
+std::shared_ptr<torch::nn::Module> Holder(torch::nn::Module& parent, const std::string& name) {
+  return parent.register_module(name, std::make_shared<torch::nn::Module>());
+}
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+// ---- a decoder layer
+
+LlamaLayerImpl::LlamaLayerImpl(const HfModelSpec& s, const std::string& prefix,
+                               const ParamMaker& make)
+    : s_(&s) {
+  const int64_t h = s.hidden, q = s.n_head * s.head_dim, kv = s.n_kv_head * s.head_dim;
+  auto attn = Holder(*this, "self_attn");
+  auto mlp = Holder(*this, "mlp");
+  auto linear = [&](torch::nn::Module& parent, const std::string& group, const char* name,
+                    int64_t out, int64_t in, bool bias) {
+    const std::string base = prefix + group + "." + name;
+    return parent.register_module(
+        name, Params(make(base + ".weight", {out, in}),
+                     bias ? make(base + ".bias", {out}) : torch::Tensor()));
+  };
+  const bool qkv_bias = s.attention_bias || s.qkv_bias;
+  q_proj_ = linear(*attn, "self_attn", "q_proj", q, h, qkv_bias);
+  k_proj_ = linear(*attn, "self_attn", "k_proj", kv, h, qkv_bias);
+  v_proj_ = linear(*attn, "self_attn", "v_proj", kv, h, qkv_bias);
+  o_proj_ = linear(*attn, "self_attn", "o_proj", h, q, s.attention_bias);
+  gate_proj_ = linear(*mlp, "mlp", "gate_proj", s.intermediate, h, s.mlp_bias);
+  up_proj_ = linear(*mlp, "mlp", "up_proj", s.intermediate, h, s.mlp_bias);
+  down_proj_ = linear(*mlp, "mlp", "down_proj", h, s.intermediate, s.mlp_bias);
+  input_layernorm_ = register_module(
+      "input_layernorm", Params(make(prefix + "input_layernorm.weight", {h}), torch::Tensor()));
+  post_attention_layernorm_ = register_module(
+      "post_attention_layernorm",
+      Params(make(prefix + "post_attention_layernorm.weight", {h}), torch::Tensor()));
+}
+
+torch::Tensor LlamaLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
+                                      const torch::Tensor& sin) {
+  const HfModelSpec& s = *s_;
+  const int64_t B = x.size(0), T = x.size(1), d = s.head_dim;
+  const torch::Tensor n = RmsNorm(input_layernorm_, x, s.rms_eps);
+  auto heads = [&](const torch::Tensor& t, int64_t count) {
+    return t.view({B, T, count, d}).transpose(1, 2);  // (B, heads, T, d)
+  };
+  torch::Tensor q = heads(Linear(q_proj_, n), s.n_head);
+  torch::Tensor k = heads(Linear(k_proj_, n), s.n_kv_head);
+  torch::Tensor v = heads(Linear(v_proj_, n), s.n_kv_head);
+  q = q * cos + RotateHalf(q) * sin;  // cos, sin (T, d) broadcast over batch and heads
+  k = k * cos + RotateHalf(k) * sin;
+  if (s.n_kv_head != s.n_head) {  // grouped-query attention: each k/v head serves a group
+    const int64_t group = s.n_head / s.n_kv_head;
+    k = k.repeat_interleave(group, 1);
+    v = v.repeat_interleave(group, 1);
+  }
+  torch::Tensor y = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
+                                                     /*is_causal=*/true);
+  torch::Tensor h = x + Linear(o_proj_, y.transpose(1, 2).reshape({B, T, s.n_head * d}));
+  const torch::Tensor m = RmsNorm(post_attention_layernorm_, h, s.rms_eps);
+  return h + Linear(down_proj_, torch::silu(Linear(gate_proj_, m)) * Linear(up_proj_, m));
+}
+
+// ---- the model
+
+LlamaImpl::LlamaImpl(LlamaOptions o) : o_(std::move(o)) {
+  const HfModelSpec& s = o_.spec;
+  const ParamMaker make = [this](const std::string& name, std::vector<int64_t> shape) {
+    return MakeParam(name, std::move(shape));
+  };
+  auto body = Holder(*this, "model");
+  embed_tokens_ = body->register_module(
+      "embed_tokens", Params(make("model.embed_tokens.weight", {s.vocab, s.hidden}), torch::Tensor()));
+  auto layers = Holder(*body, "layers");
+  for (int64_t l = 0; l < s.n_layer; ++l) {
+    const std::string name = std::to_string(l);
+    layers_.push_back(
+        layers->register_module(name, LlamaLayer(s, "model.layers." + name + ".", make)));
+  }
+  norm_ = body->register_module("norm", Params(make("model.norm.weight", {s.hidden}), torch::Tensor()));
+  if (!s.tie_embeddings) {
+    lm_head_ =
+        register_module("lm_head", Params(make("lm_head.weight", {s.vocab, s.hidden}), torch::Tensor()));
+  }
+}
+
+LlamaImpl::~LlamaImpl() = default;
+
+torch::Tensor LlamaImpl::MakeParam(const std::string& name, std::vector<int64_t> shape) {
+  shapes_[name] = shape;
+  if (o_.deferred) return ShapeOnly(shape);
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return at::empty(shape, at::kFloat).copy_(InitialValues(name, 0, n).view(shape));
+}
+
+const fmt::SafetensorsReader* LlamaImpl::ReaderFor(const std::string& name) const {
+  const auto& files = o_.spec.weight_files;
+  auto it = files.find(name);
+  if (it == files.end()) it = files.find("*");
+  if (it == files.end()) return nullptr;
+  std::lock_guard<std::mutex> lock(readers_mu_);
+  auto& reader = readers_[it->second];
+  if (!reader) {
+    Result<std::unique_ptr<fmt::SafetensorsReader>> r =
+        fmt::SafetensorsReader::Open(io::Env::Default(), it->second);
+    TORCH_CHECK_VALUE(r.ok(), r.status().message());
+    reader = std::move(*r);
+  }
+  return reader.get();
+}
+
+torch::Tensor LlamaImpl::InitialValues(const std::string& name, int64_t begin,
+                                       int64_t end) const {
+  auto shape = shapes_.find(name);
+  TORCH_CHECK_VALUE(shape != shapes_.end(), "the Llama model has no parameter ", name);
+  int64_t numel = 1;
+  for (int64_t d : shape->second) numel *= d;
+  const HfModelSpec& s = o_.spec;
+  if (s.weight_files.empty()) {  // transformers' _init_weights, drawn per name
+    const bool norm = EndsWith(name, "norm.weight");
+    const InitSpec spec = EndsWith(name, ".bias") ? InitSpec::Constant(0)
+                          : norm                  ? InitSpec::Constant(1)
+                                                  : InitSpec::Normal(0, s.initializer_range);
+    return InitRange(spec, o_.seed, name, numel, begin, end);
+  }
+  const fmt::SafetensorsReader* reader = ReaderFor(name);
+  const std::string where = s.dir + " (" + name + ")";
+  TORCH_CHECK_VALUE(reader != nullptr, where, ": no safetensors file of the folder holds it");
+  Result<size_t> index = reader->Find(name);
+  TORCH_CHECK_VALUE(index.ok(), where, ": the weights file lacks it (",
+                    index.status().message(), ")");
+  const fmt::SafetensorsTensor& t = reader->tensors()[*index];
+  TORCH_CHECK_VALUE(t.shape == shape->second, where, ": shape ", c10::IntArrayRef(t.shape),
+                    " in the file, ", c10::IntArrayRef(shape->second),
+                    " from config.json");
+  const size_t width = fmt::DTypeSize(t.dtype);
+  std::vector<std::byte> bytes(static_cast<size_t>(end - begin) * width);
+  Status st = reader->ReadTensorData(*index, static_cast<uint64_t>(begin) * width, bytes);
+  TORCH_CHECK_VALUE(st.ok(), st.message());
+  torch::Tensor out = torch::empty({end - begin}, torch::kFloat);
+  st = fmt::ConvertElements(
+      t.dtype, bytes, fmt::DType::kF32,
+      std::span<std::byte>(reinterpret_cast<std::byte*>(out.data_ptr<float>()),
+                           static_cast<size_t>(out.numel()) * sizeof(float)));
+  TORCH_CHECK_VALUE(st.ok(), where, ": ", st.message());
+  return out;
+}
+
+std::pair<torch::Tensor, torch::Tensor> LlamaImpl::RotaryTables(const HfModelSpec& s, int64_t T,
+                                                                 const torch::Device& device) {
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat).device(device);
+  const int64_t d = s.head_dim;
+  // inv_freq as transformers computes it: in fp32, base ** (2i / d).
+  torch::Tensor exponent =
+      torch::arange(0, d, 2, torch::TensorOptions().dtype(torch::kLong).device(device))
+          .to(torch::kFloat) /
+      static_cast<double>(d);
+  torch::Tensor inv_freq = 1.0 / torch::pow(s.rope.theta, exponent);
+  const HfRope& r = s.rope;
+  if (r.type == "linear") {
+    inv_freq = inv_freq / r.factor;
+  } else if (r.type == "llama3") {
+    const double old_len = static_cast<double>(r.original_max_positions);
+    const double low_wavelen = old_len / r.low_freq_factor;
+    const double high_wavelen = old_len / r.high_freq_factor;
+    const torch::Tensor wavelen = 2 * std::numbers::pi / inv_freq;
+    torch::Tensor scaled = torch::where(wavelen > low_wavelen, inv_freq / r.factor, inv_freq);
+    const torch::Tensor smooth =
+        (old_len / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+    const torch::Tensor smoothed = (1 - smooth) * scaled / r.factor + smooth * scaled;
+    const torch::Tensor medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
+    inv_freq = torch::where(medium, smoothed, scaled);
+  }
+  const torch::Tensor positions = torch::arange(T, f32);
+  const torch::Tensor freqs = torch::outer(positions, inv_freq);  // (T, d / 2)
+  const torch::Tensor emb = torch::cat({freqs, freqs}, -1);
+  return {emb.cos(), emb.sin()};
+}
+
+torch::Tensor LlamaImpl::Hidden(const torch::Tensor& idx) {
+  const HfModelSpec& s = o_.spec;
+  const int64_t T = idx.size(1);
+  TORCH_CHECK_VALUE(T <= s.max_positions, "sequence of ", T,
+                    " tokens is longer than the model's max_position_embeddings ",
+                    s.max_positions);
+  torch::Tensor x = at::embedding(embed_tokens_->weight, idx);
+  auto [cos, sin] = RotaryTables(s, T, idx.device());
+  cos = cos.to(x.scalar_type());
+  sin = sin.to(x.scalar_type());
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    LlamaLayerImpl* layer = layers_[l].get();
+    // By value: stage 3 keeps the function to run the layer again in the backward pass.
+    x = RunUnit(static_cast<int>(l), x, [this, layer, cos, sin](const torch::Tensor& in) {
+      return o_.activation_checkpointing && !units_recomputed() && is_training() &&
+                     torch::GradMode::is_enabled()
+                 ? CheckpointedLayer::apply(in, cos, sin, reinterpret_cast<int64_t>(layer))
+                 : layer->forward(in, cos, sin);
+    });
+  }
+  return RmsNorm(norm_, x, s.rms_eps);
+}
+
+torch::Tensor LlamaImpl::forward(const torch::Tensor& idx) {
+  const torch::Tensor& head = o_.spec.tie_embeddings ? embed_tokens_->weight : lm_head_->weight;
+  return at::linear(Hidden(idx), head);
+}
+
+torch::Tensor LlamaImpl::loss(const torch::Tensor& idx, const torch::Tensor& targets) {
+  const torch::Tensor logits = forward(idx);
+  return CrossEntropyInFp32(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+}
+
+double LlamaImpl::flops_per_token() const {
+  const HfModelSpec& s = o_.spec;
+  const double embeddings = static_cast<double>(s.vocab * s.hidden);
+  const double n = static_cast<double>(s.parameter_count()) - embeddings;
+  // 6N over the non-embedding weights and the head, plus attention's scores and values.
+  return 6.0 * (n + (s.tie_embeddings ? embeddings : 0.0)) +
+         12.0 * static_cast<double>(s.n_layer * s.n_head * s.head_dim * o_.seq_len);
+}
+
+std::vector<std::string> LlamaImpl::unit_prefixes() const {
+  std::vector<std::string> out;
+  for (size_t l = 0; l < layers_.size(); ++l) out.push_back("model.layers." + std::to_string(l) + ".");
+  return out;
+}
+
+}  // namespace ds::engine

@@ -1,0 +1,88 @@
+// Llama's architecture, from a Hugging Face folder (engine/config/hf_model.h): RMSNorm,
+// rotary position embeddings (default, linear and llama3 scaling), grouped-query attention
+// through scaled_dot_product_attention, SwiGLU MLPs, tied or untied output embeddings, optional
+// q/k/v (Qwen2) or all attention biases. Parameters carry transformers' names
+// ("model.layers.0.self_attn.q_proj.weight"), so a checkpoint's tensors are the folder's.
+// Numerics follow transformers' LlamaForCausalLM (RMSNorm in fp32, rotary tables in fp32 then
+// the activations' dtype).
+//
+// Built inside a DeferredInit scope, every parameter is a placeholder and InitialValues gives
+// any element range: read from the folder's safetensors (converted to fp32), or, without
+// weights there, drawn as transformers initialises (N(0, initializer_range), unit norms, zero
+// biases) per parameter name (param_init.h). So ZeRO-3 ranks read only their partitions.
+// Thread safety: a module is used by one training thread.
+#pragma once
+
+#include <torch/nn/module.h>
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "engine/config/hf_model.h"
+#include "engine/model/gpt.h"
+#include "engine/model/model.h"
+
+namespace ds::fmt {
+class SafetensorsReader;
+}
+
+namespace ds::engine {
+
+struct LlamaOptions {
+  HfModelSpec spec;
+  int64_t seq_len = 1024;  // the training sequence (for flops_per_token)
+  bool activation_checkpointing = false;
+  uint64_t seed = 1234;   // initialisation without weights in the folder
+  bool deferred = false;  // placeholders whose values InitialValues gives
+};
+
+class LlamaLayerImpl : public torch::nn::Module {
+ public:
+  LlamaLayerImpl(const HfModelSpec& s, const std::string& prefix, const ParamMaker& make);
+  // x (B, T, H); cos and sin (T, head_dim) in x's dtype.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+
+ private:
+  const HfModelSpec* s_;
+  Params input_layernorm_{nullptr}, post_attention_layernorm_{nullptr};
+  Params q_proj_{nullptr}, k_proj_{nullptr}, v_proj_{nullptr}, o_proj_{nullptr};
+  Params gate_proj_{nullptr}, up_proj_{nullptr}, down_proj_{nullptr};
+};
+TORCH_MODULE(LlamaLayer);
+
+class LlamaImpl : public LanguageModel {
+ public:
+  explicit LlamaImpl(LlamaOptions o);
+  ~LlamaImpl() override;
+
+  torch::Tensor forward(const torch::Tensor& idx);  // (B, T) -> logits (B, T, V)
+  torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets) override;
+  double flops_per_token() const override;
+  std::vector<std::string> unit_prefixes() const override;  // "model.layers.0.", ...
+  bool deferred() const override { return o_.deferred; }
+  torch::Tensor InitialValues(const std::string& name, int64_t begin, int64_t end) const override;
+  const HfModelSpec& spec() const { return o_.spec; }
+
+  // The rotary tables for positions [0, T): cos and sin (T, head_dim), fp32, as transformers
+  // computes them.
+  static std::pair<torch::Tensor, torch::Tensor> RotaryTables(const HfModelSpec& s, int64_t T,
+                                                              const torch::Device& device);
+
+ private:
+  torch::Tensor MakeParam(const std::string& name, std::vector<int64_t> shape);
+  torch::Tensor Hidden(const torch::Tensor& idx);  // the final norm's output (B, T, H)
+  const fmt::SafetensorsReader* ReaderFor(const std::string& name) const;
+
+  LlamaOptions o_;
+  Params embed_tokens_{nullptr}, norm_{nullptr}, lm_head_{nullptr};
+  std::vector<LlamaLayer> layers_;
+  std::map<std::string, std::vector<int64_t>> shapes_;
+  mutable std::mutex readers_mu_;
+  mutable std::map<std::string, std::unique_ptr<fmt::SafetensorsReader>> readers_;  // by file
+};
+TORCH_MODULE(Llama);
+
+}  // namespace ds::engine

@@ -1,0 +1,174 @@
+// The Llama family (engine/model/llama.h) against transformers itself: tiny random folders made
+// by tests/engine/model/hf_oracle.py (save_pretrained, plain and sharded), the logits of both on
+// the same tokens, training under ZeRO with partitioned construction, and the keys a folder
+// may hold that the family refuses.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "engine/config/config.h"
+#include "engine/config/hf_model.h"
+#include "engine/model/llama.h"
+#include "engine/train/trainer.h"
+#include "formats/safetensors.h"
+#include "testing/matchers.h"
+#include "testing/paths.h"
+#include "testing/python.h"
+
+namespace ds::engine {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Runs the oracle into `dir`; false (with the output) when it fails.
+void MakeFolder(const std::string& dir, const std::string& variant,
+                const std::string& extra = "") {
+  int status = 0;
+  const std::string cmd = bench::ShellQuote(ds::testing::Python()) + " " +
+                          bench::ShellQuote(ds::testing::SourceDir() +
+                                            "/tests/engine/model/hf_oracle.py") +
+                          " " + bench::ShellQuote(dir) + " " + variant + " " + extra + " 2>&1";
+  std::optional<std::string> out = bench::RunCapture(cmd, &status);
+  ASSERT_TRUE(out.has_value() && status == 0) << cmd << "\n" << out.value_or("");
+}
+
+torch::Tensor ReadOracle(const std::string& dir, const std::string& name) {
+  Result<std::unique_ptr<fmt::SafetensorsReader>> r =
+      fmt::SafetensorsReader::Open(io::Env::Default(), dir + "/oracle.safetensors");
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  if (!r.ok()) return {};
+  const size_t i = (*r)->Find(name).value();
+  const fmt::SafetensorsTensor& t = (*r)->tensors()[i];
+  torch::Tensor out =
+      torch::empty(t.shape, t.dtype == fmt::DType::kI64 ? torch::kLong : torch::kFloat);
+  EXPECT_TRUE((*r)->ReadTensorData(i, 0,
+                                   std::span<std::byte>(static_cast<std::byte*>(out.data_ptr()),
+                                                        t.nbytes()))
+                  .ok());
+  return out;
+}
+
+std::shared_ptr<LlamaImpl> Build(const std::string& dir, bool deferred) {
+  ModelConfig c;
+  c.arch = "hf";
+  c.hf_path = dir;
+  c.seq_len = 12;
+  std::optional<DeferredInit> scope;
+  if (deferred) scope.emplace();
+  Result<std::shared_ptr<LanguageModel>> m = MakeModel(c, 1234);
+  EXPECT_TRUE(m.ok()) << m.status().ToString();
+  return m.ok() ? std::dynamic_pointer_cast<LlamaImpl>(*m) : nullptr;
+}
+
+// fp32 logits of dstrain's model built from the folder against transformers': Llama with GQA
+// and llama3 rope scaling from a sharded folder; Qwen2 with q/k/v biases, tied embeddings and
+// linear scaling; and a bf16 folder (weights converted to fp32 as they are read).
+TEST(LlamaTest, LogitsEqualTransformers) {
+  DS_SKIP_OR_FAIL_WITHOUT_PYTHON("transformers, safetensors");
+  for (const auto& [variant, extra] : std::vector<std::pair<std::string, std::string>>{
+           {"llama", "--shards 3"}, {"qwen2", ""}, {"llama", "--dtype bfloat16"}}) {
+    SCOPED_TRACE(variant + " " + extra);
+    ds::testing::TempDir dir;
+    MakeFolder(dir.path(), variant, extra);
+    std::shared_ptr<LlamaImpl> m = Build(dir.path(), /*deferred=*/false);
+    ASSERT_NE(m, nullptr);
+    m->eval();
+    torch::NoGradGuard no_grad;
+    const torch::Tensor want = ReadOracle(dir.path(), "logits");
+    const torch::Tensor got = m->forward(ReadOracle(dir.path(), "ids"));
+    ASSERT_EQ(got.sizes(), want.sizes());
+    EXPECT_LE((got - want).abs().max().item<double>(), 1e-4);
+  }
+}
+
+// Deferred (partitioned) construction reads each parameter's ranges from the files: any split
+// of a parameter equals the whole one.
+TEST(LlamaTest, DeferredRangesEqualTheWholeTensor) {
+  DS_SKIP_OR_FAIL_WITHOUT_PYTHON("transformers, safetensors");
+  ds::testing::TempDir dir;
+  MakeFolder(dir.path(), "llama", "--shards 2");
+  std::shared_ptr<LlamaImpl> whole = Build(dir.path(), false);
+  std::shared_ptr<LlamaImpl> lazy = Build(dir.path(), true);
+  ASSERT_TRUE(whole && lazy && lazy->deferred());
+  for (const auto& p : whole->named_parameters()) {
+    const int64_t n = p.value().numel(), cut = n / 3 + 1;
+    torch::Tensor parts = torch::cat({lazy->InitialValues(p.key(), 0, cut),
+                                      lazy->InitialValues(p.key(), cut, n)});
+    EXPECT_TRUE(torch::equal(parts, p.value().reshape({-1}))) << p.key();
+  }
+}
+
+// A folder trains under ZeRO-3 (deferred: each rank reads its partition) to the same losses as
+// at stage 0, and a folder without weights trains from transformers-style random values.
+TEST(LlamaTest, TrainsFromAFolderAtStages0And3) {
+  DS_SKIP_OR_FAIL_WITHOUT_PYTHON("transformers, safetensors");
+  ds::testing::TempDir dir, nofile;
+  MakeFolder(dir.path(), "llama");
+  MakeFolder(nofile.path(), "llama-nofile");
+  // The first and the last step's loss.
+  auto run = [](const std::string& folder, int stage) -> std::vector<double> {
+    ds::testing::TempDir out;
+    Overrides o;
+    o.set = {"model.hf_path=" + folder, "model.seq_len=12", "trainer.output_dir=" + out.path(),
+             "tensorboard.enabled=false", "trainer.eval_interval=0", "steps_per_print=1",
+             "checkpoint.enabled=false", "zero_optimization.stage=" + std::to_string(stage),
+             "zero_optimization.stage3_param_persistence_threshold=0"};
+    o.max_steps = 4;
+    const std::string cfg = "{\"train_micro_batch_size_per_gpu\": 2, \"model\": {}, "
+                            "\"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.003}}}";
+    const std::string file = out.path() + "/ds_config.json";
+    EXPECT_TRUE(io::Env::Default()->WriteFileSynced(file, cfg).ok());
+    Result<Config> c = LoadConfig(io::Env::Default(), file, o);
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    if (!c.ok()) return {};
+    TrainerOptions t;
+    t.device = "cpu";
+    Result<std::unique_ptr<Trainer>> trainer = Trainer::Create(io::Env::Default(), *c, t);
+    EXPECT_TRUE(trainer.ok()) << trainer.status().ToString();
+    if (!trainer.ok()) return {};
+    Result<TrainSummary> s = (*trainer)->Run();
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    return s.ok() ? std::vector<double>{s->first_loss, s->last_loss} : std::vector<double>{};
+  };
+  const std::vector<double> zero0 = run(dir.path(), 0), zero3 = run(dir.path(), 3);
+  ASSERT_EQ(zero0.size(), 2u);
+  ASSERT_EQ(zero3.size(), 2u);
+  for (size_t i = 0; i < zero0.size(); ++i) EXPECT_NEAR(zero0[i], zero3[i], 1e-4) << "loss " << i;
+  EXPECT_LT(zero0.back(), zero0.front());
+  const std::vector<double> fresh = run(nofile.path(), 3);
+  ASSERT_EQ(fresh.size(), 2u);
+  EXPECT_LT(fresh.back(), fresh.front());
+}
+
+// What the family cannot build is refused naming the file and the key.
+TEST(LlamaTest, UnsupportedKeysAreRefusedByName) {
+  ds::testing::TempDir dir;
+  io::Env* env = io::Env::Default();
+  auto write = [&](const std::string& json) {
+    ASSERT_TRUE(env->WriteFileSynced(dir.path() + "/config.json", json).ok());
+  };
+  const std::string base =
+      R"("architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": 8,
+         "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2)";
+  write("{" + base + R"(, "sliding_window": 4096})");
+  EXPECT_THAT(ReadHfModel(env, dir.path()).status().message(), HasSubstr("sliding_window"));
+  write("{" + base + R"(, "rope_scaling": {"rope_type": "yarn", "factor": 4}})");
+  EXPECT_THAT(ReadHfModel(env, dir.path()).status().message(), HasSubstr("yarn"));
+  write("{" + base + R"(, "num_key_value_heads": 3})");
+  EXPECT_THAT(ReadHfModel(env, dir.path()).status().message(), HasSubstr("num_key_value_heads"));
+  write(R"({"architectures": ["GPTNeoXForCausalLM"], "vocab_size": 10})");
+  EXPECT_THAT(ReadHfModel(env, dir.path()).status().message(), HasSubstr("GPTNeoXForCausalLM"));
+  write("{" + base + "}");
+  Result<HfModelSpec> ok = ReadHfModel(env, dir.path());
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(ok->head_dim, 4);
+  EXPECT_TRUE(ok->weight_files.empty());
+  EXPECT_THAT(ReadHfModel(env, dir.path() + "/nope").status().message(),
+              HasSubstr("config.json does not exist"));
+}
+
+}  // namespace
+}  // namespace ds::engine
