@@ -69,6 +69,10 @@ struct ExportReport {
   double seconds = 0;
 };
 
+// A Hugging Face model's config.json, saved by the trainer with a model from a folder
+// (model.hf_path): ExportHfFolder writes it back.
+inline constexpr char kHfConfigBlob[] = "hf/config.json";
+
 // Writes `out_path` (via `out_path`.partial, renamed when complete: a failure leaves no file).
 // Refuses an existing file unless `overwrite`, and a target filesystem with less free space
 // than the file needs (NoSpace naming both numbers).

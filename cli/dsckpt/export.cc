@@ -11,6 +11,7 @@
 #include "ckpt/diff.h"
 #include "ckpt/export.h"
 #include "ckpt/inspect.h"
+#include "ckpt/reader.h"
 #include "cli/dsckpt/commands.h"
 #include "io/progress.h"
 #include "io/units.h"
@@ -280,10 +281,43 @@ struct ExportFlags {
   bool json = false;
 };
 
+// --format hf: `out` becomes a Hugging Face model folder: the checkpoint's saved config.json
+// (its dtype set to the export's) and model.safetensors under transformers' names.
+Result<std::string> HfFolderFor(const std::string& checkpoint, const std::string& out,
+                                fmt::DType dtype, bool force) {
+  io::Env* env = io::Env::Default();
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<ckpt::CheckpointReader> reader,
+                      ckpt::CheckpointReader::Open(env, checkpoint));
+  Result<std::string> config = reader->ReadBlob(ckpt::kHfConfigBlob);
+  if (!config.ok()) {
+    return Status::InvalidArgument(
+        checkpoint + " was not trained from a Hugging Face folder (it holds no " +
+        ckpt::kHfConfigBlob + "): use --format safetensors for its tensors as they are named");
+  }
+  json j = json::parse(*config, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return Status::Corruption(checkpoint + ": its " + std::string(ckpt::kHfConfigBlob) +
+                              " is not a JSON object");
+  }
+  j["dtype"] = dtype == fmt::DType::kBF16 ? "bfloat16" : "float32";
+  const std::string weights = io::JoinPath(out, "model.safetensors");
+  DS_ASSIGN_OR_RETURN(const bool exists, env->Exists(weights));
+  if (exists && !force) {
+    return Status::FailedPrecondition(weights + " exists: pass --force to replace it");
+  }
+  DS_RETURN_IF_ERROR(env->CreateDirs(out));
+  DS_RETURN_IF_ERROR(env->WriteFileSynced(io::JoinPath(out, "config.json"), j.dump(2) + "\n"));
+  return weights;
+}
+
 int RunExport(const ExportFlags& f) {
-  if (f.format != "safetensors") {
-    return ReportError(
-        Status::InvalidArgument("unknown --format '" + f.format + "' (supported: safetensors)"));
+  if (f.format != "safetensors" && f.format != "hf") {
+    return ReportError(Status::InvalidArgument("unknown --format '" + f.format +
+                                               "' (supported: safetensors, hf)"));
+  }
+  if (f.format == "hf" && f.what != "weights") {
+    return ReportError(Status::InvalidArgument("--format hf exports weights only (--what all "
+                                               "is for --format safetensors)"));
   }
   if (f.what != "weights" && f.what != "all") {
     return ReportError(
@@ -301,9 +335,15 @@ int RunExport(const ExportFlags& f) {
   o.threads = f.threads;
   Result<std::string> dir = ResolveCheckpoint(f.checkpoint);
   if (!dir.ok()) return ReportError(dir.status());
+  std::string out = f.out;
+  if (f.format == "hf") {
+    Result<std::string> weights = HfFolderFor(*dir, f.out, o.dtype, f.force);
+    if (!weights.ok()) return ReportError(weights.status());
+    out = *weights;
+  }
   LazyProgress bar("export");
   o.progress = [&bar](uint64_t n, uint64_t total) { bar.Add(n, total); };
-  Result<ckpt::ExportReport> r = ckpt::ExportSafetensors(io::Env::Default(), *dir, f.out, o);
+  Result<ckpt::ExportReport> r = ckpt::ExportSafetensors(io::Env::Default(), *dir, out, o);
   bar.Finish();
   if (!r.ok()) return ReportError(r.status());
   PrintNotes(r->selection.notes);
@@ -409,8 +449,10 @@ void AddExportCommands(CLI::App& app, DsckptContext& ctx) {
   exp->add_option("checkpoint", ef->checkpoint,
                   "A checkpoint directory (or <save_dir>/latest, .../best)")
       ->required();
-  exp->add_option("--format", ef->format, "Output format: safetensors (default)");
-  exp->add_option("--out", ef->out, "The file to write")->required();
+  exp->add_option("--format", ef->format,
+                  "Output format: safetensors (default), or hf: a Hugging Face model folder "
+                  "(config.json and model.safetensors) of a model trained from one");
+  exp->add_option("--out", ef->out, "The file to write (--format hf: the folder)")->required();
   exp->add_option("--dtype", ef->dtype, "fp32 (default) or bf16 (round to nearest even)");
   exp->add_option("--what", ef->what, "weights (default) or all (also optim/ state)");
   exp->add_option("--memory", ef->memory, "Memory bound (default 1G)");

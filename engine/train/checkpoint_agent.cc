@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ckpt/catalog.h"
+#include "ckpt/export.h"
 #include "ckpt/gc.h"
 #include "ckpt/reader.h"
 #include "engine/comm/comm.h"
@@ -513,6 +514,13 @@ Status CheckpointAgent::Impl::AddBlobs(const TrainerState& state) {
   if (o.rank == 0) {
     DS_RETURN_IF_ERROR(writer->AddBlob(kTrainerStateBlob, state.ToJson()));
     DS_RETURN_IF_ERROR(writer->AddBlob(ckpt::kTpSplitsBlob, ckpt::EncodeTpSplits(o.tp_splits)));
+    if (!config.model.hf_path.empty()) {
+      // The Hugging Face folder's config.json: `dsckpt export --format hf` writes it back
+      // beside the weights, which carry transformers' names.
+      const std::string file = io::JoinPath(config.model.hf_path, "config.json");
+      DS_ASSIGN_OR_RETURN(std::string text, o.env->ReadFileToString(file));
+      DS_RETURN_IF_ERROR(writer->AddBlob(ckpt::kHfConfigBlob, text));
+    }
   }
   at::Tensor rng = at::detail::getDefaultCPUGenerator().get_state();
   std::string rng_bytes(static_cast<const char*>(rng.data_ptr()),

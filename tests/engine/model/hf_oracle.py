@@ -6,6 +6,8 @@ Usage: hf_oracle.py DIR VARIANT [--dtype float32|bfloat16] [--shards N]
   VARIANT  llama: GQA (4 heads, 2 key/value heads), llama3 rope scaling, untied head
            qwen2: q/k/v biases, tied embeddings, linear rope scaling
            llama-nofile: config.json only (no weights: dstrain draws its own)
+           reload: DIR is a folder already (dsckpt export --format hf): only the oracle,
+           from AutoModelForCausalLM.from_pretrained(DIR)
 Writes DIR/config.json and the weights with save_pretrained (safetensors; --shards N: a sharded
 folder with an index), and DIR/oracle.safetensors: "ids" (2, 12) int64 and "logits" (2, 12, V)
 float32 from the fp32 model.
@@ -20,10 +22,19 @@ from safetensors.torch import save_file
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("dir")
-    ap.add_argument("variant", choices=["llama", "qwen2", "llama-nofile"])
+    ap.add_argument("variant", choices=["llama", "qwen2", "llama-nofile", "reload"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--shards", type=int, default=1)
     a = ap.parse_args()
+    ids = torch.randint(0, 311, (2, 12), generator=torch.Generator().manual_seed(1))
+    if a.variant == "reload":
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(a.dir, dtype=torch.float32).eval()
+        with torch.no_grad():
+            logits = model(ids).logits.float()
+        save_file({"ids": ids.contiguous(), "logits": logits.contiguous()},
+                  os.path.join(a.dir, "oracle.safetensors"))
+        return
     torch.manual_seed(0)
     common = dict(vocab_size=311, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                   max_position_embeddings=128, rms_norm_eps=1e-5)
@@ -57,7 +68,6 @@ def main():
             total = sum(p.numel() * p.element_size() for p in model.parameters())
             size = f"{total // a.shards // 1000 + 1}KB"
         model.save_pretrained(a.dir, max_shard_size=size) if size else model.save_pretrained(a.dir)
-    ids = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits = model.float()(ids).logits.float()
     save_file({"ids": ids.contiguous(), "logits": logits.contiguous()},

@@ -143,6 +143,49 @@ TEST(LlamaTest, TrainsFromAFolderAtStages0And3) {
   EXPECT_LT(fresh.back(), fresh.front());
 }
 
+// Trained from a folder, saved, exported back as a folder (`dsckpt export --format hf`):
+// transformers loads it (AutoModelForCausalLM.from_pretrained) and its logits equal ours.
+TEST(LlamaTest, ExportedFolderLoadsInTransformersWithEqualLogits) {
+  DS_SKIP_OR_FAIL_WITHOUT_PYTHON("transformers, safetensors");
+  ds::testing::TempDir dir, out;
+  MakeFolder(dir.path(), "qwen2");
+  Overrides o;
+  o.set = {"model.hf_path=" + dir.path(), "model.seq_len=12", "trainer.output_dir=" + out.path(),
+           "tensorboard.enabled=false", "trainer.eval_interval=0", "zero_optimization.stage=3"};
+  o.max_steps = 3;
+  const std::string file = out.path() + "/ds_config.json";
+  ASSERT_TRUE(io::Env::Default()
+                  ->WriteFileSynced(file, R"({"train_micro_batch_size_per_gpu": 2, "model": {}, "optimizer": {"type": "AdamW", "params": {"lr": 0.003}}})")
+                  .ok());
+  DS_ASSERT_OK_AND_ASSIGN(Config c, LoadConfig(io::Env::Default(), file, o));
+  TrainerOptions t;
+  t.device = "cpu";
+  DS_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Trainer> trainer,
+                          Trainer::Create(io::Env::Default(), c, t));
+  DS_ASSERT_OK_AND_ASSIGN(TrainSummary s, trainer->Run());
+  ASSERT_EQ(s.saves, 1);
+  trainer.reset();
+  const std::string folder = out.path() + "/hf";
+  int status = 0;
+  const std::string cmd = bench::ShellQuote(ds::testing::BuildDir() + "/dsckpt") + " export " +
+                          bench::ShellQuote(out.path() + "/checkpoints/latest") +
+                          " --format hf --out " + bench::ShellQuote(folder) + " 2>&1";
+  std::optional<std::string> said = bench::RunCapture(cmd, &status);
+  ASSERT_EQ(status, 0) << said.value_or("");
+  MakeFolder(folder, "reload");
+  std::shared_ptr<LlamaImpl> m = Build(folder, /*deferred=*/false);
+  ASSERT_NE(m, nullptr);
+  m->eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor want = ReadOracle(folder, "logits");
+  const torch::Tensor got = m->forward(ReadOracle(folder, "ids"));
+  EXPECT_LE((got - want).abs().max().item<double>(), 1e-4);
+  // And the trained weights are not the folder's first ones.
+  std::shared_ptr<LlamaImpl> first = Build(dir.path(), false);
+  EXPECT_FALSE(torch::allclose(first->named_parameters()["model.norm.weight"],
+                               m->named_parameters()["model.norm.weight"]));
+}
+
 // What the family cannot build is refused naming the file and the key.
 TEST(LlamaTest, UnsupportedKeysAreRefusedByName) {
   ds::testing::TempDir dir;
