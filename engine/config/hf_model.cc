@@ -141,9 +141,52 @@ Status FindWeights(io::Env* env, HfModelSpec* s) {
   return Status::OK();
 }
 
+// GPT2LMHeadModel: GPT-2's keys (n_embd, n_layer, n_head, n_positions, n_inner, ...).
+Result<HfModelSpec> ReadGpt2(Reader& r, HfModelSpec s, io::Env* env) {
+  const json& j = r.root();
+  s.family = "gpt2";
+  const std::string act = r.String(j, "activation_function", "gelu_new");
+  if (act != "gelu_new" && act != "gelu_pytorch_tanh") {
+    r.Fail("activation_function", "'" + act + "' is not supported (gelu_new is: GPT-2's tanh GELU)");
+  }
+  for (const char* key : {"add_cross_attention", "scale_attn_by_inverse_layer_idx"}) {
+    if (r.Bool(key, false)) r.Fail(key, "is true: not built (GPT-2 as released has it false)");
+  }
+  if (!r.Bool("scale_attn_weights", true)) {
+    r.Fail("scale_attn_weights", "is false: not built (attention scores are scaled by 1/sqrt(d))");
+  }
+  s.vocab = r.Int("vocab_size", 0, true);
+  s.hidden = r.Int("n_embd", 0, true);
+  s.n_layer = r.Int("n_layer", 0, true);
+  s.n_head = r.Int("n_head", 0, true);
+  s.n_kv_head = s.n_head;
+  s.head_dim = s.n_head > 0 ? s.hidden / s.n_head : 0;
+  s.intermediate = r.Int("n_inner", 4 * s.hidden);
+  s.max_positions = r.Int("n_positions", 1024);
+  s.layer_norm_eps = r.Number(j, "layer_norm_epsilon", 1e-5);
+  s.initializer_range = r.Number(j, "initializer_range", 0.02);
+  s.tie_embeddings = r.Bool("tie_word_embeddings", true);  // GPT-2's default
+  DS_RETURN_IF_ERROR(r.error());
+  if (s.hidden % s.n_head != 0) {
+    return Status::InvalidArgument(io::JoinPath(s.dir, "config.json") + ": n_embd (" +
+                                   std::to_string(s.hidden) + ") must be a multiple of n_head (" +
+                                   std::to_string(s.n_head) + ")");
+  }
+  DS_RETURN_IF_ERROR(FindWeights(env, &s));
+  return s;
+}
+
 }  // namespace
 
 int64_t HfModelSpec::parameter_count() const {
+  if (family == "gpt2") {
+    const int64_t h = hidden, i = intermediate;
+    const int64_t per_layer = 4 * h                   // two LayerNorms
+                              + h * 3 * h + 3 * h      // c_attn
+                              + h * h + h              // attention c_proj
+                              + h * i + i + i * h + h;  // MLP
+    return vocab * h * (tie_embeddings ? 1 : 2) + max_positions * h + n_layer * per_layer + 2 * h;
+  }
   const int64_t q = n_head * head_dim, kv = n_kv_head * head_dim;
   int64_t per_layer = hidden * q + 2 * hidden * kv + q * hidden  // attention
                       + 3 * hidden * intermediate                // SwiGLU
@@ -178,9 +221,12 @@ Result<HfModelSpec> ReadHfModel(io::Env* env, const std::string& dir) {
     if (s.architecture == f.architecture || (s.architecture.empty() && model_type == f.model_type))
       s.family = "llama";
   }
+  if (s.architecture == "GPT2LMHeadModel" || (s.architecture.empty() && model_type == "gpt2")) {
+    return ReadGpt2(r, std::move(s), env);
+  }
   if (s.family.empty()) {
-    std::string known;
-    for (const Family& f : kLlamaLike) known += (known.empty() ? "" : ", ") + std::string(f.architecture);
+    std::string known = "GPT2LMHeadModel";
+    for (const Family& f : kLlamaLike) known += ", " + std::string(f.architecture);
     return Status::InvalidArgument(file + ": architectures [\"" + s.architecture +
                                    "\"] (model_type '" + model_type +
                                    "') is not a family dstrain builds (" + known + ")");

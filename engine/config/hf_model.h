@@ -2,7 +2,8 @@
 // `model.safetensors.index.json` lists), read without LibTorch: what the config loader needs for
 // sizes and the model families (engine/model/llama.h) need to build and fill the model.
 // Families: LlamaForCausalLM and the models that share its blocks (Mistral without a sliding
-// window, Qwen2, SmolLM). A key the family cannot honour is refused, naming it.
+// window, Qwen2, SmolLM), and GPT2LMHeadModel. A key the family cannot honour is refused,
+// naming it.
 // Thread safety: pure functions.
 #pragma once
 
@@ -27,7 +28,7 @@ struct HfRope {
 struct HfModelSpec {
   std::string dir;
   std::string architecture;  // "LlamaForCausalLM", "Qwen2ForCausalLM", ...
-  std::string family;        // "llama"
+  std::string family;        // "llama" or "gpt2"
   int64_t vocab = 0;
   int64_t hidden = 0;
   int64_t intermediate = 0;
@@ -36,7 +37,8 @@ struct HfModelSpec {
   int64_t n_kv_head = 0;
   int64_t head_dim = 0;
   int64_t max_positions = 0;
-  double rms_eps = 1e-6;
+  double rms_eps = 1e-6;         // llama: RMSNorm's epsilon
+  double layer_norm_eps = 1e-5;  // gpt2: LayerNorm's
   double initializer_range = 0.02;
   HfRope rope;
   bool tie_embeddings = false;

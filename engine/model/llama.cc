@@ -9,9 +9,6 @@
 #include <span>
 
 #include "engine/model/param_init.h"
-#include "formats/dtype_convert.h"
-#include "formats/safetensors.h"
-#include "io/env.h"
 
 namespace ds::engine {
 namespace {
@@ -126,7 +123,8 @@ torch::Tensor LlamaLayerImpl::forward(const torch::Tensor& x, const torch::Tenso
 
 // ---- the model
 
-LlamaImpl::LlamaImpl(LlamaOptions o) : o_(std::move(o)) {
+LlamaImpl::LlamaImpl(LlamaOptions o)
+    : o_(std::move(o)), weights_(std::make_unique<HfWeights>(o_.spec, o_.seed)) {
   const HfModelSpec& s = o_.spec;
   const ParamMaker make = [this](const std::string& name, std::vector<int64_t> shape) {
     return MakeParam(name, std::move(shape));
@@ -157,57 +155,15 @@ torch::Tensor LlamaImpl::MakeParam(const std::string& name, std::vector<int64_t>
   return at::empty(shape, at::kFloat).copy_(InitialValues(name, 0, n).view(shape));
 }
 
-const fmt::SafetensorsReader* LlamaImpl::ReaderFor(const std::string& name) const {
-  const auto& files = o_.spec.weight_files;
-  auto it = files.find(name);
-  if (it == files.end()) it = files.find("*");
-  if (it == files.end()) return nullptr;
-  std::lock_guard<std::mutex> lock(readers_mu_);
-  auto& reader = readers_[it->second];
-  if (!reader) {
-    Result<std::unique_ptr<fmt::SafetensorsReader>> r =
-        fmt::SafetensorsReader::Open(io::Env::Default(), it->second);
-    TORCH_CHECK_VALUE(r.ok(), r.status().message());
-    reader = std::move(*r);
-  }
-  return reader.get();
-}
-
 torch::Tensor LlamaImpl::InitialValues(const std::string& name, int64_t begin,
                                        int64_t end) const {
   auto shape = shapes_.find(name);
   TORCH_CHECK_VALUE(shape != shapes_.end(), "the Llama model has no parameter ", name);
-  int64_t numel = 1;
-  for (int64_t d : shape->second) numel *= d;
-  const HfModelSpec& s = o_.spec;
-  if (s.weight_files.empty()) {  // transformers' _init_weights, drawn per name
-    const bool norm = EndsWith(name, "norm.weight");
-    const InitSpec spec = EndsWith(name, ".bias") ? InitSpec::Constant(0)
-                          : norm                  ? InitSpec::Constant(1)
-                                                  : InitSpec::Normal(0, s.initializer_range);
-    return InitRange(spec, o_.seed, name, numel, begin, end);
-  }
-  const fmt::SafetensorsReader* reader = ReaderFor(name);
-  const std::string where = s.dir + " (" + name + ")";
-  TORCH_CHECK_VALUE(reader != nullptr, where, ": no safetensors file of the folder holds it");
-  Result<size_t> index = reader->Find(name);
-  TORCH_CHECK_VALUE(index.ok(), where, ": the weights file lacks it (",
-                    index.status().message(), ")");
-  const fmt::SafetensorsTensor& t = reader->tensors()[*index];
-  TORCH_CHECK_VALUE(t.shape == shape->second, where, ": shape ", c10::IntArrayRef(t.shape),
-                    " in the file, ", c10::IntArrayRef(shape->second),
-                    " from config.json");
-  const size_t width = fmt::DTypeSize(t.dtype);
-  std::vector<std::byte> bytes(static_cast<size_t>(end - begin) * width);
-  Status st = reader->ReadTensorData(*index, static_cast<uint64_t>(begin) * width, bytes);
-  TORCH_CHECK_VALUE(st.ok(), st.message());
-  torch::Tensor out = torch::empty({end - begin}, torch::kFloat);
-  st = fmt::ConvertElements(
-      t.dtype, bytes, fmt::DType::kF32,
-      std::span<std::byte>(reinterpret_cast<std::byte*>(out.data_ptr<float>()),
-                           static_cast<size_t>(out.numel()) * sizeof(float)));
-  TORCH_CHECK_VALUE(st.ok(), where, ": ", st.message());
-  return out;
+  // transformers' _init_weights where the folder has no weights.
+  const InitSpec init = EndsWith(name, ".bias")        ? InitSpec::Constant(0)
+                        : EndsWith(name, "norm.weight") ? InitSpec::Constant(1)
+                                                        : InitSpec::Normal(0, o_.spec.initializer_range);
+  return weights_->Read(name, shape->second, begin, end, init);
 }
 
 std::pair<torch::Tensor, torch::Tensor> LlamaImpl::RotaryTables(const HfModelSpec& s, int64_t T,

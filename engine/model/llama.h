@@ -17,17 +17,13 @@
 
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "engine/config/hf_model.h"
 #include "engine/model/gpt.h"
+#include "engine/model/hf_weights.h"
 #include "engine/model/model.h"
-
-namespace ds::fmt {
-class SafetensorsReader;
-}
 
 namespace ds::engine {
 
@@ -74,14 +70,12 @@ class LlamaImpl : public LanguageModel {
  private:
   torch::Tensor MakeParam(const std::string& name, std::vector<int64_t> shape);
   torch::Tensor Hidden(const torch::Tensor& idx);  // the final norm's output (B, T, H)
-  const fmt::SafetensorsReader* ReaderFor(const std::string& name) const;
 
   LlamaOptions o_;
   Params embed_tokens_{nullptr}, norm_{nullptr}, lm_head_{nullptr};
   std::vector<LlamaLayer> layers_;
   std::map<std::string, std::vector<int64_t>> shapes_;
-  mutable std::mutex readers_mu_;
-  mutable std::map<std::string, std::unique_ptr<fmt::SafetensorsReader>> readers_;  // by file
+  std::unique_ptr<HfWeights> weights_;  // after o_: reads o_.spec
 };
 TORCH_MODULE(Llama);
 

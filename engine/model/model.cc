@@ -4,6 +4,7 @@
 #include <mutex>
 
 #include "engine/model/gpt.h"
+#include "engine/model/hf_gpt2.h"
 #include "engine/model/llama.h"
 #include "engine/torch_status.h"
 
@@ -27,6 +28,15 @@ Result<std::shared_ptr<LanguageModel>> MakeHf(const ModelConfig& c, uint64_t see
         "folder");
   }
   DS_ASSIGN_OR_RETURN(HfModelSpec spec, ReadHfModel(io::Env::Default(), c.hf_path));
+  if (spec.family == "gpt2") {
+    HfGpt2Options g;
+    g.spec = std::move(spec);
+    g.seq_len = c.seq_len;
+    g.activation_checkpointing = c.activation_checkpointing;
+    g.seed = seed;
+    g.deferred = DeferredInit::Active();
+    return std::shared_ptr<LanguageModel>(std::make_shared<HfGpt2Impl>(std::move(g)));
+  }
   LlamaOptions o;
   o.spec = std::move(spec);
   o.seq_len = c.seq_len;

@@ -153,7 +153,7 @@ TEST_F(DsckptExportTest, ExportBadInputLeavesNothingBehind) {
     std::string message;
   };
   for (const Case& c : std::vector<Case>{
-           {"--format onnx", "dsckpt: unknown --format 'onnx' (supported: safetensors)"},
+           {"--format onnx", "dsckpt: unknown --format 'onnx' (supported: safetensors, hf)"},
            {"--dtype fp16", "dsckpt: unknown --dtype 'fp16' (use fp32 or bf16)"},
            {"--what optimizer", "dsckpt: unknown --what 'optimizer' (use weights or all)"},
            {"--memory lots", "dsckpt: --memory"},

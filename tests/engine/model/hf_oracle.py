@@ -5,6 +5,7 @@ that engine/model/llama.cc is checked against (tests/engine/model/llama_test.cc)
 Usage: hf_oracle.py DIR VARIANT [--dtype float32|bfloat16] [--shards N]
   VARIANT  llama: GQA (4 heads, 2 key/value heads), llama3 rope scaling, untied head
            qwen2: q/k/v biases, tied embeddings, linear rope scaling
+           gpt2: GPT2LMHeadModel (Conv1D layout, tied head)
            llama-nofile: config.json only (no weights: dstrain draws its own)
            reload: DIR is a folder already (dsckpt export --format hf): only the oracle,
            from AutoModelForCausalLM.from_pretrained(DIR)
@@ -22,7 +23,7 @@ from safetensors.torch import save_file
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("dir")
-    ap.add_argument("variant", choices=["llama", "qwen2", "llama-nofile", "reload"])
+    ap.add_argument("variant", choices=["llama", "qwen2", "gpt2", "llama-nofile", "reload"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--shards", type=int, default=1)
     a = ap.parse_args()
@@ -38,7 +39,11 @@ def main():
     torch.manual_seed(0)
     common = dict(vocab_size=311, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                   max_position_embeddings=128, rms_norm_eps=1e-5)
-    if a.variant == "qwen2":
+    if a.variant == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+        cfg = GPT2Config(vocab_size=311, n_embd=64, n_layer=3, n_head=4, n_positions=128)
+        model = GPT2LMHeadModel(cfg)
+    elif a.variant == "qwen2":
         from transformers import Qwen2Config, Qwen2ForCausalLM
         cfg = Qwen2Config(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True,
                           rope_scaling={"rope_type": "linear", "factor": 2.0}, **common)

@@ -11,6 +11,7 @@
 
 #include "engine/config/config.h"
 #include "engine/config/hf_model.h"
+#include "engine/model/hf_gpt2.h"
 #include "engine/model/llama.h"
 #include "engine/train/trainer.h"
 #include "formats/safetensors.h"
@@ -51,7 +52,7 @@ torch::Tensor ReadOracle(const std::string& dir, const std::string& name) {
   return out;
 }
 
-std::shared_ptr<LlamaImpl> Build(const std::string& dir, bool deferred) {
+std::shared_ptr<LanguageModel> Build(const std::string& dir, bool deferred) {
   ModelConfig c;
   c.arch = "hf";
   c.hf_path = dir;
@@ -60,25 +61,31 @@ std::shared_ptr<LlamaImpl> Build(const std::string& dir, bool deferred) {
   if (deferred) scope.emplace();
   Result<std::shared_ptr<LanguageModel>> m = MakeModel(c, 1234);
   EXPECT_TRUE(m.ok()) << m.status().ToString();
-  return m.ok() ? std::dynamic_pointer_cast<LlamaImpl>(*m) : nullptr;
+  return m.ok() ? *m : nullptr;
+}
+
+torch::Tensor Logits(LanguageModel& m, const torch::Tensor& ids) {
+  if (auto* l = dynamic_cast<LlamaImpl*>(&m)) return l->forward(ids);
+  return dynamic_cast<HfGpt2Impl&>(m).forward(ids);
 }
 
 // fp32 logits of dstrain's model built from the folder against transformers': Llama with GQA
 // and llama3 rope scaling from a sharded folder; Qwen2 with q/k/v biases, tied embeddings and
-// linear scaling; and a bf16 folder (weights converted to fp32 as they are read).
+// linear scaling; a bf16 folder (weights converted to fp32 as they are read); and GPT-2
+// (Conv1D layout, tied head).
 TEST(LlamaTest, LogitsEqualTransformers) {
   DS_SKIP_OR_FAIL_WITHOUT_PYTHON("transformers, safetensors");
   for (const auto& [variant, extra] : std::vector<std::pair<std::string, std::string>>{
-           {"llama", "--shards 3"}, {"qwen2", ""}, {"llama", "--dtype bfloat16"}}) {
+           {"llama", "--shards 3"}, {"qwen2", ""}, {"llama", "--dtype bfloat16"}, {"gpt2", ""}}) {
     SCOPED_TRACE(variant + " " + extra);
     ds::testing::TempDir dir;
     MakeFolder(dir.path(), variant, extra);
-    std::shared_ptr<LlamaImpl> m = Build(dir.path(), /*deferred=*/false);
+    std::shared_ptr<LanguageModel> m = Build(dir.path(), /*deferred=*/false);
     ASSERT_NE(m, nullptr);
     m->eval();
     torch::NoGradGuard no_grad;
     const torch::Tensor want = ReadOracle(dir.path(), "logits");
-    const torch::Tensor got = m->forward(ReadOracle(dir.path(), "ids"));
+    const torch::Tensor got = Logits(*m, ReadOracle(dir.path(), "ids"));
     ASSERT_EQ(got.sizes(), want.sizes());
     EXPECT_LE((got - want).abs().max().item<double>(), 1e-4);
   }
@@ -90,8 +97,8 @@ TEST(LlamaTest, DeferredRangesEqualTheWholeTensor) {
   DS_SKIP_OR_FAIL_WITHOUT_PYTHON("transformers, safetensors");
   ds::testing::TempDir dir;
   MakeFolder(dir.path(), "llama", "--shards 2");
-  std::shared_ptr<LlamaImpl> whole = Build(dir.path(), false);
-  std::shared_ptr<LlamaImpl> lazy = Build(dir.path(), true);
+  std::shared_ptr<LanguageModel> whole = Build(dir.path(), false);
+  std::shared_ptr<LanguageModel> lazy = Build(dir.path(), true);
   ASSERT_TRUE(whole && lazy && lazy->deferred());
   for (const auto& p : whole->named_parameters()) {
     const int64_t n = p.value().numel(), cut = n / 3 + 1;
@@ -147,43 +154,49 @@ TEST(LlamaTest, TrainsFromAFolderAtStages0And3) {
 // transformers loads it (AutoModelForCausalLM.from_pretrained) and its logits equal ours.
 TEST(LlamaTest, ExportedFolderLoadsInTransformersWithEqualLogits) {
   DS_SKIP_OR_FAIL_WITHOUT_PYTHON("transformers, safetensors");
-  ds::testing::TempDir dir, out;
-  MakeFolder(dir.path(), "qwen2");
-  Overrides o;
-  o.set = {"model.hf_path=" + dir.path(), "model.seq_len=12", "trainer.output_dir=" + out.path(),
-           "tensorboard.enabled=false", "trainer.eval_interval=0", "zero_optimization.stage=3"};
-  o.max_steps = 3;
-  const std::string file = out.path() + "/ds_config.json";
-  ASSERT_TRUE(io::Env::Default()
-                  ->WriteFileSynced(file, R"({"train_micro_batch_size_per_gpu": 2, "model": {}, "optimizer": {"type": "AdamW", "params": {"lr": 0.003}}})")
-                  .ok());
-  DS_ASSERT_OK_AND_ASSIGN(Config c, LoadConfig(io::Env::Default(), file, o));
-  TrainerOptions t;
-  t.device = "cpu";
-  DS_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Trainer> trainer,
-                          Trainer::Create(io::Env::Default(), c, t));
-  DS_ASSERT_OK_AND_ASSIGN(TrainSummary s, trainer->Run());
-  ASSERT_EQ(s.saves, 1);
-  trainer.reset();
-  const std::string folder = out.path() + "/hf";
-  int status = 0;
-  const std::string cmd = bench::ShellQuote(ds::testing::BuildDir() + "/dsckpt") + " export " +
-                          bench::ShellQuote(out.path() + "/checkpoints/latest") +
-                          " --format hf --out " + bench::ShellQuote(folder) + " 2>&1";
-  std::optional<std::string> said = bench::RunCapture(cmd, &status);
-  ASSERT_EQ(status, 0) << said.value_or("");
-  MakeFolder(folder, "reload");
-  std::shared_ptr<LlamaImpl> m = Build(folder, /*deferred=*/false);
-  ASSERT_NE(m, nullptr);
-  m->eval();
-  torch::NoGradGuard no_grad;
-  const torch::Tensor want = ReadOracle(folder, "logits");
-  const torch::Tensor got = m->forward(ReadOracle(folder, "ids"));
-  EXPECT_LE((got - want).abs().max().item<double>(), 1e-4);
-  // And the trained weights are not the folder's first ones.
-  std::shared_ptr<LlamaImpl> first = Build(dir.path(), false);
-  EXPECT_FALSE(torch::allclose(first->named_parameters()["model.norm.weight"],
-                               m->named_parameters()["model.norm.weight"]));
+  for (const std::string variant : {"qwen2", "gpt2"}) {
+    SCOPED_TRACE(variant);
+    ds::testing::TempDir dir, out;
+    MakeFolder(dir.path(), variant);
+    Overrides o;
+    o.set = {"model.hf_path=" + dir.path(), "model.seq_len=12",
+             "trainer.output_dir=" + out.path(), "tensorboard.enabled=false",
+             "trainer.eval_interval=0", "zero_optimization.stage=3"};
+    o.max_steps = 3;
+    const std::string file = out.path() + "/ds_config.json";
+    ASSERT_TRUE(io::Env::Default()
+                    ->WriteFileSynced(file, R"({"train_micro_batch_size_per_gpu": 2, "model": {},
+                        "optimizer": {"type": "AdamW", "params": {"lr": 0.003}}})")
+                    .ok());
+    DS_ASSERT_OK_AND_ASSIGN(Config c, LoadConfig(io::Env::Default(), file, o));
+    TrainerOptions t;
+    t.device = "cpu";
+    DS_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Trainer> trainer,
+                            Trainer::Create(io::Env::Default(), c, t));
+    DS_ASSERT_OK_AND_ASSIGN(TrainSummary s, trainer->Run());
+    ASSERT_EQ(s.saves, 1);
+    trainer.reset();
+    const std::string folder = out.path() + "/hf";
+    int status = 0;
+    const std::string cmd = bench::ShellQuote(ds::testing::BuildDir() + "/dsckpt") + " export " +
+                            bench::ShellQuote(out.path() + "/checkpoints/latest") +
+                            " --format hf --out " + bench::ShellQuote(folder) + " 2>&1";
+    std::optional<std::string> said = bench::RunCapture(cmd, &status);
+    ASSERT_EQ(status, 0) << said.value_or("");
+    MakeFolder(folder, "reload");
+    std::shared_ptr<LanguageModel> m = Build(folder, /*deferred=*/false);
+    ASSERT_NE(m, nullptr);
+    m->eval();
+    torch::NoGradGuard no_grad;
+    const torch::Tensor want = ReadOracle(folder, "logits");
+    const torch::Tensor got = Logits(*m, ReadOracle(folder, "ids"));
+    EXPECT_LE((got - want).abs().max().item<double>(), 1e-4);
+    // And the trained weights are not the folder's first ones.
+    std::shared_ptr<LanguageModel> first = Build(dir.path(), false);
+    const std::string any = first->named_parameters().keys().back();
+    EXPECT_FALSE(torch::allclose(first->named_parameters()[any], m->named_parameters()[any]))
+        << any;
+  }
 }
 
 // What the family cannot build is refused naming the file and the key.

@@ -1,0 +1,182 @@
+#include "engine/model/hf_gpt2.h"
+
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/scaled_dot_product_attention.h>
+#include <torch/autograd.h>
+#include <torch/nn/functional/activation.h>
+
+#include <cmath>
+
+#include "engine/model/param_init.h"
+
+namespace ds::engine {
+namespace {
+
+namespace F = torch::nn::functional;
+
+struct CheckpointedHfGpt2Block : public torch::autograd::Function<CheckpointedHfGpt2Block> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x,
+                               int64_t block_ptr) {
+    ctx->save_for_backward({x});
+    ctx->saved_data["block"] = block_ptr;
+    torch::NoGradGuard no_grad;
+    return reinterpret_cast<HfGpt2BlockImpl*>(block_ptr)->forward(x);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto* block = reinterpret_cast<HfGpt2BlockImpl*>(ctx->saved_data["block"].toInt());
+    torch::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    torch::Tensor y;
+    {
+      torch::AutoGradMode enable(true);
+      y = block->forward(x);
+    }
+    torch::autograd::backward({y}, {grad_out[0]});
+    return {x.grad(), torch::Tensor()};
+  }
+};
+
+// transformers' Conv1D: x (.., in) @ W (in, out) + b.
+torch::Tensor Conv1D(const Params& p, const torch::Tensor& x) {
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = p->weight.size(1);
+  return at::addmm(p->bias, x.reshape({-1, x.size(-1)}), p->weight).view(shape);
+}
+
+std::shared_ptr<torch::nn::Module> Holder(torch::nn::Module& parent, const std::string& name) {
+  return parent.register_module(name, std::make_shared<torch::nn::Module>());
+}
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+HfGpt2BlockImpl::HfGpt2BlockImpl(const HfModelSpec& s, const std::string& prefix,
+                                 const ParamMaker& make)
+    : s_(&s) {
+  const int64_t h = s.hidden, inner = s.intermediate;
+  auto params = [&](torch::nn::Module& parent, const std::string& path, const char* name,
+                    std::vector<int64_t> weight, int64_t bias) {
+    const std::string base = prefix + path + name;
+    return parent.register_module(
+        name, Params(make(base + ".weight", std::move(weight)), make(base + ".bias", {bias})));
+  };
+  auto attn = Holder(*this, "attn");
+  auto mlp = Holder(*this, "mlp");
+  ln_1_ = params(*this, "", "ln_1", {h}, h);
+  c_attn_ = params(*attn, "attn.", "c_attn", {h, 3 * h}, 3 * h);
+  attn_proj_ = params(*attn, "attn.", "c_proj", {h, h}, h);
+  ln_2_ = params(*this, "", "ln_2", {h}, h);
+  c_fc_ = params(*mlp, "mlp.", "c_fc", {h, inner}, inner);
+  mlp_proj_ = params(*mlp, "mlp.", "c_proj", {inner, h}, h);
+}
+
+torch::Tensor HfGpt2BlockImpl::forward(const torch::Tensor& x) {
+  const HfModelSpec& s = *s_;
+  const int64_t B = x.size(0), T = x.size(1), H = s.hidden, d = s.head_dim;
+  auto norm = [&](const Params& ln, const torch::Tensor& t) {
+    return at::layer_norm(t, {H}, ln->weight, ln->bias, s.layer_norm_eps);
+  };
+  auto qkv = Conv1D(c_attn_, norm(ln_1_, x)).split(H, 2);
+  auto heads = [&](const torch::Tensor& t) { return t.view({B, T, s.n_head, d}).transpose(1, 2); };
+  torch::Tensor y = at::scaled_dot_product_attention(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]),
+                                                     /*attn_mask=*/{}, /*dropout_p=*/0.0,
+                                                     /*is_causal=*/true);
+  torch::Tensor h = x + Conv1D(attn_proj_, y.transpose(1, 2).reshape({B, T, H}));
+  return h + Conv1D(mlp_proj_, F::gelu(Conv1D(c_fc_, norm(ln_2_, h)),
+                                       F::GELUFuncOptions().approximate("tanh")));
+}
+
+HfGpt2Impl::HfGpt2Impl(HfGpt2Options o)
+    : o_(std::move(o)), weights_(std::make_unique<HfWeights>(o_.spec, o_.seed)) {
+  const HfModelSpec& s = o_.spec;
+  const ParamMaker make = [this](const std::string& name, std::vector<int64_t> shape) {
+    return MakeParam(name, std::move(shape));
+  };
+  auto body = Holder(*this, "transformer");
+  wte_ = body->register_module(
+      "wte", Params(make("transformer.wte.weight", {s.vocab, s.hidden}), torch::Tensor()));
+  wpe_ = body->register_module(
+      "wpe", Params(make("transformer.wpe.weight", {s.max_positions, s.hidden}), torch::Tensor()));
+  auto h = Holder(*body, "h");
+  for (int64_t l = 0; l < s.n_layer; ++l) {
+    const std::string name = std::to_string(l);
+    blocks_.push_back(
+        h->register_module(name, HfGpt2Block(s, "transformer.h." + name + ".", make)));
+  }
+  ln_f_ = body->register_module("ln_f", Params(make("transformer.ln_f.weight", {s.hidden}),
+                                               make("transformer.ln_f.bias", {s.hidden})));
+  if (!s.tie_embeddings) {
+    lm_head_ = register_module(
+        "lm_head", Params(make("lm_head.weight", {s.vocab, s.hidden}), torch::Tensor()));
+  }
+}
+
+HfGpt2Impl::~HfGpt2Impl() = default;
+
+torch::Tensor HfGpt2Impl::MakeParam(const std::string& name, std::vector<int64_t> shape) {
+  shapes_[name] = shape;
+  if (o_.deferred) return ShapeOnly(shape);
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return at::empty(shape, at::kFloat).copy_(InitialValues(name, 0, n).view(shape));
+}
+
+torch::Tensor HfGpt2Impl::InitialValues(const std::string& name, int64_t begin,
+                                        int64_t end) const {
+  auto shape = shapes_.find(name);
+  TORCH_CHECK_VALUE(shape != shapes_.end(), "the GPT-2 model has no parameter ", name);
+  // transformers' GPT-2 initialisation where the folder has no weights.
+  const double std = o_.spec.initializer_range;
+  const bool norm = name.find(".ln_") != std::string::npos || name.rfind("transformer.ln_f.", 0) == 0;
+  const InitSpec init =
+      EndsWith(name, ".bias") ? InitSpec::Constant(0)
+      : norm                  ? InitSpec::Constant(1)
+      : EndsWith(name, "c_proj.weight")
+          ? InitSpec::Normal(0, std / std::sqrt(2.0 * static_cast<double>(o_.spec.n_layer)))
+          : InitSpec::Normal(0, std);
+  return weights_->Read(name, shape->second, begin, end, init);
+}
+
+torch::Tensor HfGpt2Impl::forward(const torch::Tensor& idx) {
+  const HfModelSpec& s = o_.spec;
+  const int64_t T = idx.size(1);
+  TORCH_CHECK_VALUE(T <= s.max_positions, "sequence of ", T,
+                    " tokens is longer than the model's n_positions ", s.max_positions);
+  torch::Tensor pos =
+      torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(idx.device()));
+  torch::Tensor x = at::embedding(wte_->weight, idx) + at::embedding(wpe_->weight, pos);
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    HfGpt2BlockImpl* b = blocks_[l].get();
+    x = RunUnit(static_cast<int>(l), x, [this, b](const torch::Tensor& in) {
+      return o_.activation_checkpointing && !units_recomputed() && is_training() &&
+                     torch::GradMode::is_enabled()
+                 ? CheckpointedHfGpt2Block::apply(in, reinterpret_cast<int64_t>(b))
+                 : b->forward(in);
+    });
+  }
+  x = at::layer_norm(x, {s.hidden}, ln_f_->weight, ln_f_->bias, s.layer_norm_eps);
+  return torch::matmul(x, (s.tie_embeddings ? wte_->weight : lm_head_->weight).t());
+}
+
+torch::Tensor HfGpt2Impl::loss(const torch::Tensor& idx, const torch::Tensor& targets) {
+  const torch::Tensor logits = forward(idx);
+  return CrossEntropyInFp32(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+}
+
+double HfGpt2Impl::flops_per_token() const {
+  const HfModelSpec& s = o_.spec;
+  const double n = static_cast<double>(s.parameter_count() - s.max_positions * s.hidden);
+  return 6.0 * n + 12.0 * static_cast<double>(s.n_layer * s.hidden * o_.seq_len);
+}
+
+std::vector<std::string> HfGpt2Impl::unit_prefixes() const {
+  std::vector<std::string> out;
+  for (size_t l = 0; l < blocks_.size(); ++l) out.push_back("transformer.h." + std::to_string(l) + ".");
+  return out;
+}
+
+}  // namespace ds::engine

@@ -1,0 +1,67 @@
+// GPT2LMHeadModel from a Hugging Face folder (engine/config/hf_model.h): transformers' names
+// ("transformer.h.0.attn.c_attn.weight") and its Conv1D layout (weights stored (in, out)), so a
+// folder's file loads as it is and `dsckpt export --format hf` gives one that
+// `from_pretrained` loads. Numerics: GPT-2's (LayerNorm, tanh GELU, attention scaled by
+// 1/sqrt(head_dim), tied head by default). The built-in GPT (gpt.h) is the same architecture
+// under our own names and layout. Deferred construction as for the Llama family (hf_weights.h).
+// Thread safety: a module is used by one training thread.
+#pragma once
+
+#include <torch/nn/module.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/config/hf_model.h"
+#include "engine/model/gpt.h"
+#include "engine/model/hf_weights.h"
+#include "engine/model/model.h"
+
+namespace ds::engine {
+
+struct HfGpt2Options {
+  HfModelSpec spec;
+  int64_t seq_len = 1024;
+  bool activation_checkpointing = false;
+  uint64_t seed = 1234;
+  bool deferred = false;
+};
+
+class HfGpt2BlockImpl : public torch::nn::Module {
+ public:
+  HfGpt2BlockImpl(const HfModelSpec& s, const std::string& prefix, const ParamMaker& make);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  const HfModelSpec* s_;
+  Params ln_1_{nullptr}, c_attn_{nullptr}, attn_proj_{nullptr};
+  Params ln_2_{nullptr}, c_fc_{nullptr}, mlp_proj_{nullptr};
+};
+TORCH_MODULE(HfGpt2Block);
+
+class HfGpt2Impl : public LanguageModel {
+ public:
+  explicit HfGpt2Impl(HfGpt2Options o);
+  ~HfGpt2Impl() override;
+
+  torch::Tensor forward(const torch::Tensor& idx);  // (B, T) -> logits (B, T, V)
+  torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets) override;
+  double flops_per_token() const override;
+  std::vector<std::string> unit_prefixes() const override;  // "transformer.h.0.", ...
+  bool deferred() const override { return o_.deferred; }
+  torch::Tensor InitialValues(const std::string& name, int64_t begin, int64_t end) const override;
+
+ private:
+  torch::Tensor MakeParam(const std::string& name, std::vector<int64_t> shape);
+
+  HfGpt2Options o_;
+  std::unique_ptr<HfWeights> weights_;
+  Params wte_{nullptr}, wpe_{nullptr}, ln_f_{nullptr}, lm_head_{nullptr};
+  std::vector<HfGpt2Block> blocks_;
+  std::map<std::string, std::vector<int64_t>> shapes_;
+};
+TORCH_MODULE(HfGpt2);
+
+}  // namespace ds::engine

@@ -1,0 +1,59 @@
+#include "engine/model/hf_weights.h"
+
+#include <c10/util/Exception.h>
+#include <torch/torch.h>
+
+#include <span>
+
+#include "formats/dtype_convert.h"
+#include "formats/safetensors.h"
+#include "io/env.h"
+
+namespace ds::engine {
+
+HfWeights::HfWeights(const HfModelSpec& spec, uint64_t seed) : spec_(spec), seed_(seed) {}
+HfWeights::~HfWeights() = default;
+
+const fmt::SafetensorsReader* HfWeights::ReaderFor(const std::string& name) const {
+  auto it = spec_.weight_files.find(name);
+  if (it == spec_.weight_files.end()) it = spec_.weight_files.find("*");
+  if (it == spec_.weight_files.end()) return nullptr;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& reader = readers_[it->second];
+  if (!reader) {
+    Result<std::unique_ptr<fmt::SafetensorsReader>> r =
+        fmt::SafetensorsReader::Open(io::Env::Default(), it->second);
+    TORCH_CHECK_VALUE(r.ok(), r.status().message());
+    reader = std::move(*r);
+  }
+  return reader.get();
+}
+
+at::Tensor HfWeights::Read(const std::string& name, const std::vector<int64_t>& shape,
+                           int64_t begin, int64_t end, const InitSpec& init) const {
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  if (spec_.weight_files.empty()) return InitRange(init, seed_, name, numel, begin, end);
+  const fmt::SafetensorsReader* reader = ReaderFor(name);
+  const std::string where = spec_.dir + " (" + name + ")";
+  TORCH_CHECK_VALUE(reader != nullptr, where, ": no safetensors file of the folder holds it");
+  Result<size_t> index = reader->Find(name);
+  TORCH_CHECK_VALUE(index.ok(), where, ": the weights file lacks it (", index.status().message(),
+                    ")");
+  const fmt::SafetensorsTensor& t = reader->tensors()[*index];
+  TORCH_CHECK_VALUE(t.shape == shape, where, ": shape ", c10::IntArrayRef(t.shape),
+                    " in the file, ", c10::IntArrayRef(shape), " from config.json");
+  const size_t width = fmt::DTypeSize(t.dtype);
+  std::vector<std::byte> bytes(static_cast<size_t>(end - begin) * width);
+  Status st = reader->ReadTensorData(*index, static_cast<uint64_t>(begin) * width, bytes);
+  TORCH_CHECK_VALUE(st.ok(), st.message());
+  at::Tensor out = torch::empty({end - begin}, torch::kFloat);
+  st = fmt::ConvertElements(
+      t.dtype, bytes, fmt::DType::kF32,
+      std::span<std::byte>(reinterpret_cast<std::byte*>(out.data_ptr<float>()),
+                           static_cast<size_t>(out.numel()) * sizeof(float)));
+  TORCH_CHECK_VALUE(st.ok(), where, ": ", st.message());
+  return out;
+}
+
+}  // namespace ds::engine
