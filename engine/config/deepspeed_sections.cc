@@ -259,7 +259,14 @@ void ReadOptimizer(SectionReader& top, OptimizerConfig* out) {
       "add \"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.0003}} (supported: Adam, "
       "AdamW)";
   if (!o.present()) {
-    d->Error(std::string("optimizer is not set: ") + kExample);
+    // DeepSpeed would take the optimizer of the user's script; with none, what that script
+    // most often is: Hugging Face Trainer's default AdamW.
+    *out = OptimizerConfig();
+    out->lr = 5e-5;
+    d->Warn(
+        "optimizer is not set: training with AdamW, lr 5e-05, betas [0.9, 0.999], eps 1e-08, "
+        "weight_decay 0 (Hugging Face Trainer's defaults); to choose, " +
+        std::string(kExample));
     return;
   }
   o.Know("type");

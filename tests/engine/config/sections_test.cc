@@ -146,10 +146,17 @@ TEST(ConfigOptimizerTest, RefusesWhatDeepSpeedOrDstrainCannotRun) {
   EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
                                    "cfg.json: optimizer.params.betas must be two numbers like "
                                    "[0.9, 0.999], got [0.9]"));
+  // No optimizer section (DeepSpeed would take the script's): Hugging Face Trainer's default
+  // AdamW, with a warning naming the values.
   cfg = Base();
   cfg.erase("optimizer");
-  EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
-                                   HasSubstr("cfg.json: optimizer is not set: add \"optimizer\"")));
+  DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(cfg));
+  EXPECT_EQ(c.optimizer.type, OptimizerConfig::Type::kAdamW);
+  EXPECT_DOUBLE_EQ(c.optimizer.lr, 5e-5);
+  EXPECT_DOUBLE_EQ(c.optimizer.beta2, 0.999);
+  EXPECT_DOUBLE_EQ(c.optimizer.weight_decay, 0);
+  EXPECT_THAT(c.warnings, ::testing::Contains(HasSubstr("optimizer is not set: training with "
+                                                        "AdamW, lr 5e-05")));
 }
 
 // ---- scheduler
