@@ -345,11 +345,15 @@ int DsrunMain(int argc, char** argv, const DsrunTools& tools) {
   app.add_option("--set", f.set, "Override a key: --set optimizer.params.lr=3e-4 (repeatable)")
       ->take_all();
   std::string model_name, dataset_path;
+  int64_t epochs = 0;
   app.add_option("--model_name,--model-name", model_name,
                  "A Hugging Face model folder (config.json, model.safetensors) to train: "
                  "model.hf_path (Llama, Mistral, Qwen2)");
   app.add_option("--dataset_path,--dataset-path", dataset_path,
                  "The training data: data.path (tokens: .bin; text: .txt)");
+  app.add_option("--epochs", epochs,
+                 "Passes over the training data when no step count is given (trainer.epochs)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--max-steps", f.max_steps, "Optimizer steps to train (trainer.max_steps)");
   app.add_option("--seed", f.seed, "Seed (trainer.seed)");
   app.add_option("--device", f.device,
@@ -441,6 +445,7 @@ int DsrunMain(int argc, char** argv, const DsrunTools& tools) {
   }
   // The seed's flags, as the keys they stand for (before --set, which can still override).
   if (!dataset_path.empty()) f.set.insert(f.set.begin(), "data.path=" + dataset_path);
+  if (epochs > 0) f.set.insert(f.set.begin(), "trainer.epochs=" + std::to_string(epochs));
   if (!model_name.empty()) f.set.insert(f.set.begin(), "model.hf_path=" + model_name);
   // Parse only, run nothing: tests/docs/docs_commands_test.py checks the commands in the docs.
   if (io::Env::Default()->GetEnvVar("DSTRAIN_CHECK_ARGS") == "1") return 0;

@@ -79,7 +79,7 @@ struct SchedulerConfig {
   // WarmupLR, WarmupDecayLR, WarmupCosineLR
   int64_t warmup_num_steps = 1000;  // DeepSpeed uses max(2, this)
   WarmupType warmup_type = WarmupType::kLog;
-  int64_t total_num_steps = 0;  // WarmupDecayLR, WarmupCosineLR
+  int64_t total_num_steps = 0;  // WarmupDecayLR, WarmupCosineLR; 0 with "auto": the run's length
   // WarmupLR, WarmupDecayLR (absolute rates)
   double warmup_min_lr = 0;
   double warmup_max_lr = 1e-3;  // WarmupLR: the optimizer's lr unless given
@@ -211,7 +211,11 @@ struct DataConfig {
 std::string_view DataFormatName(DataConfig::Format f);
 
 struct TrainerConfig {
-  int64_t max_steps = 0;        // optimizer steps; required (trainer.max_steps or --max-steps)
+  // Optimizer steps (trainer.max_steps, --max-steps). 0: `epochs` passes over the training
+  // data, counted by the trainer when it opens the data (Hugging Face Trainer's rule: a
+  // max_steps given wins over epochs).
+  int64_t max_steps = 0;
+  int64_t epochs = 1;  // trainer.epochs, --epochs
   int64_t eval_interval = 250;  // steps between evaluations; 0: never
   int64_t eval_iters = 20;      // micro batches per evaluation
   uint64_t seed = 42;

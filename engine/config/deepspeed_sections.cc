@@ -364,7 +364,10 @@ void ReadTotalSteps(SectionReader& p, const TrainerConfig& trainer, std::string_
                     SchedulerConfig* out) {
   if (trainer.max_steps > 0) p.FillAuto("total_num_steps", trainer.max_steps, "trainer.max_steps");
   p.Know("total_num_steps");
-  if (p.IsAutoValue("total_num_steps")) {
+  if (p.IsAutoValue("total_num_steps") && trainer.max_steps == 0) {
+    // The run's length in epochs: the trainer fills it when it has counted the data.
+    p.resolved()["total_num_steps"] = "auto (the run's length)";
+  } else if (p.IsAutoValue("total_num_steps")) {
     p.diag()->Error(
         "\"auto\" for scheduler.params.total_num_steps cannot be derived: give a number, or set "
         "trainer.max_steps (--max-steps N)");
@@ -373,8 +376,9 @@ void ReadTotalSteps(SectionReader& p, const TrainerConfig& trainer, std::string_
                     " (DeepSpeed has no default): give a number, or \"auto\" to use "
                     "trainer.max_steps");
   }
-  out->total_num_steps = p.Int("total_num_steps", 0, 1);
-  if (p.diag()->ok() && out->total_num_steps < out->warmup_num_steps) {
+  out->total_num_steps = p.IsAutoValue("total_num_steps") ? 0 : p.Int("total_num_steps", 0, 1);
+  if (p.diag()->ok() && out->total_num_steps > 0 &&
+      out->total_num_steps < out->warmup_num_steps) {
     p.diag()->Warn("scheduler.params.total_num_steps " + Str(out->total_num_steps) +
                    " is less than warmup_num_steps " + Str(out->warmup_num_steps));
   }

@@ -204,18 +204,22 @@ void ReadTrainer(SectionReader& top, std::optional<int64_t> scheduler_total_step
           "trainer.max_steps = " + std::to_string(*scheduler_total_steps) +
           " (scheduler.params.total_num_steps)");
       out->max_steps = *scheduler_total_steps;
-    } else if (t.IsAutoValue("max_steps")) {
-      t.diag()->Error(
-          "\"auto\" for trainer.max_steps cannot be derived: pass --max-steps N, or give "
-          "scheduler.params.total_num_steps");
     } else {
-      t.diag()->Error(
-          "trainer.max_steps is not set: add \"trainer\": {\"max_steps\": N}, or pass "
-          "--max-steps N");
+      // As a DeepSpeed user's script does: train over the data trainer.epochs times.
+      out->max_steps = 0;
+      top.diag()->auto_filled.push_back(
+          "trainer.max_steps = trainer.epochs passes over the training data (counted when the "
+          "data is opened; --max-steps N to choose)");
     }
     t.Know("max_steps");
+    out->epochs = t.Int("epochs", 1, 1);
   } else {
     out->max_steps = t.Int("max_steps", 0, 1);
+    if (t.Has("epochs")) {
+      t.diag()->Warn("trainer.epochs is ignored: trainer.max_steps (" +
+                     std::to_string(out->max_steps) + ") sets the length");
+      out->epochs = t.Int("epochs", 1, 1);
+    }
   }
   out->eval_interval = t.Int("eval_interval", out->eval_interval, 0);
   out->eval_iters = t.Int("eval_iters", out->eval_iters, 1);

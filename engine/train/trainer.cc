@@ -203,9 +203,9 @@ Status Trainer::Impl::Setup() {
   }
   DS_RETURN_IF_ERROR(SetupZero());
   DS_RETURN_IF_ERROR(SetupCheckpoints());
+  DS_RETURN_IF_ERROR(SetupData());  // first: a length in epochs needs the data counted
   DS_ASSIGN_OR_RETURN(schedule, MakeLrSchedule(ScheduleParamsOf(c.scheduler), c.optimizer.lr));
   scaler = std::make_unique<LossScaler>(ScalerOptionsOf(c));
-  DS_RETURN_IF_ERROR(SetupData());
   timer = std::make_unique<StepTimer>(env);
   DS_RETURN_IF_ERROR(SetupRunner());
   MetricsWindowOptions mo;
@@ -286,6 +286,27 @@ Status Trainer::Impl::SetupData() {
   BatchShape shape{c.batch.micro_batch_per_gpu, c.model.seq_len, par.dp_rank, par.dp};
   DS_ASSIGN_OR_RETURN(Sampler s, Sampler::Create(data.train.size(), shape, c.trainer.seed));
   sampler.emplace(std::move(s));
+  if (config.trainer.max_steps == 0) {
+    // The length in epochs (trainer.epochs; no max_steps given): the training split's windows
+    // over the samples of one optimizer step, rounded down (at least one step), as Hugging Face
+    // Trainer counts update steps per epoch.
+    const uint64_t per_step = static_cast<uint64_t>(c.batch.micro_batch_per_gpu) *
+                              static_cast<uint64_t>(c.batch.gradient_accumulation_steps) *
+                              static_cast<uint64_t>(par.dp);
+    const int64_t per_epoch =
+        std::max<int64_t>(1, static_cast<int64_t>(sampler->num_windows() / per_step));
+    config.trainer.max_steps = per_epoch * config.trainer.epochs;
+    if (config.scheduler.total_num_steps == 0)
+      config.scheduler.total_num_steps = config.trainer.max_steps;  // "auto": the run's length
+    if (options.rank == 0) {
+      io::LogInfo("length: " + std::to_string(config.trainer.max_steps) + " steps (" +
+                  std::to_string(config.trainer.epochs) + " epoch(s) of " +
+                  std::to_string(per_epoch) + " steps: " +
+                  std::to_string(sampler->num_windows()) + " windows of " +
+                  std::to_string(c.model.seq_len) + " tokens, " + std::to_string(per_step) +
+                  " a step); --max-steps N to choose");
+    }
+  }
   if (data.eval.size() > 0 && c.trainer.eval_interval > 0) {
     Result<EvalBatches> e = EvalBatches::Create(data.eval.size(), shape, c.trainer.eval_iters);
     if (e.ok()) {

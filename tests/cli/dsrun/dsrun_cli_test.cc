@@ -50,12 +50,13 @@ TEST(DsrunCliTest, ConfigErrorsExitTwoAndNameTheFileAndKey) {
   EXPECT_THAT(r.out, HasSubstr("model.preset 'gpt-9b' is not known"));
 
   // A misspelt key beside the error it causes is named in the same message.
-  std::ofstream(bad) << R"({"train_micro_batch_size_per_gpu": 4, "model": {"preset": "demo"},
-                            "trainer": {"max_step": 10}})";
+  std::ofstream(bad) << R"({"train_micro_batch_size_per_gp": 4, "model": {"preset": "demo"},
+                            "trainer": {"max_steps": 10}})";
   r = Sh(Dsrun() + " --config " + Q(bad) + " --dry-run");
   EXPECT_EQ(r.status, 2) << r.out;
-  EXPECT_THAT(r.out, HasSubstr("trainer.max_steps is not set"));
-  EXPECT_THAT(r.out, HasSubstr("unknown key trainer.max_step is ignored; did you mean max_steps?"));
+  EXPECT_THAT(r.out, HasSubstr("train_micro_batch_size_per_gpu"));
+  EXPECT_THAT(r.out, HasSubstr("unknown key train_micro_batch_size_per_gp is ignored; did you "
+                               "mean train_micro_batch_size_per_gpu?"));
 
   r = Sh(Dsrun());
   EXPECT_EQ(r.status, 2) << r.out;

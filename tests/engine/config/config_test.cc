@@ -235,11 +235,22 @@ TEST(ConfigAutoTest, ScheduleStepsAndPeakFollowTrainerAndOptimizer) {
   DS_ASSERT_OK_AND_ASSIGN(c, Parse(from_schedule));
   EXPECT_EQ(c.trainer.max_steps, 700);
 
+  // Neither: the run is trainer.epochs passes over the data (one by default), counted when the
+  // trainer opens the data, which also fills an "auto" total_num_steps (as DeepSpeed's
+  // Hugging Face integration does).
   from_schedule["scheduler"]["params"]["total_num_steps"] = "auto";
-  EXPECT_THAT(Parse(from_schedule),
-              StatusIs(StatusCode::kInvalidArgument,
-                       "cfg.json: trainer.max_steps is not set: add \"trainer\": {\"max_steps\": "
-                       "N}, or pass --max-steps N"));
+  DS_ASSERT_OK_AND_ASSIGN(c, Parse(from_schedule));
+  EXPECT_EQ(c.trainer.max_steps, 0);
+  EXPECT_EQ(c.trainer.epochs, 1);
+  EXPECT_EQ(c.scheduler.total_num_steps, 0);
+  from_schedule["trainer"] = {{"epochs", 3}};
+  DS_ASSERT_OK_AND_ASSIGN(c, Parse(from_schedule));
+  EXPECT_EQ(c.trainer.epochs, 3);
+  // A max_steps given wins over epochs (Hugging Face Trainer's rule), with a warning.
+  from_schedule["trainer"]["max_steps"] = 9;
+  DS_ASSERT_OK_AND_ASSIGN(c, Parse(from_schedule));
+  EXPECT_EQ(c.trainer.max_steps, 9);
+  EXPECT_THAT(c.warnings, Contains(HasSubstr("trainer.epochs is ignored")));
 }
 
 // ---- unknown keys

@@ -328,6 +328,33 @@ TEST_F(TrainerTest, CudaGraphsWhereTheyCannotRunAreAClearError) {
   EXPECT_GT(s.steps, 0);
 }
 
+// With no step count (a DeepSpeed config as it stands), the run is trainer.epochs passes over
+// the training split: its windows over the samples of one optimizer step, per epoch.
+TEST_F(TrainerTest, WithoutMaxStepsTheRunIsEpochsOfTheData) {
+  const std::string text = out_.path() + "/small.txt";
+  std::string body;
+  for (int i = 0; body.size() < 2000; ++i) body += "line " + std::to_string(i) + " of text. ";
+  ASSERT_TRUE(io::Env::Default()->WriteFileSynced(text, body.substr(0, 2000)).ok());
+  auto steps = [&](int epochs) -> int64_t {
+    nlohmann::json j = SmallConfig(out_.path() + "/e" + std::to_string(epochs));
+    j["trainer"].erase("max_steps");
+    j["trainer"]["epochs"] = epochs;
+    j["data"] = {{"path", text}, {"format", "text"}, {"val_fraction", 0.05}};
+    j["train_micro_batch_size_per_gpu"] = 2;
+    j["gradient_accumulation_steps"] = 2;
+    j.erase("train_batch_size");
+    Result<Config> c = Parse(j);
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    if (!c.ok()) return -1;
+    EXPECT_EQ(c->trainer.max_steps, 0);
+    TrainSummary s;
+    return Train(*c, &s) ? s.steps : -1;
+  };
+  // 1,900 training tokens: (1900 - 1) / 64 = 29 windows, 4 a step: 7 steps an epoch.
+  EXPECT_EQ(steps(1), 7);
+  EXPECT_EQ(steps(2), 14);
+}
+
 TEST_F(TrainerTest, MissingDataFileNamesThePath) {
   DS_ASSERT_OK_AND_ASSIGN(Config c,
                           Parse(SmallConfig(out_.path()), {"data.path=" + out_.Join("nope.bin")}));
