@@ -296,6 +296,7 @@ Result<Config> ParseConfig(std::string_view json_text, const Overrides& override
   if (!d.ok()) {
     // A misspelt key is often why a needed one is missing: say so in the same message.
     std::string also;
+    for (const std::string& e : d.more_errors) also += "; also: " + e;
     for (const Diagnostics::Unknown& u : d.unknown)
       also += "; also: " + UnknownKeyMessage(u, d, false);
     return also.empty() ? d.error : Status::InvalidArgument(d.error.message() + also);

@@ -237,7 +237,7 @@ void ReadPrecision(SectionReader& top, Fp16Config* fp16, Bf16Config* bf16) {
         "DeepSpeed)");
   }
   b.Finish();
-  if (top.diag()->ok() && fp16->enabled && bf16->enabled) {
+  if (fp16->enabled && bf16->enabled) {  // independent of any other error
     top.diag()->Error(
         "fp16.enabled and bf16.enabled are both true: choose one (DeepSpeed: bfloat16 and fp16 "
         "modes cannot be simultaneously enabled)");

@@ -26,8 +26,12 @@ bool Contains(const std::vector<std::string>& v, std::string_view s) {
 // ---- Diagnostics and helpers
 
 void Diagnostics::Error(std::string_view message) {
-  if (!error.ok()) return;
-  error = Status::InvalidArgument(source + ": " + std::string(message));
+  if (error.ok()) {
+    error = Status::InvalidArgument(source + ": " + std::string(message));
+  } else if (error.message() != source + ": " + std::string(message) &&
+             std::find(more_errors.begin(), more_errors.end(), message) == more_errors.end()) {
+    more_errors.emplace_back(message);
+  }
 }
 
 void Diagnostics::Warn(std::string_view message) {

@@ -18,11 +18,14 @@ namespace ds::engine::internal {
 
 using nlohmann::json;
 
-// What a parse found besides values. The first error wins; later ones are dropped, so a
-// message always describes the first thing to fix.
+// What a parse found besides values. Every error is kept, so that a file that cannot run gets
+// all its problems listed at once: `error` is the first, and the rest follow it in ParseConfig's
+// message ("; also: ..."). Checks that depend on values an earlier error left unset stay quiet
+// (they ask ok() first), so a message lists causes, not their consequences.
 struct Diagnostics {
   std::string source;  // prefix of every message: the file name
   Status error;
+  std::vector<std::string> more_errors;  // after the first, without the prefix
   std::vector<std::string> warnings;
   std::vector<std::string> not_implemented;  // key paths
   std::vector<std::string> auto_filled;      // "path = value (why)"

@@ -255,6 +255,20 @@ TEST(ConfigAutoTest, ScheduleStepsAndPeakFollowTrainerAndOptimizer) {
 
 // ---- unknown keys
 
+// A file that cannot run gets all its independent problems in one message, each with its key.
+TEST(ConfigErrorsTest, EveryProblemIsListedAtOnce) {
+  json cfg = Base();
+  cfg["fp16"] = {{"enabled", true}};
+  cfg["bf16"] = {{"enabled", true}};
+  cfg["optimizer"]["type"] = "Lamb";
+  cfg["gradient_clipping"] = -1;
+  Result<Config> c = Parse(cfg);
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(c.status().message(), HasSubstr("gradient_clipping must be >= 0"));
+  EXPECT_THAT(c.status().message(), HasSubstr("also: fp16.enabled and bf16.enabled are both true"));
+  EXPECT_THAT(c.status().message(), HasSubstr("also: optimizer.type 'Lamb' is not supported"));
+}
+
 TEST(ConfigUnknownKeyTest, WarnsWithTheClosestKnownKeyAtEveryLevel) {
   json cfg = Base();
   cfg["train_batch_sizee"] = 1;
