@@ -161,13 +161,41 @@ Result<TokenSource> TokenSource::Open(io::Env* env, const std::string& path,
   return source;
 }
 
-uint32_t TokenSource::Token(uint64_t i) const { return LoadLe(tokens_ + i * width_, width_); }
+Result<TokenSource> TokenSource::Concat(std::vector<TokenSource> sources, std::string name) {
+  if (sources.empty()) return Status::InvalidArgument(name + ": no token files");
+  auto parts = std::make_shared<Parts>();
+  TokenSource out;
+  out.path_ = std::move(name);
+  out.format_ = sources.front().format();
+  for (TokenSource& s : sources) {
+    parts->starts.push_back(out.count_);
+    out.count_ += s.size();
+    parts->sources.push_back(std::move(s));
+  }
+  out.parts_ = std::move(parts);
+  return out;
+}
+
+size_t TokenSource::PartOf(uint64_t g) const {
+  const std::vector<uint64_t>& starts = parts_->starts;
+  return static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), g) - starts.begin()) -
+         1;
+}
+
+uint32_t TokenSource::Token(uint64_t i) const {
+  if (parts_ != nullptr) {
+    const uint64_t g = first_ + i;
+    const size_t k = PartOf(g);
+    return parts_->sources[k].Token(g - parts_->starts[k]);
+  }
+  return LoadLe(tokens_ + i * width_, width_);
+}
 
 TokenSource TokenSource::Slice(uint64_t begin, uint64_t end) const {
   end = std::min(end, count_);
   begin = std::min(begin, end);
   TokenSource view = *this;
-  view.tokens_ = tokens_ + begin * width_;
+  if (parts_ == nullptr) view.tokens_ = tokens_ + begin * width_;
   view.first_ = first_ + begin;
   view.count_ = end - begin;
   return view;
@@ -180,6 +208,26 @@ Status TokenSource::ReadWindow(uint64_t offset, std::span<int64_t> inputs,
     return Status::InvalidArgument("data file " + path_ + ": window of " + std::to_string(t + 1) +
                                    " tokens at " + std::to_string(offset) + " does not fit " +
                                    std::to_string(count_) + " tokens");
+  }
+  if (parts_ != nullptr) {
+    const uint64_t g = first_ + offset;
+    const size_t k = PartOf(g);
+    const TokenSource& part = parts_->sources[k];
+    const uint64_t at = g - parts_->starts[k];
+    if (part.size() - at >= t + 1) return part.ReadWindow(at, inputs, targets);
+    // A window across two shards: token by token, each checked against its own file's vocab.
+    for (uint64_t i = 0; i <= t; ++i) {
+      const uint64_t gi = g + i;
+      const size_t ki = PartOf(gi);
+      const TokenSource& p = parts_->sources[ki];
+      const uint32_t token = p.Token(gi - parts_->starts[ki]);
+      if (p.vocab_ > 0 && token >= static_cast<uint64_t>(p.vocab_)) {
+        return p.VocabError(gi - parts_->starts[ki], 1);
+      }
+      if (i < t) inputs[i] = token;
+      if (i > 0) targets[i - 1] = token;
+    }
+    return Status::OK();
   }
   // A plain loop over the window; the vocab check rides along as a running maximum, so the
   // common case costs one compare per window.
@@ -214,8 +262,10 @@ Status TokenSource::VocabError(uint64_t offset, uint64_t length) const {
 }
 
 std::string TokenSource::Describe() const {
-  return path_ + " (" + std::string(DataFormatName(format_)) + ", " + std::to_string(count_) +
-         " tokens)";
+  const std::string shards =
+      parts_ != nullptr ? std::to_string(parts_->sources.size()) + " files, " : "";
+  return path_ + " (" + std::string(DataFormatName(format_)) + ", " + shards +
+         std::to_string(count_) + " tokens)";
 }
 
 }  // namespace ds::engine

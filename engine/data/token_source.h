@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "engine/config/config.h"
 #include "io/env.h"
@@ -42,6 +43,11 @@ class TokenSource {
   static Result<TokenSource> Open(io::Env* env, const std::string& path,
                                   const TokenSourceOptions& options);
 
+  // The sources one after the other as one stream (llm.c's shards of a directory), named
+  // `name`; a window may cross from one into the next. Each keeps its own vocab check and
+  // names its own file in errors. At least one source, each non-empty.
+  static Result<TokenSource> Concat(std::vector<TokenSource> sources, std::string name);
+
   const std::string& path() const { return path_; }
   DataConfig::Format format() const { return format_; }  // resolved: never kAuto
   uint64_t size() const { return count_; }               // tokens in this view
@@ -64,6 +70,15 @@ class TokenSource {
  private:
   Status VocabError(uint64_t offset, uint64_t length) const;
 
+  // Concat's sources and where each starts in the stream; null for one file.
+  struct Parts {
+    std::vector<TokenSource> sources;
+    std::vector<uint64_t> starts;
+  };
+  // The part holding stream token `g` (first_ + an index of this view).
+  size_t PartOf(uint64_t g) const;
+
+  std::shared_ptr<const Parts> parts_;
   std::shared_ptr<const io::MappedFile> map_;
   std::string path_;
   DataConfig::Format format_ = DataConfig::Format::kText;

@@ -12,9 +12,12 @@
 namespace ds::engine {
 namespace {
 
+using ::ds::engine::testing::LlmcBytes;
 using ::ds::engine::testing::NanoGptBytes;
 using ::ds::testing::StatusIs;
+using ::testing::ElementsAre;
 using ::testing::Eq;
+using ::testing::HasSubstr;
 
 class DatasetTest : public ::testing::Test {
  protected:
@@ -71,6 +74,47 @@ TEST_F(DatasetTest, ValPathIsTheWholeEvalSplit) {
   EXPECT_EQ(data.eval.Token(0), 7u);
   EXPECT_EQ(data.Describe(),
             "data: train /d/train.bin (nanogpt, 6 tokens), eval /d/val.bin (nanogpt, 3 tokens)");
+}
+
+// data.path as a directory of llm.c shards (tools/prepare_data.py's train_*.bin and
+// val_*.bin) or a glob: the shards in name order are one stream, a window may cross from one
+// into the next, and the directory's val shards are the eval split.
+TEST_F(DatasetTest, ADirectoryOrGlobOfShardsIsOneStream) {
+  DS_ASSERT_OK(env_.CreateDirs("/d/s"));
+  auto shard = [&](const std::string& name, std::vector<uint32_t> tokens) {
+    DS_ASSERT_OK(env_.WriteFileSynced(
+        "/d/s/" + name, LlmcBytes(20240520, 1, static_cast<int64_t>(tokens.size()), tokens, 2)));
+  };
+  shard("train_000001.bin", {5, 6, 7});  // listed out of order: read in name order
+  shard("train_000000.bin", {1, 2, 3, 4});
+  shard("val_000000.bin", {9, 9});
+  DataConfig config{.path = "/d/s", .val_fraction = 0.5};
+  DS_ASSERT_OK_AND_ASSIGN(Dataset data, OpenDataset(&env_, config, {.vocab = 8}));
+  ASSERT_EQ(data.train.size(), 7u);
+  EXPECT_EQ(data.eval.size(), 2u);  // the val shard, not val_fraction of the train shards
+  std::vector<int64_t> in(3), out(3);
+  DS_ASSERT_OK(data.train.ReadWindow(2, in, out));  // across the two shards
+  EXPECT_THAT(in, ElementsAre(3, 4, 5));
+  EXPECT_THAT(out, ElementsAre(4, 5, 6));
+  DS_ASSERT_OK(data.train.Slice(1, 7).ReadWindow(0, in, out));
+  EXPECT_THAT(in, ElementsAre(2, 3, 4));
+  // The eval shard's 9s are past model.vocab 8: its own file is named.
+  std::vector<int64_t> one_in(1), one_out(1);
+  EXPECT_THAT(data.eval.ReadWindow(0, one_in, one_out),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("/d/s/val_000000.bin")));
+  EXPECT_THAT(data.train.Describe(), HasSubstr("2 files, 7 tokens"));
+
+  // A glob: exactly the files it matches; the split comes from val_fraction.
+  config.path = "/d/s/train_*.bin";
+  DS_ASSERT_OK_AND_ASSIGN(Dataset globbed, OpenDataset(&env_, config, {.vocab = 8}));
+  EXPECT_EQ(globbed.train.size() + globbed.eval.size(), 7u);
+  config.path = "/d/s/none_*.bin";
+  EXPECT_THAT(OpenDataset(&env_, config, {}),
+              StatusIs(StatusCode::kNotFound, HasSubstr("matches no file")));
+  DS_ASSERT_OK(env_.CreateDirs("/d/empty"));
+  config.path = "/d/empty";
+  EXPECT_THAT(OpenDataset(&env_, config, {}),
+              StatusIs(StatusCode::kNotFound, HasSubstr("holds no .bin token files")));
 }
 
 TEST_F(DatasetTest, EmptyPathBuildsTheDefaultCorpus) {
