@@ -131,7 +131,7 @@ def main() -> None:
 
     device = torch.device(args.device)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device.index or 0)  # "cuda" alone has no index
         torch.backends.cuda.matmul.allow_tf32 = True
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     cfg = make_config(args.preset, args.seq_len, pad_vocab_to=1)  # dsrun's vocabulary exactly

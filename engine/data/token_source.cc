@@ -262,8 +262,8 @@ Status TokenSource::VocabError(uint64_t offset, uint64_t length) const {
 }
 
 std::string TokenSource::Describe() const {
-  const std::string shards =
-      parts_ != nullptr ? std::to_string(parts_->sources.size()) + " files, " : "";
+  const size_t n = parts_ != nullptr ? parts_->sources.size() : 0;
+  const std::string shards = n > 0 ? std::to_string(n) + (n == 1 ? " file, " : " files, ") : "";
   return path_ + " (" + std::string(DataFormatName(format_)) + ", " + shards +
          std::to_string(count_) + " tokens)";
 }
