@@ -1,7 +1,6 @@
 #include "engine/config/hf_model.h"
 
 #include <nlohmann/json.hpp>
-
 #include <set>
 #include <string_view>
 
@@ -106,8 +105,8 @@ void ReadRope(Reader& r, HfRope* rope) {
   rope->factor = r.Number(*scaling, "factor", 1.0);
   rope->low_freq_factor = r.Number(*scaling, "low_freq_factor", 1.0);
   rope->high_freq_factor = r.Number(*scaling, "high_freq_factor", 4.0);
-  rope->original_max_positions = static_cast<int64_t>(
-      r.Number(*scaling, "original_max_position_embeddings", 8192));
+  rope->original_max_positions =
+      static_cast<int64_t>(r.Number(*scaling, "original_max_position_embeddings", 8192));
   if (rope->factor <= 0) r.Fail(key + ".factor", "must be positive");
   if (rope->type == "llama3" && rope->high_freq_factor <= rope->low_freq_factor) {
     r.Fail(key + ".high_freq_factor", "must be more than low_freq_factor");
@@ -124,7 +123,8 @@ Status FindWeights(io::Env* env, HfModelSpec* s) {
     json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") ||
         !j["weight_map"].is_object()) {
-      return Status::InvalidArgument(index + ": not a safetensors index (a JSON object with a "
+      return Status::InvalidArgument(index +
+                                     ": not a safetensors index (a JSON object with a "
                                      "\"weight_map\" of tensor name -> file)");
     }
     for (const auto& [name, file] : j["weight_map"].items()) {
@@ -147,7 +147,8 @@ Result<HfModelSpec> ReadGpt2(Reader& r, HfModelSpec s, io::Env* env) {
   s.family = "gpt2";
   const std::string act = r.String(j, "activation_function", "gelu_new");
   if (act != "gelu_new" && act != "gelu_pytorch_tanh") {
-    r.Fail("activation_function", "'" + act + "' is not supported (gelu_new is: GPT-2's tanh GELU)");
+    r.Fail("activation_function",
+           "'" + act + "' is not supported (gelu_new is: GPT-2's tanh GELU)");
   }
   for (const char* key : {"add_cross_attention", "scale_attn_by_inverse_layer_idx"}) {
     if (r.Bool(key, false)) r.Fail(key, "is true: not built (GPT-2 as released has it false)");
@@ -181,9 +182,9 @@ Result<HfModelSpec> ReadGpt2(Reader& r, HfModelSpec s, io::Env* env) {
 int64_t HfModelSpec::parameter_count() const {
   if (family == "gpt2") {
     const int64_t h = hidden, i = intermediate;
-    const int64_t per_layer = 4 * h                   // two LayerNorms
-                              + h * 3 * h + 3 * h      // c_attn
-                              + h * h + h              // attention c_proj
+    const int64_t per_layer = 4 * h                     // two LayerNorms
+                              + h * 3 * h + 3 * h       // c_attn
+                              + h * h + h               // attention c_proj
                               + h * i + i + i * h + h;  // MLP
     return vocab * h * (tie_embeddings ? 1 : 2) + max_positions * h + n_layer * per_layer + 2 * h;
   }
@@ -203,7 +204,8 @@ Result<HfModelSpec> ReadHfModel(io::Env* env, const std::string& dir) {
   const std::string file = io::JoinPath(dir, "config.json");
   DS_ASSIGN_OR_RETURN(const bool has_config, env->Exists(file));
   if (!has_config) {
-    return Status::NotFound(file + " does not exist: --model_name / model.hf_path names a "
+    return Status::NotFound(file +
+                            " does not exist: --model_name / model.hf_path names a "
                             "Hugging Face model folder (config.json and model.safetensors)");
   }
   DS_ASSIGN_OR_RETURN(std::string text, env->ReadFileToString(file));
@@ -213,8 +215,8 @@ Result<HfModelSpec> ReadHfModel(io::Env* env, const std::string& dir) {
   }
   Reader r(j, file);
   const std::string model_type = r.String(j, "model_type", "");
-  if (const json* a = r.Get(j, "architectures"); a != nullptr && a->is_array() && !a->empty() &&
-                                                  (*a)[0].is_string()) {
+  if (const json* a = r.Get(j, "architectures");
+      a != nullptr && a->is_array() && !a->empty() && (*a)[0].is_string()) {
     s.architecture = (*a)[0].get<std::string>();
   }
   for (const Family& f : kLlamaLike) {
@@ -238,8 +240,8 @@ Result<HfModelSpec> ReadHfModel(io::Env* env, const std::string& dir) {
   for (const char* key : {"num_local_experts", "num_experts", "moe_intermediate_size"}) {
     if (r.Get(j, key) != nullptr) r.Fail(key, "is set: mixture-of-experts models are not built");
   }
-  const bool sliding =
-      model_type == "qwen2" ? r.Bool("use_sliding_window", false) : r.Get(j, "sliding_window") != nullptr;
+  const bool sliding = model_type == "qwen2" ? r.Bool("use_sliding_window", false)
+                                             : r.Get(j, "sliding_window") != nullptr;
   if (sliding) {
     r.Fail(model_type == "qwen2" ? "use_sliding_window" : "sliding_window",
            "is set: sliding-window attention is not built (remove it to attend to the whole "

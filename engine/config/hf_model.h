@@ -20,8 +20,8 @@ struct HfRope {
   double theta = 10000.0;
   std::string type = "default";  // "default", "linear" or "llama3"
   double factor = 1.0;
-  double low_freq_factor = 1.0;    // llama3
-  double high_freq_factor = 4.0;   // llama3
+  double low_freq_factor = 1.0;           // llama3
+  double high_freq_factor = 4.0;          // llama3
   int64_t original_max_positions = 8192;  // llama3
 };
 

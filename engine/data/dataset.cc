@@ -22,7 +22,8 @@ std::string Dataset::Describe() const {
 namespace {
 
 bool EndsWith(const std::string& s, std::string_view suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // data.path as a directory of shards or a glob ("data/train_*.bin"): the files, in name order,

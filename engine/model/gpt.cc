@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include "engine/config/memory.h"
+#include "engine/model/internal/checkpointed.h"
 #include "engine/model/param_init.h"
 
 #if DS_CUDA_KERNELS
@@ -27,30 +28,6 @@ namespace ds::engine {
 namespace {
 
 namespace F = torch::nn::functional;
-
-// Activation checkpointing: runs a block without keeping its activations and runs it again in
-// the backward pass. The block has no randomness (no dropout), so the recomputation is exact.
-struct CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x,
-                               int64_t block_ptr) {
-    ctx->save_for_backward({x});
-    ctx->saved_data["block"] = block_ptr;
-    torch::NoGradGuard no_grad;
-    return reinterpret_cast<BlockImpl*>(block_ptr)->forward(x);
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grad_out) {
-    auto* block = reinterpret_cast<BlockImpl*>(ctx->saved_data["block"].toInt());
-    torch::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
-    torch::Tensor y;
-    {
-      torch::AutoGradMode enable(true);
-      y = block->forward(x);
-    }
-    torch::autograd::backward({y}, {grad_out[0]});
-    return {x.grad(), torch::Tensor()};
-  }
-};
 
 // Megatron's f and g: the input of a column-parallel layer passes forward unchanged and its
 // gradient is summed over the tensor-parallel group (each rank's part of the layer contributes
@@ -343,7 +320,7 @@ torch::Tensor GptImpl::Blocks(torch::Tensor x) {
     x = RunUnit(static_cast<int>(l), x, [this, b](const torch::Tensor& in) {
       return o_.activation_checkpointing && !units_recomputed() && is_training() &&
                      torch::GradMode::is_enabled()
-                 ? CheckpointedBlock::apply(in, reinterpret_cast<int64_t>(b))
+                 ? internal::CheckpointedBlock<BlockImpl>::apply(in, reinterpret_cast<int64_t>(b))
                  : b->forward(in);
     });
   }

@@ -7,34 +7,13 @@
 
 #include <cmath>
 
+#include "engine/model/internal/checkpointed.h"
 #include "engine/model/param_init.h"
 
 namespace ds::engine {
 namespace {
 
 namespace F = torch::nn::functional;
-
-struct CheckpointedHfGpt2Block : public torch::autograd::Function<CheckpointedHfGpt2Block> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x,
-                               int64_t block_ptr) {
-    ctx->save_for_backward({x});
-    ctx->saved_data["block"] = block_ptr;
-    torch::NoGradGuard no_grad;
-    return reinterpret_cast<HfGpt2BlockImpl*>(block_ptr)->forward(x);
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grad_out) {
-    auto* block = reinterpret_cast<HfGpt2BlockImpl*>(ctx->saved_data["block"].toInt());
-    torch::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
-    torch::Tensor y;
-    {
-      torch::AutoGradMode enable(true);
-      y = block->forward(x);
-    }
-    torch::autograd::backward({y}, {grad_out[0]});
-    return {x.grad(), torch::Tensor()};
-  }
-};
 
 // transformers' Conv1D: x (.., in) @ W (in, out) + b.
 torch::Tensor Conv1D(const Params& p, const torch::Tensor& x) {
@@ -119,19 +98,16 @@ HfGpt2Impl::~HfGpt2Impl() = default;
 
 torch::Tensor HfGpt2Impl::MakeParam(const std::string& name, std::vector<int64_t> shape) {
   shapes_[name] = shape;
-  if (o_.deferred) return ShapeOnly(shape);
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return at::empty(shape, at::kFloat).copy_(InitialValues(name, 0, n).view(shape));
+  return NewHfParameter(*this, o_.deferred, name, shape);
 }
 
-torch::Tensor HfGpt2Impl::InitialValues(const std::string& name, int64_t begin,
-                                        int64_t end) const {
+torch::Tensor HfGpt2Impl::InitialValues(const std::string& name, int64_t begin, int64_t end) const {
   auto shape = shapes_.find(name);
   TORCH_CHECK_VALUE(shape != shapes_.end(), "the GPT-2 model has no parameter ", name);
   // transformers' GPT-2 initialisation where the folder has no weights.
   const double std = o_.spec.initializer_range;
-  const bool norm = name.find(".ln_") != std::string::npos || name.rfind("transformer.ln_f.", 0) == 0;
+  const bool norm =
+      name.find(".ln_") != std::string::npos || name.rfind("transformer.ln_f.", 0) == 0;
   const InitSpec init =
       EndsWith(name, ".bias") ? InitSpec::Constant(0)
       : norm                  ? InitSpec::Constant(1)
@@ -154,7 +130,8 @@ torch::Tensor HfGpt2Impl::forward(const torch::Tensor& idx) {
     x = RunUnit(static_cast<int>(l), x, [this, b](const torch::Tensor& in) {
       return o_.activation_checkpointing && !units_recomputed() && is_training() &&
                      torch::GradMode::is_enabled()
-                 ? CheckpointedHfGpt2Block::apply(in, reinterpret_cast<int64_t>(b))
+                 ? internal::CheckpointedBlock<HfGpt2BlockImpl>::apply(in,
+                                                                       reinterpret_cast<int64_t>(b))
                  : b->forward(in);
     });
   }
@@ -175,7 +152,8 @@ double HfGpt2Impl::flops_per_token() const {
 
 std::vector<std::string> HfGpt2Impl::unit_prefixes() const {
   std::vector<std::string> out;
-  for (size_t l = 0; l < blocks_.size(); ++l) out.push_back("transformer.h." + std::to_string(l) + ".");
+  for (size_t l = 0; l < blocks_.size(); ++l)
+    out.push_back("transformer.h." + std::to_string(l) + ".");
   return out;
 }
 

@@ -21,13 +21,7 @@
 
 namespace ds::engine {
 
-struct HfGpt2Options {
-  HfModelSpec spec;
-  int64_t seq_len = 1024;
-  bool activation_checkpointing = false;
-  uint64_t seed = 1234;
-  bool deferred = false;
-};
+using HfGpt2Options = HfModelOptions;
 
 class HfGpt2BlockImpl : public torch::nn::Module {
  public:

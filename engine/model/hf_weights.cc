@@ -48,12 +48,21 @@ at::Tensor HfWeights::Read(const std::string& name, const std::vector<int64_t>& 
   Status st = reader->ReadTensorData(*index, static_cast<uint64_t>(begin) * width, bytes);
   TORCH_CHECK_VALUE(st.ok(), st.message());
   at::Tensor out = torch::empty({end - begin}, torch::kFloat);
-  st = fmt::ConvertElements(
-      t.dtype, bytes, fmt::DType::kF32,
-      std::span<std::byte>(reinterpret_cast<std::byte*>(out.data_ptr<float>()),
-                           static_cast<size_t>(out.numel()) * sizeof(float)));
+  st =
+      fmt::ConvertElements(t.dtype, bytes, fmt::DType::kF32,
+                           std::span<std::byte>(reinterpret_cast<std::byte*>(out.data_ptr<float>()),
+                                                static_cast<size_t>(out.numel()) * sizeof(float)));
   TORCH_CHECK_VALUE(st.ok(), where, ": ", st.message());
   return out;
+}
+
+at::Tensor NewHfParameter(const LanguageModel& model, bool deferred, const std::string& name,
+                          const std::vector<int64_t>& shape) {
+  if (deferred) return ShapeOnly(shape);
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  // A tensor of its own (a view would stay one, as far as autograd knows, after set_data).
+  return at::empty(shape, at::kFloat).copy_(model.InitialValues(name, 0, n).view(shape));
 }
 
 }  // namespace ds::engine

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "engine/config/hf_model.h"
+#include "engine/model/model.h"
 #include "engine/model/param_init.h"
 
 namespace ds::fmt {
@@ -20,6 +21,15 @@ class SafetensorsReader;
 }
 
 namespace ds::engine {
+
+// How a model of a Hugging Face folder is built (the families: llama.h, hf_gpt2.h).
+struct HfModelOptions {
+  HfModelSpec spec;
+  int64_t seq_len = 1024;  // the training sequence (for flops_per_token)
+  bool activation_checkpointing = false;
+  uint64_t seed = 1234;   // initialisation without weights in the folder
+  bool deferred = false;  // placeholders whose values InitialValues gives
+};
 
 class HfWeights {
  public:
@@ -40,5 +50,10 @@ class HfWeights {
   mutable std::mutex mu_;
   mutable std::map<std::string, std::unique_ptr<fmt::SafetensorsReader>> readers_;  // by file
 };
+
+// A new parameter `name` of `shape` for `model`: a ShapeOnly placeholder when deferred, else a
+// tensor of its own holding model.InitialValues (the whole range).
+at::Tensor NewHfParameter(const LanguageModel& model, bool deferred, const std::string& name,
+                          const std::vector<int64_t>& shape);
 
 }  // namespace ds::engine

@@ -77,9 +77,9 @@ LlamaLayerImpl::LlamaLayerImpl(const HfModelSpec& s, const std::string& prefix,
   auto linear = [&](torch::nn::Module& parent, const std::string& group, const char* name,
                     int64_t out, int64_t in, bool bias) {
     const std::string base = prefix + group + "." + name;
-    return parent.register_module(
-        name, Params(make(base + ".weight", {out, in}),
-                     bias ? make(base + ".bias", {out}) : torch::Tensor()));
+    return parent.register_module(name,
+                                  Params(make(base + ".weight", {out, in}),
+                                         bias ? make(base + ".bias", {out}) : torch::Tensor()));
   };
   const bool qkv_bias = s.attention_bias || s.qkv_bias;
   q_proj_ = linear(*attn, "self_attn", "q_proj", q, h, qkv_bias);
@@ -131,17 +131,19 @@ LlamaImpl::LlamaImpl(LlamaOptions o)
   };
   auto body = Holder(*this, "model");
   embed_tokens_ = body->register_module(
-      "embed_tokens", Params(make("model.embed_tokens.weight", {s.vocab, s.hidden}), torch::Tensor()));
+      "embed_tokens",
+      Params(make("model.embed_tokens.weight", {s.vocab, s.hidden}), torch::Tensor()));
   auto layers = Holder(*body, "layers");
   for (int64_t l = 0; l < s.n_layer; ++l) {
     const std::string name = std::to_string(l);
     layers_.push_back(
         layers->register_module(name, LlamaLayer(s, "model.layers." + name + ".", make)));
   }
-  norm_ = body->register_module("norm", Params(make("model.norm.weight", {s.hidden}), torch::Tensor()));
+  norm_ =
+      body->register_module("norm", Params(make("model.norm.weight", {s.hidden}), torch::Tensor()));
   if (!s.tie_embeddings) {
-    lm_head_ =
-        register_module("lm_head", Params(make("lm_head.weight", {s.vocab, s.hidden}), torch::Tensor()));
+    lm_head_ = register_module(
+        "lm_head", Params(make("lm_head.weight", {s.vocab, s.hidden}), torch::Tensor()));
   }
 }
 
@@ -149,25 +151,22 @@ LlamaImpl::~LlamaImpl() = default;
 
 torch::Tensor LlamaImpl::MakeParam(const std::string& name, std::vector<int64_t> shape) {
   shapes_[name] = shape;
-  if (o_.deferred) return ShapeOnly(shape);
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return at::empty(shape, at::kFloat).copy_(InitialValues(name, 0, n).view(shape));
+  return NewHfParameter(*this, o_.deferred, name, shape);
 }
 
-torch::Tensor LlamaImpl::InitialValues(const std::string& name, int64_t begin,
-                                       int64_t end) const {
+torch::Tensor LlamaImpl::InitialValues(const std::string& name, int64_t begin, int64_t end) const {
   auto shape = shapes_.find(name);
   TORCH_CHECK_VALUE(shape != shapes_.end(), "the Llama model has no parameter ", name);
   // transformers' _init_weights where the folder has no weights.
-  const InitSpec init = EndsWith(name, ".bias")        ? InitSpec::Constant(0)
-                        : EndsWith(name, "norm.weight") ? InitSpec::Constant(1)
-                                                        : InitSpec::Normal(0, o_.spec.initializer_range);
+  const InitSpec init = EndsWith(name, ".bias") ? InitSpec::Constant(0)
+                        : EndsWith(name, "norm.weight")
+                            ? InitSpec::Constant(1)
+                            : InitSpec::Normal(0, o_.spec.initializer_range);
   return weights_->Read(name, shape->second, begin, end, init);
 }
 
 std::pair<torch::Tensor, torch::Tensor> LlamaImpl::RotaryTables(const HfModelSpec& s, int64_t T,
-                                                                 const torch::Device& device) {
+                                                                const torch::Device& device) {
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat).device(device);
   const int64_t d = s.head_dim;
   // inv_freq as transformers computes it: in fp32, base ** (2i / d).
@@ -201,8 +200,7 @@ torch::Tensor LlamaImpl::Hidden(const torch::Tensor& idx) {
   const HfModelSpec& s = o_.spec;
   const int64_t T = idx.size(1);
   TORCH_CHECK_VALUE(T <= s.max_positions, "sequence of ", T,
-                    " tokens is longer than the model's max_position_embeddings ",
-                    s.max_positions);
+                    " tokens is longer than the model's max_position_embeddings ", s.max_positions);
   torch::Tensor x = at::embedding(embed_tokens_->weight, idx);
   auto [cos, sin] = RotaryTables(s, T, idx.device());
   cos = cos.to(x.scalar_type());
@@ -241,7 +239,8 @@ double LlamaImpl::flops_per_token() const {
 
 std::vector<std::string> LlamaImpl::unit_prefixes() const {
   std::vector<std::string> out;
-  for (size_t l = 0; l < layers_.size(); ++l) out.push_back("model.layers." + std::to_string(l) + ".");
+  for (size_t l = 0; l < layers_.size(); ++l)
+    out.push_back("model.layers." + std::to_string(l) + ".");
   return out;
 }
 

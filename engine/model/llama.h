@@ -27,13 +27,7 @@
 
 namespace ds::engine {
 
-struct LlamaOptions {
-  HfModelSpec spec;
-  int64_t seq_len = 1024;  // the training sequence (for flops_per_token)
-  bool activation_checkpointing = false;
-  uint64_t seed = 1234;   // initialisation without weights in the folder
-  bool deferred = false;  // placeholders whose values InitialValues gives
-};
+using LlamaOptions = HfModelOptions;
 
 class LlamaLayerImpl : public torch::nn::Module {
  public:

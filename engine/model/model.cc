@@ -28,21 +28,15 @@ Result<std::shared_ptr<LanguageModel>> MakeHf(const ModelConfig& c, uint64_t see
         "folder");
   }
   DS_ASSIGN_OR_RETURN(HfModelSpec spec, ReadHfModel(io::Env::Default(), c.hf_path));
-  if (spec.family == "gpt2") {
-    HfGpt2Options g;
-    g.spec = std::move(spec);
-    g.seq_len = c.seq_len;
-    g.activation_checkpointing = c.activation_checkpointing;
-    g.seed = seed;
-    g.deferred = DeferredInit::Active();
-    return std::shared_ptr<LanguageModel>(std::make_shared<HfGpt2Impl>(std::move(g)));
-  }
-  LlamaOptions o;
+  HfModelOptions o;
   o.spec = std::move(spec);
   o.seq_len = c.seq_len;
   o.activation_checkpointing = c.activation_checkpointing;
   o.seed = seed;
   o.deferred = DeferredInit::Active();
+  if (o.spec.family == "gpt2") {
+    return std::shared_ptr<LanguageModel>(std::make_shared<HfGpt2Impl>(std::move(o)));
+  }
   return std::shared_ptr<LanguageModel>(std::make_shared<LlamaImpl>(std::move(o)));
 }
 

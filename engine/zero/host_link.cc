@@ -51,12 +51,12 @@ struct GradSink::Impl {
   std::vector<std::unique_ptr<StagingSlot>> slots;
   std::mutex mu;
   std::condition_variable cv;
-  std::deque<Job> jobs;     // guarded by mu
-  std::vector<int> free;    // guarded by mu
-  bool busy = false;        // guarded by mu: the worker holds a job
-  bool stop = false;        // guarded by mu
-  Status error;             // guarded by mu
-  at::Tensor scratch;       // the worker's fp32 copy of a slot it adds from
+  std::deque<Job> jobs;   // guarded by mu
+  std::vector<int> free;  // guarded by mu
+  bool busy = false;      // guarded by mu: the worker holds a job
+  bool stop = false;      // guarded by mu
+  Status error;           // guarded by mu
+  at::Tensor scratch;     // the worker's fp32 copy of a slot it adds from
   std::thread worker;
 
   explicit Impl(at::Device d) : device(d) {}

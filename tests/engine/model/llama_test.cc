@@ -2,6 +2,8 @@
 // by tests/engine/model/hf_oracle.py (save_pretrained, plain and sharded), the logits of both on
 // the same tokens, training under ZeRO with partitioned construction, and the keys a folder
 // may hold that the family refuses.
+#include "engine/model/llama.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -12,7 +14,6 @@
 #include "engine/config/config.h"
 #include "engine/config/hf_model.h"
 #include "engine/model/hf_gpt2.h"
-#include "engine/model/llama.h"
 #include "engine/train/trainer.h"
 #include "formats/safetensors.h"
 #include "testing/matchers.h"
@@ -25,13 +26,12 @@ namespace {
 using ::testing::HasSubstr;
 
 // Runs the oracle into `dir`; false (with the output) when it fails.
-void MakeFolder(const std::string& dir, const std::string& variant,
-                const std::string& extra = "") {
+void MakeFolder(const std::string& dir, const std::string& variant, const std::string& extra = "") {
   int status = 0;
-  const std::string cmd = bench::ShellQuote(ds::testing::Python()) + " " +
-                          bench::ShellQuote(ds::testing::SourceDir() +
-                                            "/tests/engine/model/hf_oracle.py") +
-                          " " + bench::ShellQuote(dir) + " " + variant + " " + extra + " 2>&1";
+  const std::string cmd =
+      bench::ShellQuote(ds::testing::Python()) + " " +
+      bench::ShellQuote(ds::testing::SourceDir() + "/tests/engine/model/hf_oracle.py") + " " +
+      bench::ShellQuote(dir) + " " + variant + " " + extra + " 2>&1";
   std::optional<std::string> out = bench::RunCapture(cmd, &status);
   ASSERT_TRUE(out.has_value() && status == 0) << cmd << "\n" << out.value_or("");
 }
@@ -45,10 +45,10 @@ torch::Tensor ReadOracle(const std::string& dir, const std::string& name) {
   const fmt::SafetensorsTensor& t = (*r)->tensors()[i];
   torch::Tensor out =
       torch::empty(t.shape, t.dtype == fmt::DType::kI64 ? torch::kLong : torch::kFloat);
-  EXPECT_TRUE((*r)->ReadTensorData(i, 0,
-                                   std::span<std::byte>(static_cast<std::byte*>(out.data_ptr()),
-                                                        t.nbytes()))
-                  .ok());
+  EXPECT_TRUE(
+      (*r)->ReadTensorData(
+              i, 0, std::span<std::byte>(static_cast<std::byte*>(out.data_ptr()), t.nbytes()))
+          .ok());
   return out;
 }
 
@@ -102,8 +102,8 @@ TEST(LlamaTest, DeferredRangesEqualTheWholeTensor) {
   ASSERT_TRUE(whole && lazy && lazy->deferred());
   for (const auto& p : whole->named_parameters()) {
     const int64_t n = p.value().numel(), cut = n / 3 + 1;
-    torch::Tensor parts = torch::cat({lazy->InitialValues(p.key(), 0, cut),
-                                      lazy->InitialValues(p.key(), cut, n)});
+    torch::Tensor parts =
+        torch::cat({lazy->InitialValues(p.key(), 0, cut), lazy->InitialValues(p.key(), cut, n)});
     EXPECT_TRUE(torch::equal(parts, p.value().reshape({-1}))) << p.key();
   }
 }
@@ -119,13 +119,19 @@ TEST(LlamaTest, TrainsFromAFolderAtStages0And3) {
   auto run = [](const std::string& folder, int stage) -> std::vector<double> {
     ds::testing::TempDir out;
     Overrides o;
-    o.set = {"model.hf_path=" + folder, "model.seq_len=12", "trainer.output_dir=" + out.path(),
-             "tensorboard.enabled=false", "trainer.eval_interval=0", "steps_per_print=1",
-             "checkpoint.enabled=false", "zero_optimization.stage=" + std::to_string(stage),
+    o.set = {"model.hf_path=" + folder,
+             "model.seq_len=12",
+             "trainer.output_dir=" + out.path(),
+             "tensorboard.enabled=false",
+             "trainer.eval_interval=0",
+             "steps_per_print=1",
+             "checkpoint.enabled=false",
+             "zero_optimization.stage=" + std::to_string(stage),
              "zero_optimization.stage3_param_persistence_threshold=0"};
     o.max_steps = 4;
-    const std::string cfg = "{\"train_micro_batch_size_per_gpu\": 2, \"model\": {}, "
-                            "\"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.003}}}";
+    const std::string cfg =
+        "{\"train_micro_batch_size_per_gpu\": 2, \"model\": {}, "
+        "\"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.003}}}";
     const std::string file = out.path() + "/ds_config.json";
     EXPECT_TRUE(io::Env::Default()->WriteFileSynced(file, cfg).ok());
     Result<Config> c = LoadConfig(io::Env::Default(), file, o);
@@ -159,9 +165,9 @@ TEST(LlamaTest, ExportedFolderLoadsInTransformersWithEqualLogits) {
     ds::testing::TempDir dir, out;
     MakeFolder(dir.path(), variant);
     Overrides o;
-    o.set = {"model.hf_path=" + dir.path(), "model.seq_len=12",
+    o.set = {"model.hf_path=" + dir.path(),      "model.seq_len=12",
              "trainer.output_dir=" + out.path(), "tensorboard.enabled=false",
-             "trainer.eval_interval=0", "zero_optimization.stage=3"};
+             "trainer.eval_interval=0",          "zero_optimization.stage=3"};
     o.max_steps = 3;
     const std::string file = out.path() + "/ds_config.json";
     ASSERT_TRUE(io::Env::Default()
