@@ -22,15 +22,6 @@ torch::Tensor Conv1D(const Params& p, const torch::Tensor& x) {
   return at::addmm(p->bias, x.reshape({-1, x.size(-1)}), p->weight).view(shape);
 }
 
-std::shared_ptr<torch::nn::Module> Holder(torch::nn::Module& parent, const std::string& name) {
-  return parent.register_module(name, std::make_shared<torch::nn::Module>());
-}
-
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 }  // namespace
 
 HfGpt2BlockImpl::HfGpt2BlockImpl(const HfModelSpec& s, const std::string& prefix,
@@ -43,8 +34,8 @@ HfGpt2BlockImpl::HfGpt2BlockImpl(const HfModelSpec& s, const std::string& prefix
     return parent.register_module(
         name, Params(make(base + ".weight", std::move(weight)), make(base + ".bias", {bias})));
   };
-  auto attn = Holder(*this, "attn");
-  auto mlp = Holder(*this, "mlp");
+  auto attn = HolderModule(*this, "attn");
+  auto mlp = HolderModule(*this, "mlp");
   ln_1_ = params(*this, "", "ln_1", {h}, h);
   c_attn_ = params(*attn, "attn.", "c_attn", {h, 3 * h}, 3 * h);
   attn_proj_ = params(*attn, "attn.", "c_proj", {h, h}, h);
@@ -69,18 +60,17 @@ torch::Tensor HfGpt2BlockImpl::forward(const torch::Tensor& x) {
                                        F::GELUFuncOptions().approximate("tanh")));
 }
 
-HfGpt2Impl::HfGpt2Impl(HfGpt2Options o)
-    : o_(std::move(o)), weights_(std::make_unique<HfWeights>(o_.spec, o_.seed)) {
+HfGpt2Impl::HfGpt2Impl(HfGpt2Options o) : HfModel(std::move(o)) {
   const HfModelSpec& s = o_.spec;
   const ParamMaker make = [this](const std::string& name, std::vector<int64_t> shape) {
     return MakeParam(name, std::move(shape));
   };
-  auto body = Holder(*this, "transformer");
+  auto body = HolderModule(*this, "transformer");
   wte_ = body->register_module(
       "wte", Params(make("transformer.wte.weight", {s.vocab, s.hidden}), torch::Tensor()));
   wpe_ = body->register_module(
       "wpe", Params(make("transformer.wpe.weight", {s.max_positions, s.hidden}), torch::Tensor()));
-  auto h = Holder(*body, "h");
+  auto h = HolderModule(*body, "h");
   for (int64_t l = 0; l < s.n_layer; ++l) {
     const std::string name = std::to_string(l);
     blocks_.push_back(
@@ -88,33 +78,23 @@ HfGpt2Impl::HfGpt2Impl(HfGpt2Options o)
   }
   ln_f_ = body->register_module("ln_f", Params(make("transformer.ln_f.weight", {s.hidden}),
                                                make("transformer.ln_f.bias", {s.hidden})));
-  if (!s.tie_embeddings) {
-    lm_head_ = register_module(
-        "lm_head", Params(make("lm_head.weight", {s.vocab, s.hidden}), torch::Tensor()));
-  }
+  MakeUntiedHead(make);
 }
 
 HfGpt2Impl::~HfGpt2Impl() = default;
 
-torch::Tensor HfGpt2Impl::MakeParam(const std::string& name, std::vector<int64_t> shape) {
-  shapes_[name] = shape;
-  return NewHfParameter(*this, o_.deferred, name, shape);
-}
-
 torch::Tensor HfGpt2Impl::InitialValues(const std::string& name, int64_t begin, int64_t end) const {
-  auto shape = shapes_.find(name);
-  TORCH_CHECK_VALUE(shape != shapes_.end(), "the GPT-2 model has no parameter ", name);
   // transformers' GPT-2 initialisation where the folder has no weights.
   const double std = o_.spec.initializer_range;
   const bool norm =
       name.find(".ln_") != std::string::npos || name.rfind("transformer.ln_f.", 0) == 0;
   const InitSpec init =
-      EndsWith(name, ".bias") ? InitSpec::Constant(0)
-      : norm                  ? InitSpec::Constant(1)
-      : EndsWith(name, "c_proj.weight")
+      NameEndsWith(name, ".bias") ? InitSpec::Constant(0)
+      : norm                      ? InitSpec::Constant(1)
+      : NameEndsWith(name, "c_proj.weight")
           ? InitSpec::Normal(0, std / std::sqrt(2.0 * static_cast<double>(o_.spec.n_layer)))
           : InitSpec::Normal(0, std);
-  return weights_->Read(name, shape->second, begin, end, init);
+  return Values(name, begin, end, init);
 }
 
 torch::Tensor HfGpt2Impl::forward(const torch::Tensor& idx) {
@@ -136,7 +116,7 @@ torch::Tensor HfGpt2Impl::forward(const torch::Tensor& idx) {
     });
   }
   x = at::layer_norm(x, {s.hidden}, ln_f_->weight, ln_f_->bias, s.layer_norm_eps);
-  return torch::matmul(x, (s.tie_embeddings ? wte_->weight : lm_head_->weight).t());
+  return torch::matmul(x, Head(wte_->weight).t());
 }
 
 torch::Tensor HfGpt2Impl::loss(const torch::Tensor& idx, const torch::Tensor& targets) {

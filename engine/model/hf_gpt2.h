@@ -35,7 +35,7 @@ class HfGpt2BlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(HfGpt2Block);
 
-class HfGpt2Impl : public LanguageModel {
+class HfGpt2Impl : public HfModel {
  public:
   explicit HfGpt2Impl(HfGpt2Options o);
   ~HfGpt2Impl() override;
@@ -44,17 +44,11 @@ class HfGpt2Impl : public LanguageModel {
   torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets) override;
   double flops_per_token() const override;
   std::vector<std::string> unit_prefixes() const override;  // "transformer.h.0.", ...
-  bool deferred() const override { return o_.deferred; }
   torch::Tensor InitialValues(const std::string& name, int64_t begin, int64_t end) const override;
 
  private:
-  torch::Tensor MakeParam(const std::string& name, std::vector<int64_t> shape);
-
-  HfGpt2Options o_;
-  std::unique_ptr<HfWeights> weights_;
-  Params wte_{nullptr}, wpe_{nullptr}, ln_f_{nullptr}, lm_head_{nullptr};
+  Params wte_{nullptr}, wpe_{nullptr}, ln_f_{nullptr};
   std::vector<HfGpt2Block> blocks_;
-  std::map<std::string, std::vector<int64_t>> shapes_;
 };
 TORCH_MODULE(HfGpt2);
 

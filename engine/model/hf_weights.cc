@@ -56,13 +56,46 @@ at::Tensor HfWeights::Read(const std::string& name, const std::vector<int64_t>& 
   return out;
 }
 
-at::Tensor NewHfParameter(const LanguageModel& model, bool deferred, const std::string& name,
-                          const std::vector<int64_t>& shape) {
-  if (deferred) return ShapeOnly(shape);
+std::shared_ptr<torch::nn::Module> HolderModule(torch::nn::Module& parent,
+                                                const std::string& name) {
+  return parent.register_module(name, std::make_shared<torch::nn::Module>());
+}
+
+bool NameEndsWith(const std::string& name, const std::string& suffix) {
+  return name.size() >= suffix.size() &&
+         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+HfModel::HfModel(HfModelOptions o)
+    : o_(std::move(o)), weights_(std::make_unique<HfWeights>(o_.spec, o_.seed)) {}
+
+HfModel::~HfModel() = default;
+
+at::Tensor HfModel::MakeParam(const std::string& name, std::vector<int64_t> shape) {
+  shapes_[name] = shape;
+  if (o_.deferred) return ShapeOnly(shape);
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   // A tensor of its own (a view would stay one, as far as autograd knows, after set_data).
-  return at::empty(shape, at::kFloat).copy_(model.InitialValues(name, 0, n).view(shape));
+  return at::empty(shape, at::kFloat).copy_(InitialValues(name, 0, n).view(shape));
+}
+
+at::Tensor HfModel::Values(const std::string& name, int64_t begin, int64_t end,
+                           const InitSpec& init) const {
+  auto shape = shapes_.find(name);
+  TORCH_CHECK_VALUE(shape != shapes_.end(), "the ", o_.spec.architecture,
+                    " model has no parameter ", name);
+  return weights_->Read(name, shape->second, begin, end, init);
+}
+
+void HfModel::MakeUntiedHead(const ParamMaker& make) {
+  if (o_.spec.tie_embeddings) return;
+  lm_head_ = register_module(
+      "lm_head", Params(make("lm_head.weight", {o_.spec.vocab, o_.spec.hidden}), at::Tensor()));
+}
+
+const at::Tensor& HfModel::Head(const at::Tensor& tied) const {
+  return o_.spec.tie_embeddings ? tied : lm_head_->weight;
 }
 
 }  // namespace ds::engine

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "engine/config/hf_model.h"
+#include "engine/model/gpt.h"
 #include "engine/model/model.h"
 #include "engine/model/param_init.h"
 
@@ -51,9 +52,39 @@ class HfWeights {
   mutable std::map<std::string, std::unique_ptr<fmt::SafetensorsReader>> readers_;  // by file
 };
 
-// A new parameter `name` of `shape` for `model`: a ShapeOnly placeholder when deferred, else a
-// tensor of its own holding model.InitialValues (the whole range).
-at::Tensor NewHfParameter(const LanguageModel& model, bool deferred, const std::string& name,
-                          const std::vector<int64_t>& shape);
+// A module with no parameters of its own registered under `name` in `parent`, so that the
+// parameters under it carry transformers' dotted names ("model.layers.0.mlp.up_proj.weight").
+std::shared_ptr<torch::nn::Module> HolderModule(torch::nn::Module& parent, const std::string& name);
+bool NameEndsWith(const std::string& name, const std::string& suffix);
+
+// What the Hugging Face families (llama.h, hf_gpt2.h) share: the options, the folder's weights,
+// each parameter's shape (ZeRO-3 empties the tensors themselves) and the untied output head.
+class HfModel : public LanguageModel {
+ public:
+  ~HfModel() override;
+  bool deferred() const override { return o_.deferred; }
+  const HfModelSpec& spec() const { return o_.spec; }
+
+ protected:
+  explicit HfModel(HfModelOptions o);
+  // A parameter of this shape, recorded: a ShapeOnly placeholder when deferred, else a tensor of
+  // its own holding InitialValues (the whole range).
+  at::Tensor MakeParam(const std::string& name, std::vector<int64_t> shape);
+  // Elements [begin, end) of parameter `name`: the folder's, or drawn by `init` when the folder
+  // has no weights. Throws a c10::ValueError for a name the model does not have.
+  at::Tensor Values(const std::string& name, int64_t begin, int64_t end,
+                    const InitSpec& init) const;
+  // lm_head.weight (vocab, hidden), registered as "lm_head", unless the folder ties the head.
+  void MakeUntiedHead(const ParamMaker& make);
+  // The output embedding: lm_head's, or `tied` (the token embedding) when tied.
+  const at::Tensor& Head(const at::Tensor& tied) const;
+
+  HfModelOptions o_;
+
+ private:
+  std::unique_ptr<HfWeights> weights_;
+  std::map<std::string, std::vector<int64_t>> shapes_;
+  Params lm_head_{nullptr};
+};
 
 }  // namespace ds::engine

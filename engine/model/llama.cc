@@ -53,17 +53,6 @@ torch::Tensor RotateHalf(const torch::Tensor& x) {
   return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
 
-// A holder module (no parameters of its own) registered under `name`, so that parameter names
-// are transformers' dotted paths.
-std::shared_ptr<torch::nn::Module> Holder(torch::nn::Module& parent, const std::string& name) {
-  return parent.register_module(name, std::make_shared<torch::nn::Module>());
-}
-
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 }  // namespace
 
 // ---- a decoder layer
@@ -72,8 +61,8 @@ LlamaLayerImpl::LlamaLayerImpl(const HfModelSpec& s, const std::string& prefix,
                                const ParamMaker& make)
     : s_(&s) {
   const int64_t h = s.hidden, q = s.n_head * s.head_dim, kv = s.n_kv_head * s.head_dim;
-  auto attn = Holder(*this, "self_attn");
-  auto mlp = Holder(*this, "mlp");
+  auto attn = HolderModule(*this, "self_attn");
+  auto mlp = HolderModule(*this, "mlp");
   auto linear = [&](torch::nn::Module& parent, const std::string& group, const char* name,
                     int64_t out, int64_t in, bool bias) {
     const std::string base = prefix + group + "." + name;
@@ -123,17 +112,16 @@ torch::Tensor LlamaLayerImpl::forward(const torch::Tensor& x, const torch::Tenso
 
 // ---- the model
 
-LlamaImpl::LlamaImpl(LlamaOptions o)
-    : o_(std::move(o)), weights_(std::make_unique<HfWeights>(o_.spec, o_.seed)) {
+LlamaImpl::LlamaImpl(LlamaOptions o) : HfModel(std::move(o)) {
   const HfModelSpec& s = o_.spec;
   const ParamMaker make = [this](const std::string& name, std::vector<int64_t> shape) {
     return MakeParam(name, std::move(shape));
   };
-  auto body = Holder(*this, "model");
+  auto body = HolderModule(*this, "model");
   embed_tokens_ = body->register_module(
       "embed_tokens",
       Params(make("model.embed_tokens.weight", {s.vocab, s.hidden}), torch::Tensor()));
-  auto layers = Holder(*body, "layers");
+  auto layers = HolderModule(*body, "layers");
   for (int64_t l = 0; l < s.n_layer; ++l) {
     const std::string name = std::to_string(l);
     layers_.push_back(
@@ -141,28 +129,18 @@ LlamaImpl::LlamaImpl(LlamaOptions o)
   }
   norm_ =
       body->register_module("norm", Params(make("model.norm.weight", {s.hidden}), torch::Tensor()));
-  if (!s.tie_embeddings) {
-    lm_head_ = register_module(
-        "lm_head", Params(make("lm_head.weight", {s.vocab, s.hidden}), torch::Tensor()));
-  }
+  MakeUntiedHead(make);
 }
 
 LlamaImpl::~LlamaImpl() = default;
 
-torch::Tensor LlamaImpl::MakeParam(const std::string& name, std::vector<int64_t> shape) {
-  shapes_[name] = shape;
-  return NewHfParameter(*this, o_.deferred, name, shape);
-}
-
 torch::Tensor LlamaImpl::InitialValues(const std::string& name, int64_t begin, int64_t end) const {
-  auto shape = shapes_.find(name);
-  TORCH_CHECK_VALUE(shape != shapes_.end(), "the Llama model has no parameter ", name);
   // transformers' _init_weights where the folder has no weights.
-  const InitSpec init = EndsWith(name, ".bias") ? InitSpec::Constant(0)
-                        : EndsWith(name, "norm.weight")
+  const InitSpec init = NameEndsWith(name, ".bias") ? InitSpec::Constant(0)
+                        : NameEndsWith(name, "norm.weight")
                             ? InitSpec::Constant(1)
                             : InitSpec::Normal(0, o_.spec.initializer_range);
-  return weights_->Read(name, shape->second, begin, end, init);
+  return Values(name, begin, end, init);
 }
 
 std::pair<torch::Tensor, torch::Tensor> LlamaImpl::RotaryTables(const HfModelSpec& s, int64_t T,
@@ -219,8 +197,7 @@ torch::Tensor LlamaImpl::Hidden(const torch::Tensor& idx) {
 }
 
 torch::Tensor LlamaImpl::forward(const torch::Tensor& idx) {
-  const torch::Tensor& head = o_.spec.tie_embeddings ? embed_tokens_->weight : lm_head_->weight;
-  return at::linear(Hidden(idx), head);
+  return at::linear(Hidden(idx), Head(embed_tokens_->weight));
 }
 
 torch::Tensor LlamaImpl::loss(const torch::Tensor& idx, const torch::Tensor& targets) {

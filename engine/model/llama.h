@@ -43,7 +43,7 @@ class LlamaLayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LlamaLayer);
 
-class LlamaImpl : public LanguageModel {
+class LlamaImpl : public HfModel {
  public:
   explicit LlamaImpl(LlamaOptions o);
   ~LlamaImpl() override;
@@ -52,9 +52,7 @@ class LlamaImpl : public LanguageModel {
   torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets) override;
   double flops_per_token() const override;
   std::vector<std::string> unit_prefixes() const override;  // "model.layers.0.", ...
-  bool deferred() const override { return o_.deferred; }
   torch::Tensor InitialValues(const std::string& name, int64_t begin, int64_t end) const override;
-  const HfModelSpec& spec() const { return o_.spec; }
 
   // The rotary tables for positions [0, T): cos and sin (T, head_dim), fp32, as transformers
   // computes them.
@@ -62,14 +60,10 @@ class LlamaImpl : public LanguageModel {
                                                               const torch::Device& device);
 
  private:
-  torch::Tensor MakeParam(const std::string& name, std::vector<int64_t> shape);
   torch::Tensor Hidden(const torch::Tensor& idx);  // the final norm's output (B, T, H)
 
-  LlamaOptions o_;
-  Params embed_tokens_{nullptr}, norm_{nullptr}, lm_head_{nullptr};
+  Params embed_tokens_{nullptr}, norm_{nullptr};
   std::vector<LlamaLayer> layers_;
-  std::map<std::string, std::vector<int64_t>> shapes_;
-  std::unique_ptr<HfWeights> weights_;  // after o_: reads o_.spec
 };
 TORCH_MODULE(Llama);
 
