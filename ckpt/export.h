@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -93,6 +94,9 @@ struct ImportOptions {
   // Called as checkpoint bytes are staged (from the ranks' threads): bytes just staged, and
   // the total the checkpoint's tensors take.
   std::function<void(uint64_t bytes, uint64_t total)> progress;
+  // More blobs for the checkpoint, by name (a Hugging Face folder's config.json under
+  // kHfConfigBlob); "step" and "import" are the import's own.
+  std::map<std::string, std::string> blobs;
 };
 
 struct ImportReport {

@@ -120,7 +120,8 @@ struct RankOutcome {
 RankOutcome SaveRank(io::Env* env, const fmt::SafetensorsReader& file, const std::string& path,
                      const std::vector<ImportItem>& items, const std::vector<Group>& groups,
                      const std::vector<std::vector<FlatRange>>& ranges, const SaveRequest& request,
-                     const WriterOptions& wo, const std::function<void(uint64_t)>& progress) {
+                     const WriterOptions& wo, const std::function<void(uint64_t)>& progress,
+                     const std::map<std::string, std::string>* blobs) {
   RankOutcome out;
   Result<std::unique_ptr<CheckpointWriter>> w = CheckpointWriter::Create(env, wo);
   if (!w.ok()) {
@@ -157,6 +158,9 @@ RankOutcome SaveRank(io::Env* env, const fmt::SafetensorsReader& file, const std
     for (const auto& [k, v] : file.metadata()) meta[k] = v;
     nlohmann::json imported = {{"file", io::BaseName(path)}, {"metadata", meta}};
     s = (*w)->AddBlob("import", imported.dump());
+  }
+  for (const auto& [name, data] : *blobs) {
+    if (s.ok() && wo.rank == 0) s = (*w)->AddBlob(name, data);
   }
   if (s.ok()) s = (*w)->Snapshot().status();
   out.own = s;
@@ -241,7 +245,8 @@ Result<ImportReport> ImportSafetensors(io::Env* env, const std::string& path,
       WriterOptions wo = base;
       wo.rank = rank;
       outcomes[rank] =
-          SaveRank(env, *file, path, items, groups, ranges[rank], request, wo, progress);
+          SaveRank(env, *file, path, items, groups, ranges[rank], request, wo, progress,
+                   &options.blobs);
     });
   }
   for (std::thread& t : threads) t.join();

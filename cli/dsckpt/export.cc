@@ -400,9 +400,29 @@ int RunImport(const ImportFlags& f) {
   Result<fmt::Codec> codec = fmt::CodecFromName(f.codec);
   if (!codec.ok()) return ReportError(codec.status().WithContext("--codec"));
   o.writer.codec = *codec;
+  // A Hugging Face model folder: its model.safetensors, and its config.json kept for
+  // `export --format hf`.
+  std::string file = f.file;
+  io::Env* env = io::Env::Default();
+  if (Result<io::FileInfo> info = env->Stat(f.file); info.ok() && info->is_dir) {
+    Result<std::string> config = env->ReadFileToString(io::JoinPath(f.file, "config.json"));
+    if (!config.ok()) {
+      return ReportError(Status::InvalidArgument(
+          f.file + " is a directory without a config.json: name a safetensors file, or a "
+                   "Hugging Face model folder"));
+    }
+    Result<bool> sharded = env->Exists(io::JoinPath(f.file, "model.safetensors.index.json"));
+    if (sharded.ok() && *sharded) {
+      return ReportError(Status::InvalidArgument(
+          f.file + " holds sharded weights (model.safetensors.index.json): importing a sharded "
+                   "folder is not built yet; train from it with dsrun --model_name instead"));
+    }
+    file = io::JoinPath(f.file, "model.safetensors");
+    o.blobs[ckpt::kHfConfigBlob] = *config;
+  }
   LazyProgress bar("import");
   o.progress = [&bar](uint64_t n, uint64_t total) { bar.Add(n, total); };
-  Result<ckpt::ImportReport> r = ckpt::ImportSafetensors(io::Env::Default(), f.file, f.out, o);
+  Result<ckpt::ImportReport> r = ckpt::ImportSafetensors(env, file, f.out, o);
   bar.Finish();
   if (!r.ok()) return ReportError(r.status());
   PrintNotes(r->notes);
@@ -415,7 +435,7 @@ int RunImport(const ImportFlags& f) {
     std::printf("imported %" PRIu64
                 " tensors (%s) from %s into %s (world size %u, ZeRO stage "
                 "%u) in %.1f s; latest -> %s\n",
-                r->tensors, io::FormatBytes(r->bytes).c_str(), f.file.c_str(), r->path.c_str(),
+                r->tensors, io::FormatBytes(r->bytes).c_str(), file.c_str(), r->path.c_str(),
                 f.world, f.stage, r->seconds, r->tag.c_str());
   }
   return kExitOk;
@@ -468,7 +488,10 @@ void AddExportCommands(CLI::App& app, DsckptContext& ctx) {
   auto imf = std::make_shared<ImportFlags>();
   CLI::App* imp = app.add_subcommand(
       "import", "Make a checkpoint to start training from a safetensors file's weights");
-  imp->add_option("file", imf->file, "The safetensors file")->required();
+  imp->add_option("file", imf->file,
+                  "The safetensors file, or a Hugging Face model folder (its model.safetensors; "
+                  "its config.json kept for export --format hf)")
+      ->required();
   imp->add_option("--out", imf->out, "The save directory to commit the checkpoint into")
       ->required();
   imp->add_option("--world", imf->world, "World size to lay the checkpoint out for (default 1)");

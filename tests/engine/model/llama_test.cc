@@ -157,7 +157,8 @@ TEST(LlamaTest, TrainsFromAFolderAtStages0And3) {
 }
 
 // Trained from a folder, saved, exported back as a folder (`dsckpt export --format hf`):
-// transformers loads it (AutoModelForCausalLM.from_pretrained) and its logits equal ours.
+// transformers loads it (AutoModelForCausalLM.from_pretrained) and its logits equal ours; the
+// folder imports back (`dsckpt import DIR`) and exports to the same model.
 TEST(LlamaTest, ExportedFolderLoadsInTransformersWithEqualLogits) {
   DS_SKIP_OR_FAIL_WITHOUT_PYTHON("transformers, safetensors");
   for (const std::string variant : {"qwen2", "gpt2"}) {
@@ -197,6 +198,22 @@ TEST(LlamaTest, ExportedFolderLoadsInTransformersWithEqualLogits) {
     const torch::Tensor want = ReadOracle(folder, "logits");
     const torch::Tensor got = Logits(*m, ReadOracle(folder, "ids"));
     EXPECT_LE((got - want).abs().max().item<double>(), 1e-4);
+    // The folder imports back into a checkpoint (dsckpt import DIR keeps its config.json),
+    // which exports to the same model.
+    const std::string dsckpt = bench::ShellQuote(ds::testing::BuildDir() + "/dsckpt");
+    said = bench::RunCapture(dsckpt + " import " + bench::ShellQuote(folder) + " --out " +
+                                 bench::ShellQuote(out.path() + "/imported") + " 2>&1",
+                             &status);
+    ASSERT_EQ(status, 0) << said.value_or("");
+    said =
+        bench::RunCapture(dsckpt + " export " + bench::ShellQuote(out.path() + "/imported/latest") +
+                              " --format hf --out " + bench::ShellQuote(folder + "2") + " 2>&1",
+                          &status);
+    ASSERT_EQ(status, 0) << said.value_or("");
+    std::shared_ptr<LanguageModel> again = Build(folder + "2", /*deferred=*/false);
+    ASSERT_NE(again, nullptr);
+    again->eval();
+    EXPECT_TRUE(torch::equal(Logits(*again, ReadOracle(folder, "ids")), got));
     // And the trained weights are not the folder's first ones.
     std::shared_ptr<LanguageModel> first = Build(dir.path(), false);
     const std::string any = first->named_parameters().keys().back();
