@@ -336,6 +336,7 @@ Result<Config> LoadConfig(io::Env* env, const std::string& path, const Overrides
     c.model.d_model = hf.hidden;
     c.model.vocab = hf.vocab;
     c.model.hf_parameters = hf.parameter_count();
+    c.model.hf_config_json = hf.config_json;
     if (c.model.seq_len > hf.max_positions) {
       return Status::InvalidArgument(path + ": model.seq_len (" + std::to_string(c.model.seq_len) +
                                      ") is longer than the model's max_position_embeddings (" +

@@ -191,6 +191,8 @@ struct ModelConfig {
   // there (engine/config/hf_model.h). "": the sizes above.
   std::string hf_path;
   int64_t hf_parameters = 0;  // the folder's model's parameters (LoadConfig), else 0
+  std::string hf_config_json;  // the folder's config.json as LoadConfig read it (saved with each
+                               // checkpoint, for export --format hf)
 };
 // "demo", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1558m", "gpt-1.3b" (docs/config.md).
 std::vector<std::string> ModelPresetNames();

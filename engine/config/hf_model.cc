@@ -208,8 +208,8 @@ Result<HfModelSpec> ReadHfModel(io::Env* env, const std::string& dir) {
                             " does not exist: --model_name / model.hf_path names a "
                             "Hugging Face model folder (config.json and model.safetensors)");
   }
-  DS_ASSIGN_OR_RETURN(std::string text, env->ReadFileToString(file));
-  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  DS_ASSIGN_OR_RETURN(s.config_json, env->ReadFileToString(file));
+  const json j = json::parse(s.config_json, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) {
     return Status::InvalidArgument(file + " is not a JSON object");
   }

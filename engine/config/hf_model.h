@@ -27,6 +27,7 @@ struct HfRope {
 
 struct HfModelSpec {
   std::string dir;
+  std::string config_json;   // the text of dir/config.json
   std::string architecture;  // "LlamaForCausalLM", "Qwen2ForCausalLM", ...
   std::string family;        // "llama" or "gpt2"
   int64_t vocab = 0;

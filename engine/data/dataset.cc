@@ -21,11 +21,6 @@ std::string Dataset::Describe() const {
 
 namespace {
 
-bool EndsWith(const std::string& s, std::string_view suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 // data.path as a directory of shards or a glob ("data/train_*.bin"): the files, in name order,
 // and (a directory only) its held-out shards, val_*.bin. Empty lists: `path` is one file.
 struct ShardFiles {
@@ -49,7 +44,7 @@ Result<ShardFiles> FindShards(io::Env* env, const std::string& path) {
     const std::string file = io::JoinPath(dir, name);
     if (glob) {
       if (fnmatch(pattern.c_str(), name.c_str(), 0) == 0) out.train.push_back(file);
-    } else if (EndsWith(name, ".bin")) {
+    } else if (name.ends_with(".bin")) {
       (name.rfind("val_", 0) == 0 ? out.val : out.train).push_back(file);
     }
   }

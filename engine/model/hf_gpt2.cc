@@ -89,9 +89,9 @@ torch::Tensor HfGpt2Impl::InitialValues(const std::string& name, int64_t begin, 
   const bool norm =
       name.find(".ln_") != std::string::npos || name.rfind("transformer.ln_f.", 0) == 0;
   const InitSpec init =
-      NameEndsWith(name, ".bias") ? InitSpec::Constant(0)
-      : norm                      ? InitSpec::Constant(1)
-      : NameEndsWith(name, "c_proj.weight")
+      name.ends_with(".bias") ? InitSpec::Constant(0)
+      : norm                  ? InitSpec::Constant(1)
+      : name.ends_with("c_proj.weight")
           ? InitSpec::Normal(0, std / std::sqrt(2.0 * static_cast<double>(o_.spec.n_layer)))
           : InitSpec::Normal(0, std);
   return Values(name, begin, end, init);

@@ -44,14 +44,19 @@ at::Tensor HfWeights::Read(const std::string& name, const std::vector<int64_t>& 
   TORCH_CHECK_VALUE(t.shape == shape, where, ": shape ", c10::IntArrayRef(t.shape),
                     " in the file, ", c10::IntArrayRef(shape), " from config.json");
   const size_t width = fmt::DTypeSize(t.dtype);
-  std::vector<std::byte> bytes(static_cast<size_t>(end - begin) * width);
-  Status st = reader->ReadTensorData(*index, static_cast<uint64_t>(begin) * width, bytes);
-  TORCH_CHECK_VALUE(st.ok(), st.message());
   at::Tensor out = torch::empty({end - begin}, torch::kFloat);
-  st =
-      fmt::ConvertElements(t.dtype, bytes, fmt::DType::kF32,
-                           std::span<std::byte>(reinterpret_cast<std::byte*>(out.data_ptr<float>()),
-                                                static_cast<size_t>(out.numel()) * sizeof(float)));
+  const std::span<std::byte> dst(reinterpret_cast<std::byte*>(out.data_ptr<float>()),
+                                 static_cast<size_t>(out.numel()) * sizeof(float));
+  const uint64_t at = static_cast<uint64_t>(begin) * width;
+  if (t.dtype == fmt::DType::kF32) {  // straight into place
+    Status st = reader->ReadTensorData(*index, at, dst);
+    TORCH_CHECK_VALUE(st.ok(), st.message());
+    return out;
+  }
+  std::vector<std::byte> bytes(static_cast<size_t>(end - begin) * width);
+  Status st = reader->ReadTensorData(*index, at, bytes);
+  TORCH_CHECK_VALUE(st.ok(), st.message());
+  st = fmt::ConvertElements(t.dtype, bytes, fmt::DType::kF32, dst);
   TORCH_CHECK_VALUE(st.ok(), where, ": ", st.message());
   return out;
 }
@@ -59,11 +64,6 @@ at::Tensor HfWeights::Read(const std::string& name, const std::vector<int64_t>& 
 std::shared_ptr<torch::nn::Module> HolderModule(torch::nn::Module& parent,
                                                 const std::string& name) {
   return parent.register_module(name, std::make_shared<torch::nn::Module>());
-}
-
-bool NameEndsWith(const std::string& name, const std::string& suffix) {
-  return name.size() >= suffix.size() &&
-         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 HfModel::HfModel(HfModelOptions o)

@@ -55,7 +55,6 @@ class HfWeights {
 // A module with no parameters of its own registered under `name` in `parent`, so that the
 // parameters under it carry transformers' dotted names ("model.layers.0.mlp.up_proj.weight").
 std::shared_ptr<torch::nn::Module> HolderModule(torch::nn::Module& parent, const std::string& name);
-bool NameEndsWith(const std::string& name, const std::string& suffix);
 
 // What the Hugging Face families (llama.h, hf_gpt2.h) share: the options, the folder's weights,
 // each parameter's shape (ZeRO-3 empties the tensors themselves) and the untied output head.

@@ -136,8 +136,8 @@ LlamaImpl::~LlamaImpl() = default;
 
 torch::Tensor LlamaImpl::InitialValues(const std::string& name, int64_t begin, int64_t end) const {
   // transformers' _init_weights where the folder has no weights.
-  const InitSpec init = NameEndsWith(name, ".bias") ? InitSpec::Constant(0)
-                        : NameEndsWith(name, "norm.weight")
+  const InitSpec init = name.ends_with(".bias") ? InitSpec::Constant(0)
+                        : name.ends_with("norm.weight")
                             ? InitSpec::Constant(1)
                             : InitSpec::Normal(0, o_.spec.initializer_range);
   return Values(name, begin, end, init);

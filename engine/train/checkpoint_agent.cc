@@ -514,12 +514,11 @@ Status CheckpointAgent::Impl::AddBlobs(const TrainerState& state) {
   if (o.rank == 0) {
     DS_RETURN_IF_ERROR(writer->AddBlob(kTrainerStateBlob, state.ToJson()));
     DS_RETURN_IF_ERROR(writer->AddBlob(ckpt::kTpSplitsBlob, ckpt::EncodeTpSplits(o.tp_splits)));
-    if (!config.model.hf_path.empty()) {
-      // The Hugging Face folder's config.json: `dsckpt export --format hf` writes it back
-      // beside the weights, which carry transformers' names.
-      const std::string file = io::JoinPath(config.model.hf_path, "config.json");
-      DS_ASSIGN_OR_RETURN(std::string text, o.env->ReadFileToString(file));
-      DS_RETURN_IF_ERROR(writer->AddBlob(ckpt::kHfConfigBlob, text));
+    if (!config.model.hf_config_json.empty()) {
+      // The Hugging Face folder's config.json, as read at start (the folder may change or go
+      // away while training): `dsckpt export --format hf` writes it back beside the weights,
+      // which carry transformers' names.
+      DS_RETURN_IF_ERROR(writer->AddBlob(ckpt::kHfConfigBlob, config.model.hf_config_json));
     }
   }
   at::Tensor rng = at::detail::getDefaultCPUGenerator().get_state();

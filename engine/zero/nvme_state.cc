@@ -65,7 +65,9 @@ int64_t ZeroOptimizer::Impl::SwapChunk() const {
 
 Status ZeroOptimizer::Impl::CopyMasterInto(const at::Tensor& dst) const {
   const int64_t chunk = SwapChunk();
-  const bool pin = o.pin_memory && o.device.is_cuda();
+  // The uploader stages through its own page-locked slots; without it the copy goes to the
+  // device from this buffer.
+  const bool pin = !uploader && o.pin_memory && o.device.is_cuda();
   at::Tensor buf = at::empty({chunk}, at::TensorOptions().dtype(at::kFloat).pinned_memory(pin));
   for (int64_t c = 0; c < part_len; c += chunk) {
     const int64_t n = std::min(chunk, part_len - c);
