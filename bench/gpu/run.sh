@@ -20,6 +20,9 @@
 #               optimizer on the CPU and then on NVMe (LARGE_SET scales it)
 #   capacity    the largest GPT that trains on this GPU per ZeRO/offload setting, dsrun and
 #               DeepSpeed (CAPACITY_SETTINGS, CAPACITY_D, CAPACITY_START)
+#   hf-install  transformers and tokenizers (.deps/hf, from fetch_deps.sh) into /tmp/hf
+#   llama-1b    a Llama-3.2-1B-shaped model at sequence 2048: dsrun --model_name against the same
+#               model in transformers, PyTorch eager and torch.compile (bench/gpu/llama_peer.py)
 #   peer-124m   GPT-2 124M: dsrun against the same model in PyTorch eager and torch.compile,
 #               at micro-batch 8 and 16 (PEER_BATCHES)
 #   peer-1.3b   the same for the ~1.3B model (gpt-1.3b at seq 1024), at micro-batch 4 and 16
@@ -237,6 +240,41 @@ for s in "$@"; do
           tee "$OUT/large-model-$opt.log" | grep -E 'model:|step [0-9]+/|trained|rror|memory' || true
       done
       rm -rf "${SCRATCH:?}/large"
+      ;;
+    hf-install)
+      # transformers and tokenizers (.deps/hf, made by fetch_deps.sh) into /tmp/hf for the peers.
+      step hf-install
+      "$PY" -m pip install -q --no-index --no-deps --target /tmp/hf "$ROOT"/.deps/hf/*.whl 2>&1 |
+        grep -v -E 'already exists|WARNING: Target' || true
+      PYTHONPATH=/tmp/hf "$PY" -c 'import transformers; print("transformers", transformers.__version__)'
+      ;;
+    llama-1b)
+      # A Llama-3.2-1B-shaped model (random weights from the config.json llama_peer.py writes) at
+      # sequence 2048 (LLAMA_SEQ), bf16: the same model in transformers with PyTorch eager and
+      # torch.compile (bench/gpu/llama_peer.py; needs hf-install), then dsrun --model_name on the
+      # folder, per micro-batch of LLAMA_BATCHES (default 4). Logs: $OUT/llama-1b-mb<B>-*.log,
+      # profile-llama-1b-mb<B>.txt (dsrun's 3 profiled steps).
+      dir="$SCRATCH/llama-3.2-1b-shape"
+      "$PY" "$ROOT/bench/gpu/llama_peer.py" --shape llama-3.2-1b --write-config "$dir"
+      for mb in ${LLAMA_BATCHES:-4}; do
+        step "llama-1b micro-batch $mb"
+        log="$OUT/llama-1b-mb$mb"
+        PYTHONPATH=/tmp/hf "$PY" "$ROOT/bench/gpu/llama_peer.py" --shape llama-3.2-1b \
+          --seq-len "${LLAMA_SEQ:-2048}" --micro-batch "$mb" --modes "${PEER_MODES:-eager,compile}" \
+          --steps 20 --warmup 5 --json 2>&1 | grep -v -E 'Warning|warn\(' | tee "$log-peer.log" ||
+          echo "[llama-1b mb=$mb] llama_peer.py failed" | tee -a "$log-peer.log"
+        "$BUILD/dsrun" bench --config "$ROOT/examples/demo.json" --nproc-per-node 1 --stages 0 \
+          --steps 20 --warmup 5 --json --model_name "$dir" --set "model.seq_len=${LLAMA_SEQ:-2048}" \
+          "train_micro_batch_size_per_gpu=$mb" bf16.enabled=true checkpoint.enabled=false \
+          "trainer.output_dir=$SCRATCH/llama-out" --profile "$SCRATCH/profile" 2>&1 |
+          grep -E -v '^\[rank [0-9]+\] (step [0-9]|\[)' | tee "$log-dsrun.log" ||
+          echo "[llama-1b mb=$mb] dsrun bench failed" | tee -a "$log-dsrun.log"
+        for p in "$SCRATCH"/profile/*.txt; do
+          [[ -f "$p" ]] && cat "$p" >>"$OUT/profile-llama-1b-mb$mb.txt"
+        done
+        [[ -f "$OUT/profile-llama-1b-mb$mb.txt" ]] && head -n 30 "$OUT/profile-llama-1b-mb$mb.txt"
+        rm -rf "${SCRATCH:?}/llama-out" "${SCRATCH:?}/profile"
+      done
       ;;
     ds-install)
       # DeepSpeed's wheels (carried in .deps/deepspeed from ../shared/wheels/deepspeed) into

@@ -446,7 +446,13 @@ int DsrunMain(int argc, char** argv, const DsrunTools& tools) {
   // The seed's flags, as the keys they stand for (before --set, which can still override).
   if (!dataset_path.empty()) f.set.insert(f.set.begin(), "data.path=" + dataset_path);
   if (epochs > 0) f.set.insert(f.set.begin(), "trainer.epochs=" + std::to_string(epochs));
-  if (!model_name.empty()) f.set.insert(f.set.begin(), "model.hf_path=" + model_name);
+  if (!model_name.empty()) {
+    // The flag names the model: the file's own choice of one (a preset, sizes) yields to it.
+    f.set.insert(f.set.begin(), "model.hf_path=" + model_name);
+    for (const char* key : {"preset", "n_layer", "n_head", "d_model", "vocab"}) {
+      f.set.insert(f.set.begin(), std::string("model.") + key + "=null");
+    }
+  }
   // Parse only, run nothing: tests/docs/docs_commands_test.py checks the commands in the docs.
   if (io::Env::Default()->GetEnvVar("DSTRAIN_CHECK_ARGS") == "1") return 0;
   f.nproc_given = nproc->count() > 0;

@@ -125,7 +125,12 @@ Status SetPath(json* root, const std::vector<std::string>& path, json value,
     }
     node = &next;
   }
-  (*node)[path.back()] = std::move(value);
+  // null removes the key: the value goes back to its default, as a key the file does not have.
+  if (value.is_null()) {
+    node->erase(path.back());
+  } else {
+    (*node)[path.back()] = std::move(value);
+  }
   return Status::OK();
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Smoke test of the PyTorch peer benchmarks (bench/gpu/gpt_peer.py, ckpt_peer.py, and fsdp_peer.py
-# on 2 CPU ranks with Gloo) on the CPU with the tiny preset: each runs end to end and its last
+# Smoke test of the PyTorch peer benchmarks (bench/gpu/gpt_peer.py, ckpt_peer.py, llama_peer.py,
+# and fsdp_peer.py on 2 CPU ranks with Gloo) on the CPU with the tiny preset: each runs end to end and its last
 # line is the JSON the benchmark report reads. No timing is asserted; a mode or peer that errors fails the test.
 # gpt_peer.py also runs with its vocabulary padded (tiny's 256 is already a multiple of the
 # default 64, so --pad-vocab-to 96: 288 rows) and with --no-pad-vocab after it: the padded size
@@ -45,6 +45,30 @@ run ckpt "$SRC/bench/gpu/ckpt_peer.py" --preset tiny --seq-len 32 --device cpu \
   --dir "$WORK/ckpt" --peers torch_save,dcp,dcp_async --json
 run fsdp -m torch.distributed.run --standalone --nproc-per-node 2 "$SRC/bench/gpu/fsdp_peer.py" \
   --preset tiny --seq-len 32 --micro-batch 2 --steps 2 --warmup 1 --json
+
+# The Llama peer (bench/gpu/llama_peer.py) where this Python has transformers: the tiny shape in
+# eager mode, and the config.json it writes for dsrun.
+if "$PYTHON" -c 'import transformers' 2>/dev/null; then
+  run llama "$SRC/bench/gpu/llama_peer.py" --shape tiny --seq-len 32 --micro-batch 2 \
+    --device cpu --steps 2 --warmup 1 --modes eager --json
+  run llama-config "$SRC/bench/gpu/llama_peer.py" --shape tiny --write-config "$WORK/llama"
+  "$PYTHON" - "$WORK/llama.out" "$WORK/llama/config.json" <<'EOF3'
+import json
+import sys
+doc = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+rows = doc.get("rows", [])
+if [r.get("mode") for r in rows] != ["eager"] or "error" in rows[0]:
+    sys.exit(f"FAIL: llama_peer.py: rows {rows}")
+r = rows[0]
+if not (r["tokens_per_s"] > 0 and r["params"] > 0 and r["flops_per_token"] >= 6 * r["params"]):
+    sys.exit(f"FAIL: llama_peer.py: row {r}")
+cfg = json.load(open(sys.argv[2]))
+if cfg.get("architectures") != ["LlamaForCausalLM"] or cfg.get("vocab_size") != 256:
+    sys.exit(f"FAIL: llama_peer.py --write-config: {cfg}")
+EOF3
+else
+  echo "llama_peer.py: not run ($PYTHON has no transformers)"
+fi
 
 # DeepSpeed's peer (bench/gpu/ds_peer.py) where this Python has DeepSpeed (PYTHONPATH may name
 # it): stage 2 on the CPU (DS_ACCELERATOR=cpu, Gloo), a save, then a resume timed to its first

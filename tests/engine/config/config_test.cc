@@ -331,6 +331,20 @@ TEST(ConfigSetOverrideTest, LaterOnesWinAndNullRestoresTheDefault) {
   EXPECT_EQ(c.trainer.seed, 7u);
 }
 
+// dsrun --model_name DIR sets model.preset=null (and the sizes) before model.hf_path=DIR: null
+// removes the key, so the file's preset yields to the folder instead of being refused beside it.
+TEST(ConfigSetOverrideTest, NullRemovesTheKeySoAFilesPresetYieldsToAFolder) {
+  EXPECT_THAT(Parse(Base(), {.set = {"model.hf_path=/models/llama"}}),
+              StatusIs(StatusCode::kInvalidArgument,
+                       HasSubstr("model.preset is set beside model.hf_path")));
+  DS_ASSERT_OK_AND_ASSIGN(
+      Config c, Parse(Base(), {.set = {"model.preset=null", "model.n_layer=null",
+                                       "model.hf_path=/models/llama", "model.seq_len=64"}}));
+  EXPECT_EQ(c.model.arch, "hf");
+  EXPECT_EQ(c.model.hf_path, "/models/llama");
+  EXPECT_EQ(c.model.seq_len, 64);
+}
+
 TEST(ConfigSetOverrideTest, BadSyntaxNamesTheAssignment) {
   EXPECT_THAT(Parse(Base(), {.set = {"zero_optimization.stage"}}),
               StatusIs(StatusCode::kInvalidArgument,

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+# Training throughput of a Llama-shaped model in Hugging Face `transformers`, trained the way its
+# users train it, in PyTorch eager mode and under torch.compile: the peer `dsrun bench` is held
+# against for the model families (docs/models.md, docs/benchmarks.md). Same model (the
+# config.json this script writes, random weights), same micro-batch and sequence length, same
+# FLOPs-per-token formula as dsrun's (engine/model/llama.cc: 6 x the weights less the untied
+# embedding, plus attention's 12 x layers x heads x head_dim x T), so tokens/s and MFU compare.
+#
+# The peer at its best settings: LlamaForCausalLM.from_config with attn_implementation="sdpa",
+# fp32 weights under bf16 autocast (what `Trainer(bf16=True)` does), fused AdamW, TF32 matmuls,
+# transformers' own loss (labels=...), no KV cache, random token batches made on the device, no
+# host sync inside the step.
+#
+#   python3 bench/gpu/llama_peer.py --shape llama-3.2-1b --write-config DIR   # the folder only
+#   python3 bench/gpu/llama_peer.py --shape llama-3.2-1b --seq-len 2048 --micro-batch 4 --json
+# (run.sh step llama-1b writes the folder, runs this, then dsrun on the same folder.)
+import argparse
+import gc
+import json
+import math
+import os
+import time
+
+import torch
+
+# Llama 3.2 1B's config.json (hidden 2048, 16 layers, 32 query and 8 key/value heads of 64, SwiGLU
+# 8192, vocabulary 128256, tied embeddings, RoPE theta 500000 with llama3 scaling), and a tiny
+# one of the same family for a check on the CPU.
+SHAPES = {
+    "llama-3.2-1b": {
+        "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
+        "vocab_size": 128256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0, "tie_word_embeddings": True,
+        "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        "bos_token_id": 128000, "eos_token_id": 128001,
+    },
+    "tiny": {
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 256,
+        "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2,
+    },
+}
+
+
+def config_dict(shape: str) -> dict:
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+            "initializer_range": 0.02, "torch_dtype": "bfloat16", "use_cache": True,
+            **SHAPES[shape]}
+
+
+def write_config(shape: str, folder: str) -> None:
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config_dict(shape), f, indent=2)
+
+
+def flops_per_token(cfg: dict, params: int, seq_len: int) -> float:
+    # dsrun's formula (LlamaImpl::flops_per_token): `params` counts the tied matrix once.
+    embeddings = cfg["vocab_size"] * cfg["hidden_size"]
+    weights = params if cfg["tie_word_embeddings"] else params - embeddings
+    attention = 12 * cfg["num_hidden_layers"] * cfg["num_attention_heads"] * cfg["head_dim"]
+    return 6.0 * weights + attention * seq_len
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_model(cfg: dict, device: torch.device):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    config = LlamaConfig(**{k: v for k, v in cfg.items() if k not in ("architectures",
+                                                                       "model_type")})
+    config.use_cache = False
+    torch.manual_seed(1337)
+    model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa",
+                                          dtype=torch.float32)
+    return model.to(device).train()
+
+
+def run_mode(mode: str, cfg: dict, args, device: torch.device) -> dict:
+    model = build_model(cfg, device)
+    params = sum(p.numel() for p in model.parameters())
+    fpt = flops_per_token(cfg, params, args.seq_len)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                            fused=True if device.type == "cuda" else None)
+    step_model = torch.compile(model) if mode == "compile" else model
+    B, T, V = args.micro_batch, args.seq_len, cfg["vocab_size"]
+
+    def step() -> torch.Tensor:
+        idx = torch.randint(V, (B, T), device=device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            loss = step_model(input_ids=idx, labels=idx).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    for _ in range(args.warmup):  # compile compiles here
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        loss = step()
+    sync(device)
+    seconds = time.perf_counter() - t0
+    loss_value = loss.item()  # the only host read, after the clock stopped
+    if not math.isfinite(loss_value):
+        raise RuntimeError(f"loss is {loss_value} after {args.warmup + args.steps} steps")
+    tokens_per_s = args.steps * B * T / seconds
+    return {"mode": mode, "step_ms": 1e3 * seconds / args.steps, "tokens_per_s": tokens_per_s,
+            "mfu": tokens_per_s * fpt / args.peak_flops,
+            "peak_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
+            "loss": loss_value, "params": params, "flops_per_token": fpt}
+
+
+def free_device_memory(device: torch.device) -> None:
+    torch._dynamo.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Llama training throughput in transformers, eager "
+                                            "and torch.compile")
+    p.add_argument("--shape", default="llama-3.2-1b", choices=sorted(SHAPES))
+    p.add_argument("--write-config", metavar="DIR",
+                   help="write the shape's config.json into DIR and exit (dsrun --model_name DIR)")
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--micro-batch", type=int, default=4)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--modes", default="eager,compile", help="from eager,compile")
+    p.add_argument("--peak-flops", type=float, default=989e12,
+                   help="the device's dense bf16 FLOP/s (default: H100 SXM)")
+    p.add_argument("--json", action="store_true", help="end with one line of JSON")
+    args = p.parse_args()
+    if args.write_config:
+        write_config(args.shape, args.write_config)
+        print(f"llama_peer: {args.shape} config.json in {args.write_config}")
+        return
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = set(modes) - {"eager", "compile"}
+    if unknown or args.steps < 1:
+        p.error(f"unknown modes {sorted(unknown)}" if unknown else "--steps must be at least 1")
+
+    import transformers
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    cfg = config_dict(args.shape)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    print(f"llama_peer: {args.shape}, micro-batch {args.micro_batch} x {args.seq_len} tokens, "
+          f"{gpu or device}, torch {torch.__version__}, transformers {transformers.__version__}")
+    rows = []
+    for mode in modes:
+        free_device_memory(device)
+        try:
+            rows.append(run_mode(mode, cfg, args, device))
+        except Exception as e:  # a mode that cannot run (OOM, no compiler) is a row
+            text = str(e).strip().splitlines()
+            rows.append({"mode": mode,
+                         "error": f"{type(e).__name__}: {text[0] if text else ''}"[:300]})
+    free_device_memory(device)
+    print(f"{'mode':<10} {'step ms':>10} {'tokens/s':>12} {'MFU':>7} {'peak GiB':>9}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['mode']:<10} error: {r['error']}")
+            continue
+        peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**30:.2f}"
+        print(f"{r['mode']:<10} {r['step_ms']:>10.2f} {r['tokens_per_s']:>12.0f} "
+              f"{100 * r['mfu']:>6.2f}% {peak:>9}")
+    if args.json:
+        print(json.dumps({"bench": "llama_peer", "shape": args.shape, "device": str(device),
+                          "torch": torch.__version__, "transformers": transformers.__version__,
+                          "gpu": gpu, "micro_batch": args.micro_batch, "seq_len": args.seq_len,
+                          "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
