@@ -20,7 +20,7 @@ A document is tokenized whole, with no limit on a line's length; `tokenizers` ho
 Each document is tokenized with the Hugging Face `tokenizers` library (Tokenizer.from_file;
 a directory means DIR/tokenizer.json, no special tokens added) in --workers processes, and is
 preceded by the end-of-text token (as llm.c does): --eot-id, else the first of <|endoftext|>,
-</s>, <eos>, <|end_of_text|> the tokenizer knows. The output does not depend on --workers.
+</s>, <eos>, <|end_of_text|>, [SEP] (BERT's) the tokenizer knows. The output does not depend on --workers.
 
 Output in OUT_DIR, llm.c's format: a header of 256 little-endian int32 (magic, version, token
 count, then zeros) followed by the tokens, little-endian:
@@ -58,7 +58,7 @@ HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 MAX_SHARD_TOKENS = 2**31 - 1  # the header's count is an int32
 UINT16_VOCAB = 65536
-EOT_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
+EOT_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
 EXTENSIONS = (".jsonl", ".json", ".txt", ".parquet")
 SHARD_NAME = re.compile(r"(train|val)_\d{6}\.bin")
 MAX_PRINTED_BAD_LINES = 20

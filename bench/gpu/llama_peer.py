@@ -19,43 +19,28 @@ import gc
 import json
 import math
 import os
+import sys
 import time
 
 import torch
 
-# Llama 3.2 1B's config.json (hidden 2048, 16 layers, 32 query and 8 key/value heads of 64, SwiGLU
-# 8192, vocabulary 128256, tied embeddings, RoPE theta 500000 with llama3 scaling), and a tiny
-# one of the same family for a check on the CPU.
-SHAPES = {
-    "llama-3.2-1b": {
-        "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
-        "vocab_size": 128256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
-        "rope_theta": 500000.0, "tie_word_embeddings": True,
-        "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-        "bos_token_id": 128000, "eos_token_id": 128001,
-    },
-    "tiny": {
-        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 256,
-        "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2,
-    },
-}
+# The shapes (config.json contents) of tools/make_model_folder.py: one source for dsrun's folder
+# and this peer's model.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+from make_model_folder import SHAPES  # noqa: E402
+
+LLAMA_SHAPES = sorted(k for k, v in SHAPES.items() if v["model_type"] == "llama")
 
 
 def config_dict(shape: str) -> dict:
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-            "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
-            "initializer_range": 0.02, "torch_dtype": "bfloat16", "use_cache": True,
-            **SHAPES[shape]}
+    return dict(SHAPES[shape])
 
 
 def write_config(shape: str, folder: str) -> None:
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config_dict(shape), f, indent=2)
+        f.write("\n")
 
 
 def flops_per_token(cfg: dict, params: int, seq_len: int) -> float:
@@ -73,8 +58,8 @@ def sync(device: torch.device) -> None:
 
 def build_model(cfg: dict, device: torch.device):
     from transformers import LlamaConfig, LlamaForCausalLM
-    config = LlamaConfig(**{k: v for k, v in cfg.items() if k not in ("architectures",
-                                                                       "model_type")})
+    config = LlamaConfig(**{k: v for k, v in cfg.items()
+                            if k not in ("architectures", "model_type", "torch_dtype")})
     config.use_cache = False
     torch.manual_seed(1337)
     model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa",
@@ -129,7 +114,7 @@ def free_device_memory(device: torch.device) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description="Llama training throughput in transformers, eager "
                                             "and torch.compile")
-    p.add_argument("--shape", default="llama-3.2-1b", choices=sorted(SHAPES))
+    p.add_argument("--shape", default="llama-3.2-1b", choices=LLAMA_SHAPES)
     p.add_argument("--write-config", metavar="DIR",
                    help="write the shape's config.json into DIR and exit (dsrun --model_name DIR)")
     p.add_argument("--seq-len", type=int, default=2048)

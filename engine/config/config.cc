@@ -2,6 +2,7 @@
 // sections.h) -> cross-section checks -> unknown keys reported -> a typed, resolved Config.
 #include "engine/config/config.h"
 
+#include <algorithm>
 #include <set>
 #include <utility>
 
@@ -323,6 +324,22 @@ Result<Config> ParseConfig(std::string_view json_text, const Overrides& override
   return c;
 }
 
+namespace {
+
+// Whether the file or a --set names model.seq_len (without it a folder's model trains at 1024
+// tokens, or at its max_position_embeddings where that is shorter).
+bool GivesModelSeqLen(const std::string& text, const Overrides& overrides) {
+  for (const std::string& set : overrides.set) {
+    if (set.starts_with("model.seq_len=") && set != "model.seq_len=null") return true;
+  }
+  const json root = json::parse(text, nullptr, /*allow_exceptions=*/false, /*comments=*/true);
+  if (!root.is_object() || !root.contains("model") || !root["model"].is_object()) return false;
+  const auto it = root["model"].find("seq_len");
+  return it != root["model"].end() && !it->is_null();
+}
+
+}  // namespace
+
 Result<Config> LoadConfig(io::Env* env, const std::string& path, const Overrides& overrides) {
   DS_ASSIGN_OR_RETURN(io::FileInfo info, env->Stat(path));
   if (info.is_dir) return Status::InvalidArgument(path + " is a directory, not a JSON config");
@@ -342,6 +359,9 @@ Result<Config> LoadConfig(io::Env* env, const std::string& path, const Overrides
     c.model.vocab = hf.vocab;
     c.model.hf_parameters = hf.parameter_count();
     c.model.hf_config_json = hf.config_json;
+    if (!GivesModelSeqLen(text, overrides)) {
+      c.model.seq_len = std::min<int64_t>(c.model.seq_len, hf.max_positions);  // BERT: 512
+    }
     if (c.model.seq_len > hf.max_positions) {
       return Status::InvalidArgument(path + ": model.seq_len (" + std::to_string(c.model.seq_len) +
                                      ") is longer than the model's max_position_embeddings (" +

@@ -177,9 +177,101 @@ Result<HfModelSpec> ReadGpt2(Reader& r, HfModelSpec s, io::Env* env) {
   return s;
 }
 
+// The folder's tokenizer.json, where there is one: its special tokens ("added_tokens" marked
+// special) and the mask token among them ([MASK], or <mask> for RoBERTa-style vocabularies).
+Status ReadSpecialTokens(io::Env* env, HfModelSpec* s) {
+  const std::string file = io::JoinPath(s->dir, "tokenizer.json");
+  DS_ASSIGN_OR_RETURN(const bool exists, env->Exists(file));
+  if (!exists) return Status::OK();
+  DS_ASSIGN_OR_RETURN(std::string text, env->ReadFileToString(file));
+  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return Status::InvalidArgument(file + " is not a JSON object (a tokenizers tokenizer.json)");
+  }
+  s->tokenizer_file = file;
+  auto it = j.find("added_tokens");
+  if (it == j.end() || !it->is_array()) return Status::OK();
+  for (const json& t : *it) {
+    if (!t.is_object() || !t.contains("id") || !t["id"].is_number_integer()) {
+      return Status::InvalidArgument(file +
+                                     ": an entry of added_tokens has no integer id: " + t.dump());
+    }
+    const int64_t id = t["id"].get<int64_t>();
+    const bool special = t.value("special", false);
+    const std::string content = t.value("content", "");
+    if (special) s->special_token_ids.push_back(id);
+    if (content == "[MASK]" || content == "<mask>") s->mask_token_id = id;
+  }
+  return Status::OK();
+}
+
+// BertForMaskedLM: BERT's keys (hidden_size, type_vocab_size, layer_norm_eps, ...).
+Result<HfModelSpec> ReadBert(Reader& r, HfModelSpec s, io::Env* env) {
+  const json& j = r.root();
+  s.family = "bert";
+  s.hidden_act = r.String(j, "hidden_act", "gelu");
+  if (s.hidden_act != "gelu" && s.hidden_act != "gelu_new") {
+    r.Fail("hidden_act", "'" + s.hidden_act + "' is not supported (gelu and gelu_new are)");
+  }
+  const std::string position = r.String(j, "position_embedding_type", "absolute");
+  if (position != "absolute") {
+    r.Fail("position_embedding_type",
+           "'" + position + "' is not supported (absolute is: BERT's learned positions)");
+  }
+  for (const char* key : {"is_decoder", "add_cross_attention"}) {
+    if (r.Bool(key, false)) r.Fail(key, "is true: dstrain builds BERT as an encoder only");
+  }
+  s.vocab = r.Int("vocab_size", 0, true);
+  s.hidden = r.Int("hidden_size", 0, true);
+  s.intermediate = r.Int("intermediate_size", 0, true);
+  s.n_layer = r.Int("num_hidden_layers", 0, true);
+  s.n_head = r.Int("num_attention_heads", 0, true);
+  s.n_kv_head = s.n_head;
+  s.head_dim = s.n_head > 0 ? s.hidden / s.n_head : 0;
+  s.max_positions = r.Int("max_position_embeddings", 512);
+  s.type_vocab = r.Int("type_vocab_size", 2);
+  s.layer_norm_eps = r.Number(j, "layer_norm_eps", 1e-12);
+  s.initializer_range = r.Number(j, "initializer_range", 0.02);
+  s.tie_embeddings = r.Bool("tie_word_embeddings", true);
+  if (const json* pad = r.Get(j, "pad_token_id"); pad != nullptr) {
+    if (!pad->is_number_integer() || pad->get<int64_t>() < 0) {
+      r.Fail("pad_token_id", "must be a token id, not " + pad->dump());
+    } else {
+      s.pad_token_id = pad->get<int64_t>();
+    }
+  }
+  for (const char* key : {"hidden_dropout_prob", "attention_probs_dropout_prob"}) {
+    if (r.Number(j, key, 0) > 0) {
+      s.warnings.push_back(io::JoinPath(s.dir, "config.json") + ": " + key + " " +
+                           r.Get(j, key)->dump() +
+                           " is not applied: dstrain trains without dropout (ZeRO-3 and "
+                           "activation checkpointing run each layer again, exactly)");
+    }
+  }
+  DS_RETURN_IF_ERROR(r.error());
+  if (s.hidden % s.n_head != 0) {
+    return Status::InvalidArgument(
+        io::JoinPath(s.dir, "config.json") + ": hidden_size (" + std::to_string(s.hidden) +
+        ") must be a multiple of num_attention_heads (" + std::to_string(s.n_head) + ")");
+  }
+  DS_RETURN_IF_ERROR(ReadSpecialTokens(env, &s));
+  if (s.pad_token_id >= 0) s.special_token_ids.push_back(s.pad_token_id);
+  DS_RETURN_IF_ERROR(FindWeights(env, &s));
+  return s;
+}
+
 }  // namespace
 
 int64_t HfModelSpec::parameter_count() const {
+  if (family == "bert") {
+    const int64_t h = hidden, i = intermediate;
+    const int64_t per_layer = 4 * (h * h + h)          // query, key, value, attention output
+                              + h * i + i + i * h + h  // intermediate and output
+                              + 4 * h;                 // two LayerNorms
+    const int64_t embeddings = (vocab + max_positions + type_vocab) * h + 2 * h;
+    const int64_t head = h * h + h + 2 * h + vocab + (tie_embeddings ? 0 : vocab * h);
+    return embeddings + n_layer * per_layer + head;
+  }
   if (family == "gpt2") {
     const int64_t h = hidden, i = intermediate;
     const int64_t per_layer = 4 * h                     // two LayerNorms
@@ -226,8 +318,11 @@ Result<HfModelSpec> ReadHfModel(io::Env* env, const std::string& dir) {
   if (s.architecture == "GPT2LMHeadModel" || (s.architecture.empty() && model_type == "gpt2")) {
     return ReadGpt2(r, std::move(s), env);
   }
+  if (s.architecture == "BertForMaskedLM" || (s.architecture.empty() && model_type == "bert")) {
+    return ReadBert(r, std::move(s), env);
+  }
   if (s.family.empty()) {
-    std::string known = "GPT2LMHeadModel";
+    std::string known = "GPT2LMHeadModel, BertForMaskedLM";
     for (const Family& f : kLlamaLike) known += ", " + std::string(f.architecture);
     return Status::InvalidArgument(file + ": architectures [\"" + s.architecture +
                                    "\"] (model_type '" + model_type +

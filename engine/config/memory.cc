@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 
 #include "io/units.h"
 
@@ -83,6 +84,15 @@ MemoryEstimate EstimateMemory(const ModelConfig& model, int64_t world_size, cons
 std::string FormatMemoryTable(const Config& config) {
   const int64_t count = ModelParameterCount(config.model);
   std::string model = config.model.preset.empty() ? "custom GPT" : config.model.preset;
+  if (!config.model.hf_path.empty()) {  // the folder's architecture, as its config.json names it
+    const nlohmann::json j =
+        nlohmann::json::parse(config.model.hf_config_json, nullptr, /*allow_exceptions=*/false);
+    const auto a = j.is_object() ? j.find("architectures") : j.end();
+    model = (j.is_object() && a != j.end() && a->is_array() && !a->empty() && (*a)[0].is_string()
+                 ? (*a)[0].get<std::string>()
+                 : std::string("Hugging Face model")) +
+            " from " + config.model.hf_path;
+  }
   char line[512];
   std::snprintf(line, sizeof(line),
                 "Model states per rank: %s, %lld parameters, %s, data-parallel size %lld%s\n"

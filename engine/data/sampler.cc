@@ -165,8 +165,9 @@ Status Sampler::Restore(const SamplerState& state) {
   return Status::OK();
 }
 
-void Sampler::NextOffsets(std::span<uint64_t> out) {
+void Sampler::NextOffsets(std::span<uint64_t> out, std::span<uint64_t> epochs) {
   assert(out.size() == static_cast<size_t>(shape_.micro_batch));
+  assert(epochs.empty() || epochs.size() == out.size());
   const uint64_t world = static_cast<uint64_t>(shape_.world_size);
   const uint64_t rank = static_cast<uint64_t>(shape_.rank);
   const uint64_t t = static_cast<uint64_t>(shape_.seq_len);
@@ -178,6 +179,7 @@ void Sampler::NextOffsets(std::span<uint64_t> out) {
     const uint64_t window =
         later == 0 ? order(index) : WindowPermutation(windows_, seed_, epoch_ + later)(index);
     out[k] = window * t;
+    if (!epochs.empty()) epochs[k] = epoch_ + later;
   }
   position_ += out.size() * world;
   epoch_ += position_ / windows_;
@@ -191,8 +193,11 @@ Status Sampler::Next(const TokenSource& train, Batch* out) {
                                    std::to_string(WindowCount(train.size(), shape_.seq_len)));
   }
   ShapeBatch(shape_, out);
-  NextOffsets(out->offsets);
-  return ReadRows(train, out);
+  row_epochs_.resize(out->offsets.size());
+  NextOffsets(out->offsets, row_epochs_);
+  DS_RETURN_IF_ERROR(ReadRows(train, out));
+  if (masked_lm_) ApplyMaskedLm(*masked_lm_, seed_, row_epochs_, out);
+  return Status::OK();
 }
 
 // ---- EvalBatches
@@ -237,7 +242,12 @@ Status EvalBatches::Read(const TokenSource& eval, int64_t batch, Batch* out) con
   }
   ShapeBatch(shape_, out);
   Offsets(batch, out->offsets);
-  return ReadRows(eval, out);
+  DS_RETURN_IF_ERROR(ReadRows(eval, out));
+  if (masked_lm_) {
+    const std::vector<uint64_t> epochs(out->offsets.size(), 0);
+    ApplyMaskedLm(*masked_lm_, seed_, epochs, out);
+  }
+  return Status::OK();
 }
 
 }  // namespace ds::engine

@@ -5,11 +5,13 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "engine/data/masked_lm.h"
 #include "engine/data/token_source.h"
 #include "io/status.h"
 
@@ -85,8 +87,13 @@ class Sampler {
   // data.val_fraction, model.seq_len or the seed changed since it was saved).
   Status Restore(const SamplerState& state);
 
+  // Batches for the masked-LM objective from now on (masked_lm.h): Next masks each row by
+  // (seed, its epoch, its offset) and gives labels as targets. Check() it first.
+  void set_masked_lm(MaskedLm m) { masked_lm_ = std::move(m); }
+
   // This rank's next B window offsets (tokens into the split); advances by one micro step.
-  void NextOffsets(std::span<uint64_t> out);
+  // `epochs` (when given, B entries): the epoch each window belongs to.
+  void NextOffsets(std::span<uint64_t> out, std::span<uint64_t> epochs = {});
   // The next micro batch of this rank from `train`, into `out` (its buffers are reused).
   Status Next(const TokenSource& train, Batch* out);
 
@@ -99,6 +106,8 @@ class Sampler {
   uint64_t windows_;
   uint64_t epoch_ = 0;
   uint64_t position_ = 0;
+  std::optional<MaskedLm> masked_lm_;
+  std::vector<uint64_t> row_epochs_;
 };
 
 // Evaluation: batch i of rank r holds the split's windows (i * B + k) * world_size + r, k in
@@ -111,6 +120,11 @@ class EvalBatches {
                                     int64_t max_batches);
 
   int64_t num_batches() const { return num_batches_; }
+  // Masked-LM batches (masked_lm.h), masked as epoch 0 of `seed`: the same masks every time.
+  void set_masked_lm(MaskedLm m, uint64_t seed) {
+    masked_lm_ = std::move(m);
+    seed_ = seed;
+  }
   void Offsets(int64_t batch, std::span<uint64_t> out) const;  // out.size() == B
   Status Read(const TokenSource& eval, int64_t batch, Batch* out) const;
 
@@ -120,6 +134,8 @@ class EvalBatches {
 
   BatchShape shape_;
   int64_t num_batches_;
+  std::optional<MaskedLm> masked_lm_;
+  uint64_t seed_ = 0;
 };
 
 }  // namespace ds::engine

@@ -3,10 +3,12 @@
 #include <map>
 #include <mutex>
 
+#include "engine/model/bert.h"
 #include "engine/model/gpt.h"
 #include "engine/model/hf_gpt2.h"
 #include "engine/model/llama.h"
 #include "engine/torch_status.h"
+#include "io/log.h"
 
 namespace ds::engine {
 namespace {
@@ -34,6 +36,10 @@ Result<std::shared_ptr<LanguageModel>> MakeHf(const ModelConfig& c, uint64_t see
   o.activation_checkpointing = c.activation_checkpointing;
   o.seed = seed;
   o.deferred = DeferredInit::Active();
+  for (const std::string& w : o.spec.warnings) io::LogWarning(w);
+  if (o.spec.family == "bert") {
+    return std::shared_ptr<LanguageModel>(std::make_shared<BertImpl>(std::move(o)));
+  }
   if (o.spec.family == "gpt2") {
     return std::shared_ptr<LanguageModel>(std::make_shared<HfGpt2Impl>(std::move(o)));
   }

@@ -22,10 +22,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "engine/config/config.h"
+#include "engine/data/masked_lm.h"
 #include "io/status.h"
 
 namespace ds::engine {
@@ -44,7 +46,12 @@ class LanguageModel : public torch::nn::Module {
  public:
   // idx and targets: (B, T) int64 token ids on the parameters' device. Returns the mean
   // cross-entropy as a 0-dim tensor; compute it in fp32 when the parameters are 16-bit.
+  // With masked_lm(), idx is the masked input and targets the labels (MaskedLm::kIgnore where
+  // a position is not predicted).
   virtual torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets) = 0;
+  // The masked-LM objective (BERT's): the trainer masks every batch as this says
+  // (engine/data/masked_lm.h). nullopt, the default: next-token prediction.
+  virtual std::optional<MaskedLm> masked_lm() const { return std::nullopt; }
   // Training FLOPs per token for MFU; 0 when unknown (MFU is then not reported).
   virtual double flops_per_token() const { return 0; }
 

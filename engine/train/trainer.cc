@@ -242,7 +242,7 @@ Status Trainer::Impl::SetupZero() {
   places = FindPlaces(*model, par);
   ZeroOptions zo = ZeroOptionsOf(config, par, DataComm(), places, device, dtype);
   zo.defer_values = options.will_resume;  // Resume draws them only if nothing is loaded
-  zo.env = env;                            // NVMe offload's swap files
+  zo.env = env;                           // NVMe offload's swap files
   DS_ASSIGN_OR_RETURN(zero, ZeroOptimizer::Create(model, zo));
   int64_t offset = 0;
   for (const auto& p : model->named_parameters()) {
@@ -286,6 +286,12 @@ Status Trainer::Impl::SetupData() {
   BatchShape shape{c.batch.micro_batch_per_gpu, c.model.seq_len, par.dp_rank, par.dp};
   DS_ASSIGN_OR_RETURN(Sampler s, Sampler::Create(data.train.size(), shape, c.trainer.seed));
   sampler.emplace(std::move(s));
+  // The masked-LM objective (BERT): batches are masked as they are read, train and eval alike.
+  const std::optional<MaskedLm> masked_lm = model->masked_lm();
+  if (masked_lm) {
+    DS_RETURN_IF_ERROR(masked_lm->Check());
+    sampler->set_masked_lm(*masked_lm);
+  }
   if (config.trainer.max_steps == 0) {
     // The length in epochs (trainer.epochs; no max_steps given): the training split's windows
     // over the samples of one optimizer step, rounded down (at least one step), as Hugging Face
@@ -301,15 +307,15 @@ Status Trainer::Impl::SetupData() {
     if (options.rank == 0) {
       io::LogInfo("length: " + std::to_string(config.trainer.max_steps) + " steps (" +
                   std::to_string(config.trainer.epochs) + " epoch(s) of " +
-                  std::to_string(per_epoch) + " steps: " +
-                  std::to_string(sampler->num_windows()) + " windows of " +
-                  std::to_string(c.model.seq_len) + " tokens, " + std::to_string(per_step) +
-                  " a step); --max-steps N to choose");
+                  std::to_string(per_epoch) + " steps: " + std::to_string(sampler->num_windows()) +
+                  " windows of " + std::to_string(c.model.seq_len) + " tokens, " +
+                  std::to_string(per_step) + " a step); --max-steps N to choose");
     }
   }
   if (data.eval.size() > 0 && c.trainer.eval_interval > 0) {
     Result<EvalBatches> e = EvalBatches::Create(data.eval.size(), shape, c.trainer.eval_iters);
     if (e.ok()) {
+      if (masked_lm) e->set_masked_lm(*masked_lm, c.trainer.seed);
       eval.emplace(std::move(*e));
     } else {
       io::LogWarning("no evaluation: " + e.status().message());

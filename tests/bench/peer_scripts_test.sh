@@ -47,11 +47,11 @@ run fsdp -m torch.distributed.run --standalone --nproc-per-node 2 "$SRC/bench/gp
   --preset tiny --seq-len 32 --micro-batch 2 --steps 2 --warmup 1 --json
 
 # The Llama peer (bench/gpu/llama_peer.py) where this Python has transformers: the tiny shape in
-# eager mode, and the config.json it writes for dsrun.
+# eager mode (tiny-llama), and the config.json it writes for dsrun.
 if "$PYTHON" -c 'import transformers' 2>/dev/null; then
-  run llama "$SRC/bench/gpu/llama_peer.py" --shape tiny --seq-len 32 --micro-batch 2 \
+  run llama "$SRC/bench/gpu/llama_peer.py" --shape tiny-llama --seq-len 32 --micro-batch 2 \
     --device cpu --steps 2 --warmup 1 --modes eager --json
-  run llama-config "$SRC/bench/gpu/llama_peer.py" --shape tiny --write-config "$WORK/llama"
+  run llama-config "$SRC/bench/gpu/llama_peer.py" --shape tiny-llama --write-config "$WORK/llama"
   "$PYTHON" - "$WORK/llama.out" "$WORK/llama/config.json" <<'EOF3'
 import json
 import sys

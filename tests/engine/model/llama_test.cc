@@ -20,55 +20,17 @@
 #include "testing/matchers.h"
 #include "testing/paths.h"
 #include "testing/python.h"
+#include "tests/engine/model/hf_test_util.h"
 
 namespace ds::engine {
 namespace {
 
+using testing::Build;
+using testing::Logits;
+using testing::MakeFolder;
+using testing::ReadOracle;
+
 using ::testing::HasSubstr;
-
-// Runs the oracle into `dir`; false (with the output) when it fails.
-void MakeFolder(const std::string& dir, const std::string& variant, const std::string& extra = "") {
-  int status = 0;
-  const std::string cmd =
-      bench::ShellQuote(ds::testing::Python()) + " " +
-      bench::ShellQuote(ds::testing::SourceDir() + "/tests/engine/model/hf_oracle.py") + " " +
-      bench::ShellQuote(dir) + " " + variant + " " + extra + " 2>&1";
-  std::optional<std::string> out = bench::RunCapture(cmd, &status);
-  ASSERT_TRUE(out.has_value() && status == 0) << cmd << "\n" << out.value_or("");
-}
-
-torch::Tensor ReadOracle(const std::string& dir, const std::string& name) {
-  Result<std::unique_ptr<fmt::SafetensorsReader>> r =
-      fmt::SafetensorsReader::Open(io::Env::Default(), dir + "/oracle.safetensors");
-  EXPECT_TRUE(r.ok()) << r.status().ToString();
-  if (!r.ok()) return {};
-  const size_t i = (*r)->Find(name).value();
-  const fmt::SafetensorsTensor& t = (*r)->tensors()[i];
-  torch::Tensor out =
-      torch::empty(t.shape, t.dtype == fmt::DType::kI64 ? torch::kLong : torch::kFloat);
-  EXPECT_TRUE(
-      (*r)->ReadTensorData(
-              i, 0, std::span<std::byte>(static_cast<std::byte*>(out.data_ptr()), t.nbytes()))
-          .ok());
-  return out;
-}
-
-std::shared_ptr<LanguageModel> Build(const std::string& dir, bool deferred) {
-  ModelConfig c;
-  c.arch = "hf";
-  c.hf_path = dir;
-  c.seq_len = 12;
-  std::optional<DeferredInit> scope;
-  if (deferred) scope.emplace();
-  Result<std::shared_ptr<LanguageModel>> m = MakeModel(c, 1234);
-  EXPECT_TRUE(m.ok()) << m.status().ToString();
-  return m.ok() ? *m : nullptr;
-}
-
-torch::Tensor Logits(LanguageModel& m, const torch::Tensor& ids) {
-  if (auto* l = dynamic_cast<LlamaImpl*>(&m)) return l->forward(ids);
-  return dynamic_cast<HfGpt2Impl&>(m).forward(ids);
-}
 
 // fp32 logits of dstrain's model built from the folder against transformers': Llama with GQA
 // and llama3 rope scaling from a sharded folder; Qwen2 with q/k/v biases, tied embeddings and

@@ -1,0 +1,67 @@
+// Shared by the Hugging Face family tests (llama_test.cc, bert_test.cc): the oracle folders of
+// tests/engine/model/hf_oracle.py, its tensors, and a model built from a folder.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <optional>
+#include <string>
+
+#include "engine/config/config.h"
+#include "engine/model/bert.h"
+#include "engine/model/hf_gpt2.h"
+#include "engine/model/llama.h"
+#include "formats/safetensors.h"
+#include "testing/paths.h"
+#include "testing/python.h"
+
+namespace ds::engine::testing {
+
+// Runs the oracle into `dir`; false (with the output) when it fails.
+inline void MakeFolder(const std::string& dir, const std::string& variant,
+                       const std::string& extra = "") {
+  int status = 0;
+  const std::string cmd =
+      bench::ShellQuote(ds::testing::Python()) + " " +
+      bench::ShellQuote(ds::testing::SourceDir() + "/tests/engine/model/hf_oracle.py") + " " +
+      bench::ShellQuote(dir) + " " + variant + " " + extra + " 2>&1";
+  std::optional<std::string> out = bench::RunCapture(cmd, &status);
+  ASSERT_TRUE(out.has_value() && status == 0) << cmd << "\n" << out.value_or("");
+}
+
+inline torch::Tensor ReadOracle(const std::string& dir, const std::string& name) {
+  Result<std::unique_ptr<fmt::SafetensorsReader>> r =
+      fmt::SafetensorsReader::Open(io::Env::Default(), dir + "/oracle.safetensors");
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  if (!r.ok()) return {};
+  const size_t i = (*r)->Find(name).value();
+  const fmt::SafetensorsTensor& t = (*r)->tensors()[i];
+  torch::Tensor out =
+      torch::empty(t.shape, t.dtype == fmt::DType::kI64 ? torch::kLong : torch::kFloat);
+  EXPECT_TRUE(
+      (*r)->ReadTensorData(
+              i, 0, std::span<std::byte>(static_cast<std::byte*>(out.data_ptr()), t.nbytes()))
+          .ok());
+  return out;
+}
+
+inline std::shared_ptr<LanguageModel> Build(const std::string& dir, bool deferred) {
+  ModelConfig c;
+  c.arch = "hf";
+  c.hf_path = dir;
+  c.seq_len = 12;
+  std::optional<DeferredInit> scope;
+  if (deferred) scope.emplace();
+  Result<std::shared_ptr<LanguageModel>> m = MakeModel(c, 1234);
+  EXPECT_TRUE(m.ok()) << m.status().ToString();
+  return m.ok() ? *m : nullptr;
+}
+
+inline torch::Tensor Logits(LanguageModel& m, const torch::Tensor& ids) {
+  if (auto* l = dynamic_cast<LlamaImpl*>(&m)) return l->forward(ids);
+  if (auto* b = dynamic_cast<BertImpl*>(&m)) return b->forward(ids);
+  return dynamic_cast<HfGpt2Impl&>(m).forward(ids);
+}
+
+}  // namespace ds::engine::testing
