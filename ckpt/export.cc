@@ -4,9 +4,12 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
 
 #include "ckpt/internal/free_space.h"
 #include "ckpt/internal/windows.h"
@@ -225,6 +228,22 @@ Result<ExportReport> ExportSafetensors(io::Env* env, const std::string& checkpoi
   Result<ExportSelection> sel = SelectForExport(m, options);
   if (!sel.ok()) return sel.status().WithContext("exporting " + checkpoint_dir);
   report.selection = std::move(sel).value();
+  if (!options.only.empty()) {  // one shard of ExportHfShards: its names, in checkpoint order
+    const std::set<std::string> wanted(options.only.begin(), options.only.end());
+    std::vector<ExportItem> kept;
+    report.selection.data_bytes = 0;
+    for (ExportItem& it : report.selection.items) {
+      if (!wanted.contains(it.name)) continue;
+      report.selection.data_bytes += *fmt::NumElements(it.shape) * fmt::DTypeSize(it.dtype);
+      kept.push_back(std::move(it));
+    }
+    if (kept.size() != wanted.size()) {
+      return Status::InvalidArgument("exporting " + checkpoint_dir + ": " +
+                                     std::to_string(wanted.size() - kept.size()) +
+                                     " of the tensors asked for are not in the selection");
+    }
+    report.selection.items = std::move(kept);
+  }
   const std::vector<ExportItem>& items = report.selection.items;
 
   std::vector<fmt::SafetensorsTensor> layout;
@@ -280,6 +299,82 @@ Result<ExportReport> ExportSafetensors(io::Env* env, const std::string& checkpoi
   report.bytes_written = written;
   report.seconds = static_cast<double>(env->NowMicros() - t0) / 1e6;
   return report;
+}
+
+Result<ShardedExport> ExportHfShards(io::Env* env, const std::string& checkpoint_dir,
+                                     const std::string& out_dir, const ExportOptions& options,
+                                     uint64_t max_shard_bytes) {
+  if (max_shard_bytes == 0) return Status::InvalidArgument("the shard size must be positive");
+  std::vector<std::vector<std::string>> shards;  // output names per file
+  uint64_t total = 0;                            // tensor bytes of all files
+  {
+    DS_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader,
+                        CheckpointReader::Open(env, checkpoint_dir));
+    DS_ASSIGN_OR_RETURN(ExportSelection sel, SelectForExport(reader->manifest(), options));
+    uint64_t in_shard = 0;
+    total = sel.data_bytes;
+    for (const ExportItem& it : sel.items) {
+      const uint64_t bytes = *fmt::NumElements(it.shape) * fmt::DTypeSize(it.dtype);
+      if (shards.empty() || (in_shard > 0 && in_shard + bytes > max_shard_bytes)) {
+        shards.emplace_back();
+        in_shard = 0;
+      }
+      shards.back().push_back(it.name);
+      in_shard += bytes;
+    }
+  }
+  const std::string index = io::JoinPath(out_dir, "model.safetensors.index.json");
+  auto file_name = [&](size_t k) {
+    if (shards.size() == 1) return std::string("model.safetensors");
+    char name[64];
+    std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", k + 1, shards.size());
+    return std::string(name);
+  };
+  // An earlier export's files (replaced with `overwrite`, else refused by the first write).
+  DS_ASSIGN_OR_RETURN(std::vector<std::string> present, env->ListDir(out_dir));
+  for (const std::string& f : present) {
+    const bool ours = f == "model.safetensors" || f == "model.safetensors.index.json" ||
+                      (f.starts_with("model-") && f.ends_with(".safetensors") &&
+                       f.find("-of-") != std::string::npos);
+    if (!ours) continue;
+    if (!options.overwrite) {
+      return Status::FailedPrecondition(io::JoinPath(out_dir, f) +
+                                        " exists (an earlier export); pass --force to replace it");
+    }
+    DS_RETURN_IF_ERROR(env->RemoveFile(io::JoinPath(out_dir, f)));
+  }
+  ShardedExport out;
+  nlohmann::json weight_map = nlohmann::json::object();
+  auto remove_written = [&] {
+    for (const ExportReport& r : out.files) (void)env->RemoveFile(r.path);
+  };
+  for (size_t k = 0; k < shards.size(); ++k) {
+    ExportOptions o = options;
+    o.only = shards[k];
+    if (options.progress) {  // the bar counts toward every file's bytes, not this file's
+      o.progress = [&options, total](uint64_t n, uint64_t) { options.progress(n, total); };
+    }
+    Result<ExportReport> r =
+        ExportSafetensors(env, checkpoint_dir, io::JoinPath(out_dir, file_name(k)), o);
+    if (!r.ok()) {
+      remove_written();
+      return r.status();
+    }
+    out.total_bytes += r->selection.data_bytes;
+    for (const std::string& name : shards[k]) weight_map[name] = file_name(k);
+    out.files.push_back(std::move(*r));
+  }
+  if (shards.size() > 1) {
+    const nlohmann::json j = {{"metadata", {{"total_size", out.total_bytes}}},
+                              {"weight_map", weight_map}};
+    Status st = env->WriteFileSynced(index, j.dump(2) + "\n");
+    if (!st.ok()) {
+      remove_written();
+      return st.WithContext("writing " + index);
+    }
+    out.index = index;
+  }
+  return out;
 }
 
 }  // namespace ds::ckpt

@@ -32,6 +32,8 @@ struct ExportOptions {
   // Called as output bytes are written (from reader threads): bytes just written, and the
   // total the file's data will take.
   std::function<void(uint64_t bytes, uint64_t total)> progress;
+  // Not empty: only the selected tensors of these output names (a shard of ExportHfShards).
+  std::vector<std::string> only;
 };
 
 // One tensor of the output file and the checkpoint tensor it comes from.
@@ -80,6 +82,23 @@ inline constexpr char kHfConfigBlob[] = "hf/config.json";
 Result<ExportReport> ExportSafetensors(io::Env* env, const std::string& checkpoint_dir,
                                        const std::string& out_path, const ExportOptions& options);
 
+// Hugging Face's sharded layout, as save_pretrained(max_shard_size=...) writes it, in the folder
+// `out_dir`: the selected tensors in checkpoint order, cut greedily into files of at most
+// `max_shard_bytes` of tensor data (a larger tensor alone in its file), named
+// model-00001-of-0000N.safetensors, and model.safetensors.index.json ({"metadata":
+// {"total_size": bytes}, "weight_map": {name: file}}) written last; a single file is
+// model.safetensors with no index, as transformers does. Each file streams through
+// ExportSafetensors. With `overwrite`, files of an earlier export in that layout are removed
+// first; on failure the files written so far are removed.
+struct ShardedExport {
+  std::vector<ExportReport> files;
+  std::string index;  // the index written, or "" for one file
+  uint64_t total_bytes = 0;
+};
+Result<ShardedExport> ExportHfShards(io::Env* env, const std::string& checkpoint_dir,
+                                     const std::string& out_dir, const ExportOptions& options,
+                                     uint64_t max_shard_bytes);
+
 // ---- import
 
 struct ImportOptions {
@@ -114,5 +133,10 @@ struct ImportReport {
 // by PartitionForRank, written by that many CheckpointWriters, committed, `latest` set.
 Result<ImportReport> ImportSafetensors(io::Env* env, const std::string& path,
                                        const std::string& save_dir, const ImportOptions& options);
+// The same from several files, their tensors in file order (a sharded Hugging Face folder's
+// files in its index's order); a tensor name in two files is refused.
+Result<ImportReport> ImportSafetensorsFiles(io::Env* env, const std::vector<std::string>& paths,
+                                            const std::string& save_dir,
+                                            const ImportOptions& options);
 
 }  // namespace ds::ckpt

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
 #include "ckpt/catalog.h"
@@ -25,7 +26,8 @@ constexpr uint32_t kMaxImportWorld = 256;  // writers (threads, shard files) one
 
 // One tensor of the checkpoint and the file tensor it comes from.
 struct ImportItem {
-  size_t source = 0;  // index into SafetensorsReader::tensors()
+  size_t file = 0;    // which of the import's files
+  size_t source = 0;  // index into that file's SafetensorsReader::tensors()
   std::string name;   // in the checkpoint
   fmt::DType source_dtype = fmt::DType::kF32;
   fmt::DType dtype = fmt::DType::kF32;
@@ -41,22 +43,26 @@ struct Group {
   std::vector<uint64_t> numels;
 };
 
-std::vector<ImportItem> NameItems(const fmt::SafetensorsReader& file,
-                                  std::vector<std::string>* notes) {
+using Files = std::vector<std::unique_ptr<fmt::SafetensorsReader>>;
+
+std::vector<ImportItem> NameItems(const Files& files, std::vector<std::string>* notes) {
   std::vector<ImportItem> items;
   uint64_t narrowed = 0, as_is = 0;
-  for (size_t i = 0; i < file.tensors().size(); ++i) {
-    const fmt::SafetensorsTensor& t = file.tensors()[i];
-    ImportItem it{i, t.name, t.dtype, t.dtype, t.shape, *fmt::NumElements(t.shape)};
-    if (fmt::DTypeIsFloat(t.dtype)) {
-      it.dtype = fmt::DType::kF32;
-      if (t.name.rfind(kOptim, 0) != 0) it.name = "master/" + t.name;
-      if (t.dtype == fmt::DType::kF64) narrowed++;
-    } else {
-      it.name = "model/" + t.name;
-      as_is++;
+  for (size_t f = 0; f < files.size(); ++f) {
+    const fmt::SafetensorsReader& file = *files[f];
+    for (size_t i = 0; i < file.tensors().size(); ++i) {
+      const fmt::SafetensorsTensor& t = file.tensors()[i];
+      ImportItem it{f, i, t.name, t.dtype, t.dtype, t.shape, *fmt::NumElements(t.shape)};
+      if (fmt::DTypeIsFloat(t.dtype)) {
+        it.dtype = fmt::DType::kF32;
+        if (t.name.rfind(kOptim, 0) != 0) it.name = "master/" + t.name;
+        if (t.dtype == fmt::DType::kF64) narrowed++;
+      } else {
+        it.name = "model/" + t.name;
+        as_is++;
+      }
+      items.push_back(std::move(it));
     }
-    items.push_back(std::move(it));
   }
   if (narrowed > 0) {
     notes->push_back(std::to_string(narrowed) + " float64 tensor(s) rounded to float32");
@@ -84,8 +90,9 @@ std::vector<Group> GroupItems(const std::vector<ImportItem>& items) {
 // Copies bytes [offset, offset + dst.size()) of elements [begin, ...) of `it`, converted to
 // its checkpoint dtype, into `dst`. The range may start or end inside an element (a chunk
 // boundary): whole elements are converted and the requested bytes copied out.
-Status ReadConverted(const fmt::SafetensorsReader& file, const ImportItem& it, uint64_t begin,
-                     uint64_t offset, std::span<std::byte> dst) {
+Status ReadConverted(const Files& files, const ImportItem& it, uint64_t begin, uint64_t offset,
+                     std::span<std::byte> dst) {
+  const fmt::SafetensorsReader& file = *files[it.file];
   const uint64_t in_size = fmt::DTypeSize(it.source_dtype), out_size = fmt::DTypeSize(it.dtype);
   if (it.source_dtype == it.dtype) {
     return file.ReadTensorData(it.source, begin * in_size + offset, dst);
@@ -117,7 +124,7 @@ struct RankOutcome {
 
 // One rank of the import: its slices of every group (`ranges[g]`: group g's ranges of this
 // rank), filled from the file.
-RankOutcome SaveRank(io::Env* env, const fmt::SafetensorsReader& file, const std::string& path,
+RankOutcome SaveRank(io::Env* env, const Files& files, const std::vector<std::string>& paths,
                      const std::vector<ImportItem>& items, const std::vector<Group>& groups,
                      const std::vector<std::vector<FlatRange>>& ranges, const SaveRequest& request,
                      const WriterOptions& wo, const std::function<void(uint64_t)>& progress,
@@ -143,9 +150,9 @@ RankOutcome SaveRank(io::Env* env, const fmt::SafetensorsReader& file, const std
       const FlatRange& fr = ranges[g][r];
       const ImportItem& it = items[groups[g].items[fr.tensor]];
       SaveSlice sl{it.name, it.dtype, it.shape, {}, {}, fr.begin, fr.end, {}};
-      sl.source.fill = [&file, &it, &progress, begin = fr.begin](
+      sl.source.fill = [&files, &it, &progress, begin = fr.begin](
                            uint64_t offset, std::span<std::byte> dst) -> Status {
-        DS_RETURN_IF_ERROR(ReadConverted(file, it, begin, offset, dst));
+        DS_RETURN_IF_ERROR(ReadConverted(files, it, begin, offset, dst));
         if (progress) progress(dst.size());
         return Status::OK();
       };
@@ -155,8 +162,13 @@ RankOutcome SaveRank(io::Env* env, const fmt::SafetensorsReader& file, const std
   if (s.ok() && wo.rank == 0) s = (*w)->AddBlob("step", std::to_string(request.step));
   if (s.ok() && wo.rank == 0) {
     nlohmann::json meta = nlohmann::json::object();
-    for (const auto& [k, v] : file.metadata()) meta[k] = v;
-    nlohmann::json imported = {{"file", io::BaseName(path)}, {"metadata", meta}};
+    for (const auto& [k, v] : files.front()->metadata()) meta[k] = v;
+    nlohmann::json imported = {{"file", io::BaseName(paths.front())}, {"metadata", meta}};
+    if (paths.size() > 1) {  // a sharded folder: every file, in order
+      nlohmann::json names = nlohmann::json::array();
+      for (const std::string& p : paths) names.push_back(io::BaseName(p));
+      imported["files"] = names;
+    }
     s = (*w)->AddBlob("import", imported.dump());
   }
   for (const auto& [name, data] : *blobs) {
@@ -175,6 +187,14 @@ RankOutcome SaveRank(io::Env* env, const fmt::SafetensorsReader& file, const std
 
 Result<ImportReport> ImportSafetensors(io::Env* env, const std::string& path,
                                        const std::string& save_dir, const ImportOptions& options) {
+  return ImportSafetensorsFiles(env, {path}, save_dir, options);
+}
+
+Result<ImportReport> ImportSafetensorsFiles(io::Env* env, const std::vector<std::string>& paths,
+                                            const std::string& save_dir,
+                                            const ImportOptions& options) {
+  if (paths.empty()) return Status::InvalidArgument("import: no safetensors file given");
+  const std::string& path = paths.front();  // for messages: the first (or only) file
   const uint64_t t0 = env->NowMicros();
   const PartitionSpec spec{options.world_size, options.zero_stage, 1};
   DS_RETURN_IF_ERROR(ValidatePartitionSpec(spec));
@@ -190,9 +210,21 @@ Result<ImportReport> ImportSafetensors(io::Env* env, const std::string& path,
   ImportReport report;
   report.tag = options.tag.empty() ? TagForStep(options.step) : options.tag;
   DS_RETURN_IF_ERROR(ValidateTag(report.tag));
-  DS_ASSIGN_OR_RETURN(std::unique_ptr<fmt::SafetensorsReader> file,
-                      fmt::SafetensorsReader::Open(env, path));
-  if (file->tensors().empty()) {
+  Files files;
+  std::set<std::string> names;
+  for (const std::string& p : paths) {
+    DS_ASSIGN_OR_RETURN(std::unique_ptr<fmt::SafetensorsReader> file,
+                        fmt::SafetensorsReader::Open(env, p));
+    for (const fmt::SafetensorsTensor& t : file->tensors()) {
+      if (!names.insert(t.name).second) {
+        return Status::InvalidArgument(p + ": tensor " + t.name +
+                                       " is also in an earlier file of the import; each tensor "
+                                       "must be in one file");
+      }
+    }
+    files.push_back(std::move(file));
+  }
+  if (names.empty()) {
     return Status::InvalidArgument(path + " holds no tensors; there is nothing to import");
   }
   const std::string target = io::JoinPath(save_dir, report.tag);
@@ -202,7 +234,7 @@ Result<ImportReport> ImportSafetensors(io::Env* env, const std::string& path,
         target + " already exists (a checkpoint is never replaced); choose another --tag or " +
         "--step, or another --out");
   }
-  const std::vector<ImportItem> items = NameItems(*file, &report.notes);
+  const std::vector<ImportItem> items = NameItems(files, &report.notes);
   const std::vector<Group> groups = GroupItems(items);
   for (const ImportItem& it : items) report.bytes += it.numel * fmt::DTypeSize(it.dtype);
   report.tensors = items.size();
@@ -244,9 +276,8 @@ Result<ImportReport> ImportSafetensors(io::Env* env, const std::string& path,
     threads.emplace_back([&, rank] {
       WriterOptions wo = base;
       wo.rank = rank;
-      outcomes[rank] =
-          SaveRank(env, *file, path, items, groups, ranges[rank], request, wo, progress,
-                   &options.blobs);
+      outcomes[rank] = SaveRank(env, files, paths, items, groups, ranges[rank], request, wo,
+                                progress, &options.blobs);
     });
   }
   for (std::thread& t : threads) t.join();

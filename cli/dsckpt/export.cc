@@ -1,15 +1,17 @@
 // dsckpt diff / export / import: the ckpt layer does the work (ckpt/diff.h, ckpt/export.h); this
 // file parses flags, resolves checkpoint arguments and prints. docs/export.md is the manual.
+#include "ckpt/export.h"
+
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "ckpt/catalog.h"
 #include "ckpt/diff.h"
-#include "ckpt/export.h"
 #include "ckpt/inspect.h"
 #include "ckpt/reader.h"
 #include "cli/dsckpt/commands.h"
@@ -279,12 +281,11 @@ struct ExportFlags {
   unsigned threads = 0;
   bool force = false;
   bool json = false;
+  std::string max_shard_size;  // --format hf: "" for one model.safetensors
 };
 
-// --format hf: `out` becomes a Hugging Face model folder: the checkpoint's saved config.json
-// (its dtype set to the export's) and model.safetensors under transformers' names.
-Result<std::string> HfFolderFor(const std::string& checkpoint, const std::string& out,
-                                fmt::DType dtype, bool force) {
+// --format hf: the checkpoint's saved config.json, its dtype set to the export's.
+Result<std::string> HfConfigFor(const std::string& checkpoint, fmt::DType dtype) {
   io::Env* env = io::Env::Default();
   DS_ASSIGN_OR_RETURN(std::unique_ptr<ckpt::CheckpointReader> reader,
                       ckpt::CheckpointReader::Open(env, checkpoint));
@@ -300,14 +301,65 @@ Result<std::string> HfFolderFor(const std::string& checkpoint, const std::string
                               " is not a JSON object");
   }
   j["dtype"] = dtype == fmt::DType::kBF16 ? "bfloat16" : "float32";
-  const std::string weights = io::JoinPath(out, "model.safetensors");
-  DS_ASSIGN_OR_RETURN(const bool exists, env->Exists(weights));
-  if (exists && !force) {
-    return Status::FailedPrecondition(weights + " exists: pass --force to replace it");
+  return j.dump(2) + "\n";
+}
+
+// --format hf: `f.out` becomes a Hugging Face model folder: the weights under transformers'
+// names (model.safetensors, or shards of at most --max-shard-size with their index), then
+// config.json.
+int RunHfExport(const ExportFlags& f, const std::string& checkpoint, ckpt::ExportOptions o) {
+  io::Env* env = io::Env::Default();
+  uint64_t max_shard = UINT64_MAX;
+  if (!f.max_shard_size.empty()) {
+    Result<uint64_t> size = io::ParseByteSize(f.max_shard_size);
+    if (!size.ok() || *size == 0) {
+      return ReportError(Status::InvalidArgument(
+          "--max-shard-size '" + f.max_shard_size +
+          "': give a size such as 5GB (10^9 bytes, transformers' unit) or 4GiB"));
+    }
+    max_shard = *size;
   }
-  DS_RETURN_IF_ERROR(env->CreateDirs(out));
-  DS_RETURN_IF_ERROR(env->WriteFileSynced(io::JoinPath(out, "config.json"), j.dump(2) + "\n"));
-  return weights;
+  Result<std::string> config = HfConfigFor(checkpoint, o.dtype);
+  if (!config.ok()) return ReportError(config.status());
+  if (Status st = env->CreateDirs(f.out); !st.ok()) return ReportError(st);
+  LazyProgress bar("export");
+  o.progress = [&bar](uint64_t n, uint64_t total) { bar.Add(n, total); };
+  Result<ckpt::ShardedExport> r = ckpt::ExportHfShards(env, checkpoint, f.out, o, max_shard);
+  bar.Finish();
+  if (!r.ok()) return ReportError(r.status());
+  if (Status st = env->WriteFileSynced(io::JoinPath(f.out, "config.json"), *config); !st.ok()) {
+    return ReportError(st);
+  }
+  size_t tensors = 0;
+  double seconds = 0;
+  for (const ckpt::ExportReport& e : r->files) {
+    PrintNotes(e.selection.notes);
+    tensors += e.selection.items.size();
+    seconds += e.seconds;
+  }
+  const ckpt::ExportReport& first = r->files.front();
+  if (f.json) {
+    json files = json::array();
+    for (const ckpt::ExportReport& e : r->files) files.push_back(e.path);
+    const json j = {{"path", f.out},
+                    {"files", files},
+                    {"index", r->index},
+                    {"checkpoint", checkpoint},
+                    {"tag", first.tag},
+                    {"step", first.step},
+                    {"tensors", tensors},
+                    {"dtype", fmt::DTypeName(o.dtype)},
+                    {"bytes_written", r->total_bytes},
+                    {"seconds", seconds}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("exported %zu tensors (%s, %s) of %s (step %" PRId64
+                ") to the Hugging Face folder %s (%zu file%s) in %.1f s\n",
+                tensors, io::FormatBytes(r->total_bytes).c_str(),
+                std::string(fmt::DTypeName(o.dtype)).c_str(), first.tag.c_str(), first.step,
+                f.out.c_str(), r->files.size(), r->files.size() == 1 ? "" : "s", seconds);
+  }
+  return kExitOk;
 }
 
 int RunExport(const ExportFlags& f) {
@@ -316,8 +368,9 @@ int RunExport(const ExportFlags& f) {
                                                "' (supported: safetensors, hf)"));
   }
   if (f.format == "hf" && f.what != "weights") {
-    return ReportError(Status::InvalidArgument("--format hf exports weights only (--what all "
-                                               "is for --format safetensors)"));
+    return ReportError(
+        Status::InvalidArgument("--format hf exports weights only (--what all "
+                                "is for --format safetensors)"));
   }
   if (f.what != "weights" && f.what != "all") {
     return ReportError(
@@ -335,12 +388,12 @@ int RunExport(const ExportFlags& f) {
   o.threads = f.threads;
   Result<std::string> dir = ResolveCheckpoint(f.checkpoint);
   if (!dir.ok()) return ReportError(dir.status());
-  std::string out = f.out;
-  if (f.format == "hf") {
-    Result<std::string> weights = HfFolderFor(*dir, f.out, o.dtype, f.force);
-    if (!weights.ok()) return ReportError(weights.status());
-    out = *weights;
+  if (f.format == "hf") return RunHfExport(f, *dir, o);
+  if (!f.max_shard_size.empty()) {
+    return ReportError(Status::InvalidArgument(
+        "--max-shard-size is for --format hf (a Hugging Face folder of shards with an index)"));
   }
+  const std::string& out = f.out;
   LazyProgress bar("export");
   o.progress = [&bar](uint64_t n, uint64_t total) { bar.Add(n, total); };
   Result<ckpt::ExportReport> r = ckpt::ExportSafetensors(io::Env::Default(), *dir, out, o);
@@ -388,6 +441,34 @@ struct ImportFlags {
   bool json = false;
 };
 
+// A Hugging Face folder's weight files: model.safetensors, or the files its
+// model.safetensors.index.json maps tensors to, sorted (save_pretrained's model-00001-of-N
+// first).
+Result<std::vector<std::string>> HfShardFiles(io::Env* env, const std::string& dir) {
+  const std::string index = io::JoinPath(dir, "model.safetensors.index.json");
+  DS_ASSIGN_OR_RETURN(const bool sharded, env->Exists(index));
+  if (!sharded) return std::vector<std::string>{io::JoinPath(dir, "model.safetensors")};
+  DS_ASSIGN_OR_RETURN(std::string text, env->ReadFileToString(index));
+  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") ||
+      !j["weight_map"].is_object() || j["weight_map"].empty()) {
+    return Status::InvalidArgument(index +
+                                   ": not a safetensors index (a JSON object with a "
+                                   "\"weight_map\" of tensor name -> file)");
+  }
+  std::set<std::string> files;
+  for (const auto& [name, value] : j["weight_map"].items()) {
+    if (!value.is_string() || value.get<std::string>().find('/') != std::string::npos) {
+      return Status::InvalidArgument(index + ": weight_map[\"" + name +
+                                     "\"] must name a file in the folder, not " + value.dump());
+    }
+    files.insert(value.get<std::string>());
+  }
+  std::vector<std::string> out;
+  for (const std::string& name : files) out.push_back(io::JoinPath(dir, name));
+  return out;
+}
+
 int RunImport(const ImportFlags& f) {
   ckpt::ImportOptions o;
   o.world_size = f.world;
@@ -403,26 +484,25 @@ int RunImport(const ImportFlags& f) {
   // A Hugging Face model folder: its model.safetensors, and its config.json kept for
   // `export --format hf`.
   std::string file = f.file;
+  std::vector<std::string> files = {f.file};
   io::Env* env = io::Env::Default();
   if (Result<io::FileInfo> info = env->Stat(f.file); info.ok() && info->is_dir) {
     Result<std::string> config = env->ReadFileToString(io::JoinPath(f.file, "config.json"));
     if (!config.ok()) {
       return ReportError(Status::InvalidArgument(
-          f.file + " is a directory without a config.json: name a safetensors file, or a "
-                   "Hugging Face model folder"));
+          f.file +
+          " is a directory without a config.json: name a safetensors file, or a "
+          "Hugging Face model folder"));
     }
-    Result<bool> sharded = env->Exists(io::JoinPath(f.file, "model.safetensors.index.json"));
-    if (sharded.ok() && *sharded) {
-      return ReportError(Status::InvalidArgument(
-          f.file + " holds sharded weights (model.safetensors.index.json): importing a sharded "
-                   "folder is not built yet; train from it with dsrun --model_name instead"));
-    }
-    file = io::JoinPath(f.file, "model.safetensors");
+    Result<std::vector<std::string>> shards = HfShardFiles(env, f.file);
+    if (!shards.ok()) return ReportError(shards.status());
+    files = *shards;
+    file = files.size() == 1 ? files.front() : f.file;
     o.blobs[ckpt::kHfConfigBlob] = *config;
   }
   LazyProgress bar("import");
   o.progress = [&bar](uint64_t n, uint64_t total) { bar.Add(n, total); };
-  Result<ckpt::ImportReport> r = ckpt::ImportSafetensors(env, file, f.out, o);
+  Result<ckpt::ImportReport> r = ckpt::ImportSafetensorsFiles(env, files, f.out, o);
   bar.Finish();
   if (!r.ok()) return ReportError(r.status());
   PrintNotes(r->notes);
@@ -477,6 +557,10 @@ void AddExportCommands(CLI::App& app, DsckptContext& ctx) {
   exp->add_option("--what", ef->what, "weights (default) or all (also optim/ state)");
   exp->add_option("--memory", ef->memory, "Memory bound (default 1G)");
   exp->add_option("--threads", ef->threads, "Decoder threads (default: all cores)");
+  exp->add_option("--max-shard-size", ef->max_shard_size,
+                  "--format hf: files of at most this much tensor data (5GB = 10^9 bytes, as "
+                  "transformers counts; 4GiB) with model.safetensors.index.json (default: one "
+                  "model.safetensors)");
   exp->add_flag("--force", ef->force, "Replace an existing output file");
   exp->add_flag("--json", ef->json, "Print one JSON object");
   exp->footer(
@@ -489,8 +573,8 @@ void AddExportCommands(CLI::App& app, DsckptContext& ctx) {
   CLI::App* imp = app.add_subcommand(
       "import", "Make a checkpoint to start training from a safetensors file's weights");
   imp->add_option("file", imf->file,
-                  "The safetensors file, or a Hugging Face model folder (its model.safetensors; "
-                  "its config.json kept for export --format hf)")
+                  "The safetensors file, or a Hugging Face model folder (its model.safetensors "
+                  "or the shards its index lists; its config.json kept for export --format hf)")
       ->required();
   imp->add_option("--out", imf->out, "The save directory to commit the checkpoint into")
       ->required();

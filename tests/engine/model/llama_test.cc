@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -152,11 +153,24 @@ TEST(LlamaTest, ExportedFolderLoadsInTransformersWithEqualLogits) {
     trainer.reset();
     const std::string folder = out.path() + "/hf";
     int status = 0;
+    // Qwen2's folder in shards of at most 100 KB (save_pretrained's layout, with an index).
+    const bool sharded = variant == "qwen2";
     const std::string cmd = bench::ShellQuote(ds::testing::BuildDir() + "/dsckpt") + " export " +
                             bench::ShellQuote(out.path() + "/checkpoints/latest") +
-                            " --format hf --out " + bench::ShellQuote(folder) + " 2>&1";
+                            " --format hf --out " + bench::ShellQuote(folder) +
+                            (sharded ? " --max-shard-size 100KB" : "") + " 2>&1";
     std::optional<std::string> said = bench::RunCapture(cmd, &status);
     ASSERT_EQ(status, 0) << said.value_or("");
+    DS_ASSERT_OK_AND_ASSIGN(const bool has_index,
+                            io::Env::Default()->Exists(folder + "/model.safetensors.index.json"));
+    EXPECT_EQ(has_index, sharded);
+    if (sharded) {
+      DS_ASSERT_OK_AND_ASSIGN(std::vector<std::string> files, io::Env::Default()->ListDir(folder));
+      EXPECT_GT(std::count_if(files.begin(), files.end(),
+                              [](const std::string& f) { return f.starts_with("model-0000"); }),
+                3)
+          << ::testing::PrintToString(files);
+    }
     MakeFolder(folder, "reload");
     std::shared_ptr<LanguageModel> m = Build(folder, /*deferred=*/false);
     ASSERT_NE(m, nullptr);
@@ -165,8 +179,8 @@ TEST(LlamaTest, ExportedFolderLoadsInTransformersWithEqualLogits) {
     const torch::Tensor want = ReadOracle(folder, "logits");
     const torch::Tensor got = Logits(*m, ReadOracle(folder, "ids"));
     EXPECT_LE((got - want).abs().max().item<double>(), 1e-4);
-    // The folder imports back into a checkpoint (dsckpt import DIR keeps its config.json),
-    // which exports to the same model.
+    // The folder (sharded or not) imports back into a checkpoint (dsckpt import DIR keeps its
+    // config.json), which exports to the same model.
     const std::string dsckpt = bench::ShellQuote(ds::testing::BuildDir() + "/dsckpt");
     said = bench::RunCapture(dsckpt + " import " + bench::ShellQuote(folder) + " --out " +
                                  bench::ShellQuote(out.path() + "/imported") + " 2>&1",
