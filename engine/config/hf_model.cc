@@ -141,6 +141,19 @@ Status FindWeights(io::Env* env, HfModelSpec* s) {
   return Status::OK();
 }
 
+// Dropout rates the config asks for, which no family applies: a warning each.
+void WarnDropout(Reader& r, const HfModelSpec& s, std::initializer_list<const char*> keys,
+                 std::vector<std::string>* warnings) {
+  for (const char* key : keys) {
+    if (r.Number(r.root(), key, 0) > 0) {
+      warnings->push_back(io::JoinPath(s.dir, "config.json") + ": " + key + " " +
+                          r.Get(r.root(), key)->dump() +
+                          " is not applied: dstrain trains without dropout (ZeRO-3 and "
+                          "activation checkpointing run each layer again, exactly)");
+    }
+  }
+}
+
 // GPT2LMHeadModel: GPT-2's keys (n_embd, n_layer, n_head, n_positions, n_inner, ...).
 Result<HfModelSpec> ReadGpt2(Reader& r, HfModelSpec s, io::Env* env) {
   const json& j = r.root();
@@ -167,6 +180,7 @@ Result<HfModelSpec> ReadGpt2(Reader& r, HfModelSpec s, io::Env* env) {
   s.layer_norm_eps = r.Number(j, "layer_norm_epsilon", 1e-5);
   s.initializer_range = r.Number(j, "initializer_range", 0.02);
   s.tie_embeddings = r.Bool("tie_word_embeddings", true);  // GPT-2's default
+  WarnDropout(r, s, {"resid_pdrop", "embd_pdrop", "attn_pdrop"}, &s.warnings);
   DS_RETURN_IF_ERROR(r.error());
   if (s.hidden % s.n_head != 0) {
     return Status::InvalidArgument(io::JoinPath(s.dir, "config.json") + ": n_embd (" +
@@ -240,14 +254,7 @@ Result<HfModelSpec> ReadBert(Reader& r, HfModelSpec s, io::Env* env) {
       s.pad_token_id = pad->get<int64_t>();
     }
   }
-  for (const char* key : {"hidden_dropout_prob", "attention_probs_dropout_prob"}) {
-    if (r.Number(j, key, 0) > 0) {
-      s.warnings.push_back(io::JoinPath(s.dir, "config.json") + ": " + key + " " +
-                           r.Get(j, key)->dump() +
-                           " is not applied: dstrain trains without dropout (ZeRO-3 and "
-                           "activation checkpointing run each layer again, exactly)");
-    }
-  }
+  WarnDropout(r, s, {"hidden_dropout_prob", "attention_probs_dropout_prob"}, &s.warnings);
   DS_RETURN_IF_ERROR(r.error());
   if (s.hidden % s.n_head != 0) {
     return Status::InvalidArgument(

@@ -8,8 +8,10 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -200,6 +202,93 @@ TEST(LlamaTest, ExportedFolderLoadsInTransformersWithEqualLogits) {
     const std::string any = first->named_parameters().keys().back();
     EXPECT_FALSE(torch::allclose(first->named_parameters()[any], m->named_parameters()[any]))
         << any;
+  }
+}
+
+// 20 steps of dstrain from a folder give the losses of the same model trained by a PyTorch loop
+// (tests/engine/model/hf_train_oracle.py: transformers' model, torch.optim.AdamW, clipping, a
+// constant lr) on the same batch: the data is 2T + 1 tokens, the whole training split, which a
+// micro batch of 2 reads every step. fp32 on the CPU; the tolerance is 2e-4 on each loss (the
+// two sum in different orders; measured differences are around 1e-6).
+TEST(LlamaTest, TwentyStepsEqualAPyTorchLoop) {
+  DS_SKIP_OR_FAIL_WITHOUT_PYTHON("transformers, safetensors");
+  for (const std::string variant : {"llama", "gpt2"}) {
+    SCOPED_TRACE(variant);
+    ds::testing::TempDir dir, out;
+    MakeFolder(dir.path(), variant);
+    constexpr int kT = 12, kSteps = 20;
+    std::vector<uint32_t> tokens;
+    for (int i = 0; i < 2 * kT + 1; ++i)
+      tokens.push_back(static_cast<uint32_t>((i * 131 + 7) % 311));
+    std::string bytes;  // llm.c's format: a 256-int32 header, then uint16 tokens
+    auto le = [&bytes](uint32_t v, int n) {
+      for (int k = 0; k < n; ++k) bytes.push_back(static_cast<char>((v >> (8 * k)) & 0xff));
+    };
+    le(20240520, 4);
+    le(1, 4);
+    le(static_cast<uint32_t>(tokens.size()), 4);
+    bytes.resize(1024, '\0');
+    for (uint32_t t : tokens) le(t, 2);
+    const std::string data = out.path() + "/train.bin";
+    ASSERT_TRUE(io::Env::Default()->WriteFileSynced(data, bytes).ok());
+
+    Overrides o;
+    o.set = {"model.hf_path=" + dir.path(),
+             "model.seq_len=12",
+             "data.path=" + data,
+             "data.val_fraction=0",
+             "trainer.output_dir=" + out.path(),
+             "tensorboard.enabled=false",
+             "trainer.eval_interval=0",
+             "steps_per_print=1",
+             "checkpoint.enabled=false"};
+    o.max_steps = kSteps;
+    const std::string file = out.path() + "/ds_config.json";
+    ASSERT_TRUE(io::Env::Default()
+                    ->WriteFileSynced(file, R"({"train_micro_batch_size_per_gpu": 2,
+                        "gradient_clipping": 1.0, "model": {},
+                        "optimizer": {"type": "AdamW", "params": {"lr": 0.002,
+                          "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}}})")
+                    .ok());
+    DS_ASSERT_OK_AND_ASSIGN(Config c, LoadConfig(io::Env::Default(), file, o));
+    TrainerOptions t;
+    t.device = "cpu";
+    DS_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Trainer> trainer,
+                            Trainer::Create(io::Env::Default(), c, t));
+    DS_ASSERT_OK_AND_ASSIGN(TrainSummary summary, trainer->Run());
+    ASSERT_EQ(summary.steps, kSteps);
+    trainer.reset();
+    std::vector<double> ours;
+    DS_ASSERT_OK_AND_ASSIGN(std::string metrics,
+                            io::Env::Default()->ReadFileToString(out.path() + "/metrics.jsonl"));
+    for (size_t at = 0, end; (end = metrics.find('\n', at)) != std::string::npos; at = end + 1) {
+      const nlohmann::json j = nlohmann::json::parse(metrics.substr(at, end - at));
+      if (j.contains("loss")) ours.push_back(j["loss"].get<double>());
+    }
+
+    std::string list;
+    for (uint32_t tok : tokens) list += (list.empty() ? "" : ",") + std::to_string(tok);
+    int status = 0;
+    const std::string cmd =
+        bench::ShellQuote(ds::testing::Python()) + " " +
+        bench::ShellQuote(ds::testing::SourceDir() + "/tests/engine/model/hf_train_oracle.py") +
+        " " + bench::ShellQuote(dir.path()) + " " + list + " 12 20 0.002 0.9 0.95 1e-8 0.1 1.0";
+    std::optional<std::string> said = bench::RunCapture(cmd + " 2>/dev/null", &status);
+    ASSERT_TRUE(said.has_value() && status == 0) << cmd << "\n" << said.value_or("");
+    const nlohmann::json want = nlohmann::json::parse(said->substr(said->rfind("{\"losses\"")));
+    ASSERT_EQ(ours.size(), static_cast<size_t>(kSteps));
+    ASSERT_EQ(want["losses"].size(), static_cast<size_t>(kSteps));
+    double max_diff = 0;
+    for (int i = 0; i < kSteps; ++i) {
+      max_diff = std::max(max_diff, std::abs(ours[static_cast<size_t>(i)] -
+                                             want["losses"][static_cast<size_t>(i)].get<double>()));
+      EXPECT_NEAR(ours[static_cast<size_t>(i)],
+                  want["losses"][static_cast<size_t>(i)].get<double>(), 2e-4)
+          << "step " << i + 1;
+    }
+    std::printf("%s: max |loss difference| over %d steps: %.3g\n", variant.c_str(), kSteps,
+                max_diff);
+    EXPECT_LT(ours.back(), ours.front() - 1.0);  // it learns the batch
   }
 }
 
