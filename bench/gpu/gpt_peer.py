@@ -143,6 +143,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def time_steps(step, warmup: int, steps: int, device: torch.device) -> tuple:
+    """Runs `step` (returning the loss tensor) `warmup` times untimed (compile modes compile
+    there), then `steps` times timed with no host sync inside: (seconds, the last loss)."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    sync(device)
+    seconds = time.perf_counter() - t0
+    loss_value = loss.item()  # the only host read, after the clock stopped
+    if not math.isfinite(loss_value):
+        raise RuntimeError(f"loss is {loss_value} after {warmup + steps} steps")
+    return seconds, loss_value
+
+
 def run_mode(mode: str, cfg: GptConfig, args, device: torch.device) -> dict:
     model = build_model(cfg, device)
     flops_per_token = model.flops_per_token()
@@ -165,17 +182,7 @@ def run_mode(mode: str, cfg: GptConfig, args, device: torch.device) -> dict:
         opt.zero_grad(set_to_none=True)
         return loss
 
-    for _ in range(args.warmup):  # compile modes compile here
-        step()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        loss = step()
-    sync(device)
-    seconds = time.perf_counter() - t0
-    loss_value = loss.item()  # the only host read, after the clock stopped
-    if not math.isfinite(loss_value):
-        raise RuntimeError(f"loss is {loss_value} after {args.warmup + args.steps} steps")
+    seconds, loss_value = time_steps(step, args.warmup, args.steps, device)
     tokens_per_s = args.steps * B * T / seconds
     return {
         "mode": mode,

@@ -15,12 +15,9 @@
 #   python3 bench/gpu/llama_peer.py --shape llama-3.2-1b --seq-len 2048 --micro-batch 4 --json
 # (run.sh step llama-1b writes the folder, runs this, then dsrun on the same folder.)
 import argparse
-import gc
 import json
-import math
 import os
 import sys
-import time
 
 import torch
 
@@ -28,6 +25,7 @@ import torch
 # and this peer's model.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
 from make_model_folder import SHAPES  # noqa: E402
+from gpt_peer import first_line, free_device_memory, print_table, time_steps  # noqa: E402
 
 LLAMA_SHAPES = sorted(k for k, v in SHAPES.items() if v["model_type"] == "llama")
 
@@ -49,11 +47,6 @@ def flops_per_token(cfg: dict, params: int, seq_len: int) -> float:
     weights = params if cfg["tie_word_embeddings"] else params - embeddings
     attention = 12 * cfg["num_hidden_layers"] * cfg["num_attention_heads"] * cfg["head_dim"]
     return 6.0 * weights + attention * seq_len
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def build_model(cfg: dict, device: torch.device):
@@ -85,30 +78,12 @@ def run_mode(mode: str, cfg: dict, args, device: torch.device) -> dict:
         opt.zero_grad(set_to_none=True)
         return loss
 
-    for _ in range(args.warmup):  # compile compiles here
-        step()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        loss = step()
-    sync(device)
-    seconds = time.perf_counter() - t0
-    loss_value = loss.item()  # the only host read, after the clock stopped
-    if not math.isfinite(loss_value):
-        raise RuntimeError(f"loss is {loss_value} after {args.warmup + args.steps} steps")
+    seconds, loss_value = time_steps(step, args.warmup, args.steps, device)
     tokens_per_s = args.steps * B * T / seconds
     return {"mode": mode, "step_ms": 1e3 * seconds / args.steps, "tokens_per_s": tokens_per_s,
             "mfu": tokens_per_s * fpt / args.peak_flops,
             "peak_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
             "loss": loss_value, "params": params, "flops_per_token": fpt}
-
-
-def free_device_memory(device: torch.device) -> None:
-    torch._dynamo.reset()
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
 
 
 def main() -> None:
@@ -150,18 +125,9 @@ def main() -> None:
         try:
             rows.append(run_mode(mode, cfg, args, device))
         except Exception as e:  # a mode that cannot run (OOM, no compiler) is a row
-            text = str(e).strip().splitlines()
-            rows.append({"mode": mode,
-                         "error": f"{type(e).__name__}: {text[0] if text else ''}"[:300]})
+            rows.append({"mode": mode, "error": first_line(e)})
     free_device_memory(device)
-    print(f"{'mode':<10} {'step ms':>10} {'tokens/s':>12} {'MFU':>7} {'peak GiB':>9}")
-    for r in rows:
-        if "error" in r:
-            print(f"{r['mode']:<10} error: {r['error']}")
-            continue
-        peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**30:.2f}"
-        print(f"{r['mode']:<10} {r['step_ms']:>10.2f} {r['tokens_per_s']:>12.0f} "
-              f"{100 * r['mfu']:>6.2f}% {peak:>9}")
+    print_table(rows)
     if args.json:
         print(json.dumps({"bench": "llama_peer", "shape": args.shape, "device": str(device),
                           "torch": torch.__version__, "transformers": transformers.__version__,

@@ -141,6 +141,14 @@ Status FindWeights(io::Env* env, HfModelSpec* s) {
   return Status::OK();
 }
 
+// The hidden size divides into the heads (the families that derive head_dim from it).
+Status CheckHeads(const HfModelSpec& s, const char* hidden_key, const char* heads_key) {
+  if (s.hidden % s.n_head == 0) return Status::OK();
+  return Status::InvalidArgument(io::JoinPath(s.dir, "config.json") + ": " + hidden_key + " (" +
+                                 std::to_string(s.hidden) + ") must be a multiple of " +
+                                 heads_key + " (" + std::to_string(s.n_head) + ")");
+}
+
 // Dropout rates the config asks for, which no family applies: a warning each.
 void WarnDropout(Reader& r, const HfModelSpec& s, std::initializer_list<const char*> keys,
                  std::vector<std::string>* warnings) {
@@ -182,11 +190,7 @@ Result<HfModelSpec> ReadGpt2(Reader& r, HfModelSpec s, io::Env* env) {
   s.tie_embeddings = r.Bool("tie_word_embeddings", true);  // GPT-2's default
   WarnDropout(r, s, {"resid_pdrop", "embd_pdrop", "attn_pdrop"}, &s.warnings);
   DS_RETURN_IF_ERROR(r.error());
-  if (s.hidden % s.n_head != 0) {
-    return Status::InvalidArgument(io::JoinPath(s.dir, "config.json") + ": n_embd (" +
-                                   std::to_string(s.hidden) + ") must be a multiple of n_head (" +
-                                   std::to_string(s.n_head) + ")");
-  }
+  DS_RETURN_IF_ERROR(CheckHeads(s, "n_embd", "n_head"));
   DS_RETURN_IF_ERROR(FindWeights(env, &s));
   return s;
 }
@@ -256,11 +260,7 @@ Result<HfModelSpec> ReadBert(Reader& r, HfModelSpec s, io::Env* env) {
   }
   WarnDropout(r, s, {"hidden_dropout_prob", "attention_probs_dropout_prob"}, &s.warnings);
   DS_RETURN_IF_ERROR(r.error());
-  if (s.hidden % s.n_head != 0) {
-    return Status::InvalidArgument(
-        io::JoinPath(s.dir, "config.json") + ": hidden_size (" + std::to_string(s.hidden) +
-        ") must be a multiple of num_attention_heads (" + std::to_string(s.n_head) + ")");
-  }
+  DS_RETURN_IF_ERROR(CheckHeads(s, "hidden_size", "num_attention_heads"));
   DS_RETURN_IF_ERROR(ReadSpecialTokens(env, &s));
   if (s.pad_token_id >= 0) s.special_token_ids.push_back(s.pad_token_id);
   DS_RETURN_IF_ERROR(FindWeights(env, &s));

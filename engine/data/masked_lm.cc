@@ -3,33 +3,27 @@
 #include <algorithm>
 #include <cassert>
 
+#include "engine/data/internal/splitmix.h"
 #include "engine/data/sampler.h"
 
 namespace ds::engine {
 namespace {
 
-// splitmix64 (Steele, Lea and Flood, 2014): a counter-based stream, the same on every platform.
+// Draws of one row: splitmix64's stream from the row's key.
 class Stream {
  public:
-  explicit Stream(uint64_t key) : state_(key) {}
-  uint64_t Next() {
-    uint64_t x = (state_ += 0x9e3779b97f4a7c15ULL);
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-  }
+  explicit Stream(uint64_t key) : s_(key) {}
+  uint64_t Next() { return s_.Next(); }
   double Uniform() { return static_cast<double>(Next() >> 11) * 0x1.0p-53; }  // [0, 1)
   uint64_t Below(uint64_t n) { return Next() % n; }  // bias under 2^-40 for any vocabulary
 
  private:
-  uint64_t state_;
+  internal::SplitMixStream s_;
 };
 
 uint64_t RowKey(uint64_t seed, uint64_t epoch, uint64_t offset) {
-  Stream s(seed ^ 0x6d61736b65642d6cULL);  // "masked-l": apart from the sampler's own draws
-  uint64_t key = s.Next() ^ epoch;
-  key = Stream(key).Next() ^ offset;
-  return Stream(key).Next();
+  using internal::SplitMix64;  // the salt, "masked-l", keeps these apart from the sampler's draws
+  return SplitMix64(SplitMix64(SplitMix64(seed ^ 0x6d61736b65642d6cULL) ^ epoch) ^ offset);
 }
 
 }  // namespace

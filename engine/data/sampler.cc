@@ -4,17 +4,12 @@
 #include <cassert>
 #include <charconv>
 
+#include "engine/data/internal/splitmix.h"
+
 namespace ds::engine {
 namespace {
 
-// splitmix64's output function (Steele, Lea and Flood, "Fast splittable pseudorandom number
-// generators", 2014): a bijective 64-bit mixer with full avalanche.
-uint64_t Mix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
+using internal::SplitMix64;
 
 Status CheckShape(const BatchShape& s) {
   if (s.micro_batch < 1) {
@@ -80,15 +75,15 @@ WindowPermutation::WindowPermutation(uint64_t n, uint64_t seed, uint64_t epoch) 
   while (bits < 64 && (uint64_t{1} << bits) < n) bits += 2;
   half_bits_ = bits / 2;
   half_mask_ = (uint64_t{1} << half_bits_) - 1;
-  const uint64_t base = Mix64(seed) ^ Mix64(~epoch);
-  for (int k = 0; k < kRounds; ++k) keys_[k] = Mix64(base + static_cast<uint64_t>(k));
+  const uint64_t base = SplitMix64(seed) ^ SplitMix64(~epoch);
+  for (int k = 0; k < kRounds; ++k) keys_[k] = SplitMix64(base + static_cast<uint64_t>(k));
 }
 
 uint64_t WindowPermutation::Encrypt(uint64_t x) const {
   uint64_t left = x >> half_bits_;
   uint64_t right = x & half_mask_;
   for (uint64_t key : keys_) {
-    const uint64_t next_right = left ^ (Mix64(right ^ key) & half_mask_);
+    const uint64_t next_right = left ^ (SplitMix64(right ^ key) & half_mask_);
     left = right;
     right = next_right;
   }

@@ -160,6 +160,6 @@ missing = [k for k in ["peer", "gpus", "step_ms", "tokens_per_s", "tokens_per_s_
            if k not in fsdp]
 if missing or fsdp.get("gpus") != 2 or not fsdp.get("tokens_per_s", 0) > 0:
     sys.exit(f"FAIL: fsdp_peer.py: JSON {fsdp} (missing {missing}, want 2 ranks, tokens/s > 0)")
-print("PASS: gpt_peer.py, ckpt_peer.py and fsdp_peer.py ran on the CPU and wrote the expected "
+print("PASS: gpt_peer.py, ckpt_peer.py, llama_peer.py and fsdp_peer.py ran on the CPU and wrote the expected "
       "JSON")
 EOF
