@@ -348,9 +348,11 @@ int DsrunMain(int argc, char** argv, const DsrunTools& tools) {
   int64_t epochs = 0;
   app.add_option("--model_name,--model-name", model_name,
                  "A Hugging Face model folder (config.json, model.safetensors) to train: "
-                 "model.hf_path (Llama, Mistral, Qwen2)");
+                 "model.hf_path (Llama, Mistral, Qwen2, GPT-2, BERT); it replaces a preset "
+                 "or sizes the config gives");
   app.add_option("--dataset_path,--dataset-path", dataset_path,
-                 "The training data: data.path (tokens: .bin; text: .txt)");
+                 "The training data: data.path (tokens: .bin, a directory or glob of llm.c "
+                 "shards; text: .txt)");
   app.add_option("--epochs", epochs,
                  "Passes over the training data when no step count is given (trainer.epochs)")
       ->check(CLI::PositiveNumber);
