@@ -4,7 +4,10 @@
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
+#include <cstdio>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -18,9 +21,9 @@
 
 namespace ds::engine::testing {
 
-// Runs the oracle into `dir`; false (with the output) when it fails.
-inline void MakeFolder(const std::string& dir, const std::string& variant,
-                       const std::string& extra = "") {
+// Runs the oracle into `dir`; a failed assertion (with the output) when it fails.
+inline void RunOracle(const std::string& dir, const std::string& variant,
+                      const std::string& extra) {
   int status = 0;
   const std::string cmd =
       bench::ShellQuote(ds::testing::Python()) + " " +
@@ -28,6 +31,41 @@ inline void MakeFolder(const std::string& dir, const std::string& variant,
       bench::ShellQuote(dir) + " " + variant + " " + extra + " 2>&1";
   std::optional<std::string> out = bench::RunCapture(cmd, &status);
   ASSERT_TRUE(out.has_value() && status == 0) << cmd << "\n" << out.value_or("");
+}
+
+// Fills `dir` with the oracle's folder of `variant`. The folders are deterministic (seeded), and
+// making one starts Python with transformers (~10 s), while ctest runs every test case as a
+// process of its own: so each (variant, extra, hf_oracle.py's text) is made once, under
+// <build>/test-cache/hf-oracle, and copied. "reload" reads `dir` itself and is never cached.
+inline void MakeFolder(const std::string& dir, const std::string& variant,
+                       const std::string& extra = "") {
+  if (variant == "reload") return RunOracle(dir, variant, extra);
+  io::Env* env = io::Env::Default();
+  Result<std::string> script =
+      env->ReadFileToString(ds::testing::SourceDir() + "/tests/engine/model/hf_oracle.py");
+  ASSERT_TRUE(script.ok()) << script.status().ToString();
+  std::string key = variant + extra + "-" + std::to_string(std::hash<std::string>{}(*script));
+  for (char& c : key) {
+    if (c == ' ' || c == '/') c = '_';
+  }
+  const std::string root = ds::testing::BuildDir() + "/test-cache/hf-oracle";
+  const std::string cache = root + "/" + key;
+  ASSERT_TRUE(env->CreateDirs(root).ok());
+  Result<bool> cached = env->Exists(cache);
+  ASSERT_TRUE(cached.ok());
+  if (!*cached) {  // made aside and renamed into place: a test beside this one may race it
+    const std::string tmp = cache + ".tmp." + std::to_string(::getpid());
+    RunOracle(tmp, variant, extra);
+    if (::testing::Test::HasFatalFailure()) return;
+    if (std::rename(tmp.c_str(), cache.c_str()) != 0) {
+      ASSERT_TRUE(env->RemoveAll(tmp).ok());  // the other test's copy is the same folder
+    }
+  }
+  int status = 0;
+  const std::string cp = "mkdir -p " + bench::ShellQuote(dir) + " && cp -a " +
+                         bench::ShellQuote(cache + "/.") + " " + bench::ShellQuote(dir) + " 2>&1";
+  std::optional<std::string> out = bench::RunCapture(cp, &status);
+  ASSERT_TRUE(out.has_value() && status == 0) << cp << "\n" << out.value_or("");
 }
 
 inline torch::Tensor ReadOracle(const std::string& dir, const std::string& name) {
