@@ -390,4 +390,27 @@ Status SafetensorsReader::ReadTensorData(size_t index, uint64_t offset,
                      TensorLabel(t.name));
 }
 
+Result<std::map<std::string, std::string>> ReadSafetensorsIndex(io::Env* env,
+                                                                const std::string& index) {
+  DS_ASSIGN_OR_RETURN(std::string text, env->ReadFileToString(index));
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") ||
+      !j["weight_map"].is_object() || j["weight_map"].empty()) {
+    return Status::InvalidArgument(index +
+                                   ": not a safetensors index (a JSON object with a "
+                                   "\"weight_map\" of tensor name -> file)");
+  }
+  const std::string dir = io::DirName(index);
+  std::map<std::string, std::string> files;
+  for (const auto& [name, file] : j["weight_map"].items()) {
+    if (!file.is_string() || file.get<std::string>().empty() ||
+        file.get<std::string>().find('/') != std::string::npos) {
+      return Status::InvalidArgument(index + ": weight_map[\"" + name +
+                                     "\"] must name a file in the folder, not " + file.dump());
+    }
+    files[name] = io::JoinPath(dir, file.get<std::string>());
+  }
+  return files;
+}
+
 }  // namespace ds::fmt

@@ -81,4 +81,11 @@ class SafetensorsReader {
 Result<std::vector<SafetensorsTensor>> ParseSafetensorsHeader(
     std::string_view json, uint64_t data_size, std::map<std::string, std::string>* metadata);
 
+// A sharded Hugging Face folder's model.safetensors.index.json (save_pretrained's layout): its
+// "weight_map", tensor name -> a file in the same folder, as full paths under `dir`.
+// InvalidArgument naming the index for anything else (not JSON, no weight_map, an empty one, a
+// file that is not a plain name in the folder).
+Result<std::map<std::string, std::string>> ReadSafetensorsIndex(io::Env* env,
+                                                                const std::string& index);
+
 }  // namespace ds::fmt

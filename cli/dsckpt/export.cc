@@ -15,6 +15,7 @@
 #include "ckpt/inspect.h"
 #include "ckpt/reader.h"
 #include "cli/dsckpt/commands.h"
+#include "formats/safetensors.h"
 #include "io/progress.h"
 #include "io/units.h"
 
@@ -448,25 +449,10 @@ Result<std::vector<std::string>> HfShardFiles(io::Env* env, const std::string& d
   const std::string index = io::JoinPath(dir, "model.safetensors.index.json");
   DS_ASSIGN_OR_RETURN(const bool sharded, env->Exists(index));
   if (!sharded) return std::vector<std::string>{io::JoinPath(dir, "model.safetensors")};
-  DS_ASSIGN_OR_RETURN(std::string text, env->ReadFileToString(index));
-  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") ||
-      !j["weight_map"].is_object() || j["weight_map"].empty()) {
-    return Status::InvalidArgument(index +
-                                   ": not a safetensors index (a JSON object with a "
-                                   "\"weight_map\" of tensor name -> file)");
-  }
+  DS_ASSIGN_OR_RETURN(const auto weight_map, fmt::ReadSafetensorsIndex(env, index));
   std::set<std::string> files;
-  for (const auto& [name, value] : j["weight_map"].items()) {
-    if (!value.is_string() || value.get<std::string>().find('/') != std::string::npos) {
-      return Status::InvalidArgument(index + ": weight_map[\"" + name +
-                                     "\"] must name a file in the folder, not " + value.dump());
-    }
-    files.insert(value.get<std::string>());
-  }
-  std::vector<std::string> out;
-  for (const std::string& name : files) out.push_back(io::JoinPath(dir, name));
-  return out;
+  for (const auto& [name, file] : weight_map) files.insert(file);
+  return std::vector<std::string>(files.begin(), files.end());
 }
 
 int RunImport(const ImportFlags& f) {

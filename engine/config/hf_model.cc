@@ -4,6 +4,8 @@
 #include <set>
 #include <string_view>
 
+#include "formats/safetensors.h"
+
 namespace ds::engine {
 namespace {
 
@@ -119,21 +121,7 @@ Status FindWeights(io::Env* env, HfModelSpec* s) {
   const std::string index = io::JoinPath(s->dir, "model.safetensors.index.json");
   DS_ASSIGN_OR_RETURN(const bool sharded, env->Exists(index));
   if (sharded) {
-    DS_ASSIGN_OR_RETURN(std::string text, env->ReadFileToString(index));
-    json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") ||
-        !j["weight_map"].is_object()) {
-      return Status::InvalidArgument(index +
-                                     ": not a safetensors index (a JSON object with a "
-                                     "\"weight_map\" of tensor name -> file)");
-    }
-    for (const auto& [name, file] : j["weight_map"].items()) {
-      if (!file.is_string() || file.get<std::string>().find('/') != std::string::npos) {
-        return Status::InvalidArgument(index + ": weight_map[\"" + name +
-                                       "\"] must name a file in the folder, not " + file.dump());
-      }
-      s->weight_files[name] = io::JoinPath(s->dir, file.get<std::string>());
-    }
+    DS_ASSIGN_OR_RETURN(s->weight_files, fmt::ReadSafetensorsIndex(env, index));
     return Status::OK();
   }
   DS_ASSIGN_OR_RETURN(const bool one_file, env->Exists(single));
@@ -145,8 +133,8 @@ Status FindWeights(io::Env* env, HfModelSpec* s) {
 Status CheckHeads(const HfModelSpec& s, const char* hidden_key, const char* heads_key) {
   if (s.hidden % s.n_head == 0) return Status::OK();
   return Status::InvalidArgument(io::JoinPath(s.dir, "config.json") + ": " + hidden_key + " (" +
-                                 std::to_string(s.hidden) + ") must be a multiple of " +
-                                 heads_key + " (" + std::to_string(s.n_head) + ")");
+                                 std::to_string(s.hidden) + ") must be a multiple of " + heads_key +
+                                 " (" + std::to_string(s.n_head) + ")");
 }
 
 // Dropout rates the config asks for, which no family applies: a warning each.

@@ -8,8 +8,10 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "ckpt/export.h"
 #include "ckpt/save_util.h"
 #include "ckpt/tensor_files.h"
+#include "formats/safetensors.h"
 #include "testing/matchers.h"
 #include "testing/paths.h"
 #include "testing/python.h"
@@ -157,6 +159,8 @@ TEST_F(DsckptExportTest, ExportBadInputLeavesNothingBehind) {
            {"--dtype fp16", "dsckpt: unknown --dtype 'fp16' (use fp32 or bf16)"},
            {"--what optimizer", "dsckpt: unknown --what 'optimizer' (use weights or all)"},
            {"--memory lots", "dsckpt: --memory"},
+           {"--max-shard-size 5GB", "dsckpt: --max-shard-size is for --format hf"},
+           {"--format hf --max-shard-size lots", "dsckpt: --max-shard-size 'lots': give a size"},
        }) {
     ShellResult r = Sh(Dsckpt() + " export " + Q(ckpt) + " --out " + Q(out) + " " + c.args);
     EXPECT_EQ(r.status, 2) << c.args << ": " << r.out;
@@ -193,6 +197,50 @@ TEST_F(DsckptExportTest, ExportBadInputLeavesNothingBehind) {
   EXPECT_THAT(bad.out, HasSubstr("of rank-00001.dss"));
   EXPECT_FALSE(Exists(out2));
   EXPECT_FALSE(Exists(out2 + ".partial"));
+}
+
+// Hugging Face's sharded layout (ckpt::ExportHfShards): tensors in checkpoint order, cut where the
+// next would pass the limit (a larger one alone), the index's total_size and weight_map; a second
+// export into the folder is refused unless it may overwrite, and then the first one's files go.
+TEST_F(DsckptExportTest, HfShardsFollowSavePretrainedsLayout) {
+  const std::string ckpt = Save(state_, {2, 1, 1}, "s");
+  const std::string out = dir_.Join("hf");
+  io::Env* env = io::Env::Default();
+  ASSERT_TRUE(env->CreateDirs(out).ok());
+  ckpt::ExportOptions o;
+  // wte 12,288 bytes, h.0.attn.c_attn.weight 27,648 (over the limit: alone), ln_f.bias 192.
+  DS_ASSERT_OK_AND_ASSIGN(ckpt::ShardedExport r, ckpt::ExportHfShards(env, ckpt, out, o, 13000));
+  ASSERT_EQ(r.files.size(), 3u);
+  EXPECT_EQ(r.files[0].path, io::JoinPath(out, "model-00001-of-00003.safetensors"));
+  EXPECT_EQ(r.files[2].path, io::JoinPath(out, "model-00003-of-00003.safetensors"));
+  EXPECT_EQ(r.total_bytes, 12288u + 27648u + 192u);
+  DS_ASSERT_OK_AND_ASSIGN(std::string text, env->ReadFileToString(r.index));
+  const nlohmann::json index = nlohmann::json::parse(text);
+  EXPECT_EQ(index["metadata"]["total_size"], 40128);
+  EXPECT_EQ(index["weight_map"]["wte"], "model-00001-of-00003.safetensors");
+  EXPECT_EQ(index["weight_map"]["h.0.attn.c_attn.weight"], "model-00002-of-00003.safetensors");
+  EXPECT_EQ(index["weight_map"]["ln_f.bias"], "model-00003-of-00003.safetensors");
+  DS_ASSERT_OK_AND_ASSIGN(auto read_back, fmt::ReadSafetensorsIndex(env, r.index));
+  EXPECT_EQ(read_back.size(), 3u);
+
+  EXPECT_THAT(ckpt::ExportHfShards(env, ckpt, out, o, UINT64_MAX).status(),
+              testing::StatusIs(StatusCode::kFailedPrecondition,
+                                HasSubstr("model-00001-of-00003.safetensors exists (an earlier "
+                                          "export); pass --force to replace it")));
+  o.overwrite = true;
+  DS_ASSERT_OK_AND_ASSIGN(ckpt::ShardedExport one,
+                          ckpt::ExportHfShards(env, ckpt, out, o, UINT64_MAX));
+  EXPECT_EQ(one.index, "");
+  DS_ASSERT_OK_AND_ASSIGN(std::vector<std::string> files, env->ListDir(out));
+  EXPECT_EQ(files, std::vector<std::string>{"model.safetensors"});
+
+  // An index that maps a tensor outside the folder is refused, naming it.
+  ASSERT_TRUE(env->WriteFileSynced(io::JoinPath(out, "bad.index.json"),
+                                   R"({"weight_map": {"wte": "../x.safetensors"}})")
+                  .ok());
+  EXPECT_THAT(fmt::ReadSafetensorsIndex(env, io::JoinPath(out, "bad.index.json")).status(),
+              testing::StatusIs(StatusCode::kInvalidArgument,
+                                HasSubstr("weight_map[\"wte\"] must name a file in the folder")));
 }
 
 // Python's safetensors loads the file: names, dtypes, shapes and a checksum of every tensor's

@@ -28,26 +28,16 @@ using testing::ReadOracle;
 // Trains `folder` for `steps` at ZeRO `stage` on the built-in corpus into `out`; the summary.
 Result<TrainSummary> Train(const std::string& folder, const std::string& out, int stage, int steps,
                            std::vector<std::string> more = {}) {
-  Overrides o;
-  o.set = {"model.hf_path=" + folder,
-           "model.seq_len=16",
-           "trainer.output_dir=" + out,
-           "tensorboard.enabled=false",
-           "trainer.eval_interval=0",
-           "steps_per_print=1",
-           "zero_optimization.stage=" + std::to_string(stage),
-           "zero_optimization.stage3_param_persistence_threshold=0"};
-  o.set.insert(o.set.end(), more.begin(), more.end());
-  o.max_steps = steps;
-  const std::string file = out + "/ds_config.json";
-  DS_RETURN_IF_ERROR(io::Env::Default()->WriteFileSynced(
-      file, R"({"train_micro_batch_size_per_gpu": 2, "model": {},
-                "optimizer": {"type": "AdamW", "params": {"lr": 0.003}}})"));
-  DS_ASSIGN_OR_RETURN(Config c, LoadConfig(io::Env::Default(), file, o));
-  TrainerOptions t;
-  t.device = "cpu";
-  DS_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(io::Env::Default(), c, t));
-  return trainer->Run();
+  std::vector<std::string> set = {"model.hf_path=" + folder,
+                                  "model.seq_len=16",
+                                  "trainer.output_dir=" + out,
+                                  "tensorboard.enabled=false",
+                                  "trainer.eval_interval=0",
+                                  "steps_per_print=1",
+                                  "zero_optimization.stage=" + std::to_string(stage),
+                                  "zero_optimization.stage3_param_persistence_threshold=0"};
+  set.insert(set.end(), more.begin(), more.end());
+  return testing::TrainOnCpu(out, testing::kTinyConfig, std::move(set), steps);
 }
 
 // One oracle folder for the suite (making one costs a Python start with transformers, ~10 s).
@@ -152,12 +142,11 @@ TEST_F(BertTest, ExportedFolderLoadsInTransformersWithEqualLogits) {
   ASSERT_EQ(s.saves, 1);
   const std::string exported = out.path() + "/hf";
   int status = 0;
-  std::optional<std::string> said =
-      bench::RunCapture(bench::ShellQuote(ds::testing::BuildDir() + "/dsckpt") + " export " +
-                            bench::ShellQuote(out.path() + "/checkpoints/latest") +
-                            " --format hf --out " + bench::ShellQuote(exported) + " 2>&1",
-                        &status);
-  ASSERT_EQ(status, 0) << said.value_or("");
+  const std::string said =
+      testing::Dsckpt("export " + bench::ShellQuote(out.path() + "/checkpoints/latest") +
+                          " --format hf --out " + bench::ShellQuote(exported),
+                      &status);
+  ASSERT_EQ(status, 0) << said;
   MakeFolder(exported, "reload");
   std::shared_ptr<LanguageModel> m = Build(exported, /*deferred=*/false);
   ASSERT_NE(m, nullptr);

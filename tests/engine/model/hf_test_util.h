@@ -10,11 +10,13 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "engine/config/config.h"
 #include "engine/model/bert.h"
 #include "engine/model/hf_gpt2.h"
 #include "engine/model/llama.h"
+#include "engine/train/trainer.h"
 #include "formats/safetensors.h"
 #include "testing/paths.h"
 #include "testing/python.h"
@@ -66,6 +68,41 @@ inline void MakeFolder(const std::string& dir, const std::string& variant,
                          bench::ShellQuote(cache + "/.") + " " + bench::ShellQuote(dir) + " 2>&1";
   std::optional<std::string> out = bench::RunCapture(cp, &status);
   ASSERT_TRUE(out.has_value() && status == 0) << cp << "\n" << out.value_or("");
+}
+
+// The smallest DeepSpeed config the family tests train with: no model or data section.
+inline constexpr char kTinyConfig[] =
+    R"({"train_micro_batch_size_per_gpu": 2, "model": {},
+        "optimizer": {"type": "AdamW", "params": {"lr": 0.003}}})";
+
+// A trainer on the CPU for `config_json` (written to `out`/ds_config.json, as a user's file),
+// the --set items `set` and --max-steps `steps`.
+inline Result<std::unique_ptr<Trainer>> MakeCpuTrainer(const std::string& out,
+                                                       const std::string& config_json,
+                                                       std::vector<std::string> set, int steps) {
+  Overrides o;
+  o.set = std::move(set);
+  o.max_steps = steps;
+  const std::string file = out + "/ds_config.json";
+  DS_RETURN_IF_ERROR(io::Env::Default()->WriteFileSynced(file, config_json));
+  DS_ASSIGN_OR_RETURN(Config c, LoadConfig(io::Env::Default(), file, o));
+  TrainerOptions t;
+  t.device = "cpu";
+  return Trainer::Create(io::Env::Default(), c, t);
+}
+
+inline Result<TrainSummary> TrainOnCpu(const std::string& out, const std::string& config_json,
+                                       std::vector<std::string> set, int steps) {
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer,
+                      MakeCpuTrainer(out, config_json, std::move(set), steps));
+  return trainer->Run();
+}
+
+// `dsckpt ARGS` (ARGS already quoted), its output with stderr, and its exit status.
+inline std::string Dsckpt(const std::string& args, int* status) {
+  return bench::RunCapture(
+             bench::ShellQuote(ds::testing::BuildDir() + "/dsckpt") + " " + args + " 2>&1", status)
+      .value_or("");
 }
 
 inline torch::Tensor ReadOracle(const std::string& dir, const std::string& name) {

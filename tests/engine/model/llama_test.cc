@@ -23,15 +23,20 @@
 #include "testing/matchers.h"
 #include "testing/paths.h"
 #include "testing/python.h"
+#include "tests/engine/data/data_test_util.h"
 #include "tests/engine/model/hf_test_util.h"
 
 namespace ds::engine {
 namespace {
 
 using testing::Build;
+using testing::Dsckpt;
+using testing::kTinyConfig;
 using testing::Logits;
+using testing::MakeCpuTrainer;
 using testing::MakeFolder;
 using testing::ReadOracle;
+using testing::TrainOnCpu;
 
 using ::testing::HasSubstr;
 
@@ -84,31 +89,13 @@ TEST(LlamaTest, TrainsFromAFolderAtStages0And3) {
   // The first and the last step's loss.
   auto run = [](const std::string& folder, int stage) -> std::vector<double> {
     ds::testing::TempDir out;
-    Overrides o;
-    o.set = {"model.hf_path=" + folder,
-             "model.seq_len=12",
-             "trainer.output_dir=" + out.path(),
-             "tensorboard.enabled=false",
-             "trainer.eval_interval=0",
-             "steps_per_print=1",
-             "checkpoint.enabled=false",
-             "zero_optimization.stage=" + std::to_string(stage),
-             "zero_optimization.stage3_param_persistence_threshold=0"};
-    o.max_steps = 4;
-    const std::string cfg =
-        "{\"train_micro_batch_size_per_gpu\": 2, \"model\": {}, "
-        "\"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.003}}}";
-    const std::string file = out.path() + "/ds_config.json";
-    EXPECT_TRUE(io::Env::Default()->WriteFileSynced(file, cfg).ok());
-    Result<Config> c = LoadConfig(io::Env::Default(), file, o);
-    EXPECT_TRUE(c.ok()) << c.status().ToString();
-    if (!c.ok()) return {};
-    TrainerOptions t;
-    t.device = "cpu";
-    Result<std::unique_ptr<Trainer>> trainer = Trainer::Create(io::Env::Default(), *c, t);
-    EXPECT_TRUE(trainer.ok()) << trainer.status().ToString();
-    if (!trainer.ok()) return {};
-    Result<TrainSummary> s = (*trainer)->Run();
+    Result<TrainSummary> s = TrainOnCpu(
+        out.path(), kTinyConfig,
+        {"model.hf_path=" + folder, "model.seq_len=12", "trainer.output_dir=" + out.path(),
+         "tensorboard.enabled=false", "trainer.eval_interval=0", "steps_per_print=1",
+         "checkpoint.enabled=false", "zero_optimization.stage=" + std::to_string(stage),
+         "zero_optimization.stage3_param_persistence_threshold=0"},
+        4);
     EXPECT_TRUE(s.ok()) << s.status().ToString();
     return s.ok() ? std::vector<double>{s->first_loss, s->last_loss} : std::vector<double>{};
   };
@@ -131,21 +118,13 @@ TEST(LlamaTest, ExportedFolderLoadsInTransformersWithEqualLogits) {
     SCOPED_TRACE(variant);
     ds::testing::TempDir dir, out;
     MakeFolder(dir.path(), variant);
-    Overrides o;
-    o.set = {"model.hf_path=" + dir.path(),      "model.seq_len=12",
-             "trainer.output_dir=" + out.path(), "tensorboard.enabled=false",
-             "trainer.eval_interval=0",          "zero_optimization.stage=3"};
-    o.max_steps = 3;
-    const std::string file = out.path() + "/ds_config.json";
-    ASSERT_TRUE(io::Env::Default()
-                    ->WriteFileSynced(file, R"({"train_micro_batch_size_per_gpu": 2, "model": {},
-                        "optimizer": {"type": "AdamW", "params": {"lr": 0.003}}})")
-                    .ok());
-    DS_ASSERT_OK_AND_ASSIGN(Config c, LoadConfig(io::Env::Default(), file, o));
-    TrainerOptions t;
-    t.device = "cpu";
-    DS_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Trainer> trainer,
-                            Trainer::Create(io::Env::Default(), c, t));
+    DS_ASSERT_OK_AND_ASSIGN(
+        std::unique_ptr<Trainer> trainer,
+        MakeCpuTrainer(
+            out.path(), kTinyConfig,
+            {"model.hf_path=" + dir.path(), "model.seq_len=12", "trainer.output_dir=" + out.path(),
+             "tensorboard.enabled=false", "trainer.eval_interval=0", "zero_optimization.stage=3"},
+            3));
     // The folder's config.json was read at start: saves do not need it any more.
     const std::string config = dir.path() + "/config.json";
     ASSERT_EQ(std::rename(config.c_str(), (config + ".away").c_str()), 0);
@@ -157,12 +136,11 @@ TEST(LlamaTest, ExportedFolderLoadsInTransformersWithEqualLogits) {
     int status = 0;
     // Qwen2's folder in shards of at most 100 KB (save_pretrained's layout, with an index).
     const bool sharded = variant == "qwen2";
-    const std::string cmd = bench::ShellQuote(ds::testing::BuildDir() + "/dsckpt") + " export " +
-                            bench::ShellQuote(out.path() + "/checkpoints/latest") +
-                            " --format hf --out " + bench::ShellQuote(folder) +
-                            (sharded ? " --max-shard-size 100KB" : "") + " 2>&1";
-    std::optional<std::string> said = bench::RunCapture(cmd, &status);
-    ASSERT_EQ(status, 0) << said.value_or("");
+    std::string said = Dsckpt("export " + bench::ShellQuote(out.path() + "/checkpoints/latest") +
+                                  " --format hf --out " + bench::ShellQuote(folder) +
+                                  (sharded ? " --max-shard-size 100KB" : ""),
+                              &status);
+    ASSERT_EQ(status, 0) << said;
     DS_ASSERT_OK_AND_ASSIGN(const bool has_index,
                             io::Env::Default()->Exists(folder + "/model.safetensors.index.json"));
     EXPECT_EQ(has_index, sharded);
@@ -183,16 +161,14 @@ TEST(LlamaTest, ExportedFolderLoadsInTransformersWithEqualLogits) {
     EXPECT_LE((got - want).abs().max().item<double>(), 1e-4);
     // The folder (sharded or not) imports back into a checkpoint (dsckpt import DIR keeps its
     // config.json), which exports to the same model.
-    const std::string dsckpt = bench::ShellQuote(ds::testing::BuildDir() + "/dsckpt");
-    said = bench::RunCapture(dsckpt + " import " + bench::ShellQuote(folder) + " --out " +
-                                 bench::ShellQuote(out.path() + "/imported") + " 2>&1",
-                             &status);
-    ASSERT_EQ(status, 0) << said.value_or("");
-    said =
-        bench::RunCapture(dsckpt + " export " + bench::ShellQuote(out.path() + "/imported/latest") +
-                              " --format hf --out " + bench::ShellQuote(folder + "2") + " 2>&1",
-                          &status);
-    ASSERT_EQ(status, 0) << said.value_or("");
+    said = Dsckpt("import " + bench::ShellQuote(folder) + " --out " +
+                      bench::ShellQuote(out.path() + "/imported"),
+                  &status);
+    ASSERT_EQ(status, 0) << said;
+    said = Dsckpt("export " + bench::ShellQuote(out.path() + "/imported/latest") +
+                      " --format hf --out " + bench::ShellQuote(folder + "2"),
+                  &status);
+    ASSERT_EQ(status, 0) << said;
     std::shared_ptr<LanguageModel> again = Build(folder + "2", /*deferred=*/false);
     ASSERT_NE(again, nullptr);
     again->eval();
@@ -220,41 +196,22 @@ TEST(LlamaTest, TwentyStepsEqualAPyTorchLoop) {
     std::vector<uint32_t> tokens;
     for (int i = 0; i < 2 * kT + 1; ++i)
       tokens.push_back(static_cast<uint32_t>((i * 131 + 7) % 311));
-    std::string bytes;  // llm.c's format: a 256-int32 header, then uint16 tokens
-    auto le = [&bytes](uint32_t v, int n) {
-      for (int k = 0; k < n; ++k) bytes.push_back(static_cast<char>((v >> (8 * k)) & 0xff));
-    };
-    le(20240520, 4);
-    le(1, 4);
-    le(static_cast<uint32_t>(tokens.size()), 4);
-    bytes.resize(1024, '\0');
-    for (uint32_t t : tokens) le(t, 2);
+    const std::string bytes = testing::LlmcBytes(20240520, 1, static_cast<int64_t>(tokens.size()),
+                                                 tokens, 2);  // llm.c's uint16 format
     const std::string data = out.path() + "/train.bin";
     ASSERT_TRUE(io::Env::Default()->WriteFileSynced(data, bytes).ok());
 
-    Overrides o;
-    o.set = {"model.hf_path=" + dir.path(),
-             "model.seq_len=12",
-             "data.path=" + data,
-             "data.val_fraction=0",
-             "trainer.output_dir=" + out.path(),
-             "tensorboard.enabled=false",
-             "trainer.eval_interval=0",
-             "steps_per_print=1",
-             "checkpoint.enabled=false"};
-    o.max_steps = kSteps;
-    const std::string file = out.path() + "/ds_config.json";
-    ASSERT_TRUE(io::Env::Default()
-                    ->WriteFileSynced(file, R"({"train_micro_batch_size_per_gpu": 2,
-                        "gradient_clipping": 1.0, "model": {},
-                        "optimizer": {"type": "AdamW", "params": {"lr": 0.002,
-                          "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}}})")
-                    .ok());
-    DS_ASSERT_OK_AND_ASSIGN(Config c, LoadConfig(io::Env::Default(), file, o));
-    TrainerOptions t;
-    t.device = "cpu";
-    DS_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Trainer> trainer,
-                            Trainer::Create(io::Env::Default(), c, t));
+    DS_ASSERT_OK_AND_ASSIGN(
+        std::unique_ptr<Trainer> trainer,
+        MakeCpuTrainer(
+            out.path(), R"({"train_micro_batch_size_per_gpu": 2,
+                          "gradient_clipping": 1.0, "model": {},
+                          "optimizer": {"type": "AdamW", "params": {"lr": 0.002,
+                            "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}}})",
+            {"model.hf_path=" + dir.path(), "model.seq_len=12", "data.path=" + data,
+             "data.val_fraction=0", "trainer.output_dir=" + out.path(), "tensorboard.enabled=false",
+             "trainer.eval_interval=0", "steps_per_print=1", "checkpoint.enabled=false"},
+            kSteps));
     DS_ASSERT_OK_AND_ASSIGN(TrainSummary summary, trainer->Run());
     ASSERT_EQ(summary.steps, kSteps);
     trainer.reset();
