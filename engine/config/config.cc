@@ -190,15 +190,17 @@ void CheckParallelism(const Config& c, Diagnostics* d) {
   const ParallelConfig& p = c.parallel;
   const std::string tp = "tensor_parallel.autotp_size (" + std::to_string(p.tp) + ")";
   const std::string pp = "pipeline.stages (" + std::to_string(p.pp) + ")";
-  if (c.model.arch != "gpt") {
+  // A folder's sizes are read later (LoadConfig, CheckHfParallelism).
+  const bool sized = c.model.arch == "gpt";
+  if (c.model.arch != "gpt" && c.model.arch != "hf") {
     d->Error((p.tp > 1 ? tp : pp) +
-             ": only the built-in GPT (model.arch \"gpt\") is split "
-             "across ranks; model.arch is \"" +
+             ": only the built-in GPT (model.arch \"gpt\") and Llama or GPT-2 folders "
+             "(model.hf_path) are split across ranks; model.arch is \"" +
              c.model.arch + "\"");
-  } else if (p.tp > 1 && c.model.n_head % p.tp != 0) {
+  } else if (sized && p.tp > 1 && c.model.n_head % p.tp != 0) {
     d->Error(tp + " must divide model.n_head (" + std::to_string(c.model.n_head) +
              "): each rank computes whole attention heads");
-  } else if (p.pp > c.model.n_layer) {
+  } else if (sized && p.pp > c.model.n_layer) {
     d->Error(pp + " is more than model.n_layer (" + std::to_string(c.model.n_layer) +
              "): each stage needs at least one block");
   } else if (p.tp > 1 && c.zero.Stage().partitions_parameters()) {
@@ -338,6 +340,47 @@ bool GivesModelSeqLen(const std::string& text, const Overrides& overrides) {
   return it != root["model"].end() && !it->is_null();
 }
 
+// What tensor and pipeline parallelism need from a folder's model (engine/model/split.h): every
+// problem at once, naming config.json's keys.
+Status CheckHfParallelism(const HfModelSpec& hf, const ParallelConfig& p,
+                          const std::string& config_path) {
+  if (p.tp == 1 && p.pp == 1) return Status::OK();
+  const std::string file = io::JoinPath(hf.dir, "config.json");
+  const std::string tp = "tensor_parallel.autotp_size (" + std::to_string(p.tp) + ")";
+  std::vector<std::string> problems;
+  if (hf.family == "bert") {
+    problems.push_back(hf.architecture +
+                       " is not split across ranks (tensor_parallel.autotp_size, "
+                       "pipeline.stages): train it with ZeRO's data parallelism");
+  } else {
+    if (p.tp > 1 && hf.family == "gpt2") {
+      problems.push_back(tp + ": " + hf.architecture +
+                         " is split into pipeline stages only (its Conv1D c_attn holds q, k and v "
+                         "side by side); use pipeline.stages, or a Llama-family folder");
+    }
+    auto divides = [&](const char* key, int64_t n) {
+      if (p.tp > 1 && n % p.tp != 0) {
+        problems.push_back(tp + " must divide " + key + " (" + std::to_string(n) + ") of " +
+                           file + ": each rank computes whole heads");
+      }
+    };
+    if (hf.family == "llama") {
+      divides("num_attention_heads", hf.n_head);
+      divides("num_key_value_heads", hf.n_kv_head);
+      divides("intermediate_size", hf.intermediate);
+    }
+    if (p.pp > hf.n_layer) {
+      problems.push_back("pipeline.stages (" + std::to_string(p.pp) +
+                         ") is more than num_hidden_layers (" + std::to_string(hf.n_layer) +
+                         ") of " + file + ": each stage needs at least one layer");
+    }
+  }
+  if (problems.empty()) return Status::OK();
+  std::string msg = config_path + ": the model of " + hf.dir + " cannot be split this way:";
+  for (const std::string& problem : problems) msg += "\n  - " + problem;
+  return Status::InvalidArgument(msg);
+}
+
 }  // namespace
 
 Result<Config> LoadConfig(io::Env* env, const std::string& path, const Overrides& overrides) {
@@ -368,6 +411,7 @@ Result<Config> LoadConfig(io::Env* env, const std::string& path, const Overrides
                                      std::to_string(hf.max_positions) + ") in " +
                                      io::JoinPath(c.model.hf_path, "config.json"));
     }
+    DS_RETURN_IF_ERROR(CheckHfParallelism(hf, c.parallel, path));
   }
   return c;
 }

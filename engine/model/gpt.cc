@@ -29,37 +29,6 @@ namespace {
 
 namespace F = torch::nn::functional;
 
-// Megatron's f and g: the input of a column-parallel layer passes forward unchanged and its
-// gradient is summed over the tensor-parallel group (each rank's part of the layer contributes
-// to it); a row-parallel layer's partial products are summed forward and the gradient passes
-// back unchanged. The GptPlace travels as an address, as the block above does.
-struct ColumnParallelInput : public torch::autograd::Function<ColumnParallelInput> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x,
-                               int64_t place_ptr) {
-    ctx->saved_data["place"] = place_ptr;
-    return x;
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grad_out) {
-    torch::Tensor g = grad_out[0].contiguous().clone();
-    reinterpret_cast<const GptPlace*>(ctx->saved_data["place"].toInt())->tp_all_reduce(g);
-    return {g, torch::Tensor()};
-  }
-};
-
-struct RowParallelSum : public torch::autograd::Function<RowParallelSum> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* /*ctx*/, torch::Tensor x,
-                               int64_t place_ptr) {
-    torch::Tensor y = x.contiguous().clone();
-    reinterpret_cast<const GptPlace*>(place_ptr)->tp_all_reduce(y);
-    return y;
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* /*ctx*/,
-                                                 torch::autograd::variable_list grad_out) {
-    return {grad_out[0], torch::Tensor()};
-  }
-};
-
 bool EndsWith(const std::string& s, std::string_view suffix) {
   return s.size() >= suffix.size() &&
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -164,13 +133,6 @@ ckpt::TpSplit GptTpSplit(const std::string& name) {
   return {};
 }
 
-std::pair<int64_t, int64_t> GptStageBlocks(int64_t n_layer, int64_t pp, int64_t stage) {
-  // As even as it goes; earlier stages take the remainder (the last also runs the head).
-  const int64_t base = n_layer / pp, extra = n_layer % pp;
-  const int64_t first = stage * base + std::min(stage, extra);
-  return {first, first + base + (stage < extra ? 1 : 0)};
-}
-
 ParamsImpl::ParamsImpl(torch::Tensor w, torch::Tensor b) {
   weight = register_parameter("weight", std::move(w));
   if (b.defined()) bias = register_parameter("bias", std::move(b));
@@ -205,14 +167,10 @@ static torch::Tensor Norm(const Params& ln, const torch::Tensor& x) {
   return at::layer_norm(x, {x.size(-1)}, ln->weight, ln->bias, /*eps=*/1e-5);
 }
 
-torch::Tensor BlockImpl::ColumnInput(const torch::Tensor& x) {
-  return place_->tp == 1 ? x : ColumnParallelInput::apply(x, reinterpret_cast<int64_t>(place_));
-}
-
-torch::Tensor BlockImpl::RowParallel(const Params& lin, const torch::Tensor& in) {
-  if (place_->tp == 1) return Affine(lin, in);
-  return RowParallelSum::apply(at::linear(in, lin->weight), reinterpret_cast<int64_t>(place_)) +
-         lin->bias;
+// A row-parallel projection: this rank's partial product, summed over the group, plus bias.
+static torch::Tensor RowParallel(const GptPlace* place, const Params& lin, const torch::Tensor& in) {
+  if (place->tp == 1) return Affine(lin, in);
+  return TpSum(place, at::linear(in, lin->weight)) + lin->bias;
 }
 
 torch::Tensor BlockImpl::forward(const torch::Tensor& x) {
@@ -220,14 +178,14 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x) {
   const int64_t B = x.size(0), T = x.size(1), hs = x.size(2) / (n_head_ * place_->tp);
   const int64_t C = n_head_ * hs;
   // Attention: q, k, v each (B, nh, T, hs).
-  auto qkv = Affine(c_attn_, ColumnInput(Norm(ln_1_, x))).split(C, 2);
+  auto qkv = Affine(c_attn_, TpColumnInput(place_, Norm(ln_1_, x))).split(C, 2);
   auto heads = [&](const torch::Tensor& t) { return t.view({B, T, n_head_, hs}).transpose(1, 2); };
   torch::Tensor y = at::scaled_dot_product_attention(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]),
                                                      /*attn_mask=*/{}, /*dropout_p=*/0.0,
                                                      /*is_causal=*/true);
-  torch::Tensor h = x + RowParallel(attn_proj_, y.transpose(1, 2).contiguous().view({B, T, C}));
+  torch::Tensor h = x + RowParallel(place_, attn_proj_, y.transpose(1, 2).contiguous().view({B, T, C}));
   // MLP with GPT-2's tanh-approximated GELU.
-  return h + RowParallel(mlp_proj_, F::gelu(Affine(c_fc_, ColumnInput(Norm(ln_2_, h))),
+  return h + RowParallel(place_, mlp_proj_, F::gelu(Affine(c_fc_, TpColumnInput(place_, Norm(ln_2_, h))),
                                             F::GELUFuncOptions().approximate("tanh")));
 }
 
@@ -245,7 +203,7 @@ GptImpl::GptImpl(const GptOptions& o, GptPlace place) : o_(o), place_(std::move(
     wte_ = register_module("wte", Params(make("wte.weight", {o.vocab, c}), torch::Tensor()));
   if (first_stage())
     wpe_ = register_module("wpe", Params(make("wpe.weight", {o.seq_len, c}), torch::Tensor()));
-  const auto [first, last] = GptStageBlocks(o.n_layer, place_.pp, place_.stage);
+  const auto [first, last] = StageLayers(o.n_layer, place_.pp, place_.stage);
   first_block_ = first;
   for (int64_t l = first; l < last; ++l) {
     blocks_.push_back(register_module("h" + std::to_string(l), Block(o, l, &place_, make)));
@@ -294,15 +252,7 @@ torch::Tensor GptImpl::PartOfWhole(const std::string& name, const std::vector<in
   int64_t n = 1;
   for (int64_t d : whole_shape) n *= d;
   torch::Tensor whole = InitRange(spec, o_.seed, name, n, 0, n).view(whole_shape);
-  std::vector<torch::Tensor> pieces;
-  for (const ckpt::TpBox& box : ckpt::TpBoxes(whole_shape, split, static_cast<uint32_t>(place_.tp),
-                                              static_cast<uint32_t>(place_.tp_rank))) {
-    torch::Tensor t = whole;
-    for (size_t d = 0; d < whole_shape.size(); ++d)
-      t = t.narrow(static_cast<int64_t>(d), box.offset[d], box.length[d]);
-    pieces.push_back(t);
-  }
-  return torch::cat(pieces, split.dim).reshape({-1}).narrow(0, begin, end - begin).contiguous();
+  return TpPartOf(whole, split, place_).reshape({-1}).narrow(0, begin, end - begin).contiguous();
 }
 
 torch::Tensor GptImpl::Embed(const torch::Tensor& idx) {

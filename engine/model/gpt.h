@@ -25,6 +25,7 @@
 
 #include "ckpt/tp_layout.h"
 #include "engine/model/model.h"
+#include "engine/model/split.h"
 
 namespace ds::engine {
 
@@ -40,15 +41,8 @@ struct GptOptions {
   bool deferred = false;
 };
 
-// This rank's part of the model (the defaults: the whole model).
-struct GptPlace {
-  int64_t tp = 1, tp_rank = 0;  // tensor-parallel degree and this rank's place
-  int64_t pp = 1, stage = 0;    // pipeline stages and this rank's stage
-  // Sums `t` in place over the tensor-parallel group; throws (a c10::Error) on failure. Called
-  // in the forward and backward passes; needed when tp > 1.
-  std::function<void(torch::Tensor&)> tp_all_reduce;
-  bool whole() const { return tp == 1 && pp == 1; }
-};
+// This rank's part of the model (split.h).
+using GptPlace = ModelPlace;
 
 // The token embedding, which the output head shares (a copy on the last pipeline stage).
 inline constexpr char kGptTiedEmbedding[] = "wte.weight";
@@ -60,8 +54,6 @@ torch::Tensor CrossEntropyInFp32(const torch::Tensor& logits, const torch::Tenso
 
 // How the GPT cuts a parameter across tensor-parallel ranks, by its name.
 ckpt::TpSplit GptTpSplit(const std::string& parameter_name);
-// The blocks of pipeline stage `stage`: [first, last).
-std::pair<int64_t, int64_t> GptStageBlocks(int64_t n_layer, int64_t pp, int64_t stage);
 
 // One layer's parameters and nothing else (weight, and bias unless undefined): the GPT's layers
 // are plain ATen calls on them, so that the tensors can be placeholders until ZeRO fills them.
@@ -81,11 +73,6 @@ class BlockImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
 
  private:
-  // A row-parallel projection: this rank's partial product, summed over the group, plus bias.
-  torch::Tensor RowParallel(const Params& lin, const torch::Tensor& in);
-  // The input of a column-parallel layer (its gradient is summed over the group).
-  torch::Tensor ColumnInput(const torch::Tensor& x);
-
   const GptPlace* place_;
   int64_t n_head_;  // heads on this rank
   Params ln_1_{nullptr}, ln_2_{nullptr};
@@ -93,7 +80,7 @@ class BlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Block);
 
-class GptImpl : public LanguageModel {
+class GptImpl : public LanguageModel, public SplitModel {
  public:
   explicit GptImpl(const GptOptions& o, GptPlace place = {});
 
@@ -101,19 +88,18 @@ class GptImpl : public LanguageModel {
   torch::Tensor forward(const torch::Tensor& idx);
   // The mean cross-entropy of the next-token prediction, computed in fp32 (one stage).
   torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets) override;
-  // This pipeline stage's part: `in` is token ids (B, T) on the first stage, the previous
-  // stage's output (B, T, C) otherwise. Returns the output (B, T, C) for the next stage, or on
-  // the last stage the loss against `targets`.
-  torch::Tensor stage_forward(const torch::Tensor& in, const torch::Tensor& targets);
-  bool first_stage() const { return place_.stage == 0; }
-  bool last_stage() const { return place_.stage == place_.pp - 1; }
-  const GptPlace& place() const { return place_; }
-  // Every parameter of the whole model (all stages) that tensor parallelism cuts, by name.
-  std::map<std::string, ckpt::TpSplit> tp_splits() const;
+  // SplitModel (split.h): the output (B, T, C) for the next stage, or the loss on the last.
+  torch::Tensor stage_forward(const torch::Tensor& in, const torch::Tensor& targets) override;
+  bool first_stage() const { return place_.first_stage(); }
+  bool last_stage() const { return place_.last_stage(); }
+  const GptPlace& place() const override { return place_; }
+  ckpt::TpSplit TpSplitOf(const std::string& name) const override { return GptTpSplit(name); }
+  std::map<std::string, ckpt::TpSplit> tp_splits() const override;
+  std::string tied_embedding() const override { return kGptTiedEmbedding; }
 
   const GptOptions& options() const { return o_; }
   // Parameters in the whole model (all ranks' parts): matches ModelParameterCount().
-  int64_t parameter_count() const;
+  int64_t parameter_count() const override;
   // Training FLOPs per token (6N plus attention's 12 * L * C * T), for MFU.
   double flops_per_token() const override;
   std::vector<std::string> unit_prefixes() const override;  // the blocks: "h0.", "h1.", ...
@@ -144,8 +130,5 @@ class GptImpl : public LanguageModel {
 TORCH_MODULE(Gpt);
 
 GptOptions GptOptionsOf(const ModelConfig& config, uint64_t seed);
-// This rank's part of the GPT of `config` (built one model at a time, as MakeModel does).
-Result<std::shared_ptr<GptImpl>> MakeGptPart(const ModelConfig& config, uint64_t seed,
-                                             GptPlace place);
 
 }  // namespace ds::engine

@@ -62,22 +62,36 @@ torch::Tensor HfGpt2BlockImpl::forward(const torch::Tensor& x) {
 
 HfGpt2Impl::HfGpt2Impl(HfGpt2Options o) : HfModel(std::move(o)) {
   const HfModelSpec& s = o_.spec;
+  const ModelPlace& p = o_.place;
+  TORCH_CHECK_VALUE(p.tp == 1 && p.pp >= 1 && p.pp <= s.n_layer && p.stage >= 0 && p.stage < p.pp,
+                    s.architecture, " of ", s.n_layer, " layers cannot be split ", p.tp,
+                    "-way tensor-parallel over ", p.pp,
+                    " pipeline stages (it is split into pipeline stages only)");
   const ParamMaker make = [this](const std::string& name, std::vector<int64_t> shape) {
     return MakeParam(name, std::move(shape));
   };
   auto body = HolderModule(*this, "transformer");
-  wte_ = body->register_module(
-      "wte", Params(make("transformer.wte.weight", {s.vocab, s.hidden}), torch::Tensor()));
-  wpe_ = body->register_module(
-      "wpe", Params(make("transformer.wpe.weight", {s.max_positions, s.hidden}), torch::Tensor()));
+  if (p.first_stage() || (p.last_stage() && s.tie_embeddings)) {
+    wte_ = body->register_module(
+        "wte", Params(make("transformer.wte.weight", {s.vocab, s.hidden}), torch::Tensor()));
+  }
+  if (p.first_stage()) {
+    wpe_ = body->register_module(
+        "wpe",
+        Params(make("transformer.wpe.weight", {s.max_positions, s.hidden}), torch::Tensor()));
+  }
   auto h = HolderModule(*body, "h");
-  for (int64_t l = 0; l < s.n_layer; ++l) {
+  const auto [first, last] = StageLayers(s.n_layer, p.pp, p.stage);
+  first_block_ = first;
+  for (int64_t l = first; l < last; ++l) {
     const std::string name = std::to_string(l);
     blocks_.push_back(
         h->register_module(name, HfGpt2Block(s, "transformer.h." + name + ".", make)));
   }
-  ln_f_ = body->register_module("ln_f", Params(make("transformer.ln_f.weight", {s.hidden}),
-                                               make("transformer.ln_f.bias", {s.hidden})));
+  if (p.last_stage()) {
+    ln_f_ = body->register_module("ln_f", Params(make("transformer.ln_f.weight", {s.hidden}),
+                                                 make("transformer.ln_f.bias", {s.hidden})));
+  }
   MakeUntiedHead(make);
 }
 
@@ -97,14 +111,17 @@ torch::Tensor HfGpt2Impl::InitialValues(const std::string& name, int64_t begin, 
   return Values(name, begin, end, init);
 }
 
-torch::Tensor HfGpt2Impl::forward(const torch::Tensor& idx) {
+torch::Tensor HfGpt2Impl::Embed(const torch::Tensor& idx) {
   const HfModelSpec& s = o_.spec;
   const int64_t T = idx.size(1);
   TORCH_CHECK_VALUE(T <= s.max_positions, "sequence of ", T,
                     " tokens is longer than the model's n_positions ", s.max_positions);
   torch::Tensor pos =
       torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(idx.device()));
-  torch::Tensor x = at::embedding(wte_->weight, idx) + at::embedding(wpe_->weight, pos);
+  return at::embedding(wte_->weight, idx) + at::embedding(wpe_->weight, pos);
+}
+
+torch::Tensor HfGpt2Impl::Blocks(torch::Tensor x) {
   for (size_t l = 0; l < blocks_.size(); ++l) {
     HfGpt2BlockImpl* b = blocks_[l].get();
     x = RunUnit(static_cast<int>(l), x, [this, b](const torch::Tensor& in) {
@@ -115,13 +132,34 @@ torch::Tensor HfGpt2Impl::forward(const torch::Tensor& idx) {
                  : b->forward(in);
     });
   }
-  x = at::layer_norm(x, {s.hidden}, ln_f_->weight, ln_f_->bias, s.layer_norm_eps);
-  return torch::matmul(x, Head(wte_->weight).t());
+  return x;
+}
+
+torch::Tensor HfGpt2Impl::Logits(const torch::Tensor& x) {
+  const HfModelSpec& s = o_.spec;
+  const torch::Tensor n = at::layer_norm(x, {s.hidden}, ln_f_->weight, ln_f_->bias,
+                                         s.layer_norm_eps);
+  return torch::matmul(n, Head(wte_ ? wte_->weight : torch::Tensor()).t());
+}
+
+torch::Tensor HfGpt2Impl::forward(const torch::Tensor& idx) {
+  TORCH_CHECK(o_.place.pp == 1, "forward() runs the whole model: use stage_forward with stages");
+  return Logits(Blocks(Embed(idx)));
 }
 
 torch::Tensor HfGpt2Impl::loss(const torch::Tensor& idx, const torch::Tensor& targets) {
-  const torch::Tensor logits = forward(idx);
+  return stage_forward(idx, targets);
+}
+
+torch::Tensor HfGpt2Impl::stage_forward(const torch::Tensor& in, const torch::Tensor& targets) {
+  torch::Tensor x = Blocks(o_.place.first_stage() ? Embed(in) : in);
+  if (!o_.place.last_stage()) return x;
+  const torch::Tensor logits = Logits(x);
   return CrossEntropyInFp32(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+}
+
+std::string HfGpt2Impl::tied_embedding() const {
+  return o_.spec.tie_embeddings ? "transformer.wte.weight" : "";
 }
 
 double HfGpt2Impl::flops_per_token() const {
@@ -133,7 +171,7 @@ double HfGpt2Impl::flops_per_token() const {
 std::vector<std::string> HfGpt2Impl::unit_prefixes() const {
   std::vector<std::string> out;
   for (size_t l = 0; l < blocks_.size(); ++l)
-    out.push_back("transformer.h." + std::to_string(l) + ".");
+    out.push_back("transformer.h." + std::to_string(first_block_ + static_cast<int64_t>(l)) + ".");
   return out;
 }
 

@@ -35,20 +35,33 @@ class HfGpt2BlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(HfGpt2Block);
 
-class HfGpt2Impl : public HfModel {
+class HfGpt2Impl : public HfModel, public SplitModel {
  public:
   explicit HfGpt2Impl(HfGpt2Options o);
   ~HfGpt2Impl() override;
 
-  torch::Tensor forward(const torch::Tensor& idx);  // (B, T) -> logits (B, T, V)
+  torch::Tensor forward(const torch::Tensor& idx);  // (B, T) -> logits (B, T, V); the whole model
   torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets) override;
   double flops_per_token() const override;
   std::vector<std::string> unit_prefixes() const override;  // "transformer.h.0.", ...
   torch::Tensor InitialValues(const std::string& name, int64_t begin, int64_t end) const override;
 
+  // SplitModel (split.h): pipeline stages only.
+  torch::Tensor stage_forward(const torch::Tensor& in, const torch::Tensor& targets) override;
+  const ModelPlace& place() const override { return o_.place; }
+  ckpt::TpSplit TpSplitOf(const std::string& /*name*/) const override { return {}; }
+  std::map<std::string, ckpt::TpSplit> tp_splits() const override { return {}; }
+  std::string tied_embedding() const override;
+  int64_t parameter_count() const override { return o_.spec.parameter_count(); }
+
  private:
+  torch::Tensor Embed(const torch::Tensor& idx);
+  torch::Tensor Blocks(torch::Tensor x);
+  torch::Tensor Logits(const torch::Tensor& x);  // the last stage: final norm and head
+
   Params wte_{nullptr}, wpe_{nullptr}, ln_f_{nullptr};
   std::vector<HfGpt2Block> blocks_;
+  int64_t first_block_ = 0;
 };
 TORCH_MODULE(HfGpt2);
 

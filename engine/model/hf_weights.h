@@ -30,6 +30,7 @@ struct HfModelOptions {
   bool activation_checkpointing = false;
   uint64_t seed = 1234;   // initialisation without weights in the folder
   bool deferred = false;  // placeholders whose values InitialValues gives
+  ModelPlace place;       // this rank's part (split.h); the default: the whole model
 };
 
 class HfWeights {
@@ -63,17 +64,21 @@ class HfModel : public LanguageModel {
   ~HfModel() override;
   bool deferred() const override { return o_.deferred; }
   const HfModelSpec& spec() const { return o_.spec; }
+  // How tensor parallelism cuts parameter `name` (split.h); by default, not at all.
+  virtual ckpt::TpSplit TpSplitOf(const std::string& name) const;
 
  protected:
   explicit HfModel(HfModelOptions o);
   // A parameter of this shape, recorded: a ShapeOnly placeholder when deferred, else a tensor of
   // its own holding InitialValues (the whole range).
   at::Tensor MakeParam(const std::string& name, std::vector<int64_t> shape);
-  // Elements [begin, end) of parameter `name`: the folder's, or drawn by `init` when the folder
-  // has no weights. Throws a c10::ValueError for a name the model does not have.
+  // Elements [begin, end) of this rank's part of parameter `name` (the whole parameter's, cut as
+  // TpSplitOf says): the folder's, or drawn by `init` when the folder has no weights. Throws a
+  // c10::ValueError for a name the model does not have.
   at::Tensor Values(const std::string& name, int64_t begin, int64_t end,
                     const InitSpec& init) const;
   // lm_head.weight (vocab, hidden), registered as "lm_head", unless the folder ties the head.
+  // Only on the last pipeline stage.
   void MakeUntiedHead(const ParamMaker& make);
   // The output embedding: lm_head's, or `tied` (the token embedding) when tied.
   const at::Tensor& Head(const at::Tensor& tied) const;

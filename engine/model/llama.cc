@@ -8,6 +8,7 @@
 #include <cmath>
 #include <numbers>
 #include <span>
+#include <string_view>
 
 #include "engine/model/param_init.h"
 
@@ -49,6 +50,28 @@ torch::Tensor Linear(const Params& p, const torch::Tensor& x) {
   return at::linear(x, p->weight, p->bias);
 }
 
+// A row-parallel projection (split.h): this rank's partial product, summed over the
+// tensor-parallel group, then the bias (whole on every rank), once.
+torch::Tensor RowLinear(const ModelPlace* place, const Params& p, const torch::Tensor& x) {
+  if (place->tp == 1) return Linear(p, x);
+  torch::Tensor y = TpSum(place, at::linear(x, p->weight));
+  return p->bias.defined() ? y + p->bias : y;
+}
+
+// The parameters tensor parallelism cuts, by the end of their names: column-parallel ones by
+// output rows (their biases with them), row-parallel ones by input columns.
+struct SplitRule {
+  const char* suffix;
+  ckpt::TpSplit split;
+};
+constexpr SplitRule kSplitRules[] = {
+    {"self_attn.q_proj.weight", {0, 1}}, {"self_attn.q_proj.bias", {0, 1}},
+    {"self_attn.k_proj.weight", {0, 1}}, {"self_attn.k_proj.bias", {0, 1}},
+    {"self_attn.v_proj.weight", {0, 1}}, {"self_attn.v_proj.bias", {0, 1}},
+    {"self_attn.o_proj.weight", {1, 1}}, {"mlp.gate_proj.weight", {0, 1}},
+    {"mlp.gate_proj.bias", {0, 1}},      {"mlp.up_proj.weight", {0, 1}},
+    {"mlp.up_proj.bias", {0, 1}},        {"mlp.down_proj.weight", {1, 1}}};
+
 torch::Tensor RotateHalf(const torch::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
   return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
@@ -58,10 +81,11 @@ torch::Tensor RotateHalf(const torch::Tensor& x) {
 
 // ---- a decoder layer
 
-LlamaLayerImpl::LlamaLayerImpl(const HfModelSpec& s, const std::string& prefix,
-                               const ParamMaker& make)
-    : s_(&s) {
-  const int64_t h = s.hidden, q = s.n_head * s.head_dim, kv = s.n_kv_head * s.head_dim;
+LlamaLayerImpl::LlamaLayerImpl(const HfModelSpec& s, const ModelPlace* place,
+                               const std::string& prefix, const ParamMaker& make)
+    : s_(&s), place_(place), n_head_(s.n_head / place->tp), n_kv_head_(s.n_kv_head / place->tp) {
+  const int64_t h = s.hidden, q = n_head_ * s.head_dim, kv = n_kv_head_ * s.head_dim;
+  const int64_t inner = s.intermediate / place->tp;
   auto attn = HolderModule(*this, "self_attn");
   auto mlp = HolderModule(*this, "mlp");
   auto linear = [&](torch::nn::Module& parent, const std::string& group, const char* name,
@@ -76,9 +100,9 @@ LlamaLayerImpl::LlamaLayerImpl(const HfModelSpec& s, const std::string& prefix,
   k_proj_ = linear(*attn, "self_attn", "k_proj", kv, h, qkv_bias);
   v_proj_ = linear(*attn, "self_attn", "v_proj", kv, h, qkv_bias);
   o_proj_ = linear(*attn, "self_attn", "o_proj", h, q, s.attention_bias);
-  gate_proj_ = linear(*mlp, "mlp", "gate_proj", s.intermediate, h, s.mlp_bias);
-  up_proj_ = linear(*mlp, "mlp", "up_proj", s.intermediate, h, s.mlp_bias);
-  down_proj_ = linear(*mlp, "mlp", "down_proj", h, s.intermediate, s.mlp_bias);
+  gate_proj_ = linear(*mlp, "mlp", "gate_proj", inner, h, s.mlp_bias);
+  up_proj_ = linear(*mlp, "mlp", "up_proj", inner, h, s.mlp_bias);
+  down_proj_ = linear(*mlp, "mlp", "down_proj", h, inner, s.mlp_bias);
   input_layernorm_ = register_module(
       "input_layernorm", Params(make(prefix + "input_layernorm.weight", {h}), torch::Tensor()));
   post_attention_layernorm_ = register_module(
@@ -90,46 +114,64 @@ torch::Tensor LlamaLayerImpl::forward(const torch::Tensor& x, const torch::Tenso
                                       const torch::Tensor& sin) {
   const HfModelSpec& s = *s_;
   const int64_t B = x.size(0), T = x.size(1), d = s.head_dim;
-  const torch::Tensor n = RmsNorm(input_layernorm_, x, s.rms_eps);
+  const torch::Tensor n = TpColumnInput(place_, RmsNorm(input_layernorm_, x, s.rms_eps));
   auto heads = [&](const torch::Tensor& t, int64_t count) {
     return t.view({B, T, count, d}).transpose(1, 2);  // (B, heads, T, d)
   };
-  torch::Tensor q = heads(Linear(q_proj_, n), s.n_head);
-  torch::Tensor k = heads(Linear(k_proj_, n), s.n_kv_head);
-  torch::Tensor v = heads(Linear(v_proj_, n), s.n_kv_head);
+  torch::Tensor q = heads(Linear(q_proj_, n), n_head_);
+  torch::Tensor k = heads(Linear(k_proj_, n), n_kv_head_);
+  torch::Tensor v = heads(Linear(v_proj_, n), n_kv_head_);
   q = q * cos + RotateHalf(q) * sin;  // cos, sin (T, d) broadcast over batch and heads
   k = k * cos + RotateHalf(k) * sin;
-  if (s.n_kv_head != s.n_head) {  // grouped-query attention: each k/v head serves a group
-    const int64_t group = s.n_head / s.n_kv_head;
+  if (n_kv_head_ != n_head_) {  // grouped-query attention: each k/v head serves a group
+    const int64_t group = n_head_ / n_kv_head_;
     k = k.repeat_interleave(group, 1);
     v = v.repeat_interleave(group, 1);
   }
   torch::Tensor y = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
                                                      /*is_causal=*/true);
-  torch::Tensor h = x + Linear(o_proj_, y.transpose(1, 2).reshape({B, T, s.n_head * d}));
-  const torch::Tensor m = RmsNorm(post_attention_layernorm_, h, s.rms_eps);
-  return h + Linear(down_proj_, torch::silu(Linear(gate_proj_, m)) * Linear(up_proj_, m));
+  torch::Tensor h =
+      x + RowLinear(place_, o_proj_, y.transpose(1, 2).reshape({B, T, n_head_ * d}));
+  const torch::Tensor m =
+      TpColumnInput(place_, RmsNorm(post_attention_layernorm_, h, s.rms_eps));
+  return h + RowLinear(place_, down_proj_,
+                       torch::silu(Linear(gate_proj_, m)) * Linear(up_proj_, m));
 }
 
 // ---- the model
 
 LlamaImpl::LlamaImpl(LlamaOptions o) : HfModel(std::move(o)) {
   const HfModelSpec& s = o_.spec;
+  const ModelPlace& p = o_.place;
+  TORCH_CHECK_VALUE(p.tp >= 1 && s.n_head % p.tp == 0 && s.n_kv_head % p.tp == 0 &&
+                        s.intermediate % p.tp == 0 && p.pp >= 1 && p.pp <= s.n_layer &&
+                        p.stage >= 0 && p.stage < p.pp,
+                    s.architecture, " of ", s.n_layer, " layers, ", s.n_head, " heads, ",
+                    s.n_kv_head, " key/value heads and intermediate size ", s.intermediate,
+                    " cannot be split ", p.tp, "-way tensor-parallel over ", p.pp,
+                    " pipeline stages");
+  TORCH_CHECK(p.tp == 1 || p.tp_all_reduce, "tensor parallelism needs tp_all_reduce");
   const ParamMaker make = [this](const std::string& name, std::vector<int64_t> shape) {
     return MakeParam(name, std::move(shape));
   };
   auto body = HolderModule(*this, "model");
-  embed_tokens_ = body->register_module(
-      "embed_tokens",
-      Params(make("model.embed_tokens.weight", {s.vocab, s.hidden}), torch::Tensor()));
-  auto layers = HolderModule(*body, "layers");
-  for (int64_t l = 0; l < s.n_layer; ++l) {
-    const std::string name = std::to_string(l);
-    layers_.push_back(
-        layers->register_module(name, LlamaLayer(s, "model.layers." + name + ".", make)));
+  if (p.first_stage() || (p.last_stage() && s.tie_embeddings)) {
+    embed_tokens_ = body->register_module(
+        "embed_tokens",
+        Params(make("model.embed_tokens.weight", {s.vocab, s.hidden}), torch::Tensor()));
   }
-  norm_ =
-      body->register_module("norm", Params(make("model.norm.weight", {s.hidden}), torch::Tensor()));
+  auto layers = HolderModule(*body, "layers");
+  const auto [first, last] = StageLayers(s.n_layer, p.pp, p.stage);
+  first_layer_ = first;
+  for (int64_t l = first; l < last; ++l) {
+    const std::string name = std::to_string(l);
+    layers_.push_back(layers->register_module(
+        name, LlamaLayer(s, &o_.place, "model.layers." + name + ".", make)));
+  }
+  if (p.last_stage()) {
+    norm_ = body->register_module("norm",
+                                  Params(make("model.norm.weight", {s.hidden}), torch::Tensor()));
+  }
   MakeUntiedHead(make);
 }
 
@@ -175,13 +217,12 @@ std::pair<torch::Tensor, torch::Tensor> LlamaImpl::RotaryTables(const HfModelSpe
   return {emb.cos(), emb.sin()};
 }
 
-torch::Tensor LlamaImpl::Hidden(const torch::Tensor& idx) {
+torch::Tensor LlamaImpl::Layers(torch::Tensor x) {
   const HfModelSpec& s = o_.spec;
-  const int64_t T = idx.size(1);
+  const int64_t T = x.size(1);
   TORCH_CHECK_VALUE(T <= s.max_positions, "sequence of ", T,
                     " tokens is longer than the model's max_position_embeddings ", s.max_positions);
-  torch::Tensor x = at::embedding(embed_tokens_->weight, idx);
-  auto [cos, sin] = RotaryTables(s, T, idx.device());
+  auto [cos, sin] = RotaryTables(s, T, x.device());
   cos = cos.to(x.scalar_type());
   sin = sin.to(x.scalar_type());
   for (size_t l = 0; l < layers_.size(); ++l) {
@@ -194,16 +235,55 @@ torch::Tensor LlamaImpl::Hidden(const torch::Tensor& idx) {
                  : layer->forward(in, cos, sin);
     });
   }
-  return RmsNorm(norm_, x, s.rms_eps);
+  return x;
+}
+
+torch::Tensor LlamaImpl::Logits(const torch::Tensor& x) {
+  return at::linear(RmsNorm(norm_, x, o_.spec.rms_eps),
+                    Head(embed_tokens_ ? embed_tokens_->weight : torch::Tensor()));
 }
 
 torch::Tensor LlamaImpl::forward(const torch::Tensor& idx) {
-  return at::linear(Hidden(idx), Head(embed_tokens_->weight));
+  TORCH_CHECK(o_.place.pp == 1, "forward() runs the whole model: use stage_forward with stages");
+  return Logits(Layers(at::embedding(embed_tokens_->weight, idx)));
 }
 
 torch::Tensor LlamaImpl::loss(const torch::Tensor& idx, const torch::Tensor& targets) {
-  const torch::Tensor logits = forward(idx);
+  return stage_forward(idx, targets);
+}
+
+torch::Tensor LlamaImpl::stage_forward(const torch::Tensor& in, const torch::Tensor& targets) {
+  torch::Tensor x = Layers(o_.place.first_stage() ? at::embedding(embed_tokens_->weight, in) : in);
+  if (!o_.place.last_stage()) return x;
+  const torch::Tensor logits = Logits(x);
   return CrossEntropyInFp32(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+}
+
+ckpt::TpSplit LlamaImpl::TpSplitOf(const std::string& name) const {
+  for (const SplitRule& r : kSplitRules) {
+    if (name.ends_with(r.suffix)) return r.split;
+  }
+  return {};
+}
+
+std::map<std::string, ckpt::TpSplit> LlamaImpl::tp_splits() const {
+  const HfModelSpec& s = o_.spec;
+  std::map<std::string, ckpt::TpSplit> out;
+  for (int64_t l = 0; l < s.n_layer; ++l) {
+    for (const SplitRule& r : kSplitRules) {
+      const std::string_view suffix = r.suffix;
+      if (suffix.ends_with(".bias")) {
+        const bool attn = suffix.starts_with("self_attn.");
+        if (attn ? !(s.attention_bias || s.qkv_bias) : !s.mlp_bias) continue;
+      }
+      out["model.layers." + std::to_string(l) + "." + r.suffix] = r.split;
+    }
+  }
+  return out;
+}
+
+std::string LlamaImpl::tied_embedding() const {
+  return o_.spec.tie_embeddings ? "model.embed_tokens.weight" : "";
 }
 
 double LlamaImpl::flops_per_token() const {
@@ -218,7 +298,7 @@ double LlamaImpl::flops_per_token() const {
 std::vector<std::string> LlamaImpl::unit_prefixes() const {
   std::vector<std::string> out;
   for (size_t l = 0; l < layers_.size(); ++l)
-    out.push_back("model.layers." + std::to_string(l) + ".");
+    out.push_back("model.layers." + std::to_string(first_layer_ + static_cast<int64_t>(l)) + ".");
   return out;
 }
 

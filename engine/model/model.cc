@@ -7,6 +7,7 @@
 #include "engine/model/gpt.h"
 #include "engine/model/hf_gpt2.h"
 #include "engine/model/llama.h"
+#include "engine/model/split.h"
 #include "engine/torch_status.h"
 #include "io/log.h"
 
@@ -22,8 +23,10 @@ Result<std::shared_ptr<LanguageModel>> MakeGpt(const ModelConfig& c, uint64_t se
   return std::shared_ptr<LanguageModel>(std::make_shared<GptImpl>(GptOptionsOf(c, seed)));
 }
 
-// A Hugging Face folder's model (model.hf_path): its family, its sizes, its weights.
-Result<std::shared_ptr<LanguageModel>> MakeHf(const ModelConfig& c, uint64_t seed) {
+// A Hugging Face folder's model (model.hf_path): its family, its sizes, its weights; this rank's
+// part at `place`.
+Result<std::shared_ptr<LanguageModel>> MakeHfPart(const ModelConfig& c, uint64_t seed,
+                                                  ModelPlace place) {
   if (c.hf_path.empty()) {
     return Status::InvalidArgument(
         "model.arch \"hf\" needs model.hf_path (or dsrun --model_name): a Hugging Face model "
@@ -36,14 +39,24 @@ Result<std::shared_ptr<LanguageModel>> MakeHf(const ModelConfig& c, uint64_t see
   o.activation_checkpointing = c.activation_checkpointing;
   o.seed = seed;
   o.deferred = DeferredInit::Active();
+  o.place = std::move(place);
   for (const std::string& w : o.spec.warnings) io::LogWarning(w);
   if (o.spec.family == "bert") {
+    if (!o.place.whole()) {
+      return Status::InvalidArgument(o.spec.architecture +
+                                     " is not split across ranks (tensor_parallel.autotp_size, "
+                                     "pipeline.stages): train it with ZeRO's data parallelism");
+    }
     return std::shared_ptr<LanguageModel>(std::make_shared<BertImpl>(std::move(o)));
   }
   if (o.spec.family == "gpt2") {
     return std::shared_ptr<LanguageModel>(std::make_shared<HfGpt2Impl>(std::move(o)));
   }
   return std::shared_ptr<LanguageModel>(std::make_shared<LlamaImpl>(std::move(o)));
+}
+
+Result<std::shared_ptr<LanguageModel>> MakeHf(const ModelConfig& c, uint64_t seed) {
+  return MakeHfPart(c, seed, ModelPlace{});
 }
 
 // Factories draw from LibTorch's global generator after seeding it: two models built at once
@@ -142,13 +155,20 @@ GptOptions GptOptionsOf(const ModelConfig& c, uint64_t seed) {
   return g;
 }
 
-Result<std::shared_ptr<GptImpl>> MakeGptPart(const ModelConfig& config, uint64_t seed,
-                                             GptPlace place) {
+Result<std::shared_ptr<LanguageModel>> MakeModelPart(const ModelConfig& config, uint64_t seed,
+                                                     ModelPlace place) {
+  if (config.arch != "gpt" && config.arch != "hf") {
+    return Status::InvalidArgument("model.arch '" + config.arch +
+                                   "' is not split across ranks: only the built-in GPT and a "
+                                   "Llama or GPT-2 folder (model.hf_path) are");
+  }
   std::lock_guard<std::mutex> lock(BuildMutex());
   try {
-    return std::make_shared<GptImpl>(GptOptionsOf(config, seed), std::move(place));
+    if (config.arch == "hf") return MakeHfPart(config, seed, std::move(place));
+    return std::shared_ptr<LanguageModel>(
+        std::make_shared<GptImpl>(GptOptionsOf(config, seed), std::move(place)));
   } catch (const std::exception& e) {
-    return TorchError(e, "building this rank's part of the GPT", StatusCode::kInvalidArgument);
+    return TorchError(e, "building this rank's part of the model", StatusCode::kInvalidArgument);
   }
 }
 

@@ -95,7 +95,7 @@ ZeroOptions ZeroOptionsOf(const Config& c, const ParallelState& par, Comm* data_
     z.model_comm = par.model_comm.get();
     for (size_t i = 0; i < places.size(); ++i) {
       z.in_norm.push_back(places[i].owned);
-      if (par.tied_comm != nullptr && places[i].name == kGptTiedEmbedding)
+      if (par.tied_comm != nullptr && places[i].name == par.parts->tied_embedding())
         z.tied.push_back(static_cast<int>(i));
     }
     z.tied_comm = par.tied_comm.get();

@@ -1,4 +1,4 @@
-// Tensor and pipeline parallelism: this rank's place, its groups, its part of the GPT, and where
+// Tensor and pipeline parallelism: this rank's place, its groups, its part of the model, and where
 // each parameter sits in the whole model (for the gradient norm and checkpoints). The pipeline's
 // 1F1B schedule is a step runner (step_pipeline.cc).
 #include "engine/train/parallel.h"
@@ -56,7 +56,7 @@ Status SetupParallel(const Config& config, int rank, int world_size, Comm* world
         group("tied-" + replica, {pipe_ranks.front(), pipe_ranks.back()}, &p.tied_comm));
   }
 
-  GptPlace place;
+  ModelPlace place;
   place.tp = p.tp;
   place.tp_rank = p.tp_rank;
   place.pp = p.pp;
@@ -65,7 +65,10 @@ Status SetupParallel(const Config& config, int rank, int world_size, Comm* world
     Status s = c->AllReduce(t, "tensor-parallel partial sums");
     TORCH_CHECK(s.ok(), s.message());
   };
-  DS_ASSIGN_OR_RETURN(p.gpt, MakeGptPart(config.model, config.trainer.seed, std::move(place)));
+  DS_ASSIGN_OR_RETURN(p.model,
+                      MakeModelPart(config.model, config.trainer.seed, std::move(place)));
+  p.parts = dynamic_cast<SplitModel*>(p.model.get());
+  if (p.parts == nullptr) return Status::FailedPrecondition("MakeModelPart made a model that cannot split");
   return Status::OK();
 }
 
@@ -75,11 +78,12 @@ std::vector<TensorPlace> FindPlaces(const LanguageModel& model, const ParallelSt
     TensorPlace t;
     t.name = p.key();
     t.shape = p.value().sizes().vec();
-    if (par.gpt != nullptr) {
-      t.split = GptTpSplit(t.name);
+    if (par.parts != nullptr) {
+      t.split = par.parts->TpSplitOf(t.name);
       if (t.split.dim >= 0) t.shape[static_cast<size_t>(t.split.dim)] *= par.tp;
+      // The last stage's copy of a tied embedding is the first stage's to count and save.
       t.owned = (t.split.dim >= 0 || par.tp_rank == 0) &&
-                !(t.name == kGptTiedEmbedding && par.pp > 1 && !par.first_stage());
+                !(t.name == par.parts->tied_embedding() && par.pp > 1 && !par.first_stage());
     }
     places.push_back(std::move(t));
   }

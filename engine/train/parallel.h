@@ -1,5 +1,6 @@
 // Tensor and pipeline parallelism in the trainer: this rank's place in the job, its process
-// groups, its part of the GPT, and where each parameter sits in the whole model.
+// groups, its part of the model (engine/model/split.h), and where each parameter sits in the
+// whole model.
 // Thread safety: the training thread only.
 #pragma once
 
@@ -8,8 +9,8 @@
 
 #include "engine/comm/comm.h"
 #include "engine/config/config.h"
-#include "engine/model/gpt.h"
 #include "engine/model/model.h"
+#include "engine/model/split.h"
 #include "engine/train/state_plan.h"
 
 namespace ds::engine {
@@ -24,14 +25,15 @@ struct ParallelState {
   // ranks); the stages of this tensor-parallel rank (pipe, by stage); the first and last stage
   // (their tied embedding).
   std::unique_ptr<Comm> tp_comm, dp_comm, model_comm, pipe_comm, tied_comm;
-  std::shared_ptr<GptImpl> gpt;  // the model, when split
+  std::shared_ptr<LanguageModel> model;  // this rank's part, when split
+  SplitModel* parts = nullptr;           // the same model, as split.h sees it
   bool split() const { return tp * pp > 1; }
   bool first_stage() const { return stage == 0; }
   bool last_stage() const { return stage == pp - 1; }
 };
 
 // Places rank `rank` of `world_size` per config.parallel; when the model is split, makes the
-// groups (over `world`) and this rank's part of the GPT (`gpt`).
+// groups (over `world`) and this rank's part of the model (`model`, `parts`).
 Status SetupParallel(const Config& config, int rank, int world_size, Comm* world,
                      ParallelState* par);
 

@@ -73,7 +73,7 @@ Status PipelineRunner::MicroSteps(const StepParams& p, torch::Tensor& loss_sum) 
       DS_RETURN_IF_ERROR(pipe->Recv(in, s - 1, TagOf(i, false), what));
       in.requires_grad_(true);
     }
-    torch::Tensor out = par_.gpt->stage_forward(in, y);
+    torch::Tensor out = par_.parts->stage_forward(in, y);
     if (par_.last_stage()) {
       loss_sum.add_(out.detach());
     } else {
@@ -124,7 +124,7 @@ Result<at::Tensor> PipelineRunner::EvalSum(const EvalBatches& eval, int64_t batc
       in = Hidden();
       DS_RETURN_IF_ERROR(pipe->Recv(in, s - 1, TagOf(i, false), "evaluation activations"));
     }
-    torch::Tensor out = par_.gpt->stage_forward(in, y);
+    torch::Tensor out = par_.parts->stage_forward(in, y);
     if (par_.last_stage()) {
       sum.add_(out.to(torch::kFloat64));
     } else {

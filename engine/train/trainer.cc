@@ -195,8 +195,8 @@ Status Trainer::Impl::Setup() {
     // each rank its part (engine/model/model.h).
     DeferredInit deferred;
     DS_RETURN_IF_ERROR(SetupParallel(c, options.rank, options.world_size, comm.get(), &par));
-    if (par.gpt != nullptr) {
-      model = par.gpt;  // this rank's part of a model split across ranks
+    if (par.model != nullptr) {
+      model = par.model;  // this rank's part of a model split across ranks
     } else {
       DS_ASSIGN_OR_RETURN(model, MakeModel(c.model, c.trainer.seed));
     }
@@ -265,8 +265,8 @@ Status Trainer::Impl::SetupCheckpoints() {
   a.zero = zero.get();
   a.plan = StatePlan(places, par.tp, par.tp_rank);
   // Every split tensor of the whole model (all stages: rank 0 writes it), for dsckpt reshard.
-  if (auto* gpt = dynamic_cast<GptImpl*>(model.get()))
-    a.tp_splits = StatePlan::BufferSplits(gpt->tp_splits());
+  if (auto* split = dynamic_cast<SplitModel*>(model.get()))
+    a.tp_splits = StatePlan::BufferSplits(split->tp_splits());
   checkpoints = std::make_unique<CheckpointAgent>(std::move(a));
   checkpoints->ReclaimAbandonedSaves();
   return Status::OK();
@@ -347,7 +347,7 @@ void Trainer::Impl::LogModel() const {
   io::LogInfo("model: " + g.arch + " " + std::to_string(g.n_layer) + " layers, " +
               std::to_string(g.n_head) + " heads, d_model " + std::to_string(g.d_model) + ", seq " +
               std::to_string(g.seq_len) + ", vocab " + std::to_string(g.vocab) + ": " +
-              std::to_string(par.gpt ? par.gpt->parameter_count() : zero->numel()) + " parameters" +
+              std::to_string(par.parts ? par.parts->parameter_count() : zero->numel()) + " parameters" +
               (par.split() ? " (" + std::to_string(zero->numel()) + " on this rank)" : "") + ", " +
               std::string(PrecisionName(c.precision())) + " on " + device.str() + ", ZeRO stage " +
               std::to_string(c.zero.stage) + " over " + std::to_string(par.dp) +

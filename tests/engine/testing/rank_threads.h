@@ -46,6 +46,24 @@ inline Result<std::unique_ptr<Trainer>> MakeRankTrainer(
   return Trainer::Create(env, c, to);
 }
 
+// The same, from a config file read as dsrun reads it (LoadConfig: a model folder's sizes too).
+inline Result<std::unique_ptr<Trainer>> MakeRankTrainerFromFile(
+    const std::string& config_file, const std::vector<std::string>& set, int world, int rank,
+    int port, const std::string& corpus_dir, bool will_resume = false) {
+  Overrides o;
+  o.set = set;
+  o.world_size = world;
+  DS_ASSIGN_OR_RETURN(Config c, LoadConfig(io::Env::Default(), config_file, o));
+  TrainerOptions to;
+  to.device = "cpu";
+  to.rank = rank;
+  to.world_size = world;
+  to.master_port = port;
+  to.corpus_cache_dir = corpus_dir;
+  to.will_resume = will_resume;
+  return Trainer::Create(io::Env::Default(), c, to);
+}
+
 // What `dsrun --resume <from>` asks for ("latest", a tag, or a checkpoint directory).
 inline ResumeOptions ResumeFrom(const std::string& from = "latest") {
   ResumeOptions r;

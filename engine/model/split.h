@@ -1,0 +1,84 @@
+// A model split across ranks, Megatron-style: what tensor and pipeline parallelism need from a
+// model (engine/train/parallel.h), whichever family it is. The built-in GPT (gpt.h) and the
+// Llama family (llama.h) split both ways; transformers' GPT-2 (hf_gpt2.h) into pipeline stages
+// only (its Conv1D fuses q, k and v along the columns, which a checkpoint's tensor-parallel
+// boxes cannot cut).
+//
+// Tensor parallelism: each rank holds whole attention heads (the rows of q, k and v for them: a
+// column-parallel projection) and a column-parallel slice of the MLP's input projections; the
+// output projections are row-parallel, their partial products summed over the tensor-parallel
+// group; embeddings, norms and the output head are whole on every rank. Pipeline parallelism: a
+// rank holds a contiguous run of layers; the first stage the embeddings, the last the final norm
+// and the head (with a tied head, a copy of the token embedding whose gradient the two stages
+// sum). A split model starts from exactly the weights of the whole one.
+// Thread safety: a model is used by one training thread.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "ckpt/tp_layout.h"
+#include "engine/config/config.h"
+#include "engine/model/model.h"
+#include "io/status.h"
+
+namespace ds::engine {
+
+// This rank's part of the model (the defaults: the whole model).
+struct ModelPlace {
+  int64_t tp = 1, tp_rank = 0;  // tensor-parallel degree and this rank's place
+  int64_t pp = 1, stage = 0;    // pipeline stages and this rank's stage
+  // Sums `t` in place over the tensor-parallel group; throws (a c10::Error) on failure. Called
+  // in the forward and backward passes; needed when tp > 1.
+  std::function<void(at::Tensor&)> tp_all_reduce;
+  bool whole() const { return tp == 1 && pp == 1; }
+  bool first_stage() const { return stage == 0; }
+  bool last_stage() const { return stage == pp - 1; }
+};
+
+class SplitModel {
+ public:
+  virtual ~SplitModel() = default;
+  // This pipeline stage's part: `in` is token ids (B, T) on the first stage, the previous
+  // stage's output (B, T, hidden) otherwise. Returns the output (B, T, hidden) for the next
+  // stage, or on the last stage the mean loss against `targets`.
+  virtual at::Tensor stage_forward(const at::Tensor& in, const at::Tensor& targets) = 0;
+  virtual const ModelPlace& place() const = 0;
+  // How tensor parallelism cuts parameter `name` (of the whole model).
+  virtual ckpt::TpSplit TpSplitOf(const std::string& name) const = 0;
+  // Every parameter of the whole model (all stages) that tensor parallelism cuts, by name.
+  virtual std::map<std::string, ckpt::TpSplit> tp_splits() const = 0;
+  // The token embedding that the last stage's head shares (a copy there), or "" when untied.
+  virtual std::string tied_embedding() const = 0;
+  // Parameters in the whole model (all ranks' parts).
+  virtual int64_t parameter_count() const = 0;
+};
+
+// This rank's part of the model of `config` at `place` (built one model at a time, as MakeModel
+// does): the built-in GPT ("gpt"), or a Llama or GPT-2 folder ("hf"); the result is also a
+// SplitModel. Other models are refused, naming model.arch.
+Result<std::shared_ptr<LanguageModel>> MakeModelPart(const ModelConfig& config, uint64_t seed,
+                                                     ModelPlace place);
+
+// The layers of pipeline stage `stage`: [first, last). As even as it goes; earlier stages take
+// the remainder (the last also runs the head).
+std::pair<int64_t, int64_t> StageLayers(int64_t n_layer, int64_t pp, int64_t stage);
+
+// This rank's part of `whole` (a parameter of the whole model) as `split` cuts it over the
+// place's tensor-parallel ranks: contiguous, in the layout the rank holds it.
+at::Tensor TpPartOf(const at::Tensor& whole, ckpt::TpSplit split, const ModelPlace& place);
+
+// Megatron's f: the input of a column-parallel layer passes forward unchanged and its gradient is
+// summed over the tensor-parallel group. `place` must outlive the backward pass.
+at::Tensor TpColumnInput(const ModelPlace* place, const at::Tensor& x);
+// Megatron's g: a row-parallel layer's partial products summed over the group; the gradient
+// passes back unchanged.
+at::Tensor TpSum(const ModelPlace* place, const at::Tensor& partial);
+
+}  // namespace ds::engine
