@@ -151,7 +151,7 @@ void WarnDropout(Reader& r, const HfModelSpec& s, std::initializer_list<const ch
 }
 
 // GPT2LMHeadModel: GPT-2's keys (n_embd, n_layer, n_head, n_positions, n_inner, ...).
-Result<HfModelSpec> ReadGpt2(Reader& r, HfModelSpec s, io::Env* env) {
+Result<HfModelSpec> ReadGpt2(Reader& r, HfModelSpec s) {
   const json& j = r.root();
   s.family = "gpt2";
   const std::string act = r.String(j, "activation_function", "gelu_new");
@@ -179,7 +179,6 @@ Result<HfModelSpec> ReadGpt2(Reader& r, HfModelSpec s, io::Env* env) {
   WarnDropout(r, s, {"resid_pdrop", "embd_pdrop", "attn_pdrop"}, &s.warnings);
   DS_RETURN_IF_ERROR(r.error());
   DS_RETURN_IF_ERROR(CheckHeads(s, "n_embd", "n_head"));
-  DS_RETURN_IF_ERROR(FindWeights(env, &s));
   return s;
 }
 
@@ -212,7 +211,7 @@ Status ReadSpecialTokens(io::Env* env, HfModelSpec* s) {
 }
 
 // BertForMaskedLM: BERT's keys (hidden_size, type_vocab_size, layer_norm_eps, ...).
-Result<HfModelSpec> ReadBert(Reader& r, HfModelSpec s, io::Env* env) {
+Result<HfModelSpec> ReadBert(Reader& r, HfModelSpec s) {
   const json& j = r.root();
   s.family = "bert";
   s.hidden_act = r.String(j, "hidden_act", "gelu");
@@ -249,9 +248,6 @@ Result<HfModelSpec> ReadBert(Reader& r, HfModelSpec s, io::Env* env) {
   WarnDropout(r, s, {"hidden_dropout_prob", "attention_probs_dropout_prob"}, &s.warnings);
   DS_RETURN_IF_ERROR(r.error());
   DS_RETURN_IF_ERROR(CheckHeads(s, "hidden_size", "num_attention_heads"));
-  DS_RETURN_IF_ERROR(ReadSpecialTokens(env, &s));
-  if (s.pad_token_id >= 0) s.special_token_ids.push_back(s.pad_token_id);
-  DS_RETURN_IF_ERROR(FindWeights(env, &s));
   return s;
 }
 
@@ -285,17 +281,11 @@ int64_t HfModelSpec::parameter_count() const {
   return n_layer * per_layer + vocab * hidden * (tie_embeddings ? 1 : 2) + hidden;
 }
 
-Result<HfModelSpec> ReadHfModel(io::Env* env, const std::string& dir) {
+Result<HfModelSpec> ParseHfConfig(const std::string& dir, std::string config_json) {
   HfModelSpec s;
   s.dir = dir;
   const std::string file = io::JoinPath(dir, "config.json");
-  DS_ASSIGN_OR_RETURN(const bool has_config, env->Exists(file));
-  if (!has_config) {
-    return Status::NotFound(file +
-                            " does not exist: --model_name / model.hf_path names a "
-                            "Hugging Face model folder (config.json and model.safetensors)");
-  }
-  DS_ASSIGN_OR_RETURN(s.config_json, env->ReadFileToString(file));
+  s.config_json = std::move(config_json);
   const json j = json::parse(s.config_json, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) {
     return Status::InvalidArgument(file + " is not a JSON object");
@@ -311,10 +301,10 @@ Result<HfModelSpec> ReadHfModel(io::Env* env, const std::string& dir) {
       s.family = "llama";
   }
   if (s.architecture == "GPT2LMHeadModel" || (s.architecture.empty() && model_type == "gpt2")) {
-    return ReadGpt2(r, std::move(s), env);
+    return ReadGpt2(r, std::move(s));
   }
   if (s.architecture == "BertForMaskedLM" || (s.architecture.empty() && model_type == "bert")) {
-    return ReadBert(r, std::move(s), env);
+    return ReadBert(r, std::move(s));
   }
   if (s.family.empty()) {
     std::string known = "GPT2LMHeadModel, BertForMaskedLM";
@@ -364,6 +354,23 @@ Result<HfModelSpec> ReadHfModel(io::Env* env, const std::string& dir) {
   if (s.head_dim % 2 != 0) {
     return Status::InvalidArgument(file + ": head_dim (" + std::to_string(s.head_dim) +
                                    ") must be even (rotary embeddings rotate pairs)");
+  }
+  return s;
+}
+
+Result<HfModelSpec> ReadHfModel(io::Env* env, const std::string& dir) {
+  const std::string file = io::JoinPath(dir, "config.json");
+  DS_ASSIGN_OR_RETURN(const bool has_config, env->Exists(file));
+  if (!has_config) {
+    return Status::NotFound(file +
+                            " does not exist: --model_name / model.hf_path names a "
+                            "Hugging Face model folder (config.json and model.safetensors)");
+  }
+  DS_ASSIGN_OR_RETURN(std::string text, env->ReadFileToString(file));
+  DS_ASSIGN_OR_RETURN(HfModelSpec s, ParseHfConfig(dir, std::move(text)));
+  if (s.family == "bert") {
+    DS_RETURN_IF_ERROR(ReadSpecialTokens(env, &s));
+    if (s.pad_token_id >= 0) s.special_token_ids.push_back(s.pad_token_id);
   }
   DS_RETURN_IF_ERROR(FindWeights(env, &s));
   return s;

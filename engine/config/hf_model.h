@@ -67,7 +67,11 @@ struct HfModelSpec {
   int64_t parameter_count() const;
 };
 
-// Reads `dir`/config.json and finds the weights. Errors name the file and the key.
+// Reads `dir`/config.json and finds the weights (and BERT's tokenizer.json). Errors name the file
+// and the key.
 Result<HfModelSpec> ReadHfModel(io::Env* env, const std::string& dir);
+// The model `config_json` (the text of `dir`/config.json) describes, without reading the folder:
+// no weight files, no tokenizer (for estimates from a config that was read already).
+Result<HfModelSpec> ParseHfConfig(const std::string& dir, std::string config_json);
 
 }  // namespace ds::engine

@@ -2,7 +2,8 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <nlohmann/json.hpp>
+#include <optional>
+#include <utility>
 
 #include "io/units.h"
 
@@ -23,24 +24,76 @@ int64_t ModelParameterCount(const ModelConfig& m) {
          + 2 * c;                            // ln_f
 }
 
+std::pair<int64_t, int64_t> StageLayers(int64_t n_layer, int64_t pp, int64_t stage) {
+  const int64_t base = n_layer / pp, extra = n_layer % pp;
+  const int64_t first = stage * base + std::min(stage, extra);
+  return {first, first + base + (stage < extra ? 1 : 0)};
+}
+
+std::optional<HfModelSpec> FolderModel(const ModelConfig& m) {
+  if (m.hf_config_json.empty()) return std::nullopt;
+  Result<HfModelSpec> s = ParseHfConfig(m.hf_path, m.hf_config_json);
+  return s.ok() ? std::optional<HfModelSpec>(std::move(*s)) : std::nullopt;
+}
+
+namespace {
+
+// One layer's parameters on a tensor-parallel rank of `tp`: the cut ones (column-parallel rows
+// with their biases, row-parallel columns) divided, norms and row-parallel biases whole.
+int64_t LayerParameters(const HfModelSpec& s, int64_t tp) {
+  const int64_t h = s.hidden, i = s.intermediate;
+  if (s.family == "llama") {
+    const int64_t q = s.n_head * s.head_dim, kv = s.n_kv_head * s.head_dim;
+    int64_t cut = h * q + 2 * h * kv + q * h + 3 * h * i, whole = 2 * h;
+    if (s.attention_bias || s.qkv_bias) cut += q + 2 * kv;
+    if (s.attention_bias) whole += h;
+    if (s.mlp_bias) {
+      cut += 2 * i;
+      whole += h;
+    }
+    return cut / tp + whole;
+  }
+  // GPT-2 and BERT: q, k, v and the attention output, two norms, the MLP (BERT's as GPT-2's).
+  const int64_t cut = 3 * h * h + 3 * h + h * h + h * i + i + i * h;
+  return cut / tp + 2 * h + 4 * h;
+}
+
+// The built-in GPT's block on a tensor-parallel rank of `tp`.
+int64_t GptBlockParameters(int64_t c, int64_t tp) {
+  return 4 * c + (3 * c * c + 3 * c) / tp + c * c / tp + c + (4 * c * c + 4 * c) / tp +
+         4 * c * c / tp + c;
+}
+
+}  // namespace
+
 int64_t ParametersOnLargestRank(const ModelConfig& m, const ParallelConfig& par) {
   if (par.tp * par.pp == 1) return ModelParameterCount(m);
-  const int64_t c = m.d_model, t = par.tp;
+  const std::optional<HfModelSpec> hf = FolderModel(m);
+  if (hf && hf->family == "bert") return ModelParameterCount(m);  // not split
   // Column-parallel layers keep 1/tp of their rows, row-parallel ones 1/tp of their columns
-  // (and the whole bias); layer norms and embeddings are whole on every tensor-parallel rank.
-  const int64_t block =
-      4 * c + (3 * c * c + 3 * c) / t + c * c / t + c + (4 * c * c + 4 * c) / t + 4 * c * c / t + c;
-  // Stages take n_layer / pp blocks, the first ones one more for the remainder; the first
-  // stage holds the embeddings, the last the final layer norm and a copy of wte.
-  const int64_t most_blocks = (m.n_layer + par.pp - 1) / par.pp;
-  const int64_t first = most_blocks * block + m.vocab * c + m.seq_len * c;
-  const int64_t last = (m.n_layer / par.pp) * block + m.vocab * c + 2 * c;
-  return par.pp == 1 ? first + 2 * c : std::max(first, last);
+  // (and the whole bias); norms and embeddings are whole on every tensor-parallel rank.
+  const int64_t h = m.d_model;
+  const int64_t layer = hf ? LayerParameters(*hf, par.tp) : GptBlockParameters(h, par.tp);
+  // The first stage holds the token (and GPT-2's position) embeddings, the last the final norm
+  // and the head: lm_head, or a copy of the tied token embedding.
+  const int64_t positions = hf ? (hf->family == "gpt2" ? hf->max_positions : 0) : m.seq_len;
+  const int64_t final_norm = hf && hf->family == "llama" ? h : 2 * h;
+  const bool tied = hf ? hf->tie_embeddings : true;
+  int64_t most = 0;
+  for (int64_t stage = 0; stage < par.pp; ++stage) {
+    const auto [first, last] = StageLayers(m.n_layer, par.pp, stage);
+    int64_t n = (last - first) * layer;
+    if (stage == 0) n += (m.vocab + positions) * h;
+    if (stage == par.pp - 1) n += final_norm + (stage > 0 || !tied ? m.vocab * h : 0);
+    most = std::max(most, n);
+  }
+  return most;
 }
 
 int64_t LargestGatheredParameters(const ModelConfig& m) {
   const int64_t c = m.d_model;
-  return std::max(m.vocab * c, 12 * c * c + 13 * c);
+  const std::optional<HfModelSpec> hf = FolderModel(m);
+  return std::max(m.vocab * c, hf ? LayerParameters(*hf, 1) : 12 * c * c + 13 * c);
 }
 
 MemoryEstimate EstimateMemory(const ModelConfig& model, int64_t world_size, const ZeroConfig& zero,
@@ -84,14 +137,10 @@ MemoryEstimate EstimateMemory(const ModelConfig& model, int64_t world_size, cons
 std::string FormatMemoryTable(const Config& config) {
   const int64_t count = ModelParameterCount(config.model);
   std::string model = config.model.preset.empty() ? "custom GPT" : config.model.preset;
-  if (!config.model.hf_path.empty()) {  // the folder's architecture, as its config.json names it
-    const nlohmann::json j =
-        nlohmann::json::parse(config.model.hf_config_json, nullptr, /*allow_exceptions=*/false);
-    const auto a = j.is_object() ? j.find("architectures") : j.end();
-    model = (j.is_object() && a != j.end() && a->is_array() && !a->empty() && (*a)[0].is_string()
-                 ? (*a)[0].get<std::string>()
-                 : std::string("Hugging Face model")) +
-            " from " + config.model.hf_path;
+  if (const std::optional<HfModelSpec> hf = FolderModel(config.model)) {
+    // As its config.json names it (architectures, else model_type's family).
+    model = (hf->architecture.empty() ? hf->family : hf->architecture) + " from " +
+            config.model.hf_path;
   }
   char line[512];
   std::snprintf(line, sizeof(line),
@@ -136,7 +185,21 @@ uint64_t ActivationBytes(const Config& config, bool recomputed, bool on_gpu) {
   const uint64_t tp = static_cast<uint64_t>(std::max<int64_t>(par.tp, 1));
   const uint64_t pp = static_cast<uint64_t>(std::max<int64_t>(par.pp, 1));
   const uint64_t layers = (static_cast<uint64_t>(m.n_layer) + pp - 1) / pp;
-  const uint64_t layer = tokens * c * (5 + 12 / tp) * e;  // one layer's saved values
+  // One layer's saved values per token: `whole` on every tensor-parallel rank, `cut` divided.
+  uint64_t whole = 5 * c, cut = 12 * c;  // the built-in GPT (and GPT-2, BERT: 4C-wide MLPs)
+  if (const std::optional<HfModelSpec> hf = FolderModel(m)) {
+    const uint64_t i = static_cast<uint64_t>(hf->intermediate);
+    if (hf->family == "llama") {
+      // x, both RMSNorms' raw and weighted outputs and the residual sum (6h); attention's q,
+      // k and v as SDPA sees them (k and v repeated to every query head), its output and
+      // o_proj's input (5 query widths); the MLP's gate, its SiLU, up and their product (4i).
+      whole = 6 * c;
+      cut = 5 * static_cast<uint64_t>(hf->n_head * hf->head_dim) + 4 * i;
+    } else {
+      cut = 4 * c + 2 * i;  // q, k, v, attention's output; the MLP's two i-wide tensors
+    }
+  }
+  const uint64_t layer = tokens * (whole + cut / tp) * e;  // one layer's saved values
   uint64_t bytes = recomputed ? layers * tokens * c * e + layer : layers * layer;
   bytes += tokens * c * e;  // the embedding's output
   // The head: the logits and their gradient (fp32 log-softmax and its gradient on the CPU).

@@ -5,21 +5,30 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/config/config.h"
+#include "engine/config/hf_model.h"
 
 namespace ds::engine {
 
 // Pre-LN GPT-2 with tied embeddings: V*C + T*C + L*(12*C*C + 13*C) + 2*C.
 int64_t ModelParameterCount(const ModelConfig& model);
-// The parameters of the rank that holds the most when the GPT is split `parallel.tp` ways and
-// over `parallel.pp` stages (as engine/model/gpt.cc splits it).
+// The parameters of the rank that holds the most when the model is split `parallel.tp` ways and
+// over `parallel.pp` stages (as engine/model/split.h splits the GPT and a folder's family).
 int64_t ParametersOnLargestRank(const ModelConfig& model, const ParallelConfig& parallel);
 // Parameters of the largest unit ZeRO stage 3 gathers whole: the token embedding (V*C) or one
-// transformer block (12*C*C + 13*C), whichever is larger.
+// layer (the GPT's 12*C*C + 13*C, or the folder's), whichever is larger.
 int64_t LargestGatheredParameters(const ModelConfig& model);
+// The layers of pipeline stage `stage` of `pp`: [first, last). As even as it goes; earlier
+// stages take the remainder (the last also runs the head).
+std::pair<int64_t, int64_t> StageLayers(int64_t n_layer, int64_t pp, int64_t stage);
+// A Hugging Face folder's model, from the config.json LoadConfig kept (model.hf_config_json);
+// nullopt for the built-in GPT.
+std::optional<HfModelSpec> FolderModel(const ModelConfig& model);
 
 struct MemoryEstimate {  // bytes, per rank
   int stage = 0;
@@ -55,7 +64,8 @@ struct MachineMemory {
 // Activations one rank keeps for backward over one micro batch (bytes), on the rank holding the
 // most layers: per layer 17 values per token and channel in the training precision (5 whole and
 // 12 cut by tensor parallelism: layer-norm inputs and outputs, q, k, v, attention's output, the
-// MLP's two 4C-wide tensors), or with `recomputed` (activation checkpointing, and always at
+// MLP's two 4C-wide tensors; a Llama folder's layer 6h whole and 5 query widths plus 4
+// intermediate widths cut, a GPT-2 or BERT folder's 5h whole and 4h + 2 intermediate cut), or with `recomputed` (activation checkpointing, and always at
 // stage 3, which reruns every unit in backward) 1 per layer plus one layer's 17; the embedding's
 // output; the head's logits and their gradient (on the CPU also the fp32 log-softmax pair). A
 // pipeline's first stage holds `pp` micro batches at once (1F1B). docs/config.md derives it.

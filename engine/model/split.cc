@@ -41,12 +41,6 @@ struct RowParallelSum : public torch::autograd::Function<RowParallelSum> {
 
 }  // namespace
 
-std::pair<int64_t, int64_t> StageLayers(int64_t n_layer, int64_t pp, int64_t stage) {
-  const int64_t base = n_layer / pp, extra = n_layer % pp;
-  const int64_t first = stage * base + std::min(stage, extra);
-  return {first, first + base + (stage < extra ? 1 : 0)};
-}
-
 at::Tensor TpPartOf(const at::Tensor& whole, ckpt::TpSplit split, const ModelPlace& place) {
   if (split.dim < 0 || place.tp == 1) return whole.contiguous();
   const std::vector<int64_t> shape = whole.sizes().vec();

@@ -25,6 +25,7 @@
 
 #include "ckpt/tp_layout.h"
 #include "engine/config/config.h"
+#include "engine/config/memory.h"  // StageLayers
 #include "engine/model/model.h"
 #include "io/status.h"
 
@@ -65,10 +66,6 @@ class SplitModel {
 // SplitModel. Other models are refused, naming model.arch.
 Result<std::shared_ptr<LanguageModel>> MakeModelPart(const ModelConfig& config, uint64_t seed,
                                                      ModelPlace place);
-
-// The layers of pipeline stage `stage`: [first, last). As even as it goes; earlier stages take
-// the remainder (the last also runs the head).
-std::pair<int64_t, int64_t> StageLayers(int64_t n_layer, int64_t pp, int64_t stage);
 
 // This rank's part of `whole` (a parameter of the whole model) as `split` cuts it over the
 // place's tensor-parallel ranks: contiguous, in the layout the rank holds it.

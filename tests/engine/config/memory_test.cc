@@ -164,6 +164,53 @@ TEST(ConfigMemoryTest, ActivationsPerMicroBatchByHand) {
             4 * tokens * 128 * (5 + 6) * 2 + embed + tokens * 256 * 4);
 }
 
+// A Llama-3.2-1B-shaped folder (as LoadConfig keeps its config.json): its own layer shapes, not
+// the GPT's, for the parameters a split rank holds, the unit stage 3 gathers and activations.
+TEST(ConfigMemoryTest, ALlamaFolderIsCountedByItsOwnShapes) {
+  ModelConfig m;
+  m.arch = "hf";
+  m.hf_path = "/models/llama";
+  m.hf_config_json = R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 128256,
+      "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+      "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
+      "tie_word_embeddings": true})";
+  m.n_layer = 16;
+  m.n_head = 32;
+  m.d_model = 2048;
+  m.vocab = 128256;
+  m.seq_len = 2048;
+  m.hf_parameters = 1'235'814'400;  // transformers' count of this shape
+  ASSERT_TRUE(FolderModel(m).has_value());
+  EXPECT_EQ(FolderModel(m)->n_kv_head, 8);
+  // A layer: q and o 2048 x 2048 each, k and v 2048 x 512 each, gate, up and down 2048 x 8192
+  // each (60,817,408, halved at TP 2), and two RMSNorms (4,096, whole).
+  const int64_t layer_tp2 = 60'817'408 / 2 + 4'096;
+  ParallelConfig tp2;
+  tp2.tp = 2;
+  EXPECT_EQ(ParametersOnLargestRank(m, tp2), 16 * layer_tp2 + 128256LL * 2048 + 2048);
+  // Two stages: 8 layers each; the first holds embed_tokens, the last the norm and a copy of it.
+  ParallelConfig pp2;
+  pp2.pp = 2;
+  EXPECT_EQ(ParametersOnLargestRank(m, pp2), 8 * (60'817'408 + 4'096) + 128256LL * 2048 + 2048);
+  ParallelConfig whole;
+  // Whole: the folder's own count (every layer, the embedding once, the final norm).
+  EXPECT_EQ(16 * (60'817'408 + 4'096) + 128256LL * 2048 + 2048, m.hf_parameters);
+  EXPECT_EQ(ParametersOnLargestRank(m, whole), m.hf_parameters);
+  EXPECT_EQ(LargestGatheredParameters(m), 128256LL * 2048);  // the embedding beats a layer
+
+  json cfg = Base();
+  cfg["model"] = {{"preset", "demo"}};
+  cfg["bf16"] = {{"enabled", true}};
+  cfg["train_micro_batch_size_per_gpu"] = 1;
+  DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(cfg));
+  c.model = m;
+  // Per token and layer: 6 x 2048 whole, 5 x 2048 (query width) + 4 x 8192 cut; bf16.
+  const uint64_t tokens = 2048, layer = tokens * (6 * 2048 + 5 * 2048 + 4 * 8192) * 2;
+  const uint64_t embed = tokens * 2048 * 2, head = tokens * 128256ULL * 4;
+  EXPECT_EQ(ActivationBytes(c, false, true), 16 * layer + embed + head);
+  EXPECT_EQ(ActivationBytes(c, true, true), 16 * tokens * 2048 * 2 + layer + embed + head);
+}
+
 // The cheapest setting that fits one 80 GiB GPU and a 128 GiB host, by model size (bf16, one
 // rank): 16 bytes a parameter of state at stage 0, 2 on the GPU and 16 on the host once the
 // optimizer is offloaded.

@@ -16,6 +16,7 @@
 
 #include "ckpt/catalog.h"
 #include "ckpt/diff.h"
+#include "engine/config/memory.h"
 #include "tests/engine/model/hf_test_util.h"
 #include "tests/engine/testing/rank_threads.h"
 #include "tests/testing/matchers.h"
@@ -29,7 +30,8 @@ using testing::MakeFolder;
 struct RankRun {
   Status status;
   TrainSummary summary;
-  std::string resumed;  // Resume's line
+  std::string resumed;       // Resume's line
+  uint64_t param_bytes = 0;  // the model's parameters on this rank
 };
 
 class HfParallelTest : public ::testing::Test {
@@ -83,6 +85,7 @@ class HfParallelTest : public ::testing::Test {
       Result<TrainSummary> s = (*t)->Run();
       res.status = s.status();
       if (s.ok()) res.summary = *s;
+      res.param_bytes = (*t)->model_state().params;
     });
     return out;
   }
@@ -112,6 +115,17 @@ class HfParallelTest : public ::testing::Test {
         EXPECT_NEAR(*s.last_eval_loss, *want.last_eval_loss, 1e-5 * *want.last_eval_loss);
       }
       EXPECT_LT(got[0].summary.last_loss, got[0].summary.first_loss);
+      // dsrun --dry-run counts the rank that holds the most by the folder's shapes (fp32).
+      uint64_t most = 0;
+      for (const RankRun& run : got) most = std::max(most, run.param_bytes);
+      Overrides o;
+      o.set = {"tensor_parallel.autotp_size=" + std::to_string(tp),
+               "pipeline.stages=" + std::to_string(pp)};
+      o.world_size = tp * pp;
+      Result<Config> c =
+          LoadConfig(io::Env::Default(), WriteConfig(folder.path(), dir.path(), 3), o);
+      ASSERT_TRUE(c.ok()) << c.status().ToString();
+      EXPECT_EQ(most, 4 * static_cast<uint64_t>(ParametersOnLargestRank(c->model, c->parallel)));
       // The split run's checkpoint holds the whole model's tensors, under the folder's names.
       ExpectSameTensors(LatestIn(dir.path()), LatestIn(one.path()), 5e-5);
     }
