@@ -127,8 +127,10 @@ MemoryEstimate EstimateMemory(const ModelConfig& model, int64_t world_size, cons
     e.optimizer = 0;
     if (stage.partitions_gradients()) e.grads = 0;
   }
-  if (stage.partitions_parameters() && zero.offload_param.device == OffloadConfig::Device::kCpu) {
-    e.host += e.params;
+  if (stage.partitions_parameters() && zero.offload_param.device != OffloadConfig::Device::kNone) {
+    // On NVMe: the partition in its swap file; each unit passes through host memory as it is
+    // gathered (the gathered unit, counted on the device, is the bound).
+    (zero.offload_param.device == OffloadConfig::Device::kNvme ? e.nvme : e.host) += e.params;
     e.params = 0;
   }
   return e;
@@ -220,7 +222,10 @@ MemoryNeed NeedOf(const Config& config, const ZeroConfig& zero, bool on_gpu) {
                      ? " + offload_optimizer nvme"
                      : " + offload_optimizer cpu";
   }
-  if (zero.offload_param.device == OffloadConfig::Device::kCpu) n.setting += " + offload_param cpu";
+  if (zero.offload_param.device != OffloadConfig::Device::kNone) {
+    n.setting += zero.offload_param.device == OffloadConfig::Device::kNvme ? " + offload_param nvme"
+                                                                           : " + offload_param cpu";
+  }
   const uint64_t device = e.device_total() + ActivationBytes(config, recomputed, on_gpu);
   n.device = on_gpu ? device : 0;
   n.host = e.host + (on_gpu ? 0 : device);
@@ -246,6 +251,8 @@ std::vector<MemoryNeed> SettingsByCost(const Config& config, bool on_gpu) {
   z.offload_param.device = OffloadConfig::Device::kCpu;
   out.push_back(NeedOf(config, z, on_gpu));
   z.offload_optimizer.device = OffloadConfig::Device::kNvme;
+  out.push_back(NeedOf(config, z, on_gpu));
+  z.offload_param.device = OffloadConfig::Device::kNvme;
   out.push_back(NeedOf(config, z, on_gpu));
   return out;
 }

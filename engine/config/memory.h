@@ -85,7 +85,8 @@ MemoryNeed NeedOf(const Config& config, const ZeroConfig& zero, bool on_gpu);
 
 // The settings dsrun weighs, cheapest (fastest) first: stages 0-3, then stage 2 and 3 with the
 // optimizer offloaded, then stage 3 with the parameters too, then that with the optimizer on
-// NVMe instead (on the CPU: stages 0-3 only). NVMe's disk is not checked.
+// NVMe instead, then the parameters there too (on the CPU: stages 0-3 only). NVMe's disk is not
+// checked.
 std::vector<MemoryNeed> SettingsByCost(const Config& config, bool on_gpu);
 
 // For --dry-run and an out-of-memory step: activations with and without checkpointing, what

@@ -40,11 +40,7 @@ OffloadConfig ReadOffload(SectionReader& z, std::string_view key, bool is_param,
       r.Int("buffer_count", is_param ? 5 : 4, 1, nvme ? Use::kImplemented : Use::kIgnored);
   out.pin_memory = r.Bool("pin_memory", true);
   if (nvme && r.diag()->ok()) {
-    if (is_param) {
-      r.diag()->Error(r.KeyPath("device") +
-                      " 'nvme': parameters on NVMe are not built yet (the optimizer state is: "
-                      "offload_optimizer.device nvme); use cpu for the parameters");
-    } else if (!stage.partitions_optimizer()) {
+    if (!is_param && !stage.partitions_optimizer()) {
       r.diag()->Error(r.KeyPath("device") + " 'nvme' needs ZeRO stage 1-3 (as in DeepSpeed)");
     } else if (!path.is_string() || path.get<std::string>().empty()) {
       r.diag()->Error(r.KeyPath("nvme_path") +
@@ -161,7 +157,7 @@ void ReadZero(SectionReader& top, const ModelConfig& model, ZeroConfig* out) {
   }
   out->offload_param = ReadOffload(z, "offload_param", true, out->Stage());
   out->offload_optimizer = ReadOffload(z, "offload_optimizer", false, out->Stage());
-  if (out->offload_param.device == OffloadConfig::Device::kCpu &&
+  if (out->offload_param.device != OffloadConfig::Device::kNone &&
       !out->Stage().partitions_parameters()) {
     d->Warn("zero_optimization.offload_param has no effect below stage 3 (as in DeepSpeed)");
   }

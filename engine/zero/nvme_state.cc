@@ -4,7 +4,11 @@
 // Adam on them with the chunk of the (host) gradient partition, copy the new master chunk into
 // the parameters and write the three back, the reads of the next chunk and the writes of the
 // last overlapping Adam's work on this one. What it costs per step: 12 bytes read and 12 written
-// per parameter of the partition. After a load or Initialize, publishing reads the master chunk
+// per parameter of the partition.
+//
+// Stage 3's parameters on NVMe (offload_param.device nvme): the partition in the training dtype
+// lives in a swap file of its own (job "<job>-params"), each unit's range read into host memory
+// when the unit is gathered (stage3.cc) and each updated chunk written back as the step makes it. After a load or Initialize, publishing reads the master chunk
 // by chunk. Checkpoints read the files (ReadState) and a resume writes them (WriteState).
 #include <ATen/ATen.h>
 
@@ -52,6 +56,55 @@ Status ZeroOptimizer::Impl::OpenSwap() {
   return Status::OK();
 }
 
+Status ZeroOptimizer::Impl::OpenParamSwap() {
+  if (!stage.partitions_parameters() || o.env == nullptr) {
+    return Status::InvalidArgument("parameters on NVMe need ZeRO stage 3 and an Env");
+  }
+  SwapOptions so;
+  so.env = o.env;
+  so.nvme_path = o.param_nvme_path;
+  so.job = o.param_nvme_job;
+  so.rank = o.rank;
+  so.key = "offload_param.nvme_path";
+  so.buffers.push_back({"params", part_len, static_cast<int>(c10::elementSize(o.dtype))});
+  DS_ASSIGN_OR_RETURN(param_swap, SwapSpace::Open(so));
+  if (param_swap->reclaimed_stale()) {
+    io::LogWarning("rank " + std::to_string(o.rank) +
+                   ": removed the parameter swap files a killed run left in " + param_swap->dir());
+  }
+  return Status::OK();
+}
+
+Result<at::Tensor> ZeroOptimizer::Impl::ReadParams(int64_t begin, int64_t n) const {
+  const bool pin = o.pin_memory && o.device.is_cuda();
+  at::Tensor out = at::empty({n}, at::TensorOptions().dtype(o.dtype).pinned_memory(pin));
+  DS_RETURN_IF_ERROR(param_swap->ReadBytes(
+      0, begin,
+      std::span<std::byte>(static_cast<std::byte*>(out.data_ptr()), static_cast<size_t>(out.nbytes()))));
+  return out;
+}
+
+Status ZeroOptimizer::Impl::PublishChunk(int64_t begin, const at::Tensor& src,
+                                         const at::Tensor& target) const {
+  if (!params_swapped()) {
+    CopyToModel(src, target.narrow(0, begin, src.numel()));
+    return Status::OK();
+  }
+  const at::Tensor values = src.to(at::kCPU, o.dtype).contiguous();
+  return param_swap->WriteBytes(
+      0, begin,
+      std::span<const std::byte>(static_cast<const std::byte*>(values.data_ptr()),
+                                 static_cast<size_t>(values.nbytes())));
+}
+
+Status ZeroOptimizer::Impl::PublishChunks(const at::Tensor& src, const at::Tensor& target) const {
+  const int64_t chunk = SwapChunk();
+  for (int64_t c = 0; c < part_len; c += chunk) {
+    DS_RETURN_IF_ERROR(PublishChunk(c, src.narrow(0, c, std::min(chunk, part_len - c)), target));
+  }
+  return Status::OK();
+}
+
 Result<at::Tensor> ZeroOptimizer::Impl::MasterNow() const {
   if (!swapping()) return master;
   at::Tensor out = at::empty({part_len}, at::kFloat);
@@ -73,7 +126,7 @@ Status ZeroOptimizer::Impl::CopyMasterInto(const at::Tensor& dst) const {
     const int64_t n = std::min(chunk, part_len - c);
     at::Tensor part = buf.narrow(0, 0, n);
     DS_RETURN_IF_ERROR(swap->Read(0, c, Floats(part)));
-    CopyToModel(part, dst.narrow(0, c, n));  // done with `part` when it returns
+    DS_RETURN_IF_ERROR(PublishChunk(c, part, dst));  // done with `part` when it returns
   }
   return Status::OK();
 }
@@ -126,7 +179,7 @@ Status ZeroOptimizer::Impl::SwappedAdamStep(const at::Tensor& skip, const at::Te
               cur.buf[2].narrow(0, 0, n), after, skip, lr, divisor, o.adam,
               beta1.value_or(std::numeric_limits<double>::quiet_NaN()));
     cur.io = std::async(std::launch::async, write, std::ref(cur), c, n);
-    CopyToModel(cur.buf[0].narrow(0, 0, n), publish.narrow(0, c, n));  // both only read it
+    DS_RETURN_IF_ERROR(PublishChunk(c, cur.buf[0].narrow(0, 0, n), publish));  // both only read it
   }
   for (Slot& s : slots) {
     if (s.io.valid()) {

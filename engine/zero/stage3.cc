@@ -106,8 +106,14 @@ Status ZeroOptimizer::Impl::SetupStage3(const std::vector<at::Tensor>& fp32) {
                         .dtype(o.dtype)
                         .device(host ? at::kCPU : o.device)
                         .pinned_memory(host && o.pin_memory && o.device.is_cuda());
-  param_part = master.defined() ? master.to(param_opts, /*non_blocking=*/false, /*copy=*/true)
-                                : at::zeros({part_len}, param_opts);
+  if (params_swapped()) {
+    // On NVMe: the partition's file (preallocated), a built model's weights written into it.
+    DS_RETURN_IF_ERROR(OpenParamSwap());
+    if (master.defined()) DS_RETURN_IF_ERROR(PublishChunks(master, at::Tensor()));
+  } else {
+    param_part = master.defined() ? master.to(param_opts, /*non_blocking=*/false, /*copy=*/true)
+                                  : at::zeros({part_len}, param_opts);
+  }
   grad = at::zeros({part_len}, state_opts);
   if (fp32.empty()) {
     // Deferred: the placeholders hold nothing; every tensor is gathered at its first use.
@@ -130,21 +136,32 @@ Status ZeroOptimizer::Impl::SetupStage3(const std::vector<at::Tensor>& fp32) {
 Status ZeroOptimizer::Impl::IssueGather(int unit) {
   if (unit < 0 || unit >= static_cast<int>(units.size()) || gathers[unit]) return Status::OK();
   auto g = std::make_unique<PendingGather>();
-  std::vector<at::Tensor> pieces;
   bool adjacent = true;  // the pieces are one run of the partition
   int64_t next = -1;
   for (int i : units[unit]) {
     const ZeroTensor& t = tensors[i];
     if (t.fresh) continue;
     g->tensors.push_back(i);
-    pieces.push_back(param_part.narrow(0, t.part_offset, t.piece));
     adjacent = adjacent && (next < 0 || t.part_offset == next);
     next = t.part_offset + t.piece;
   }
   if (g->tensors.empty()) return Status::OK();
   torch::NoGradGuard no_grad;
+  // Where the pieces come from: the partition, or (parameters on NVMe) the unit's range of it
+  // read into host memory (one read, gaps between the pieces included).
+  at::Tensor part = param_part;
+  int64_t base = 0;
+  if (params_swapped()) {
+    base = tensors[g->tensors.front()].part_offset;
+    DS_ASSIGN_OR_RETURN(g->read, ReadParams(base, next - base));
+    part = g->read;
+  }
+  std::vector<at::Tensor> pieces;
+  for (int i : g->tensors) {
+    pieces.push_back(part.narrow(0, tensors[i].part_offset - base, tensors[i].piece));
+  }
   std::optional<c10::StreamGuard> on_side;
-  if (adjacent && param_part.is_cpu() && !o.device.is_cpu()) {
+  if (adjacent && part.is_cpu() && !o.device.is_cpu()) {
     // Offloaded parameters: straight from the page-locked partition (at::cat would first make
     // a pageable copy), on a side stream, so the upload overlaps the units running before this
     // one. The buffers belong to the compute stream; the side stream starts after the work
@@ -159,7 +176,7 @@ Status ZeroOptimizer::Impl::IssueGather(int unit) {
     queued.record(compute);
     queued.block(*upload_stream);
     on_side.emplace(*upload_stream);
-    g->in.copy_(param_part.narrow(0, first, next - first), /*non_blocking=*/true);
+    g->in.copy_(part.narrow(0, first - base, next - first), /*non_blocking=*/true);
   } else {
     g->in = at::cat(pieces).to(o.device, /*non_blocking=*/true);
   }

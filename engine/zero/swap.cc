@@ -32,7 +32,7 @@ Result<std::unique_ptr<SwapSpace>> SwapSpace::Open(const SwapOptions& o) {
   Result<io::FileInfo> root = o.env->Stat(o.nvme_path);
   if (!root.ok() || !root->is_dir) {
     return Status::InvalidArgument(rank + ": nvme_path " + o.nvme_path +
-                                   " is not a directory (offload_optimizer.nvme_path: name a "
+                                   " is not a directory (" + o.key + ": name a "
                                    "directory on the NVMe disk to swap to)");
   }
   std::unique_ptr<SwapSpace> s(new SwapSpace);
@@ -46,8 +46,8 @@ Result<std::unique_ptr<SwapSpace>> SwapSpace::Open(const SwapOptions& o) {
       return Status::FailedPrecondition(
           rank + ": swap directory " + s->dir_ +
           " is in use by another process (another job with the same checkpoint directory, or "
-          "a rank of this one still running): stop it, or set offload_optimizer.nvme_path to "
-          "another directory");
+          "a rank of this one still running): stop it, or set " + o.key +
+          " to another directory");
     }
     return lock.status().WithContext(rank + ": locking the swap directory");
   }
@@ -63,7 +63,8 @@ Result<std::unique_ptr<SwapSpace>> SwapSpace::Open(const SwapOptions& o) {
   DS_RETURN_IF_ERROR(o.env->CreateDirs(s->dir_)) << rank << ": creating the swap directory";
   for (size_t b = 0; b < o.buffers.size(); ++b) {
     const std::string path = s->FilePath(static_cast<int>(b));
-    const uint64_t bytes = static_cast<uint64_t>(o.buffers[b].second) * sizeof(float);
+    const uint64_t bytes =
+        static_cast<uint64_t>(o.buffers[b].elements) * static_cast<uint64_t>(o.buffers[b].element_bytes);
     io::OpenOptions oo;
     oo.mode = io::OpenMode::kCreateNew;
     oo.direct = o.direct;
@@ -79,7 +80,7 @@ Result<std::unique_ptr<SwapSpace>> SwapSpace::Open(const SwapOptions& o) {
                                           " free under " + o.nvme_path + ")"
                                     : std::string()) +
                         ": " + st.message() +
-                        "; free space there or set offload_optimizer.nvme_path to a larger disk");
+                        "; free space there or set " + o.key + " to a larger disk");
     }
     s->files_.push_back(std::move(*f));
   }
@@ -102,18 +103,22 @@ SwapSpace::~SwapSpace() {
 }
 
 std::string SwapSpace::FilePath(int buffer) const {
-  return io::JoinPath(dir_, o_.buffers[static_cast<size_t>(buffer)].first + kSwapSuffix);
+  return io::JoinPath(dir_, o_.buffers[static_cast<size_t>(buffer)].name + kSwapSuffix);
 }
 
 uint64_t SwapSpace::bytes() const {
   uint64_t n = 0;
-  for (const auto& [name, elements] : o_.buffers) n += static_cast<uint64_t>(elements) * 4;
+  for (const SwapBuffer& b : o_.buffers)
+    n += static_cast<uint64_t>(b.elements) * static_cast<uint64_t>(b.element_bytes);
   return n;
 }
 
-Status SwapSpace::Check(int buffer, int64_t begin, size_t count, const char* what) const {
-  if (buffer < 0 || static_cast<size_t>(buffer) >= files_.size() || begin < 0 ||
-      begin + static_cast<int64_t>(count) > o_.buffers[static_cast<size_t>(buffer)].second) {
+Status SwapSpace::Check(int buffer, int64_t begin, size_t bytes, const char* what) const {
+  const bool known = buffer >= 0 && static_cast<size_t>(buffer) < files_.size();
+  const int64_t width = known ? o_.buffers[static_cast<size_t>(buffer)].element_bytes : 1;
+  const int64_t count = static_cast<int64_t>(bytes) / width;
+  if (!known || begin < 0 || static_cast<int64_t>(bytes) % width != 0 ||
+      begin + count > o_.buffers[static_cast<size_t>(buffer)].elements) {
     return Status::InvalidArgument("rank " + std::to_string(o_.rank) + ": swap " + what +
                                    " of buffer " + std::to_string(buffer) + " elements [" +
                                    std::to_string(begin) + ", +" + std::to_string(count) +
@@ -123,36 +128,45 @@ Status SwapSpace::Check(int buffer, int64_t begin, size_t count, const char* wha
 }
 
 Status SwapSpace::Failed(const Status& s, const char* verb, int buffer, int64_t begin,
-                         size_t count) const {
-  return Status(s.code(), "rank " + std::to_string(o_.rank) + ": " + verb + " " +
-                              o_.buffers[static_cast<size_t>(buffer)].first + " elements [" +
-                              std::to_string(begin) + ", " +
-                              std::to_string(begin + static_cast<int64_t>(count)) + ") " +
-                              (verb[0] == 'r' ? "from " : "to ") + FilePath(buffer) + ": " +
+                         size_t bytes) const {
+  const SwapBuffer& b = o_.buffers[static_cast<size_t>(buffer)];
+  const int64_t end = begin + static_cast<int64_t>(bytes) / b.element_bytes;
+  return Status(s.code(), "rank " + std::to_string(o_.rank) + ": " + verb + " " + b.name +
+                              " elements [" + std::to_string(begin) + ", " + std::to_string(end) +
+                              ") " + (verb[0] == 'r' ? "from " : "to ") + FilePath(buffer) + ": " +
                               s.message() +
                               " (training stops; the committed checkpoints are untouched)");
 }
 
-Status SwapSpace::Read(int buffer, int64_t begin, std::span<float> out) const {
+Status SwapSpace::ReadBytes(int buffer, int64_t begin, std::span<std::byte> out) const {
   DS_RETURN_IF_ERROR(Check(buffer, begin, out.size(), "read"));
-  const uint64_t offset = static_cast<uint64_t>(begin) * sizeof(float);
-  Result<size_t> n =
-      files_[static_cast<size_t>(buffer)]->ReadAt(offset, std::as_writable_bytes(out));
+  const uint64_t offset = static_cast<uint64_t>(begin) *
+                          static_cast<uint64_t>(o_.buffers[static_cast<size_t>(buffer)].element_bytes);
+  Result<size_t> n = files_[static_cast<size_t>(buffer)]->ReadAt(offset, out);
   if (!n.ok()) return Failed(n.status(), "reading", buffer, begin, out.size());
-  if (*n != out.size_bytes()) {
+  if (*n != out.size()) {
     return Failed(Status::IOError("read " + std::to_string(*n) + " of " +
-                                  std::to_string(out.size_bytes()) + " bytes (file cut short?)"),
+                                  std::to_string(out.size()) + " bytes (file cut short?)"),
                   "reading", buffer, begin, out.size());
   }
   return Status::OK();
 }
 
-Status SwapSpace::Write(int buffer, int64_t begin, std::span<const float> data) {
+Status SwapSpace::WriteBytes(int buffer, int64_t begin, std::span<const std::byte> data) {
   DS_RETURN_IF_ERROR(Check(buffer, begin, data.size(), "write"));
-  const uint64_t offset = static_cast<uint64_t>(begin) * sizeof(float);
-  Status s = files_[static_cast<size_t>(buffer)]->WriteAt(offset, std::as_bytes(data));
+  const uint64_t offset = static_cast<uint64_t>(begin) *
+                          static_cast<uint64_t>(o_.buffers[static_cast<size_t>(buffer)].element_bytes);
+  Status s = files_[static_cast<size_t>(buffer)]->WriteAt(offset, data);
   if (!s.ok()) return Failed(s, "writing", buffer, begin, data.size());
   return Status::OK();
+}
+
+Status SwapSpace::Read(int buffer, int64_t begin, std::span<float> out) const {
+  return ReadBytes(buffer, begin, std::as_writable_bytes(out));
+}
+
+Status SwapSpace::Write(int buffer, int64_t begin, std::span<const float> data) {
+  return WriteBytes(buffer, begin, std::as_bytes(data));
 }
 
 }  // namespace ds::engine

@@ -1,6 +1,7 @@
 // Where ZeRO state offloaded to NVMe lives (ZeRO-Infinity's swap files): a rank's directory
 // <nvme_path>/<job>/rank-<N> with one file per buffer (the fp32 master weights, exp_avg,
-// exp_avg_sq), each a flat array of float32 read and written by element range through io::Env
+// exp_avg_sq; stage 3's parameter partition in the training precision), each a flat array of
+// elements (float32, or 2-byte bf16/fp16 parameters) read and written by element range through io::Env
 // (O_DIRECT where the filesystem allows), so that FaultEnv reaches every swap like any other
 // write. No LibTorch.
 //
@@ -23,14 +24,21 @@
 
 namespace ds::engine {
 
+// One swap file: a name ("exp_avg"), its length in elements and their width in bytes.
+struct SwapBuffer {
+  std::string name;
+  int64_t elements = 0;
+  int element_bytes = 4;
+};
+
 struct SwapOptions {
   io::Env* env = nullptr;
   std::string nvme_path;  // offload_*.nvme_path: an existing directory
   std::string job;        // SwapJobName: the same for every restart of one job
   int rank = 0;
-  // The buffers: a name ("exp_avg") and a length (float32 elements) each.
-  std::vector<std::pair<std::string, int64_t>> buffers;
+  std::vector<SwapBuffer> buffers;
   bool direct = true;  // O_DIRECT where the filesystem allows it
+  std::string key = "offload_optimizer.nvme_path";  // the config key errors tell the user to set
 };
 
 class SwapSpace {
@@ -42,9 +50,13 @@ class SwapSpace {
   SwapSpace(const SwapSpace&) = delete;
   SwapSpace& operator=(const SwapSpace&) = delete;
 
-  // Elements [begin, begin + out.size()) of buffer `buffer`.
+  // Elements [begin, begin + out.size()) of float32 buffer `buffer`.
   Status Read(int buffer, int64_t begin, std::span<float> out) const;
   Status Write(int buffer, int64_t begin, std::span<const float> data);
+  // The same for a buffer of any width: `out.size()` (`data.size()`) is a whole number of
+  // elements' bytes, starting at element `begin`.
+  Status ReadBytes(int buffer, int64_t begin, std::span<std::byte> out) const;
+  Status WriteBytes(int buffer, int64_t begin, std::span<const std::byte> data);
 
   const std::string& dir() const { return dir_; }
   std::string FilePath(int buffer) const;
@@ -54,8 +66,9 @@ class SwapSpace {
 
  private:
   SwapSpace() = default;
-  Status Check(int buffer, int64_t begin, size_t count, const char* what) const;
-  Status Failed(const Status& s, const char* verb, int buffer, int64_t begin, size_t count) const;
+  // `bytes` from element `begin` of `buffer`: inside it, whole elements.
+  Status Check(int buffer, int64_t begin, size_t bytes, const char* what) const;
+  Status Failed(const Status& s, const char* verb, int buffer, int64_t begin, size_t bytes) const;
 
   SwapOptions o_;
   std::string dir_;

@@ -561,6 +561,8 @@ Status ZeroOptimizer::Impl::PublishMaster() {
   const at::Tensor target = PublishTarget();
   if (swapping()) {
     DS_RETURN_IF_ERROR(CopyMasterInto(target));
+  } else if (params_swapped()) {
+    DS_RETURN_IF_ERROR(PublishChunks(master, target));
   } else {
     CopyToModel(master, target);
   }
@@ -754,6 +756,7 @@ ModelStateBytes ZeroOptimizer::Memory() const {
   add(&m.optimizer, z.exp_avg);
   add(&m.optimizer, z.exp_avg_sq);
   if (z.swap != nullptr) m.on_nvme = z.swap->bytes();
+  if (z.param_swap != nullptr) m.on_nvme += z.param_swap->bytes();
   return m;
 }
 

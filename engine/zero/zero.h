@@ -50,6 +50,12 @@ struct ZeroOptions {
   io::Env* env = nullptr;                     // the swap files' Env
   int64_t swap_chunk = int64_t{1} << 24;      // elements (64 MiB of fp32 per buffer)
   bool offload_param = false;                 // stage 3: parameter partitions on the CPU
+  // offload_param on NVMe: stage 3's parameter partition (in the training dtype) lives in a swap
+  // file under param_nvme_path instead (job param_nvme_job), each unit's range read into host
+  // memory when it is gathered and each updated chunk written back after a step. Empty: in
+  // memory (offload_param false: on the device).
+  std::string param_nvme_path;
+  std::string param_nvme_job;
   bool pin_memory = true;                     // page-locked CPU buffers (with a GPU)
   int64_t prefetch_elements = 50'000'000;     // stage 3: elements gathered ahead of use
   int64_t persistence_threshold = 100'000;    // stage 3: smaller parameters stay gathered

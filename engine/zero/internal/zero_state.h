@@ -57,6 +57,7 @@ struct PendingReduction {
 struct PendingGather {
   CommHandle handle;
   at::Tensor in, out;        // (U) and (W * U) in the training dtype on the device
+  at::Tensor read;           // parameters on NVMe: the unit's range, read into host memory
   std::vector<int> tensors;  // in the order of their columns
   // Offloaded parameters: `in` is uploaded on the side stream; the compute stream waits for
   // this before using the unit.
@@ -99,7 +100,9 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   std::deque<PendingReduction> reductions;
 
   // stage 3
-  at::Tensor param_part;  // (part_len) training dtype, on the device or (offload) the host
+  // (part_len) training dtype, on the device or (offload) the host; undefined when the
+  // parameters are on NVMe (param_swap)
+  at::Tensor param_part;
   std::vector<std::vector<int>> units;  // tensors of each unit; units[0]: outside the units
   std::vector<std::function<at::Tensor(const at::Tensor&)>> unit_fns;
   std::vector<std::unique_ptr<PendingGather>> gathers;  // per unit, null when none in flight
@@ -146,8 +149,19 @@ struct ZeroOptimizer::Impl : public UnitRunner {
                          std::optional<double> beta1, const at::Tensor& publish);
   // The master's chunks into `dst` (the partition in the training dtype, on the device).
   Status CopyMasterInto(const at::Tensor& dst) const;
+  // offload_param nvme (stage 3): the parameter partition, in the training dtype, lives here.
+  std::unique_ptr<SwapSpace> param_swap;
+  bool params_swapped() const { return !o.param_nvme_path.empty(); }
+  Status OpenParamSwap();
+  // Elements [begin, begin + n) of the swapped partition, into host memory (page-locked on a GPU).
+  Result<at::Tensor> ReadParams(int64_t begin, int64_t n) const;
+  // New weights `src` (fp32) for elements [begin, begin + src.numel()) of the partition: into
+  // `target` (PublishTarget()), or converted and written to the swap file when it is there.
+  Status PublishChunk(int64_t begin, const at::Tensor& src, const at::Tensor& target) const;
+  // The same for the whole partition, chunk by chunk.
+  Status PublishChunks(const at::Tensor& src, const at::Tensor& target) const;
   // Publishing new weights. The tensor this rank's partition goes into, in the training dtype:
-  // stage 3's param_part; at stages 0-2 its slot of flat_param, or (several ranks, partitioned
+  // stage 3's param_part (undefined on NVMe: PublishChunk writes there); at stages 0-2 its slot of flat_param, or (several ranks, partitioned
   // optimizer) a buffer that PublishFrom all-gathers into flat_param.
   at::Tensor PublishTarget();
   Status PublishFrom(const at::Tensor& target);  // once `target` holds the new weights

@@ -267,11 +267,18 @@ TEST(ConfigZeroTest, NvmeOffloadOfTheOptimizerNeedsAPathAndAStageAndBadStagesAre
   EXPECT_THAT(Parse(cfg),
               StatusIs(StatusCode::kInvalidArgument,
                        HasSubstr("offload_optimizer.device 'nvme' needs ZeRO stage 1-3")));
-  cfg["zero_optimization"] = {
-      {"stage", 3}, {"offload_param", {{"device", "nvme"}, {"nvme_path", "/local_nvme"}}}};
+  // The parameters on NVMe (stage 3): a path of their own is needed; below stage 3 the section
+  // has no effect, as in DeepSpeed (a warning).
+  cfg["zero_optimization"] = {{"stage", 3}, {"offload_param", {{"device", "nvme"}}}};
   EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
-                                   HasSubstr("offload_param.device 'nvme': parameters on NVMe "
-                                             "are not built yet")));
+                                   HasSubstr("offload_param.nvme_path must name a directory")));
+  cfg["zero_optimization"]["offload_param"]["nvme_path"] = "/local_nvme";
+  DS_ASSERT_OK_AND_ASSIGN(Config p, Parse(cfg));
+  EXPECT_EQ(p.zero.offload_param.device, OffloadConfig::Device::kNvme);
+  EXPECT_EQ(p.zero.offload_param.nvme_path, "/local_nvme");
+  cfg["zero_optimization"]["stage"] = 2;
+  DS_ASSERT_OK_AND_ASSIGN(Config below, Parse(cfg));
+  EXPECT_THAT(below.warnings, Contains(HasSubstr("offload_param has no effect below stage 3")));
   cfg["zero_optimization"] = {{"stage", 4}};
   EXPECT_THAT(Parse(cfg),
               StatusIs(StatusCode::kInvalidArgument,

@@ -286,6 +286,47 @@ TEST_F(ResumeTest, AFailedSwapStopsTrainingNamingTheFileAndLeavesTheCheckpointWh
   EXPECT_THAT(resumed[0].resumed, HasSubstr("at step 2"));
 }
 
+// Stage 3's parameters on NVMe: a read of the partition that fails (EIO) while a unit is
+// gathered stops training with the rank, the file and the elements named; the committed
+// checkpoint stays whole and resumes into the swapped layout.
+TEST_F(ResumeTest, AFailedParameterSwapStopsTrainingNamingTheFileAndLeavesTheCheckpointWhole) {
+  ds::testing::TempDir dir, nvme;
+  io::FaultEnv env(io::Env::Default());
+  const std::vector<std::string> set = {"zero_optimization.stage=3",
+                                        "zero_optimization.offload_optimizer.device=cpu",
+                                        "zero_optimization.offload_param.device=nvme",
+                                        "zero_optimization.offload_param.nvme_path=" + nvme.path(),
+                                        "checkpoint.save_interval_steps=1",
+                                        "aio.block_size=4096",
+                                        "aio.queue_depth=1"};
+  std::vector<RankRun> failed(1);
+  testing::RunRanks(1, [&](int r, int port) {
+    Result<std::unique_ptr<Trainer>> t =
+        testing::MakeRankTrainer(Config(dir.path(), 5), set, 1, r, port, corpus_.path(), &env);
+    if (!t.ok()) {
+      failed[0].status = t.status();
+      return;
+    }
+    for (int i = 0; i < 2; ++i) {
+      if (Status s = (*t)->Step(); !s.ok()) failed[0].status = s;
+    }
+    DS_EXPECT_OK((*t)->SaveCheckpoint("test"));
+    (*t)->WaitForSaves();
+    env.AddRule({.ops = io::kFaultRead, .path_glob = "*/params.swap", .skip = 0, .count = -1});
+    failed[0].status = (*t)->Step();
+    env.ClearRules();
+  });
+  EXPECT_THAT(failed[0].status.message(),
+              AllOf(HasSubstr("rank 0: reading params elements ["), HasSubstr("/rank-0/params.swap"),
+                    HasSubstr("the committed checkpoints are untouched")));
+  EXPECT_FALSE(failed[0].status.ok());
+  std::vector<RankRun> resumed = Run(1, Config(dir.path(), 3), set, testing::ResumeFrom());
+  ASSERT_RANKS_OK(resumed);
+  EXPECT_THAT(resumed[0].resumed, HasSubstr("at step 2"));
+  DS_ASSERT_OK_AND_ASSIGN(std::vector<std::string> left, io::Env::Default()->ListDir(nvme.path()));
+  EXPECT_TRUE(left.empty()) << "swap files left behind";
+}
+
 TEST_F(ResumeTest, BadResumesAreClearErrors) {
   ds::testing::TempDir dir;
   // Nothing saved yet.

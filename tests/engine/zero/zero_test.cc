@@ -108,6 +108,7 @@ TEST_F(ZeroTest, EveryStageAndWorldSizeTrainsLikeOneProcess) {
     bool offload;
     bool overlap = false;  // stage 1: buckets reduced during the last micro batch's backward
     bool nvme = false;     // the optimizer state in swap files, streamed in 1024-float chunks
+    bool param_nvme = false;  // stage 3's parameter partition in a swap file too
   };
   std::vector<Case> cases;
   for (int world : {1, 2, 4}) {
@@ -117,6 +118,8 @@ TEST_F(ZeroTest, EveryStageAndWorldSizeTrainsLikeOneProcess) {
     cases.push_back({world, 1, false, true});
     cases.push_back({world, 1, true, true});
     for (int stage : {1, 2, 3}) cases.push_back({world, stage, true, false, true});
+    cases.push_back({world, 3, true, false, false, true});  // optimizer on the CPU
+    cases.push_back({world, 3, true, false, true, true});   // both on NVMe
   }
   ds::testing::TempDir nvme;
   // The reference: one process reading the world's micro batches at once, at stage 0.
@@ -129,13 +132,21 @@ TEST_F(ZeroTest, EveryStageAndWorldSizeTrainsLikeOneProcess) {
   for (const Case& k : cases) {
     SCOPED_TRACE("world " + std::to_string(k.world) + ", stage " + std::to_string(k.stage) +
                  (k.offload ? (k.nvme ? ", NVMe offload" : ", CPU offload") : "") +
+                 (k.param_nvme ? ", parameters on NVMe" : "") +
                  (k.overlap ? ", overlap_comm" : ""));
     std::vector<std::string> set = {"zero_optimization.stage=" + std::to_string(k.stage)};
     if (k.overlap) set.push_back("zero_optimization.overlap_comm=true");
     if (k.offload) {
       set.push_back("zero_optimization.offload_optimizer.device=" +
                     std::string(k.nvme ? "nvme" : "cpu"));
-      if (k.stage == 3) set.push_back("zero_optimization.offload_param.device=cpu");
+      if (k.stage == 3) {
+        set.push_back("zero_optimization.offload_param.device=" +
+                      std::string(k.param_nvme ? "nvme" : "cpu"));
+      }
+    }
+    if (k.param_nvme) {
+      set.insert(set.end(), {"zero_optimization.offload_param.nvme_path=" + nvme.path(),
+                             "aio.block_size=4096", "aio.queue_depth=1"});
     }
     if (k.nvme) {
       set.insert(set.end(), {"zero_optimization.offload_optimizer.nvme_path=" + nvme.path(),
@@ -161,7 +172,7 @@ TEST_F(ZeroTest, EveryStageAndWorldSizeTrainsLikeOneProcess) {
       }
       // Training moved the weights away from where they started.
       EXPECT_LT(g.summary.last_loss, g.summary.first_loss);
-      if (k.nvme) {
+      if (k.nvme || k.param_nvme) {
         EXPECT_GT(g.memory.on_nvme, 0u) << "rank " << r;
       }
     }
