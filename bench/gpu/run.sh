@@ -172,8 +172,8 @@ for s in "$@"; do
       # The largest GPT along the 1.3B shape (d_model CAPACITY_D, default 2048; heads of 128;
       # seq 1024; micro-batch 1; bf16; activation checkpointing) that trains 2 steps on this
       # GPU, per setting of CAPACITY_SETTINGS ("stage:offload" items; offload none, optimizer,
-      # all or nvme), for dsrun and for DeepSpeed (ds_peer.py; not for nvme: DeepSpeed's NVMe
-      # offload needs its async_io op, built against libaio). Layers double from
+      # all, nvme or nvme-all), for dsrun and for DeepSpeed (ds_peer.py; not for nvme: DeepSpeed's
+      # NVMe offload needs its async_io op, built against libaio). Layers double from
       # CAPACITY_START (default 24) while the run trains, then bisect. Each probe's JSON and
       # the verdicts go to $OUT/capacity-<who>-<setting>.log; dsrun's --dry-run advice for the
       # largest that trained is in capacity-dryrun-<setting>.log.
@@ -201,7 +201,7 @@ for s in "$@"; do
       for setting in ${CAPACITY_SETTINGS:-0:none 2:optimizer 3:all}; do
         st=${setting%%:*} off=${setting##*:}
         for who in dsrun ds; do
-          [[ $who == ds && $off == nvme ]] && continue
+          [[ $who == ds && $off == nvme* ]] && continue
           step "capacity $who stage $st offload $off"
           lo=0 hi=0 L=${CAPACITY_START:-24}
           while probe "$who" "$st" "$off" "$L"; do lo=$L; L=$((L * 2)); [[ $L -gt 512 ]] && break; done

@@ -272,13 +272,16 @@ namespace {
 // layout.
 struct BenchCase {
   int stage = 0;
-  std::string offload;  // "none", "optimizer" (offload_optimizer) or "all" (and offload_param)
+  // "none", "optimizer" (offload_optimizer), "all" (and offload_param), "nvme" (the optimizer on
+  // NVMe, parameters on the CPU) or "nvme-all" (both on NVMe)
+  std::string offload;
   int tp = 1, pp = 1;
   std::string Label() const {
     return std::to_string(stage) +
            (offload == "none"   ? ""
             : offload == "all"  ? "+all"
             : offload == "nvme" ? "+nvme"
+            : offload == "nvme-all" ? "+nvme-all"
                                 : "+opt") +
            (tp * pp > 1 ? "/tp" + std::to_string(tp) + "pp" + std::to_string(pp) : "");
   }
@@ -312,10 +315,11 @@ Result<std::vector<BenchCase>> BenchCases(const DsrunFlags& f) {
   std::vector<std::string> offloads;
   std::stringstream in(f.bench_offload);
   for (std::string item; std::getline(in, item, ',');) {
-    if (item != "none" && item != "optimizer" && item != "all" && item != "nvme") {
+    if (item != "none" && item != "optimizer" && item != "all" && item != "nvme" &&
+        item != "nvme-all") {
       return Status::InvalidArgument("--offload '" + f.bench_offload + "': '" + item +
                                      "' is not an offload setting (use none, optimizer, all, "
-                                     "nvme)");
+                                     "nvme, nvme-all)");
     }
     offloads.push_back(item);
   }
@@ -324,7 +328,7 @@ Result<std::vector<BenchCase>> BenchCases(const DsrunFlags& f) {
   for (const auto& [tp, pp] : layouts) {
     for (int stage : stages) {
       for (const std::string& o : offloads) {
-        if ((o != "none" && stage == 0) || (o == "all" && stage != 3)) continue;
+        if ((o != "none" && stage == 0) || ((o == "all" || o == "nvme-all") && stage != 3)) continue;
         if ((tp > 1 && stage == 3) || (pp > 1 && stage > 1) || ranks % (tp * pp) != 0) continue;
         out.push_back({stage, o, tp, pp});
       }
@@ -425,11 +429,16 @@ int RunBench(const DsrunFlags& f, const DsrunTools& tools) {
     child.set.push_back("zero_optimization.stage=" + std::to_string(bc.stage));
     child.set.push_back("tensor_parallel.autotp_size=" + std::to_string(bc.tp));
     child.set.push_back("pipeline.stages=" + std::to_string(bc.pp));
-    if (bc.offload == "nvme") {
+    const std::string nvme_path = f.bench_nvme_path.empty() ? *dir : f.bench_nvme_path;
+    if (bc.offload == "nvme" || bc.offload == "nvme-all") {
       child.set.push_back("zero_optimization.offload_optimizer.device=nvme");
-      child.set.push_back("zero_optimization.offload_optimizer.nvme_path=" +
-                          (f.bench_nvme_path.empty() ? *dir : f.bench_nvme_path));
-      if (bc.stage == 3) child.set.push_back("zero_optimization.offload_param.device=cpu");
+      child.set.push_back("zero_optimization.offload_optimizer.nvme_path=" + nvme_path);
+      if (bc.offload == "nvme-all") {
+        child.set.push_back("zero_optimization.offload_param.device=nvme");
+        child.set.push_back("zero_optimization.offload_param.nvme_path=" + nvme_path);
+      } else if (bc.stage == 3) {
+        child.set.push_back("zero_optimization.offload_param.device=cpu");
+      }
     } else if (bc.offload != "none") {
       child.set.push_back("zero_optimization.offload_optimizer.device=cpu");
     }

@@ -402,10 +402,11 @@ int DsrunMain(int argc, char** argv, const DsrunTools& tools) {
   bench->add_option("--stages", f.stages, "Stages to measure (default 0,1,2,3)");
   bench->add_option("--offload", f.bench_offload,
                     "Offload settings to measure at each stage: none, optimizer, all, nvme "
-                    "(the optimizer on NVMe, and at stage 3 the parameters on the CPU; "
-                    "default none; e.g. none,optimizer,all)");
+                    "(the optimizer on NVMe, and at stage 3 the parameters on the CPU), "
+                    "nvme-all (stage 3: both on NVMe); default none; e.g. none,optimizer,all");
   bench->add_option("--nvme-path", f.bench_nvme_path,
-                    "Where --offload nvme puts its swap files (default: a temporary directory)");
+                    "Where --offload nvme and nvme-all put their swap files (default: a temporary "
+                    "directory)");
   bench->add_option("--parallel", f.bench_parallel,
                     "Tensor-parallel x pipeline layouts to measure at each stage, TPxPP "
                     "(default 1x1; e.g. 1x1,2x1,1x2,2x2)");
