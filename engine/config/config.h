@@ -209,6 +209,9 @@ struct DataConfig {
   Format format = Format::kAuto;
   std::string val_path;  // "": hold out the last val_fraction of `path`
   double val_fraction = 0.1;
+  // The masked-LM objective's masking rate (transformers' mlm_probability), in (0, 1); nullopt:
+  // the model's own (BERT: 0.15). A warning, and no effect, for a next-token model.
+  std::optional<double> mlm_probability;
 };
 std::string_view DataFormatName(DataConfig::Format f);
 

@@ -244,6 +244,14 @@ void ReadData(SectionReader& top, DataConfig* out) {
   if (d.diag()->ok() && !(out->val_fraction >= 0 && out->val_fraction < 1)) {
     d.diag()->Error("data.val_fraction must be in [0, 1), got " + ShowNumber(out->val_fraction));
   }
+  if (d.Has("mlm_probability")) {
+    const double p = d.Number("mlm_probability", 0.15);
+    if (d.diag()->ok() && !(p > 0 && p < 1)) {
+      d.diag()->Error("data.mlm_probability must be in (0, 1) (BERT's is 0.15), got " +
+                      ShowNumber(p));
+    }
+    out->mlm_probability = p;
+  }
   d.Finish();
 }
 

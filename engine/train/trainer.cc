@@ -287,7 +287,12 @@ Status Trainer::Impl::SetupData() {
   DS_ASSIGN_OR_RETURN(Sampler s, Sampler::Create(data.train.size(), shape, c.trainer.seed));
   sampler.emplace(std::move(s));
   // The masked-LM objective (BERT): batches are masked as they are read, train and eval alike.
-  const std::optional<MaskedLm> masked_lm = model->masked_lm();
+  std::optional<MaskedLm> masked_lm = model->masked_lm();
+  if (masked_lm && c.data.mlm_probability) masked_lm->probability = *c.data.mlm_probability;
+  if (!masked_lm && c.data.mlm_probability && options.rank == 0) {
+    io::LogWarning("data.mlm_probability has no effect: this model predicts the next token "
+                   "(the masked-LM objective is BERT's)");
+  }
   if (masked_lm) {
     DS_RETURN_IF_ERROR(masked_lm->Check());
     sampler->set_masked_lm(*masked_lm);

@@ -433,6 +433,18 @@ TEST(ConfigModelTest, ErrorsSayWhatIsMissing) {
               StatusIs(StatusCode::kInvalidArgument, HasSubstr("cfg.json: model is not set")));
 }
 
+TEST(ConfigTrainerDataCheckpointTest, MlmProbabilityIsARateStrictlyBetween0And1) {
+  json cfg = Base();
+  cfg["data"] = {{"mlm_probability", 0.3}};
+  DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(cfg));
+  EXPECT_DOUBLE_EQ(c.data.mlm_probability.value_or(0), 0.3);
+  for (double bad : {0.0, 1.0, -0.1}) {
+    cfg["data"]["mlm_probability"] = bad;
+    EXPECT_THAT(Parse(cfg), StatusIs(StatusCode::kInvalidArgument,
+                                     HasSubstr("data.mlm_probability must be in (0, 1)")));
+  }
+}
+
 TEST(ConfigTrainerDataCheckpointTest, DefaultsAndOurKeys) {
   DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(Base()));
   EXPECT_EQ(c.trainer.max_steps, 100);
@@ -440,6 +452,7 @@ TEST(ConfigTrainerDataCheckpointTest, DefaultsAndOurKeys) {
   EXPECT_EQ(c.trainer.seed, 42u);
   EXPECT_EQ(c.data.format, DataConfig::Format::kAuto);
   EXPECT_DOUBLE_EQ(c.data.val_fraction, 0.1);
+  EXPECT_FALSE(c.data.mlm_probability.has_value());  // the model's own (BERT: 0.15)
   EXPECT_EQ(c.checkpoint.save_dir, "");  // <trainer.output_dir>/checkpoints
   EXPECT_EQ(c.checkpoint.codec, "bytegroup+zstd");
   EXPECT_EQ(c.checkpoint.chunk_bytes, uint64_t{4} << 20);

@@ -120,6 +120,22 @@ TEST_F(BertTest, TrainsMaskedLmAtStages0And3) {
   EXPECT_GT(zero0.first_loss, 4.0);
 }
 
+// data.mlm_probability reaches the masking: a higher rate masks other positions, so the first
+// step's loss (same weights, same samples) changes; the default equals BERT's 0.15 given.
+TEST_F(BertTest, MlmProbabilityChangesWhatIsMasked) {
+  DS_SKIP_OR_FAIL_WITHOUT_PYTHON("transformers, safetensors, tokenizers");
+  ds::testing::TempDir a, b, c;
+  const std::vector<std::string> one = {"checkpoint.enabled=false"};
+  DS_ASSERT_OK_AND_ASSIGN(TrainSummary plain, Train(folder(), a.path(), 0, 1, one));
+  std::vector<std::string> given = one, more = one;
+  given.push_back("data.mlm_probability=0.15");
+  more.push_back("data.mlm_probability=0.6");
+  DS_ASSERT_OK_AND_ASSIGN(TrainSummary same, Train(folder(), b.path(), 0, 1, given));
+  DS_ASSERT_OK_AND_ASSIGN(TrainSummary masked_more, Train(folder(), c.path(), 0, 1, more));
+  EXPECT_EQ(plain.first_loss, same.first_loss);
+  EXPECT_NE(plain.first_loss, masked_more.first_loss);
+}
+
 // A folder without tokenizer.json has no [MASK]: training is refused naming what to add.
 TEST_F(BertTest, NoTokenizerNoMaskToken) {
   DS_SKIP_OR_FAIL_WITHOUT_PYTHON("transformers, safetensors, tokenizers");
