@@ -90,9 +90,13 @@ class HfParallelTest : public ::testing::Test {
     return out;
   }
 
-  // Every layout of `cases` ({tp, pp, zero stage}) against one process, for `variant`'s folder.
+  struct Layout {
+    int tp, pp, stage;
+    std::vector<std::string> more = {};  // more --set items
+  };
+  // Every layout of `cases` against one process, for `variant`'s folder.
   void ExpectLayoutsTrainLikeOneProcess(const std::string& variant,
-                                        const std::vector<std::array<int, 3>>& cases) {
+                                        const std::vector<Layout>& cases) {
     DS_SKIP_OR_FAIL_WITHOUT_PYTHON("transformers, safetensors");
     ds::testing::TempDir folder, one;
     MakeFolder(folder.path(), variant);
@@ -100,12 +104,15 @@ class HfParallelTest : public ::testing::Test {
     std::vector<RankRun> ref = Run(WriteConfig(folder.path(), one.path(), 3), 1, 1, {});
     ASSERT_RANKS_OK(ref);
     const TrainSummary& want = ref[0].summary;
-    for (const auto& [tp, pp, stage] : cases) {
+    for (const auto& [tp, pp, stage, more] : cases) {
+      std::string extra;
+      for (const std::string& m : more) extra += " " + m;
       SCOPED_TRACE(variant + ": TP " + std::to_string(tp) + " x PP " + std::to_string(pp) +
-                   ", stage " + std::to_string(stage));
+                   ", stage " + std::to_string(stage) + extra);
       ds::testing::TempDir dir;
-      std::vector<RankRun> got = Run(WriteConfig(folder.path(), dir.path(), 3), tp, pp,
-                                     {"zero_optimization.stage=" + std::to_string(stage)});
+      std::vector<std::string> set = more;
+      set.push_back("zero_optimization.stage=" + std::to_string(stage));
+      std::vector<RankRun> got = Run(WriteConfig(folder.path(), dir.path(), 3), tp, pp, set);
       ASSERT_RANKS_OK(got);
       for (size_t r = 0; r < got.size(); ++r) {
         const TrainSummary& s = got[r].summary;
@@ -157,7 +164,15 @@ ds::testing::TempDir HfParallelTest::corpus_;
 
 TEST_F(HfParallelTest, LlamaTrainsSplitLikeOneProcess) {
   // 4 heads, 2 key/value heads: TP 2 gives each rank 2 and 1. 3 layers over 2 stages: 2 + 1.
-  ExpectLayoutsTrainLikeOneProcess("llama", {{2, 1, 1}, {1, 2, 0}, {2, 2, 1}});
+  // Activation checkpointing recomputes each layer exactly (its all-reduces again too); the
+  // optimizer offloaded to the CPU runs the same Adam.
+  ExpectLayoutsTrainLikeOneProcess(
+      "llama", {{2, 1, 1},
+                {1, 2, 0},
+                {2, 2, 1},
+                {2, 2, 1,
+                 {"model.activation_checkpointing=true",
+                  "zero_optimization.offload_optimizer.device=cpu"}}});
 }
 
 TEST_F(HfParallelTest, TiedQwen2TrainsSplitLikeOneProcess) {
