@@ -14,8 +14,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "ckpt/catalog.h"
-#include "ckpt/diff.h"
 #include "engine/config/memory.h"
 #include "tests/engine/model/hf_test_util.h"
 #include "tests/engine/testing/rank_threads.h"
@@ -138,24 +136,9 @@ class HfParallelTest : public ::testing::Test {
     }
   }
 
-  static std::string LatestIn(const std::string& out) {
-    Result<std::string> p =
-        ckpt::Catalog(io::Env::Default(), out + "/checkpoints").Resolve("latest");
-    return p.ok() ? *p : "";
-  }
-
-  // Every tensor of two checkpoints: equal within `atol` (0: bit-exact).
+  static std::string LatestIn(const std::string& out) { return testing::LatestIn(out); }
   static void ExpectSameTensors(const std::string& a, const std::string& b, double atol) {
-    ckpt::DiffOptions o;
-    o.atol = atol;
-    o.compare_blobs = false;  // the trainer's state names the layout
-    Result<ckpt::DiffReport> d = ckpt::DiffCheckpoints(io::Env::Default(), a, b, o);
-    ASSERT_TRUE(d.ok()) << d.status().ToString();
-    for (const ckpt::TensorDiff& t : d->tensors) {
-      EXPECT_EQ(t.kind, ckpt::TensorDiffKind::kEqual)
-          << t.name << ": " << ckpt::TensorDiffKindName(t.kind) << ", max |a - b| " << t.max_abs;
-    }
-    EXPECT_GT(d->tensors.size(), 3u * 3 * 9);  // 3 layers x 3 buffers x 9 parameters, and more
+    testing::ExpectSameTensors(a, b, atol, 3 * 3 * 9);  // 3 layers x 3 buffers x 9, and more
   }
 
   static ds::testing::TempDir corpus_;

@@ -12,6 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include "ckpt/catalog.h"
+#include "ckpt/diff.h"
 #include "engine/train/trainer.h"
 #include "launch/launcher.h"
 
@@ -27,15 +29,11 @@ inline void RunRanks(int world, const std::function<void(int rank, int port)>& f
   for (std::thread& t : ranks) t.join();
 }
 
-// Rank `rank` of `world`: `j` with `set` applied, trained on the CPU, rendezvous on `port`.
-// `will_resume`: as dsrun --resume says it (TrainerOptions::will_resume).
-inline Result<std::unique_ptr<Trainer>> MakeRankTrainer(
-    const nlohmann::json& j, const std::vector<std::string>& set, int world, int rank, int port,
-    const std::string& corpus_dir, io::Env* env = io::Env::Default(), bool will_resume = false) {
-  Overrides o;
-  o.set = set;
-  o.world_size = world;
-  DS_ASSIGN_OR_RETURN(Config c, ParseConfig(j.dump(), o, "rank-test.json"));
+// Rank `rank` of `world` of `c`, trained on the CPU, rendezvous on `port`. `will_resume`: as
+// dsrun --resume says it (TrainerOptions::will_resume).
+inline Result<std::unique_ptr<Trainer>> MakeRankTrainerOf(const Config& c, int world, int rank,
+                                                          int port, const std::string& corpus_dir,
+                                                          io::Env* env, bool will_resume) {
   TrainerOptions to;
   to.device = "cpu";
   to.rank = rank;
@@ -46,6 +44,17 @@ inline Result<std::unique_ptr<Trainer>> MakeRankTrainer(
   return Trainer::Create(env, c, to);
 }
 
+// `j` with `set` applied.
+inline Result<std::unique_ptr<Trainer>> MakeRankTrainer(
+    const nlohmann::json& j, const std::vector<std::string>& set, int world, int rank, int port,
+    const std::string& corpus_dir, io::Env* env = io::Env::Default(), bool will_resume = false) {
+  Overrides o;
+  o.set = set;
+  o.world_size = world;
+  DS_ASSIGN_OR_RETURN(Config c, ParseConfig(j.dump(), o, "rank-test.json"));
+  return MakeRankTrainerOf(c, world, rank, port, corpus_dir, env, will_resume);
+}
+
 // The same, from a config file read as dsrun reads it (LoadConfig: a model folder's sizes too).
 inline Result<std::unique_ptr<Trainer>> MakeRankTrainerFromFile(
     const std::string& config_file, const std::vector<std::string>& set, int world, int rank,
@@ -54,14 +63,29 @@ inline Result<std::unique_ptr<Trainer>> MakeRankTrainerFromFile(
   o.set = set;
   o.world_size = world;
   DS_ASSIGN_OR_RETURN(Config c, LoadConfig(io::Env::Default(), config_file, o));
-  TrainerOptions to;
-  to.device = "cpu";
-  to.rank = rank;
-  to.world_size = world;
-  to.master_port = port;
-  to.corpus_cache_dir = corpus_dir;
-  to.will_resume = will_resume;
-  return Trainer::Create(io::Env::Default(), c, to);
+  return MakeRankTrainerOf(c, world, rank, port, corpus_dir, io::Env::Default(), will_resume);
+}
+
+// The checkpoint `latest` names under `out`/checkpoints, or "".
+inline std::string LatestIn(const std::string& out) {
+  Result<std::string> p = ckpt::Catalog(io::Env::Default(), out + "/checkpoints").Resolve("latest");
+  return p.ok() ? *p : "";
+}
+
+// Every tensor of two checkpoints: equal within `atol` (0: bit-exact), and more than
+// `at_least` of them.
+inline void ExpectSameTensors(const std::string& a, const std::string& b, double atol,
+                              size_t at_least) {
+  ckpt::DiffOptions o;
+  o.atol = atol;
+  o.compare_blobs = false;  // the trainer's state names the layout
+  Result<ckpt::DiffReport> d = ckpt::DiffCheckpoints(io::Env::Default(), a, b, o);
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  for (const ckpt::TensorDiff& t : d->tensors) {
+    EXPECT_EQ(t.kind, ckpt::TensorDiffKind::kEqual)
+        << t.name << ": " << ckpt::TensorDiffKindName(t.kind) << ", max |a - b| " << t.max_abs;
+  }
+  EXPECT_GT(d->tensors.size(), at_least);
 }
 
 // What `dsrun --resume <from>` asks for ("latest", a tag, or a checkpoint directory).

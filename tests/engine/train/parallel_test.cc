@@ -115,23 +115,11 @@ class ParallelTest : public ::testing::Test {
 };
 ds::testing::TempDir ParallelTest::corpus_;
 
+using testing::LatestIn;
+
 // Every tensor of two checkpoints: equal within `atol` (0: bit-exact).
 void ExpectSameTensors(const std::string& a, const std::string& b, double atol) {
-  ckpt::DiffOptions o;
-  o.atol = atol;
-  o.compare_blobs = false;  // the trainer's state names the layout
-  Result<ckpt::DiffReport> d = ckpt::DiffCheckpoints(io::Env::Default(), a, b, o);
-  ASSERT_TRUE(d.ok()) << d.status().ToString();
-  for (const ckpt::TensorDiff& t : d->tensors) {
-    EXPECT_EQ(t.kind, ckpt::TensorDiffKind::kEqual)
-        << t.name << ": " << ckpt::TensorDiffKindName(t.kind) << ", max |a - b| " << t.max_abs;
-  }
-  EXPECT_GT(d->tensors.size(), 40u);  // 4 blocks x 12 parameters x 3 buffers, and more
-}
-
-std::string LatestIn(const std::string& out) {
-  Result<std::string> p = ckpt::Catalog(io::Env::Default(), out + "/checkpoints").Resolve("latest");
-  return p.ok() ? *p : "";
+  testing::ExpectSameTensors(a, b, atol, 40);  // 4 blocks x 12 parameters x 3 buffers, and more
 }
 
 TEST_F(ParallelTest, LayoutsTrainLikeOneProcess) {

@@ -92,6 +92,9 @@ class ResumeTest : public ::testing::Test {
     return out;
   }
 
+  Status StepWithAFailingSwap(const std::string& dir, const std::vector<std::string>& set,
+                              const io::FaultRule& rule);
+
   static ds::testing::TempDir corpus_;
 };
 ds::testing::TempDir ResumeTest::corpus_;
@@ -246,11 +249,36 @@ TEST_F(ResumeTest, NvmeOffloadedStateSavesAndResumesAtAnotherWorldSizeAndStageBi
   EXPECT_TRUE(left.empty()) << "swap files left behind";
 }
 
+// Trains 2 steps of `set` on one rank over a FaultEnv, saves, and returns the third step's
+// status with `rule` in force.
+Status ResumeTest::StepWithAFailingSwap(const std::string& dir, const std::vector<std::string>& set,
+                                        const io::FaultRule& rule) {
+  io::FaultEnv env(io::Env::Default());
+  Status third;
+  testing::RunRanks(1, [&](int r, int port) {
+    Result<std::unique_ptr<Trainer>> t =
+        testing::MakeRankTrainer(Config(dir, 5), set, 1, r, port, corpus_.path(), &env);
+    if (!t.ok()) {
+      third = t.status();
+      return;
+    }
+    for (int i = 0; i < 2; ++i) {
+      if (Status s = (*t)->Step(); !s.ok()) third = s;
+    }
+    DS_EXPECT_OK((*t)->SaveCheckpoint("test"));
+    (*t)->WaitForSaves();
+    if (!third.ok()) return;
+    env.AddRule(rule);
+    third = (*t)->Step();
+    env.ClearRules();
+  });
+  return third;
+}
+
 // A swap that fails mid-run (EIO on the moments' file) stops training with the rank, the file
 // and the elements named, and the last committed checkpoint stays whole and resumes.
 TEST_F(ResumeTest, AFailedSwapStopsTrainingNamingTheFileAndLeavesTheCheckpointWhole) {
   ds::testing::TempDir dir, nvme;
-  io::FaultEnv env(io::Env::Default());
   const std::vector<std::string> set = {
       "zero_optimization.stage=2",
       "zero_optimization.offload_optimizer.device=nvme",
@@ -258,25 +286,10 @@ TEST_F(ResumeTest, AFailedSwapStopsTrainingNamingTheFileAndLeavesTheCheckpointWh
       "checkpoint.save_interval_steps=1",
       "aio.block_size=4096",
       "aio.queue_depth=1"};
-  std::vector<RankRun> failed(1);
-  testing::RunRanks(1, [&](int r, int port) {
-    Result<std::unique_ptr<Trainer>> t =
-        testing::MakeRankTrainer(Config(dir.path(), 5), set, 1, r, port, corpus_.path(), &env);
-    if (!t.ok()) {
-      failed[0].status = t.status();
-      return;
-    }
-    for (int i = 0; i < 2; ++i) {
-      if (Status s = (*t)->Step(); !s.ok()) failed[0].status = s;
-    }
-    DS_EXPECT_OK((*t)->SaveCheckpoint("test"));
-    (*t)->WaitForSaves();
-    // The third step's writes of exp_avg fail (each step writes it in several chunks).
-    env.AddRule({.ops = io::kFaultWrite, .path_glob = "*/exp_avg.swap", .skip = 0, .count = -1});
-    failed[0].status = (*t)->Step();
-    env.ClearRules();
-  });
-  EXPECT_THAT(failed[0].status,
+  // The third step's writes of exp_avg fail (each step writes it in several chunks).
+  EXPECT_THAT(StepWithAFailingSwap(dir.path(), set,
+                                   {.ops = io::kFaultWrite, .path_glob = "*/exp_avg.swap",
+                                    .skip = 0, .count = -1}),
               ds::testing::StatusIs(StatusCode::kIOError,
                                     AllOf(HasSubstr("rank 0: writing exp_avg elements ["),
                                           HasSubstr("/rank-0/exp_avg.swap"),
@@ -291,7 +304,6 @@ TEST_F(ResumeTest, AFailedSwapStopsTrainingNamingTheFileAndLeavesTheCheckpointWh
 // checkpoint stays whole and resumes into the swapped layout.
 TEST_F(ResumeTest, AFailedParameterSwapStopsTrainingNamingTheFileAndLeavesTheCheckpointWhole) {
   ds::testing::TempDir dir, nvme;
-  io::FaultEnv env(io::Env::Default());
   const std::vector<std::string> set = {"zero_optimization.stage=3",
                                         "zero_optimization.offload_optimizer.device=cpu",
                                         "zero_optimization.offload_param.device=nvme",
@@ -299,27 +311,13 @@ TEST_F(ResumeTest, AFailedParameterSwapStopsTrainingNamingTheFileAndLeavesTheChe
                                         "checkpoint.save_interval_steps=1",
                                         "aio.block_size=4096",
                                         "aio.queue_depth=1"};
-  std::vector<RankRun> failed(1);
-  testing::RunRanks(1, [&](int r, int port) {
-    Result<std::unique_ptr<Trainer>> t =
-        testing::MakeRankTrainer(Config(dir.path(), 5), set, 1, r, port, corpus_.path(), &env);
-    if (!t.ok()) {
-      failed[0].status = t.status();
-      return;
-    }
-    for (int i = 0; i < 2; ++i) {
-      if (Status s = (*t)->Step(); !s.ok()) failed[0].status = s;
-    }
-    DS_EXPECT_OK((*t)->SaveCheckpoint("test"));
-    (*t)->WaitForSaves();
-    env.AddRule({.ops = io::kFaultRead, .path_glob = "*/params.swap", .skip = 0, .count = -1});
-    failed[0].status = (*t)->Step();
-    env.ClearRules();
-  });
-  EXPECT_THAT(failed[0].status.message(),
-              AllOf(HasSubstr("rank 0: reading params elements ["), HasSubstr("/rank-0/params.swap"),
-                    HasSubstr("the committed checkpoints are untouched")));
-  EXPECT_FALSE(failed[0].status.ok());
+  EXPECT_THAT(StepWithAFailingSwap(dir.path(), set,
+                                   {.ops = io::kFaultRead, .path_glob = "*/params.swap",
+                                    .skip = 0, .count = -1}),
+              ds::testing::StatusIs(StatusCode::kIOError,
+                                    AllOf(HasSubstr("rank 0: reading params elements ["),
+                                          HasSubstr("/rank-0/params.swap"),
+                                          HasSubstr("the committed checkpoints are untouched"))));
   std::vector<RankRun> resumed = Run(1, Config(dir.path(), 3), set, testing::ResumeFrom());
   ASSERT_RANKS_OK(resumed);
   EXPECT_THAT(resumed[0].resumed, HasSubstr("at step 2"));
