@@ -8,7 +8,8 @@
 //
 // Stage 3's parameters on NVMe (offload_param.device nvme): the partition in the training dtype
 // lives in a swap file of its own (job "<job>-params"), each unit's range read into host memory
-// when the unit is gathered (stage3.cc) and each updated chunk written back as the step makes it. After a load or Initialize, publishing reads the master chunk
+// on a thread when the unit's gather is issued (stage3.cc: prefetching reads ahead) and each
+// updated chunk written back as the step makes it. After a load or Initialize, publishing reads the master chunk
 // by chunk. Checkpoints read the files (ReadState) and a resume writes them (WriteState).
 #include <ATen/ATen.h>
 
@@ -73,15 +74,6 @@ Status ZeroOptimizer::Impl::OpenParamSwap() {
                    ": removed the parameter swap files a killed run left in " + param_swap->dir());
   }
   return Status::OK();
-}
-
-Result<at::Tensor> ZeroOptimizer::Impl::ReadParams(int64_t begin, int64_t n) const {
-  const bool pin = o.pin_memory && o.device.is_cuda();
-  at::Tensor out = at::empty({n}, at::TensorOptions().dtype(o.dtype).pinned_memory(pin));
-  DS_RETURN_IF_ERROR(param_swap->ReadBytes(
-      0, begin,
-      std::span<std::byte>(static_cast<std::byte*>(out.data_ptr()), static_cast<size_t>(out.nbytes()))));
-  return out;
 }
 
 Status ZeroOptimizer::Impl::PublishChunk(int64_t begin, const at::Tensor& src,

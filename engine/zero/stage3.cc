@@ -15,6 +15,10 @@
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/autograd.h>
 
+#include <chrono>
+#include <future>
+#include <span>
+
 #include "ckpt/partition.h"
 #include "engine/zero/internal/zero_state.h"
 
@@ -136,32 +140,73 @@ Status ZeroOptimizer::Impl::SetupStage3(const std::vector<at::Tensor>& fp32) {
 Status ZeroOptimizer::Impl::IssueGather(int unit) {
   if (unit < 0 || unit >= static_cast<int>(units.size()) || gathers[unit]) return Status::OK();
   auto g = std::make_unique<PendingGather>();
-  bool adjacent = true;  // the pieces are one run of the partition
+  g->unit = unit;
   int64_t next = -1;
   for (int i : units[unit]) {
     const ZeroTensor& t = tensors[i];
     if (t.fresh) continue;
     g->tensors.push_back(i);
-    adjacent = adjacent && (next < 0 || t.part_offset == next);
+    g->adjacent = g->adjacent && (next < 0 || t.part_offset == next);
     next = t.part_offset + t.piece;
+    g->elements += t.piece;
   }
   if (g->tensors.empty()) return Status::OK();
-  torch::NoGradGuard no_grad;
-  // Where the pieces come from: the partition, or (parameters on NVMe) the unit's range of it
-  // read into host memory (one read, gaps between the pieces included).
-  at::Tensor part = param_part;
-  int64_t base = 0;
+  g->first = tensors[g->tensors.front()].part_offset;
+  g->next = next;
   if (params_swapped()) {
-    base = tensors[g->tensors.front()].part_offset;
-    DS_ASSIGN_OR_RETURN(g->read, ReadParams(base, next - base));
-    part = g->read;
+    // On NVMe: the unit's range of the partition (gaps between its pieces included) is read into
+    // host memory on a thread of its own, so the read overlaps the units running before this
+    // one; the upload and the all-gather follow once it is in (AdvanceRead).
+    const bool pin = o.pin_memory && o.device.is_cuda();
+    g->base = g->first;
+    g->read = at::empty({g->next - g->first},
+                        at::TensorOptions().dtype(o.dtype).pinned_memory(pin));
+    const std::span<std::byte> into(static_cast<std::byte*>(g->read.data_ptr()),
+                                    static_cast<size_t>(g->read.nbytes()));
+    g->reading = std::async(std::launch::async, [swap = param_swap.get(), at = g->base, into] {
+      return swap->ReadBytes(0, at, into);
+    });
+    gathers[unit] = std::move(g);
+    return Status::OK();
   }
+  DS_RETURN_IF_ERROR(StartGather(*g, param_part));
+  gathers[unit] = std::move(g);
+  return Status::OK();
+}
+
+Status ZeroOptimizer::Impl::AdvanceRead(PendingGather& g, bool wait) {
+  if (!g.reading.valid()) return Status::OK();
+  if (!wait && g.reading.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+    return Status::OK();
+  }
+  DS_RETURN_IF_ERROR(g.reading.get());
+  return StartGather(g, g.read);
+}
+
+Status ZeroOptimizer::Impl::DropPendingGathers() {
+  Status first;
+  for (std::unique_ptr<PendingGather>& g : gathers) {
+    if (!g) continue;
+    if (g->reading.valid()) {
+      Status s = g->reading.get();
+      if (first.ok()) first = s;
+    } else {
+      Status s = g->handle.Wait();  // issued on every rank: completed on every rank
+      if (first.ok()) first = s;
+    }
+    g.reset();
+  }
+  return first;
+}
+
+Status ZeroOptimizer::Impl::StartGather(PendingGather& g, const at::Tensor& part) {
+  torch::NoGradGuard no_grad;
   std::vector<at::Tensor> pieces;
-  for (int i : g->tensors) {
-    pieces.push_back(part.narrow(0, tensors[i].part_offset - base, tensors[i].piece));
+  for (int i : g.tensors) {
+    pieces.push_back(part.narrow(0, tensors[i].part_offset - g.base, tensors[i].piece));
   }
   std::optional<c10::StreamGuard> on_side;
-  if (adjacent && part.is_cpu() && !o.device.is_cpu()) {
+  if (g.adjacent && part.is_cpu() && !o.device.is_cpu()) {
     // Offloaded parameters: straight from the page-locked partition (at::cat would first make
     // a pageable copy), on a side stream, so the upload overlaps the units running before this
     // one. The buffers belong to the compute stream; the side stream starts after the work
@@ -169,31 +214,29 @@ Status ZeroOptimizer::Impl::IssueGather(int unit) {
     c10::impl::VirtualGuardImpl device(o.device.type());
     const c10::Stream compute = device.getStream(o.device);
     if (!upload_stream) upload_stream = device.getStreamFromGlobalPool(o.device);
-    const int64_t first = tensors[g->tensors.front()].part_offset;
-    g->in = at::empty({next - first}, at::TensorOptions().dtype(o.dtype).device(o.device));
-    if (distributed()) g->out = at::empty({g->in.numel() * o.world_size}, g->in.options());
+    g.in = at::empty({g.next - g.first}, at::TensorOptions().dtype(o.dtype).device(o.device));
+    if (distributed()) g.out = at::empty({g.in.numel() * o.world_size}, g.in.options());
     c10::Event queued(o.device.type());
     queued.record(compute);
     queued.block(*upload_stream);
     on_side.emplace(*upload_stream);
-    g->in.copy_(part.narrow(0, first - base, next - first), /*non_blocking=*/true);
+    g.in.copy_(part.narrow(0, g.first - g.base, g.next - g.first), /*non_blocking=*/true);
   } else {
-    g->in = at::cat(pieces).to(o.device, /*non_blocking=*/true);
+    g.in = at::cat(pieces).to(o.device, /*non_blocking=*/true);
   }
   if (distributed()) {
     // Issued on the side stream when uploading: the collective waits for the upload.
-    if (!g->out.defined()) g->out = at::empty({g->in.numel() * o.world_size}, g->in.options());
+    if (!g.out.defined()) g.out = at::empty({g.in.numel() * o.world_size}, g.in.options());
     DS_ASSIGN_OR_RETURN(
-        g->handle,
-        comm()->AllGatherAsync(g->out, g->in, "parameters of unit " + std::to_string(unit)));
+        g.handle,
+        comm()->AllGatherAsync(g.out, g.in, "parameters of unit " + std::to_string(g.unit)));
   } else {
-    g->out = g->in;
+    g.out = g.in;
   }
   if (on_side) {
-    g->uploaded.emplace(o.device.type());
-    g->uploaded->record(*upload_stream);
+    g.uploaded.emplace(o.device.type());
+    g.uploaded->record(*upload_stream);
   }
-  gathers[unit] = std::move(g);
   return Status::OK();
 }
 
@@ -201,6 +244,7 @@ Status ZeroOptimizer::Impl::EnsureGathered(int unit) {
   DS_RETURN_IF_ERROR(IssueGather(unit));
   std::unique_ptr<PendingGather> g = std::move(gathers[unit]);
   if (!g) return Status::OK();
+  DS_RETURN_IF_ERROR(AdvanceRead(*g, /*wait=*/true));
   DS_RETURN_IF_ERROR(g->handle.Wait());
   if (g->uploaded) {
     c10::impl::VirtualGuardImpl device(o.device.type());
@@ -223,17 +267,25 @@ Status ZeroOptimizer::Impl::EnsureGathered(int unit) {
 
 void ZeroOptimizer::Impl::Prefetch(int unit, int direction) {
   if (o.prefetch_elements <= 0) return;
-  // What is gathered or on its way already counts against stage3_max_live_parameters.
+  // What is gathered or on its way already counts against stage3_max_live_parameters. On one
+  // rank, reads from NVMe that are in go on to their upload now; on several, their all-gathers
+  // wait for EnsureGathered, where every rank issues them in the same order (a read's finishing
+  // time differs from rank to rank, and collectives are matched by their order).
   int64_t in_flight = 0;
   for (const auto& g : gathers) {
-    if (g) in_flight += g->in.numel() * o.world_size;
+    if (!g) continue;
+    if (!distributed()) {
+      Status s = AdvanceRead(*g, /*wait=*/false);
+      if (!s.ok()) Throw(s);
+    }
+    in_flight += g->elements * o.world_size;
   }
   // Units ahead, in the order they will run, while their stale elements fit
   // stage3_prefetch_bucket_size (the next unit always, as DeepSpeed fetches at least it).
   int64_t budget = o.prefetch_elements;
   for (int u = unit; u >= 0 && u < static_cast<int>(units.size()); u += direction) {
     if (gathers[u]) {
-      budget -= gathers[u]->in.numel() * o.world_size;
+      budget -= gathers[u]->elements * o.world_size;
       continue;
     }
     int64_t wanted = 0;

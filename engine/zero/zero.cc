@@ -558,6 +558,7 @@ Status ZeroOptimizer::Impl::PublishFrom(const at::Tensor& target) {
 }
 
 Status ZeroOptimizer::Impl::PublishMaster() {
+  if (stage.partitions_parameters()) DS_RETURN_IF_ERROR(DropPendingGathers());
   const at::Tensor target = PublishTarget();
   if (swapping()) {
     DS_RETURN_IF_ERROR(CopyMasterInto(target));
@@ -622,6 +623,7 @@ Result<ZeroStepResult> ZeroOptimizer::Impl::StepWithLr(std::optional<double> bet
     }
     const at::Device state = adam_step.device();
     const bool publish = !out.read || !out.overflow;  // a skipped step changed no weight
+    if (stage.partitions_parameters()) DS_RETURN_IF_ERROR(DropPendingGathers());
     if (swapping()) {
       // The new weights go into the model chunk by chunk as Adam makes them, not read back.
       const at::Tensor target = PublishTarget();

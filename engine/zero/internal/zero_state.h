@@ -9,6 +9,7 @@
 
 #include <deque>
 #include <functional>
+#include <future>
 #include <memory>
 #include <optional>
 #include <string>
@@ -55,10 +56,19 @@ struct PendingReduction {
 
 // Stage 3: an issued all-gather of one unit's stale parameters.
 struct PendingGather {
+  int unit = 0;
   CommHandle handle;
   at::Tensor in, out;        // (U) and (W * U) in the training dtype on the device
-  at::Tensor read;           // parameters on NVMe: the unit's range, read into host memory
   std::vector<int> tensors;  // in the order of their columns
+  int64_t elements = 0;      // U: the tensors' pieces
+  // The pieces' run of the partition: [first, next), one run when `adjacent`.
+  int64_t first = 0, next = 0;
+  bool adjacent = true;
+  // Parameters on NVMe: the run, read into host memory from partition element `base` by
+  // `reading` (valid while the read is in flight; in and out come after it).
+  at::Tensor read;
+  int64_t base = 0;
+  std::future<Status> reading;
   // Offloaded parameters: `in` is uploaded on the side stream; the compute stream waits for
   // this before using the unit.
   std::optional<c10::Event> uploaded;
@@ -153,8 +163,6 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   std::unique_ptr<SwapSpace> param_swap;
   bool params_swapped() const { return !o.param_nvme_path.empty(); }
   Status OpenParamSwap();
-  // Elements [begin, begin + n) of the swapped partition, into host memory (page-locked on a GPU).
-  Result<at::Tensor> ReadParams(int64_t begin, int64_t n) const;
   // New weights `src` (fp32) for elements [begin, begin + src.numel()) of the partition: into
   // `target` (PublishTarget()), or converted and written to the swap file when it is there.
   Status PublishChunk(int64_t begin, const at::Tensor& src, const at::Tensor& target) const;
@@ -187,7 +195,15 @@ struct ZeroOptimizer::Impl : public UnitRunner {
 
   // stage3.cc
   Status SetupStage3(const std::vector<at::Tensor>& fp32);  // fp32 as for SetupFlat
+  // Starts gathering `unit` (the read from NVMe first, when the parameters are there).
   Status IssueGather(int unit);
+  // The upload and all-gather of `g`'s pieces of `part` (the partition, or g.read).
+  Status StartGather(PendingGather& g, const at::Tensor& part);
+  // Parameters on NVMe: once g's read is in (waiting for it when `wait`), its StartGather.
+  Status AdvanceRead(PendingGather& g, bool wait);
+  // Waits for every gather in flight and forgets it: new weights are about to be published (a
+  // gather in flight would hold the old ones, and a read could meet the write of its range).
+  Status DropPendingGathers();
   Status EnsureGathered(int unit);
   void Release(int unit);
   Status ReduceUnitGrads(int unit);
