@@ -125,13 +125,17 @@ TEST(GpuTest, ZeroStagesAndOffloadAgreeOnCuda) {
   torch::Tensor ref = run({"zero_optimization.stage=0"}, &mem0);
   ASSERT_TRUE(ref.defined());
   EXPECT_EQ(mem0.on_host, 0u);
+  ds::testing::TempDir nvme;  // parameters on NVMe: read into page-locked memory, uploaded
   for (const std::vector<std::string>& set :
        {std::vector<std::string>{"zero_optimization.stage=1"},
         {"zero_optimization.stage=2"},
         {"zero_optimization.stage=3", "zero_optimization.stage3_param_persistence_threshold=0"},
         {"zero_optimization.stage=2", "zero_optimization.offload_optimizer.device=cpu"},
         {"zero_optimization.stage=3", "zero_optimization.offload_optimizer.device=cpu",
-         "zero_optimization.offload_param.device=cpu"}}) {
+         "zero_optimization.offload_param.device=cpu"},
+        {"zero_optimization.stage=3", "zero_optimization.offload_optimizer.device=cpu",
+         "zero_optimization.offload_param.device=nvme",
+         "zero_optimization.offload_param.nvme_path=" + nvme.path()}}) {
     std::string name;
     for (const std::string& k : set) name += k + " ";
     SCOPED_TRACE(name);
