@@ -227,16 +227,21 @@ for s in "$@"; do
       # The seed's third scenario as written (examples/large_model_stage3.json: 13B, ZeRO-3,
       # optimizer and parameters offloaded to the CPU) on this one GPU, for LARGE_STEPS (default
       # 3) steps on the built-in corpus and 1 micro batch a step, then the same with the optimizer
-      # on NVMe under $SCRATCH. LARGE_SET: more --set items (e.g. model.n_layer=20 to scale it
+      # on NVMe under $SCRATCH, then with the parameters there too (LARGE_OFFLOADS: which of
+      # cpu, nvme, nvme-all). LARGE_SET: more --set items (e.g. model.n_layer=20 to scale it
       # down to what this card and host hold). Logs: $OUT/large-model-*.log.
-      for opt in cpu nvme; do
-        step "large-model optimizer on $opt"
+      for opt in ${LARGE_OFFLOADS:-cpu nvme nvme-all}; do
+        step "large-model offload $opt"
+        param=cpu
+        [[ $opt == nvme-all ]] && param=nvme
         # shellcheck disable=SC2086  # LARGE_SET holds several items
         timeout 1200 "$BUILD/dsrun" --config "$ROOT/examples/large_model_stage3.json" \
           --max-steps "${LARGE_STEPS:-3}" --set data.path=builtin gradient_accumulation_steps=1 \
           steps_per_print=1 trainer.eval_interval=0 checkpoint.enabled=false \
-          "trainer.output_dir=$SCRATCH/large" "zero_optimization.offload_optimizer.device=$opt" \
-          "zero_optimization.offload_optimizer.nvme_path=$SCRATCH" ${LARGE_SET:-} 2>&1 |
+          "trainer.output_dir=$SCRATCH/large" "zero_optimization.offload_optimizer.device=${opt%-all}" \
+          "zero_optimization.offload_optimizer.nvme_path=$SCRATCH" \
+          "zero_optimization.offload_param.device=$param" \
+          "zero_optimization.offload_param.nvme_path=$SCRATCH" ${LARGE_SET:-} 2>&1 |
           tee "$OUT/large-model-$opt.log" | grep -E 'model:|step [0-9]+/|trained|rror|memory' || true
       done
       rm -rf "${SCRATCH:?}/large"
