@@ -209,15 +209,21 @@ TEST_F(ResumeTest, ACheckpointResumesAtAnotherWorldSizeAndStage) {
 }
 
 // NVMe offload: the state is saved from the swap files and resumed into them at another world
-// size and stage (and out of them into memory), bit for bit; straight through equals saved and
-// resumed, swapped or not.
+// size and stage (there with the parameters on NVMe too; and out of them into memory), bit for
+// bit; straight through equals saved and resumed, swapped or not.
 TEST_F(ResumeTest, NvmeOffloadedStateSavesAndResumesAtAnotherWorldSizeAndStageBitExact) {
   ds::testing::TempDir dir, nvme;
+  // At stage 3 the parameters go to NVMe too.
   auto swapped = [&](int stage) {
-    return std::vector<std::string>{"zero_optimization.stage=" + std::to_string(stage),
+    std::vector<std::string> set = {"zero_optimization.stage=" + std::to_string(stage),
                                     "zero_optimization.offload_optimizer.device=nvme",
                                     "zero_optimization.offload_optimizer.nvme_path=" + nvme.path(),
                                     "aio.block_size=4096", "aio.queue_depth=2"};
+    if (stage == 3) {
+      set.insert(set.end(), {"zero_optimization.offload_param.device=nvme",
+                             "zero_optimization.offload_param.nvme_path=" + nvme.path()});
+    }
+    return set;
   };
   // 2 steps on 2 ranks at stage 2, swapped; the same in memory.
   std::vector<RankRun> saved = Run(2, Config(dir.Join("a"), 2), swapped(2));
