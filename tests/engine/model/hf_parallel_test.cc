@@ -167,8 +167,8 @@ TEST_F(HfParallelTest, Gpt2TrainsInPipelineStagesLikeOneProcess) {
   ExpectLayoutsTrainLikeOneProcess("gpt2", {{1, 2, 1}});
 }
 
-// Saved split (TP 2 x PP 2), resumed in one process: the same bytes; exported from the split
-// checkpoint, the folder loads in transformers with our logits.
+// Saved split (TP 2 x PP 2), resumed in one process and from there split again: the same bytes;
+// exported from the split checkpoint, the folder loads in transformers with our logits.
 TEST_F(HfParallelTest, SplitCheckpointResumesWholeAndExportsToTransformers) {
   DS_SKIP_OR_FAIL_WITHOUT_PYTHON("transformers, safetensors");
   ds::testing::TempDir folder, split, whole, exported;
@@ -182,6 +182,12 @@ TEST_F(HfParallelTest, SplitCheckpointResumesWholeAndExportsToTransformers) {
   ASSERT_RANKS_OK(moved);
   EXPECT_THAT(moved[0].resumed, HasSubstr("at step 2"));
   ExpectSameTensors(checkpoint, LatestIn(whole.path()), 0);
+  // ... and back from one process into TP 2 x PP 2: the same bytes again.
+  ds::testing::TempDir again;
+  std::vector<RankRun> split_again = Run(WriteConfig(folder.path(), again.path(), 2), 2, 2, {},
+                                         testing::ResumeFrom(LatestIn(whole.path())));
+  ASSERT_RANKS_OK(split_again);
+  ExpectSameTensors(checkpoint, LatestIn(again.path()), 0);
 
   int status = 0;
   const std::string out = testing::Dsckpt("export " + bench::ShellQuote(checkpoint) +
