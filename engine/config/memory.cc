@@ -238,16 +238,20 @@ std::vector<MemoryNeed> SettingsByCost(const Config& config, bool on_gpu) {
   ZeroConfig z = config.zero;
   z.offload_optimizer.device = OffloadConfig::Device::kNone;
   z.offload_param.device = OffloadConfig::Device::kNone;
-  for (int stage = 0; stage <= 3; ++stage) {
+  // What the layout allows: pipeline stages take ZeRO 0-1, tensor parallelism 0-2.
+  const int top = config.parallel.pp > 1 ? 1 : config.parallel.tp > 1 ? 2 : 3;
+  for (int stage = 0; stage <= top; ++stage) {
     z.stage = stage;
     out.push_back(NeedOf(config, z, on_gpu));
   }
   if (!on_gpu) return out;  // offloading to the host one trains on moves nothing
   z.offload_optimizer.device = OffloadConfig::Device::kCpu;
-  for (int stage : {2, 3}) {
+  for (int stage : {1, 2, 3}) {
+    if (stage > top || (stage == 1 && top > 1)) continue;  // stage 1: only where 2 cannot run
     z.stage = stage;
     out.push_back(NeedOf(config, z, on_gpu));
   }
+  if (top < 3) return out;  // parameters are offloaded at stage 3 only
   z.offload_param.device = OffloadConfig::Device::kCpu;
   out.push_back(NeedOf(config, z, on_gpu));
   z.offload_optimizer.device = OffloadConfig::Device::kNvme;

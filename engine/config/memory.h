@@ -83,8 +83,9 @@ struct MemoryNeed {
 };
 MemoryNeed NeedOf(const Config& config, const ZeroConfig& zero, bool on_gpu);
 
-// The settings dsrun weighs, cheapest (fastest) first: stages 0-3, then stage 2 and 3 with the
-// optimizer offloaded, then stage 3 with the parameters too, then that with the optimizer on
+// The settings dsrun weighs, cheapest (fastest) first: stages 0-3 (those the layout allows:
+// pipeline stages 0-1, tensor parallelism 0-2), then stage 2 and 3 (with pipeline stages: 1) with
+// the optimizer offloaded, then stage 3 with the parameters too, then that with the optimizer on
 // NVMe instead, then the parameters there too (on the CPU: stages 0-3 only). NVMe's disk is not
 // checked.
 std::vector<MemoryNeed> SettingsByCost(const Config& config, bool on_gpu);

@@ -4,7 +4,8 @@
 # BERT-base folder at ZeRO 2 in fp16, a Llama-3.2-1B folder at ZeRO 1 with no optimizer section
 # (AdamW with the warning naming its values), a Llama-2-13B folder at ZeRO 3 with parameters and
 # optimizer on the CPU; each on 8 ranks, through the launch script's flags (--model_name,
-# --dataset_path). And the launch script refuses an unknown scenario.
+# --dataset_path). The 13B folder split (examples/llama_split.json: TP 2 x PP 4). And the launch
+# script refuses an unknown scenario.
 #   tests/examples/scenarios_test.sh PYTHON SRC_DIR BUILD_DIR
 # Exit 0 on success, 1 on failure, 77 (skip) without dsrun or a Python with `tokenizers`.
 set -euo pipefail
@@ -53,6 +54,15 @@ dry_run llama-1b scenario_llama_1b.json "$WORK/llama-1b" "LlamaForCausalLM from 
 dry_run llama-large scenario_llama_large.json "$WORK/llama-13b" \
   "LlamaForCausalLM from $WORK/llama-13b" "13015864320 parameters, bf16" \
   "stage 3 + offload_optimizer cpu + offload_param cpu" "the config resolves"
+# The 13B Llama split instead: TP 2 x PP 4 on 8 ranks at ZeRO 1; the rank holding the most
+# (the first stage: 10 layers, each halved, and embed_tokens) and only what the layout runs.
+dry_run llama-split llama_split.json "$WORK/llama-13b" \
+  "TP 2 x PP 4: the rank holding the most, 1749918720 parameters" \
+  "stage 1 + offload_optimizer cpu" "the config resolves"
+if grep -q -E '^  stage [23]' "$WORK/llama-split.out"; then
+  cat "$WORK/llama-split.out"
+  fail "llama-split: the advice weighs ZeRO stages a pipeline cannot run"
+fi
 
 if "$SRC/examples/launch_hf_model.sh" gpt-5 "$WORK/bert" "$WORK/data" >"$WORK/bad.out" 2>&1; then
   fail "launch_hf_model.sh accepted an unknown scenario"

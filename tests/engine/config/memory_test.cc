@@ -11,6 +11,7 @@ using ::ds::testing::IsOk;
 using ::ds::testing::StatusIs;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 ModelConfig Preset(std::string_view name) {
   Result<ModelConfig> m = ModelPreset(name);
@@ -246,6 +247,30 @@ TEST(ConfigMemoryTest, AdviceNamesTheCheapestSettingThatFits) {
   const std::string table = advice(24);
   EXPECT_THAT(table, HasSubstr("with activation checkpointing"));
   EXPECT_THAT(table, HasSubstr("stage 3 + offload_optimizer cpu + offload_param cpu"));
+}
+
+// Only settings the layout can run are weighed: pipeline stages take ZeRO 0-1 (the optimizer
+// offloaded at stage 1), tensor parallelism 0-2.
+TEST(ConfigMemoryTest, AdviceWeighsOnlyWhatTheLayoutRuns) {
+  MachineMemory h100{
+      .device_bytes = 80ull << 30, .host_bytes = 128ull << 30, .device_name = "cuda:0"};
+  json cfg = Base();
+  cfg["model"] = {{"preset", "gpt-1.3b"}};
+  cfg["bf16"] = {{"enabled", true}};
+  cfg["pipeline"] = {{"stages", 2}};
+  DS_ASSERT_OK_AND_ASSIGN(Config pp, Parse(cfg, {.world_size = 2}));
+  std::string table = MemoryAdvice(pp, h100);
+  EXPECT_THAT(table, HasSubstr("  stage 1 "));
+  EXPECT_THAT(table, HasSubstr("stage 1 + offload_optimizer cpu"));
+  EXPECT_THAT(table, Not(HasSubstr("\n  stage 2")));  // the table's rows
+  EXPECT_THAT(table, Not(HasSubstr("\n  stage 3")));
+  cfg.erase("pipeline");
+  cfg["tensor_parallel"] = {{"autotp_size", 2}};
+  DS_ASSERT_OK_AND_ASSIGN(Config tp, Parse(cfg, {.world_size = 2}));
+  table = MemoryAdvice(tp, h100);
+  EXPECT_THAT(table, HasSubstr("stage 2 + offload_optimizer cpu"));
+  EXPECT_THAT(table, Not(HasSubstr("\n  stage 3")));
+  EXPECT_THAT(table, Not(HasSubstr("stage 1 + offload")));
 }
 
 }  // namespace
