@@ -9,7 +9,7 @@ mkdir -p "$DEPS/debs" "$DEPS/root"
 cd "$DEPS/debs"
 apt-get download liburing-dev liburing2 libxxhash-dev libxxhash0 libgloo-dev
 for f in *.deb; do dpkg -x "$f" "$DEPS/root"; done
-rm -rf "$DEPS/debs"
+cd "$ROOT" && rm -rf "$DEPS/debs"  # out of it first: pip below needs a working directory
 echo "unpacked into $DEPS/root/usr ($(du -sh "$DEPS/root" | cut -f1)); carry .deps in device runs"
 # transformers and tokenizers for the Llama peer (bench/gpu/llama_peer.py), as wheels for the GPU
 # machine's Python 3.12 (run.sh hf-install puts them in /tmp/hf). Its numpy, torch and the

@@ -12,6 +12,12 @@
 
 #include "engine/model/param_init.h"
 
+#if DS_CUDA_KERNELS
+#include <c10/cuda/CUDAStream.h>
+
+#include "engine/model/rope_kernels.h"
+#endif
+
 namespace ds::engine {
 namespace {
 
@@ -39,11 +45,14 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
   }
 };
 
-// transformers' LlamaRMSNorm: in fp32, then back to the input's dtype, times the weight.
-// at::rms_norm computes a bf16/fp16 input in fp32 and rounds the result to the input's type, in
-// one fused kernel on CUDA (where the written-out form was six kernels and two fp32 copies).
+// transformers' LlamaRMSNorm (x / rms(x), times the weight), as one fused kernel on CUDA: it
+// computes a bf16/fp16 input in fp32, applies the weight there and rounds once to the input's
+// type, where transformers rounds the normalised value to bf16 before multiplying by the weight
+// (so bf16 results differ from transformers' in the last bit; fp32 ones do not). The
+// written-out form was six kernels and two fp32 copies; with the weight outside, two more
+// kernels forward and a reduction backward.
 torch::Tensor RmsNorm(const Params& n, const torch::Tensor& x, double eps) {
-  return n->weight * at::rms_norm(x, {x.size(-1)}, /*weight=*/std::nullopt, eps);
+  return at::rms_norm(x, {x.size(-1)}, n->weight, eps);
 }
 
 torch::Tensor Linear(const Params& p, const torch::Tensor& x) {
@@ -77,7 +86,55 @@ torch::Tensor RotateHalf(const torch::Tensor& x) {
   return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
 
+#if DS_CUDA_KERNELS
+// The rotary embedding through our kernel (rope_kernels.h): one pass forward, one backward.
+struct FusedRotary : public torch::autograd::Function<FusedRotary> {
+  static void Launch(const torch::Tensor& x, const torch::Tensor& out, const torch::Tensor& cos,
+                     const torch::Tensor& sin, bool backward) {
+    const auto t = x.scalar_type();
+    const cuda::LogitsType type = t == torch::kBFloat16 ? cuda::LogitsType::kBFloat16
+                                  : t == torch::kFloat16 ? cuda::LogitsType::kFloat16
+                                                         : cuda::LogitsType::kFloat32;
+    const std::string err = cuda::RotaryEmbedding(
+        type, x.data_ptr(), out.data_ptr(), x.size(0) * x.size(1), x.size(2), x.size(3),
+        x.size(1), cos.data_ptr<float>(), sin.data_ptr<float>(), backward,
+        c10::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(err.empty(), err);
+  }
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x,
+                               torch::Tensor cos, torch::Tensor sin) {
+    ctx->save_for_backward({cos, sin});
+    torch::Tensor out = torch::empty_like(x, torch::MemoryFormat::Contiguous);
+    Launch(x, out, cos, sin, /*backward=*/false);
+    return out;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto saved = ctx->get_saved_variables();
+    const torch::Tensor g = grad_out[0].contiguous();
+    torch::Tensor out = torch::empty_like(g);
+    Launch(g, out, saved[0], saved[1], /*backward=*/true);
+    return {out, torch::Tensor(), torch::Tensor()};
+  }
+};
+#endif
+
 }  // namespace
+
+torch::Tensor ApplyRotary(const torch::Tensor& x, const torch::Tensor& cos,
+                          const torch::Tensor& sin) {
+#if DS_CUDA_KERNELS
+  const auto t = x.scalar_type();
+  if (x.is_cuda() && x.is_contiguous() && cos.is_contiguous() && sin.is_contiguous() &&
+      (t == torch::kFloat32 || t == torch::kBFloat16 || t == torch::kFloat16)) {
+    return FusedRotary::apply(x, cos, sin);
+  }
+#endif
+  // As transformers computes it: the tables in the activations' type, broadcast over heads.
+  const torch::Tensor c = cos.to(x.scalar_type()).unsqueeze(1);
+  const torch::Tensor s = sin.to(x.scalar_type()).unsqueeze(1);
+  return x * c + RotateHalf(x) * s;
+}
 
 // ---- a decoder layer
 
@@ -115,14 +172,13 @@ torch::Tensor LlamaLayerImpl::forward(const torch::Tensor& x, const torch::Tenso
   const HfModelSpec& s = *s_;
   const int64_t B = x.size(0), T = x.size(1), d = s.head_dim;
   const torch::Tensor n = TpColumnInput(place_, RmsNorm(input_layernorm_, x, s.rms_eps));
-  auto heads = [&](const torch::Tensor& t, int64_t count) {
-    return t.view({B, T, count, d}).transpose(1, 2);  // (B, heads, T, d)
+  auto project = [&](const Params& p, int64_t count) {
+    return Linear(p, n).view({B, T, count, d});  // (B, T, heads, d)
   };
-  torch::Tensor q = heads(Linear(q_proj_, n), n_head_);
-  torch::Tensor k = heads(Linear(k_proj_, n), n_kv_head_);
-  torch::Tensor v = heads(Linear(v_proj_, n), n_kv_head_);
-  q = q * cos + RotateHalf(q) * sin;  // cos, sin (T, d) broadcast over batch and heads
-  k = k * cos + RotateHalf(k) * sin;
+  // (B, heads, T, d) views for attention, q and k rotated first.
+  torch::Tensor q = ApplyRotary(project(q_proj_, n_head_), cos, sin).transpose(1, 2);
+  torch::Tensor k = ApplyRotary(project(k_proj_, n_kv_head_), cos, sin).transpose(1, 2);
+  torch::Tensor v = project(v_proj_, n_kv_head_).transpose(1, 2);
   if (n_kv_head_ != n_head_) {  // grouped-query attention: each k/v head serves a group
     const int64_t group = n_head_ / n_kv_head_;
     k = k.repeat_interleave(group, 1);
@@ -222,9 +278,7 @@ torch::Tensor LlamaImpl::Layers(torch::Tensor x) {
   const int64_t T = x.size(1);
   TORCH_CHECK_VALUE(T <= s.max_positions, "sequence of ", T,
                     " tokens is longer than the model's max_position_embeddings ", s.max_positions);
-  auto [cos, sin] = RotaryTables(s, T, x.device());
-  cos = cos.to(x.scalar_type());
-  sin = sin.to(x.scalar_type());
+  const auto [cos, sin] = RotaryTables(s, T, x.device());  // fp32: ApplyRotary converts where it must
   for (size_t l = 0; l < layers_.size(); ++l) {
     LlamaLayerImpl* layer = layers_[l].get();
     // By value: stage 3 keeps the function to run the layer again in the backward pass.

@@ -14,6 +14,7 @@
 
 #include "engine/config/config.h"
 #include "engine/model/gpt.h"
+#include "engine/model/llama.h"
 #include "engine/model/model.h"
 #include "engine/optim/adamw.h"
 #include "engine/runtime_info.h"
@@ -278,6 +279,35 @@ TEST(GpuTest, SavesOverlappingTrainingHoldTheirStep) {
 // was found): against LibTorch's cross-entropy of fp32 logits, for each logits type, for rows
 // read 16 bytes at a time (1000 columns) and one by one (1001), with large logits, and with
 // -inf padding columns, which must get a zero gradient.
+// The rotary embedding through our kernel (engine/model/rope_kernels.h) against the written-out
+// form in fp32 on the CPU, forward and backward: fp32 to rounding, bf16 and fp16 within one step
+// of their precision (the kernel rounds once, the written-out form three times).
+TEST(GpuTest, RotaryKernelMatchesTheWrittenOutForm) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible";
+  torch::manual_seed(11);
+  HfModelSpec spec;
+  spec.head_dim = 64;
+  const int64_t B = 2, T = 37, H = 3, d = 64;
+  auto [cos, sin] = LlamaImpl::RotaryTables(spec, T, torch::Device(torch::kCUDA));
+  const torch::Tensor x32 = torch::randn({B, T, H, d});
+  const torch::Tensor g32 = torch::randn({B, T, H, d});
+  torch::Tensor ref_x = x32.clone().requires_grad_(true);
+  torch::Tensor ref = ApplyRotary(ref_x, cos.cpu(), sin.cpu());  // the CPU: written out
+  ref.backward(g32);
+  for (torch::Dtype dtype : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    torch::Tensor x = x32.to(torch::kCUDA, dtype).requires_grad_(true);
+    torch::Tensor y = ApplyRotary(x, cos, sin);
+    ASSERT_EQ(y.scalar_type(), dtype);
+    y.backward(g32.to(torch::kCUDA, dtype));
+    const double tol = dtype == torch::kFloat32 ? 1e-5 : dtype == torch::kBFloat16 ? 3e-2 : 4e-3;
+    EXPECT_LE((y.to(torch::kCPU, torch::kFloat32) - ref).abs().max().item<double>(),
+              tol * ref.abs().max().item<double>());
+    EXPECT_LE((x.grad().to(torch::kCPU, torch::kFloat32) - ref_x.grad()).abs().max().item<double>(),
+              tol * ref_x.grad().abs().max().item<double>());
+  }
+}
+
 TEST(GpuTest, CrossEntropyOnTheGpuMatchesFp32) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible";
   torch::manual_seed(7);
