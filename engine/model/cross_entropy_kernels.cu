@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <utility>
 
 #include "engine/model/cross_entropy_kernels.h"
 #include "engine/model/internal/cuda_elements.cuh"
@@ -123,19 +124,13 @@ __global__ void BackwardKernel(const T* logits, int64_t cols, int64_t stride,
   }
 }
 
-// Runs `launch(T{})` with T the logits' element type; returns "" or CUDA's error for `what`.
+// DispatchByType, for one block per row: CUDA's grid holds at most 2^31 - 1 blocks.
 template <typename Launch>
 std::string Dispatch(LogitsType type, int64_t rows, const char* what, Launch&& launch) {
   if (rows > 0x7fffffff)
     return std::string(what) + ": " + std::to_string(rows) +
            " rows (a block each) exceed CUDA's grid";
-  switch (type) {
-    case LogitsType::kFloat32: launch(float{}); break;
-    case LogitsType::kBFloat16: launch(__nv_bfloat16{}); break;
-    case LogitsType::kFloat16: launch(__half{}); break;
-  }
-  const cudaError_t e = cudaGetLastError();
-  return e == cudaSuccess ? std::string() : std::string(what) + ": " + cudaGetErrorString(e);
+  return DispatchByType(type, what, std::forward<Launch>(launch));
 }
 
 }  // namespace

@@ -15,7 +15,7 @@
 #if DS_CUDA_KERNELS
 #include <c10/cuda/CUDAStream.h>
 
-#include "engine/model/rope_kernels.h"
+#include "engine/model/llama_kernels.h"
 #endif
 
 namespace ds::engine {
@@ -87,18 +87,29 @@ torch::Tensor RotateHalf(const torch::Tensor& x) {
 }
 
 #if DS_CUDA_KERNELS
-// The rotary embedding through our kernel (rope_kernels.h): one pass forward, one backward.
+// Whether our kernels (llama_kernels.h) take `x`: on a GPU, contiguous, fp32, bf16 or fp16.
+bool KernelTakes(const torch::Tensor& x) {
+  const auto t = x.scalar_type();
+  return x.is_cuda() && x.is_contiguous() &&
+         (t == torch::kFloat32 || t == torch::kBFloat16 || t == torch::kFloat16);
+}
+
+cuda::LogitsType KernelType(const torch::Tensor& x) {
+  const auto t = x.scalar_type();
+  return t == torch::kBFloat16  ? cuda::LogitsType::kBFloat16
+         : t == torch::kFloat16 ? cuda::LogitsType::kFloat16
+                                : cuda::LogitsType::kFloat32;
+}
+
+void* Stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+// The rotary embedding through our kernel: one pass forward, one backward.
 struct FusedRotary : public torch::autograd::Function<FusedRotary> {
   static void Launch(const torch::Tensor& x, const torch::Tensor& out, const torch::Tensor& cos,
                      const torch::Tensor& sin, bool backward) {
-    const auto t = x.scalar_type();
-    const cuda::LogitsType type = t == torch::kBFloat16 ? cuda::LogitsType::kBFloat16
-                                  : t == torch::kFloat16 ? cuda::LogitsType::kFloat16
-                                                         : cuda::LogitsType::kFloat32;
     const std::string err = cuda::RotaryEmbedding(
-        type, x.data_ptr(), out.data_ptr(), x.size(0) * x.size(1), x.size(2), x.size(3),
-        x.size(1), cos.data_ptr<float>(), sin.data_ptr<float>(), backward,
-        c10::cuda::getCurrentCUDAStream().stream());
+        KernelType(x), x.data_ptr(), out.data_ptr(), x.size(0) * x.size(1), x.size(2), x.size(3),
+        x.size(1), cos.data_ptr<float>(), sin.data_ptr<float>(), backward, Stream());
     TORCH_CHECK(err.empty(), err);
   }
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x,
@@ -117,6 +128,31 @@ struct FusedRotary : public torch::autograd::Function<FusedRotary> {
     return {out, torch::Tensor(), torch::Tensor()};
   }
 };
+
+// silu(gate) * up through our kernel: one pass forward (saving gate and up, where the written-out
+// form also keeps silu(gate)), one backward for both gradients.
+struct FusedSwiGlu : public torch::autograd::Function<FusedSwiGlu> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor gate,
+                               torch::Tensor up) {
+    ctx->save_for_backward({gate, up});
+    torch::Tensor out = torch::empty_like(gate);
+    const std::string err = cuda::SwiGlu(KernelType(gate), gate.data_ptr(), up.data_ptr(),
+                                         out.data_ptr(), gate.numel(), Stream());
+    TORCH_CHECK(err.empty(), err);
+    return out;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto saved = ctx->get_saved_variables();
+    const torch::Tensor g = grad_out[0].contiguous();
+    torch::Tensor grad_gate = torch::empty_like(saved[0]), grad_up = torch::empty_like(saved[1]);
+    const std::string err = cuda::SwiGluBackward(
+        KernelType(g), saved[0].data_ptr(), saved[1].data_ptr(), g.data_ptr(),
+        grad_gate.data_ptr(), grad_up.data_ptr(), g.numel(), Stream());
+    TORCH_CHECK(err.empty(), err);
+    return {grad_gate, grad_up};
+  }
+};
 #endif
 
 }  // namespace
@@ -124,9 +160,7 @@ struct FusedRotary : public torch::autograd::Function<FusedRotary> {
 torch::Tensor ApplyRotary(const torch::Tensor& x, const torch::Tensor& cos,
                           const torch::Tensor& sin) {
 #if DS_CUDA_KERNELS
-  const auto t = x.scalar_type();
-  if (x.is_cuda() && x.is_contiguous() && cos.is_contiguous() && sin.is_contiguous() &&
-      (t == torch::kFloat32 || t == torch::kBFloat16 || t == torch::kFloat16)) {
+  if (KernelTakes(x) && cos.is_contiguous() && sin.is_contiguous()) {
     return FusedRotary::apply(x, cos, sin);
   }
 #endif
@@ -134,6 +168,16 @@ torch::Tensor ApplyRotary(const torch::Tensor& x, const torch::Tensor& cos,
   const torch::Tensor c = cos.to(x.scalar_type()).unsqueeze(1);
   const torch::Tensor s = sin.to(x.scalar_type()).unsqueeze(1);
   return x * c + RotateHalf(x) * s;
+}
+
+torch::Tensor ApplySwiGlu(const torch::Tensor& gate, const torch::Tensor& up) {
+#if DS_CUDA_KERNELS
+  if (KernelTakes(gate) && KernelTakes(up) && gate.sizes() == up.sizes() &&
+      gate.scalar_type() == up.scalar_type()) {
+    return FusedSwiGlu::apply(gate, up);
+  }
+#endif
+  return torch::silu(gate) * up;
 }
 
 // ---- a decoder layer
@@ -190,8 +234,7 @@ torch::Tensor LlamaLayerImpl::forward(const torch::Tensor& x, const torch::Tenso
       x + RowLinear(place_, o_proj_, y.transpose(1, 2).reshape({B, T, n_head_ * d}));
   const torch::Tensor m =
       TpColumnInput(place_, RmsNorm(post_attention_layernorm_, h, s.rms_eps));
-  return h + RowLinear(place_, down_proj_,
-                       torch::silu(Linear(gate_proj_, m)) * Linear(up_proj_, m));
+  return h + RowLinear(place_, down_proj_, ApplySwiGlu(Linear(gate_proj_, m), Linear(up_proj_, m)));
 }
 
 // ---- the model

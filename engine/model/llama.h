@@ -4,8 +4,8 @@
 // q/k/v (Qwen2) or all attention biases. Parameters carry transformers' names
 // ("model.layers.0.self_attn.q_proj.weight"), so a checkpoint's tensors are the folder's.
 // Numerics follow transformers' LlamaForCausalLM (RMSNorm in fp32, rotary tables in fp32), except
-// that in bf16/fp16 on a GPU the RMSNorm's weight and the rotary embedding are applied in fp32
-// and rounded once (our fused kernels; transformers rounds between the steps).
+// that in bf16/fp16 on a GPU the RMSNorm's weight, the rotary embedding and the SwiGLU gate are
+// computed in fp32 and rounded once (fused kernels; transformers rounds between the steps).
 //
 // Built inside a DeferredInit scope, every parameter is a placeholder and InitialValues gives
 // any element range: read from the folder's safetensors (converted to fp32), or, without
@@ -36,10 +36,12 @@ namespace ds::engine {
 using LlamaOptions = HfModelOptions;
 
 // x (B, T, heads, head_dim) * cos + rotate_half(x) * sin, with the fp32 rotary tables cos and sin
-// (T, head_dim; LlamaImpl::RotaryTables): on a GPU through our kernel (rope_kernels.h), else as
+// (T, head_dim; LlamaImpl::RotaryTables): on a GPU through our kernel (llama_kernels.h), else as
 // transformers writes it, the tables in x's type.
 torch::Tensor ApplyRotary(const torch::Tensor& x, const torch::Tensor& cos,
                           const torch::Tensor& sin);
+// silu(gate) * up (the SwiGLU MLP's gate): on a GPU through our kernel (llama_kernels.h).
+torch::Tensor ApplySwiGlu(const torch::Tensor& gate, const torch::Tensor& up);
 
 class LlamaLayerImpl : public torch::nn::Module {
  public:

@@ -279,10 +279,10 @@ TEST(GpuTest, SavesOverlappingTrainingHoldTheirStep) {
 // was found): against LibTorch's cross-entropy of fp32 logits, for each logits type, for rows
 // read 16 bytes at a time (1000 columns) and one by one (1001), with large logits, and with
 // -inf padding columns, which must get a zero gradient.
-// The rotary embedding through our kernel (engine/model/rope_kernels.h) against the written-out
-// form in fp32 on the CPU, forward and backward: fp32 to rounding, bf16 and fp16 within one step
-// of their precision (the kernel rounds once, the written-out form three times).
-TEST(GpuTest, RotaryKernelMatchesTheWrittenOutForm) {
+// The rotary embedding and the SwiGLU gate through our kernels (engine/model/llama_kernels.h)
+// against the written-out form in fp32 on the CPU, forward and backward: fp32 to rounding, bf16
+// and fp16 within a few steps of their precision (inputs rounded to them, the result once).
+TEST(GpuTest, LlamaKernelsMatchTheWrittenOutForm) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible";
   torch::manual_seed(11);
   HfModelSpec spec;
@@ -305,6 +305,28 @@ TEST(GpuTest, RotaryKernelMatchesTheWrittenOutForm) {
               tol * ref.abs().max().item<double>());
     EXPECT_LE((x.grad().to(torch::kCPU, torch::kFloat32) - ref_x.grad()).abs().max().item<double>(),
               tol * ref_x.grad().abs().max().item<double>());
+  }
+  // The SwiGLU gate likewise: silu(gate) * up and both gradients.
+  const torch::Tensor gate32 = 3 * torch::randn({B, T, 96}), up32 = torch::randn({B, T, 96});
+  torch::Tensor ref_gate = gate32.clone().requires_grad_(true);
+  torch::Tensor ref_up = up32.clone().requires_grad_(true);
+  torch::Tensor ref_out = ApplySwiGlu(ref_gate, ref_up);
+  const torch::Tensor go32 = torch::randn_like(ref_out);
+  ref_out.backward(go32);
+  for (torch::Dtype dtype : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+    SCOPED_TRACE(std::string("SwiGLU ") + c10::toString(dtype));
+    torch::Tensor gate = gate32.to(torch::kCUDA, dtype).requires_grad_(true);
+    torch::Tensor up = up32.to(torch::kCUDA, dtype).requires_grad_(true);
+    torch::Tensor out = ApplySwiGlu(gate, up);
+    out.backward(go32.to(torch::kCUDA, dtype));
+    const double tol = dtype == torch::kFloat32 ? 1e-5 : dtype == torch::kBFloat16 ? 3e-2 : 4e-3;
+    auto close = [&](const torch::Tensor& got, const torch::Tensor& want) {
+      return (got.to(torch::kCPU, torch::kFloat32) - want).abs().max().item<double>() <=
+             tol * want.abs().max().item<double>();
+    };
+    EXPECT_TRUE(close(out, ref_out));
+    EXPECT_TRUE(close(gate.grad(), ref_gate.grad()));
+    EXPECT_TRUE(close(up.grad(), ref_up.grad()));
   }
 }
 
