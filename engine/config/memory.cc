@@ -192,11 +192,12 @@ uint64_t ActivationBytes(const Config& config, bool recomputed, bool on_gpu) {
   if (const std::optional<HfModelSpec> hf = FolderModel(m)) {
     const uint64_t i = static_cast<uint64_t>(hf->intermediate);
     if (hf->family == "llama") {
-      // x, both RMSNorms' raw and weighted outputs and the residual sum (6h); attention's q,
-      // k and v as SDPA sees them (k and v repeated to every query head), its output and
-      // o_proj's input (5 query widths); the MLP's gate, its SiLU, up and their product (4i).
-      whole = 6 * c;
-      cut = 5 * static_cast<uint64_t>(hf->n_head * hf->head_dim) + 4 * i;
+      // x, both RMSNorms' outputs (the weight applied inside the fused norm) and the residual
+      // sum (4h); attention's q, k and v as SDPA sees them (k and v repeated to every query
+      // head), its output and o_proj's input (5 query widths); the MLP's gate, up and their
+      // SwiGLU product (3i on a GPU, whose fused kernel keeps no SiLU output; 4i on the CPU).
+      whole = 4 * c;
+      cut = 5 * static_cast<uint64_t>(hf->n_head * hf->head_dim) + (on_gpu ? 3 : 4) * i;
     } else {
       cut = 4 * c + 2 * i;  // q, k, v, attention's output; the MLP's two i-wide tensors
     }

@@ -64,8 +64,9 @@ struct MachineMemory {
 // Activations one rank keeps for backward over one micro batch (bytes), on the rank holding the
 // most layers: per layer 17 values per token and channel in the training precision (5 whole and
 // 12 cut by tensor parallelism: layer-norm inputs and outputs, q, k, v, attention's output, the
-// MLP's two 4C-wide tensors; a Llama folder's layer 6h whole and 5 query widths plus 4
-// intermediate widths cut, a GPT-2 or BERT folder's 5h whole and 4h + 2 intermediate cut), or with `recomputed` (activation checkpointing, and always at
+// MLP's two 4C-wide tensors; a Llama folder's layer 4h whole and 5 query widths plus 3
+// intermediate widths (4 on the CPU) cut, a GPT-2 or BERT folder's 5h whole and 4h + 2
+// intermediate cut), or with `recomputed` (activation checkpointing, and always at
 // stage 3, which reruns every unit in backward) 1 per layer plus one layer's 17; the embedding's
 // output; the head's logits and their gradient (on the CPU also the fp32 log-softmax pair). A
 // pipeline's first stage holds `pp` micro batches at once (1F1B). docs/config.md derives it.

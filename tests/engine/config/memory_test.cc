@@ -205,8 +205,8 @@ TEST(ConfigMemoryTest, ALlamaFolderIsCountedByItsOwnShapes) {
   cfg["train_micro_batch_size_per_gpu"] = 1;
   DS_ASSERT_OK_AND_ASSIGN(Config c, Parse(cfg));
   c.model = m;
-  // Per token and layer: 6 x 2048 whole, 5 x 2048 (query width) + 4 x 8192 cut; bf16.
-  const uint64_t tokens = 2048, layer = tokens * (6 * 2048 + 5 * 2048 + 4 * 8192) * 2;
+  // Per token and layer on a GPU: 4 x 2048 whole, 5 x 2048 (query width) + 3 x 8192 cut; bf16.
+  const uint64_t tokens = 2048, layer = tokens * (4 * 2048 + 5 * 2048 + 3 * 8192) * 2;
   const uint64_t embed = tokens * 2048 * 2, head = tokens * 128256ULL * 4;
   EXPECT_EQ(ActivationBytes(c, false, true), 16 * layer + embed + head);
   EXPECT_EQ(ActivationBytes(c, true, true), 16 * tokens * 2048 * 2 + layer + embed + head);
