@@ -278,11 +278,11 @@ struct BenchCase {
   int tp = 1, pp = 1;
   std::string Label() const {
     return std::to_string(stage) +
-           (offload == "none"   ? ""
-            : offload == "all"  ? "+all"
-            : offload == "nvme" ? "+nvme"
+           (offload == "none"       ? ""
+            : offload == "all"      ? "+all"
+            : offload == "nvme"     ? "+nvme"
             : offload == "nvme-all" ? "+nvme-all"
-                                : "+opt") +
+                                    : "+opt") +
            (tp * pp > 1 ? "/tp" + std::to_string(tp) + "pp" + std::to_string(pp) : "");
   }
 };
@@ -328,7 +328,8 @@ Result<std::vector<BenchCase>> BenchCases(const DsrunFlags& f) {
   for (const auto& [tp, pp] : layouts) {
     for (int stage : stages) {
       for (const std::string& o : offloads) {
-        if ((o != "none" && stage == 0) || ((o == "all" || o == "nvme-all") && stage != 3)) continue;
+        if ((o != "none" && stage == 0) || ((o == "all" || o == "nvme-all") && stage != 3))
+          continue;
         if ((tp > 1 && stage == 3) || (pp > 1 && stage > 1) || ranks % (tp * pp) != 0) continue;
         out.push_back({stage, o, tp, pp});
       }

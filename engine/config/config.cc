@@ -360,8 +360,8 @@ Status CheckHfParallelism(const HfModelSpec& hf, const ParallelConfig& p,
     }
     auto divides = [&](const char* key, int64_t n) {
       if (p.tp > 1 && n % p.tp != 0) {
-        problems.push_back(tp + " must divide " + key + " (" + std::to_string(n) + ") of " +
-                           file + ": each rank computes whole heads");
+        problems.push_back(tp + " must divide " + key + " (" + std::to_string(n) + ") of " + file +
+                           ": each rank computes whole heads");
       }
     };
     if (hf.family == "llama") {

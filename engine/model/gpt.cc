@@ -167,10 +167,10 @@ static torch::Tensor Norm(const Params& ln, const torch::Tensor& x) {
   return at::layer_norm(x, {x.size(-1)}, ln->weight, ln->bias, /*eps=*/1e-5);
 }
 
-// A row-parallel projection: this rank's partial product, summed over the group, plus bias.
-static torch::Tensor RowParallel(const GptPlace* place, const Params& lin, const torch::Tensor& in) {
-  if (place->tp == 1) return Affine(lin, in);
-  return TpSum(place, at::linear(in, lin->weight)) + lin->bias;
+// A row-parallel projection (split.h).
+static torch::Tensor RowParallel(const GptPlace* place, const Params& lin,
+                                 const torch::Tensor& in) {
+  return TpRowLinear(place, in, lin->weight, lin->bias);
 }
 
 torch::Tensor BlockImpl::forward(const torch::Tensor& x) {
@@ -183,10 +183,12 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x) {
   torch::Tensor y = at::scaled_dot_product_attention(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]),
                                                      /*attn_mask=*/{}, /*dropout_p=*/0.0,
                                                      /*is_causal=*/true);
-  torch::Tensor h = x + RowParallel(place_, attn_proj_, y.transpose(1, 2).contiguous().view({B, T, C}));
+  torch::Tensor h =
+      x + RowParallel(place_, attn_proj_, y.transpose(1, 2).contiguous().view({B, T, C}));
   // MLP with GPT-2's tanh-approximated GELU.
-  return h + RowParallel(place_, mlp_proj_, F::gelu(Affine(c_fc_, TpColumnInput(place_, Norm(ln_2_, h))),
-                                            F::GELUFuncOptions().approximate("tanh")));
+  return h + RowParallel(place_, mlp_proj_,
+                         F::gelu(Affine(c_fc_, TpColumnInput(place_, Norm(ln_2_, h))),
+                                 F::GELUFuncOptions().approximate("tanh")));
 }
 
 GptImpl::GptImpl(const GptOptions& o, GptPlace place) : o_(o), place_(std::move(place)) {
@@ -239,20 +241,12 @@ torch::Tensor GptImpl::InitialValues(const std::string& name, int64_t begin, int
 torch::Tensor GptImpl::PartOfWhole(const std::string& name, const std::vector<int64_t>& shape,
                                    int64_t begin, int64_t end) const {
   const InitSpec spec = GptInitSpec(o_, name);
-  const ckpt::TpSplit split = GptTpSplit(name);
-  if (split.dim < 0 || place_.tp == 1) {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    return InitRange(spec, o_.seed, name, n, begin, end);
-  }
-  // A tensor-parallel part: the whole parameter (one tensor, not the model), then this rank's
-  // boxes of it.
-  std::vector<int64_t> whole_shape = shape;
-  whole_shape[static_cast<size_t>(split.dim)] *= place_.tp;
-  int64_t n = 1;
-  for (int64_t d : whole_shape) n *= d;
-  torch::Tensor whole = InitRange(spec, o_.seed, name, n, 0, n).view(whole_shape);
-  return TpPartOf(whole, split, place_).reshape({-1}).narrow(0, begin, end - begin).contiguous();
+  return TpPartRange(shape, GptTpSplit(name), place_, begin, end,
+                     [&](const std::vector<int64_t>& whole_shape, int64_t b, int64_t e) {
+                       int64_t n = 1;
+                       for (int64_t d : whole_shape) n *= d;
+                       return InitRange(spec, o_.seed, name, n, b, e);
+                     });
 }
 
 torch::Tensor GptImpl::Embed(const torch::Tensor& idx) {

@@ -137,8 +137,8 @@ torch::Tensor HfGpt2Impl::Blocks(torch::Tensor x) {
 
 torch::Tensor HfGpt2Impl::Logits(const torch::Tensor& x) {
   const HfModelSpec& s = o_.spec;
-  const torch::Tensor n = at::layer_norm(x, {s.hidden}, ln_f_->weight, ln_f_->bias,
-                                         s.layer_norm_eps);
+  const torch::Tensor n =
+      at::layer_norm(x, {s.hidden}, ln_f_->weight, ln_f_->bias, s.layer_norm_eps);
   return torch::matmul(n, Head(wte_ ? wte_->weight : torch::Tensor()).t());
 }
 

@@ -85,16 +85,10 @@ at::Tensor HfModel::Values(const std::string& name, int64_t begin, int64_t end,
   auto shape = shapes_.find(name);
   TORCH_CHECK_VALUE(shape != shapes_.end(), "the ", o_.spec.architecture,
                     " model has no parameter ", name);
-  const ckpt::TpSplit split = TpSplitOf(name);
-  if (split.dim < 0 || o_.place.tp == 1) return weights_->Read(name, shape->second, begin, end, init);
-  // A tensor-parallel part: the whole parameter (one tensor, not the model), then this rank's
-  // boxes of it.
-  std::vector<int64_t> whole_shape = shape->second;
-  whole_shape[static_cast<size_t>(split.dim)] *= o_.place.tp;
-  int64_t n = 1;
-  for (int64_t d : whole_shape) n *= d;
-  const at::Tensor whole = weights_->Read(name, whole_shape, 0, n, init).view(whole_shape);
-  return TpPartOf(whole, split, o_.place).reshape({-1}).narrow(0, begin, end - begin).contiguous();
+  return TpPartRange(shape->second, TpSplitOf(name), o_.place, begin, end,
+                     [&](const std::vector<int64_t>& whole_shape, int64_t b, int64_t e) {
+                       return weights_->Read(name, whole_shape, b, e, init);
+                     });
 }
 
 ckpt::TpSplit HfModel::TpSplitOf(const std::string& /*name*/) const { return {}; }

@@ -59,12 +59,9 @@ torch::Tensor Linear(const Params& p, const torch::Tensor& x) {
   return at::linear(x, p->weight, p->bias);
 }
 
-// A row-parallel projection (split.h): this rank's partial product, summed over the
-// tensor-parallel group, then the bias (whole on every rank), once.
+// A row-parallel projection (split.h).
 torch::Tensor RowLinear(const ModelPlace* place, const Params& p, const torch::Tensor& x) {
-  if (place->tp == 1) return Linear(p, x);
-  torch::Tensor y = TpSum(place, at::linear(x, p->weight));
-  return p->bias.defined() ? y + p->bias : y;
+  return TpRowLinear(place, x, p->weight, p->bias);
 }
 
 // The parameters tensor parallelism cuts, by the end of their names: column-parallel ones by
@@ -146,9 +143,9 @@ struct FusedSwiGlu : public torch::autograd::Function<FusedSwiGlu> {
     auto saved = ctx->get_saved_variables();
     const torch::Tensor g = grad_out[0].contiguous();
     torch::Tensor grad_gate = torch::empty_like(saved[0]), grad_up = torch::empty_like(saved[1]);
-    const std::string err = cuda::SwiGluBackward(
-        KernelType(g), saved[0].data_ptr(), saved[1].data_ptr(), g.data_ptr(),
-        grad_gate.data_ptr(), grad_up.data_ptr(), g.numel(), Stream());
+    const std::string err =
+        cuda::SwiGluBackward(KernelType(g), saved[0].data_ptr(), saved[1].data_ptr(), g.data_ptr(),
+                             grad_gate.data_ptr(), grad_up.data_ptr(), g.numel(), Stream());
     TORCH_CHECK(err.empty(), err);
     return {grad_gate, grad_up};
   }
@@ -230,10 +227,8 @@ torch::Tensor LlamaLayerImpl::forward(const torch::Tensor& x, const torch::Tenso
   }
   torch::Tensor y = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
                                                      /*is_causal=*/true);
-  torch::Tensor h =
-      x + RowLinear(place_, o_proj_, y.transpose(1, 2).reshape({B, T, n_head_ * d}));
-  const torch::Tensor m =
-      TpColumnInput(place_, RmsNorm(post_attention_layernorm_, h, s.rms_eps));
+  torch::Tensor h = x + RowLinear(place_, o_proj_, y.transpose(1, 2).reshape({B, T, n_head_ * d}));
+  const torch::Tensor m = TpColumnInput(place_, RmsNorm(post_attention_layernorm_, h, s.rms_eps));
   return h + RowLinear(place_, down_proj_, ApplySwiGlu(Linear(gate_proj_, m), Linear(up_proj_, m)));
 }
 
@@ -242,13 +237,12 @@ torch::Tensor LlamaLayerImpl::forward(const torch::Tensor& x, const torch::Tenso
 LlamaImpl::LlamaImpl(LlamaOptions o) : HfModel(std::move(o)) {
   const HfModelSpec& s = o_.spec;
   const ModelPlace& p = o_.place;
-  TORCH_CHECK_VALUE(p.tp >= 1 && s.n_head % p.tp == 0 && s.n_kv_head % p.tp == 0 &&
-                        s.intermediate % p.tp == 0 && p.pp >= 1 && p.pp <= s.n_layer &&
-                        p.stage >= 0 && p.stage < p.pp,
-                    s.architecture, " of ", s.n_layer, " layers, ", s.n_head, " heads, ",
-                    s.n_kv_head, " key/value heads and intermediate size ", s.intermediate,
-                    " cannot be split ", p.tp, "-way tensor-parallel over ", p.pp,
-                    " pipeline stages");
+  TORCH_CHECK_VALUE(
+      p.tp >= 1 && s.n_head % p.tp == 0 && s.n_kv_head % p.tp == 0 && s.intermediate % p.tp == 0 &&
+          p.pp >= 1 && p.pp <= s.n_layer && p.stage >= 0 && p.stage < p.pp,
+      s.architecture, " of ", s.n_layer, " layers, ", s.n_head, " heads, ", s.n_kv_head,
+      " key/value heads and intermediate size ", s.intermediate, " cannot be split ", p.tp,
+      "-way tensor-parallel over ", p.pp, " pipeline stages");
   TORCH_CHECK(p.tp == 1 || p.tp_all_reduce, "tensor parallelism needs tp_all_reduce");
   const ParamMaker make = [this](const std::string& name, std::vector<int64_t> shape) {
     return MakeParam(name, std::move(shape));
@@ -321,7 +315,8 @@ torch::Tensor LlamaImpl::Layers(torch::Tensor x) {
   const int64_t T = x.size(1);
   TORCH_CHECK_VALUE(T <= s.max_positions, "sequence of ", T,
                     " tokens is longer than the model's max_position_embeddings ", s.max_positions);
-  const auto [cos, sin] = RotaryTables(s, T, x.device());  // fp32: ApplyRotary converts where it must
+  const auto [cos, sin] =
+      RotaryTables(s, T, x.device());  // fp32: ApplyRotary converts where it must
   for (size_t l = 0; l < layers_.size(); ++l) {
     LlamaLayerImpl* layer = layers_[l].get();
     // By value: stage 3 keeps the function to run the layer again in the backward pass.

@@ -10,10 +10,9 @@ constexpr int kThreads = 256;
 
 // One thread per pair (j, j + h) of one head of one row.
 template <typename T>
-__global__ void RotaryKernel(const T* x, T* out, int64_t pairs,
-                             int64_t heads, int64_t half, int64_t seq,
-                             const float* __restrict__ cos, const float* __restrict__ sin,
-                             float sign) {
+__global__ void RotaryKernel(const T* x, T* out, int64_t pairs, int64_t heads, int64_t half,
+                             int64_t seq, const float* __restrict__ cos,
+                             const float* __restrict__ sin, float sign) {
   for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < pairs;
        p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t j = p % half;

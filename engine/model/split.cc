@@ -1,6 +1,7 @@
 #include "engine/model/split.h"
 
 #include <ATen/ops/cat.h>
+#include <ATen/ops/linear.h>
 #include <torch/autograd.h>
 
 #include <algorithm>
@@ -41,18 +42,24 @@ struct RowParallelSum : public torch::autograd::Function<RowParallelSum> {
 
 }  // namespace
 
-at::Tensor TpPartOf(const at::Tensor& whole, ckpt::TpSplit split, const ModelPlace& place) {
-  if (split.dim < 0 || place.tp == 1) return whole.contiguous();
-  const std::vector<int64_t> shape = whole.sizes().vec();
+at::Tensor TpPartRange(const std::vector<int64_t>& shape, ckpt::TpSplit split,
+                       const ModelPlace& place, int64_t begin, int64_t end,
+                       const WholeValues& whole) {
+  if (split.dim < 0 || place.tp == 1) return whole(shape, begin, end);
+  std::vector<int64_t> whole_shape = shape;
+  whole_shape[static_cast<size_t>(split.dim)] *= place.tp;
+  int64_t n = 1;
+  for (int64_t d : whole_shape) n *= d;
+  const at::Tensor values = whole(whole_shape, 0, n).view(whole_shape);
   std::vector<at::Tensor> pieces;
-  for (const ckpt::TpBox& box : ckpt::TpBoxes(shape, split, static_cast<uint32_t>(place.tp),
+  for (const ckpt::TpBox& box : ckpt::TpBoxes(whole_shape, split, static_cast<uint32_t>(place.tp),
                                               static_cast<uint32_t>(place.tp_rank))) {
-    at::Tensor t = whole;
-    for (size_t d = 0; d < shape.size(); ++d)
+    at::Tensor t = values;
+    for (size_t d = 0; d < whole_shape.size(); ++d)
       t = t.narrow(static_cast<int64_t>(d), box.offset[d], box.length[d]);
     pieces.push_back(t);
   }
-  return at::cat(pieces, split.dim).contiguous();
+  return at::cat(pieces, split.dim).reshape({-1}).narrow(0, begin, end - begin).contiguous();
 }
 
 at::Tensor TpColumnInput(const ModelPlace* place, const at::Tensor& x) {
@@ -60,7 +67,16 @@ at::Tensor TpColumnInput(const ModelPlace* place, const at::Tensor& x) {
 }
 
 at::Tensor TpSum(const ModelPlace* place, const at::Tensor& partial) {
-  return place->tp == 1 ? partial : RowParallelSum::apply(partial, reinterpret_cast<int64_t>(place));
+  return place->tp == 1 ? partial
+                        : RowParallelSum::apply(partial, reinterpret_cast<int64_t>(place));
+}
+
+at::Tensor TpRowLinear(const ModelPlace* place, const at::Tensor& x, const at::Tensor& weight,
+                       const at::Tensor& bias) {
+  // One GEMM with the bias in its epilogue when nothing is summed.
+  if (place->tp == 1) return at::linear(x, weight, bias);
+  const at::Tensor y = TpSum(place, at::linear(x, weight));
+  return bias.defined() ? y + bias : y;
 }
 
 }  // namespace ds::engine

@@ -67,9 +67,17 @@ class SplitModel {
 Result<std::shared_ptr<LanguageModel>> MakeModelPart(const ModelConfig& config, uint64_t seed,
                                                      ModelPlace place);
 
-// This rank's part of `whole` (a parameter of the whole model) as `split` cuts it over the
-// place's tensor-parallel ranks: contiguous, in the layout the rank holds it.
-at::Tensor TpPartOf(const at::Tensor& whole, ckpt::TpSplit split, const ModelPlace& place);
+// Elements [begin, end) of the whole parameter of `whole_shape`, flat fp32 on the CPU (the
+// folder's values, or values drawn per name).
+using WholeValues =
+    std::function<at::Tensor(const std::vector<int64_t>& whole_shape, int64_t begin, int64_t end)>;
+// Elements [begin, end) of this rank's part (of shape `shape`) of a parameter that `split` cuts
+// over the place's tensor-parallel ranks, flat and contiguous in the layout the rank holds it.
+// Unsplit: `whole`'s range itself; split: the whole parameter (one tensor, not the model), then
+// this rank's boxes of it.
+at::Tensor TpPartRange(const std::vector<int64_t>& shape, ckpt::TpSplit split,
+                       const ModelPlace& place, int64_t begin, int64_t end,
+                       const WholeValues& whole);
 
 // Megatron's f: the input of a column-parallel layer passes forward unchanged and its gradient is
 // summed over the tensor-parallel group. `place` must outlive the backward pass.
@@ -77,5 +85,9 @@ at::Tensor TpColumnInput(const ModelPlace* place, const at::Tensor& x);
 // Megatron's g: a row-parallel layer's partial products summed over the group; the gradient
 // passes back unchanged.
 at::Tensor TpSum(const ModelPlace* place, const at::Tensor& partial);
+// A row-parallel projection, x W^T + b: this rank's partial product summed over the group, then
+// the bias (whole on every rank; may be undefined) added once.
+at::Tensor TpRowLinear(const ModelPlace* place, const at::Tensor& x, const at::Tensor& weight,
+                       const at::Tensor& bias);
 
 }  // namespace ds::engine

@@ -114,15 +114,14 @@ ZeroOptions ZeroOptionsOf(const Config& c, const ParallelState& par, Comm* data_
     z.nvme_path = c.zero.offload_optimizer.nvme_path;
     // One job's restarts share a swap directory (and reclaim a killed run's); jobs never do.
     z.nvme_job = SwapJobName(CheckpointDir(c));
-    z.swap_chunk = std::max<int64_t>(1, c.zero.aio_block_size * c.zero.aio_queue_depth / 4);
   }
+  // What each swap streams through host memory at a time (either swap; unused without one).
+  z.swap_chunk = std::max<int64_t>(1, c.zero.aio_block_size * c.zero.aio_queue_depth / 4);
   z.offload_param = c.zero.offload_param.device != OffloadConfig::Device::kNone &&
                     c.zero.Stage().partitions_parameters();
   if (z.offload_param && c.zero.offload_param.device == OffloadConfig::Device::kNvme) {
     z.param_nvme_path = c.zero.offload_param.nvme_path;
     z.param_nvme_job = SwapJobName(CheckpointDir(c)) + "-params";  // its own lock and files
-    if (z.nvme_path.empty())
-      z.swap_chunk = std::max<int64_t>(1, c.zero.aio_block_size * c.zero.aio_queue_depth / 4);
   }
   z.pin_memory = c.zero.offload_optimizer.pin_memory;
   z.prefetch_elements = c.zero.stage3_prefetch_bucket_size;

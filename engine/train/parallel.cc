@@ -65,10 +65,10 @@ Status SetupParallel(const Config& config, int rank, int world_size, Comm* world
     Status s = c->AllReduce(t, "tensor-parallel partial sums");
     TORCH_CHECK(s.ok(), s.message());
   };
-  DS_ASSIGN_OR_RETURN(p.model,
-                      MakeModelPart(config.model, config.trainer.seed, std::move(place)));
+  DS_ASSIGN_OR_RETURN(p.model, MakeModelPart(config.model, config.trainer.seed, std::move(place)));
   p.parts = dynamic_cast<SplitModel*>(p.model.get());
-  if (p.parts == nullptr) return Status::FailedPrecondition("MakeModelPart made a model that cannot split");
+  if (p.parts == nullptr)
+    return Status::FailedPrecondition("MakeModelPart made a model that cannot split");
   return Status::OK();
 }
 

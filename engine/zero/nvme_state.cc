@@ -9,8 +9,10 @@
 // Stage 3's parameters on NVMe (offload_param.device nvme): the partition in the training dtype
 // lives in a swap file of its own (job "<job>-params"), each unit's range read into host memory
 // on a thread when the unit's gather is issued (stage3.cc: prefetching reads ahead) and each
-// updated chunk written back as the step makes it. After a load or Initialize, publishing reads the master chunk
-// by chunk. Checkpoints read the files (ReadState) and a resume writes them (WriteState).
+// updated chunk written back as the step makes it.
+//
+// After a load or Initialize, publishing reads the master chunk by chunk. Checkpoints read the
+// files (ReadState) and a resume writes them (WriteState).
 #include <ATen/ATen.h>
 
 #include <functional>

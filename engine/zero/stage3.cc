@@ -105,16 +105,16 @@ Status ZeroOptimizer::Impl::SetupStage3(const std::vector<at::Tensor>& fp32) {
     padded.narrow(0, 0, t.numel).copy_(fp32[i]);
     master.narrow(0, t.part_offset, t.piece).copy_(padded.narrow(0, t.piece * o.rank, t.piece));
   }
-  const bool host = o.offload_param;
-  auto param_opts = at::TensorOptions()
-                        .dtype(o.dtype)
-                        .device(host ? at::kCPU : o.device)
-                        .pinned_memory(host && o.pin_memory && o.device.is_cuda());
   if (params_swapped()) {
     // On NVMe: the partition's file (preallocated), a built model's weights written into it.
     DS_RETURN_IF_ERROR(OpenParamSwap());
     if (master.defined()) DS_RETURN_IF_ERROR(PublishChunks(master, at::Tensor()));
   } else {
+    const bool host = o.offload_param;
+    const auto param_opts = at::TensorOptions()
+                                .dtype(o.dtype)
+                                .device(host ? at::kCPU : o.device)
+                                .pinned_memory(host && o.pin_memory && o.device.is_cuda());
     param_part = master.defined() ? master.to(param_opts, /*non_blocking=*/false, /*copy=*/true)
                                   : at::zeros({part_len}, param_opts);
   }
@@ -158,12 +158,11 @@ Status ZeroOptimizer::Impl::IssueGather(int unit) {
     // host memory on a thread of its own, so the read overlaps the units running before this
     // one; the upload and the all-gather follow once it is in (AdvanceRead).
     const bool pin = o.pin_memory && o.device.is_cuda();
-    g->base = g->first;
-    g->read = at::empty({g->next - g->first},
-                        at::TensorOptions().dtype(o.dtype).pinned_memory(pin));
+    g->read =
+        at::empty({g->next - g->first}, at::TensorOptions().dtype(o.dtype).pinned_memory(pin));
     const std::span<std::byte> into(static_cast<std::byte*>(g->read.data_ptr()),
                                     static_cast<size_t>(g->read.nbytes()));
-    g->reading = std::async(std::launch::async, [swap = param_swap.get(), at = g->base, into] {
+    g->reading = std::async(std::launch::async, [swap = param_swap.get(), at = g->first, into] {
       return swap->ReadBytes(0, at, into);
     });
     gathers[unit] = std::move(g);
@@ -201,9 +200,10 @@ Status ZeroOptimizer::Impl::DropPendingGathers() {
 
 Status ZeroOptimizer::Impl::StartGather(PendingGather& g, const at::Tensor& part) {
   torch::NoGradGuard no_grad;
+  const int64_t base = part.is_same(g.read) ? g.first : 0;  // where `part` starts
   std::vector<at::Tensor> pieces;
   for (int i : g.tensors) {
-    pieces.push_back(part.narrow(0, tensors[i].part_offset - g.base, tensors[i].piece));
+    pieces.push_back(part.narrow(0, tensors[i].part_offset - base, tensors[i].piece));
   }
   std::optional<c10::StreamGuard> on_side;
   if (g.adjacent && part.is_cpu() && !o.device.is_cpu()) {
@@ -220,16 +220,15 @@ Status ZeroOptimizer::Impl::StartGather(PendingGather& g, const at::Tensor& part
     queued.record(compute);
     queued.block(*upload_stream);
     on_side.emplace(*upload_stream);
-    g.in.copy_(part.narrow(0, g.first - g.base, g.next - g.first), /*non_blocking=*/true);
+    g.in.copy_(part.narrow(0, g.first - base, g.next - g.first), /*non_blocking=*/true);
   } else {
     g.in = at::cat(pieces).to(o.device, /*non_blocking=*/true);
   }
   if (distributed()) {
     // Issued on the side stream when uploading: the collective waits for the upload.
     if (!g.out.defined()) g.out = at::empty({g.in.numel() * o.world_size}, g.in.options());
-    DS_ASSIGN_OR_RETURN(
-        g.handle,
-        comm()->AllGatherAsync(g.out, g.in, "parameters of unit " + std::to_string(g.unit)));
+    DS_ASSIGN_OR_RETURN(g.handle, comm()->AllGatherAsync(
+                                      g.out, g.in, "parameters of unit " + std::to_string(g.unit)));
   } else {
     g.out = g.in;
   }

@@ -31,8 +31,9 @@ Result<std::unique_ptr<SwapSpace>> SwapSpace::Open(const SwapOptions& o) {
   const std::string rank = "rank " + std::to_string(o.rank);
   Result<io::FileInfo> root = o.env->Stat(o.nvme_path);
   if (!root.ok() || !root->is_dir) {
-    return Status::InvalidArgument(rank + ": nvme_path " + o.nvme_path +
-                                   " is not a directory (" + o.key + ": name a "
+    return Status::InvalidArgument(rank + ": nvme_path " + o.nvme_path + " is not a directory (" +
+                                   o.key +
+                                   ": name a "
                                    "directory on the NVMe disk to swap to)");
   }
   std::unique_ptr<SwapSpace> s(new SwapSpace);
@@ -46,8 +47,8 @@ Result<std::unique_ptr<SwapSpace>> SwapSpace::Open(const SwapOptions& o) {
       return Status::FailedPrecondition(
           rank + ": swap directory " + s->dir_ +
           " is in use by another process (another job with the same checkpoint directory, or "
-          "a rank of this one still running): stop it, or set " + o.key +
-          " to another directory");
+          "a rank of this one still running): stop it, or set " +
+          o.key + " to another directory");
     }
     return lock.status().WithContext(rank + ": locking the swap directory");
   }
@@ -63,8 +64,8 @@ Result<std::unique_ptr<SwapSpace>> SwapSpace::Open(const SwapOptions& o) {
   DS_RETURN_IF_ERROR(o.env->CreateDirs(s->dir_)) << rank << ": creating the swap directory";
   for (size_t b = 0; b < o.buffers.size(); ++b) {
     const std::string path = s->FilePath(static_cast<int>(b));
-    const uint64_t bytes =
-        static_cast<uint64_t>(o.buffers[b].elements) * static_cast<uint64_t>(o.buffers[b].element_bytes);
+    const uint64_t bytes = static_cast<uint64_t>(o.buffers[b].elements) *
+                           static_cast<uint64_t>(o.buffers[b].element_bytes);
     io::OpenOptions oo;
     oo.mode = io::OpenMode::kCreateNew;
     oo.direct = o.direct;
@@ -74,13 +75,12 @@ Result<std::unique_ptr<SwapSpace>> SwapSpace::Open(const SwapOptions& o) {
     if (st.ok()) st = (*f)->Truncate(bytes);
     if (!st.ok()) {
       Result<io::SpaceInfo> space = o.env->StatFs(o.nvme_path);
-      return Status(st.code(),
-                    rank + ": swap file " + path + " needs " + io::FormatBytes(bytes) +
-                        (space.ok() ? " (" + io::FormatBytes(space->available_bytes) +
-                                          " free under " + o.nvme_path + ")"
-                                    : std::string()) +
-                        ": " + st.message() +
-                        "; free space there or set " + o.key + " to a larger disk");
+      return Status(st.code(), rank + ": swap file " + path + " needs " + io::FormatBytes(bytes) +
+                                   (space.ok() ? " (" + io::FormatBytes(space->available_bytes) +
+                                                     " free under " + o.nvme_path + ")"
+                                               : std::string()) +
+                                   ": " + st.message() + "; free space there or set " + o.key +
+                                   " to a larger disk");
     }
     s->files_.push_back(std::move(*f));
   }
@@ -140,8 +140,9 @@ Status SwapSpace::Failed(const Status& s, const char* verb, int buffer, int64_t 
 
 Status SwapSpace::ReadBytes(int buffer, int64_t begin, std::span<std::byte> out) const {
   DS_RETURN_IF_ERROR(Check(buffer, begin, out.size(), "read"));
-  const uint64_t offset = static_cast<uint64_t>(begin) *
-                          static_cast<uint64_t>(o_.buffers[static_cast<size_t>(buffer)].element_bytes);
+  const uint64_t offset =
+      static_cast<uint64_t>(begin) *
+      static_cast<uint64_t>(o_.buffers[static_cast<size_t>(buffer)].element_bytes);
   Result<size_t> n = files_[static_cast<size_t>(buffer)]->ReadAt(offset, out);
   if (!n.ok()) return Failed(n.status(), "reading", buffer, begin, out.size());
   if (*n != out.size()) {
@@ -154,8 +155,9 @@ Status SwapSpace::ReadBytes(int buffer, int64_t begin, std::span<std::byte> out)
 
 Status SwapSpace::WriteBytes(int buffer, int64_t begin, std::span<const std::byte> data) {
   DS_RETURN_IF_ERROR(Check(buffer, begin, data.size(), "write"));
-  const uint64_t offset = static_cast<uint64_t>(begin) *
-                          static_cast<uint64_t>(o_.buffers[static_cast<size_t>(buffer)].element_bytes);
+  const uint64_t offset =
+      static_cast<uint64_t>(begin) *
+      static_cast<uint64_t>(o_.buffers[static_cast<size_t>(buffer)].element_bytes);
   Status s = files_[static_cast<size_t>(buffer)]->WriteAt(offset, data);
   if (!s.ok()) return Failed(s, "writing", buffer, begin, data.size());
   return Status::OK();

@@ -1,9 +1,9 @@
 // Where ZeRO state offloaded to NVMe lives (ZeRO-Infinity's swap files): a rank's directory
 // <nvme_path>/<job>/rank-<N> with one file per buffer (the fp32 master weights, exp_avg,
 // exp_avg_sq; stage 3's parameter partition in the training precision), each a flat array of
-// elements (float32, or 2-byte bf16/fp16 parameters) read and written by element range through io::Env
-// (O_DIRECT where the filesystem allows), so that FaultEnv reaches every swap like any other
-// write. No LibTorch.
+// elements (float32, or 2-byte bf16/fp16 parameters) read and written by element range through
+// io::Env (O_DIRECT where the filesystem allows), so that FaultEnv reaches every swap like any
+// other write. No LibTorch.
 //
 // Swap files hold state only within the run that wrote them: the rank's directory is locked while
 // in use (a second run on the same directory is refused), a set a killed run left behind is
@@ -37,7 +37,7 @@ struct SwapOptions {
   std::string job;        // SwapJobName: the same for every restart of one job
   int rank = 0;
   std::vector<SwapBuffer> buffers;
-  bool direct = true;  // O_DIRECT where the filesystem allows it
+  bool direct = true;                               // O_DIRECT where the filesystem allows it
   std::string key = "offload_optimizer.nvme_path";  // the config key errors tell the user to set
 };
 

@@ -46,14 +46,14 @@ struct ZeroOptions {
   // for each optimizer step; the gradient partition stays on the host (offload_optimizer must
   // be true too). Empty: in memory.
   std::string nvme_path;
-  std::string nvme_job;                       // SwapJobName of the job
-  io::Env* env = nullptr;                     // the swap files' Env
-  int64_t swap_chunk = int64_t{1} << 24;      // elements (64 MiB of fp32 per buffer)
-  bool offload_param = false;                 // stage 3: parameter partitions on the CPU
+  std::string nvme_job;                   // SwapJobName of the job
+  io::Env* env = nullptr;                 // the swap files' Env
+  int64_t swap_chunk = int64_t{1} << 24;  // elements (64 MiB of fp32 per buffer)
+  bool offload_param = false;             // stage 3: parameter partitions off the device
   // offload_param on NVMe: stage 3's parameter partition (in the training dtype) lives in a swap
   // file under param_nvme_path instead (job param_nvme_job), each unit's range read into host
-  // memory when it is gathered and each updated chunk written back after a step. Empty: in
-  // memory (offload_param false: on the device).
+  // memory on a thread from when its gather is issued and each updated chunk written back as
+  // the step makes it. Empty: in memory (offload_param false: on the device).
   std::string param_nvme_path;
   std::string param_nvme_job;
   bool pin_memory = true;                     // page-locked CPU buffers (with a GPU)

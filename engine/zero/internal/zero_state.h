@@ -64,10 +64,9 @@ struct PendingGather {
   // The pieces' run of the partition: [first, next), one run when `adjacent`.
   int64_t first = 0, next = 0;
   bool adjacent = true;
-  // Parameters on NVMe: the run, read into host memory from partition element `base` by
-  // `reading` (valid while the read is in flight; in and out come after it).
+  // Parameters on NVMe: the run, read into host memory by `reading` (valid while the read is in
+  // flight; in and out come after it).
   at::Tensor read;
-  int64_t base = 0;
   std::future<Status> reading;
   // Offloaded parameters: `in` is uploaded on the side stream; the compute stream waits for
   // this before using the unit.
@@ -169,8 +168,9 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   // The same for the whole partition, chunk by chunk.
   Status PublishChunks(const at::Tensor& src, const at::Tensor& target) const;
   // Publishing new weights. The tensor this rank's partition goes into, in the training dtype:
-  // stage 3's param_part (undefined on NVMe: PublishChunk writes there); at stages 0-2 its slot of flat_param, or (several ranks, partitioned
-  // optimizer) a buffer that PublishFrom all-gathers into flat_param.
+  // stage 3's param_part (undefined on NVMe: PublishChunk writes there); at stages 0-2 its slot
+  // of flat_param, or (several ranks, partitioned optimizer) a buffer that PublishFrom
+  // all-gathers into flat_param.
   at::Tensor PublishTarget();
   Status PublishFrom(const at::Tensor& target);  // once `target` holds the new weights
   Status PublishMaster();                        // the master (in memory or swapped) into the model
@@ -197,7 +197,8 @@ struct ZeroOptimizer::Impl : public UnitRunner {
   Status SetupStage3(const std::vector<at::Tensor>& fp32);  // fp32 as for SetupFlat
   // Starts gathering `unit` (the read from NVMe first, when the parameters are there).
   Status IssueGather(int unit);
-  // The upload and all-gather of `g`'s pieces of `part` (the partition, or g.read).
+  // The upload and all-gather of `g`'s pieces of `part`: the partition, or g.read (which starts
+  // at g.first).
   Status StartGather(PendingGather& g, const at::Tensor& part);
   // Parameters on NVMe: once g's read is in (waiting for it when `wait`), its StartGather.
   Status AdvanceRead(PendingGather& g, bool wait);

@@ -179,7 +179,9 @@ TEST(DsrunLaunchTest, BenchPrintsATableAndAJsonLinePerStageAndOffload) {
   EXPECT_THAT(r.out, HasSubstr("'5' is not a ZeRO stage"));
   r = Sh(Q(testing::BuildDir() + "/dsrun") + " bench --config x.json --offload cpu");
   EXPECT_EQ(r.status, 2) << r.out;
-  EXPECT_THAT(r.out, HasSubstr("'cpu' is not an offload setting (use none, optimizer, all, nvme, nvme-all)"));
+  EXPECT_THAT(
+      r.out,
+      HasSubstr("'cpu' is not an offload setting (use none, optimizer, all, nvme, nvme-all)"));
 }
 
 // --profile: rank 0 profiles 3 more steps (the other rank steps with it) and writes a summary

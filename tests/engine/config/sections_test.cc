@@ -453,7 +453,7 @@ TEST(ConfigTrainerDataCheckpointTest, DefaultsAndOurKeys) {
   EXPECT_EQ(c.data.format, DataConfig::Format::kAuto);
   EXPECT_DOUBLE_EQ(c.data.val_fraction, 0.1);
   EXPECT_FALSE(c.data.mlm_probability.has_value());  // the model's own (BERT: 0.15)
-  EXPECT_EQ(c.checkpoint.save_dir, "");  // <trainer.output_dir>/checkpoints
+  EXPECT_EQ(c.checkpoint.save_dir, "");              // <trainer.output_dir>/checkpoints
   EXPECT_EQ(c.checkpoint.codec, "bytegroup+zstd");
   EXPECT_EQ(c.checkpoint.chunk_bytes, uint64_t{4} << 20);
   EXPECT_EQ(c.checkpoint.staging_bytes, 0u);  // auto: sized to the state when the writer starts

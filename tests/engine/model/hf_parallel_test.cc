@@ -149,13 +149,14 @@ TEST_F(HfParallelTest, LlamaTrainsSplitLikeOneProcess) {
   // 4 heads, 2 key/value heads: TP 2 gives each rank 2 and 1. 3 layers over 2 stages: 2 + 1.
   // Activation checkpointing recomputes each layer exactly (its all-reduces again too); the
   // optimizer offloaded to the CPU runs the same Adam.
-  ExpectLayoutsTrainLikeOneProcess(
-      "llama", {{2, 1, 1},
-                {1, 2, 0},
-                {2, 2, 1},
-                {2, 2, 1,
-                 {"model.activation_checkpointing=true",
-                  "zero_optimization.offload_optimizer.device=cpu"}}});
+  ExpectLayoutsTrainLikeOneProcess("llama", {{2, 1, 1},
+                                             {1, 2, 0},
+                                             {2, 2, 1},
+                                             {2,
+                                              2,
+                                              1,
+                                              {"model.activation_checkpointing=true",
+                                               "zero_optimization.offload_optimizer.device=cpu"}}});
 }
 
 TEST_F(HfParallelTest, TiedQwen2TrainsSplitLikeOneProcess) {
@@ -177,8 +178,8 @@ TEST_F(HfParallelTest, SplitCheckpointResumesWholeAndExportsToTransformers) {
   std::vector<RankRun> saved = Run(WriteConfig(folder.path(), split.path(), 2), 2, 2, {});
   ASSERT_RANKS_OK(saved);
   const std::string checkpoint = LatestIn(split.path());
-  std::vector<RankRun> moved = Run(WriteConfig(folder.path(), whole.path(), 2), 1, 1, {},
-                                   testing::ResumeFrom(checkpoint));
+  std::vector<RankRun> moved =
+      Run(WriteConfig(folder.path(), whole.path(), 2), 1, 1, {}, testing::ResumeFrom(checkpoint));
   ASSERT_RANKS_OK(moved);
   EXPECT_THAT(moved[0].resumed, HasSubstr("at step 2"));
   ExpectSameTensors(checkpoint, LatestIn(whole.path()), 0);
@@ -190,10 +191,10 @@ TEST_F(HfParallelTest, SplitCheckpointResumesWholeAndExportsToTransformers) {
   ExpectSameTensors(checkpoint, LatestIn(again.path()), 0);
 
   int status = 0;
-  const std::string out = testing::Dsckpt("export " + bench::ShellQuote(checkpoint) +
-                                              " --format hf --out " +
-                                              bench::ShellQuote(exported.path() + "/hf"),
-                                          &status);
+  const std::string out =
+      testing::Dsckpt("export " + bench::ShellQuote(checkpoint) + " --format hf --out " +
+                          bench::ShellQuote(exported.path() + "/hf"),
+                      &status);
   ASSERT_EQ(status, 0) << out;
   const std::string hf = exported.path() + "/hf";
   MakeFolder(hf, "reload");  // transformers' logits of the exported folder
@@ -214,9 +215,10 @@ TEST_F(HfParallelTest, LayoutsAFolderCannotTakeAreRefusedWithEveryReason) {
     std::vector<std::string> says;
   };
   const Bad bad[] = {
-      {"llama", 4, 4,
-       {"must divide num_key_value_heads (2)", "more than num_hidden_layers (3)",
-        "config.json"}},
+      {"llama",
+       4,
+       4,
+       {"must divide num_key_value_heads (2)", "more than num_hidden_layers (3)", "config.json"}},
       {"gpt2", 2, 1, {"pipeline stages only"}},
       {"bert", 1, 2, {"BertForMaskedLM is not split across ranks"}},
   };

@@ -56,9 +56,11 @@ inline Result<std::unique_ptr<Trainer>> MakeRankTrainer(
 }
 
 // The same, from a config file read as dsrun reads it (LoadConfig: a model folder's sizes too).
-inline Result<std::unique_ptr<Trainer>> MakeRankTrainerFromFile(
-    const std::string& config_file, const std::vector<std::string>& set, int world, int rank,
-    int port, const std::string& corpus_dir, bool will_resume = false) {
+inline Result<std::unique_ptr<Trainer>> MakeRankTrainerFromFile(const std::string& config_file,
+                                                                const std::vector<std::string>& set,
+                                                                int world, int rank, int port,
+                                                                const std::string& corpus_dir,
+                                                                bool will_resume = false) {
   Overrides o;
   o.set = set;
   o.world_size = world;

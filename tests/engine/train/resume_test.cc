@@ -293,9 +293,9 @@ TEST_F(ResumeTest, AFailedSwapStopsTrainingNamingTheFileAndLeavesTheCheckpointWh
       "aio.block_size=4096",
       "aio.queue_depth=1"};
   // The third step's writes of exp_avg fail (each step writes it in several chunks).
-  EXPECT_THAT(StepWithAFailingSwap(dir.path(), set,
-                                   {.ops = io::kFaultWrite, .path_glob = "*/exp_avg.swap",
-                                    .skip = 0, .count = -1}),
+  EXPECT_THAT(StepWithAFailingSwap(
+                  dir.path(), set,
+                  {.ops = io::kFaultWrite, .path_glob = "*/exp_avg.swap", .skip = 0, .count = -1}),
               ds::testing::StatusIs(StatusCode::kIOError,
                                     AllOf(HasSubstr("rank 0: writing exp_avg elements ["),
                                           HasSubstr("/rank-0/exp_avg.swap"),
@@ -317,9 +317,9 @@ TEST_F(ResumeTest, AFailedParameterSwapStopsTrainingNamingTheFileAndLeavesTheChe
                                         "checkpoint.save_interval_steps=1",
                                         "aio.block_size=4096",
                                         "aio.queue_depth=1"};
-  EXPECT_THAT(StepWithAFailingSwap(dir.path(), set,
-                                   {.ops = io::kFaultRead, .path_glob = "*/params.swap",
-                                    .skip = 0, .count = -1}),
+  EXPECT_THAT(StepWithAFailingSwap(
+                  dir.path(), set,
+                  {.ops = io::kFaultRead, .path_glob = "*/params.swap", .skip = 0, .count = -1}),
               ds::testing::StatusIs(StatusCode::kIOError,
                                     AllOf(HasSubstr("rank 0: reading params elements ["),
                                           HasSubstr("/rank-0/params.swap"),

@@ -6,7 +6,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <numeric>
+#include <span>
 
 #include "io/fault_env.h"
 #include "io/mem_env.h"
@@ -100,6 +102,34 @@ TEST(SwapTest, InjectedFailuresNameTheRankTheFileAndTheElements) {
   std::vector<float> back(2000);
   DS_ASSERT_OK(s->Read(1, 100, back));
   EXPECT_EQ(back, data);
+}
+
+// Stage 3's parameters on NVMe: a buffer of 2-byte elements (bf16), read and written by element
+// range; a byte count that is not whole elements is refused; errors name the config key given.
+TEST(SwapTest, TwoByteBuffersAndTheKeyTheirErrorsName) {
+  io::MemEnv mem;
+  DS_ASSERT_OK(mem.CreateDirs("/nvme"));
+  SwapOptions o = Options(&mem, "/nvme");
+  o.job += "-params";
+  o.key = "offload_param.nvme_path";
+  o.buffers = {{"params", 3000, 2}};
+  DS_ASSERT_OK_AND_ASSIGN(std::unique_ptr<SwapSpace> s, SwapSpace::Open(o));
+  EXPECT_EQ(s->bytes(), 6000u);
+  std::vector<uint16_t> a(1001);
+  std::iota(a.begin(), a.end(), uint16_t{7});
+  DS_ASSERT_OK(s->WriteBytes(0, 1999, std::as_bytes(std::span(a))));
+  std::vector<uint16_t> got(1001);
+  DS_ASSERT_OK(s->ReadBytes(0, 1999, std::as_writable_bytes(std::span(got))));
+  EXPECT_EQ(got, a);
+  EXPECT_THAT(s->ReadBytes(0, 2999, std::as_writable_bytes(std::span(got))),
+              ds::testing::StatusIs(StatusCode::kInvalidArgument, HasSubstr("is outside it")));
+  std::byte odd[3];
+  EXPECT_THAT(s->WriteBytes(0, 0, odd),
+              ds::testing::StatusIs(StatusCode::kInvalidArgument, HasSubstr("is outside it")));
+  o.nvme_path = "/no/such/dir";
+  EXPECT_THAT(SwapSpace::Open(o),
+              ds::testing::StatusIs(StatusCode::kInvalidArgument,
+                                    HasSubstr("(offload_param.nvme_path: name a directory")));
 }
 
 TEST(SwapTest, ADiskTooSmallFailsAtOpenNamingTheSpace) {

@@ -106,8 +106,8 @@ TEST_F(ZeroTest, EveryStageAndWorldSizeTrainsLikeOneProcess) {
     int world;
     int stage;
     bool offload;
-    bool overlap = false;  // stage 1: buckets reduced during the last micro batch's backward
-    bool nvme = false;     // the optimizer state in swap files, streamed in 1024-float chunks
+    bool overlap = false;     // stage 1: buckets reduced during the last micro batch's backward
+    bool nvme = false;        // the optimizer state in swap files, streamed in 1024-float chunks
     bool param_nvme = false;  // stage 3's parameter partition in a swap file too
   };
   std::vector<Case> cases;
